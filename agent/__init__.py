@@ -1,0 +1,1 @@
+"""edgepart.agent: on each device, find the peers of its plan and execute its program."""

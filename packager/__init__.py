@@ -1,0 +1,22 @@
+"""edgepart.packager: on a workstation, turn a trained model and a cluster into per-device bundles.
+
+    graph.py     read ONNX, shapes, FLOPs, bytes, what crosses each cut
+    cluster.py   cluster.yaml
+    cost.py      the cost model (compute, transfer, memory)
+    pipeline.py  the layer-wise pipeline planner (pure, optimal DP)
+    emit.py      cut stages out as standalone ONNX models
+    package.py   model + cluster -> dist/<device>/ bundles
+    verify.py    prove the split is exact
+    figure.py    a picture of a plan
+"""
+
+try:
+    import onnx  # noqa: F401
+except ImportError as e:  # the device install has no onnx: say which extra brings it
+    from edgepart.errors import MissingExtraError
+
+    raise MissingExtraError.for_extra("packager", "edgepart.packager", e.name or "onnx") from None
+
+from . import cluster, cost, emit, graph, package, pipeline  # noqa: E402
+
+__all__ = ["cluster", "cost", "emit", "graph", "package", "pipeline"]

@@ -1,0 +1,146 @@
+"""The cluster description (cluster.yaml): devices and the links between them.
+
+    devices:
+      - {name: jetson-a, gflops: 200, memory_mb: 4096, providers: [CUDAExecutionProvider]}
+      - {name: pi-b, gflops: 20, memory_mb: 1024}
+    links:
+      default: {bandwidth_mbps: 100, latency_ms: 2}
+      pairs:                                  # optional, symmetric
+        - {between: [jetson-a, pi-b], bandwidth_mbps: 50, latency_ms: 5}
+
+A device gives `gflops` (measured effective GFLOP/s) or `speed` (relative to `reference_gflops`,
+default 10). `memory_mb` is what the model may use there. Unknown keys are an error, so a typo
+does not silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from edgepart.errors import ClusterError
+
+DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
+
+
+@dataclass(frozen=True)
+class Device:
+    name: str
+    gflops: float
+    memory_mb: float
+    providers: tuple[str, ...] = DEFAULT_PROVIDERS
+
+    @property
+    def memory_bytes(self) -> float:
+        return self.memory_mb * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Link:
+    bandwidth_mbps: float
+    latency_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class Cluster:
+    devices: tuple[Device, ...]
+    default_link: Link
+    pair_links: tuple[tuple[str, str, Link], ...] = ()
+
+    def link(self, a: str, b: str) -> Link:
+        for x, y, lk in self.pair_links:
+            if {x, y} == {a, b}:
+                return lk
+        return self.default_link
+
+    def device(self, name: str) -> Device:
+        for d in self.devices:
+            if d.name == name:
+                return d
+        raise ClusterError(f"The cluster has no device named {name!r}.")
+
+
+def load_cluster(path: str | Path) -> Cluster:
+    path = Path(path)
+    if not path.is_file():
+        raise ClusterError(f"{path} does not exist. Write a cluster.yaml (see docs/cluster.md) and pass it with --cluster.")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ClusterError(f"{path} is not valid YAML: {e}") from None
+    return cluster_from_dict(data, source=str(path))
+
+
+def cluster_from_dict(data: Any, source: str = "cluster") -> Cluster:
+    if not isinstance(data, dict):
+        raise ClusterError(f"{source}: expected a mapping with 'devices' and 'links'.")
+    _no_unknown(data, {"devices", "links", "reference_gflops"}, source)
+    ref = _number(data.get("reference_gflops", 10.0), f"{source}: reference_gflops")
+    raw = data.get("devices")
+    if not isinstance(raw, list) or not raw:
+        raise ClusterError(f"{source}: 'devices' must be a non-empty list of {{name, gflops, memory_mb}}.")
+    devices = []
+    for i, d in enumerate(raw):
+        where = f"{source}: devices[{i}]"
+        if not isinstance(d, dict) or "name" not in d:
+            raise ClusterError(f"{where} must be a mapping with at least 'name'.")
+        _no_unknown(d, {"name", "gflops", "speed", "memory_mb", "providers"}, where)
+        name = str(d["name"])
+        if "gflops" in d and "speed" in d:
+            raise ClusterError(f"{where} ({name}) gives both 'gflops' and 'speed'; give one.")
+        if "gflops" in d:
+            gflops = _number(d["gflops"], f"{where}.gflops")
+        elif "speed" in d:
+            gflops = _number(d["speed"], f"{where}.speed") * ref
+        else:
+            raise ClusterError(f"{where} ({name}) needs 'gflops' (measured GFLOP/s) or 'speed' (relative).")
+        mem = _number(d.get("memory_mb", 1 << 20), f"{where}.memory_mb")
+        prov = d.get("providers", list(DEFAULT_PROVIDERS))
+        if isinstance(prov, str):
+            prov = [prov]
+        if not isinstance(prov, list) or not all(isinstance(p, str) for p in prov):
+            raise ClusterError(f"{where}.providers must be a list of onnxruntime provider names.")
+        devices.append(Device(name, gflops, mem, tuple(prov)))
+    names = [d.name for d in devices]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise ClusterError(f"{source}: device names must be unique; repeated: {', '.join(sorted(dup))}.")
+    links = data.get("links", {}) or {}
+    if not isinstance(links, dict):
+        raise ClusterError(f"{source}: 'links' must be a mapping with 'default' (and optional 'pairs').")
+    _no_unknown(links, {"default", "pairs"}, f"{source}: links")
+    default = _link(links.get("default", {"bandwidth_mbps": 100, "latency_ms": 1}), f"{source}: links.default")
+    pairs = []
+    for i, p in enumerate(links.get("pairs", []) or []):
+        where = f"{source}: links.pairs[{i}]"
+        if not isinstance(p, dict) or not isinstance(p.get("between"), list) or len(p["between"]) != 2:
+            raise ClusterError(f"{where} needs 'between: [device-a, device-b]'.")
+        a, b = (str(x) for x in p["between"])
+        for x in (a, b):
+            if x not in names:
+                raise ClusterError(f"{where} names {x!r}, which is not a device ({', '.join(names)}).")
+        pairs.append((a, b, _link({k: v for k, v in p.items() if k != "between"}, where)))
+    return Cluster(tuple(devices), default, tuple(pairs))
+
+
+def _link(d: Any, where: str) -> Link:
+    if not isinstance(d, dict) or "bandwidth_mbps" not in d:
+        raise ClusterError(f"{where} needs 'bandwidth_mbps' (and optionally 'latency_ms').")
+    _no_unknown(d, {"bandwidth_mbps", "latency_ms"}, where)
+    return Link(_number(d["bandwidth_mbps"], f"{where}.bandwidth_mbps"),
+                _number(d.get("latency_ms", 0.0), f"{where}.latency_ms", allow_zero=True))
+
+
+def _number(v: Any, where: str, allow_zero: bool = False) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (v == 0 and not allow_zero):
+        raise ClusterError(f"{where} must be a positive number, not {v!r}.")
+    return float(v)
+
+
+def _no_unknown(d: dict, allowed: set[str], where: str) -> None:
+    extra = set(map(str, d)) - allowed
+    if extra:
+        raise ClusterError(f"{where}: unknown key(s) {', '.join(sorted(extra))}; allowed: {', '.join(sorted(allowed))}.")

@@ -1,0 +1,89 @@
+"""The cost model, in one place: how long a stage computes, how long a cut takes to cross, and
+how much memory a stage needs.
+
+    stage time    = 2 * MACs(stage) / device GFLOP/s
+    transfer time = bytes crossing the cut * 8 / link Mbit/s + link latency
+    stage memory  = bytes of the parameters it holds + the largest working set of one of its nodes
+
+Later issues feed it measured profiles; planners only ever ask it these three questions.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+
+import numpy as np
+
+from .cluster import Cluster
+from .graph import Graph
+
+
+class CostModel:
+    def __init__(self, graph: Graph, cluster: Cluster):
+        self.graph = graph
+        self.cluster = cluster
+        macs = np.array([nd.macs for nd in graph.nodes], dtype=np.float64)
+        self.prefix_flops = np.concatenate([[0.0], np.cumsum(2.0 * macs)])
+        self.work_bytes = np.array(
+            [sum(graph.tensor_bytes.get(t, 0) for t in nd.inputs + nd.outputs) for nd in graph.nodes],
+            dtype=np.float64,
+        )
+
+    # -- the three questions -------------------------------------------------------------------
+    def compute_ms(self, device: str, start: int, stop: int) -> float:
+        return float(self.compute_prefix_ms(device)[stop] - self.compute_prefix_ms(device)[start])
+
+    def transfer_ms(self, cut: int, src: str, dst: str) -> float:
+        return float(self.transfer_vector_ms(src, dst)[cut])
+
+    def stage_memory_bytes(self, start: int, stop: int) -> float:
+        consts = {c for nd in self.graph.nodes[start:stop] for c in nd.constants}
+        params = sum(self.graph.constant_bytes[c] for c in consts)
+        return float(params + (self.work_bytes[start:stop].max() if stop > start else 0.0))
+
+    # -- the same, vectorised for planners -------------------------------------------------------
+    def compute_prefix_ms(self, device: str) -> np.ndarray:
+        """[n+1] cumulative compute time of nodes[:i] on `device`, in ms."""
+        return self.prefix_flops / (self.cluster.device(device).gflops * 1e9) * 1e3
+
+    def transfer_vector_ms(self, src: str, dst: str) -> np.ndarray:
+        """[n+1] time to send what crosses cut i from `src` to `dst`, in ms."""
+        link = self.cluster.link(src, dst)
+        return self.graph.live_bytes * 8.0 / (link.bandwidth_mbps * 1e6) * 1e3 + link.latency_ms
+
+    def max_stop(self, device: str) -> np.ndarray:
+        """[n] for each start a, the largest stop b such that nodes[a:b] fit in `device`'s memory
+        (b == a when not even one node fits). Two pointers: both ends only move forward."""
+        budget = self.cluster.device(device).memory_bytes
+        nodes, cb = self.graph.nodes, self.graph.constant_bytes
+        n = len(nodes)
+        out = np.zeros(n, dtype=np.int64)
+        uses: Counter[str] = Counter()
+        params = 0.0
+        window: deque[int] = deque()  # indices with decreasing work bytes: front is the max
+        b = 0
+        for a in range(n):
+            if b < a:  # the window emptied: restart it at a
+                b = a
+            while b < n:
+                add = {c for c in nodes[b].constants if uses[c] == 0}
+                extra = sum(cb[c] for c in add)
+                peak = max(self.work_bytes[window[0]] if window else 0.0, self.work_bytes[b])
+                if params + extra + peak > budget:
+                    break
+                for c in nodes[b].constants:
+                    uses[c] += 1
+                params += extra
+                while window and self.work_bytes[window[-1]] <= self.work_bytes[b]:
+                    window.pop()
+                window.append(b)
+                b += 1
+            out[a] = b
+            if b > a:  # drop node a from the window
+                for c in nodes[a].constants:
+                    uses[c] -= 1
+                    if uses[c] == 0:
+                        params -= cb[c]
+                if window and window[0] == a:
+                    window.popleft()
+        return out

@@ -1,0 +1,139 @@
+"""Model + cluster -> bundles: analyse, plan, emit each stage, compile the program, write folders.
+
+This is the one place with I/O in the packager's main path; analysis and planning stay pure.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import onnx
+
+from edgepart.bundle import sha256_file, write_manifest
+from edgepart.errors import BundleError
+from edgepart.plan import CALLER, Codec, DeviceSpec, Plan, Route, Step
+
+from . import emit
+from .cluster import Cluster
+from .graph import Graph
+from .pipeline import PipelinePlan
+
+
+@dataclass(frozen=True)
+class Packaged:
+    plan: Plan
+    pipeline: PipelinePlan
+    out_dir: Path
+    bundle_dirs: dict[str, Path]
+
+
+def compile_pipeline(graph: Graph, cluster: Cluster, pp: PipelinePlan, steps: list[Step], model_name: str) -> Plan:
+    """The program of a pipeline: steps as emitted, and one route per (tensor, consumer device)."""
+    producer_dev: dict[str, str] = {i.name: CALLER for i in graph.inputs}
+    for st in steps:
+        for o in st.outputs:
+            producer_dev[o.name] = st.device
+    routes: list[Route] = []
+    for st in steps:
+        for i in st.inputs:
+            routes.append(Route(i.name, producer_dev[i.name], st.device, Codec()))
+    for o in graph.outputs:
+        routes.append(Route(o.name, producer_dev[o.name], CALLER, Codec()))
+    return Plan(
+        strategy="pipeline",
+        model_name=model_name,
+        model_sha256=graph.sha256,
+        inputs=graph.inputs,
+        outputs=graph.outputs,
+        devices=tuple(DeviceSpec(d.name, d.providers) for d in cluster.devices),
+        steps=tuple(steps),
+        routes=tuple(routes),
+        objective=pp.objective,
+        estimates=(("latency_ms", round(pp.latency_ms, 6)), ("period_ms", round(pp.period_ms, 6))),
+    )
+
+
+def package(
+    model: onnx.ModelProto,
+    graph: Graph,
+    cluster: Cluster,
+    pp: PipelinePlan,
+    out_dir: Path,
+    model_name: str = "model",
+    external_data_min_bytes: int = emit.EXTERNAL_DATA_MIN_BYTES,
+    progress: Callable[[str], None] | None = None,
+) -> Packaged:
+    """Emit every stage of `pp` and write one bundle folder per device under `out_dir`."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        stale = [p for p in out_dir.iterdir() if not (p / "manifest.json").is_file()]
+        if stale:
+            raise BundleError(
+                f"{out_dir} exists and holds things that are not edgepart bundles ({stale[0].name}, ...). "
+                f"Give an empty or new folder with -o."
+            )
+    staging = Path(tempfile.mkdtemp(prefix=".edgepart-", dir=out_dir.parent if out_dir.parent.exists() else None))
+    try:
+        steps: list[Step] = []
+        for i, st in enumerate(pp.stages):
+            name = f"stage{i}"
+            if progress:
+                progress(f"emitting {name} for {st.device}")
+            sub, ins, outs = emit.extract(model, graph, st.start, st.stop, name)
+            ddir = staging / st.device
+            ddir.mkdir(parents=True, exist_ok=True)
+            files = emit.save(sub, ddir / f"{name}.onnx", external_data_min_bytes)
+            steps.append(Step(
+                name=name, device=st.device, model_file=files[0].name, sha256=sha256_file(files[0]),
+                inputs=ins, outputs=outs,
+                data_files=tuple((f.name, sha256_file(f)) for f in files[1:]),
+                nodes=st.stop - st.start, estimated_ms=round(st.compute_ms, 6),
+            ))
+        plan = compile_pipeline(graph, cluster, pp, steps, model_name)
+        for d in plan.device_names():
+            (staging / d).mkdir(parents=True, exist_ok=True)
+            write_manifest(staging / d, plan, d)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        dirs = {}
+        for d in plan.device_names():
+            target = out_dir / d
+            if target.exists():
+                shutil.rmtree(target)
+            shutil.move(str(staging / d), target)
+            dirs[d] = target
+        for old in out_dir.iterdir():  # bundles of devices no longer in the cluster would confuse `run`
+            if old.name not in dirs and (old / "manifest.json").is_file():
+                shutil.rmtree(old)
+        return Packaged(plan, pp, out_dir, dirs)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    model: onnx.ModelProto
+    graph: Graph
+    cluster: Cluster
+    pipeline: PipelinePlan
+    planning_s: float
+
+
+def prepare(model_path: Path | str, cluster_path: Path | str, objective: str = "latency",
+            input_shapes: dict[str, tuple[int, ...]] | None = None) -> Prepared:
+    """Read the model and cluster, analyse, and plan (what `plan` and `package` share)."""
+    import time
+
+    from .cluster import load_cluster
+    from .graph import analyse, load_model
+    from .pipeline import plan_pipeline
+
+    cluster = load_cluster(cluster_path)
+    model = load_model(model_path)
+    graph = analyse(model, input_shapes)
+    t0 = time.perf_counter()
+    pp = plan_pipeline(graph, cluster, objective)
+    return Prepared(model, graph, cluster, pp, time.perf_counter() - t0)

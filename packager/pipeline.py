@@ -1,0 +1,214 @@
+"""The layer-wise pipeline planner ("model-distributed inference"): pure and optimal.
+
+Every device gets one contiguous run of nodes (in topological order); the planner chooses the cut
+positions and which device runs which stage. Objective `latency` minimises one request's time end
+to end (all stage times + all transfer times); `throughput` minimises the slowest pipeline stage or
+link (the steady-state period of a pipelined stream). Every stage must fit its device's memory.
+
+Dynamic programming over (devices used so far, last device, cut position): with N devices and n
+nodes that is O(2^N * N^2 * n^2) vectorised work; exact for the cost model in `cost.py`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgepart.errors import PlanningError
+
+from .cluster import Cluster
+from .cost import CostModel
+from .graph import Graph
+
+OBJECTIVES = ("latency", "throughput")
+MAX_DEVICES = 10  # the DP is exponential in devices; past this, plan in groups
+
+
+@dataclass(frozen=True)
+class Stage:
+    device: str
+    start: int
+    stop: int
+    flops: float
+    param_bytes: float
+    memory_bytes: float
+    compute_ms: float
+    send_bytes: int  # what crosses the cut after this stage (0 for the last)
+    send_ms: float
+
+
+@dataclass(frozen=True)
+class PipelinePlan:
+    objective: str
+    stages: tuple[Stage, ...]
+    latency_ms: float
+    period_ms: float  # slowest stage or link: one result every period_ms when pipelined
+
+    @property
+    def throughput_per_s(self) -> float:
+        return 1e3 / self.period_ms if self.period_ms > 0 else float("inf")
+
+    @property
+    def cuts(self) -> tuple[int, ...]:
+        return tuple(s.stop for s in self.stages[:-1])
+
+    def score(self) -> float:
+        return self.latency_ms if self.objective == "latency" else self.period_ms
+
+
+def evaluate(cost: CostModel, cuts: tuple[int, ...], devices: tuple[str, ...], objective: str = "latency") -> PipelinePlan:
+    """The plan with these cuts and this device order, with its cost (no feasibility check)."""
+    n = cost.graph.n
+    bounds = (0, *cuts, n)
+    stages = []
+    for i, dev in enumerate(devices):
+        a, b = bounds[i], bounds[i + 1]
+        last = i == len(devices) - 1
+        send_ms = 0.0 if last else cost.transfer_ms(b, dev, devices[i + 1])
+        consts = {c for nd in cost.graph.nodes[a:b] for c in nd.constants}
+        stages.append(Stage(
+            device=dev, start=a, stop=b,
+            flops=float(cost.prefix_flops[b] - cost.prefix_flops[a]),
+            param_bytes=float(sum(cost.graph.constant_bytes[c] for c in consts)),
+            memory_bytes=cost.stage_memory_bytes(a, b),
+            compute_ms=cost.compute_ms(dev, a, b),
+            send_bytes=0 if last else int(cost.graph.live_bytes[b]),
+            send_ms=send_ms,
+        ))
+    latency = sum(s.compute_ms + s.send_ms for s in stages)
+    period = max(max(s.compute_ms for s in stages), max(s.send_ms for s in stages))
+    return PipelinePlan(objective, tuple(stages), latency, period)
+
+
+def plan_pipeline(graph: Graph, cluster: Cluster, objective: str = "latency") -> PipelinePlan:
+    """The optimal pipeline over all of `cluster`'s devices, or a PlanningError saying why none fits."""
+    if objective not in OBJECTIVES:
+        raise PlanningError(f"Unknown objective {objective!r}; choose one of: {', '.join(OBJECTIVES)}.")
+    names = tuple(d.name for d in cluster.devices)
+    N, n = len(names), graph.n
+    if N > MAX_DEVICES:
+        raise PlanningError(f"The pipeline planner handles up to {MAX_DEVICES} devices; the cluster has {N}.")
+    if N > n:
+        raise PlanningError(
+            f"The cluster has {N} devices but the model has only {n} compute node(s), so at most {n} "
+            f"stage(s) and {n - 1} useful cut point(s): every device must get at least one node. "
+            f"Use at most {n} devices in cluster.yaml."
+        )
+    cost = CostModel(graph, cluster)
+    comp = {d: cost.compute_prefix_ms(d) for d in names}
+    hi = {d: cost.max_stop(d) for d in names}
+    a_idx = np.arange(n + 1)[:, None]
+    b_idx = np.arange(n + 1)[None, :]
+    feasible = {}
+    for d in names:
+        h = np.concatenate([hi[d], [n]])  # a row for a == n (never used as a start)
+        feasible[d] = (b_idx > a_idx) & (b_idx <= h[:, None])
+    comp_mat = {d: comp[d][None, :] - comp[d][:, None] for d in names}  # [a, b] compute of nodes[a:b]
+    lat = objective == "latency"
+
+    # f[(S, d)] -> (cost vector over b, argmin a over b, argmin previous device over a)
+    f: dict[tuple[frozenset, str], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    inf = np.inf
+    for d in names:
+        v = np.full(n + 1, inf)
+        ok = feasible[d][0]
+        v[ok] = comp[d][ok]
+        f[(frozenset([d]), d)] = (v, np.zeros(n + 1, dtype=np.int64), np.full(n + 1, -1))
+    for size in range(2, N + 1):
+        for S in itertools.combinations(names, size):
+            S = frozenset(S)
+            for d in S:
+                rest = S - {d}
+                g = np.full(n + 1, inf)
+                gprev = np.full(n + 1, -1)
+                for pi, d0 in enumerate(names):
+                    if d0 not in rest:
+                        continue
+                    prev = f[(rest, d0)][0]
+                    t = cost.transfer_vector_ms(d0, d)
+                    cand = prev + t if lat else np.maximum(prev, t)
+                    better = cand < g
+                    g[better] = cand[better]
+                    gprev[better] = pi
+                m = g[:, None] + comp_mat[d] if lat else np.maximum(g[:, None], comp_mat[d])
+                m = np.where(feasible[d], m, inf)
+                arg = np.argmin(m, axis=0)
+                f[(S, d)] = (m[arg, np.arange(n + 1)], arg, gprev)
+
+    full = frozenset(names)
+    best_d, best = None, inf
+    for d in names:
+        v = f[(full, d)][0][n]
+        if v < best:
+            best_d, best = d, v
+    if best_d is None or not np.isfinite(best):
+        raise PlanningError(_why_infeasible(graph, cluster, cost))
+
+    # backtrack
+    order, cuts = [], []
+    S, d, b = full, best_d, n
+    while True:
+        _, arg, gprev = f[(S, d)]
+        order.append(d)
+        a = int(arg[b])
+        if len(S) == 1:
+            break
+        cuts.append(a)
+        prev = names[int(gprev[a])]
+        S, d, b = S - {d}, prev, a
+    order.reverse()
+    cuts.reverse()
+    return evaluate(cost, tuple(cuts), tuple(order), objective)
+
+
+def exhaustive(graph: Graph, cluster: Cluster, objective: str = "latency") -> float:
+    """The best objective over every cut combination and device order (for tests; slow)."""
+    cost = CostModel(graph, cluster)
+    names = tuple(d.name for d in cluster.devices)
+    n, N = graph.n, len(names)
+    hi = {d: cost.max_stop(d) for d in names}
+    comp = {d: cost.compute_prefix_ms(d) for d in names}
+    best = np.inf
+    for perm in itertools.permutations(names):
+        tv = [cost.transfer_vector_ms(perm[i], perm[i + 1]) for i in range(N - 1)]
+        for cuts in itertools.combinations(range(1, n), N - 1):
+            bounds = (0, *cuts, n)
+            if any(bounds[i + 1] > hi[d][bounds[i]] for i, d in enumerate(perm)):
+                continue
+            cs = [comp[d][bounds[i + 1]] - comp[d][bounds[i]] for i, d in enumerate(perm)]
+            ts = [tv[i][cuts[i]] for i in range(N - 1)]
+            v = sum(cs) + sum(ts) if objective == "latency" else max(cs + ts)
+            best = min(best, v)
+    return float(best)
+
+
+def _why_infeasible(graph: Graph, cluster: Cluster, cost: CostModel) -> str:
+    mb = 1024 * 1024
+    biggest = max(cluster.devices, key=lambda d: d.memory_bytes)
+    for i, nd in enumerate(graph.nodes):
+        need = cost.stage_memory_bytes(i, i + 1)
+        if need > biggest.memory_bytes:
+            return (
+                f"The cluster cannot hold the model: node {nd.name!r} ({nd.op_type}) alone needs "
+                f"{need / mb:.1f} MB, but the largest device, {biggest.name}, has {biggest.memory_mb:.0f} MB "
+                f"({(need - biggest.memory_bytes) / mb:.1f} MB missing). Give {biggest.name} more memory_mb, "
+                f"or add a larger device."
+            )
+    total = cost.stage_memory_bytes(0, graph.n)
+    have = sum(d.memory_bytes for d in cluster.devices)
+    if total > have:
+        return (
+            f"The cluster cannot hold the model: it needs about {total / mb:.1f} MB in all, the devices "
+            f"have {have / mb:.1f} MB together ({(total - have) / mb:.1f} MB missing). Add a device or "
+            f"raise memory_mb in cluster.yaml."
+        )
+    smallest = min(cluster.devices, key=lambda d: d.memory_bytes)
+    return (
+        f"The cluster cannot hold the model as contiguous stages: the devices have {have / mb:.1f} MB "
+        f"together for {total / mb:.1f} MB of model, but no way of cutting it into {len(cluster.devices)} "
+        f"runs of layers gives every device a run that fits (the smallest, {smallest.name}, has "
+        f"{smallest.memory_mb:.0f} MB, and every device must hold at least one stage). Raise memory_mb, "
+        f"or drop the smallest device from cluster.yaml."
+    )

@@ -1,0 +1,154 @@
+"""A bundle: one device's folder, with its manifest and sub-model files, loaded and checked.
+
+    dist/<device>/manifest.json   format, schema version, device, plan id, the whole plan, file hashes
+    dist/<device>/<step>.onnx     the sub-models this device runs (and external-data files)
+
+Loading verifies the schema version, that the manifest's plan hashes to its plan id, and the sha256
+of every file, and says exactly what is wrong when something does not match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import BundleError
+from .plan import SCHEMA_VERSION, Plan, Step
+
+MANIFEST = "manifest.json"
+FORMAT = "edgepart-bundle"
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A loaded, verified bundle: the device it is for, the plan, and where its files are."""
+
+    path: Path
+    device: str
+    plan: Plan
+
+    @property
+    def plan_id(self) -> str:
+        return self.plan.plan_id
+
+    @property
+    def steps(self) -> tuple[Step, ...]:
+        return self.plan.steps_of(self.device)
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def manifest_for(plan: Plan, device: str) -> dict[str, Any]:
+    """The manifest of `device`'s bundle in `plan`."""
+    files: dict[str, str] = {}
+    for step in plan.steps_of(device):
+        files.update(step.files())
+    return {
+        "format": FORMAT,
+        "schema_version": SCHEMA_VERSION,
+        "device": device,
+        "plan_id": plan.plan_id,
+        "files": files,
+        "keys": {},
+        "plan": plan.to_dict(),
+    }
+
+
+def write_manifest(bundle_dir: Path, plan: Plan, device: str) -> Path:
+    """Write `device`'s manifest into `bundle_dir` (its step files must already be there)."""
+    path = Path(bundle_dir) / MANIFEST
+    path.write_text(json.dumps(manifest_for(plan, device), indent=1, sort_keys=True) + "\n")
+    return path
+
+
+def is_bundle(path: Path | str) -> bool:
+    return (Path(path) / MANIFEST).is_file()
+
+
+def load_bundle(path: Path | str, *, verify_files: bool = True) -> Bundle:
+    """Load one device's bundle folder, checking schema, plan id and every file's sha256."""
+    path = Path(path)
+    mpath = path / MANIFEST
+    if not mpath.is_file():
+        hint = ""
+        if path.is_dir() and any(is_bundle(p) for p in path.iterdir() if p.is_dir()):
+            hint = f" It holds bundle folders ({', '.join(sorted(p.name for p in path.iterdir() if is_bundle(p)))}); name one of them."
+        raise BundleError(
+            f"{path} is not an edgepart bundle: it has no {MANIFEST}.{hint} "
+            f"Bundles are written by `edgepart package MODEL --cluster CLUSTER -o DIST`."
+        )
+    try:
+        m = json.loads(mpath.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(f"{mpath} is not valid JSON ({e}). Copy the bundle again from the workstation.") from None
+    if not isinstance(m, dict) or m.get("format") != FORMAT:
+        raise BundleError(f"{mpath} is not an edgepart manifest (no \"format\": \"{FORMAT}\").")
+    version = m.get("schema_version")
+    if version != SCHEMA_VERSION:
+        newer = isinstance(version, int) and version > SCHEMA_VERSION
+        raise BundleError(
+            f"The bundle {path} has schema version {version!r}, but this edgepart reads version "
+            f"{SCHEMA_VERSION}. "
+            + (
+                "It was written by a newer edgepart: upgrade edgepart on this device."
+                if newer
+                else "It was written by an older edgepart: package the model again with this one."
+            )
+        )
+    plan = Plan.from_dict(m.get("plan", {}))
+    device = m.get("device")
+    if device not in plan.device_names():
+        raise BundleError(f"{mpath} is for device {device!r}, which its plan does not name. Package again.")
+    if plan.plan_id != m.get("plan_id"):
+        raise BundleError(
+            f"{mpath}: the plan does not hash to the recorded plan id ({m.get('plan_id')!r} recorded, "
+            f"{plan.plan_id!r} computed): the manifest was edited. Copy the bundle again, or package again."
+        )
+    expected: dict[str, str] = {}
+    for step in plan.steps_of(device):
+        expected.update(step.files())
+    if verify_files:
+        for name, digest in sorted(expected.items()):
+            f = path / name
+            if not f.is_file():
+                raise BundleError(f"The bundle {path} is missing {name}. Copy the whole bundle folder again.")
+            actual = sha256_file(f)
+            if actual != digest:
+                raise BundleError(
+                    f"{f} was modified: its sha256 is {actual[:12]}…, the manifest expects {digest[:12]}…. "
+                    f"Copy the bundle again from the workstation, or package the model again."
+                )
+    return Bundle(path=path, device=device, plan=plan)
+
+
+def load_dist(dist: Path | str, *, verify_files: bool = True) -> dict[str, Bundle]:
+    """Load every bundle under a `dist/` folder and check they all belong to one plan."""
+    dist = Path(dist)
+    if is_bundle(dist):
+        raise BundleError(f"{dist} is one device's bundle; this needs the folder that holds all of them (its parent).")
+    if not dist.is_dir():
+        raise BundleError(f"{dist} does not exist. Write it with `edgepart package MODEL --cluster CLUSTER -o {dist}`.")
+    bundles = {b.device: b for b in (load_bundle(p, verify_files=verify_files) for p in sorted(dist.iterdir()) if is_bundle(p))}
+    if not bundles:
+        raise BundleError(f"{dist} holds no bundles (no sub-folder with a {MANIFEST}).")
+    ids = {b.plan_id for b in bundles.values()}
+    if len(ids) > 1:
+        by_id = ", ".join(f"{d}: {b.plan_id}" for d, b in sorted(bundles.items()))
+        raise BundleError(f"The bundles in {dist} come from different plans ({by_id}). Package again into an empty folder.")
+    plan = next(iter(bundles.values())).plan
+    missing = set(plan.device_names()) - set(bundles)
+    if missing:
+        raise BundleError(f"{dist} lacks the bundles of {', '.join(sorted(missing))} from its plan.")
+    return bundles

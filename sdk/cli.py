@@ -1,0 +1,278 @@
+"""The `edgepart` command line. The one place that prints (through rich).
+
+Packager commands import `edgepart.packager` lazily and say which extra to install when it is missing,
+so the device install (`pip install edgepart`) keeps a working `edgepart run`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import EdgepartError, MissingExtraError
+
+app = typer.Typer(
+    name="edgepart",
+    help=(
+        "Split one trained neural network across several edge devices and run it as one.\n\n"
+        "On a workstation: `plan` shows what would go where, `package` writes one bundle per device, "
+        "`inspect` shows a bundle, `verify` proves the split computes what the model computes."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+ObjectiveOpt = typer.Option("latency", "--objective", help="What the planner minimises: `latency` (one request end to end) or `throughput` (slowest stage or link when pipelined).")
+InputShapeOpt = typer.Option(None, "--input-shape", help="Concrete size of a symbolic input, NAME=1x3x224x224. Repeatable. Needed for every input with a symbolic (dynamic) dimension, unless --inputs gives example inputs.")
+InputsOpt = typer.Option(None, "--inputs", help="An .npz mapping model input names to arrays; their shapes fix symbolic dimensions for planning.")
+ClusterOpt = typer.Option(..., "--cluster", "-c", help="cluster.yaml: devices (name, gflops or speed, memory_mb, providers) and links (bandwidth_mbps, latency_ms). See docs/cluster.md.")
+
+
+def _run(fn: Callable[[], Any]) -> Any:
+    """Run a command body; an EdgepartError becomes one clear paragraph and exit code 2."""
+    try:
+        return fn()
+    except MissingExtraError as e:
+        err_console.print(f"[bold red]error:[/] {e}")
+        raise typer.Exit(3)
+    except EdgepartError as e:
+        err_console.print(f"[bold red]error:[/] {e}", soft_wrap=True)
+        raise typer.Exit(2)
+
+
+def _packager():
+    try:
+        import edgepart.packager as p  # noqa: F401
+        from edgepart.packager import package  # noqa: F401
+    except ImportError as e:
+        raise MissingExtraError.for_extra("packager", "This command", e.name or "onnx") from None
+    return p
+
+
+def _shapes(input_shape: Optional[list[str]], inputs: Optional[Path]) -> tuple[dict, dict]:
+    from .inputs import load_npz, shapes_of
+
+    p = _packager()
+    feeds = load_npz(inputs) if inputs else {}
+    shapes = shapes_of(feeds)
+    for s in input_shape or []:
+        name, shape = p.graph.parse_shape(s)
+        shapes[name] = shape
+    return shapes, feeds
+
+
+def _plan_json(prep) -> dict:
+    pp, g = prep.pipeline, prep.graph
+    return {
+        "objective": pp.objective,
+        "latency_ms": pp.latency_ms,
+        "period_ms": pp.period_ms,
+        "throughput_per_s": pp.throughput_per_s,
+        "planning_s": prep.planning_s,
+        "model": {"nodes": g.n, "mflops": 2 * g.total_macs / 1e6, "param_mb": g.total_param_bytes / 1e6},
+        "stages": [
+            {
+                "stage": i, "device": s.device, "nodes": [s.start, s.stop],
+                "first": g.nodes[s.start].name, "last": g.nodes[s.stop - 1].name,
+                "mflops": s.flops / 1e6, "param_mb": s.param_bytes / 1e6, "memory_mb": s.memory_bytes / 1e6,
+                "send_bytes": s.send_bytes, "compute_ms": s.compute_ms, "send_ms": s.send_ms,
+                "crossing": list(g.crossing(s.stop)) if s.stop < g.n else [],
+            }
+            for i, s in enumerate(pp.stages)
+        ],
+    }
+
+
+def _print_plan(prep, title: str) -> None:
+    pp, g = prep.pipeline, prep.graph
+    t = Table(title=title, title_justify="left")
+    for col, just in [("stage", "right"), ("device", "left"), ("layers", "left"), ("MFLOPs", "right"),
+                      ("params MB", "right"), ("sent to next", "right"), ("compute ms", "right"), ("send ms", "right")]:
+        t.add_column(col, justify=just)
+    for i, s in enumerate(pp.stages):
+        layers = f"{s.start}–{s.stop - 1} ({s.stop - s.start}: {g.nodes[s.start].op_type}…{g.nodes[s.stop - 1].op_type})"
+        sent = "—" if i == len(pp.stages) - 1 else f"{s.send_bytes / 1e3:,.1f} kB ({len(g.crossing(s.stop))} tensor{'s' if len(g.crossing(s.stop)) != 1 else ''})"
+        t.add_row(str(i), s.device, layers, f"{s.flops / 1e6:,.1f}", f"{s.param_bytes / 1e6:,.2f}", sent,
+                  f"{s.compute_ms:.3f}", "—" if i == len(pp.stages) - 1 else f"{s.send_ms:.3f}")
+    console.print(t)
+    console.print(
+        f"estimated latency [bold]{pp.latency_ms:.3f} ms[/] per request; pipelined throughput "
+        f"[bold]{pp.throughput_per_s:.1f} req/s[/] (slowest stage or link {pp.period_ms:.3f} ms); "
+        f"objective {pp.objective}; planned in {prep.planning_s * 1e3:.0f} ms."
+    )
+
+
+@app.command("plan")
+def plan_cmd(
+    model: Path = typer.Argument(..., help="The trained model, an .onnx file."),
+    cluster: Path = ClusterOpt,
+    objective: str = ObjectiveOpt,
+    input_shape: Optional[list[str]] = InputShapeOpt,
+    inputs: Optional[Path] = InputsOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print the plan's figures as one JSON object instead of a table."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Also write a picture of the plan (PNG): one request's timeline and the bytes crossing every cut."),
+) -> None:
+    """Show what would go where, and why: stages, devices, compute, bytes crossing, estimated times."""
+
+    def body():
+        p = _packager()
+        shapes, _ = _shapes(input_shape, inputs)
+        prep = p.package.prepare(model, cluster, objective, shapes)
+        if plot:
+            from edgepart.packager.figure import plot_pipeline
+
+            plot_pipeline(prep.graph, prep.pipeline, plot)
+        if as_json:
+            print(json.dumps(_plan_json(prep), indent=1))
+        else:
+            _print_plan(prep, f"pipeline plan for {model.name} on {len(prep.cluster.devices)} devices")
+            if plot:
+                console.print(f"picture written to {plot}")
+
+    _run(body)
+
+
+@app.command("package")
+def package_cmd(
+    model: Path = typer.Argument(..., help="The trained model, an .onnx file."),
+    cluster: Path = ClusterOpt,
+    out: Path = typer.Option(Path("dist"), "--out", "-o", help="Folder to write one bundle per device into (dist/<device>/)."),
+    objective: str = ObjectiveOpt,
+    input_shape: Optional[list[str]] = InputShapeOpt,
+    inputs: Optional[Path] = InputsOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print the plan's figures and bundle paths as JSON."),
+) -> None:
+    """Plan the split and write one bundle per device: manifest.json and its sub-models."""
+
+    def body():
+        from rich.progress import Progress, SpinnerColumn, TextColumn
+
+        p = _packager()
+        shapes, _ = _shapes(input_shape, inputs)
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=err_console, transient=True,
+                      disable=as_json) as prog:
+            task = prog.add_task("analysing and planning", total=None)
+            prep = p.package.prepare(model, cluster, objective, shapes)
+            res = p.package.package(prep.model, prep.graph, prep.cluster, prep.pipeline, out, model_name=model.stem,
+                                    progress=lambda s: prog.update(task, description=s))
+        if as_json:
+            d = _plan_json(prep)
+            d["plan_id"] = res.plan.plan_id
+            d["bundles"] = {k: str(v) for k, v in res.bundle_dirs.items()}
+            print(json.dumps(d, indent=1))
+            return
+        _print_plan(prep, f"packaged {model.name} for {len(prep.cluster.devices)} devices")
+        console.print(f"plan id [bold]{res.plan.plan_id}[/]; bundles:")
+        for d, path in res.bundle_dirs.items():
+            console.print(f"  {path}   → copy to {d}, then `edgepart run {path}`")
+
+    _run(body)
+
+
+@app.command("inspect")
+def inspect_cmd(
+    bundle: Path = typer.Argument(..., help="One device's bundle folder (dist/<device>)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the manifest's summary as JSON."),
+) -> None:
+    """Show what one bundle holds: its device, plan id, steps with their inputs and outputs, and routes."""
+
+    def body():
+        from .bundle import load_bundle
+        from .plan import CALLER
+
+        b = load_bundle(bundle)
+        plan = b.plan
+        if as_json:
+            print(json.dumps({
+                "device": b.device, "plan_id": b.plan_id, "strategy": plan.strategy, "model": plan.model_name,
+                "steps": [{"name": s.name, "file": s.model_file, "nodes": s.nodes,
+                           "inputs": [i.name for i in s.inputs], "outputs": [o.name for o in s.outputs]} for s in b.steps],
+                "receives": [[r.tensor, r.src] for r in plan.routes_to(b.device)],
+                "sends": [[r.tensor, r.dst] for r in plan.routes_from(b.device)],
+            }, indent=1))
+            return
+        console.print(f"[bold]{b.device}[/] — bundle of plan [bold]{b.plan_id}[/] ({plan.strategy}, model {plan.model_name}, "
+                      f"{len(plan.devices)} devices: {', '.join(plan.device_names())}); files verified.")
+        t = Table(title="steps", title_justify="left")
+        for c in ("step", "file", "nodes", "inputs", "outputs", "est. ms"):
+            t.add_column(c)
+        for s in b.steps:
+            size = b.file(s.model_file).stat().st_size
+            t.add_row(s.name, f"{s.model_file} ({size / 1e6:.2f} MB)", str(s.nodes),
+                      "\n".join(f"{i.name} {i.dtype}{list(i.shape)}" for i in s.inputs),
+                      "\n".join(f"{o.name} {o.dtype}{list(o.shape)}" for o in s.outputs), f"{s.estimated_ms:.3f}")
+        console.print(t)
+        r = Table(title="routes", title_justify="left")
+        for c in ("tensor", "from", "to", "codec"):
+            r.add_column(c)
+        for x in plan.routes:
+            if b.device in (x.src, x.dst):
+                r.add_row(x.tensor, "caller" if x.src == CALLER else x.src, "caller" if x.dst == CALLER else x.dst, x.codec.kind)
+        console.print(r)
+
+    _run(body)
+
+
+@app.command("verify")
+def verify_cmd(
+    dist: Path = typer.Argument(..., help="The folder holding every device's bundle (the -o of `package`)."),
+    model: Path = typer.Option(..., "--model", "-m", help="The original .onnx model to compare with."),
+    inputs: Optional[Path] = typer.Option(None, "--inputs", help="An .npz of model inputs; random inputs (seeded) when omitted."),
+    atol: float = typer.Option(1e-5, "--atol", help="Largest allowed absolute difference per output element."),
+    seed: int = typer.Option(0, "--seed", help="Seed for random inputs."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object with max_abs_diff per output."),
+) -> None:
+    """Run all stages chained in this process and compare with the original model; exit 1 if any output differs by more than --atol."""
+
+    def body():
+        from .bundle import load_dist
+        from .inputs import check_feeds, load_npz, random_inputs
+
+        p = _packager()
+        from edgepart.packager.verify import verify
+
+        plan = next(iter(load_dist(dist).values())).plan
+        if inputs:
+            feeds = load_npz(inputs)
+            check_feeds(plan.inputs, feeds)
+        else:
+            feeds = random_inputs(plan.inputs, seed=seed)
+        _ = p
+        v = verify(dist, model, feeds, atol)
+        if as_json:
+            print(json.dumps(v.to_dict(), indent=1))
+        else:
+            t = Table(title=f"verify plan {v.plan_id} against {model.name} (atol {atol:g})", title_justify="left")
+            t.add_column("output")
+            t.add_column("max abs diff", justify="right")
+            t.add_column("")
+            for k, d in v.max_abs_diff.items():
+                t.add_row(k, f"{d:.3g}", "[green]ok[/]" if d <= atol else "[red]DIFFERS[/]")
+            console.print(t)
+            if not v.model_matches_plan:
+                console.print("[yellow]note:[/] this model file is not byte-identical to the one that was packaged.")
+            console.print("[green]the split is exact within atol[/]" if v.ok else "[red]the split differs from the model[/]")
+        if not v.ok:
+            raise typer.Exit(1)
+
+    _run(body)
+
+
+def main() -> None:
+    logging.getLogger("edgepart").addHandler(logging.StreamHandler(sys.stderr))
+    logging.getLogger("edgepart").setLevel(logging.WARNING)
+    app()
+
+
+if __name__ == "__main__":
+    main()

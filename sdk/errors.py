@@ -1,0 +1,69 @@
+"""Every error edgepart raises on purpose, defined once.
+
+    EdgepartError                 base: catch this to catch them all
+    ├── ModelError                the model file is missing, not ONNX, or cannot be analysed
+    ├── InputShapeError           symbolic input dimensions with no concrete size given
+    ├── InputsError               inputs.npz cannot be read or does not match the model
+    ├── ClusterError              cluster.yaml is malformed or names something unknown
+    ├── PlanningError             no valid plan exists (too many devices, too little memory)
+    ├── BundleError               a bundle is missing, modified, or of another schema or plan
+    ├── WireError                 a network message is malformed (dropped, never fatal to an agent)
+    ├── PeerError                 a peer is missing, vanished, or did not answer in time
+    │   └── DeadlineExceeded      a request was not answered within its deadline
+    └── MissingExtraError         an optional dependency (an extra) is not installed
+
+Every message says what went wrong and what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class EdgepartError(Exception):
+    """Base class of every error edgepart raises on purpose."""
+
+
+class ModelError(EdgepartError):
+    """The model cannot be read or analysed."""
+
+
+class InputShapeError(EdgepartError):
+    """A model input has symbolic dimensions and no concrete size was given."""
+
+
+class InputsError(EdgepartError):
+    """Model inputs cannot be read or do not match the model."""
+
+
+class ClusterError(EdgepartError):
+    """The cluster description is malformed."""
+
+
+class PlanningError(EdgepartError):
+    """No plan satisfies the cluster's constraints."""
+
+
+class BundleError(EdgepartError):
+    """A bundle is missing, modified, or does not match this version or plan."""
+
+
+class WireError(EdgepartError):
+    """A network message is malformed."""
+
+
+class PeerError(EdgepartError):
+    """A peer is missing, vanished, or did not answer."""
+
+
+class DeadlineExceeded(PeerError, TimeoutError):
+    """A request was not answered within its deadline."""
+
+
+class MissingExtraError(EdgepartError, ImportError):
+    """An optional dependency is missing."""
+
+    @classmethod
+    def for_extra(cls, extra: str, what: str, missing: str) -> "MissingExtraError":
+        return cls(
+            f"{what} needs the '{extra}' extra, but the module {missing!r} is not installed. "
+            f'Install it with:  pip install "edgepart[{extra}]"'
+        )

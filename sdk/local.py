@@ -1,0 +1,62 @@
+"""Run a whole plan in one process, steps chained in order: for `verify`, tests and the demo.
+
+This is what the cluster computes, without the network: each step runs as soon as the tensors it
+needs exist, exactly as the agents will run it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from .bundle import Bundle, load_dist
+from .errors import BundleError
+from .plan import Plan
+from .runtime import make_session
+
+
+@dataclass
+class LocalCluster:
+    """Every step of a plan as onnxruntime sessions in this process."""
+
+    plan: Plan
+    sessions: dict[str, object]
+    step_ms: dict[str, list[float]] = field(default_factory=dict)
+
+    @classmethod
+    def from_dist(cls, dist: Path | str, threads: int = 0) -> "LocalCluster":
+        bundles = load_dist(dist)
+        return cls.from_bundles(bundles, threads)
+
+    @classmethod
+    def from_bundles(cls, bundles: Mapping[str, Bundle], threads: int = 0) -> "LocalCluster":
+        plan = next(iter(bundles.values())).plan
+        sessions = {}
+        for st in plan.steps:
+            b = bundles[st.device]
+            prov = next(d.providers for d in plan.devices if d.name == st.device)
+            sessions[st.name] = make_session(b.file(st.model_file), prov, threads)
+        return cls(plan, sessions)
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """All model outputs, by name, for one set of model inputs."""
+        missing = [i.name for i in self.plan.inputs if i.name not in feeds]
+        if missing:
+            raise BundleError(f"Missing model input(s): {', '.join(missing)}. The model takes: "
+                              f"{', '.join(i.name for i in self.plan.inputs)}.")
+        env: dict[str, np.ndarray] = {i.name: np.asarray(feeds[i.name]) for i in self.plan.inputs}
+        pending = list(self.plan.steps)
+        while pending:
+            ready = next((s for s in pending if all(i.name in env for i in s.inputs)), None)
+            if ready is None:
+                raise BundleError("The plan's steps cannot all run: some input is never produced. Package again.")
+            pending.remove(ready)
+            t0 = time.perf_counter()
+            outs = self.sessions[ready.name].run([o.name for o in ready.outputs], {i.name: env[i.name] for i in ready.inputs})
+            self.step_ms.setdefault(ready.name, []).append((time.perf_counter() - t0) * 1e3)
+            env.update({o.name: v for o, v in zip(ready.outputs, outs)})
+        return {o.name: env[o.name] for o in self.plan.outputs}

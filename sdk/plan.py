@@ -1,0 +1,208 @@
+"""The plan: a pure, frozen value that says which device runs what and where tensors go.
+
+Every strategy compiles into the same shape (DESIGN.md, "the packager compiles, the agent only
+executes"): a tuple of steps, each one sub-model on one device with named inputs and outputs, and a
+tuple of routes, each one tensor travelling from a producer (a device, or the caller) to a consumer
+(a device, or the caller) with a codec. The plan id is a hash of the whole value, file hashes
+included, so two bundles agree on a plan id exactly when they were packaged together.
+
+The JSON form is documented in docs/bundle-format.md; bump SCHEMA_VERSION on any change that an
+older reader would misread, and give new fields defaults.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .errors import BundleError
+
+SCHEMA_VERSION = 1
+CALLER = "@caller"  # the pseudo-device that feeds model inputs and receives model outputs
+
+Dim = int | str  # a concrete size, or a symbolic name kept from the original model
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A named tensor with its element type and shape (symbolic dims kept by name)."""
+
+    name: str
+    dtype: str
+    shape: tuple[Dim, ...]
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> "TensorSpec":
+        return TensorSpec(name=d["name"], dtype=d["dtype"], shape=tuple(d["shape"]))
+
+
+@dataclass(frozen=True)
+class Codec:
+    """How a tensor travels: dense, or (later strategies) a static channel subset, sparse, quantised."""
+
+    kind: str = "dense"
+    params: tuple[tuple[str, Any], ...] = ()
+
+    def param(self, key: str, default: Any = None) -> Any:
+        return dict(self.params).get(key, default)
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> "Codec":
+        return Codec(kind=d["kind"], params=tuple((k, _freeze(v)) for k, v in d.get("params", [])))
+
+
+@dataclass(frozen=True)
+class Route:
+    """One tensor from its producer to one consumer (devices by name, or CALLER)."""
+
+    tensor: str
+    src: str
+    dst: str
+    codec: Codec = field(default_factory=Codec)
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> "Route":
+        return Route(d["tensor"], d["src"], d["dst"], Codec.from_dict(d.get("codec", {"kind": "dense"})))
+
+
+@dataclass(frozen=True)
+class Step:
+    """One sub-model run on one device; its file lives in that device's bundle."""
+
+    name: str
+    device: str
+    model_file: str
+    sha256: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    data_files: tuple[tuple[str, str], ...] = ()  # (external-data file, sha256)
+    nodes: int = 0
+    estimated_ms: float = 0.0
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> "Step":
+        return Step(
+            name=d["name"],
+            device=d["device"],
+            model_file=d["model_file"],
+            sha256=d["sha256"],
+            inputs=tuple(TensorSpec.from_dict(t) for t in d["inputs"]),
+            outputs=tuple(TensorSpec.from_dict(t) for t in d["outputs"]),
+            data_files=tuple((f, h) for f, h in d.get("data_files", [])),
+            nodes=d.get("nodes", 0),
+            estimated_ms=d.get("estimated_ms", 0.0),
+        )
+
+    def files(self) -> dict[str, str]:
+        """Every file this step needs, with its sha256."""
+        return {self.model_file: self.sha256, **dict(self.data_files)}
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """A device as the plan knows it: its name and its execution-provider preference."""
+
+    name: str
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> "DeviceSpec":
+        return DeviceSpec(name=d["name"], providers=tuple(d.get("providers", ("CPUExecutionProvider",))))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The whole program of a cluster: steps per device and routes between them."""
+
+    strategy: str
+    model_name: str
+    model_sha256: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    devices: tuple[DeviceSpec, ...]
+    steps: tuple[Step, ...]
+    routes: tuple[Route, ...]
+    objective: str = "latency"
+    estimates: tuple[tuple[str, float], ...] = ()
+    schema_version: int = SCHEMA_VERSION
+
+    # -- derived ------------------------------------------------------------------------------
+    @property
+    def plan_id(self) -> str:
+        """A short hash of the whole plan; agents of different plan ids refuse to talk."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def device_names(self) -> tuple[str, ...]:
+        return tuple(d.name for d in self.devices)
+
+    def steps_of(self, device: str) -> tuple[Step, ...]:
+        return tuple(s for s in self.steps if s.device == device)
+
+    def routes_from(self, src: str) -> tuple[Route, ...]:
+        return tuple(r for r in self.routes if r.src == src)
+
+    def routes_to(self, dst: str) -> tuple[Route, ...]:
+        return tuple(r for r in self.routes if r.dst == dst)
+
+    # -- serialisation --------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(asdict(self))
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> "Plan":
+        version = d.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise BundleError(
+                f"This plan has schema version {version!r}, but this edgepart reads version "
+                f"{SCHEMA_VERSION}. Package the model again with this edgepart, or install the "
+                f"edgepart version that wrote it on every device."
+            )
+        try:
+            return Plan(
+                strategy=d["strategy"],
+                model_name=d["model_name"],
+                model_sha256=d["model_sha256"],
+                inputs=tuple(TensorSpec.from_dict(t) for t in d["inputs"]),
+                outputs=tuple(TensorSpec.from_dict(t) for t in d["outputs"]),
+                devices=tuple(DeviceSpec.from_dict(x) for x in d["devices"]),
+                steps=tuple(Step.from_dict(s) for s in d["steps"]),
+                routes=tuple(Route.from_dict(r) for r in d["routes"]),
+                objective=d.get("objective", "latency"),
+                estimates=tuple((k, float(v)) for k, v in d.get("estimates", [])),
+                schema_version=version,
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise BundleError(
+                f"The plan is malformed ({type(e).__name__}: {e}). The manifest was edited or "
+                f"truncated; package the model again."
+            ) from None
+
+
+def _plain(x: Any) -> Any:
+    """Tuples to lists, recursively, so JSON round trips compare equal."""
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
+
+
+def _freeze(x: Any) -> Any:
+    if isinstance(x, list):
+        return tuple(_freeze(v) for v in x)
+    return x
+
+
+__all__ = [
+    "CALLER",
+    "SCHEMA_VERSION",
+    "Codec",
+    "DeviceSpec",
+    "Plan",
+    "Route",
+    "Step",
+    "TensorSpec",
+]
