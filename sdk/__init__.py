@@ -21,18 +21,31 @@ from .errors import (
     WireError,
 )
 from .plan import Codec, Plan, Route, Step, TensorSpec
+from .session import InferenceSession
 
 __version__ = "0.1.0"
 
 logging.getLogger("edgepart").addHandler(logging.NullHandler())
 
+
+def __getattr__(name: str):
+    # The agent pulls in pyzmq and zeroconf; import it only when asked for.
+    if name == "Agent":
+        from .agent import Agent
+
+        return Agent
+    raise AttributeError(f"module 'edgepart' has no attribute {name!r}")
+
+
 __all__ = [
+    "Agent",
     "Bundle",
     "BundleError",
     "ClusterError",
     "Codec",
     "DeadlineExceeded",
     "EdgepartError",
+    "InferenceSession",
     "InputShapeError",
     "InputsError",
     "MissingExtraError",

@@ -1,0 +1,282 @@
+"""The agent: one device's bundle, served. Async core, thin sync facade.
+
+    async with AgentCore(bundle) as core: ...        # inside an event loop
+    with edgepart.Agent("dist/jetson-a") as agent:    # anywhere: runs its loop in a thread
+
+The core binds a ZeroMQ ROUTER, announces itself over mDNS, links to the peers it sends to, and
+feeds every valid tensor message to the executor. A malformed message is logged and dropped; the
+agent keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import zmq
+import zmq.asyncio
+
+from edgepart.bundle import Bundle, load_bundle
+from edgepart.errors import PeerError, WireError
+from edgepart.plan import CALLER, Route
+from edgepart.wire import Header, decode, dense_array, tensor_frames
+
+from .discovery import Announcement, Discovery
+from .executor import Executor, Key
+from .link import HWM, Peers
+
+log = logging.getLogger("edgepart")
+
+
+def parse_peer(text: str) -> str:
+    """`host:port` or `tcp://host:port` -> `tcp://host:port`."""
+    t = text[6:] if text.startswith("tcp://") else text
+    host, sep, port = t.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise PeerError(f"--peer {text!r} is not HOST:PORT (for example 192.168.1.20:5555).")
+    return f"tcp://{host}:{port}"
+
+
+class AgentCore:
+    """The async agent. `await start()`, then it serves until `await stop()`."""
+
+    def __init__(self, bundle: Bundle, *, interface: str | None = None, port: int = 0,
+                 peers: tuple[str, ...] = (), threads: int = 0, announce: bool = True):
+        self.bundle = bundle
+        self.plan = bundle.plan
+        self.device = bundle.device
+        self.interface = interface
+        self.port = port
+        self.static_peers = tuple(parse_peer(p) for p in peers)
+        self.threads = threads
+        self.announce = announce
+        self.endpoint = ""
+        self.dropped = 0
+        self._warned: set[str] = set()
+        self._tasks: list[asyncio.Task] = []
+        self.needed_roles = {r.dst for r in self.plan.routes_from(self.device) if r.dst != CALLER}
+
+    async def start(self) -> "AgentCore":
+        self.ctx = zmq.asyncio.Context()
+        self.router = self.ctx.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.router.setsockopt(zmq.SNDHWM, HWM)
+        self.router.setsockopt(zmq.RCVHWM, HWM)
+        self.router.setsockopt(zmq.LINGER, 0)
+        self.router.setsockopt(zmq.MAXMSGSIZE, 1 << 30)
+        host = self.interface or "0.0.0.0"
+        try:
+            if self.port:
+                self.router.bind(f"tcp://{host}:{self.port}")
+            else:
+                self.port = self.router.bind_to_random_port(f"tcp://{host}")
+        except zmq.ZMQError as e:
+            self.ctx.destroy(linger=0)
+            raise PeerError(f"cannot listen on {host}:{self.port or 'any'} ({e}). Pick another --port or --interface.") from None
+        self.endpoint = f"tcp://{host}:{self.port}"
+        self.executor = Executor(self.bundle, self._send, self._fail, self.threads)
+        await asyncio.get_running_loop().run_in_executor(None, self.executor.load)
+        self.peers = Peers(self.ctx, f"{self.device}:{secrets.token_hex(4)}".encode(), self.plan.plan_id,
+                           self.device, self._on_peer_message)
+        self.peers.start()
+        for ep in self.static_peers:
+            self.peers.connect(ep)
+        self.discovery = Discovery(self.interface, self.plan.plan_id, self._on_discovered)
+        await self.discovery.start()
+        if self.announce:
+            await self.discovery.announce(self.device, self.plan.plan_id, self.interface or "0.0.0.0", self.port)
+        self._tasks = [asyncio.ensure_future(self._serve()), asyncio.ensure_future(self._housekeeping())]
+        log.info("agent %s of plan %s listening on %s", self.device, self.plan.plan_id, self.endpoint)
+        return self
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.discovery.close()
+        await self.peers.close()
+        self.executor.close()
+        self.router.close(linger=0)
+        self.ctx.destroy(linger=0)
+
+    async def __aenter__(self) -> "AgentCore":
+        return await self.start()
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
+
+    def missing_roles(self) -> set[str]:
+        return self.needed_roles - self.peers.roles_up()
+
+    async def wait_ready(self, timeout_s: float) -> bool:
+        """Wait until every peer this device sends to is linked; False on timeout."""
+        end = time.monotonic() + timeout_s
+        while self.missing_roles():
+            left = end - time.monotonic()
+            if left <= 0:
+                return False
+            self.peers.role_changed.clear()
+            try:
+                await asyncio.wait_for(self.peers.role_changed.wait(), min(left, 0.5))
+            except asyncio.TimeoutError:
+                pass
+        return True
+
+    # -- inbound ---------------------------------------------------------------------------------
+    async def _serve(self) -> None:
+        while True:
+            if self.executor.full:
+                self.executor.slot_free.clear()
+                await self.executor.slot_free.wait()  # backpressure: leave messages in zmq's bounded queue
+            frames = await self.router.recv_multipart(copy=False)
+            ident = frames[0].bytes
+            try:
+                h, payload = decode(frames[1:])
+                await self._handle(ident, h, payload)
+            except WireError as e:
+                self._drop(ident, str(e))
+
+    async def _handle(self, ident: bytes, h: Header, payload: list) -> None:
+        if h.kind in ("ping", "hello"):
+            kind = "pong" if h.kind == "ping" else "hello"
+            if h.plan_id != self.plan.plan_id and h.kind == "hello":
+                self._drop(ident, f"hello from plan {h.plan_id}, this agent runs {self.plan.plan_id}")
+            await self._reply(ident, [Header(kind, self.plan.plan_id, self.device).encode()])
+            return
+        if h.plan_id != self.plan.plan_id:
+            raise WireError(f"message of plan {h.plan_id!r}, this agent runs {self.plan.plan_id}")
+        if h.kind != "tensor":
+            raise WireError(f"unexpected {h.kind} message")
+        if not self.executor.accepts(h.tensor, h.sender):
+            raise WireError(f"{h.sender!r} may not send {h.tensor!r} to {self.device}")
+        arr = dense_array(h, payload)
+        spec = next((i for s in self.executor.steps for i in s.inputs if i.name == h.tensor), None)
+        if spec is not None and (arr.dtype.name != spec.dtype or len(arr.shape) != len(spec.shape)):
+            raise WireError(f"{h.tensor} is {arr.dtype.name}{list(arr.shape)}, the plan says {spec.dtype}{list(spec.shape)}")
+        if h.ttl_ms <= 0:
+            raise WireError("tensor message without a deadline (ttl)")
+        self.executor.deliver((h.client, h.request_id), h.tensor, arr, h.ttl_ms)
+
+    def _drop(self, ident: bytes, why: str) -> None:
+        self.dropped += 1
+        key = ident[:32].hex()
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning("dropped a message from %s: %s", ident[:32], why)
+        else:
+            log.debug("dropped a message from %s: %s", ident[:32], why)
+
+    async def _on_peer_message(self, peer, h: Header, payload: list) -> None:
+        pass  # peers only answer pings and hellos on our DEALERs; tensors arrive on the ROUTER
+
+    def _on_discovered(self, ann: Announcement, present: bool) -> None:
+        if present and ann.role != self.device and ann.role in self.needed_roles:
+            self.peers.connect(ann.endpoint, ann.role)
+
+    # -- outbound --------------------------------------------------------------------------------
+    async def _send(self, route: Route, key: Key, arr: np.ndarray, deadline: float) -> None:
+        left_s = deadline - time.monotonic()
+        if left_s <= 0:
+            raise PeerError("deadline passed")
+        h = Header("tensor", self.plan.plan_id, self.device, request_id=key[1], client=key[0],
+                   tensor=route.tensor, ttl_ms=left_s * 1e3)
+        frames = tensor_frames(h, arr)
+        if route.dst == CALLER:
+            await self._reply(key[0], frames)
+        else:
+            try:
+                await self.peers.send(route.dst, frames, left_s)
+            except ConnectionError:
+                raise PeerError(f"{route.dst} is not reachable") from None
+            except asyncio.TimeoutError:
+                raise PeerError(f"{route.dst} did not take {route.tensor} before the deadline") from None
+
+    async def _reply(self, ident: bytes, frames: list) -> None:
+        try:
+            await asyncio.wait_for(self.router.send_multipart([ident, *frames], copy=False), 2.0)
+        except zmq.ZMQError as e:  # EHOSTUNREACH: the caller went away
+            log.debug("could not reply to %s: %s", ident[:32], e)
+        except asyncio.TimeoutError:
+            log.debug("reply to %s timed out", ident[:32])
+
+    async def _fail(self, key: Key, why: str) -> None:
+        h = Header("error", self.plan.plan_id, self.device, request_id=key[1], client=key[0], message=why)
+        await self._reply(key[0], [h.encode()])
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(0.1)
+            await self.executor.expire()
+
+
+class Agent:
+    """A device's agent in a background thread: `Agent(bundle).start()` ... `.stop()`, or `with`."""
+
+    def __init__(self, bundle: Bundle | str | Path, *, interface: str | None = None, port: int = 0,
+                 peers: tuple[str, ...] = (), threads: int = 0, announce: bool = True):
+        self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+        self._kw = dict(interface=interface, port=port, peers=tuple(peers), threads=threads, announce=announce)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self.core: AgentCore | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return self.core.endpoint if self.core else ""
+
+    def start(self, timeout_s: float = 30.0) -> "Agent":
+        if self._thread is not None:
+            return self
+        self._loop = asyncio.new_event_loop()
+        started = threading.Event()
+        error: list[BaseException] = []
+
+        def run() -> None:
+            asyncio.set_event_loop(self._loop)
+            try:
+                self.core = self._loop.run_until_complete(AgentCore(self.bundle, **self._kw).start())
+            except BaseException as e:  # reported to the starting thread
+                error.append(e)
+                started.set()
+                return
+            started.set()
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=run, name=f"edgepart-agent-{self.bundle.device}", daemon=True)
+        self._thread.start()
+        if not started.wait(timeout_s):
+            raise PeerError(f"agent {self.bundle.device} did not start within {timeout_s:.0f} s")
+        if error:
+            self._thread.join(1)
+            self._thread = None
+            raise error[0]
+        return self
+
+    def wait_ready(self, timeout_s: float = 10.0) -> bool:
+        assert self._loop and self.core
+        return asyncio.run_coroutine_threadsafe(self.core.wait_ready(timeout_s), self._loop).result(timeout_s + 5)
+
+    def stop(self) -> None:
+        if self._thread is None or self._loop is None:
+            return
+        if self.core is not None:
+            fut = asyncio.run_coroutine_threadsafe(self.core.stop(), self._loop)
+            try:
+                fut.result(10)
+            except Exception as e:  # stopping must not raise
+                log.debug("agent stop: %s", e)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+        self._thread, self._loop, self.core = None, None, None
+
+    def __enter__(self) -> "Agent":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,142 @@
+"""The executor: runs this device's program for any number of requests in flight.
+
+It knows nothing of strategies. For each request it collects the tensors that arrive (from the
+caller, a peer, or a local step), runs every step whose inputs are all present — onnxruntime in a
+worker thread per step, so the network keeps moving while it computes — and hands each output to
+the routes the plan gives it. A request that outlives its deadline is dropped with an error to its
+caller; the number of requests held at once is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
+
+import numpy as np
+
+from edgepart.bundle import Bundle
+from edgepart.plan import Route, Step
+from edgepart.runtime import make_session
+
+log = logging.getLogger("edgepart")
+
+MAX_IN_FLIGHT = 256
+
+Key = tuple[bytes, int]  # (client id, request id)
+# send(route, key, array, deadline) -> awaitable; raises on failure
+Sender = Callable[[Route, Key, np.ndarray, float], Awaitable[None]]
+Failer = Callable[[Key, str], Awaitable[None]]
+
+
+@dataclass
+class Request:
+    deadline: float  # time.monotonic()
+    tensors: dict[str, np.ndarray] = field(default_factory=dict)
+    started: set[str] = field(default_factory=set)
+    done: int = 0
+
+
+class Executor:
+    def __init__(self, bundle: Bundle, send: Sender, fail: Failer, threads: int = 0):
+        self.bundle = bundle
+        self.device = bundle.device
+        self.steps: tuple[Step, ...] = bundle.steps
+        plan = bundle.plan
+        self.providers = next(d.providers for d in plan.devices if d.name == self.device)
+        self.threads = threads
+        self.sessions: dict[str, object] = {}
+        self.pools = {s.name: ThreadPoolExecutor(1, thread_name_prefix=f"edgepart-{s.name}") for s in self.steps}
+        self.local_inputs = {i.name for s in self.steps for i in s.inputs}
+        self.expected: dict[str, set[str]] = {}  # tensor -> senders allowed to send it here
+        for r in plan.routes_to(self.device):
+            self.expected.setdefault(r.tensor, set()).add(r.src)
+        self.out_routes: dict[str, list[Route]] = {}
+        for r in plan.routes_from(self.device):
+            self.out_routes.setdefault(r.tensor, []).append(r)
+        self.send, self.fail = send, fail
+        self.requests: dict[Key, Request] = {}
+        self.slot_free = asyncio.Event()
+        self.completed = 0
+        self.failed = 0
+
+    def load(self) -> None:
+        """Create the onnxruntime sessions (slow: call from a thread)."""
+        for s in self.steps:
+            self.sessions[s.name] = make_session(self.bundle.file(s.model_file), self.providers, self.threads)
+
+    def accepts(self, tensor: str, sender: str) -> bool:
+        return sender in self.expected.get(tensor, ())
+
+    @property
+    def full(self) -> bool:
+        return len(self.requests) >= MAX_IN_FLIGHT
+
+    def deliver(self, key: Key, tensor: str, array: np.ndarray, ttl_ms: float) -> None:
+        """A tensor for request `key` arrived; run whatever became runnable."""
+        req = self.requests.get(key)
+        if req is None:
+            req = self.requests[key] = Request(time.monotonic() + ttl_ms / 1e3)
+        req.tensors[tensor] = array
+        self._run_ready(key, req)
+
+    def _run_ready(self, key: Key, req: Request) -> None:
+        for s in self.steps:
+            if s.name not in req.started and all(i.name in req.tensors for i in s.inputs):
+                req.started.add(s.name)
+                asyncio.ensure_future(self._run_step(key, req, s))
+
+    async def _run_step(self, key: Key, req: Request, step: Step) -> None:
+        loop = asyncio.get_running_loop()
+        feeds = {i.name: req.tensors[i.name] for i in step.inputs}
+        names = [o.name for o in step.outputs]
+        try:
+            outs = await loop.run_in_executor(self.pools[step.name], self.sessions[step.name].run, names, feeds)
+        except Exception as e:  # onnxruntime raises untyped errors (bad shapes, bad values)
+            msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            await self._fail(key, f"{self.device}/{step.name} failed: {msg}")
+            return
+        if key not in self.requests:
+            return  # expired or failed meanwhile
+        sends = []
+        for o, arr in zip(step.outputs, outs):
+            req.tensors[o.name] = arr
+            for r in self.out_routes.get(o.name, ()):
+                if r.dst != self.device:
+                    sends.append(self.send(r, key, arr, req.deadline))
+        req.done += 1
+        self._run_ready(key, req)
+        if sends:
+            results = await asyncio.gather(*sends, return_exceptions=True)
+            errs = [r for r in results if isinstance(r, BaseException)]
+            if errs:
+                await self._fail(key, f"{self.device} could not send {step.name}'s outputs: {errs[0]}")
+                return
+        if req.done == len(self.steps) and self.requests.pop(key, None) is not None:
+            self.completed += 1
+            self.slot_free.set()
+
+    async def _fail(self, key: Key, why: str) -> None:
+        if self.requests.pop(key, None) is None:
+            return
+        self.failed += 1
+        self.slot_free.set()
+        log.debug("request %s failed: %s", key[1], why)
+        if key[0]:
+            await self.fail(key, why)
+
+    async def expire(self) -> None:
+        """Drop requests past their deadline, telling their callers."""
+        now = time.monotonic()
+        for key, req in list(self.requests.items()):
+            if now > req.deadline:
+                await self._fail(key, f"deadline passed while {self.device} still waited for "
+                                      f"{sorted(self.local_inputs - set(req.tensors)) or 'its steps'}")
+
+    def close(self) -> None:
+        for p in self.pools.values():
+            p.shutdown(wait=False, cancel_futures=True)
+

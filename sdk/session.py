@@ -1,0 +1,135 @@
+"""`edgepart.InferenceSession`: call a cluster as if it were one onnxruntime session.
+
+    sess = edgepart.InferenceSession("dist/")               # finds the agents of that plan
+    out = sess.run(None, {"input": x})                       # like onnxruntime: a list, in output order
+    futures = [sess.submit({"input": x}) for x in frames]    # pipelined; each future gives a dict
+    out = await sess.arun(None, {"input": x})                # from async code
+
+The network side runs on an asyncio loop in one background thread (agent/client.py); this class is
+the thin sync facade over it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from .bundle import Bundle, is_bundle, load_bundle, load_dist
+from .errors import DeadlineExceeded, EdgepartError, PeerError
+from .plan import Plan, TensorSpec
+
+
+class NodeArg:
+    """Like onnxruntime's NodeArg: name, shape, type."""
+
+    def __init__(self, spec: TensorSpec):
+        self.name, self.shape = spec.name, list(spec.shape)
+        self.type = f"tensor({'float' if spec.dtype == 'float32' else 'double' if spec.dtype == 'float64' else spec.dtype})"
+
+    def __repr__(self) -> str:
+        return f"NodeArg(name={self.name!r}, type={self.type!r}, shape={self.shape})"
+
+
+def plan_of(path: str | Path | Plan | Bundle) -> Plan:
+    if isinstance(path, Plan):
+        return path
+    if isinstance(path, Bundle):
+        return path.plan
+    p = Path(path)
+    if is_bundle(p):
+        return load_bundle(p, verify_files=False).plan
+    return next(iter(load_dist(p, verify_files=False).values())).plan
+
+
+class InferenceSession:
+    """A session over a whole cluster; `path` is the dist/ folder, any one bundle, or a Plan."""
+
+    def __init__(self, path: str | Path | Plan | Bundle, *, interface: str | None = None,
+                 peers: Sequence[str] = (), timeout_s: float = 10.0, discover_timeout_s: float = 10.0):
+        from edgepart.agent.client import ClusterClient  # the network side: pyzmq, zeroconf
+
+        self.plan = plan_of(path)
+        self.timeout_s = timeout_s
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="edgepart-session", daemon=True)
+        self._thread.start()
+        self._client = ClusterClient(self.plan, interface=interface, peers=tuple(peers),
+                                     discover_timeout_s=discover_timeout_s)
+        try:
+            asyncio.run_coroutine_threadsafe(self._client.start(), self._loop).result(discover_timeout_s + 10)
+        except BaseException:
+            self._shutdown_loop()
+            raise
+
+    # -- onnxruntime-like -----------------------------------------------------------------------
+    def get_inputs(self) -> list[NodeArg]:
+        return [NodeArg(s) for s in self.plan.inputs]
+
+    def get_outputs(self) -> list[NodeArg]:
+        return [NodeArg(s) for s in self.plan.outputs]
+
+    def run(self, output_names: Sequence[str] | None, input_feed: Mapping[str, np.ndarray],
+            run_options: object = None, *, timeout_s: float | None = None) -> list[np.ndarray]:
+        """Outputs in the order of `output_names` (all of them when None), like onnxruntime."""
+        t = timeout_s or self.timeout_s
+        out = self.submit(input_feed, timeout_s=t)
+        try:
+            res = out.result(t + 5)
+        except concurrent.futures.TimeoutError:
+            raise DeadlineExceeded(f"no answer within {t:g} s") from None
+        return self._select(output_names, res)
+
+    def submit(self, input_feed: Mapping[str, np.ndarray], *, timeout_s: float | None = None) -> "concurrent.futures.Future[dict[str, np.ndarray]]":
+        """Send one request now; the future gives {output name: array}. Pipelined: submit many."""
+        if self._client is None:
+            raise PeerError("the session is closed")
+        return asyncio.run_coroutine_threadsafe(self._client.infer(input_feed, timeout_s or self.timeout_s), self._loop)
+
+    async def arun(self, output_names: Sequence[str] | None, input_feed: Mapping[str, np.ndarray],
+                   *, timeout_s: float | None = None) -> list[np.ndarray]:
+        """`run` for async code: awaits without blocking the caller's event loop."""
+        res = await asyncio.wrap_future(self.submit(input_feed, timeout_s=timeout_s))
+        return self._select(output_names, res)
+
+    def _select(self, names: Sequence[str] | None, res: dict[str, np.ndarray]) -> list[np.ndarray]:
+        names = list(names) if names else [o.name for o in self.plan.outputs]
+        unknown = [n for n in names if n not in res]
+        if unknown:
+            raise EdgepartError(f"Unknown output(s) {', '.join(unknown)}; the model's outputs are "
+                                f"{', '.join(o.name for o in self.plan.outputs)}.")
+        return [res[n] for n in names]
+
+    # -- lifetime ----------------------------------------------------------------------------------
+    def close(self) -> None:
+        if self._client is not None:
+            try:
+                asyncio.run_coroutine_threadsafe(self._client.close(), self._loop).result(10)
+            except Exception:  # closing never raises
+                pass
+            self._client = None
+        self._shutdown_loop()
+
+    def _shutdown_loop(self) -> None:
+        if self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        if not self._loop.is_running():
+            self._loop.close()
+
+    def __enter__(self) -> "InferenceSession":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            if getattr(self, "_client", None) is not None:
+                self.close()
+        except Exception:
+            pass
