@@ -135,11 +135,15 @@ class AgentCore:
                 await self.executor.slot_free.wait()  # backpressure: leave messages in zmq's bounded queue
             frames = await self.router.recv_multipart(copy=False)
             ident = frames[0].bytes
+            h = None
             try:
                 h, payload = decode(frames[1:])
                 await self._handle(ident, h, payload)
             except WireError as e:
                 self._drop(ident, str(e))
+                if h is not None and h.kind == "tensor" and h.client and h.plan_id == self.plan.plan_id:
+                    # a well-addressed request with bad content: fail it now rather than at its deadline
+                    await self._fail((h.client, h.request_id), f"{self.device} rejected {h.tensor or 'a tensor'}: {e}")
 
     async def _handle(self, ident: bytes, h: Header, payload: list) -> None:
         if h.kind in ("ping", "hello"):

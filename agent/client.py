@@ -99,7 +99,7 @@ class ClusterClient:
 
     async def infer(self, feeds: Mapping[str, np.ndarray], timeout_s: float = 10.0) -> dict[str, np.ndarray]:
         """All model outputs for one request, or PeerError / DeadlineExceeded."""
-        feeds = {k: np.ascontiguousarray(v) for k, v in feeds.items()}
+        feeds = {k: np.asarray(v) for k, v in feeds.items()}
         check_feeds(self.plan.inputs, feeds)
         rid = next(self._ids)
         fut = asyncio.get_running_loop().create_future()

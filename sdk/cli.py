@@ -268,11 +268,11 @@ def verify_cmd(
     _run(body)
 
 
+from . import cli_cluster, cli_demo  # noqa: E402,F401  (they register their commands on `app`)
+
+
 def main() -> None:
     logging.getLogger("edgepart").addHandler(logging.StreamHandler(sys.stderr))
     logging.getLogger("edgepart").setLevel(logging.WARNING)
     app()
 
-
-if __name__ == "__main__":
-    main()

@@ -80,6 +80,8 @@ class InferenceSession:
         out = self.submit(input_feed, timeout_s=t)
         try:
             res = out.result(t + 5)
+        except DeadlineExceeded:
+            raise
         except concurrent.futures.TimeoutError:
             raise DeadlineExceeded(f"no answer within {t:g} s") from None
         return self._select(output_names, res)

@@ -74,9 +74,10 @@ class Header:
 
 def tensor_frames(header: Header, array: np.ndarray) -> list:
     """[header, buffer] for a dense tensor; the buffer is the array's memory, not a copy."""
-    a = np.ascontiguousarray(array)
+    a = array if isinstance(array, np.ndarray) and array.flags.c_contiguous else np.ascontiguousarray(array)
     h = replace(header, kind="tensor", dtype=a.dtype.name, shape=tuple(a.shape), codec="dense")
-    return [h.encode(), memoryview(a).cast("B") if a.size else b""]
+    # (np.ascontiguousarray would turn a 0-d array into 1-d; reshape(-1) of a contiguous array is a view)
+    return [h.encode(), memoryview(a.reshape(-1)).cast("B") if a.size else b""]
 
 
 def decode(frames: Sequence[Any]) -> tuple[Header, list[memoryview]]:

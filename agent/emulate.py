@@ -1,0 +1,154 @@
+"""Agents as real processes on this machine: the emulated cluster of the demo, tests and benchmarks.
+
+    with AgentProcesses("dist/", interface="127.0.0.1") as procs:    # one `edgepart run` per bundle
+        sess = edgepart.InferenceSession("dist/", interface="127.0.0.1")
+        procs.kill("pi-b"); procs.restart("pi-b")
+
+With `hosts={device: netns.Host}` each agent runs inside its own network namespace instead.
+Each process gets its own process group; stop() ends them all (SIGTERM, then SIGKILL).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from edgepart.bundle import is_bundle
+from edgepart.errors import PeerError
+
+
+class AgentProcess:
+    def __init__(self, bundle: Path, argv: list[str], host=None, env: Mapping[str, str] | None = None):
+        self.bundle, self.argv, self.host, self.env = bundle, argv, host, env
+        self.device = bundle.name
+        self.proc: subprocess.Popen | None = None
+        self.lines: list[str] = []
+        self.endpoint = ""
+        self._got = threading.Event()
+        self._ready = threading.Event()
+
+    def start(self) -> None:
+        self.lines, self.endpoint = [], ""
+        self._got.clear()
+        self._ready.clear()
+        kw = dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                  env={**os.environ, "PYTHONUNBUFFERED": "1", **(self.env or {})})
+        self.proc = self.host.popen(self.argv, **kw) if self.host is not None else subprocess.Popen(self.argv, **kw)
+        threading.Thread(target=self._read, args=(self.proc,), daemon=True, name=f"edgepart-log-{self.device}").start()
+
+    def _read(self, proc: subprocess.Popen) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            self.lines.append(line)
+            if line.startswith("edgepart-agent device=") and "endpoint=" in line:
+                self.endpoint = line.split("endpoint=", 1)[1].strip()
+                self._got.set()
+            elif line.startswith("edgepart-agent ready"):
+                self._ready.set()
+        self._got.set()
+
+    def wait_started(self, timeout_s: float) -> str:
+        if not self._got.wait(timeout_s) or not self.endpoint:
+            tail = "\n".join(self.lines[-15:])
+            raise PeerError(f"agent {self.device} did not start within {timeout_s:g} s. Its output:\n{tail}")
+        return self.endpoint
+
+    def wait_ready(self, timeout_s: float) -> bool:
+        return self._ready.wait(timeout_s)
+
+    def signal(self, sig: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        if self.proc is None:
+            return
+        self.signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.signal(signal.SIGKILL)
+            self.proc.wait(timeout_s)
+        self.proc = None
+
+
+class AgentProcesses:
+    """One `edgepart run` process per bundle under `dist`."""
+
+    def __init__(self, dist: Path | str, *, interface: str | None = "127.0.0.1", hosts: Mapping[str, object] | None = None,
+                 threads: int = 1, cpus: Mapping[str, int] | None = None, ports: Mapping[str, int] | None = None,
+                 peers: Mapping[str, Sequence[str]] | None = None, extra: Sequence[str] = (),
+                 env: Mapping[str, str] | None = None):
+        self.dist = Path(dist)
+        bundles = sorted(p for p in self.dist.iterdir() if is_bundle(p)) if self.dist.is_dir() else []
+        if not bundles:
+            raise PeerError(f"{dist} holds no bundles; package a model first.")
+        self.agents: dict[str, AgentProcess] = {}
+        for b in bundles:
+            host = (hosts or {}).get(b.name)
+            ip = getattr(host, "ip", None) or interface
+            argv = [sys.executable, "-m", "edgepart", "run", str(b.resolve()), "--threads", str(threads)]
+            if ip:
+                argv += ["--interface", ip]
+            if ports and b.name in ports:
+                argv += ["--port", str(ports[b.name])]
+            for p in (peers or {}).get(b.name, ()):
+                argv += ["--peer", p]
+            argv += list(extra)
+            if cpus and b.name in cpus:
+                argv = ["taskset", "-c", str(cpus[b.name]), *argv]
+            self.agents[b.name] = AgentProcess(b, argv, host, env)
+
+    def start(self, timeout_s: float = 60.0) -> "AgentProcesses":
+        try:
+            for a in self.agents.values():
+                a.start()
+            for a in self.agents.values():
+                a.wait_started(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_ready(self, timeout_s: float = 30.0) -> None:
+        end = time.monotonic() + timeout_s
+        for a in self.agents.values():
+            if not a.wait_ready(max(end - time.monotonic(), 0.01)):
+                raise PeerError(f"agent {a.device} did not find its peers within {timeout_s:g} s:\n" + "\n".join(a.lines[-10:]))
+
+    @property
+    def endpoints(self) -> dict[str, str]:
+        return {d: a.endpoint for d, a in self.agents.items()}
+
+    def kill(self, device: str, sig: int = signal.SIGKILL) -> None:
+        a = self.agents[device]
+        a.signal(sig)
+        if a.proc is not None:
+            a.proc.wait(10)
+        a.proc = None
+
+    def restart(self, device: str, timeout_s: float = 60.0) -> str:
+        a = self.agents[device]
+        a.stop()
+        a.start()
+        return a.wait_started(timeout_s)
+
+    def stop(self) -> None:
+        for a in self.agents.values():
+            a.stop()
+
+    def __enter__(self) -> "AgentProcesses":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,5 @@
+"""`python -m edgepart ...` is the `edgepart` command."""
+
+from .cli import main
+
+main()

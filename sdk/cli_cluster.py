@@ -1,0 +1,174 @@
+"""CLI commands for the running cluster: `run`, `discover`, `infer` (registered on `edgepart.cli.app`)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from .cli import _run, app, console, err_console
+from .errors import PeerError
+
+InterfaceOpt = typer.Option(None, "--interface", "-i", help="IP address of the network interface to use for mDNS and ZeroMQ (for example 192.168.1.20); 127.0.0.1 keeps a whole cluster on loopback. Default: all interfaces.")
+PeerOpt = typer.Option(None, "--peer", help="A peer agent's HOST:PORT, for networks where multicast (mDNS) is blocked. Repeatable.")
+
+
+@app.command("run")
+def run_cmd(
+    bundle: Path = typer.Argument(..., help="This device's bundle folder (dist/<device>), copied from the workstation."),
+    interface: Optional[str] = InterfaceOpt,
+    port: int = typer.Option(0, "--port", "-p", help="TCP port for ZeroMQ; 0 picks a free one (announced over mDNS). Give a fixed port when peers use --peer."),
+    peer: Optional[list[str]] = PeerOpt,
+    threads: int = typer.Option(0, "--threads", help="onnxruntime intra-op threads per step; 0 lets onnxruntime decide."),
+    ready_timeout_s: float = typer.Option(0.0, "--ready-timeout-s", help="Exit with an error if the peers this device sends to are not all found within this many seconds; 0 waits forever."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every link change and dropped message."),
+) -> None:
+    """Serve this device's part of the plan: announce it, find the peers, execute requests until Ctrl-C."""
+
+    def body():
+        from edgepart.agent import AgentCore
+
+        from .bundle import load_bundle
+
+        logging.getLogger("edgepart").setLevel(logging.DEBUG if verbose else logging.INFO)
+        b = load_bundle(bundle)
+
+        async def main():
+            core = await AgentCore(b, interface=interface, port=port, peers=tuple(peer or ()), threads=threads).start()
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            # one machine-readable line, for scripts and the test harness
+            print(f"edgepart-agent device={b.device} plan={b.plan_id} endpoint={core.endpoint}", flush=True)
+            try:
+                waited = 0.0
+                while not stop.is_set():
+                    missing = core.missing_roles()
+                    if not missing:
+                        print(f"edgepart-agent ready device={b.device}", flush=True)
+                        break
+                    if ready_timeout_s and waited >= ready_timeout_s:
+                        raise PeerError(
+                            f"{b.device} did not find {', '.join(sorted(missing))} of plan {b.plan_id} within "
+                            f"{ready_timeout_s:g} s. Start `edgepart run` on those devices; pick the network with "
+                            f"--interface; where multicast is blocked, use --peer HOST:PORT.")
+                    await core.wait_ready(0.5)
+                    waited += 0.5
+                await stop.wait()
+            finally:
+                await core.stop()
+
+        try:
+            asyncio.run(main())
+        except KeyboardInterrupt:
+            pass
+
+    _run(body)
+
+
+@app.command("discover")
+def discover_cmd(
+    interface: Optional[str] = InterfaceOpt,
+    wait_s: float = typer.Option(2.0, "--wait-s", help="How long to listen for announcements."),
+    plan: Optional[str] = typer.Option(None, "--plan", help="Show only agents of this plan id."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON list instead of a table."),
+) -> None:
+    """List the agents out there: device role, plan id, endpoint, and whether each answers (healthy)."""
+
+    def body():
+        from edgepart.agent.discovery import Discovery
+
+        async def main():
+            d = Discovery(interface, plan)
+            await d.start()
+            try:
+                await asyncio.sleep(wait_s)
+                found = list(d.found.values())
+                health = await asyncio.gather(*(_ping(a.endpoint, a.plan_id) for a in found))
+                return found, health, d.duplicates()
+            finally:
+                await d.close()
+
+        found, health, dups = asyncio.run(main())
+        rows = [{"role": a.role, "plan_id": a.plan_id, "endpoint": a.endpoint, "healthy": h is not None,
+                 "rtt_ms": h, "duplicate": (a.plan_id, a.role) in dups} for a, h in zip(found, health)]
+        rows.sort(key=lambda r: (r["plan_id"], r["role"]))
+        if as_json:
+            print(json.dumps(rows, indent=1))
+            return
+        if not rows:
+            console.print(f"no agents answered within {wait_s:g} s. Are they running (`edgepart run`)? "
+                          f"Same network (--interface)? Where multicast is blocked, agents need --peer.")
+            return
+        t = Table(title=f"edgepart agents ({len(rows)})", title_justify="left")
+        for c in ("plan", "role", "endpoint", "health"):
+            t.add_column(c)
+        for r in rows:
+            h = f"[green]ok[/] {r['rtt_ms']:.1f} ms" if r["healthy"] else "[red]not answering[/]"
+            if r["duplicate"]:
+                h += " [yellow](duplicate role!)[/]"
+            t.add_row(r["plan_id"], r["role"], r["endpoint"], h)
+        console.print(t)
+
+    _run(body)
+
+
+async def _ping(endpoint: str, plan_id: str, timeout_s: float = 1.0) -> float | None:
+    import zmq
+    import zmq.asyncio
+
+    from .wire import Header, decode
+
+    ctx = zmq.asyncio.Context()
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    try:
+        s.connect(endpoint)
+        t0 = time.perf_counter()
+        await s.send(Header("ping", plan_id, "@discover").encode())
+        frames = await asyncio.wait_for(s.recv_multipart(), timeout_s)
+        h, _ = decode(frames)
+        return (time.perf_counter() - t0) * 1e3 if h.kind == "pong" else None
+    except Exception:  # unreachable, garbage, timeout: all mean "not healthy"
+        return None
+    finally:
+        s.close(0)
+        ctx.term()
+
+
+@app.command("infer")
+def infer_cmd(
+    dist: Path = typer.Argument(..., help="The dist/ folder, or any one bundle of the plan (only its plan is read)."),
+    inputs: Path = typer.Option(..., "--inputs", help="An .npz mapping model input names to arrays."),
+    output: Path = typer.Option(Path("out.npz"), "--output", "-o", help="Where to write the outputs (.npz, by output name)."),
+    timeout_s: float = typer.Option(10.0, "--timeout-s", help="Deadline for the request, in seconds."),
+    discover_timeout_s: float = typer.Option(10.0, "--discover-timeout-s", help="How long to look for the agents."),
+    interface: Optional[str] = InterfaceOpt,
+    peer: Optional[list[str]] = PeerOpt,
+) -> None:
+    """Send one request to the running cluster and write its outputs to an .npz."""
+
+    def body():
+        from .inputs import load_npz, save_npz
+        from .session import InferenceSession
+
+        feeds = load_npz(inputs)
+        with InferenceSession(dist, interface=interface, peers=tuple(peer or ()), timeout_s=timeout_s,
+                              discover_timeout_s=discover_timeout_s) as sess:
+            t0 = time.perf_counter()
+            res = sess.submit(feeds).result(timeout_s + 5)
+            ms = (time.perf_counter() - t0) * 1e3
+        save_npz(output, res)
+        err_console.print(f"{len(res)} output(s) written to {output} in {ms:.1f} ms: "
+                          + ", ".join(f"{k} {v.dtype}{list(v.shape)}" for k, v in res.items()))
+
+    _run(body)
+
