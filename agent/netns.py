@@ -114,13 +114,13 @@ class _Made:
             try:
                 _kill_ns_pids(ns)
                 _sh(["ip", "netns", "del", ns])
-            except RuntimeError as exc:
-                log.warning("netns teardown: %s", exc)
+            except RuntimeError as exc:  # go on: remove as much as possible
+                log.warning("emulated LAN teardown: %s", exc)
         if self.bridge:
             try:
                 _sh(["ip", "link", "del", self.bridge])
             except RuntimeError as exc:
-                log.warning("netns teardown: %s", exc)
+                log.warning("emulated LAN teardown: %s", exc)
         _open_tags.discard(self.tag)
 
 
@@ -136,7 +136,10 @@ class Host:
 
     def popen(self, argv: list[str], **kw) -> subprocess.Popen:
         """Start argv inside this host's namespace, in a new process group the LAN will kill."""
-        p = subprocess.Popen(["ip", "netns", "exec", self.ns, *argv], start_new_session=True, **kw)
+        # Always its own process group (a caller may pass start_new_session too): close() kills
+        # the whole group.
+        kw["start_new_session"] = True
+        p = subprocess.Popen(["ip", "netns", "exec", self.ns, *argv], **kw)
         self._procs.append(p)
         return p
 
@@ -217,6 +220,9 @@ class EmulatedLan:
 
     def set_rate(self, rate_mbit: float | None, *, burst_kb: float | None = None) -> None:
         """Shape every host's link to rate_mbit in each direction (tc tbf); None removes it."""
+        for name, value in (("rate_mbit", rate_mbit), ("burst_kb", burst_kb)):
+            if value is not None and not value > 0:
+                raise ValueError(f"{name}={value} must be positive (rate_mbit=None removes shaping)")
         for tc, dev in self._each_link():
             if rate_mbit is None:
                 _sh([*tc, "qdisc", "del", "dev", dev, "root"], check=False)
@@ -262,7 +268,7 @@ def available() -> str | None:
     for tool in ("ip", "tc", "bridge"):
         if shutil.which(tool) is None:
             return f"`{tool}` (iproute2) is not installed"
-    probe = f"epprobe-{os.getpid():x}-{next(_counter)}"
+    probe = f"ep-{os.getpid():x}-{next(_counter)}h0"  # cleanup_stale() knows the name
     try:
         _sh(["ip", "netns", "add", probe])
         try:
@@ -282,9 +288,7 @@ def _pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
-    return True
+    return True  # PermissionError too: it exists
 
 
 def cleanup_stale(prefix: str = "ep") -> list[str]:
@@ -303,17 +307,18 @@ def cleanup_stale(prefix: str = "ep") -> list[str]:
         return tag not in _open_tags if pid == os.getpid() else not _pid_alive(pid)
 
     removed = []
+    # Links first: deleting a veth is synchronous, a namespace's own cleanup is not.
+    for line in _sh(["ip", "-o", "link", "show"]).splitlines():
+        dev = line.split(":")[1].strip().split("@")[0] if ":" in line else ""
+        if stale(dev):
+            _sh(["ip", "link", "del", dev], check=False)  # a veth may vanish with its peer
+            removed.append(dev)
     for line in _sh(["ip", "netns", "list"]).splitlines():
         ns = line.split()[0] if line.strip() else ""
         if stale(ns):
             _kill_ns_pids(ns)
             _sh(["ip", "netns", "del", ns])
             removed.append(ns)
-    for line in _sh(["ip", "-o", "link", "show"]).splitlines():
-        dev = line.split(":")[1].strip().split("@")[0] if ":" in line else ""
-        if stale(dev):
-            _sh(["ip", "link", "del", dev], check=False)  # a veth may vanish with its peer
-            removed.append(dev)
     if removed:
         log.info("removed stale emulated-LAN leftovers: %s", removed)
     return removed
