@@ -11,9 +11,9 @@ agent keeps serving.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import secrets
-import threading
 import time
 from pathlib import Path
 
@@ -21,11 +21,13 @@ import numpy as np
 import zmq
 import zmq.asyncio
 
+from edgepart import aio
 from edgepart.bundle import Bundle, load_bundle
 from edgepart.errors import PeerError, WireError
-from edgepart.plan import CALLER, Route
-from edgepart.wire import Header, decode, dense_array, tensor_frames
+from edgepart.plan import CALLER
+from edgepart.wire import Header, arrays, decode, tensor_frames
 
+from . import inproc
 from .discovery import Announcement, Discovery
 from .executor import Executor, Key
 from .link import HWM, Peers
@@ -91,10 +93,12 @@ class AgentCore:
         if self.announce:
             await self.discovery.announce(self.device, self.plan.plan_id, self.interface or "0.0.0.0", self.port)
         self._tasks = [asyncio.ensure_future(self._serve()), asyncio.ensure_future(self._housekeeping())]
+        inproc.register_agent(self.plan.plan_id, self.device, self)
         log.info("agent %s of plan %s listening on %s", self.device, self.plan.plan_id, self.endpoint)
         return self
 
     async def stop(self) -> None:
+        inproc.unregister_agent(self.plan.plan_id, self.device, self)
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -143,7 +147,7 @@ class AgentCore:
                 self._drop(ident, str(e))
                 if h is not None and h.kind == "tensor" and h.client and h.plan_id == self.plan.plan_id:
                     # a well-addressed request with bad content: fail it now rather than at its deadline
-                    await self._fail((h.client, h.request_id), f"{self.device} rejected {h.tensor or 'a tensor'}: {e}")
+                    await self._fail((h.client, h.request_id), f"{self.device} rejected a message from {h.sender}: {e}")
 
     async def _handle(self, ident: bytes, h: Header, payload: list) -> None:
         if h.kind in ("ping", "hello"):
@@ -156,15 +160,24 @@ class AgentCore:
             raise WireError(f"message of plan {h.plan_id!r}, this agent runs {self.plan.plan_id}")
         if h.kind != "tensor":
             raise WireError(f"unexpected {h.kind} message")
-        if not self.executor.accepts(h.tensor, h.sender):
-            raise WireError(f"{h.sender!r} may not send {h.tensor!r} to {self.device}")
-        arr = dense_array(h, payload)
-        spec = next((i for s in self.executor.steps for i in s.inputs if i.name == h.tensor), None)
-        if spec is not None and (arr.dtype.name != spec.dtype or len(arr.shape) != len(spec.shape)):
-            raise WireError(f"{h.tensor} is {arr.dtype.name}{list(arr.shape)}, the plan says {spec.dtype}{list(spec.shape)}")
+        for t in h.tensors:
+            self._check(h.sender, t.name, t.dtype, t.shape)
         if h.ttl_ms <= 0:
             raise WireError("tensor message without a deadline (ttl)")
-        self.executor.deliver((h.client, h.request_id), h.tensor, arr, h.ttl_ms)
+        self.executor.deliver((h.client, h.request_id), arrays(h, payload), h.ttl_ms)
+
+    def _check(self, sender: str, name: str, dtype: str, shape: tuple) -> None:
+        if not self.executor.accepts(name, sender):
+            raise WireError(f"{sender!r} may not send {name!r} to {self.device}")
+        spec = self.executor.input_specs.get(name)
+        if spec is not None and (dtype != spec.dtype or len(shape) != len(spec.shape)):
+            raise WireError(f"{name} is {dtype}{list(shape)}, the plan says {spec.dtype}{list(spec.shape)}")
+
+    def deliver_local(self, sender: str, key: Key, arrs: dict[str, np.ndarray], ttl_ms: float) -> None:
+        """Tensors from a part in this process (see inproc.py), checked like a message."""
+        for name, a in arrs.items():
+            self._check(sender, name, a.dtype.name, a.shape)
+        self.executor.deliver(key, arrs, ttl_ms)
 
     def _drop(self, ident: bytes, why: str) -> None:
         self.dropped += 1
@@ -183,22 +196,27 @@ class AgentCore:
             self.peers.connect(ann.endpoint, ann.role)
 
     # -- outbound --------------------------------------------------------------------------------
-    async def _send(self, route: Route, key: Key, arr: np.ndarray, deadline: float) -> None:
+    async def _send(self, dst: str, key: Key, arrs: dict[str, np.ndarray], deadline: float) -> None:
         left_s = deadline - time.monotonic()
         if left_s <= 0:
             raise PeerError("deadline passed")
-        h = Header("tensor", self.plan.plan_id, self.device, request_id=key[1], client=key[0],
-                   tensor=route.tensor, ttl_ms=left_s * 1e3)
-        frames = tensor_frames(h, arr)
-        if route.dst == CALLER:
+        if dst == CALLER and (c := inproc.client(key[0])) is not None:
+            c.on_result(key[1], arrs)
+            return
+        if dst != CALLER and (a := inproc.agent(self.plan.plan_id, dst)) is not None:
+            a.deliver_local(self.device, key, arrs, left_s * 1e3)
+            return
+        h = Header("tensor", self.plan.plan_id, self.device, request_id=key[1], client=key[0], ttl_ms=left_s * 1e3)
+        frames = tensor_frames(h, arrs)
+        if dst == CALLER:
             await self._reply(key[0], frames)
         else:
             try:
-                await self.peers.send(route.dst, frames, left_s)
+                await self.peers.send(dst, frames, left_s)
             except ConnectionError:
-                raise PeerError(f"{route.dst} is not reachable") from None
+                raise PeerError(f"{dst} is not reachable") from None
             except asyncio.TimeoutError:
-                raise PeerError(f"{route.dst} did not take {route.tensor} before the deadline") from None
+                raise PeerError(f"{dst} did not take {', '.join(arrs)} before the deadline") from None
 
     async def _reply(self, ident: bytes, frames: list) -> None:
         try:
@@ -209,6 +227,9 @@ class AgentCore:
             log.debug("reply to %s timed out", ident[:32])
 
     async def _fail(self, key: Key, why: str) -> None:
+        if (c := inproc.client(key[0])) is not None:
+            c.on_error(key[1], why)
+            return
         h = Header("error", self.plan.plan_id, self.device, request_id=key[1], client=key[0], message=why)
         await self._reply(key[0], [h.encode()])
 
@@ -219,65 +240,50 @@ class AgentCore:
 
 
 class Agent:
-    """A device's agent in a background thread: `Agent(bundle).start()` ... `.stop()`, or `with`."""
+    """A device's agent in this process: `Agent(bundle).start()` ... `.stop()`, or `with`.
+
+    It runs on the process's shared background loop (edgepart.aio), beside any InferenceSession.
+    """
 
     def __init__(self, bundle: Bundle | str | Path, *, interface: str | None = None, port: int = 0,
                  peers: tuple[str, ...] = (), threads: int = 0, announce: bool = True):
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         self._kw = dict(interface=interface, port=port, peers=tuple(peers), threads=threads, announce=announce)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
         self.core: AgentCore | None = None
 
     @property
     def endpoint(self) -> str:
         return self.core.endpoint if self.core else ""
 
-    def start(self, timeout_s: float = 30.0) -> "Agent":
-        if self._thread is not None:
+    def start(self, timeout_s: float = 60.0) -> "Agent":
+        if self.core is not None:
             return self
-        self._loop = asyncio.new_event_loop()
-        started = threading.Event()
-        error: list[BaseException] = []
-
-        def run() -> None:
-            asyncio.set_event_loop(self._loop)
-            try:
-                self.core = self._loop.run_until_complete(AgentCore(self.bundle, **self._kw).start())
-            except BaseException as e:  # reported to the starting thread
-                error.append(e)
-                started.set()
-                return
-            started.set()
-            self._loop.run_forever()
-
-        self._thread = threading.Thread(target=run, name=f"edgepart-agent-{self.bundle.device}", daemon=True)
-        self._thread.start()
-        if not started.wait(timeout_s):
-            raise PeerError(f"agent {self.bundle.device} did not start within {timeout_s:.0f} s")
-        if error:
-            self._thread.join(1)
-            self._thread = None
-            raise error[0]
+        aio.acquire()
+        try:
+            self.core = aio.call(AgentCore(self.bundle, **self._kw).start(), timeout_s)
+        except concurrent.futures.TimeoutError:
+            aio.release()
+            raise PeerError(f"agent {self.bundle.device} did not start within {timeout_s:.0f} s") from None
+        except BaseException:
+            aio.release()
+            raise
         return self
 
     def wait_ready(self, timeout_s: float = 10.0) -> bool:
-        assert self._loop and self.core
-        return asyncio.run_coroutine_threadsafe(self.core.wait_ready(timeout_s), self._loop).result(timeout_s + 5)
+        """True once every peer this device sends to is linked."""
+        if self.core is None:
+            raise PeerError("the agent is not started")
+        return aio.call(self.core.wait_ready(timeout_s), timeout_s + 5)
 
     def stop(self) -> None:
-        if self._thread is None or self._loop is None:
+        if self.core is None:
             return
-        if self.core is not None:
-            fut = asyncio.run_coroutine_threadsafe(self.core.stop(), self._loop)
-            try:
-                fut.result(10)
-            except Exception as e:  # stopping must not raise
-                log.debug("agent stop: %s", e)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
-        self._thread, self._loop, self.core = None, None, None
+        core, self.core = self.core, None
+        try:
+            aio.call(core.stop(), 10)
+        except Exception as e:  # stopping must not raise
+            log.debug("agent stop: %s", e)
+        aio.release()
 
     def __enter__(self) -> "Agent":
         return self.start()

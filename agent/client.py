@@ -24,8 +24,9 @@ import zmq.asyncio
 from edgepart.errors import DeadlineExceeded, PeerError, WireError
 from edgepart.inputs import check_feeds
 from edgepart.plan import CALLER, Plan
-from edgepart.wire import Header, dense_array, tensor_frames
+from edgepart.wire import Header, arrays, tensor_frames
 
+from . import inproc
 from .agent import parse_peer
 from .discovery import Announcement, Discovery
 from .link import Peers
@@ -61,6 +62,7 @@ class ClusterClient:
             self.peers.connect(ep)
         self.discovery = Discovery(self.interface, self.plan.plan_id, self._on_discovered)
         await self.discovery.start()
+        inproc.register_client(self.identity, self)
         if not await self.wait_ready(self.discover_timeout_s):
             missing = sorted(self.missing_roles())
             await self.close()
@@ -89,6 +91,7 @@ class ClusterClient:
         return True
 
     async def close(self) -> None:
+        inproc.unregister_client(self.identity)
         for p in self.pending.values():
             if not p.future.done():
                 p.future.set_exception(PeerError("the session was closed"))
@@ -106,14 +109,23 @@ class ClusterClient:
         self.pending[rid] = Pending(fut, set(self.roles))
         deadline = time.monotonic() + timeout_s
         try:
+            by_dst: dict[str, dict[str, np.ndarray]] = {}
             for r in self.plan.routes_from(CALLER):
+                by_dst.setdefault(r.dst, {})[r.tensor] = feeds[r.tensor]
+            for dst, arrs in by_dst.items():
                 left = deadline - time.monotonic()
+                if (local := inproc.agent(self.plan.plan_id, dst)) is not None:
+                    try:
+                        local.deliver_local(CALLER, (self.identity, rid), arrs, max(left, 0.001) * 1e3)
+                    except WireError as e:
+                        raise PeerError(f"{dst} rejected the inputs: {e}") from None
+                    continue
                 h = Header("tensor", self.plan.plan_id, CALLER, request_id=rid, client=self.identity,
-                           tensor=r.tensor, ttl_ms=max(left, 0.001) * 1e3)
+                           ttl_ms=max(left, 0.001) * 1e3)
                 try:
-                    await self.peers.send(r.dst, tensor_frames(h, feeds[r.tensor]), left)
+                    await self.peers.send(dst, tensor_frames(h, arrs), left)
                 except ConnectionError:
-                    raise PeerError(f"{r.dst} of plan {self.plan.plan_id} is not reachable now (it stopped answering); "
+                    raise PeerError(f"{dst} of plan {self.plan.plan_id} is not reachable now (it stopped answering); "
                                     f"restart `edgepart run` there, the session reconnects by itself.") from None
             try:
                 return await asyncio.wait_for(asyncio.shield(fut), max(deadline - time.monotonic(), 0.0))
@@ -129,21 +141,28 @@ class ClusterClient:
             self.pending.pop(rid, None)
 
     def _on_message(self, peer, h: Header, payload: list) -> None:
-        p = self.pending.get(h.request_id)
+        if h.kind == "error":
+            self.on_error(h.request_id, h.message)
+        elif h.kind == "tensor":
+            try:
+                got = arrays(h, payload)
+            except WireError as e:
+                self.on_error(h.request_id, f"{peer.role} sent a malformed result: {e}")
+                return
+            self.on_result(h.request_id, got)
+
+    def on_result(self, rid: int, got: dict[str, np.ndarray]) -> None:
+        p = self.pending.get(rid)
         if p is None or p.future.done():
             return  # a late answer to a request that already failed or timed out
-        if h.kind == "error":
-            p.future.set_exception(PeerError(f"the cluster failed request {h.request_id}: {h.message}"))
-            return
-        if h.kind != "tensor" or h.tensor not in self.outputs:
-            return
-        try:
-            p.outputs[h.tensor] = dense_array(h, payload)
-        except WireError as e:
-            p.future.set_exception(PeerError(f"{peer.role} sent a malformed {h.tensor}: {e}"))
-            return
+        p.outputs.update((k, v) for k, v in got.items() if k in self.outputs)
         if len(p.outputs) == len(self.outputs):
             p.future.set_result(dict(p.outputs))
+
+    def on_error(self, rid: int, why: str) -> None:
+        p = self.pending.get(rid)
+        if p is not None and not p.future.done():
+            p.future.set_exception(PeerError(f"the cluster failed request {rid}: {why}"))
 
     def _on_down(self, role: str) -> None:
         for rid, p in list(self.pending.items()):

@@ -88,9 +88,11 @@ class AgentProcesses:
     def __init__(self, dist: Path | str, *, interface: str | None = "127.0.0.1", hosts: Mapping[str, object] | None = None,
                  threads: int = 1, cpus: Mapping[str, int] | None = None, ports: Mapping[str, int] | None = None,
                  peers: Mapping[str, Sequence[str]] | None = None, extra: Sequence[str] = (),
-                 env: Mapping[str, str] | None = None):
+                 env: Mapping[str, str] | None = None, devices: Sequence[str] | None = None):
         self.dist = Path(dist)
         bundles = sorted(p for p in self.dist.iterdir() if is_bundle(p)) if self.dist.is_dir() else []
+        if devices is not None:  # the others run elsewhere (an embedded Agent, another machine)
+            bundles = [b for b in bundles if b.name in devices]
         if not bundles:
             raise PeerError(f"{dist} holds no bundles; package a model first.")
         self.agents: dict[str, AgentProcess] = {}
@@ -121,6 +123,7 @@ class AgentProcesses:
         return self
 
     def wait_ready(self, timeout_s: float = 30.0) -> None:
+        """Wait until every agent found the peers it sends to."""
         end = time.monotonic() + timeout_s
         for a in self.agents.values():
             if not a.wait_ready(max(end - time.monotonic(), 0.01)):

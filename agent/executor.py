@@ -27,8 +27,8 @@ log = logging.getLogger("edgepart")
 MAX_IN_FLIGHT = 256
 
 Key = tuple[bytes, int]  # (client id, request id)
-# send(route, key, array, deadline) -> awaitable; raises on failure
-Sender = Callable[[Route, Key, np.ndarray, float], Awaitable[None]]
+# send(destination, key, {tensor: array}, deadline) -> awaitable; raises on failure
+Sender = Callable[[str, Key, dict[str, np.ndarray], float], Awaitable[None]]
 Failer = Callable[[Key, str], Awaitable[None]]
 
 
@@ -51,6 +51,7 @@ class Executor:
         self.sessions: dict[str, object] = {}
         self.pools = {s.name: ThreadPoolExecutor(1, thread_name_prefix=f"edgepart-{s.name}") for s in self.steps}
         self.local_inputs = {i.name for s in self.steps for i in s.inputs}
+        self.input_specs = {i.name: i for s in self.steps for i in s.inputs}
         self.expected: dict[str, set[str]] = {}  # tensor -> senders allowed to send it here
         for r in plan.routes_to(self.device):
             self.expected.setdefault(r.tensor, set()).add(r.src)
@@ -75,12 +76,12 @@ class Executor:
     def full(self) -> bool:
         return len(self.requests) >= MAX_IN_FLIGHT
 
-    def deliver(self, key: Key, tensor: str, array: np.ndarray, ttl_ms: float) -> None:
-        """A tensor for request `key` arrived; run whatever became runnable."""
+    def deliver(self, key: Key, arrays: dict[str, np.ndarray], ttl_ms: float) -> None:
+        """Tensors for request `key` arrived; run whatever became runnable."""
         req = self.requests.get(key)
         if req is None:
             req = self.requests[key] = Request(time.monotonic() + ttl_ms / 1e3)
-        req.tensors[tensor] = array
+        req.tensors.update(arrays)
         self._run_ready(key, req)
 
     def _run_ready(self, key: Key, req: Request) -> None:
@@ -101,12 +102,13 @@ class Executor:
             return
         if key not in self.requests:
             return  # expired or failed meanwhile
-        sends = []
+        by_dst: dict[str, dict[str, np.ndarray]] = {}
         for o, arr in zip(step.outputs, outs):
             req.tensors[o.name] = arr
             for r in self.out_routes.get(o.name, ()):
                 if r.dst != self.device:
-                    sends.append(self.send(r, key, arr, req.deadline))
+                    by_dst.setdefault(r.dst, {})[o.name] = arr
+        sends = [self.send(dst, key, arrs, req.deadline) for dst, arrs in by_dst.items()]
         req.done += 1
         self._run_ready(key, req)
         if sends:

@@ -104,7 +104,11 @@ class Peers:
         p = self.get(role)
         if p is None:
             raise ConnectionError(f"no live link to {role}")
-        await asyncio.wait_for(p.sock.send_multipart(frames, copy=False), max(timeout_s, 0.001))
+        fut = p.sock.send_multipart(frames, copy=False)
+        if not fut.done():  # the queue is full: wait (backpressure), but not past the deadline
+            await asyncio.wait_for(fut, max(timeout_s, 0.001))
+        else:
+            fut.result()
 
     async def close(self) -> None:
         if self._ping_task:

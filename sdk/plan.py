@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any
 
 from .errors import BundleError
@@ -129,7 +130,7 @@ class Plan:
     schema_version: int = SCHEMA_VERSION
 
     # -- derived ------------------------------------------------------------------------------
-    @property
+    @cached_property
     def plan_id(self) -> str:
         """A short hash of the whole plan; agents of different plan ids refuse to talk."""
         blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode()

@@ -5,20 +5,20 @@
     futures = [sess.submit({"input": x}) for x in frames]    # pipelined; each future gives a dict
     out = await sess.arun(None, {"input": x})                # from async code
 
-The network side runs on an asyncio loop in one background thread (agent/client.py); this class is
-the thin sync facade over it.
+The network side (agent/client.py) runs on the process's one background event loop (edgepart.aio);
+this class is the thin sync facade over it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import threading
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
+from . import aio
 from .bundle import Bundle, is_bundle, load_bundle, load_dist
 from .errors import DeadlineExceeded, EdgepartError, PeerError
 from .plan import Plan, TensorSpec
@@ -55,16 +55,14 @@ class InferenceSession:
 
         self.plan = plan_of(path)
         self.timeout_s = timeout_s
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="edgepart-session", daemon=True)
-        self._thread.start()
-        self._client = ClusterClient(self.plan, interface=interface, peers=tuple(peers),
-                                     discover_timeout_s=discover_timeout_s)
+        aio.acquire()
+        client = ClusterClient(self.plan, interface=interface, peers=tuple(peers), discover_timeout_s=discover_timeout_s)
         try:
-            asyncio.run_coroutine_threadsafe(self._client.start(), self._loop).result(discover_timeout_s + 10)
+            aio.call(client.start(), discover_timeout_s + 10)
         except BaseException:
-            self._shutdown_loop()
+            aio.release()
             raise
+        self._client: "ClusterClient | None" = client
 
     # -- onnxruntime-like -----------------------------------------------------------------------
     def get_inputs(self) -> list[NodeArg]:
@@ -90,7 +88,7 @@ class InferenceSession:
         """Send one request now; the future gives {output name: array}. Pipelined: submit many."""
         if self._client is None:
             raise PeerError("the session is closed")
-        return asyncio.run_coroutine_threadsafe(self._client.infer(input_feed, timeout_s or self.timeout_s), self._loop)
+        return aio.submit(self._client.infer(input_feed, timeout_s or self.timeout_s))
 
     async def arun(self, output_names: Sequence[str] | None, input_feed: Mapping[str, np.ndarray],
                    *, timeout_s: float | None = None) -> list[np.ndarray]:
@@ -108,20 +106,14 @@ class InferenceSession:
 
     # -- lifetime ----------------------------------------------------------------------------------
     def close(self) -> None:
-        if self._client is not None:
-            try:
-                asyncio.run_coroutine_threadsafe(self._client.close(), self._loop).result(10)
-            except Exception:  # closing never raises
-                pass
-            self._client = None
-        self._shutdown_loop()
-
-    def _shutdown_loop(self) -> None:
-        if self._loop.is_running():
-            self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        if not self._loop.is_running():
-            self._loop.close()
+        if self._client is None:
+            return
+        client, self._client = self._client, None
+        try:
+            aio.call(client.close(), 10)
+        except Exception:  # closing never raises
+            pass
+        aio.release()
 
     def __enter__(self) -> "InferenceSession":
         return self

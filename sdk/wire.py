@@ -1,21 +1,22 @@
 """The wire format: a ZeroMQ multipart message, frame 0 a msgpack header, then raw buffers.
 
-    [header: msgpack map] [buffer 0] [buffer 1] ...
+    [header: msgpack map] [buffer of tensor 0] [buffer of tensor 1] ...
 
 Arrays never go inside msgpack (measured 2-2.7x slower at 10 MB); they travel as raw frames sent
-with `copy=False` and are read back with `np.frombuffer`. Nothing is ever pickled. Every header
-field is validated before use — kind, sizes, dtype whitelist, shape x itemsize == payload bytes —
-and a bad message raises WireError, which the agent logs and drops.
+with `copy=False` and are read back with `np.frombuffer`. Nothing is ever pickled. One message
+carries every tensor a step sends to one destination, so a cut that several tensors cross costs
+one message, not several. Every header field is validated before use — kind, sizes, dtype
+whitelist, shape x itemsize == payload bytes — and a bad message raises WireError, which the agent
+logs and drops.
 
-Header keys (short, since a header rides on every tensor):
+Header keys (short, since a header rides on every request):
 
     v    protocol version (int)            k    kind: tensor | error | ping | pong | hello
     p    plan id (str)                     s    sender's role (device name or "@caller")
     r    request id (int, >= 0)            c    client id (bytes) the results go back to
-    n    tensor name (str)                 d    dtype (str, whitelisted)
-    sh   shape (list of int)               cd   codec kind (str)     cp  codec params (map)
+    ts   tensors: a list, one per payload frame, of [name, dtype, shape, codec, codec params]
     ttl  milliseconds left before the request's deadline (float)
-    m    message (str, for errors and hello)
+    m    message (str, for errors)
 """
 
 from __future__ import annotations
@@ -36,7 +37,21 @@ MAX_HEADER_BYTES = 64 * 1024
 MAX_PAYLOAD_BYTES = 1 << 30
 MAX_NDIM = 16
 MAX_NAME = 512
-MAX_FRAMES = 8
+MAX_FRAMES = 65  # header + up to 64 tensors
+
+
+@dataclass(frozen=True)
+class TensorHeader:
+    """One tensor of a message: its name, element type, shape, and how its frame is encoded."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    codec: str = "dense"
+    codec_params: dict[str, Any] = field(default_factory=dict)
+
+    def encode(self) -> list:
+        return [self.name, self.dtype, list(self.shape), self.codec, self.codec_params]
 
 
 @dataclass(frozen=True)
@@ -46,11 +61,7 @@ class Header:
     sender: str
     request_id: int = 0
     client: bytes = b""
-    tensor: str = ""
-    dtype: str = ""
-    shape: tuple[int, ...] = ()
-    codec: str = "dense"
-    codec_params: dict[str, Any] = field(default_factory=dict)
+    tensors: tuple[TensorHeader, ...] = ()
     ttl_ms: float = 0.0
     message: str = ""
     version: int = PROTOCOL_VERSION
@@ -61,10 +72,8 @@ class Header:
             d["r"] = self.request_id
         if self.client:
             d["c"] = self.client
-        if self.kind == "tensor":
-            d.update(n=self.tensor, d=self.dtype, sh=list(self.shape), cd=self.codec)
-            if self.codec_params:
-                d["cp"] = self.codec_params
+        if self.tensors:
+            d["ts"] = [t.encode() for t in self.tensors]
         if self.ttl_ms:
             d["ttl"] = float(self.ttl_ms)
         if self.message:
@@ -72,12 +81,15 @@ class Header:
         return msgpack.packb(d, use_bin_type=True)
 
 
-def tensor_frames(header: Header, array: np.ndarray) -> list:
-    """[header, buffer] for a dense tensor; the buffer is the array's memory, not a copy."""
-    a = array if isinstance(array, np.ndarray) and array.flags.c_contiguous else np.ascontiguousarray(array)
-    h = replace(header, kind="tensor", dtype=a.dtype.name, shape=tuple(a.shape), codec="dense")
-    # (np.ascontiguousarray would turn a 0-d array into 1-d; reshape(-1) of a contiguous array is a view)
-    return [h.encode(), memoryview(a.reshape(-1)).cast("B") if a.size else b""]
+def tensor_frames(header: Header, arrays: dict[str, np.ndarray]) -> list:
+    """[header, buffer, ...] for dense tensors; each buffer is the array's memory, not a copy."""
+    heads, bufs = [], []
+    for name, array in arrays.items():
+        a = array if isinstance(array, np.ndarray) and array.flags.c_contiguous else np.ascontiguousarray(array)
+        heads.append(TensorHeader(name, a.dtype.name, tuple(a.shape)))
+        # (np.ascontiguousarray turns a 0-d array into 1-d; reshape(-1) of a contiguous array is a view)
+        bufs.append(memoryview(a.reshape(-1)).cast("B") if a.size else b"")
+    return [replace(header, kind="tensor", tensors=tuple(heads)).encode(), *bufs]
 
 
 def decode(frames: Sequence[Any]) -> tuple[Header, list[memoryview]]:
@@ -114,38 +126,46 @@ def decode(frames: Sequence[Any]) -> tuple[Header, list[memoryview]]:
     payload = [_buf(f) for f in frames[1:]]
     if kind != "tensor":
         return h, payload
-    dtype = _str(d, "d", 16)
+    ts = d.get("ts")
+    if not isinstance(ts, list) or not ts or len(ts) != len(payload):
+        raise WireError(f"a tensor message needs one 'ts' entry per payload frame ({len(payload)} frames)")
+    return replace(h, tensors=tuple(_tensor_header(t) for t in ts)), payload
+
+
+def _tensor_header(t: Any) -> TensorHeader:
+    if not isinstance(t, list) or len(t) != 5:
+        raise WireError("a tensor entry must be [name, dtype, shape, codec, params]")
+    name, dtype, shape, codec, params = t
+    if not isinstance(name, str) or not name or len(name) > MAX_NAME:
+        raise WireError("tensor name must be a non-empty string")
     if dtype not in DTYPES:
         raise WireError(f"dtype {dtype!r} is not allowed")
-    shape = d.get("sh")
     if not isinstance(shape, list) or len(shape) > MAX_NDIM or not all(
         isinstance(x, int) and not isinstance(x, bool) and 0 <= x < (1 << 40) for x in shape
     ):
         raise WireError("shape must be a list of at most 16 non-negative ints")
-    codec = _str(d, "cd", 32) or "dense"
-    params = d.get("cp", {})
-    if not isinstance(params, dict):
-        raise WireError("codec params must be a map")
-    h = replace(h, tensor=_str(d, "n", MAX_NAME), dtype=dtype, shape=tuple(shape), codec=codec, codec_params=params)
-    if not h.tensor:
-        raise WireError("tensor message without a tensor name")
-    return h, payload
+    if not isinstance(codec, str) or len(codec) > 32 or not isinstance(params, dict):
+        raise WireError("codec must be a short string and its params a map")
+    return TensorHeader(name, dtype, tuple(shape), codec, params)
 
 
-def dense_array(h: Header, payload: list[memoryview]) -> np.ndarray:
-    """The array of a dense tensor message, a view on the received frame (no copy)."""
+def arrays(h: Header, payload: list[memoryview]) -> dict[str, np.ndarray]:
+    """The arrays of a tensor message, by name, each a view on its received frame (no copy)."""
+    return {t.name: dense_array(t, buf) for t, buf in zip(h.tensors, payload)}
+
+
+def dense_array(h: TensorHeader, buf: memoryview) -> np.ndarray:
+    """A dense tensor, a view on its frame, after checking shape x itemsize == frame bytes."""
     if h.codec != "dense":
         raise WireError(f"codec {h.codec!r} is not supported by this agent")
-    if len(payload) != 1:
-        raise WireError(f"a dense tensor has exactly one payload frame, got {len(payload)}")
     item = np.dtype(h.dtype).itemsize
     count = int(np.prod(h.shape, dtype=np.int64)) if h.shape else 1
     nbytes = count * item
     if nbytes > MAX_PAYLOAD_BYTES:
         raise WireError(f"tensor of {nbytes} bytes exceeds the {MAX_PAYLOAD_BYTES}-byte limit")
-    if len(payload[0]) != nbytes:
-        raise WireError(f"payload is {len(payload[0])} bytes, shape {list(h.shape)} x {h.dtype} needs {nbytes}")
-    return np.frombuffer(payload[0], dtype=h.dtype, count=count).reshape(h.shape)
+    if len(buf) != nbytes:
+        raise WireError(f"{h.name}: payload is {len(buf)} bytes, shape {list(h.shape)} x {h.dtype} needs {nbytes}")
+    return np.frombuffer(buf, dtype=h.dtype, count=count).reshape(h.shape)
 
 
 def _buf(f: Any) -> memoryview:

@@ -1,0 +1,125 @@
+"""Agents vs the bare floor, each figure a ratio measured side by side in one run.
+
+    python bench/bench_agents.py [--quick] [--only wire,overhead,pipeline,slowlink]
+
+wire       one-way throughput of 1 MB and 8 MB float32 tensors between two agents on loopback, as a
+           fraction of a raw pyzmq zero-copy send of the same bytes (goal >= 0.9)
+overhead   EfficientNet-Lite0 split after block 8 through agents (the caller's process embeds the
+           first agent; the second is an `edgepart run` process; 1 thread each, pinned to its own
+           core) vs the bare 2-process pipe of bench/bare_pipe.py (goal: latency <= bare + 0.3 ms,
+           throughput >= 0.95x bare), and vs one onnxruntime session with 2 threads
+pipeline   streamed throughput of the same 2-device split as a fraction of 1 / (slowest stage time),
+           the stage times measured in the same run (goal >= 0.95)
+slowlink   the same over a 50 Mbit/s tbf-shaped link between network namespaces: latency and
+           throughput vs the physical floor, stage compute + bytes / bandwidth (goal: within 1.1x)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, efficientnet_block8_split, image, median_ms, save  # noqa: E402
+
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+console = Console()
+
+
+def pin(core: int) -> None:
+    os.sched_setaffinity(0, {core})
+
+
+def bench_overhead(dist: Path, rounds: int, n_lat: int, n_stream: int) -> dict:
+    import edgepart
+    from edgepart.agent import Agent
+    from edgepart.agent.emulate import AgentProcesses
+
+    from bare_pipe import BareHead, session
+
+    a_model = str(dist / "device-a" / "stage0.onnx")
+    b_model = str(dist / "device-b" / "stage1.onnx")
+    x = image()
+    res = {"bare_ms": [], "agents_ms": [], "bare_tput": [], "agents_tput": [], "single_ms": [], "single_tput": []}
+    pin(0)
+    port = 5590
+    tail = subprocess.Popen(["taskset", "-c", "1", sys.executable, str(REPO / "bench" / "bare_pipe.py"), "tail",
+                             "--model", b_model, "--port", str(port)], stdout=subprocess.PIPE, text=True)
+    tail.stdout.readline()
+    bare = BareHead(a_model, port)
+    procs = AgentProcesses(dist, interface="127.0.0.1", threads=1, cpus={"device-b": 1}, devices=["device-b"]).start()
+    agent = Agent(dist / "device-a", interface="127.0.0.1", threads=1).start()
+    sess = edgepart.InferenceSession(dist, interface="127.0.0.1", timeout_s=30)
+    single = session(str(Path(edgepart.__file__).parent), 1) if False else None
+    from edgepart.packager import zoo
+
+    single = session(str(zoo.efficientnet_lite0()), 2)
+    try:
+        for r in range(rounds):
+            res["bare_ms"].append(median_ms(lambda: bare.one(x), n_lat))
+            res["agents_ms"].append(median_ms(lambda: sess.run(None, {"input": x}), n_lat))
+            res["bare_tput"].append(bare.stream(x, n_stream))
+            t0 = time.perf_counter()
+            futs = [sess.submit({"input": x}) for _ in range(n_stream)]
+            for f in futs:
+                f.result(60)
+            res["agents_tput"].append(n_stream / (time.perf_counter() - t0))
+            os.sched_setaffinity(0, {0, 1})
+            res["single_ms"].append(median_ms(lambda: single.run(None, {"input": x}), n_lat))
+            t0 = time.perf_counter()
+            for _ in range(n_stream):
+                single.run(None, {"input": x})
+            res["single_tput"].append(n_stream / (time.perf_counter() - t0))
+            pin(0)
+    finally:
+        sess.close()
+        agent.stop()
+        procs.stop()
+        bare.close()
+        tail.wait(10)
+        os.sched_setaffinity(0, {0, 1})
+    m = {k: statistics.median(v) for k, v in res.items()}
+    m["latency_over_bare_ms"] = m["agents_ms"] - m["bare_ms"]
+    m["throughput_vs_bare"] = m["agents_tput"] / m["bare_tput"]
+    m["rounds"] = res
+    return m
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", default="overhead")
+    a = ap.parse_args()
+    only = set(a.only.split(","))
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        dist = Path(tmp) / "dist"
+        _, info = efficientnet_block8_split(dist)
+        out["split"] = info
+        if "overhead" in only:
+            m = bench_overhead(dist, 2 if a.quick else 5, 30 if a.quick else 100, 100 if a.quick else 300)
+            out["overhead"] = m
+            t = Table(title="EfficientNet-Lite0 split after block 8: agents vs bare pipe vs one session", title_justify="left")
+            for c in ("", "latency ms", "throughput img/s"):
+                t.add_column(c, justify="right")
+            t.add_row("bare 2-process pipe", f"{m['bare_ms']:.2f}", f"{m['bare_tput']:.1f}")
+            t.add_row("edgepart agents", f"{m['agents_ms']:.2f}", f"{m['agents_tput']:.1f}")
+            t.add_row("one session, 2 threads", f"{m['single_ms']:.2f}", f"{m['single_tput']:.1f}")
+            console.print(t)
+            console.print(f"latency over bare: {m['latency_over_bare_ms']:+.3f} ms (goal <= +0.3); "
+                          f"throughput vs bare: {m['throughput_vs_bare']:.3f}x (goal >= 0.95)")
+    save("agents", out)
+
+
+if __name__ == "__main__":
+    main()
