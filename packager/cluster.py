@@ -70,7 +70,10 @@ def load_cluster(path: str | Path) -> Cluster:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise ClusterError(f"{path} is not valid YAML: {e}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ClusterError(f"{path} is not valid YAML{where}: {what}. Fix it; docs/cluster.md has an example.") from None
     return cluster_from_dict(data, source=str(path))
 
 

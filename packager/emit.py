@@ -63,7 +63,7 @@ def save(model: onnx.ModelProto, path: Path, external_data_min_bytes: int = EXTE
         data = path.with_name(path.name + ".data")
         onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=data.name, size_threshold=1024)
-        return [path, data]
+        return [path, data] if data.exists() else [path]  # every tensor under size_threshold: none written
     onnx.save_model(model, str(path))
     return [path]
 

@@ -437,8 +437,9 @@ def _macs(nd: onnx.NodeProto, shape_of, const_shapes, tensor_bytes) -> int:
     if not out_elems and nd.output:
         out_elems = tensor_bytes.get(nd.output[0], 0) // 4
     op = nd.op_type
-    if op in ("Conv", "ConvInteger", "QLinearConv") and len(nd.input) > 1:
-        w = const_shapes.get(nd.input[1]) or shape_of.get(nd.input[1])
+    w_at = 3 if op == "QLinearConv" else 1  # QLinearConv: x, x_scale, x_zero_point, w, ...
+    if op in ("Conv", "ConvInteger", "QLinearConv") and len(nd.input) > w_at:
+        w = const_shapes.get(nd.input[w_at]) or shape_of.get(nd.input[w_at])
         if w is not None and len(w) >= 2:
             return out_elems * int(np.prod(w[1:]))
     if op == "ConvTranspose" and len(nd.input) > 1:

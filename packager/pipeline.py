@@ -192,7 +192,7 @@ def _why_infeasible(graph: Graph, cluster: Cluster, cost: CostModel) -> str:
         if need > biggest.memory_bytes:
             return (
                 f"The cluster cannot hold the model: node {nd.name!r} ({nd.op_type}) alone needs "
-                f"{need / mb:.1f} MB, but the largest device, {biggest.name}, has {biggest.memory_mb:.0f} MB "
+                f"{need / mb:.1f} MB, but the largest device, {biggest.name}, has {biggest.memory_mb:g} MB "
                 f"({(need - biggest.memory_bytes) / mb:.1f} MB missing). Give {biggest.name} more memory_mb, "
                 f"or add a larger device."
             )
@@ -209,6 +209,6 @@ def _why_infeasible(graph: Graph, cluster: Cluster, cost: CostModel) -> str:
         f"The cluster cannot hold the model as contiguous stages: the devices have {have / mb:.1f} MB "
         f"together for {total / mb:.1f} MB of model, but no way of cutting it into {len(cluster.devices)} "
         f"runs of layers gives every device a run that fits (the smallest, {smallest.name}, has "
-        f"{smallest.memory_mb:.0f} MB, and every device must hold at least one stage). Raise memory_mb, "
+        f"{smallest.memory_mb:g} MB, and every device must hold at least one stage). Raise memory_mb, "
         f"or drop the smallest device from cluster.yaml."
     )

@@ -48,7 +48,19 @@ def verify(dist: Path | str, model_path: Path | str, feeds: Mapping[str, np.ndar
     if set(want) - have:
         raise BundleError(f"The bundles in {dist} compute {', '.join(want)}, but {model_path} has outputs "
                           f"{', '.join(sorted(have))}: they are not from this model.")
-    expected = dict(zip(want, original.run(want, dict(feeds))))
+    takes = {i.name: i.shape for i in original.get_inputs()}
+    for spec in plan.inputs:
+        shape = takes.get(spec.name)
+        if shape is None or len(shape) != len(spec.shape) or any(
+                isinstance(a, int) and isinstance(b, int) and a != b for a, b in zip(spec.shape, shape)):
+            raise BundleError(f"The bundles in {dist} take {spec.name} {list(spec.shape)}, but {model_path} takes "
+                              f"{', '.join(f'{k} {v}' for k, v in takes.items())}: they are not from this model. "
+                              f"Give the model that was packaged with --model.")
+    try:
+        expected = dict(zip(want, original.run(want, dict(feeds))))
+    except Exception as e:  # onnxruntime's errors are untyped
+        raise BundleError(f"{model_path} cannot run on these inputs ({str(e).strip().splitlines()[0][:300]}). "
+                          f"Give the model that was packaged, and inputs it takes.") from None
     got = LocalCluster.from_bundles(bundles).run(feeds)
     diffs = {}
     for k in want:

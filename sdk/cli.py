@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import EdgepartError, MissingExtraError
@@ -43,10 +44,10 @@ def _run(fn: Callable[[], Any]) -> Any:
     try:
         return fn()
     except MissingExtraError as e:
-        err_console.print(f"[bold red]error:[/] {e}")
+        err_console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
         raise typer.Exit(3)
     except EdgepartError as e:
-        err_console.print(f"[bold red]error:[/] {e}", soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
         raise typer.Exit(2)
 
 
@@ -71,6 +72,9 @@ def _shapes(input_shape: Optional[list[str]], inputs: Optional[Path]) -> tuple[d
     return shapes, feeds
 
 
+MIB = 1024 * 1024  # cluster.yaml's memory_mb is MiB: report memory in the same unit
+
+
 def _plan_json(prep) -> dict:
     pp, g = prep.pipeline, prep.graph
     return {
@@ -79,12 +83,12 @@ def _plan_json(prep) -> dict:
         "period_ms": pp.period_ms,
         "throughput_per_s": pp.throughput_per_s,
         "planning_s": prep.planning_s,
-        "model": {"nodes": g.n, "mflops": 2 * g.total_macs / 1e6, "param_mb": g.total_param_bytes / 1e6},
+        "model": {"nodes": g.n, "mflops": 2 * g.total_macs / 1e6, "param_mb": g.total_param_bytes / MIB},
         "stages": [
             {
                 "stage": i, "device": s.device, "nodes": [s.start, s.stop],
                 "first": g.nodes[s.start].name, "last": g.nodes[s.stop - 1].name,
-                "mflops": s.flops / 1e6, "param_mb": s.param_bytes / 1e6, "memory_mb": s.memory_bytes / 1e6,
+                "mflops": s.flops / 1e6, "param_mb": s.param_bytes / MIB, "memory_mb": s.memory_bytes / MIB,
                 "send_bytes": s.send_bytes, "compute_ms": s.compute_ms, "send_ms": s.send_ms,
                 "crossing": list(g.crossing(s.stop)) if s.stop < g.n else [],
             }

@@ -154,6 +154,9 @@ class Plan:
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "Plan":
+        if not isinstance(d, dict):
+            raise BundleError(f"The plan is malformed (a JSON {type(d).__name__}, not an object). The manifest was "
+                              f"edited or truncated; package the model again.")
         version = d.get("schema_version")
         if version != SCHEMA_VERSION:
             raise BundleError(

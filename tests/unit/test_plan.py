@@ -1,0 +1,174 @@
+"""The plan value: JSON round trip, a stable plan id, and an id that changes when anything does."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgepart.errors import BundleError
+from edgepart.plan import CALLER, SCHEMA_VERSION, Codec, DeviceSpec, Plan, Route, Step, TensorSpec
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def make_plan() -> Plan:
+    """A hand-made two-device plan that uses every field, non-default values included."""
+    x = TensorSpec("x", "float32", ("N", 3, 8, 8))
+    h = TensorSpec("h", "float32", ("N", 6, 8, 8))
+    n = TensorSpec("n", "int64", ())
+    y = TensorSpec("y", "float32", ("N", 10))
+    return Plan(
+        strategy="pipeline",
+        model_name="net",
+        model_sha256="ab" * 32,
+        inputs=(x,),
+        outputs=(y,),
+        devices=(DeviceSpec("jetson", ("CUDAExecutionProvider", "CPUExecutionProvider")), DeviceSpec("pi")),
+        steps=(
+            Step("stage0", "jetson", "stage0.onnx", "11" * 32, (x,), (h, n), nodes=4, estimated_ms=1.25),
+            Step("stage1", "pi", "stage1.onnx", "22" * 32, (h, n), (y,),
+                 data_files=(("stage1.onnx.data", "33" * 32),), nodes=5, estimated_ms=7.5),
+        ),
+        routes=(
+            Route("x", CALLER, "jetson"),
+            Route("h", "jetson", "pi", Codec("channels", (("keep", (0, 2, 5)), ("axis", 1)))),
+            Route("n", "jetson", "pi", Codec("fp16")),
+            Route("y", "pi", CALLER),
+        ),
+        objective="throughput",
+        estimates=(("latency_ms", 9.0), ("period_ms", 7.5)),
+    )
+
+
+def round_trip(plan: Plan) -> Plan:
+    return Plan.from_dict(json.loads(json.dumps(plan.to_dict())))
+
+
+def test_json_round_trip_is_equal():
+    plan = make_plan()
+    back = round_trip(plan)
+    assert back == plan
+    assert back.plan_id == plan.plan_id
+    assert back.to_dict() == plan.to_dict()
+    assert round_trip(back) == plan
+    assert back.routes[1].codec.param("keep") == (0, 2, 5)
+    assert back.routes[1].codec.param("missing", 7) == 7
+    assert back.steps[1].files() == {"stage1.onnx": "22" * 32, "stage1.onnx.data": "33" * 32}
+
+
+def test_plan_id_is_a_short_stable_hash():
+    plan = make_plan()
+    pid = plan.plan_id
+    assert len(pid) == 16 and int(pid, 16) >= 0
+    assert make_plan().plan_id == pid
+    # the same in another interpreter with another hash seed: nothing depends on set or dict order
+    code = ("import sys; sys.path.insert(0, %r); from test_plan import make_plan; print(make_plan().plan_id)"
+            % str(Path(__file__).parent))
+    env = dict(os.environ, PYTHONHASHSEED="12345")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == pid
+
+
+def test_schema_version_is_written_and_checked():
+    d = make_plan().to_dict()
+    assert d["schema_version"] == SCHEMA_VERSION
+    for other in (SCHEMA_VERSION - 1, SCHEMA_VERSION + 1, None, "1"):
+        bad = dict(d, schema_version=other)
+        with pytest.raises(BundleError, match="schema version"):
+            Plan.from_dict(bad)
+
+
+@pytest.mark.parametrize("key", ["strategy", "inputs", "steps", "routes", "devices", "model_sha256"])
+def test_missing_field_is_a_clear_bundle_error(key):
+    d = make_plan().to_dict()
+    del d[key]
+    with pytest.raises(BundleError, match="malformed.*package the model again"):
+        Plan.from_dict(d)
+
+
+def test_new_fields_have_defaults():
+    """An older writer's plan without the optional fields still reads, with the defaults."""
+    d = make_plan().to_dict()
+    for k in ("objective", "estimates"):
+        del d[k]
+    for s in d["steps"]:
+        for k in ("data_files", "nodes", "estimated_ms"):
+            del s[k]
+    for r in d["routes"]:
+        del r["codec"]
+    for dev in d["devices"]:
+        del dev["providers"]
+    p = Plan.from_dict(d)
+    assert p.objective == "latency" and p.estimates == ()
+    assert all(r.codec == Codec() for r in p.routes)
+    assert all(dv.providers == ("CPUExecutionProvider",) for dv in p.devices)
+    assert p.steps[1].data_files == () and p.steps[1].nodes == 0
+
+
+def _mutations(plan: Plan):
+    """(label, plan) for one change to every field of every kind of value in the plan."""
+    rep = dataclasses.replace
+    s0, s1 = plan.steps
+    r1 = plan.routes[1]
+    x = plan.inputs[0]
+    yield "strategy", rep(plan, strategy="channel")
+    yield "model_name", rep(plan, model_name="net2")
+    yield "model_sha256", rep(plan, model_sha256="cd" * 32)
+    yield "input name", rep(plan, inputs=(rep(x, name="x2"),))
+    yield "input dtype", rep(plan, inputs=(rep(x, dtype="float16"),))
+    yield "input shape (symbolic -> concrete)", rep(plan, inputs=(rep(x, shape=(1, 3, 8, 8)),))
+    yield "input dim name", rep(plan, inputs=(rep(x, shape=("B", 3, 8, 8)),))
+    yield "output shape", rep(plan, outputs=(rep(plan.outputs[0], shape=("N", 11)),))
+    yield "device name", rep(plan, devices=(plan.devices[0], DeviceSpec("pi2")))
+    yield "device providers", rep(plan, devices=(rep(plan.devices[0], providers=("CPUExecutionProvider",)), plan.devices[1]))
+    yield "device order", rep(plan, devices=plan.devices[::-1])
+    yield "step order", rep(plan, steps=plan.steps[::-1])
+    for f, v in [("name", "s0"), ("device", "pi"), ("model_file", "a.onnx"), ("sha256", "44" * 32),
+                 ("inputs", ()), ("outputs", (s0.outputs[0],)), ("data_files", (("d", "55" * 32),)),
+                 ("nodes", 5), ("estimated_ms", 1.5)]:
+        yield f"step.{f}", rep(plan, steps=(rep(s0, **{f: v}), s1))
+    yield "data file hash", rep(plan, steps=(s0, rep(s1, data_files=(("stage1.onnx.data", "66" * 32),))))
+    yield "route tensor", rep(plan, routes=(plan.routes[0], rep(r1, tensor="h2"), *plan.routes[2:]))
+    yield "route src", rep(plan, routes=(plan.routes[0], rep(r1, src=CALLER), *plan.routes[2:]))
+    yield "route dst", rep(plan, routes=(plan.routes[0], rep(r1, dst=CALLER), *plan.routes[2:]))
+    yield "codec kind", rep(plan, routes=(plan.routes[0], rep(r1, codec=Codec("dense")), *plan.routes[2:]))
+    yield "codec param", rep(plan, routes=(plan.routes[0], rep(r1, codec=Codec("channels", (("keep", (0, 2, 6)), ("axis", 1)))), *plan.routes[2:]))
+    yield "route dropped", rep(plan, routes=plan.routes[:-1])
+    yield "objective", rep(plan, objective="latency")
+    yield "estimate", rep(plan, estimates=(("latency_ms", 9.5), ("period_ms", 7.5)))
+    yield "schema_version", rep(plan, schema_version=SCHEMA_VERSION + 1)
+
+
+def test_plan_id_changes_when_anything_changes():
+    plan = make_plan()
+    ids = {plan.plan_id: "original"}
+    for label, changed in _mutations(plan):
+        assert changed != plan, label
+        pid = changed.plan_id
+        assert pid not in ids, f"changing {label} gives the same plan id as {ids.get(pid)}"
+        ids[pid] = label
+    assert len(ids) > 30
+
+
+def test_plan_lookups():
+    plan = make_plan()
+    assert plan.device_names() == ("jetson", "pi")
+    assert [s.name for s in plan.steps_of("pi")] == ["stage1"]
+    assert [r.tensor for r in plan.routes_from("jetson")] == ["h", "n"]
+    assert [r.tensor for r in plan.routes_to(CALLER)] == ["y"]
+    assert [r.tensor for r in plan.routes_from(CALLER)] == ["x"]
+
+
+def test_values_are_frozen():
+    plan = make_plan()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.strategy = "x"  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.steps[0].sha256 = "0"  # type: ignore[misc]
+    hash(plan.steps[0].inputs[0])
