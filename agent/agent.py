@@ -87,7 +87,7 @@ class AgentCore:
                            self.device, self._on_peer_message)
         self.peers.start()
         for ep in self.static_peers:
-            self.peers.connect(ep)
+            self.peers.connect(ep, static=True)
         self.discovery = Discovery(self.interface, self.plan.plan_id, self._on_discovered)
         await self.discovery.start()
         if self.announce:
@@ -192,7 +192,9 @@ class AgentCore:
         pass  # peers only answer pings and hellos on our DEALERs; tensors arrive on the ROUTER
 
     def _on_discovered(self, ann: Announcement, present: bool) -> None:
-        if present and ann.role != self.device and ann.role in self.needed_roles:
+        if not present:
+            self.peers.forget(ann.endpoint)  # it said goodbye
+        elif ann.role != self.device and ann.role in self.needed_roles:
             self.peers.connect(ann.endpoint, ann.role)
 
     # -- outbound --------------------------------------------------------------------------------

@@ -59,7 +59,7 @@ class ClusterClient:
         self.peers = Peers(self.ctx, self.identity, self.plan.plan_id, CALLER, self._on_message, self._on_down)
         self.peers.start()
         for ep in self.static_peers:
-            self.peers.connect(ep)
+            self.peers.connect(ep, static=True)
         self.discovery = Discovery(self.interface, self.plan.plan_id, self._on_discovered)
         await self.discovery.start()
         inproc.register_client(self.identity, self)
@@ -172,5 +172,7 @@ class ClusterClient:
                     f"there (the session reconnects by itself) and send the request again."))
 
     def _on_discovered(self, ann: Announcement, present: bool) -> None:
-        if present and ann.role in self.roles:
+        if not present:
+            self.peers.forget(ann.endpoint)  # it said goodbye
+        elif ann.role in self.roles:
             self.peers.connect(ann.endpoint, ann.role)

@@ -23,6 +23,18 @@ from edgepart.bundle import is_bundle
 from edgepart.errors import PeerError
 
 
+def _die_with_parent() -> None:
+    """In the child: get SIGKILL when the process that started us dies, however it dies (Linux).
+
+    (The kernel ties this to the starting *thread*: start agents from a thread that outlives them.)"""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: stop() and the session's own cleanup remain
+
+
 class AgentProcess:
     def __init__(self, bundle: Path, argv: list[str], host=None, env: Mapping[str, str] | None = None):
         self.bundle, self.argv, self.host, self.env = bundle, argv, host, env
@@ -38,7 +50,7 @@ class AgentProcess:
         self._got.clear()
         self._ready.clear()
         kw = dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                  env={**os.environ, "PYTHONUNBUFFERED": "1", **(self.env or {})})
+                  env={**os.environ, "PYTHONUNBUFFERED": "1", **(self.env or {})}, preexec_fn=_die_with_parent)
         self.proc = self.host.popen(self.argv, **kw) if self.host is not None else subprocess.Popen(self.argv, **kw)
         threading.Thread(target=self._read, args=(self.proc,), daemon=True, name=f"edgepart-log-{self.device}").start()
 

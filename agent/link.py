@@ -3,9 +3,11 @@
 Every agent binds one ROUTER; whoever talks to it (another agent, or a client) connects a DEALER.
 Replies (pong, hello, results for a client) go back on the ROUTER to the DEALER's identity, so a
 client never has to be reachable itself. A peer is *up* once it answered `hello` with the same plan
-id, and stays up while it answers pings; when a role's endpoint changes (the agent was restarted
-on another port) the old DEALER is closed and a new one connected. Queues are bounded (high-water
-marks): a slow peer pushes back on its senders instead of growing memory.
+id, and stays up while it answers pings. A restarted agent announces a new endpoint: it gets a
+link of its own and takes over once up, while the dead one is forgotten after a while. Two live
+agents of one role are reported, and the one that came up first keeps serving (no flapping).
+Queues are bounded (high-water marks): a slow peer pushes back on its senders instead of growing
+memory.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ log = logging.getLogger("edgepart")
 HWM = 64  # messages queued per peer before senders wait
 PING_INTERVAL_S = 0.5
 DOWN_AFTER_S = 2.0
+FORGET_AFTER_S = 30.0  # a discovered endpoint silent this long is closed (static peers are kept)
 
 
 @dataclass
@@ -34,8 +37,10 @@ class Peer:
     endpoint: str
     sock: zmq.asyncio.Socket
     role: str = ""  # known after hello
+    static: bool = False
     up: bool = False
-    last_seen: float = 0.0
+    up_since: float = 0.0
+    last_seen: float = field(default_factory=time.monotonic)
     task: asyncio.Task | None = field(default=None, repr=False)
 
 
@@ -57,13 +62,8 @@ class Peers:
     def start(self) -> None:
         self._ping_task = asyncio.ensure_future(self._pinger())
 
-    def connect(self, endpoint: str, role: str = "") -> Peer:
-        """Connect (once) to `endpoint`; a known role replaces that role's old endpoint."""
-        if role:
-            for ep, p in list(self.by_endpoint.items()):
-                if p.role == role and ep != endpoint:
-                    log.info("%s moved from %s to %s", role, ep, endpoint)
-                    self.disconnect(ep)
+    def connect(self, endpoint: str, role: str = "", static: bool = False) -> Peer:
+        """Connect (once) to `endpoint`; its role is confirmed by its `hello`."""
         if endpoint in self.by_endpoint:
             return self.by_endpoint[endpoint]
         s = self.ctx.socket(zmq.DEALER)
@@ -75,7 +75,7 @@ class Peers:
         s.setsockopt(zmq.RECONNECT_IVL, 100)
         s.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
         s.connect(endpoint)
-        p = Peer(endpoint, s, role)
+        p = Peer(endpoint, s, role, static)
         p.task = asyncio.ensure_future(self._reader(p))
         self.by_endpoint[endpoint] = p
         asyncio.ensure_future(self._send_control(p, "hello"))
@@ -91,10 +91,19 @@ class Peers:
         if p.up and p.role and self.on_down:
             self.on_down(p.role)
 
+    def forget(self, endpoint: str) -> None:
+        """Close a discovered link whose agent said goodbye (static peers stay)."""
+        p = self.by_endpoint.get(endpoint)
+        if p is not None and not p.static:
+            self.disconnect(endpoint)
+
     def get(self, role: str) -> Peer | None:
-        """The live link to `role`, if any (the most recently heard one when several)."""
+        """The live link to `role`, if any; with duplicates, the one up the longest."""
         cands = [p for p in self.by_endpoint.values() if p.role == role and p.up]
-        return max(cands, key=lambda p: p.last_seen) if cands else None
+        if len(cands) > 1:
+            self._warn_once(f"dup:{role}", f"two live agents claim role {role!r} of plan {self.plan_id}: "
+                            f"{', '.join(p.endpoint for p in cands)}; using the first, stop the other")
+        return min(cands, key=lambda p: p.up_since) if cands else None
 
     def roles_up(self) -> set[str]:
         return {p.role for p in self.by_endpoint.values() if p.up and p.role}
@@ -143,6 +152,7 @@ class Peers:
                     log.warning("%s says it is %r, discovery said %r", p.endpoint, h.sender, p.role)
                 was_up, p.role, p.up = p.up, h.sender, True
                 if not was_up:
+                    p.up_since = time.monotonic()
                     log.info("link up: %s at %s", p.role, p.endpoint)
                     self.role_changed.set()
                 continue
@@ -161,6 +171,10 @@ class Peers:
             await asyncio.sleep(PING_INTERVAL_S)
             now = time.monotonic()
             for p in list(self.by_endpoint.values()):
+                if not p.static and not p.up and now - p.last_seen > FORGET_AFTER_S:
+                    log.debug("forgetting %s at %s: silent for %.0f s", p.role or "peer", p.endpoint, now - p.last_seen)
+                    self.disconnect(p.endpoint)
+                    continue
                 if p.up and now - p.last_seen > DOWN_AFTER_S:
                     p.up = False
                     log.warning("link down: %s at %s stopped answering", p.role, p.endpoint)
