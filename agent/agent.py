@@ -25,7 +25,7 @@ from edgepart import aio
 from edgepart.bundle import Bundle, load_bundle
 from edgepart.errors import PeerError, WireError
 from edgepart.plan import CALLER
-from edgepart.wire import Header, arrays, decode, tensor_frames
+from edgepart.wire import Header, arrays, decode, tensor_frames, zero_copy_pays
 
 from . import inproc
 from .discovery import Announcement, Discovery
@@ -147,7 +147,7 @@ class AgentCore:
                 self._drop(ident, str(e))
                 if h is not None and h.kind == "tensor" and h.client and h.plan_id == self.plan.plan_id:
                     # a well-addressed request with bad content: fail it now rather than at its deadline
-                    await self._fail((h.client, h.request_id), f"{self.device} rejected a message from {h.sender}: {e}")
+                    self._fail((h.client, h.request_id), f"{self.device} rejected a message from {h.sender}: {e}")
 
     async def _handle(self, ident: bytes, h: Header, payload: list) -> None:
         if h.kind in ("ping", "hello"):
@@ -198,47 +198,57 @@ class AgentCore:
             self.peers.connect(ann.endpoint, ann.role)
 
     # -- outbound --------------------------------------------------------------------------------
-    async def _send(self, dst: str, key: Key, arrs: dict[str, np.ndarray], deadline: float) -> None:
+    def _send(self, dst: str, key: Key, arrs: dict[str, np.ndarray], deadline: float) -> "asyncio.Future | None":
         left_s = deadline - time.monotonic()
         if left_s <= 0:
             raise PeerError("deadline passed")
         if dst == CALLER and (c := inproc.client(key[0])) is not None:
             c.on_result(key[1], arrs)
-            return
+            return None
         if dst != CALLER and (a := inproc.agent(self.plan.plan_id, dst)) is not None:
             a.deliver_local(self.device, key, arrs, left_s * 1e3)
-            return
+            return None
         h = Header("tensor", self.plan.plan_id, self.device, request_id=key[1], client=key[0], ttl_ms=left_s * 1e3)
         frames = tensor_frames(h, arrs)
         if dst == CALLER:
-            await self._reply(key[0], frames)
-        else:
-            try:
-                await self.peers.send(dst, frames, left_s)
-            except ConnectionError:
-                raise PeerError(f"{dst} is not reachable") from None
-            except asyncio.TimeoutError:
-                raise PeerError(f"{dst} did not take {', '.join(arrs)} before the deadline") from None
+            return self._reply_nowait(key[0], frames)
+        try:
+            return self.peers.send_nowait(dst, frames)
+        except ConnectionError:
+            raise PeerError(f"{dst} is not reachable") from None
+
+    def _reply_nowait(self, ident: bytes, frames: list) -> "asyncio.Future | None":
+        """Send on the ROUTER to `ident`; a caller that went away is logged, not an error."""
+        try:
+            fut = self.router.send_multipart([ident, *frames], copy=not zero_copy_pays(frames))
+        except zmq.ZMQError as e:
+            log.debug("could not reply to %s: %s", ident[:32], e)
+            return None
+        if not fut.done():
+            return fut
+        if fut.exception() is not None:  # EHOSTUNREACH: the caller went away
+            log.debug("could not reply to %s: %s", ident[:32], fut.exception())
+        return None
 
     async def _reply(self, ident: bytes, frames: list) -> None:
-        try:
-            await asyncio.wait_for(self.router.send_multipart([ident, *frames], copy=False), 2.0)
-        except zmq.ZMQError as e:  # EHOSTUNREACH: the caller went away
-            log.debug("could not reply to %s: %s", ident[:32], e)
-        except asyncio.TimeoutError:
-            log.debug("reply to %s timed out", ident[:32])
+        fut = self._reply_nowait(ident, frames)
+        if fut is not None:
+            try:
+                await asyncio.wait_for(fut, 2.0)
+            except (asyncio.TimeoutError, zmq.ZMQError):
+                log.debug("reply to %s timed out", ident[:32])
 
-    async def _fail(self, key: Key, why: str) -> None:
+    def _fail(self, key: Key, why: str) -> None:
         if (c := inproc.client(key[0])) is not None:
             c.on_error(key[1], why)
             return
         h = Header("error", self.plan.plan_id, self.device, request_id=key[1], client=key[0], message=why)
-        await self._reply(key[0], [h.encode()])
+        self._reply_nowait(key[0], [h.encode()])
 
     async def _housekeeping(self) -> None:
         while True:
             await asyncio.sleep(0.1)
-            await self.executor.expire()
+            self.executor.expire()
 
 
 class Agent:

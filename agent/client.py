@@ -10,6 +10,7 @@ DeadlineExceeded — never a hang.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import itertools
 import logging
 import secrets
@@ -36,8 +37,9 @@ log = logging.getLogger("edgepart")
 
 @dataclass
 class Pending:
-    future: asyncio.Future
+    future: concurrent.futures.Future
     roles: set[str]
+    timer: asyncio.TimerHandle
     outputs: dict[str, np.ndarray] = field(default_factory=dict)
 
 
@@ -51,10 +53,15 @@ class ClusterClient:
         self.roles = set(plan.device_names())  # all of them: any one vanishing fails what is in flight
         self.outputs = [o.name for o in plan.outputs]
         self.pending: dict[int, Pending] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self.inputs_by_dst: dict[str, list[str]] = {}
+        for r in plan.routes_from(CALLER):
+            self.inputs_by_dst.setdefault(r.dst, []).append(r.tensor)
         self._ids = itertools.count(1)
         self.identity = f"{CALLER}:{secrets.token_hex(6)}".encode()
 
     async def start(self) -> "ClusterClient":
+        self.loop = asyncio.get_running_loop()
         self.ctx = zmq.asyncio.Context()
         self.peers = Peers(self.ctx, self.identity, self.plan.plan_id, CALLER, self._on_message, self._on_down)
         self.peers.start()
@@ -92,53 +99,73 @@ class ClusterClient:
 
     async def close(self) -> None:
         inproc.unregister_client(self.identity)
-        for p in self.pending.values():
-            if not p.future.done():
-                p.future.set_exception(PeerError("the session was closed"))
-        self.pending.clear()
+        for rid in list(self.pending):
+            self.on_error(rid, "the session was closed")
+        for t in list(self._tasks):
+            t.cancel()
         await self.discovery.close()
         await self.peers.close()
         self.ctx.destroy(linger=0)
 
-    async def infer(self, feeds: Mapping[str, np.ndarray], timeout_s: float = 10.0) -> dict[str, np.ndarray]:
-        """All model outputs for one request, or PeerError / DeadlineExceeded."""
+    def submit(self, feeds: Mapping[str, np.ndarray], timeout_s: float = 10.0) -> concurrent.futures.Future:
+        """From any thread: check the inputs here (errors raise at once), send them from the loop.
+
+        The future gives {output: array}, or raises PeerError / DeadlineExceeded. No task per
+        request: the send runs as one loop callback, a timer enforces the deadline.
+        """
         feeds = {k: np.asarray(v) for k, v in feeds.items()}
         check_feeds(self.plan.inputs, feeds)
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        self.loop.call_soon_threadsafe(self._send_request, feeds, timeout_s, fut)
+        return fut
+
+    async def infer(self, feeds: Mapping[str, np.ndarray], timeout_s: float = 10.0) -> dict[str, np.ndarray]:
+        """All model outputs for one request, awaited from any event loop."""
+        return await asyncio.wrap_future(self.submit(feeds, timeout_s))
+
+    def _send_request(self, feeds: dict[str, np.ndarray], timeout_s: float, fut: concurrent.futures.Future) -> None:
+        if not fut.set_running_or_notify_cancel():
+            return
         rid = next(self._ids)
-        fut = asyncio.get_running_loop().create_future()
-        self.pending[rid] = Pending(fut, set(self.roles))
+        timer = self.loop.call_later(timeout_s, self._expire, rid, timeout_s)
+        self.pending[rid] = Pending(fut, set(self.roles), timer)
         deadline = time.monotonic() + timeout_s
-        try:
-            by_dst: dict[str, dict[str, np.ndarray]] = {}
-            for r in self.plan.routes_from(CALLER):
-                by_dst.setdefault(r.dst, {})[r.tensor] = feeds[r.tensor]
-            for dst, arrs in by_dst.items():
-                left = deadline - time.monotonic()
-                if (local := inproc.agent(self.plan.plan_id, dst)) is not None:
-                    try:
-                        local.deliver_local(CALLER, (self.identity, rid), arrs, max(left, 0.001) * 1e3)
-                    except WireError as e:
-                        raise PeerError(f"{dst} rejected the inputs: {e}") from None
-                    continue
-                h = Header("tensor", self.plan.plan_id, CALLER, request_id=rid, client=self.identity,
-                           ttl_ms=max(left, 0.001) * 1e3)
+        ttl_ms = timeout_s * 1e3
+        for dst, names in self.inputs_by_dst.items():
+            arrs = {n: feeds[n] for n in names}
+            if (local := inproc.agent(self.plan.plan_id, dst)) is not None:
                 try:
-                    await self.peers.send(dst, tensor_frames(h, arrs), left)
-                except ConnectionError:
-                    raise PeerError(f"{dst} of plan {self.plan.plan_id} is not reachable now (it stopped answering); "
-                                    f"restart `edgepart run` there, the session reconnects by itself.") from None
+                    local.deliver_local(CALLER, (self.identity, rid), arrs, ttl_ms)
+                except WireError as e:
+                    self.on_error(rid, f"{dst} rejected the inputs: {e}")
+                    return
+                continue
+            h = Header("tensor", self.plan.plan_id, CALLER, request_id=rid, client=self.identity, ttl_ms=ttl_ms)
             try:
-                return await asyncio.wait_for(asyncio.shield(fut), max(deadline - time.monotonic(), 0.0))
-            except asyncio.TimeoutError:
-                raise DeadlineExceeded(
-                    f"request {rid} was not answered within {timeout_s:g} s (outputs still missing: "
-                    f"{', '.join(o for o in self.outputs if o not in self.pending.get(rid, Pending(fut, set())).outputs)}). "
-                    f"Raise timeout_s, or check the agents with `edgepart discover`."
-                ) from None
-        except asyncio.TimeoutError:
-            raise DeadlineExceeded(f"request {rid}: the cluster did not take its inputs within {timeout_s:g} s") from None
-        finally:
-            self.pending.pop(rid, None)
+                sending = self.peers.send_nowait(dst, tensor_frames(h, arrs))
+            except ConnectionError:
+                self.on_error(rid, f"{dst} is not reachable now (it stopped answering); restart `edgepart run` "
+                                   f"there, the session reconnects by itself", cause=PeerError)
+                return
+            if sending is not None:  # queue full: wait for room (backpressure) within the deadline
+                t = asyncio.ensure_future(self._finish_send(rid, dst, sending, deadline))
+                self._tasks.add(t)
+                t.add_done_callback(self._tasks.discard)
+
+    async def _finish_send(self, rid: int, dst: str, sending: asyncio.Future, deadline: float) -> None:
+        try:
+            await asyncio.wait_for(sending, max(deadline - time.monotonic(), 0.001))
+        except (asyncio.TimeoutError, zmq.ZMQError):
+            self.on_error(rid, f"{dst} did not take the inputs before the deadline", cause=DeadlineExceeded)
+
+    def _expire(self, rid: int, timeout_s: float) -> None:
+        p = self.pending.get(rid)
+        if p is None:
+            return
+        missing = [o for o in self.outputs if o not in p.outputs]
+        self.on_error(rid, f"request {rid} was not answered within {timeout_s:g} s (outputs still missing: "
+                           f"{', '.join(missing)}). Raise timeout_s, or check the agents with `edgepart discover`.",
+                      cause=DeadlineExceeded)
 
     def _on_message(self, peer, h: Header, payload: list) -> None:
         if h.kind == "error":
@@ -153,23 +180,27 @@ class ClusterClient:
 
     def on_result(self, rid: int, got: dict[str, np.ndarray]) -> None:
         p = self.pending.get(rid)
-        if p is None or p.future.done():
+        if p is None:
             return  # a late answer to a request that already failed or timed out
         p.outputs.update((k, v) for k, v in got.items() if k in self.outputs)
         if len(p.outputs) == len(self.outputs):
-            p.future.set_result(dict(p.outputs))
+            del self.pending[rid]
+            p.timer.cancel()
+            p.future.set_result(p.outputs)
 
-    def on_error(self, rid: int, why: str) -> None:
-        p = self.pending.get(rid)
-        if p is not None and not p.future.done():
-            p.future.set_exception(PeerError(f"the cluster failed request {rid}: {why}"))
+    def on_error(self, rid: int, why: str, cause: type[PeerError] = PeerError) -> None:
+        p = self.pending.pop(rid, None)
+        if p is None:
+            return
+        p.timer.cancel()
+        msg = why if cause is DeadlineExceeded else f"the cluster failed request {rid}: {why}"
+        p.future.set_exception(cause(msg))
 
     def _on_down(self, role: str) -> None:
         for rid, p in list(self.pending.items()):
-            if role in p.roles and not p.future.done():
-                p.future.set_exception(PeerError(
-                    f"{role} stopped answering while request {rid} was in flight; restart `edgepart run` "
-                    f"there (the session reconnects by itself) and send the request again."))
+            if role in p.roles:
+                self.on_error(rid, f"{role} stopped answering while request {rid} was in flight; restart "
+                                   f"`edgepart run` there (the session reconnects by itself) and send it again.")
 
     def _on_discovered(self, ann: Announcement, present: bool) -> None:
         if not present:

@@ -5,6 +5,11 @@ caller, a peer, or a local step), runs every step whose inputs are all present â
 worker thread per step, so the network keeps moving while it computes â€” and hands each output to
 the routes the plan gives it. A request that outlives its deadline is dropped with an error to its
 caller; the number of requests held at once is bounded.
+
+The hot path makes no asyncio task per request: a step is submitted to its thread, and its
+completion comes back as one loop callback that routes the outputs with non-blocking sends. Only
+a send that finds its peer's queue full becomes a task that waits (backpressure, bounded by the
+request's deadline).
 """
 
 from __future__ import annotations
@@ -27,9 +32,10 @@ log = logging.getLogger("edgepart")
 MAX_IN_FLIGHT = 256
 
 Key = tuple[bytes, int]  # (client id, request id)
-# send(destination, key, {tensor: array}, deadline) -> awaitable; raises on failure
-Sender = Callable[[str, Key, dict[str, np.ndarray], float], Awaitable[None]]
-Failer = Callable[[Key, str], Awaitable[None]]
+# send(destination, key, {tensor: array}, deadline) -> None when queued, else an awaitable that
+# completes when it is; raises on failure
+Sender = Callable[[str, Key, dict[str, np.ndarray], float], "Awaitable[None] | None"]
+Failer = Callable[[Key, str], None]  # tell the request's caller it failed
 
 
 @dataclass
@@ -60,6 +66,8 @@ class Executor:
             self.out_routes.setdefault(r.tensor, []).append(r)
         self.send, self.fail = send, fail
         self.requests: dict[Key, Request] = {}
+        self.loop = asyncio.get_running_loop()
+        self._tasks: set[asyncio.Task] = set()
         self.slot_free = asyncio.Event()
         self.completed = 0
         self.failed = 0
@@ -88,19 +96,18 @@ class Executor:
         for s in self.steps:
             if s.name not in req.started and all(i.name in req.tensors for i in s.inputs):
                 req.started.add(s.name)
-                asyncio.ensure_future(self._run_step(key, req, s))
+                feeds = {i.name: req.tensors[i.name] for i in s.inputs}
+                fut = self.pools[s.name].submit(self.sessions[s.name].run, [o.name for o in s.outputs], feeds)
+                fut.add_done_callback(lambda f, s=s: self.loop.call_soon_threadsafe(self._step_done, key, req, s, f))
 
-    async def _run_step(self, key: Key, req: Request, step: Step) -> None:
-        loop = asyncio.get_running_loop()
-        feeds = {i.name: req.tensors[i.name] for i in step.inputs}
-        names = [o.name for o in step.outputs]
+    def _step_done(self, key: Key, req: Request, step: Step, fut) -> None:
         try:
-            outs = await loop.run_in_executor(self.pools[step.name], self.sessions[step.name].run, names, feeds)
+            outs = fut.result()
         except Exception as e:  # onnxruntime raises untyped errors (bad shapes, bad values)
             msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-            await self._fail(key, f"{self.device}/{step.name} failed: {msg}")
+            self._fail(key, f"{self.device}/{step.name} failed: {msg}")
             return
-        if key not in self.requests:
+        if self.requests.get(key) is not req:
             return  # expired or failed meanwhile
         by_dst: dict[str, dict[str, np.ndarray]] = {}
         for o, arr in zip(step.outputs, outs):
@@ -108,37 +115,56 @@ class Executor:
             for r in self.out_routes.get(o.name, ()):
                 if r.dst != self.device:
                     by_dst.setdefault(r.dst, {})[o.name] = arr
-        sends = [self.send(dst, key, arrs, req.deadline) for dst, arrs in by_dst.items()]
+        waiting = []
+        for dst, arrs in by_dst.items():
+            try:
+                w = self.send(dst, key, arrs, req.deadline)
+            except Exception as e:  # PeerError, or zmq's errors on a closing socket
+                self._fail(key, f"{self.device} could not send {step.name}'s outputs to {dst}: {e}")
+                return
+            if w is not None:
+                waiting.append(w)
+        if waiting:
+            t = asyncio.ensure_future(self._await_sends(key, step, waiting, req.deadline))
+            self._tasks.add(t)
+            t.add_done_callback(self._tasks.discard)
         req.done += 1
         self._run_ready(key, req)
-        if sends:
-            results = await asyncio.gather(*sends, return_exceptions=True)
-            errs = [r for r in results if isinstance(r, BaseException)]
-            if errs:
-                await self._fail(key, f"{self.device} could not send {step.name}'s outputs: {errs[0]}")
-                return
         if req.done == len(self.steps) and self.requests.pop(key, None) is not None:
             self.completed += 1
             self.slot_free.set()
 
-    async def _fail(self, key: Key, why: str) -> None:
+    async def _await_sends(self, key: Key, step: Step, waiting: list, deadline: float) -> None:
+        try:
+            await asyncio.wait_for(asyncio.gather(*waiting), max(deadline - time.monotonic(), 0.001))
+        except Exception as e:  # timeout, or the socket closed under us
+            why = f"{self.device} could not send {step.name}'s outputs before the deadline ({type(e).__name__})"
+            if self.requests.pop(key, None) is not None:
+                self.failed += 1
+                self.slot_free.set()
+            if key[0]:
+                self.fail(key, why)
+
+    def _fail(self, key: Key, why: str) -> None:
         if self.requests.pop(key, None) is None:
             return
         self.failed += 1
         self.slot_free.set()
         log.debug("request %s failed: %s", key[1], why)
         if key[0]:
-            await self.fail(key, why)
+            self.fail(key, why)
 
-    async def expire(self) -> None:
+    def expire(self) -> None:
         """Drop requests past their deadline, telling their callers."""
         now = time.monotonic()
         for key, req in list(self.requests.items()):
             if now > req.deadline:
-                await self._fail(key, f"deadline passed while {self.device} still waited for "
-                                      f"{sorted(self.local_inputs - set(req.tensors)) or 'its steps'}")
+                self._fail(key, f"deadline passed while {self.device} still waited for "
+                                f"{sorted(self.local_inputs - set(req.tensors)) or 'its steps'}")
 
     def close(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
         for p in self.pools.values():
             p.shutdown(wait=False, cancel_futures=True)
 

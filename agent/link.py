@@ -22,7 +22,7 @@ import zmq
 import zmq.asyncio
 
 from edgepart.errors import WireError
-from edgepart.wire import Header, decode
+from edgepart.wire import Header, decode, zero_copy_pays
 
 log = logging.getLogger("edgepart")
 
@@ -108,12 +108,24 @@ class Peers:
     def roles_up(self) -> set[str]:
         return {p.role for p in self.by_endpoint.values() if p.up and p.role}
 
+    def send_nowait(self, role: str, frames: list) -> "asyncio.Future | None":
+        """Queue `frames` for `role`: None when queued, else a future that completes when it is
+        (the peer's queue is full). Raises ConnectionError when no live link to `role` exists."""
+        p = self.get(role)
+        if p is None:
+            raise ConnectionError(f"no live link to {role}")
+        fut = p.sock.send_multipart(frames, copy=not zero_copy_pays(frames))
+        if fut.done():
+            fut.result()
+            return None
+        return fut
+
     async def send(self, role: str, frames: list, timeout_s: float) -> None:
         """Send to `role`, waiting (backpressure) at most `timeout_s`; raises asyncio.TimeoutError."""
         p = self.get(role)
         if p is None:
             raise ConnectionError(f"no live link to {role}")
-        fut = p.sock.send_multipart(frames, copy=False)
+        fut = p.sock.send_multipart(frames, copy=not zero_copy_pays(frames))
         if not fut.done():  # the queue is full: wait (backpressure), but not past the deadline
             await asyncio.wait_for(fut, max(timeout_s, 0.001))
         else:

@@ -88,7 +88,7 @@ class InferenceSession:
         """Send one request now; the future gives {output name: array}. Pipelined: submit many."""
         if self._client is None:
             raise PeerError("the session is closed")
-        return aio.submit(self._client.infer(input_feed, timeout_s or self.timeout_s))
+        return self._client.submit(input_feed, timeout_s or self.timeout_s)
 
     async def arun(self, output_names: Sequence[str] | None, input_feed: Mapping[str, np.ndarray],
                    *, timeout_s: float | None = None) -> list[np.ndarray]:

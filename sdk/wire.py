@@ -203,3 +203,12 @@ def _bytes(d: dict, k: str) -> bytes:
     if not isinstance(v, bytes) or len(v) > 255:
         raise WireError(f"field {k!r} must be at most 255 bytes")
     return v
+
+
+ZERO_COPY_MIN_BYTES = 512 * 1024
+
+
+def zero_copy_pays(frames: list) -> bool:
+    """Zero-copy sends hand buffer ownership to libzmq and back through pyzmq's garbage-collector
+    thread, which costs a thread wake-up per message; below this size a memcpy is cheaper."""
+    return sum(len(f) if not isinstance(f, memoryview) else f.nbytes for f in frames) >= ZERO_COPY_MIN_BYTES
