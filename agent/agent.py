@@ -1,11 +1,13 @@
-"""The agent: one device's bundle, served. Async core, thin sync facade.
+"""The agent: one device's bundle, served.
 
     async with AgentCore(bundle) as core: ...        # inside an event loop
-    with edgepart.Agent("dist/jetson-a") as agent:    # anywhere: runs its loop in a thread
+    with edgepart.Agent("dist/jetson-a") as agent:    # anywhere: on the shared background loop
 
-The core binds a ZeroMQ ROUTER, announces itself over mDNS, links to the peers it sends to, and
-feeds every valid tensor message to the executor. A malformed message is logged and dropped; the
-agent keeps serving.
+Two planes. The control plane runs on asyncio: mDNS announce and browse (zeroconf), and telling the
+data plane which peers exist. The data plane is one thread that owns the ZeroMQ sockets — a bound
+ROUTER and a DEALER per peer — and the executor: it receives, validates, computes (onnxruntime
+releases the GIL) and sends with no hand-off between threads on the way. A malformed message is
+logged and dropped; the agent keeps serving.
 """
 
 from __future__ import annotations
@@ -13,26 +15,29 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import queue
 import secrets
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import zmq
-import zmq.asyncio
 
 from edgepart import aio
 from edgepart.bundle import Bundle, load_bundle
 from edgepart.errors import PeerError, WireError
 from edgepart.plan import CALLER
-from edgepart.wire import Header, arrays, decode, tensor_frames, zero_copy_pays
+from edgepart.wire import Header, arrays, decode, tensor_frames
 
 from . import inproc
 from .discovery import Announcement, Discovery
 from .executor import Executor, Key
-from .link import HWM, Peers
+from .link import HWM, Links, Waker, send, tune
 
 log = logging.getLogger("edgepart")
+
+POLL_MS = 50  # the data thread wakes at least this often: deadlines, link sweeps, stop
 
 
 def parse_peer(text: str) -> str:
@@ -45,7 +50,7 @@ def parse_peer(text: str) -> str:
 
 
 class AgentCore:
-    """The async agent. `await start()`, then it serves until `await stop()`."""
+    """The agent. `await start()`, then it serves until `await stop()`."""
 
     def __init__(self, bundle: Bundle, *, interface: str | None = None, port: int = 0,
                  peers: tuple[str, ...] = (), threads: int = 0, announce: bool = True):
@@ -60,16 +65,16 @@ class AgentCore:
         self.endpoint = ""
         self.dropped = 0
         self._warned: set[str] = set()
-        self._tasks: list[asyncio.Task] = []
         self.needed_roles = {r.dst for r in self.plan.routes_from(self.device) if r.dst != CALLER}
+        self.inbox: queue.SimpleQueue = queue.SimpleQueue()  # deliveries from parts in this process
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     async def start(self) -> "AgentCore":
-        self.ctx = zmq.asyncio.Context()
+        self.ctx = zmq.Context()
         self.router = self.ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.router.setsockopt(zmq.SNDHWM, HWM)
-        self.router.setsockopt(zmq.RCVHWM, HWM)
-        self.router.setsockopt(zmq.LINGER, 0)
+        tune(self.router)
         self.router.setsockopt(zmq.MAXMSGSIZE, 1 << 30)
         host = self.interface or "0.0.0.0"
         try:
@@ -82,30 +87,34 @@ class AgentCore:
             raise PeerError(f"cannot listen on {host}:{self.port or 'any'} ({e}). Pick another --port or --interface.") from None
         self.endpoint = f"tcp://{host}:{self.port}"
         self.executor = Executor(self.bundle, self._send, self._fail, self.threads)
-        await asyncio.get_running_loop().run_in_executor(None, self.executor.load)
-        self.peers = Peers(self.ctx, f"{self.device}:{secrets.token_hex(4)}".encode(), self.plan.plan_id,
-                           self.device, self._on_peer_message)
-        self.peers.start()
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self.executor.load)
+        except BaseException:
+            self.ctx.destroy(linger=0)
+            raise
+        self.waker = Waker()
+        self.links = Links(self.ctx, f"{self.device}:{secrets.token_hex(4)}".encode(), self.plan.plan_id,
+                           self.device, on_message=lambda p, h, payload: None)
         for ep in self.static_peers:
-            self.peers.connect(ep, static=True)
+            self.links.post(self.waker, "connect", ep, static=True)
+        self._thread = threading.Thread(target=self._data_plane, name=f"edgepart-{self.device}", daemon=True)
+        self._thread.start()
+        inproc.register_agent(self.plan.plan_id, self.device, self)
         self.discovery = Discovery(self.interface, self.plan.plan_id, self._on_discovered)
         await self.discovery.start()
         if self.announce:
             await self.discovery.announce(self.device, self.plan.plan_id, self.interface or "0.0.0.0", self.port)
-        self._tasks = [asyncio.ensure_future(self._serve()), asyncio.ensure_future(self._housekeeping())]
-        inproc.register_agent(self.plan.plan_id, self.device, self)
         log.info("agent %s of plan %s listening on %s", self.device, self.plan.plan_id, self.endpoint)
         return self
 
     async def stop(self) -> None:
         inproc.unregister_agent(self.plan.plan_id, self.device, self)
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.discovery.close()
-        await self.peers.close()
-        self.executor.close()
-        self.router.close(linger=0)
+        self._stop.set()
+        self.waker.wake()
+        if self._thread is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 10)
+        self.waker.close()
         self.ctx.destroy(linger=0)
 
     async def __aenter__(self) -> "AgentCore":
@@ -115,46 +124,86 @@ class AgentCore:
         await self.stop()
 
     def missing_roles(self) -> set[str]:
-        return self.needed_roles - self.peers.roles_up()
+        return self.needed_roles - self.links.roles_up()
 
     async def wait_ready(self, timeout_s: float) -> bool:
         """Wait until every peer this device sends to is linked; False on timeout."""
-        end = time.monotonic() + timeout_s
-        while self.missing_roles():
-            left = end - time.monotonic()
-            if left <= 0:
-                return False
-            self.peers.role_changed.clear()
-            try:
-                await asyncio.wait_for(self.peers.role_changed.wait(), min(left, 0.5))
-            except asyncio.TimeoutError:
-                pass
-        return True
+        return await asyncio.get_running_loop().run_in_executor(None, self.links.wait_roles, self.needed_roles, timeout_s)
 
-    # -- inbound ---------------------------------------------------------------------------------
-    async def _serve(self) -> None:
-        while True:
+    def deliver_local(self, sender: str, key: Key, arrs: dict[str, np.ndarray], ttl_ms: float) -> None:
+        """Tensors from a part in this process (see inproc.py); any thread may call this."""
+        self.inbox.put((sender, key, arrs, ttl_ms))
+        self.waker.wake()
+
+    # -- control plane -----------------------------------------------------------------------------
+    def _on_discovered(self, ann: Announcement, present: bool) -> None:
+        if not present:
+            self.links.post(self.waker, "forget", ann.endpoint)  # it said goodbye
+        elif ann.role != self.device and ann.role in self.needed_roles:
+            self.links.post(self.waker, "connect", ann.endpoint, ann.role)
+
+    # -- data plane (its own thread) ---------------------------------------------------------------
+    def _data_plane(self) -> None:
+        poller = self.links.poller
+        poller.register(self.router, zmq.POLLIN)
+        poller.register(self.waker.r, zmq.POLLIN)
+        try:
+            while not self._stop.is_set():
+                ready = poller.poll(POLL_MS)
+                for sock, _ in ready:
+                    if sock is self.router:
+                        self._read_router()
+                    elif sock == self.waker.r:
+                        self.waker.drain()
+                        self.links.run_commands()
+                        self._read_inbox()
+                    else:
+                        self.links.handle(sock)
+                self.executor.expire()
+                self.links.sweep()
+        except Exception:  # a bug here must not die silently: log it, the agent stops serving
+            log.exception("agent %s: data plane crashed", self.device)
+        finally:
+            self.links.close()
+            self.router.close(0)
+
+    def _read_router(self) -> None:
+        for _ in range(HWM):  # bounded: the links and the inbox get their turn
             if self.executor.full:
-                self.executor.slot_free.clear()
-                await self.executor.slot_free.wait()  # backpressure: leave messages in zmq's bounded queue
-            frames = await self.router.recv_multipart(copy=False)
+                return  # backpressure: leave messages in zmq's bounded queue
+            try:
+                frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
             ident = frames[0].bytes
             h = None
             try:
                 h, payload = decode(frames[1:])
-                await self._handle(ident, h, payload)
+                self._handle(ident, h, payload)
             except WireError as e:
                 self._drop(ident, str(e))
                 if h is not None and h.kind == "tensor" and h.client and h.plan_id == self.plan.plan_id:
                     # a well-addressed request with bad content: fail it now rather than at its deadline
                     self._fail((h.client, h.request_id), f"{self.device} rejected a message from {h.sender}: {e}")
 
-    async def _handle(self, ident: bytes, h: Header, payload: list) -> None:
+    def _read_inbox(self) -> None:
+        while True:
+            try:
+                sender, key, arrs, ttl_ms = self.inbox.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                for name, a in arrs.items():
+                    self._check(sender, name, a.dtype.name, a.shape)
+                self.executor.deliver(key, arrs, ttl_ms)
+            except WireError as e:
+                self._fail(key, f"{self.device} rejected the inputs: {e}")
+
+    def _handle(self, ident: bytes, h: Header, payload: list) -> None:
         if h.kind in ("ping", "hello"):
-            kind = "pong" if h.kind == "ping" else "hello"
             if h.plan_id != self.plan.plan_id and h.kind == "hello":
                 self._drop(ident, f"hello from plan {h.plan_id}, this agent runs {self.plan.plan_id}")
-            await self._reply(ident, [Header(kind, self.plan.plan_id, self.device).encode()])
+            self._reply(ident, [Header("pong" if h.kind == "ping" else "hello", self.plan.plan_id, self.device).encode()], 0.0)
             return
         if h.plan_id != self.plan.plan_id:
             raise WireError(f"message of plan {h.plan_id!r}, this agent runs {self.plan.plan_id}")
@@ -173,12 +222,6 @@ class AgentCore:
         if spec is not None and (dtype != spec.dtype or len(shape) != len(spec.shape)):
             raise WireError(f"{name} is {dtype}{list(shape)}, the plan says {spec.dtype}{list(spec.shape)}")
 
-    def deliver_local(self, sender: str, key: Key, arrs: dict[str, np.ndarray], ttl_ms: float) -> None:
-        """Tensors from a part in this process (see inproc.py), checked like a message."""
-        for name, a in arrs.items():
-            self._check(sender, name, a.dtype.name, a.shape)
-        self.executor.deliver(key, arrs, ttl_ms)
-
     def _drop(self, ident: bytes, why: str) -> None:
         self.dropped += 1
         key = ident[:32].hex()
@@ -188,67 +231,41 @@ class AgentCore:
         else:
             log.debug("dropped a message from %s: %s", ident[:32], why)
 
-    async def _on_peer_message(self, peer, h: Header, payload: list) -> None:
-        pass  # peers only answer pings and hellos on our DEALERs; tensors arrive on the ROUTER
-
-    def _on_discovered(self, ann: Announcement, present: bool) -> None:
-        if not present:
-            self.peers.forget(ann.endpoint)  # it said goodbye
-        elif ann.role != self.device and ann.role in self.needed_roles:
-            self.peers.connect(ann.endpoint, ann.role)
-
-    # -- outbound --------------------------------------------------------------------------------
-    def _send(self, dst: str, key: Key, arrs: dict[str, np.ndarray], deadline: float) -> "asyncio.Future | None":
+    def _send(self, dst: str, key: Key, arrs: dict[str, np.ndarray], deadline: float) -> None:
         left_s = deadline - time.monotonic()
         if left_s <= 0:
             raise PeerError("deadline passed")
         if dst == CALLER and (c := inproc.client(key[0])) is not None:
             c.on_result(key[1], arrs)
-            return None
+            return
         if dst != CALLER and (a := inproc.agent(self.plan.plan_id, dst)) is not None:
             a.deliver_local(self.device, key, arrs, left_s * 1e3)
-            return None
-        h = Header("tensor", self.plan.plan_id, self.device, request_id=key[1], client=key[0], ttl_ms=left_s * 1e3)
-        frames = tensor_frames(h, arrs)
+            return
+        frames = tensor_frames(Header("tensor", self.plan.plan_id, self.device, request_id=key[1], client=key[0],
+                                      ttl_ms=left_s * 1e3), arrs)
         if dst == CALLER:
-            return self._reply_nowait(key[0], frames)
-        try:
-            return self.peers.send_nowait(dst, frames)
-        except ConnectionError:
-            raise PeerError(f"{dst} is not reachable") from None
+            self._reply(key[0], frames, left_s)
+            return
+        p = self.links.get(dst)
+        if p is None:
+            raise PeerError(f"{dst} is not reachable")
+        if not send(p.sock, frames, left_s):
+            raise PeerError(f"{dst} did not take {', '.join(arrs)} before the deadline")
 
-    def _reply_nowait(self, ident: bytes, frames: list) -> "asyncio.Future | None":
+    def _reply(self, ident: bytes, frames: list, timeout_s: float) -> None:
         """Send on the ROUTER to `ident`; a caller that went away is logged, not an error."""
         try:
-            fut = self.router.send_multipart([ident, *frames], copy=not zero_copy_pays(frames))
-        except zmq.ZMQError as e:
+            if not send(self.router, [ident, *frames], timeout_s):
+                log.debug("reply to %s dropped: its queue stayed full", ident[:32])
+        except zmq.ZMQError as e:  # EHOSTUNREACH: the caller went away
             log.debug("could not reply to %s: %s", ident[:32], e)
-            return None
-        if not fut.done():
-            return fut
-        if fut.exception() is not None:  # EHOSTUNREACH: the caller went away
-            log.debug("could not reply to %s: %s", ident[:32], fut.exception())
-        return None
-
-    async def _reply(self, ident: bytes, frames: list) -> None:
-        fut = self._reply_nowait(ident, frames)
-        if fut is not None:
-            try:
-                await asyncio.wait_for(fut, 2.0)
-            except (asyncio.TimeoutError, zmq.ZMQError):
-                log.debug("reply to %s timed out", ident[:32])
 
     def _fail(self, key: Key, why: str) -> None:
         if (c := inproc.client(key[0])) is not None:
             c.on_error(key[1], why)
             return
-        h = Header("error", self.plan.plan_id, self.device, request_id=key[1], client=key[0], message=why)
-        self._reply_nowait(key[0], [h.encode()])
-
-    async def _housekeeping(self) -> None:
-        while True:
-            await asyncio.sleep(0.1)
-            self.executor.expire()
+        self._reply(key[0], [Header("error", self.plan.plan_id, self.device, request_id=key[1], client=key[0],
+                                    message=why).encode()], 0.0)
 
 
 class Agent:

@@ -1,10 +1,12 @@
-"""The caller's side of a cluster, async: find the agents of a plan, send inputs, gather outputs.
+"""The caller's side of a cluster: find the agents of a plan, send inputs, gather outputs.
 
 `InferenceSession` (edgepart.session) is its sync facade. Inputs go straight to every device that
 needs them and outputs come straight back from the devices that make them (on the DEALER links
-this client opened, so it need not be reachable itself). Every request has a deadline; a request
-whose agent stops answering fails with PeerError at once, one past its deadline with
-DeadlineExceeded — never a hang.
+this client opened, so it need not be reachable itself). Discovery runs on asyncio; one I/O
+thread owns the sockets. `submit` checks the inputs in the caller's thread (a bad input raises at
+once), hands inputs for an agent in this process straight to it, and queues the rest for the I/O
+thread. Every request has a deadline; a request whose agent stops answering fails with PeerError
+at once, one past its deadline with DeadlineExceeded — never a hang.
 """
 
 from __future__ import annotations
@@ -13,14 +15,15 @@ import asyncio
 import concurrent.futures
 import itertools
 import logging
+import queue
 import secrets
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Mapping
 
 import numpy as np
 import zmq
-import zmq.asyncio
 
 from edgepart.errors import DeadlineExceeded, PeerError, WireError
 from edgepart.inputs import check_feeds
@@ -28,9 +31,9 @@ from edgepart.plan import CALLER, Plan
 from edgepart.wire import Header, arrays, tensor_frames
 
 from . import inproc
-from .agent import parse_peer
+from .agent import POLL_MS, parse_peer
 from .discovery import Announcement, Discovery
-from .link import Peers
+from .link import Links, Waker, send
 
 log = logging.getLogger("edgepart")
 
@@ -39,7 +42,8 @@ log = logging.getLogger("edgepart")
 class Pending:
     future: concurrent.futures.Future
     roles: set[str]
-    timer: asyncio.TimerHandle
+    deadline: float
+    timeout_s: float
     outputs: dict[str, np.ndarray] = field(default_factory=dict)
 
 
@@ -52,25 +56,31 @@ class ClusterClient:
         self.discover_timeout_s = discover_timeout_s
         self.roles = set(plan.device_names())  # all of them: any one vanishing fails what is in flight
         self.outputs = [o.name for o in plan.outputs]
-        self.pending: dict[int, Pending] = {}
-        self._tasks: set[asyncio.Task] = set()
         self.inputs_by_dst: dict[str, list[str]] = {}
         for r in plan.routes_from(CALLER):
             self.inputs_by_dst.setdefault(r.dst, []).append(r.tensor)
+        self.pending: dict[int, Pending] = {}
+        self._lock = threading.Lock()  # pending is touched by callers, the I/O thread, local agents
         self._ids = itertools.count(1)
         self.identity = f"{CALLER}:{secrets.token_hex(6)}".encode()
+        self.outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._next_expiry = 0.0
 
     async def start(self) -> "ClusterClient":
-        self.loop = asyncio.get_running_loop()
-        self.ctx = zmq.asyncio.Context()
-        self.peers = Peers(self.ctx, self.identity, self.plan.plan_id, CALLER, self._on_message, self._on_down)
-        self.peers.start()
+        self.ctx = zmq.Context()
+        self.waker = Waker()
+        self.links = Links(self.ctx, self.identity, self.plan.plan_id, CALLER, self._on_message, self._on_down)
         for ep in self.static_peers:
-            self.peers.connect(ep, static=True)
+            self.links.post(self.waker, "connect", ep, static=True)
+        self._thread = threading.Thread(target=self._io, name="edgepart-client", daemon=True)
+        self._thread.start()
+        inproc.register_client(self.identity, self)
         self.discovery = Discovery(self.interface, self.plan.plan_id, self._on_discovered)
         await self.discovery.start()
-        inproc.register_client(self.identity, self)
-        if not await self.wait_ready(self.discover_timeout_s):
+        ok = await asyncio.get_running_loop().run_in_executor(None, self.links.wait_roles, self.roles, self.discover_timeout_s)
+        if not ok:
             missing = sorted(self.missing_roles())
             await self.close()
             raise PeerError(
@@ -82,90 +92,122 @@ class ClusterClient:
         return self
 
     def missing_roles(self) -> set[str]:
-        return self.roles - self.peers.roles_up()
-
-    async def wait_ready(self, timeout_s: float) -> bool:
-        end = time.monotonic() + timeout_s
-        while self.missing_roles():
-            left = end - time.monotonic()
-            if left <= 0:
-                return False
-            self.peers.role_changed.clear()
-            try:
-                await asyncio.wait_for(self.peers.role_changed.wait(), min(left, 0.5))
-            except asyncio.TimeoutError:
-                pass
-        return True
+        return self.roles - self.links.roles_up()
 
     async def close(self) -> None:
         inproc.unregister_client(self.identity)
-        for rid in list(self.pending):
+        with self._lock:
+            rids = list(self.pending)
+        for rid in rids:
             self.on_error(rid, "the session was closed")
-        for t in list(self._tasks):
-            t.cancel()
         await self.discovery.close()
-        await self.peers.close()
+        self._stop.set()
+        self.waker.wake()
+        if self._thread is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 10)
+        self.waker.close()
         self.ctx.destroy(linger=0)
 
+    # -- requests (any thread) ---------------------------------------------------------------------
     def submit(self, feeds: Mapping[str, np.ndarray], timeout_s: float = 10.0) -> concurrent.futures.Future:
-        """From any thread: check the inputs here (errors raise at once), send them from the loop.
-
-        The future gives {output: array}, or raises PeerError / DeadlineExceeded. No task per
-        request: the send runs as one loop callback, a timer enforces the deadline.
-        """
+        """Send one request; the future gives {output: array} or raises PeerError / DeadlineExceeded."""
         feeds = {k: np.asarray(v) for k, v in feeds.items()}
         check_feeds(self.plan.inputs, feeds)
+        if self._stop.is_set():
+            raise PeerError("the session is closed")
         fut: concurrent.futures.Future = concurrent.futures.Future()
-        self.loop.call_soon_threadsafe(self._send_request, feeds, timeout_s, fut)
+        fut.set_running_or_notify_cancel()
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            rid = next(self._ids)
+            self.pending[rid] = Pending(fut, set(self.roles), deadline, timeout_s)
+        remote = False
+        for dst, names in self.inputs_by_dst.items():
+            arrs = {n: feeds[n] for n in names}
+            local = inproc.agent(self.plan.plan_id, dst)
+            if local is not None:
+                local.deliver_local(CALLER, (self.identity, rid), arrs, timeout_s * 1e3)
+            else:
+                self.outbox.put((rid, dst, arrs, deadline))
+                remote = True
+        if remote:
+            self.waker.wake()
         return fut
 
     async def infer(self, feeds: Mapping[str, np.ndarray], timeout_s: float = 10.0) -> dict[str, np.ndarray]:
         """All model outputs for one request, awaited from any event loop."""
         return await asyncio.wrap_future(self.submit(feeds, timeout_s))
 
-    def _send_request(self, feeds: dict[str, np.ndarray], timeout_s: float, fut: concurrent.futures.Future) -> None:
-        if not fut.set_running_or_notify_cancel():
-            return
-        rid = next(self._ids)
-        timer = self.loop.call_later(timeout_s, self._expire, rid, timeout_s)
-        self.pending[rid] = Pending(fut, set(self.roles), timer)
-        deadline = time.monotonic() + timeout_s
-        ttl_ms = timeout_s * 1e3
-        for dst, names in self.inputs_by_dst.items():
-            arrs = {n: feeds[n] for n in names}
-            if (local := inproc.agent(self.plan.plan_id, dst)) is not None:
-                try:
-                    local.deliver_local(CALLER, (self.identity, rid), arrs, ttl_ms)
-                except WireError as e:
-                    self.on_error(rid, f"{dst} rejected the inputs: {e}")
-                    return
-                continue
-            h = Header("tensor", self.plan.plan_id, CALLER, request_id=rid, client=self.identity, ttl_ms=ttl_ms)
-            try:
-                sending = self.peers.send_nowait(dst, tensor_frames(h, arrs))
-            except ConnectionError:
-                self.on_error(rid, f"{dst} is not reachable now (it stopped answering); restart `edgepart run` "
-                                   f"there, the session reconnects by itself", cause=PeerError)
+    def on_result(self, rid: int, got: dict[str, np.ndarray]) -> None:
+        """Outputs of request `rid` arrived (thread-safe)."""
+        with self._lock:
+            p = self.pending.get(rid)
+            if p is None:
+                return  # a late answer to a request that already failed or timed out
+            p.outputs.update((k, v) for k, v in got.items() if k in self.outputs)
+            if len(p.outputs) < len(self.outputs):
                 return
-            if sending is not None:  # queue full: wait for room (backpressure) within the deadline
-                t = asyncio.ensure_future(self._finish_send(rid, dst, sending, deadline))
-                self._tasks.add(t)
-                t.add_done_callback(self._tasks.discard)
+            del self.pending[rid]
+        p.future.set_result(p.outputs)
 
-    async def _finish_send(self, rid: int, dst: str, sending: asyncio.Future, deadline: float) -> None:
+    def on_error(self, rid: int, why: str, cause: type[PeerError] = PeerError) -> None:
+        """Request `rid` failed (thread-safe)."""
+        with self._lock:
+            p = self.pending.pop(rid, None)
+        if p is not None:
+            msg = why if cause is DeadlineExceeded else f"the cluster failed request {rid}: {why}"
+            p.future.set_exception(cause(msg))
+
+    # -- the I/O thread ---------------------------------------------------------------------------
+    def _io(self) -> None:
+        poller = self.links.poller
+        poller.register(self.waker.r, zmq.POLLIN)
         try:
-            await asyncio.wait_for(sending, max(deadline - time.monotonic(), 0.001))
-        except (asyncio.TimeoutError, zmq.ZMQError):
-            self.on_error(rid, f"{dst} did not take the inputs before the deadline", cause=DeadlineExceeded)
+            while not self._stop.is_set():
+                for sock, _ in poller.poll(POLL_MS):
+                    if sock == self.waker.r:
+                        self.waker.drain()
+                        self.links.run_commands()
+                        self._send_outbox()
+                    else:
+                        self.links.handle(sock)
+                self._expire()
+                self.links.sweep()
+        except Exception:  # a bug here must not die silently
+            log.exception("client I/O thread crashed")
+        finally:
+            self.links.close()
 
-    def _expire(self, rid: int, timeout_s: float) -> None:
-        p = self.pending.get(rid)
-        if p is None:
+    def _send_outbox(self) -> None:
+        while True:
+            try:
+                rid, dst, arrs, deadline = self.outbox.get_nowait()
+            except queue.Empty:
+                return
+            if rid not in self.pending:
+                continue
+            left = deadline - time.monotonic()
+            p = self.links.get(dst)
+            if p is None:
+                self.on_error(rid, f"{dst} is not reachable now (it stopped answering); restart `edgepart run` "
+                                   f"there, the session reconnects by itself")
+                continue
+            h = Header("tensor", self.plan.plan_id, CALLER, request_id=rid, client=self.identity, ttl_ms=max(left, 0.001) * 1e3)
+            if not send(p.sock, tensor_frames(h, arrs), left):
+                self.on_error(rid, f"{dst} did not take the inputs before the deadline", cause=DeadlineExceeded)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        if now < self._next_expiry:
             return
-        missing = [o for o in self.outputs if o not in p.outputs]
-        self.on_error(rid, f"request {rid} was not answered within {timeout_s:g} s (outputs still missing: "
-                           f"{', '.join(missing)}). Raise timeout_s, or check the agents with `edgepart discover`.",
-                      cause=DeadlineExceeded)
+        self._next_expiry = now + 0.02
+        with self._lock:
+            late = [(rid, p) for rid, p in self.pending.items() if now > p.deadline]
+        for rid, p in late:
+            missing = [o for o in self.outputs if o not in p.outputs]
+            self.on_error(rid, f"request {rid} was not answered within {p.timeout_s:g} s (outputs still missing: "
+                               f"{', '.join(missing)}). Raise timeout_s, or check the agents with `edgepart discover`.",
+                          cause=DeadlineExceeded)
 
     def _on_message(self, peer, h: Header, payload: list) -> None:
         if h.kind == "error":
@@ -178,32 +220,15 @@ class ClusterClient:
                 return
             self.on_result(h.request_id, got)
 
-    def on_result(self, rid: int, got: dict[str, np.ndarray]) -> None:
-        p = self.pending.get(rid)
-        if p is None:
-            return  # a late answer to a request that already failed or timed out
-        p.outputs.update((k, v) for k, v in got.items() if k in self.outputs)
-        if len(p.outputs) == len(self.outputs):
-            del self.pending[rid]
-            p.timer.cancel()
-            p.future.set_result(p.outputs)
-
-    def on_error(self, rid: int, why: str, cause: type[PeerError] = PeerError) -> None:
-        p = self.pending.pop(rid, None)
-        if p is None:
-            return
-        p.timer.cancel()
-        msg = why if cause is DeadlineExceeded else f"the cluster failed request {rid}: {why}"
-        p.future.set_exception(cause(msg))
-
     def _on_down(self, role: str) -> None:
-        for rid, p in list(self.pending.items()):
-            if role in p.roles:
-                self.on_error(rid, f"{role} stopped answering while request {rid} was in flight; restart "
-                                   f"`edgepart run` there (the session reconnects by itself) and send it again.")
+        with self._lock:
+            rids = [rid for rid, p in self.pending.items() if role in p.roles]
+        for rid in rids:
+            self.on_error(rid, f"{role} stopped answering while request {rid} was in flight; restart "
+                               f"`edgepart run` there (the session reconnects by itself) and send it again.")
 
     def _on_discovered(self, ann: Announcement, present: bool) -> None:
         if not present:
-            self.peers.forget(ann.endpoint)  # it said goodbye
+            self.links.post(self.waker, "forget", ann.endpoint)  # it said goodbye
         elif ann.role in self.roles:
-            self.peers.connect(ann.endpoint, ann.role)
+            self.links.post(self.waker, "connect", ann.endpoint, ann.role)

@@ -1,25 +1,32 @@
-"""Links to peers: one ZeroMQ DEALER per peer role, with hello, heartbeats and reconnection.
+"""Links to peers: one ZeroMQ DEALER per peer endpoint, owned by one I/O thread.
 
 Every agent binds one ROUTER; whoever talks to it (another agent, or a client) connects a DEALER.
 Replies (pong, hello, results for a client) go back on the ROUTER to the DEALER's identity, so a
-client never has to be reachable itself. A peer is *up* once it answered `hello` with the same plan
-id, and stays up while it answers pings. A restarted agent announces a new endpoint: it gets a
-link of its own and takes over once up, while the dead one is forgotten after a while. Two live
-agents of one role are reported, and the one that came up first keeps serving (no flapping).
-Queues are bounded (high-water marks): a slow peer pushes back on its senders instead of growing
-memory.
+client never has to be reachable itself.
+
+Liveness is ZeroMQ's own (ZMTP heartbeats, answered by libzmq's I/O thread even while Python
+computes a long step) watched through socket monitors: a killed peer is seen at once (its TCP
+connection drops), a vanished host after the heartbeat timeout. A peer is *up* once it answered
+`hello` with the same plan id. A restarted agent announces a new endpoint and gets a link of its
+own; two live agents of one role are reported, and the one up first keeps serving (no flapping).
+Queues are bounded (high-water marks): a slow peer pushes back on its senders.
+
+Everything here runs on the thread that owns the sockets (zmq sockets are not thread-safe); other
+threads ask for changes through `post()`, which wakes that thread through a pipe.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import os
+import queue
+import threading
 import time
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from typing import Callable
 
 import zmq
-import zmq.asyncio
+from zmq.utils.monitor import recv_monitor_message
 
 from edgepart.errors import WireError
 from edgepart.wire import Header, decode, zero_copy_pays
@@ -27,75 +34,176 @@ from edgepart.wire import Header, decode, zero_copy_pays
 log = logging.getLogger("edgepart")
 
 HWM = 64  # messages queued per peer before senders wait
-PING_INTERVAL_S = 0.5
-DOWN_AFTER_S = 2.0
-FORGET_AFTER_S = 30.0  # a discovered endpoint silent this long is closed (static peers are kept)
+HEARTBEAT_IVL_MS = 500
+HEARTBEAT_TIMEOUT_MS = 2000
+FORGET_AFTER_S = 30.0  # a discovered endpoint down this long is closed (static peers are kept)
+_MONITOR_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+
+
+class Waker:
+    """A pipe any thread may poke to wake the I/O thread's poller (thread-safe, no zmq socket)."""
+
+    def __init__(self) -> None:
+        self.r, self.w = os.pipe()
+        os.set_blocking(self.r, False)
+        os.set_blocking(self.w, False)
+
+    def wake(self) -> None:
+        try:
+            os.write(self.w, b"x")
+        except (BlockingIOError, OSError):
+            pass  # the pipe is full (already woken) or closed (shutting down)
+
+    def drain(self) -> None:
+        try:
+            while os.read(self.r, 4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    def close(self) -> None:
+        for fd in (self.r, self.w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def tune(sock: zmq.Socket) -> None:
+    """Bounded queues, heartbeats, no lingering: what every edgepart socket gets."""
+    sock.setsockopt(zmq.SNDHWM, HWM)
+    sock.setsockopt(zmq.RCVHWM, HWM)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TIMEOUT_MS)
+
+
+def send(sock: zmq.Socket, frames: list, timeout_s: float) -> bool:
+    """Send now, or wait for room (backpressure) at most `timeout_s`; False when it did not go."""
+    copy = not zero_copy_pays(frames)
+    try:
+        sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=copy)
+        return True
+    except zmq.Again:
+        pass
+    if timeout_s <= 0:
+        return False
+    sock.setsockopt(zmq.SNDTIMEO, max(int(timeout_s * 1e3), 1))
+    try:
+        sock.send_multipart(frames, copy=copy)
+        return True
+    except zmq.Again:
+        return False
+    finally:
+        sock.setsockopt(zmq.SNDTIMEO, -1)
 
 
 @dataclass
 class Peer:
     endpoint: str
-    sock: zmq.asyncio.Socket
+    sock: zmq.Socket
+    monitor: zmq.Socket
     role: str = ""  # known after hello
     static: bool = False
+    connected: bool = False
     up: bool = False
     up_since: float = 0.0
-    last_seen: float = field(default_factory=time.monotonic)
-    task: asyncio.Task | None = field(default=None, repr=False)
+    down_since: float = field(default_factory=time.monotonic)
 
 
-OnMessage = Callable[[Peer, Header, list], Awaitable[None] | None]
+OnMessage = Callable[[Peer, Header, list], None]
 
 
-class Peers:
-    """DEALER links by endpoint, addressed by role once `hello` told the role."""
+class Links:
+    """DEALER links by endpoint, addressed by role once `hello` told the role. One thread owns it."""
 
-    def __init__(self, ctx: zmq.asyncio.Context, identity: bytes, plan_id: str, me: str,
-                 on_message: OnMessage, on_down: Callable[[str], None] | None = None):
+    def __init__(self, ctx: zmq.Context, identity: bytes, plan_id: str, me: str, on_message: OnMessage,
+                 on_down: Callable[[str], None] | None = None):
         self.ctx, self.identity, self.plan_id, self.me = ctx, identity, plan_id, me
         self.on_message, self.on_down = on_message, on_down
         self.by_endpoint: dict[str, Peer] = {}
-        self.role_changed = asyncio.Event()
+        self.by_socket: dict[zmq.Socket, Peer] = {}
+        self.by_monitor: dict[zmq.Socket, Peer] = {}
+        self.poller = zmq.Poller()
+        self.commands: queue.SimpleQueue = queue.SimpleQueue()
+        self.changed = threading.Condition()  # notified when a role goes up or down
+        self._roles_up: frozenset[str] = frozenset()
         self._warned: set[str] = set()
-        self._ping_task: asyncio.Task | None = None
+        self._last_sweep = time.monotonic()
 
-    def start(self) -> None:
-        self._ping_task = asyncio.ensure_future(self._pinger())
+    # -- from any thread -------------------------------------------------------------------------
+    def post(self, waker: Waker, command: str, endpoint: str, role: str = "", static: bool = False) -> None:
+        """Ask the owning thread to `connect` or `forget` an endpoint."""
+        self.commands.put((command, endpoint, role, static))
+        waker.wake()
+
+    def roles_up(self) -> frozenset[str]:
+        return self._roles_up
+
+    def wait_roles(self, roles: set[str], timeout_s: float) -> bool:
+        end = time.monotonic() + timeout_s
+        with self.changed:
+            while not roles <= self._roles_up:
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                self.changed.wait(min(left, 0.25))
+        return True
+
+    # -- on the owning thread --------------------------------------------------------------------
+    def run_commands(self) -> None:
+        while True:
+            try:
+                cmd, ep, role, static = self.commands.get_nowait()
+            except queue.Empty:
+                return
+            if cmd == "connect":
+                self.connect(ep, role, static)
+            elif cmd == "forget":
+                p = self.by_endpoint.get(ep)
+                if p is not None and not p.static:
+                    self.disconnect(ep)
 
     def connect(self, endpoint: str, role: str = "", static: bool = False) -> Peer:
-        """Connect (once) to `endpoint`; its role is confirmed by its `hello`."""
         if endpoint in self.by_endpoint:
             return self.by_endpoint[endpoint]
         s = self.ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.IDENTITY, self.identity)
-        s.setsockopt(zmq.SNDHWM, HWM)
-        s.setsockopt(zmq.RCVHWM, HWM)
-        s.setsockopt(zmq.LINGER, 0)
-        s.setsockopt(zmq.IMMEDIATE, 1)  # queue only on live connections: a dead peer blocks, not buffers
+        tune(s)
+        s.setsockopt(zmq.IMMEDIATE, 1)  # queue only on live connections: a dead peer refuses, not buffers
         s.setsockopt(zmq.RECONNECT_IVL, 100)
         s.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        mon = s.get_monitor_socket(_MONITOR_EVENTS)
         s.connect(endpoint)
-        p = Peer(endpoint, s, role, static)
-        p.task = asyncio.ensure_future(self._reader(p))
+        p = Peer(endpoint, s, mon, role, static)
         self.by_endpoint[endpoint] = p
-        asyncio.ensure_future(self._send_control(p, "hello"))
+        self.by_socket[s] = p
+        self.by_monitor[mon] = p
+        self.poller.register(s, zmq.POLLIN)
+        self.poller.register(mon, zmq.POLLIN)
         return p
 
     def disconnect(self, endpoint: str) -> None:
         p = self.by_endpoint.pop(endpoint, None)
         if p is None:
             return
-        if p.task:
-            p.task.cancel()
-        p.sock.close(linger=0)
-        if p.up and p.role and self.on_down:
-            self.on_down(p.role)
-
-    def forget(self, endpoint: str) -> None:
-        """Close a discovered link whose agent said goodbye (static peers stay)."""
-        p = self.by_endpoint.get(endpoint)
-        if p is not None and not p.static:
-            self.disconnect(endpoint)
+        self.by_socket.pop(p.sock, None)
+        self.by_monitor.pop(p.monitor, None)
+        for s in (p.sock, p.monitor):
+            try:
+                self.poller.unregister(s)
+            except KeyError:
+                pass
+        try:
+            p.sock.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        p.monitor.close(0)
+        p.sock.close(0)
+        if p.up:
+            p.up = False
+            self._publish(p.role, down=True)
 
     def get(self, role: str) -> Peer | None:
         """The live link to `role`, if any; with duplicates, the one up the longest."""
@@ -105,95 +213,92 @@ class Peers:
                             f"{', '.join(p.endpoint for p in cands)}; using the first, stop the other")
         return min(cands, key=lambda p: p.up_since) if cands else None
 
-    def roles_up(self) -> set[str]:
-        return {p.role for p in self.by_endpoint.values() if p.up and p.role}
+    def handle(self, sock: zmq.Socket) -> bool:
+        """Handle readiness of `sock` if it is one of ours; False if it is not."""
+        p = self.by_socket.get(sock)
+        if p is not None:
+            self._read(p)
+            return True
+        p = self.by_monitor.get(sock)
+        if p is not None:
+            self._monitor(p)
+            return True
+        return False
 
-    def send_nowait(self, role: str, frames: list) -> "asyncio.Future | None":
-        """Queue `frames` for `role`: None when queued, else a future that completes when it is
-        (the peer's queue is full). Raises ConnectionError when no live link to `role` exists."""
-        p = self.get(role)
-        if p is None:
-            raise ConnectionError(f"no live link to {role}")
-        fut = p.sock.send_multipart(frames, copy=not zero_copy_pays(frames))
-        if fut.done():
-            fut.result()
-            return None
-        return fut
+    def sweep(self) -> None:
+        """Forget discovered endpoints down for long (call now and then)."""
+        now = time.monotonic()
+        if now - self._last_sweep < 1.0:
+            return
+        self._last_sweep = now
+        for p in list(self.by_endpoint.values()):
+            if not p.static and not p.up and now - p.down_since > FORGET_AFTER_S:
+                log.debug("forgetting %s at %s: down for %.0f s", p.role or "peer", p.endpoint, now - p.down_since)
+                self.disconnect(p.endpoint)
 
-    async def send(self, role: str, frames: list, timeout_s: float) -> None:
-        """Send to `role`, waiting (backpressure) at most `timeout_s`; raises asyncio.TimeoutError."""
-        p = self.get(role)
-        if p is None:
-            raise ConnectionError(f"no live link to {role}")
-        fut = p.sock.send_multipart(frames, copy=not zero_copy_pays(frames))
-        if not fut.done():  # the queue is full: wait (backpressure), but not past the deadline
-            await asyncio.wait_for(fut, max(timeout_s, 0.001))
-        else:
-            fut.result()
-
-    async def close(self) -> None:
-        if self._ping_task:
-            self._ping_task.cancel()
+    def close(self) -> None:
         for ep in list(self.by_endpoint):
             self.disconnect(ep)
 
     # -- internals ---------------------------------------------------------------------------------
-    async def _send_control(self, p: Peer, kind: str) -> None:
-        try:
-            await asyncio.wait_for(p.sock.send(Header(kind, self.plan_id, self.me).encode()), PING_INTERVAL_S)
-        except (asyncio.TimeoutError, zmq.ZMQError):
-            pass  # not connected yet: the next ping or hello will try again
-
-    async def _reader(self, p: Peer) -> None:
-        while True:
+    def _read(self, p: Peer) -> None:
+        for _ in range(HWM):  # drain what is there, bounded so one peer cannot starve the rest
             try:
-                frames = await p.sock.recv_multipart(copy=False)
-            except (asyncio.CancelledError, zmq.ZMQError):
+                frames = p.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
                 return
             try:
                 h, payload = decode(frames)
             except WireError as e:
                 self._warn_once(p.endpoint, f"dropped a malformed message from {p.endpoint}: {e}")
                 continue
-            p.last_seen = time.monotonic()
             if h.kind == "hello":
-                if h.plan_id != self.plan_id:
-                    self._warn_once(p.endpoint, f"{p.endpoint} runs plan {h.plan_id}, this one {self.plan_id}: not talking to it")
-                    continue
-                if p.role and p.role != h.sender:
-                    log.warning("%s says it is %r, discovery said %r", p.endpoint, h.sender, p.role)
-                was_up, p.role, p.up = p.up, h.sender, True
-                if not was_up:
-                    p.up_since = time.monotonic()
-                    log.info("link up: %s at %s", p.role, p.endpoint)
-                    self.role_changed.set()
-                continue
-            if h.kind == "pong":
-                if not p.up and h.plan_id == self.plan_id:
-                    await self._send_control(p, "hello")
-                continue
-            if h.plan_id != self.plan_id:
-                continue
-            r = self.on_message(p, h, payload)
-            if asyncio.iscoroutine(r):
-                await r
+                self._hello(p, h)
+            elif h.kind == "pong":
+                pass
+            elif h.plan_id == self.plan_id and p.up:
+                self.on_message(p, h, payload)
 
-    async def _pinger(self) -> None:
+    def _hello(self, p: Peer, h: Header) -> None:
+        if h.plan_id != self.plan_id:
+            self._warn_once(p.endpoint, f"{p.endpoint} runs plan {h.plan_id}, this one {self.plan_id}: not talking to it")
+            return
+        if p.role and p.role != h.sender:
+            log.warning("%s says it is %r, discovery said %r", p.endpoint, h.sender, p.role)
+        p.role = h.sender
+        if not p.up:
+            p.up, p.up_since = True, time.monotonic()
+            log.info("link up: %s at %s", p.role, p.endpoint)
+            self._publish(p.role, down=False)
+
+    def _monitor(self, p: Peer) -> None:
         while True:
-            await asyncio.sleep(PING_INTERVAL_S)
-            now = time.monotonic()
-            for p in list(self.by_endpoint.values()):
-                if not p.static and not p.up and now - p.last_seen > FORGET_AFTER_S:
-                    log.debug("forgetting %s at %s: silent for %.0f s", p.role or "peer", p.endpoint, now - p.last_seen)
-                    self.disconnect(p.endpoint)
-                    continue
-                if p.up and now - p.last_seen > DOWN_AFTER_S:
+            try:
+                ev = recv_monitor_message(p.monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except zmq.ZMQError:
+                return
+            if ev["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                p.connected = True
+                try:
+                    p.sock.send(Header("hello", self.plan_id, self.me).encode(), zmq.NOBLOCK)
+                except zmq.Again:
+                    pass
+            elif ev["event"] == zmq.EVENT_DISCONNECTED:
+                p.connected = False
+                p.down_since = time.monotonic()
+                if p.up:
                     p.up = False
-                    log.warning("link down: %s at %s stopped answering", p.role, p.endpoint)
-                    self.role_changed.set()
-                    if self.on_down:
-                        self.on_down(p.role)
-                asyncio.ensure_future(self._send_control(p, "ping" if p.up else "hello"))
+                    log.warning("link down: %s at %s", p.role, p.endpoint)
+                    self._publish(p.role, down=True)
+
+    def _publish(self, role: str, down: bool) -> None:
+        with self.changed:
+            self._roles_up = frozenset(p.role for p in self.by_endpoint.values() if p.up and p.role)
+            self.changed.notify_all()
+        if down and self.on_down:
+            self.on_down(role)
 
     def _warn_once(self, key: str, msg: str) -> None:
         if key not in self._warned:

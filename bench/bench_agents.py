@@ -95,10 +95,77 @@ def bench_overhead(dist: Path, rounds: int, n_lat: int, n_stream: int) -> dict:
     return m
 
 
+RAW_RECEIVER = r"""
+import sys, time, zmq
+n, port = int(sys.argv[1]), int(sys.argv[2])
+ctx = zmq.Context(); s = ctx.socket(zmq.PULL); s.bind(f"tcp://127.0.0.1:{port}")
+print("ready", flush=True)
+s.recv_multipart(copy=False)  # warm-up message
+t0 = time.perf_counter()
+for _ in range(n):
+    s.recv_multipart(copy=False)
+print(time.perf_counter() - t0, flush=True)
+"""
+
+
+def bench_wire(tmp: Path, sizes_mb=(1, 8), n: int = 200, rounds: int = 3) -> dict:
+    """Bytes per second into an agent vs a raw pyzmq zero-copy PUSH/PULL of the same bytes.
+
+    The sender is the caller's link (the same DEALER link and framing an agent uses to send to a
+    peer); the receiver is a real `edgepart run` process that validates the message and runs its step
+    (an O(1) Slice on a view of the frame). Sender on core 0, receiver on core 1, as for raw pyzmq."""
+    import edgepart
+    from common import package_one, wire_model
+    from edgepart.agent.emulate import AgentProcesses
+
+    import msgpack
+    import zmq
+
+    out = {}
+    pin(0)
+    for mb in sizes_mb:
+        nf = mb * 1024 * 1024 // 4
+        dist = tmp / f"wire{mb}"
+        package_one(wire_model(tmp / f"wire{mb}.onnx", nf), dist, {"x": (nf,)})
+        x = np.random.default_rng(0).standard_normal(nf).astype(np.float32)
+        raw, ours = [], []
+        procs = AgentProcesses(dist, interface="127.0.0.1", threads=1, cpus={"device-b": 1}).start()
+        sess = edgepart.InferenceSession(dist, interface="127.0.0.1", timeout_s=60)
+        try:
+            for _ in range(rounds):
+                port = 5700 + mb
+                rx = subprocess.Popen(["taskset", "-c", "1", sys.executable, "-c", RAW_RECEIVER, str(n), str(port)],
+                                      stdout=subprocess.PIPE, text=True)
+                rx.stdout.readline()
+                ctx = zmq.Context()
+                tx = ctx.socket(zmq.PUSH)
+                tx.connect(f"tcp://127.0.0.1:{port}")
+                head = msgpack.packb({"n": "y", "d": "float32", "sh": [nf]})
+                for _ in range(n + 1):
+                    tx.send_multipart([head, x], copy=False)
+                secs = float(rx.stdout.readline())
+                rx.wait(30)
+                ctx.destroy(linger=1000)
+                raw.append(n * x.nbytes / secs)
+                sess.run(None, {"x": x})
+                t0 = time.perf_counter()
+                futs = [sess.submit({"x": x}) for _ in range(n)]
+                for f in futs:
+                    f.result(120)
+                ours.append(n * x.nbytes / (time.perf_counter() - t0))
+        finally:
+            sess.close()
+            procs.stop()
+        r, o = statistics.median(raw), statistics.median(ours)
+        out[f"{mb}MB"] = {"raw_GBps": r / 1e9, "agents_GBps": o / 1e9, "fraction": o / r, "rounds_raw": raw, "rounds_agents": ours}
+    os.sched_setaffinity(0, {0, 1})
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--only", default="overhead")
+    ap.add_argument("--only", default="wire,overhead,pipeline,slowlink")
     a = ap.parse_args()
     only = set(a.only.split(","))
     out = {}
@@ -106,6 +173,15 @@ def main() -> None:
         dist = Path(tmp) / "dist"
         _, info = efficientnet_block8_split(dist)
         out["split"] = info
+        if "wire" in only:
+            w = bench_wire(Path(tmp), n=60 if a.quick else 200, rounds=2 if a.quick else 3)
+            out["wire"] = w
+            t = Table(title="wire: one-way throughput into an agent vs raw pyzmq zero-copy", title_justify="left")
+            for c in ("size", "raw pyzmq GB/s", "agents GB/s", "fraction (goal >= 0.9)"):
+                t.add_column(c, justify="right")
+            for k, v in w.items():
+                t.add_row(k, f"{v['raw_GBps']:.2f}", f"{v['agents_GBps']:.2f}", f"{v['fraction']:.2f}")
+            console.print(t)
         if "overhead" in only:
             m = bench_overhead(dist, 2 if a.quick else 5, 30 if a.quick else 100, 100 if a.quick else 300)
             out["overhead"] = m

@@ -64,3 +64,50 @@ def image(seed: int = 0) -> np.ndarray:
 
 
 
+
+
+def package_cut(model_path: Path, out_dir: Path, input_shapes: dict, cut: int, devices=("device-a", "device-b")) -> dict:
+    """Package `model_path` for 2 devices with the cut at node `cut` (no planning)."""
+    from edgepart.packager.cluster import cluster_from_dict
+    from edgepart.packager.cost import CostModel
+    from edgepart.packager.graph import analyse, load_model
+    from edgepart.packager.package import package
+    from edgepart.packager.pipeline import evaluate
+
+    model = load_model(model_path)
+    graph = analyse(model, input_shapes)
+    cluster = cluster_from_dict({"devices": [{"name": d, "gflops": 10} for d in devices],
+                                 "links": {"default": {"bandwidth_mbps": 1000, "latency_ms": 0.1}}})
+    pp = evaluate(CostModel(graph, cluster), (cut,), tuple(devices))
+    package(model, graph, cluster, pp, out_dir, model_name=Path(model_path).stem)
+    return {t: graph.tensor_bytes[t] for t in graph.crossing(cut)}
+
+
+def wire_model(path: Path, n_floats: int) -> Path:
+    """x[n] -> Slice(x, 0:1): the bulk tensor crosses the wire into an agent, which does O(1) work
+    on it (a view of the received frame) and answers with one float."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph(
+        [helper.make_node("Slice", ["x", "starts", "ends"], ["z"])],
+        "wire",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n_floats])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1])],
+        [helper.make_tensor("starts", TensorProto.INT64, [1], [0]), helper.make_tensor("ends", TensorProto.INT64, [1], [1])],
+    )
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def package_one(model_path: Path, out_dir: Path, input_shapes: dict, device: str = "device-b") -> None:
+    """Package `model_path` whole for one device."""
+    from edgepart.packager.cluster import cluster_from_dict
+    from edgepart.packager.graph import analyse, load_model
+    from edgepart.packager.package import package
+    from edgepart.packager.pipeline import plan_pipeline
+
+    model = load_model(model_path)
+    graph = analyse(model, input_shapes)
+    cluster = cluster_from_dict({"devices": [{"name": device, "gflops": 10}]})
+    package(model, graph, cluster, plan_pipeline(graph, cluster), out_dir, model_name=Path(model_path).stem)
