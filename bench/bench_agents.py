@@ -17,6 +17,7 @@ slowlink   the same over a 50 Mbit/s tbf-shaped link between network namespaces:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -50,7 +51,10 @@ def bench_overhead(dist: Path, rounds: int, n_lat: int, n_stream: int) -> dict:
     a_model = str(dist / "device-a" / "stage0.onnx")
     b_model = str(dist / "device-b" / "stage1.onnx")
     x = image()
-    res = {"bare_ms": [], "agents_ms": [], "bare_tput": [], "agents_tput": [], "single_ms": [], "single_tput": []}
+    res = {"bare_ms": [], "agents_ms": [], "bare_tput": [], "agents_tput": [], "single_ms": [], "single_tput": [],
+           "stage0_ms": [], "stage1_ms": []}
+    s0, s1 = session(a_model, 1), session(b_model, 1)
+    mid = dict(zip([o.name for o in s0.get_outputs()], s0.run(None, {"input": x})))
     pin(0)
     port = 5590
     tail = subprocess.Popen(["taskset", "-c", "1", sys.executable, str(REPO / "bench" / "bare_pipe.py"), "tail",
@@ -60,7 +64,6 @@ def bench_overhead(dist: Path, rounds: int, n_lat: int, n_stream: int) -> dict:
     procs = AgentProcesses(dist, interface="127.0.0.1", threads=1, cpus={"device-b": 1}, devices=["device-b"]).start()
     agent = Agent(dist / "device-a", interface="127.0.0.1", threads=1).start()
     sess = edgepart.InferenceSession(dist, interface="127.0.0.1", timeout_s=30)
-    single = session(str(Path(edgepart.__file__).parent), 1) if False else None
     from edgepart.packager import zoo
 
     single = session(str(zoo.efficientnet_lite0()), 2)
@@ -74,6 +77,9 @@ def bench_overhead(dist: Path, rounds: int, n_lat: int, n_stream: int) -> dict:
             for f in futs:
                 f.result(60)
             res["agents_tput"].append(n_stream / (time.perf_counter() - t0))
+            res["stage0_ms"].append(median_ms(lambda: s0.run(None, {"input": x}), n_lat))
+            pin(1)
+            res["stage1_ms"].append(median_ms(lambda: s1.run(None, mid), n_lat))
             os.sched_setaffinity(0, {0, 1})
             res["single_ms"].append(median_ms(lambda: single.run(None, {"input": x}), n_lat))
             t0 = time.perf_counter()
@@ -91,6 +97,9 @@ def bench_overhead(dist: Path, rounds: int, n_lat: int, n_stream: int) -> dict:
     m = {k: statistics.median(v) for k, v in res.items()}
     m["latency_over_bare_ms"] = m["agents_ms"] - m["bare_ms"]
     m["throughput_vs_bare"] = m["agents_tput"] / m["bare_tput"]
+    m["floor_tput"] = 1e3 / max(m["stage0_ms"], m["stage1_ms"])
+    m["pipeline_fraction"] = m["agents_tput"] / m["floor_tput"]
+    m["bare_pipeline_fraction"] = m["bare_tput"] / m["floor_tput"]
     m["rounds"] = res
     return m
 
@@ -162,6 +171,38 @@ def bench_wire(tmp: Path, sizes_mb=(1, 8), n: int = 200, rounds: int = 3) -> dic
     return out
 
 
+def bench_slowlink(dist: Path, crossing: dict, rate_mbit: float = 50.0, n_lat: int = 20, n_stream: int = 60) -> dict:
+    """Two namespaces joined by a tbf-shaped link; the caller (with device-a embedded) in one,
+    device-b in the other: measured vs the physical floor, stage times measured in the same run."""
+    from edgepart.agent import netns
+    from edgepart.agent.emulate import AgentProcesses
+
+    why = netns.available()
+    if why:
+        raise SystemExit(f"slowlink needs network namespaces: {why}")
+    with netns.EmulatedLan(2, rate_mbit=rate_mbit) as lan:
+        caller, far = lan.hosts
+        procs = AgentProcesses(dist, hosts={"device-b": far}, threads=1, cpus={"device-b": 1}, devices=["device-b"]).start()
+        try:
+            res = caller.run([sys.executable, str(REPO / "bench" / "slowlink_client.py"), str(dist), caller.ip,
+                              str(n_lat), str(n_stream)], timeout_s=600, capture_output=True, text=True)
+        finally:
+            procs.stop()
+    if res.returncode != 0:
+        raise SystemExit(f"slowlink client failed:\n{res.stdout}\n{res.stderr}")
+    m = json.loads(res.stdout.strip().splitlines()[-1])
+    cut_bytes = sum(crossing.values())
+    link_ms = cut_bytes * 8 / (rate_mbit * 1e6) * 1e3
+    out_ms = 1000 * 4 * 8 / (rate_mbit * 1e6) * 1e3  # the logits back to the caller
+    m["link_ms"] = link_ms
+    m["floor_latency_ms"] = m["stage0_ms"] + link_ms + m["stage1_ms"] + out_ms
+    m["floor_throughput"] = 1e3 / max(m["stage0_ms"], m["stage1_ms"], link_ms)
+    m["latency_vs_floor"] = m["latency_ms"] / m["floor_latency_ms"]
+    m["throughput_floor_ratio"] = m["floor_throughput"] / m["throughput"]
+    m["rate_mbit"] = rate_mbit
+    return m
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
@@ -194,6 +235,20 @@ def main() -> None:
             console.print(t)
             console.print(f"latency over bare: {m['latency_over_bare_ms']:+.3f} ms (goal <= +0.3); "
                           f"throughput vs bare: {m['throughput_vs_bare']:.3f}x (goal >= 0.95)")
+            console.print(f"pipelining: stages {m['stage0_ms']:.2f} / {m['stage1_ms']:.2f} ms (1 thread, own core) -> floor "
+                          f"{m['floor_tput']:.1f} img/s; agents stream {m['pipeline_fraction']:.3f} of it (goal >= 0.95), "
+                          f"the bare pipe {m['bare_pipeline_fraction']:.3f}")
+        if "slowlink" in only:
+            m = bench_slowlink(dist, info["crossing_bytes"], 50.0, 10 if a.quick else 30, 40 if a.quick else 100)
+            out["slowlink"] = m
+            t = Table(title="over a 50 Mbit/s tbf-shaped link between namespaces vs the physical floor", title_justify="left")
+            for c in ("", "measured", "floor", "ratio (goal <= 1.1)"):
+                t.add_column(c, justify="right")
+            t.add_row("latency ms", f"{m['latency_ms']:.2f}", f"{m['floor_latency_ms']:.2f}", f"{m['latency_vs_floor']:.3f}")
+            t.add_row("throughput img/s", f"{m['throughput']:.1f}", f"{m['floor_throughput']:.1f}", f"{m['throughput_floor_ratio']:.3f}")
+            console.print(t)
+            console.print(f"stages {m['stage0_ms']:.2f} + {m['stage1_ms']:.2f} ms, link {m['link_ms']:.2f} ms for "
+                          f"{sum(info['crossing_bytes'].values())} bytes at 50 Mbit/s")
     save("agents", out)
 
 
