@@ -3,6 +3,8 @@ how much memory a stage needs.
 
     stage time    = 2 * MACs(stage) / device GFLOP/s
     transfer time = bytes crossing the cut * 8 / link Mbit/s + link latency
+    link busy     = bytes crossing the cut * 8 / link Mbit/s   (what limits a pipelined stream:
+                    latency overlaps with the next requests, bandwidth does not)
     stage memory  = bytes of the parameters it holds + the largest working set of one of its nodes
 
 Later issues feed it measured profiles; planners only ever ask it these three questions.
@@ -33,8 +35,8 @@ class CostModel:
     def compute_ms(self, device: str, start: int, stop: int) -> float:
         return float(self.compute_prefix_ms(device)[stop] - self.compute_prefix_ms(device)[start])
 
-    def transfer_ms(self, cut: int, src: str, dst: str) -> float:
-        return float(self.transfer_vector_ms(src, dst)[cut])
+    def transfer_ms(self, cut: int, src: str, dst: str, with_latency: bool = True) -> float:
+        return float(self.transfer_vector_ms(src, dst, with_latency)[cut])
 
     def stage_memory_bytes(self, start: int, stop: int) -> float:
         consts = {c for nd in self.graph.nodes[start:stop] for c in nd.constants}
@@ -46,10 +48,12 @@ class CostModel:
         """[n+1] cumulative compute time of nodes[:i] on `device`, in ms."""
         return self.prefix_flops / (self.cluster.device(device).gflops * 1e9) * 1e3
 
-    def transfer_vector_ms(self, src: str, dst: str) -> np.ndarray:
-        """[n+1] time to send what crosses cut i from `src` to `dst`, in ms."""
+    def transfer_vector_ms(self, src: str, dst: str, with_latency: bool = True) -> np.ndarray:
+        """[n+1] time to send what crosses cut i from `src` to `dst`, in ms (without the link's
+        latency: how long the link is busy, which is what bounds a pipelined stream)."""
         link = self.cluster.link(src, dst)
-        return self.graph.live_bytes * 8.0 / (link.bandwidth_mbps * 1e6) * 1e3 + link.latency_ms
+        busy = self.graph.live_bytes * 8.0 / (link.bandwidth_mbps * 1e6) * 1e3
+        return busy + link.latency_ms if with_latency else busy
 
     def max_stop(self, device: str) -> np.ndarray:
         """[n] for each start a, the largest stop b such that nodes[a:b] fit in `device`'s memory

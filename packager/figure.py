@@ -37,6 +37,7 @@ def plot_pipeline(graph: Graph, pp: PipelinePlan, path: Path | str, title: str =
     ax2.set_xlabel("cut position (node index, topological order); red = chosen cuts")
     ax2.set_ylabel("kB crossing")
     ax2.set_yscale("symlog", linthresh=1)
+    ax2.set_ylim(bottom=0)
     ax2.legend(loc="upper right")
     fig.tight_layout()
     path = Path(path)

@@ -36,7 +36,8 @@ class Stage:
     memory_bytes: float
     compute_ms: float
     send_bytes: int  # what crosses the cut after this stage (0 for the last)
-    send_ms: float
+    send_ms: float  # bytes / bandwidth + link latency
+    link_busy_ms: float = 0.0  # bytes / bandwidth: what bounds a pipelined stream
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class PipelinePlan:
     objective: str
     stages: tuple[Stage, ...]
     latency_ms: float
-    period_ms: float  # slowest stage or link: one result every period_ms when pipelined
+    period_ms: float  # slowest stage or link (bytes / bandwidth): one result every period_ms when pipelined
 
     @property
     def throughput_per_s(self) -> float:
@@ -67,6 +68,7 @@ def evaluate(cost: CostModel, cuts: tuple[int, ...], devices: tuple[str, ...], o
         a, b = bounds[i], bounds[i + 1]
         last = i == len(devices) - 1
         send_ms = 0.0 if last else cost.transfer_ms(b, dev, devices[i + 1])
+        busy_ms = 0.0 if last else cost.transfer_ms(b, dev, devices[i + 1], with_latency=False)
         consts = {c for nd in cost.graph.nodes[a:b] for c in nd.constants}
         stages.append(Stage(
             device=dev, start=a, stop=b,
@@ -76,9 +78,10 @@ def evaluate(cost: CostModel, cuts: tuple[int, ...], devices: tuple[str, ...], o
             compute_ms=cost.compute_ms(dev, a, b),
             send_bytes=0 if last else int(cost.graph.live_bytes[b]),
             send_ms=send_ms,
+            link_busy_ms=busy_ms,
         ))
     latency = sum(s.compute_ms + s.send_ms for s in stages)
-    period = max(max(s.compute_ms for s in stages), max(s.send_ms for s in stages))
+    period = max(max(s.compute_ms for s in stages), max(s.link_busy_ms for s in stages))
     return PipelinePlan(objective, tuple(stages), latency, period)
 
 
@@ -127,7 +130,7 @@ def plan_pipeline(graph: Graph, cluster: Cluster, objective: str = "latency") ->
                     if d0 not in rest:
                         continue
                     prev = f[(rest, d0)][0]
-                    t = cost.transfer_vector_ms(d0, d)
+                    t = cost.transfer_vector_ms(d0, d, with_latency=lat)
                     cand = prev + t if lat else np.maximum(prev, t)
                     better = cand < g
                     g[better] = cand[better]
@@ -172,7 +175,7 @@ def exhaustive(graph: Graph, cluster: Cluster, objective: str = "latency") -> fl
     comp = {d: cost.compute_prefix_ms(d) for d in names}
     best = np.inf
     for perm in itertools.permutations(names):
-        tv = [cost.transfer_vector_ms(perm[i], perm[i + 1]) for i in range(N - 1)]
+        tv = [cost.transfer_vector_ms(perm[i], perm[i + 1], with_latency=objective == "latency") for i in range(N - 1)]
         for cuts in itertools.combinations(range(1, n), N - 1):
             bounds = (0, *cuts, n)
             if any(bounds[i + 1] > hi[d][bounds[i]] for i, d in enumerate(perm)):

@@ -89,7 +89,7 @@ def _plan_json(prep) -> dict:
                 "stage": i, "device": s.device, "nodes": [s.start, s.stop],
                 "first": g.nodes[s.start].name, "last": g.nodes[s.stop - 1].name,
                 "mflops": s.flops / 1e6, "param_mb": s.param_bytes / MIB, "memory_mb": s.memory_bytes / MIB,
-                "send_bytes": s.send_bytes, "compute_ms": s.compute_ms, "send_ms": s.send_ms,
+                "send_bytes": s.send_bytes, "compute_ms": s.compute_ms, "send_ms": s.send_ms, "link_busy_ms": s.link_busy_ms,
                 "crossing": list(g.crossing(s.stop)) if s.stop < g.n else [],
             }
             for i, s in enumerate(pp.stages)
@@ -101,12 +101,12 @@ def _print_plan(prep, title: str) -> None:
     pp, g = prep.pipeline, prep.graph
     t = Table(title=title, title_justify="left")
     for col, just in [("stage", "right"), ("device", "left"), ("layers", "left"), ("MFLOPs", "right"),
-                      ("params MB", "right"), ("sent to next", "right"), ("compute ms", "right"), ("send ms", "right")]:
+                      ("params MiB", "right"), ("sent to next", "right"), ("compute ms", "right"), ("send ms", "right")]:
         t.add_column(col, justify=just)
     for i, s in enumerate(pp.stages):
         layers = f"{s.start}–{s.stop - 1} ({s.stop - s.start}: {g.nodes[s.start].op_type}…{g.nodes[s.stop - 1].op_type})"
         sent = "—" if i == len(pp.stages) - 1 else f"{s.send_bytes / 1e3:,.1f} kB ({len(g.crossing(s.stop))} tensor{'s' if len(g.crossing(s.stop)) != 1 else ''})"
-        t.add_row(str(i), s.device, layers, f"{s.flops / 1e6:,.1f}", f"{s.param_bytes / 1e6:,.2f}", sent,
+        t.add_row(str(i), s.device, layers, f"{s.flops / 1e6:,.1f}", f"{s.param_bytes / MIB:,.2f}", sent,
                   f"{s.compute_ms:.3f}", "—" if i == len(pp.stages) - 1 else f"{s.send_ms:.3f}")
     console.print(t)
     console.print(

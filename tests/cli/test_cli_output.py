@@ -16,7 +16,7 @@ pytestmark = pytest.mark.timeout(120)
 PLAN_KEYS = {"objective", "latency_ms", "period_ms", "throughput_per_s", "planning_s", "model", "stages"}
 MODEL_KEYS = {"nodes", "mflops", "param_mb"}
 STAGE_KEYS = {"stage", "device", "nodes", "first", "last", "mflops", "param_mb", "memory_mb", "send_bytes",
-              "compute_ms", "send_ms", "crossing"}
+              "compute_ms", "send_ms", "link_busy_ms", "crossing"}
 VERIFY_KEYS = {"ok", "atol", "plan_id", "model_matches_plan", "outputs"}
 INSPECT_KEYS = {"device", "plan_id", "strategy", "model", "steps", "receives", "sends"}
 
@@ -35,7 +35,7 @@ def check_plan_json(d: dict, n_devices: int) -> None:
     assert stages[-1]["crossing"] == [] and stages[-1]["send_bytes"] == 0
     assert len({s["device"] for s in stages}) == n_devices
     assert d["latency_ms"] == pytest.approx(sum(s["compute_ms"] + s["send_ms"] for s in stages))
-    assert d["period_ms"] == pytest.approx(max(max(s["compute_ms"], s["send_ms"]) for s in stages))
+    assert d["period_ms"] == pytest.approx(max(max(s["compute_ms"], s["link_busy_ms"]) for s in stages))
     assert d["throughput_per_s"] == pytest.approx(1e3 / d["period_ms"])
     assert d["model"]["mflops"] == pytest.approx(sum(s["mflops"] for s in stages))
 

@@ -75,11 +75,11 @@ def brute_force(graph: Graph, cl, objective: str) -> float:
         c1 = (flops[b] - flops[a]) / (d1.gflops * 1e6)
         c2 = (flops[n] - flops[b]) / (d2.gflops * 1e6)
         l01, l12 = cl.link(d0.name, d1.name), cl.link(d1.name, d2.name)
-        t01 = cross[a] * 8 / (l01.bandwidth_mbps * 1e3) + l01.latency_ms
-        t12 = cross[b] * 8 / (l12.bandwidth_mbps * 1e3) + l12.latency_ms
-        if objective == "latency":
-            v = c0 + c1 + c2 + t01 + t12
-        else:
+        t01 = cross[a] * 8 / (l01.bandwidth_mbps * 1e3)
+        t12 = cross[b] * 8 / (l12.bandwidth_mbps * 1e3)
+        if objective == "latency":  # one request waits for every transfer, latency included
+            v = c0 + c1 + c2 + t01 + t12 + l01.latency_ms + l12.latency_ms
+        else:  # a stream is bounded by how long each link is busy; latency overlaps
             v = np.maximum.reduce([c0, c1, c2, t01, t12])
         best = min(best, float(np.where(ok, v, np.inf).min()))
     return best
