@@ -28,7 +28,8 @@ from edgepart import aio
 from edgepart.bundle import Bundle, load_bundle
 from edgepart.errors import PeerError, WireError
 from edgepart.plan import CALLER
-from edgepart.wire import Header, arrays, decode, tensor_frames
+from edgepart.plan import Codec, Plan
+from edgepart.wire import Header, arrays, decode, roundtrip, tensor_frames
 
 from . import inproc
 from .discovery import Announcement, Discovery
@@ -38,6 +39,15 @@ from .link import HWM, Links, Waker, send, tune
 log = logging.getLogger("edgepart")
 
 POLL_MS = 50  # the data thread wakes at least this often: deadlines, link sweeps, stop
+
+
+def route_codecs(plan: Plan, src: str) -> dict[str, dict[str, Codec]]:
+    """{destination: {tensor: codec}} for the routes from `src` that are not dense."""
+    out: dict[str, dict[str, Codec]] = {}
+    for r in plan.routes_from(src):
+        if r.codec.kind != "dense":
+            out.setdefault(r.dst, {})[r.tensor] = r.codec
+    return out
 
 
 def parse_peer(text: str) -> str:
@@ -66,6 +76,7 @@ class AgentCore:
         self.dropped = 0
         self._warned: set[str] = set()
         self.needed_roles = {r.dst for r in self.plan.routes_from(self.device) if r.dst != CALLER}
+        self.codecs = route_codecs(self.plan, self.device)
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()  # deliveries from parts in this process
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -235,14 +246,15 @@ class AgentCore:
         left_s = deadline - time.monotonic()
         if left_s <= 0:
             raise PeerError("deadline passed")
+        codecs = self.codecs.get(dst)
         if dst == CALLER and (c := inproc.client(key[0])) is not None:
-            c.on_result(key[1], arrs)
+            c.on_result(key[1], roundtrip(arrs, codecs))
             return
         if dst != CALLER and (a := inproc.agent(self.plan.plan_id, dst)) is not None:
-            a.deliver_local(self.device, key, arrs, left_s * 1e3)
+            a.deliver_local(self.device, key, roundtrip(arrs, codecs), left_s * 1e3)
             return
         frames = tensor_frames(Header("tensor", self.plan.plan_id, self.device, request_id=key[1], client=key[0],
-                                      ttl_ms=left_s * 1e3), arrs)
+                                      ttl_ms=left_s * 1e3), arrs, codecs)
         if dst == CALLER:
             self._reply(key[0], frames, left_s)
             return

@@ -28,10 +28,10 @@ import zmq
 from edgepart.errors import DeadlineExceeded, PeerError, WireError
 from edgepart.inputs import check_feeds
 from edgepart.plan import CALLER, Plan
-from edgepart.wire import Header, arrays, tensor_frames
+from edgepart.wire import Header, arrays, roundtrip, tensor_frames
 
 from . import inproc
-from .agent import POLL_MS, parse_peer
+from .agent import POLL_MS, parse_peer, route_codecs
 from .discovery import Announcement, Discovery
 from .link import Links, Waker, send
 
@@ -59,6 +59,7 @@ class ClusterClient:
         self.inputs_by_dst: dict[str, list[str]] = {}
         for r in plan.routes_from(CALLER):
             self.inputs_by_dst.setdefault(r.dst, []).append(r.tensor)
+        self.codecs = route_codecs(plan, CALLER)
         self.pending: dict[int, Pending] = {}
         self._lock = threading.Lock()  # pending is touched by callers, the I/O thread, local agents
         self._ids = itertools.count(1)
@@ -126,7 +127,7 @@ class ClusterClient:
             arrs = {n: feeds[n] for n in names}
             local = inproc.agent(self.plan.plan_id, dst)
             if local is not None:
-                local.deliver_local(CALLER, (self.identity, rid), arrs, timeout_s * 1e3)
+                local.deliver_local(CALLER, (self.identity, rid), roundtrip(arrs, self.codecs.get(dst)), timeout_s * 1e3)
             else:
                 self.outbox.put((rid, dst, arrs, deadline))
                 remote = True
@@ -193,7 +194,7 @@ class ClusterClient:
                                    f"there, the session reconnects by itself")
                 continue
             h = Header("tensor", self.plan.plan_id, CALLER, request_id=rid, client=self.identity, ttl_ms=max(left, 0.001) * 1e3)
-            if not send(p.sock, tensor_frames(h, arrs), left):
+            if not send(p.sock, tensor_frames(h, arrs, self.codecs.get(dst)), left):
                 self.on_error(rid, f"{dst} did not take the inputs before the deadline", cause=DeadlineExceeded)
 
     def _expire(self) -> None:

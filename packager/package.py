@@ -14,7 +14,7 @@ from typing import Callable
 import onnx
 
 from edgepart.bundle import sha256_file, write_manifest
-from edgepart.errors import BundleError
+from edgepart.errors import BundleError, PlanningError
 from edgepart.plan import CALLER, Codec, DeviceSpec, Plan, Route, Step
 
 from . import emit
@@ -31,8 +31,17 @@ class Packaged:
     bundle_dirs: dict[str, Path]
 
 
-def compile_pipeline(graph: Graph, cluster: Cluster, pp: PipelinePlan, steps: list[Step], model_name: str) -> Plan:
-    """The program of a pipeline: steps as emitted, and one route per (tensor, consumer device)."""
+WIRE_CODECS = ("dense", "bitmap", "fp16", "int8")
+
+
+def compile_pipeline(graph: Graph, cluster: Cluster, pp: PipelinePlan, steps: list[Step], model_name: str,
+                     wire_codec: str = "dense") -> Plan:
+    """The program of a pipeline: steps as emitted, and one route per (tensor, consumer device).
+
+    `wire_codec` applies to float activations sent between devices: `bitmap` is lossless (it sends
+    post-ReLU zeros as bits, and dense where that is not smaller), `fp16` and `int8` are lossy."""
+    if wire_codec not in WIRE_CODECS:
+        raise PlanningError(f"Unknown wire codec {wire_codec!r}; choose one of: {', '.join(WIRE_CODECS)}.")
     producer_dev: dict[str, str] = {i.name: CALLER for i in graph.inputs}
     for st in steps:
         for o in st.outputs:
@@ -40,7 +49,10 @@ def compile_pipeline(graph: Graph, cluster: Cluster, pp: PipelinePlan, steps: li
     routes: list[Route] = []
     for st in steps:
         for i in st.inputs:
-            routes.append(Route(i.name, producer_dev[i.name], st.device, Codec()))
+            src = producer_dev[i.name]
+            float_activation = src != CALLER and i.dtype in ("float32", "float64", "float16")
+            codec = Codec(wire_codec) if float_activation and wire_codec != "dense" else Codec()
+            routes.append(Route(i.name, src, st.device, codec))
     for o in graph.outputs:
         routes.append(Route(o.name, producer_dev[o.name], CALLER, Codec()))
     return Plan(
@@ -66,8 +78,11 @@ def package(
     model_name: str = "model",
     external_data_min_bytes: int = emit.EXTERNAL_DATA_MIN_BYTES,
     progress: Callable[[str], None] | None = None,
+    wire_codec: str = "dense",
 ) -> Packaged:
     """Emit every stage of `pp` and write one bundle folder per device under `out_dir`."""
+    if wire_codec not in WIRE_CODECS:
+        raise PlanningError(f"Unknown wire codec {wire_codec!r}; choose one of: {', '.join(WIRE_CODECS)}.")
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         stale = [p for p in out_dir.iterdir() if not (p / "manifest.json").is_file()]
@@ -93,7 +108,7 @@ def package(
                 data_files=tuple((f.name, sha256_file(f)) for f in files[1:]),
                 nodes=st.stop - st.start, estimated_ms=round(st.compute_ms, 6),
             ))
-        plan = compile_pipeline(graph, cluster, pp, steps, model_name)
+        plan = compile_pipeline(graph, cluster, pp, steps, model_name, wire_codec)
         for d in plan.device_names():
             (staging / d).mkdir(parents=True, exist_ok=True)
             write_manifest(staging / d, plan, d)

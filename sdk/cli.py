@@ -155,6 +155,7 @@ def package_cmd(
     input_shape: Optional[list[str]] = InputShapeOpt,
     inputs: Optional[Path] = InputsOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the plan's figures and bundle paths as JSON."),
+    wire_codec: str = typer.Option("dense", "--wire-codec", help="How float activations travel between devices: `dense`; `bitmap` (lossless: post-ReLU zeros as bits, dense where that is not smaller); `fp16` or `int8` (lossy: 2x / 4x fewer bytes; check with `verify`)."),
 ) -> None:
     """Plan the split and write one bundle per device: manifest.json and its sub-models."""
 
@@ -168,7 +169,7 @@ def package_cmd(
             task = prog.add_task("analysing and planning", total=None)
             prep = p.package.prepare(model, cluster, objective, shapes)
             res = p.package.package(prep.model, prep.graph, prep.cluster, prep.pipeline, out, model_name=model.stem,
-                                    progress=lambda s: prog.update(task, description=s))
+                                    progress=lambda s: prog.update(task, description=s), wire_codec=wire_codec)
         if as_json:
             d = _plan_json(prep)
             d["plan_id"] = res.plan.plan_id

@@ -17,6 +17,7 @@ from .bundle import Bundle, load_dist
 from .errors import BundleError
 from .plan import Plan
 from .runtime import make_session
+from .wire import roundtrip
 
 
 @dataclass
@@ -49,14 +50,18 @@ class LocalCluster:
             raise BundleError(f"Missing model input(s): {', '.join(missing)}. The model takes: "
                               f"{', '.join(i.name for i in self.plan.inputs)}.")
         env: dict[str, np.ndarray] = {i.name: np.asarray(feeds[i.name]) for i in self.plan.inputs}
+        codecs = {(r.tensor, r.dst): {r.tensor: r.codec} for r in self.plan.routes if r.codec.kind != "dense"}
         pending = list(self.plan.steps)
         while pending:
             ready = next((s for s in pending if all(i.name in env for i in s.inputs)), None)
             if ready is None:
                 raise BundleError("The plan's steps cannot all run: some input is never produced. Package again.")
             pending.remove(ready)
+            # what this device receives: each input as its route's codec delivers it (lossy codecs too)
+            feeds_in = {i.name: roundtrip({i.name: env[i.name]}, codecs.get((i.name, ready.device)))[i.name]
+                        for i in ready.inputs}
             t0 = time.perf_counter()
-            outs = self.sessions[ready.name].run([o.name for o in ready.outputs], {i.name: env[i.name] for i in ready.inputs})
+            outs = self.sessions[ready.name].run([o.name for o in ready.outputs], feeds_in)
             self.step_ms.setdefault(ready.name, []).append((time.perf_counter() - t0) * 1e3)
             env.update({o.name: v for o, v in zip(ready.outputs, outs)})
         return {o.name: env[o.name] for o in self.plan.outputs}

@@ -3,7 +3,9 @@
     [header: msgpack map] [buffer of tensor 0] [buffer of tensor 1] ...
 
 Arrays never go inside msgpack (measured 2-2.7x slower at 10 MB); they travel as raw frames sent
-with `copy=False` and are read back with `np.frombuffer`. Nothing is ever pickled. One message
+with `copy=False` and are read back with `np.frombuffer`; a route's codec (sdk/codecs.py: static
+channel subset, bitmap-sparse, fp16, int8) may encode a tensor into its one frame. Nothing is
+ever pickled. One message
 carries every tensor a step sends to one destination, so a cut that several tensors cross costs
 one message, not several. Every header field is validated before use — kind, sizes, dtype
 whitelist, shape x itemsize == payload bytes — and a bad message raises WireError, which the agent
@@ -27,14 +29,15 @@ from typing import Any, Sequence
 import msgpack
 import numpy as np
 
+from . import codecs as tcodecs  # (not `codecs`: that is a stdlib module)
 from .errors import WireError
+from .plan import Codec
 
 PROTOCOL_VERSION = 1
 KINDS = frozenset({"tensor", "error", "ping", "pong", "hello"})
-DTYPES = frozenset({"float32", "float16", "float64", "int8", "uint8", "int16", "uint16", "int32",
-                    "uint32", "int64", "uint64", "bool"})
+DTYPES = tcodecs.DTYPES
 MAX_HEADER_BYTES = 64 * 1024
-MAX_PAYLOAD_BYTES = 1 << 30
+MAX_PAYLOAD_BYTES = tcodecs.MAX_DECODED_BYTES
 MAX_NDIM = 16
 MAX_NAME = 512
 MAX_FRAMES = 65  # header + up to 64 tensors
@@ -81,15 +84,24 @@ class Header:
         return msgpack.packb(d, use_bin_type=True)
 
 
-def tensor_frames(header: Header, arrays: dict[str, np.ndarray]) -> list:
-    """[header, buffer, ...] for dense tensors; each buffer is the array's memory, not a copy."""
+def tensor_frames(header: Header, arrays: dict[str, np.ndarray], codecs: dict[str, Codec] | None = None) -> list:
+    """[header, frame, ...]: each tensor encoded by its route's codec (dense when none); a dense
+    frame is the array's own memory, not a copy."""
     heads, bufs = [], []
     for name, array in arrays.items():
-        a = array if isinstance(array, np.ndarray) and array.flags.c_contiguous else np.ascontiguousarray(array)
-        heads.append(TensorHeader(name, a.dtype.name, tuple(a.shape)))
-        # (np.ascontiguousarray turns a 0-d array into 1-d; reshape(-1) of a contiguous array is a view)
-        bufs.append(memoryview(a.reshape(-1)).cast("B") if a.size else b"")
+        c = codecs.get(name) if codecs else None
+        e = tcodecs.encode(c.kind, dict(c.params), array) if c is not None else tcodecs.encode("dense", None, array)
+        heads.append(TensorHeader(name, e.dtype, e.shape, e.codec, e.params))
+        bufs.append(e.frame)
     return [replace(header, kind="tensor", tensors=tuple(heads)).encode(), *bufs]
+
+
+def roundtrip(arrays: dict[str, np.ndarray], codecs: dict[str, Codec] | None) -> dict[str, np.ndarray]:
+    """What a receiver gets for `arrays` sent with `codecs`, without a wire (in-process routes)."""
+    if not codecs:
+        return arrays
+    return {n: tcodecs.roundtrip(c.kind, dict(c.params), a) if (c := codecs.get(n)) is not None else a
+            for n, a in arrays.items()}
 
 
 def decode(frames: Sequence[Any]) -> tuple[Header, list[memoryview]]:
@@ -150,22 +162,8 @@ def _tensor_header(t: Any) -> TensorHeader:
 
 
 def arrays(h: Header, payload: list[memoryview]) -> dict[str, np.ndarray]:
-    """The arrays of a tensor message, by name, each a view on its received frame (no copy)."""
-    return {t.name: dense_array(t, buf) for t, buf in zip(h.tensors, payload)}
-
-
-def dense_array(h: TensorHeader, buf: memoryview) -> np.ndarray:
-    """A dense tensor, a view on its frame, after checking shape x itemsize == frame bytes."""
-    if h.codec != "dense":
-        raise WireError(f"codec {h.codec!r} is not supported by this agent")
-    item = np.dtype(h.dtype).itemsize
-    count = int(np.prod(h.shape, dtype=np.int64)) if h.shape else 1
-    nbytes = count * item
-    if nbytes > MAX_PAYLOAD_BYTES:
-        raise WireError(f"tensor of {nbytes} bytes exceeds the {MAX_PAYLOAD_BYTES}-byte limit")
-    if len(buf) != nbytes:
-        raise WireError(f"{h.name}: payload is {len(buf)} bytes, shape {list(h.shape)} x {h.dtype} needs {nbytes}")
-    return np.frombuffer(buf, dtype=h.dtype, count=count).reshape(h.shape)
+    """The arrays of a tensor message, by name, decoded and validated (dense: a view, no copy)."""
+    return {t.name: tcodecs.decode(t.codec, t.codec_params, t.dtype, t.shape, buf) for t, buf in zip(h.tensors, payload)}
 
 
 def _buf(f: Any) -> memoryview:
