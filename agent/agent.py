@@ -34,7 +34,7 @@ from edgepart.wire import Header, arrays, decode, roundtrip, tensor_frames
 from . import inproc
 from .discovery import Announcement, Discovery
 from .executor import Executor, Key
-from .link import HWM, Links, Waker, send, tune
+from .link import HWM, Links, Waker, send, stop_io_thread, tune
 
 log = logging.getLogger("edgepart")
 
@@ -121,12 +121,7 @@ class AgentCore:
     async def stop(self) -> None:
         inproc.unregister_agent(self.plan.plan_id, self.device, self)
         await self.discovery.close()
-        self._stop.set()
-        self.waker.wake()
-        if self._thread is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 10)
-        self.waker.close()
-        self.ctx.destroy(linger=0)
+        await stop_io_thread(self._stop, self.waker, self._thread, self.ctx)
 
     async def __aenter__(self) -> "AgentCore":
         return await self.start()

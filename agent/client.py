@@ -33,7 +33,7 @@ from edgepart.wire import Header, arrays, roundtrip, tensor_frames
 from . import inproc
 from .agent import POLL_MS, parse_peer, route_codecs
 from .discovery import Announcement, Discovery
-from .link import Links, Waker, send
+from .link import Links, Waker, send, stop_io_thread
 
 log = logging.getLogger("edgepart")
 
@@ -102,12 +102,7 @@ class ClusterClient:
         for rid in rids:
             self.on_error(rid, "the session was closed")
         await self.discovery.close()
-        self._stop.set()
-        self.waker.wake()
-        if self._thread is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 10)
-        self.waker.close()
-        self.ctx.destroy(linger=0)
+        await stop_io_thread(self._stop, self.waker, self._thread, self.ctx)
 
     # -- requests (any thread) ---------------------------------------------------------------------
     def submit(self, feeds: Mapping[str, np.ndarray], timeout_s: float = 10.0) -> concurrent.futures.Future:

@@ -17,6 +17,7 @@ threads ask for changes through `post()`, which wakes that thread through a pipe
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import queue
@@ -67,6 +68,17 @@ class Waker:
                 os.close(fd)
             except OSError:
                 pass
+
+
+async def stop_io_thread(stop: threading.Event, waker: Waker, thread: threading.Thread | None, ctx: zmq.Context) -> None:
+    """Ask a socket-owning thread to finish, wait for it off the event loop, then free its pipe and
+    context (the thread closes its own sockets on the way out)."""
+    stop.set()
+    waker.wake()
+    if thread is not None:
+        await asyncio.get_running_loop().run_in_executor(None, thread.join, 10)
+    waker.close()
+    ctx.destroy(linger=0)
 
 
 def tune(sock: zmq.Socket) -> None:
