@@ -5,6 +5,7 @@
     cost.py      the cost model (compute, transfer, memory)
     pipeline.py  the layer-wise pipeline planner (pure, optimal DP)
     emit.py      cut stages out as standalone ONNX models
+    channel*.py  the channel-parallel split: every layer's output channels across devices (docs/channel.md)
     package.py   model + cluster -> dist/<device>/ bundles
     verify.py    prove the split is exact
     figure.py    a picture of a plan
@@ -17,6 +18,6 @@ except ImportError as e:  # the device install has no onnx: say which extra brin
 
     raise MissingExtraError.for_extra("packager", "edgepart.packager", e.name or "onnx") from None
 
-from . import cluster, cost, emit, graph, package, pipeline  # noqa: E402
+from . import channel, cluster, cost, emit, graph, package, pipeline  # noqa: E402
 
-__all__ = ["cluster", "cost", "emit", "graph", "package", "pipeline"]
+__all__ = ["channel", "cluster", "cost", "emit", "graph", "package", "pipeline"]

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .errors import EdgepartError, MissingExtraError
+from .errors import EdgepartError, MissingExtraError, PlanningError
 
 app = typer.Typer(
     name="edgepart",
@@ -156,6 +156,8 @@ def package_cmd(
     inputs: Optional[Path] = InputsOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the plan's figures and bundle paths as JSON."),
     wire_codec: str = typer.Option("dense", "--wire-codec", help="How float activations travel between devices: `dense`; `bitmap` (lossless: post-ReLU zeros as bits, dense where that is not smaller); `fp16` or `int8` (lossy: 2x / 4x fewer bytes; check with `verify`)."),
+    strategy: str = typer.Option("pipeline", "--strategy", help="How to split: `pipeline` (each device runs a run of layers) or `channel` (each device computes a share of every layer's output channels, receiving only the input channels its weights use; see docs/channel.md)."),
+    partition: Optional[Path] = typer.Option(None, "--partition", help="With --strategy channel: an .npz mapping Conv/Gemm/MatMul output names to int arrays of device indices (cluster order, one per output channel). Layers it leaves out get equal contiguous blocks."),
 ) -> None:
     """Plan the split and write one bundle per device: manifest.json and its sub-models."""
 
@@ -164,6 +166,12 @@ def package_cmd(
 
         p = _packager()
         shapes, _ = _shapes(input_shape, inputs)
+        if strategy not in ("pipeline", "channel"):
+            raise PlanningError(f"Unknown strategy {strategy!r}; choose `pipeline` or `channel`.")
+        if strategy == "channel":
+            return _package_channel(model, cluster, out, shapes, partition, wire_codec, as_json)
+        if partition is not None:
+            raise PlanningError("--partition applies to --strategy channel only.")
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=err_console, transient=True,
                       disable=as_json) as prog:
             task = prog.add_task("analysing and planning", total=None)
@@ -182,6 +190,43 @@ def package_cmd(
             console.print(f"  {path}   → copy to {d}, then `edgepart run {path}`")
 
     _run(body)
+
+
+def _package_channel(model: Path, cluster: Path, out: Path, shapes: dict, partition: Optional[Path],
+                     wire_codec: str, as_json: bool) -> None:
+    from rich.progress import Progress, SpinnerColumn, TextColumn
+
+    from edgepart.packager.channel import package_channel
+    from edgepart.packager.cluster import load_cluster
+    from edgepart.packager.graph import analyse, load_model
+
+    from .inputs import load_npz
+
+    part = load_npz(partition) if partition is not None else None
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=err_console, transient=True,
+                  disable=as_json) as prog:
+        task = prog.add_task("analysing and compiling the channel split", total=None)
+        cl = load_cluster(cluster)
+        m = load_model(model)
+        res = package_channel(m, analyse(m, shapes), cl, out, part, model_name=model.stem, wire_codec=wire_codec,
+                              progress=lambda s: prog.update(task, description=s))
+    rep = res.report
+    if as_json:
+        print(json.dumps({"strategy": "channel", "plan_id": res.plan.plan_id, "estimates": dict(res.plan.estimates),
+                          "bundles": {k: str(v) for k, v in res.bundle_dirs.items()}, "report": rep.to_dict()}, indent=1))
+        return
+    console.print(f"packaged {model.name} as a channel split for {len(cl.devices)} devices: "
+                  f"{rep.cross_device_bytes:,} bytes between devices per inference (split layers: dense "
+                  f"{rep.layers.dense_bytes:,}, used {rep.layers.used_bytes:,}); estimated latency "
+                  f"[bold]{rep.latency_ms:.3f} ms[/]")
+    for name, op, d in rep.decisions:
+        if d.kind in ("whole", "reduce"):
+            console.print(f"  {escape(name)} ({op}): {d.kind} on {cl.devices[d.device].name} — {escape(d.note)}")
+    for note in rep.notes:
+        console.print(f"  note: {escape(note)}")
+    console.print(f"plan id [bold]{res.plan.plan_id}[/]; bundles:")
+    for d, path in res.bundle_dirs.items():
+        console.print(f"  {path}   ({len(res.plan.steps_of(d))} steps) → copy to {d}, then `edgepart run {path}`")
 
 
 @app.command("inspect")

@@ -1,0 +1,399 @@
+"""Channel-parallel split (DESIGN.md idea 2, issue 4): every Conv/Gemm/MatMul layer split by output
+channels across the cluster's devices, each device receiving only the input channels its rows of
+the weights use, compiled into the same per-device steps and routes the agents already run.
+
+    compile_channel(model, graph, cluster, partition) -> ChannelProgram   steps (ONNX), routes, report
+    package_channel(model, graph, cluster, out_dir, partition)           bundles, like package.package
+    channel_bytes(graph, partition, model)                               per split layer: dense vs used bytes
+
+    channel_ops.py     what each op can do (rules), the model as the compiler reads it
+    channel_layout.py  partitions and layouts of every tensor, and each node's decision
+    channel_emit.py    per-device ops with local names, Gathers of channel subsets, routes
+
+`partition` maps the output of a Conv/Gemm/MatMul to an int array [C_out] of device indices (the
+cluster's order); layers it does not name get contiguous, near-equal blocks. A device's ops are
+grouped into steps by level (the number of messages on the longest path reaching them), so work
+that needs no communication in between is one sub-model. Codecs stay dense: a route carries
+exactly the channels its receiver needs, cut out by a Gather inside the sender's step.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import tempfile
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from edgepart.bundle import sha256_file, write_manifest
+from edgepart.errors import BundleError, ModelError, PlanningError
+from edgepart.plan import CALLER, Codec, DeviceSpec, Plan, Route, Step, TensorSpec
+
+from . import emit
+from .channel_emit import _Emitter
+from .channel_layout import BytesReport, ChannelLayout, Decision, layer_bytes, plan_layout
+from .cluster import Cluster
+from .graph import Graph
+
+
+@dataclass(frozen=True)
+class RouteBytes:
+    tensor: str
+    src: str
+    dst: str
+    channels: int | None  # for a channel subset: how many channels it carries
+    size_bytes: int  # per inference, at the planning shapes
+
+
+@dataclass(frozen=True)
+class ChannelReport:
+    """What the compiler chose and what crosses devices: per route, per decision, per split layer."""
+
+    routes: tuple[RouteBytes, ...]
+    decisions: tuple[tuple[str, str, Decision], ...]  # (node, op, decision) for every non-local node
+    layers: BytesReport
+    notes: tuple[str, ...]
+    latency_ms: float  # critical path of the steps, with the cluster's speeds and links
+    param_bytes: tuple[tuple[str, int], ...] = ()  # per device: bytes of the weights it holds
+    macs: tuple[tuple[str, int], ...] = ()  # per device: multiply-accumulates per inference
+    devices: tuple[str, ...] = ()  # Decision.device indexes these
+
+    @property
+    def cross_device_bytes(self) -> int:
+        return sum(r.size_bytes for r in self.routes if CALLER not in (r.src, r.dst))
+
+    @property
+    def caller_bytes(self) -> int:
+        return sum(r.size_bytes for r in self.routes if CALLER in (r.src, r.dst))
+
+    def to_dict(self) -> dict:
+        return {
+            "cross_device_bytes": self.cross_device_bytes, "caller_bytes": self.caller_bytes,
+            "latency_ms": self.latency_ms, "notes": list(self.notes),
+            "routes": [r.__dict__ for r in self.routes],
+            "decisions": [{"node": n, "op": op, "kind": d.kind, "note": d.note,
+                           "device": self.devices[d.device] if 0 <= d.device < len(self.devices) else None,
+                           "options": [list(o) for o in d.options]} for n, op, d in self.decisions],
+            "layers": self.layers.to_dict(),
+            "param_bytes": dict(self.param_bytes), "macs": dict(self.macs),
+        }
+
+
+@dataclass(frozen=True, eq=False)
+class StepModel:
+    """A step before it is written: its sub-model and what the plan says about it."""
+
+    name: str
+    device: str
+    file: str
+    model: onnx.ModelProto
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    nodes: int
+    estimated_ms: float
+
+
+@dataclass(frozen=True, eq=False)
+class ChannelProgram:
+    layout: ChannelLayout
+    steps: tuple[StepModel, ...]
+    routes: tuple[Route, ...]
+    report: ChannelReport
+
+
+# -- steps -------------------------------------------------------------------------------------------
+
+def _levels(em: _Emitter) -> None:
+    """Level of each op: messages on the longest path reaching it. Ops computed from constants alone
+    (shape and pad arithmetic) join their first consumer's step, so they never cross a step boundary."""
+    floating: set[int] = set()
+    for i, op in enumerate(em.ops):
+        lv = 0
+        for t in op.reads:
+            if t in em.made:
+                src = em.ops[em.made[t]]
+                lv = max(lv, src.level + (src.device != op.device))
+        op.level = lv
+        if all(t in em.made and em.made[t] in floating and em.ops[em.made[t]].device == op.device for t in op.reads):
+            floating.add(i)
+    for i in sorted(floating, reverse=True):
+        users = _local_users(em, em.ops[i].node.output)
+        if users:
+            em.ops[i].level = min(em.ops[u].level for u in users)
+
+
+def _spec(em: _Emitter, name: str) -> TensorSpec:
+    t, axis, count = em.origin[name]
+    info = em.info
+    spec = info.graph.specs.get(t)
+    probe = info.shapes[t]
+    if spec is not None and len(spec.shape) == len(probe) and spec.shape != ("?",):
+        shape = list(spec.shape)
+    else:
+        shape = list(probe) if t in {i.name for i in info.graph.inputs} else ["?"] * len(probe)
+    if axis is not None:
+        shape[axis] = int(count)
+    return TensorSpec(name, info.dtypes[t], tuple(shape))
+
+
+def _nbytes(em: _Emitter, name: str) -> int:
+    t, axis, count = em.origin[name]
+    shape = list(em.info.shapes[t])
+    if axis is not None:
+        shape[axis] = int(count)
+    return int(np.prod(shape, dtype=np.int64)) * np.dtype(em.info.dtypes[t]).itemsize
+
+
+def _steps(em: _Emitter, cluster: Cluster) -> list[StepModel]:
+    model, g = em.info.model, em.lay.graph
+    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for i, op in enumerate(em.ops):
+        groups[(op.device, op.level)].append(i)
+    step_of: dict[int, tuple[int, int]] = {i: key for key, idxs in groups.items() for i in idxs}
+    routed_from = {(name, src) for (name, src, _dst) in em.routes}
+    out: list[StepModel] = []
+    for k, dev in enumerate(em.dev):
+        levels = sorted(lv for (d, lv) in groups if d == k)
+        gflops = cluster.device(dev).gflops
+        for i, lv in enumerate(levels):
+            idxs = groups[(k, lv)]
+            nodes = [em.ops[j].node for j in idxs]
+            inits: dict[str, onnx.TensorProto] = {}
+            for j in idxs:
+                for init in em.ops[j].inits:
+                    inits.setdefault(init.name, init)
+            produced = {o for n in nodes for o in n.output if o}
+            reads = (t for j in idxs for t in em.ops[j].reads)
+            inputs = list(dict.fromkeys(t for t in reads if t not in produced and t not in inits))
+            outputs = []
+            for n in nodes:
+                for o in n.output:
+                    if not o:
+                        continue
+                    later = any(step_of.get(u) != (k, lv) for u in _local_users(em, [o]))
+                    if later or (o, dev) in routed_from:
+                        outputs.append(o)
+            in_specs = tuple(_spec(em, t) for t in inputs)
+            out_specs = tuple(_spec(em, t) for t in dict.fromkeys(outputs))
+            name = f"step{i}@{dev}"
+            sub = helper.make_graph(
+                [copy.deepcopy(n) for n in nodes], f"{g.name}_{name}",
+                [_value_info(s) for s in in_specs], [_value_info(s) for s in out_specs],
+                [copy.deepcopy(x) for x in inits.values()])
+            m = helper.make_model(sub, opset_imports=list(model.opset_import), ir_version=model.ir_version,
+                                  producer_name="edgepart", functions=list(model.functions))
+            try:
+                onnx.checker.check_model(m, full_check=False)
+            except onnx.checker.ValidationError as e:
+                raise ModelError(f"The channel step {name} is not valid ONNX: {str(e).splitlines()[0]}") from None
+            macs = sum(em.ops[j].macs for j in idxs)
+            out.append(StepModel(name, dev, f"step{i}.onnx", m, in_specs, out_specs, len(nodes),
+                                 round(2.0 * macs / (gflops * 1e9) * 1e3, 6)))
+    return out
+
+
+def _local_users(em: _Emitter, names) -> list[int]:
+    """Ops on the same device that read any of `names`."""
+    if not hasattr(em, "_users"):
+        users: dict[str, list[int]] = defaultdict(list)
+        for i, op in enumerate(em.ops):
+            for t in op.reads:
+                if t in em.made and em.ops[em.made[t]].device == op.device:
+                    users[t].append(i)
+        em._users = users
+    return [u for n in names if n for u in em._users.get(n, [])]
+
+
+def _value_info(s: TensorSpec) -> onnx.ValueInfoProto:
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(s.dtype))
+    dims = [d if isinstance(d, int) else (None if d == "?" else d) for d in s.shape]
+    return helper.make_tensor_value_info(s.name, elem, dims)
+
+
+def _latency_ms(steps: list[StepModel], routes: list[Route], sizes: dict[str, int], cluster: Cluster) -> float:
+    """Critical path: each step waits for its device's previous step and its inputs' arrival."""
+    made_by = {o.name: st for st in steps for o in st.outputs}
+    src_of = {(r.tensor, r.dst): r.src for r in routes}
+    finish: dict[str, float] = {}
+    pending, dev_free = list(steps), defaultdict(float)
+    while pending:
+        st = next(s for s in pending if all(
+            i.name not in made_by or made_by[i.name].name in finish for i in s.inputs))
+        pending.remove(st)
+        start = dev_free[st.device]
+        for i in st.inputs:
+            src = src_of.get((i.name, st.device))
+            if i.name in made_by and made_by[i.name].device != st.device:
+                link = cluster.link(made_by[i.name].device, st.device)
+                busy_ms = sizes[i.name] * 8 / (link.bandwidth_mbps * 1e6) * 1e3
+                t = finish[made_by[i.name].name] + busy_ms + link.latency_ms
+            elif src == CALLER:
+                link = cluster.default_link
+                t = sizes[i.name] * 8 / (link.bandwidth_mbps * 1e6) * 1e3 + link.latency_ms
+            else:
+                t = finish.get(made_by[i.name].name, 0.0) if i.name in made_by else 0.0
+            start = max(start, t)
+        finish[st.name] = start + st.estimated_ms
+        dev_free[st.device] = finish[st.name]
+    return round(max(finish.values(), default=0.0), 6)
+
+
+# -- entry points --------------------------------------------------------------------------------------
+
+def compile_channel(model: onnx.ModelProto, graph: Graph, cluster: Cluster,
+                    partition: Mapping[str, np.ndarray] | None = None,
+                    layout: ChannelLayout | None = None, wire_codec: str = "dense") -> ChannelProgram:
+    """Per-device steps (as ONNX models, not yet written) and routes for a channel split (pure).
+
+    `wire_codec` applies to float activations sent between devices, as for a pipeline (`bitmap`
+    lossless, `fp16`/`int8` lossy); the channel subsets themselves are cut inside the sender's step."""
+    from .package import WIRE_CODECS
+
+    if wire_codec not in WIRE_CODECS:
+        raise PlanningError(f"Unknown wire codec {wire_codec!r}; choose one of: {', '.join(WIRE_CODECS)}.")
+    devices = [d.name for d in cluster.devices]
+    lay = layout or plan_layout(model, graph, len(devices), partition)
+    first = _Emitter(lay, devices, None)
+    first.emit()
+    em = _Emitter(lay, devices, first.demand)
+    em.emit()
+    _levels(em)
+    steps = _steps(em, cluster)
+    def codec(name: str, src: str, dst: str) -> Codec:
+        floating = em.info.dtypes[em.origin[name][0]] in ("float32", "float64", "float16")
+        return Codec(wire_codec) if wire_codec != "dense" and floating and CALLER not in (src, dst) else Codec()
+
+    routes = [Route(n, s, d, codec(n, s, d)) for (n, s, d) in em.routes]
+    sizes = {n: _nbytes(em, n) for n in em.origin}
+    rows = tuple(RouteBytes(r.tensor, r.src, r.dst, em.origin[r.tensor][2], sizes[r.tensor]) for r in routes)
+    decisions = tuple((nd.name, nd.op_type, d) for nd, d in zip(graph.nodes, lay.decisions)
+                      if d.kind != "local" and (d.kind != "rep" or d.note))
+    params = {d: 0 for d in devices}
+    for st in steps:
+        params[st.device] += sum(_init_bytes(i) for i in st.model.graph.initializer)
+    macs = {d: 0.0 for d in devices}
+    for op in em.ops:
+        macs[devices[op.device]] += op.macs
+    report = ChannelReport(rows, decisions, layer_bytes(lay), lay.notes, _latency_ms(steps, routes, sizes, cluster),
+                           tuple(params.items()), tuple((d, int(round(m))) for d, m in macs.items()), tuple(devices))
+    return ChannelProgram(lay, tuple(steps), tuple(routes), report)
+
+
+def _init_bytes(t: onnx.TensorProto) -> int:
+    n = int(np.prod(t.dims, dtype=np.int64)) if len(t.dims) else 1
+    return n * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+
+
+def channel_plan(program: ChannelProgram, graph: Graph, cluster: Cluster, steps: list[Step], model_name: str) -> Plan:
+    """The Plan of a compiled channel program, its steps written (hashes known)."""
+    rep = program.report
+    msgs = len({(r.src, r.dst, st.name) for r in program.routes for st in steps
+                if r.src == st.device and any(o.name == r.tensor for o in st.outputs)})
+    return Plan(
+        strategy="channel",
+        model_name=model_name,
+        model_sha256=graph.sha256,
+        inputs=graph.inputs,
+        outputs=graph.outputs,
+        devices=tuple(DeviceSpec(d.name, d.providers) for d in cluster.devices),
+        steps=tuple(steps),
+        routes=program.routes,
+        objective="latency",
+        estimates=(("latency_ms", rep.latency_ms), ("cross_device_bytes", float(rep.cross_device_bytes)),
+                   ("caller_bytes", float(rep.caller_bytes)), ("messages", float(msgs))),
+    )
+
+
+@dataclass(frozen=True)
+class PackagedChannel:
+    plan: Plan
+    program: ChannelProgram
+    out_dir: Path
+    bundle_dirs: dict[str, Path]
+
+    @property
+    def report(self) -> ChannelReport:
+        return self.program.report
+
+
+def package_channel(
+    model: onnx.ModelProto,
+    graph: Graph,
+    cluster: Cluster,
+    out_dir: Path | str,
+    partition: Mapping[str, np.ndarray] | None = None,
+    model_name: str = "model",
+    external_data_min_bytes: int | None = None,
+    progress: Callable[[str], None] | None = None,
+    wire_codec: str = "dense",
+) -> PackagedChannel:
+    """Compile the channel split and write one bundle folder per device under `out_dir`."""
+    program = compile_channel(model, graph, cluster, partition, wire_codec=wire_codec)
+    plan, dirs = write_bundles(program, graph, cluster, Path(out_dir), model_name, external_data_min_bytes, progress)
+    return PackagedChannel(plan, program, Path(out_dir), dirs)
+
+
+def write_bundles(program: ChannelProgram, graph: Graph, cluster: Cluster, out_dir: Path, model_name: str,
+                  external_data_min_bytes: int | None = None,
+                  progress: Callable[[str], None] | None = None) -> tuple[Plan, dict[str, Path]]:
+    """Write each step's file and every device's manifest, staged and moved into `out_dir`."""
+    limit = emit.EXTERNAL_DATA_MIN_BYTES if external_data_min_bytes is None else external_data_min_bytes
+    if out_dir.exists() and any(out_dir.iterdir()):
+        stale = [p for p in out_dir.iterdir() if not (p / "manifest.json").is_file()]
+        if stale:
+            raise BundleError(f"{out_dir} exists and holds things that are not edgepart bundles "
+                              f"({stale[0].name}, ...). Give an empty or new folder with -o.")
+    staging = Path(tempfile.mkdtemp(prefix=".edgepart-", dir=out_dir.parent if out_dir.parent.exists() else None))
+    try:
+        steps: list[Step] = []
+        for sm in program.steps:
+            if progress:
+                progress(f"writing {sm.name}")
+            ddir = staging / sm.device
+            ddir.mkdir(parents=True, exist_ok=True)
+            files = emit.save(sm.model, ddir / sm.file, limit)
+            steps.append(Step(name=sm.name, device=sm.device, model_file=files[0].name, sha256=sha256_file(files[0]),
+                              inputs=sm.inputs, outputs=sm.outputs,
+                              data_files=tuple((f.name, sha256_file(f)) for f in files[1:]),
+                              nodes=sm.nodes, estimated_ms=sm.estimated_ms))
+        plan = channel_plan(program, graph, cluster, steps, model_name)
+        for d in plan.device_names():
+            (staging / d).mkdir(parents=True, exist_ok=True)
+            write_manifest(staging / d, plan, d)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        dirs = {}
+        for d in plan.device_names():
+            target = out_dir / d
+            if target.exists():
+                shutil.rmtree(target)
+            shutil.move(str(staging / d), target)
+            dirs[d] = target
+        for old in out_dir.iterdir():  # bundles of devices no longer in the cluster would confuse `run`
+            if old.name not in dirs and (old / "manifest.json").is_file():
+                shutil.rmtree(old)
+        return plan, dirs
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def channel_bytes(graph: Graph, partition: Mapping[str, np.ndarray] | None, model: onnx.ModelProto,
+                  n_devices: int | None = None) -> BytesReport:
+    """Bytes crossing devices per inference for each split layer, dense vs only the used channels.
+
+    `model` carries the weights (zeroed columns cut traffic) and attributes; `n_devices` defaults to
+    the largest device index in `partition` + 1."""
+    if n_devices is None:
+        if not partition:
+            raise PlanningError("channel_bytes needs n_devices when no partition is given.")
+        n_devices = 1 + max(int(np.max(v)) for v in partition.values())
+    return layer_bytes(plan_layout(model, graph, n_devices, partition))
+
+
+__all__ = ["BytesReport", "ChannelProgram", "ChannelReport", "PackagedChannel", "RouteBytes", "channel_bytes",
+           "channel_plan", "compile_channel", "package_channel"]

@@ -1,0 +1,111 @@
+"""Channel splits of real trained models are exact: a CNN trained here on scikit-learn's digits (2 and 4
+devices, whole test set, same accuracy) and EfficientNet-Lite0 with its ImageNet weights (2 devices)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+pytestmark = [pytest.mark.models, pytest.mark.timeout(300)]
+
+pytest.importorskip("torch")
+pytest.importorskip("sklearn")
+
+from digits_cnn import digits_cnn  # noqa: E402
+
+from edgepart.local import LocalCluster  # noqa: E402
+from edgepart.packager.channel import channel_bytes, package_channel  # noqa: E402
+from edgepart.packager.channel_layout import partitionable  # noqa: E402
+from edgepart.packager.cluster import cluster_from_dict  # noqa: E402
+from edgepart.packager.graph import analyse, load_model  # noqa: E402
+from edgepart.plan import CALLER  # noqa: E402
+
+ATOL = 1e-4
+
+
+def cluster(n: int):
+    return cluster_from_dict({"devices": [{"name": f"dev{i}", "gflops": 5} for i in range(n)],
+                              "links": {"default": {"bandwidth_mbps": 50, "latency_ms": 1}}})
+
+
+@pytest.fixture(scope="module")
+def digits():
+    model, data = digits_cnn()
+    assert data.accuracy >= 0.95, f"the digits CNN reached only {data.accuracy:.3f}"
+    return model, data
+
+
+@pytest.mark.parametrize("n", [2, 4])
+@pytest.mark.parametrize("partition", ["default", "random"])
+def test_digits_cnn_split_is_exact(digits, n, partition, tmp_path):
+    model, data = digits
+    graph = analyse(model, {"x": (1, 1, 8, 8)})  # planned for one image, run on the whole test set at once
+    part = None
+    if partition == "random":
+        rng = np.random.default_rng(n)
+        part = {t: rng.integers(0, n, c) for t, c in partitionable(model, graph).items()}
+    res = package_channel(model, graph, cluster(n), tmp_path / "dist", part, model_name="digits")
+    got = LocalCluster.from_dist(tmp_path / "dist").run({"x": data.x_test})["logits"]
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": data.x_test})[0]
+    assert np.max(np.abs(got - want)) <= ATOL
+    acc_split = float((got.argmax(1) == data.y_test).mean())
+    acc_whole = float((want.argmax(1) == data.y_test).mean())
+    assert acc_split == acc_whole >= 0.95
+
+    report = channel_bytes(graph, part, model, n_devices=n)
+    assert [x.node for x in report.layers] == [nd.name for nd in graph.nodes if nd.op_type == "Conv"]
+    assert report.used_bytes == report.dense_bytes  # dense trained weights: every channel is used
+    (fc,) = [d for _, op, d in res.report.decisions if op == "Gemm"]
+    assert dict(fc.options)[fc.note.split("chose ")[1]] == min(b for _, b in fc.options)
+    if partition == "default":  # 2 devices: 10 partial logits (40 B) beat 16 pooled channels (64 B);
+        # 4 devices: 24 pooled channels (96 B) beat 3 x 10 partial logits (120 B)
+        assert (fc.kind, min(b for _, b in fc.options)) == ({2: ("reduce", 40), 4: ("whole", 96)}[n])
+    cross = sum(r.size_bytes for r in res.report.routes if CALLER not in (r.src, r.dst))
+    assert cross == res.report.cross_device_bytes == dict(res.plan.estimates)["cross_device_bytes"]
+    print(f"\ndigits {n} devices ({partition}): split layers dense {report.dense_bytes} B, used "
+          f"{report.used_bytes} B; all routes between devices {cross} B per image; "
+          f"{len(res.plan.steps)} steps; accuracy {acc_split:.4f}")
+
+
+def test_digits_zeroed_cross_blocks_cut_bytes(digits, tmp_path):
+    """Zero every cross-device block of the middle conv: its input no longer crosses, still exact."""
+    model, data = digits
+    model = model.__class__.FromString(model.SerializeToString())
+    graph = analyse(model, {"x": (1, 1, 8, 8)})
+    convs = [nd for nd in model.graph.node if nd.op_type == "Conv"]
+    from onnx import numpy_helper
+
+    init = next(i for i in model.graph.initializer if i.name == convs[1].input[1])
+    w = numpy_helper.to_array(init).copy()
+    rows, cols = np.arange(w.shape[0]) * 2 // w.shape[0], np.arange(w.shape[1]) * 2 // w.shape[1]
+    w[rows[:, None] != cols[None, :]] = 0
+    init.CopyFrom(numpy_helper.from_array(w, init.name))
+    before = channel_bytes(analyse(digits[0], {"x": (1, 1, 8, 8)}), None, digits[0], n_devices=2)
+    after = channel_bytes(graph, None, model, n_devices=2)
+    layer = {x.node: x for x in after.layers}[graph.nodes[graph.producer[convs[1].output[0]]].name]
+    assert layer.used_bytes == 0 and layer.dense_bytes > 0
+    assert after.used_bytes == before.used_bytes - layer.dense_bytes
+    package_channel(model, graph, cluster(2), tmp_path / "dist")
+    got = LocalCluster.from_dist(tmp_path / "dist").run({"x": data.x_test})["logits"]
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": data.x_test})[0]
+    assert np.max(np.abs(got - want)) <= ATOL
+
+
+def test_efficientnet_lite0_two_devices(efficientnet_lite0_path, tmp_path):
+    """Real ImageNet weights; Pad nodes whose pads come from shape arithmetic; depthwise convs; a
+    residual stream per block. Planned at batch 1, run at batch 2."""
+    from edgepart.packager import zoo
+
+    model = load_model(efficientnet_lite0_path)
+    graph = analyse(model, {"input": (1, 3, 224, 224)})
+    res = package_channel(model, graph, cluster(2), tmp_path / "dist", model_name="efficientnet-lite0")
+    feeds = zoo.imagenet_inputs(2)
+    got = LocalCluster.from_dist(tmp_path / "dist").run(feeds)["logits"]
+    want = ort.InferenceSession(str(efficientnet_lite0_path), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    assert np.max(np.abs(got - want)) <= ATOL
+    assert (got.argmax(1) == want.argmax(1)).all()
+    kinds = {d.kind for _, op, d in res.report.decisions if op == "Conv"}
+    assert kinds == {"contract"}  # every full conv split; depthwise convs stay local (not listed)
