@@ -34,7 +34,7 @@ from edgepart.wire import Header, arrays, decode, roundtrip, tensor_frames
 from . import inproc
 from .discovery import Announcement, Discovery
 from .executor import Executor, Key
-from .link import HWM, Links, Waker, send, stop_io_thread, tune
+from .link import HWM, Links, Waker, stop_io_thread, tune
 
 log = logging.getLogger("edgepart")
 
@@ -155,7 +155,8 @@ class AgentCore:
         poller.register(self.waker.r, zmq.POLLIN)
         try:
             while not self._stop.is_set():
-                ready = poller.poll(POLL_MS)
+                # while some peer's queue is full, come back soon to retry (never block in a send)
+                ready = poller.poll(1 if self.links.outbox else POLL_MS)
                 for sock, _ in ready:
                     if sock is self.router:
                         self._read_router()
@@ -165,6 +166,7 @@ class AgentCore:
                         self._read_inbox()
                     else:
                         self.links.handle(sock)
+                self.links.outbox.flush()
                 self.executor.expire()
                 self.links.sweep()
         except Exception:  # a bug here must not die silently: log it, the agent stops serving
@@ -175,8 +177,6 @@ class AgentCore:
 
     def _read_router(self) -> None:
         for _ in range(HWM):  # bounded: the links and the inbox get their turn
-            if self.executor.full:
-                return  # backpressure: leave messages in zmq's bounded queue
             try:
                 frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
@@ -191,6 +191,9 @@ class AgentCore:
                 if h is not None and h.kind == "tensor" and h.client and h.plan_id == self.plan.plan_id:
                     # a well-addressed request with bad content: fail it now rather than at its deadline
                     self._fail((h.client, h.request_id), f"{self.device} rejected a message from {h.sender}: {e}")
+            except Exception as e:  # a bug must cost one message, never the data plane
+                log.exception("agent %s: a message from %s could not be handled", self.device, ident[:32])
+                self._drop(ident, f"{type(e).__name__}: {e}")
 
     def _read_inbox(self) -> None:
         while True:
@@ -201,6 +204,9 @@ class AgentCore:
             try:
                 for name, a in arrs.items():
                     self._check(sender, name, a.dtype.name, a.shape)
+                if self.executor.full and key not in self.executor.requests:
+                    self._fail(key, f"{self.device} is busy: {len(self.executor.requests)} requests in flight")
+                    continue
                 self.executor.deliver(key, arrs, ttl_ms)
             except WireError as e:
                 self._fail(key, f"{self.device} rejected the inputs: {e}")
@@ -209,7 +215,8 @@ class AgentCore:
         if h.kind in ("ping", "hello"):
             if h.plan_id != self.plan.plan_id and h.kind == "hello":
                 self._drop(ident, f"hello from plan {h.plan_id}, this agent runs {self.plan.plan_id}")
-            self._reply(ident, [Header("pong" if h.kind == "ping" else "hello", self.plan.plan_id, self.device).encode()], 0.0)
+            self._reply(ident, [Header("pong" if h.kind == "ping" else "hello", self.plan.plan_id, self.device).encode()],
+                        time.monotonic() + 1.0)
             return
         if h.plan_id != self.plan.plan_id:
             raise WireError(f"message of plan {h.plan_id!r}, this agent runs {self.plan.plan_id}")
@@ -219,7 +226,13 @@ class AgentCore:
             self._check(h.sender, t.name, t.dtype, t.shape)
         if h.ttl_ms <= 0:
             raise WireError("tensor message without a deadline (ttl)")
-        self.executor.deliver((h.client, h.request_id), arrays(h, payload), h.ttl_ms)
+        key = (h.client, h.request_id)
+        if self.executor.full and key not in self.executor.requests:
+            # never stop reading (that would stall the requests already held, and heartbeats):
+            # turn new requests away instead; the caller keeps fewer in flight
+            self._fail(key, f"{self.device} is busy: {len(self.executor.requests)} requests in flight; send fewer at once")
+            return
+        self.executor.deliver(key, arrays(h, payload), h.ttl_ms)
 
     def _check(self, sender: str, name: str, dtype: str, shape: tuple) -> None:
         if not self.executor.accepts(name, sender):
@@ -251,28 +264,31 @@ class AgentCore:
         frames = tensor_frames(Header("tensor", self.plan.plan_id, self.device, request_id=key[1], client=key[0],
                                       ttl_ms=left_s * 1e3), arrs, codecs)
         if dst == CALLER:
-            self._reply(key[0], frames, left_s)
+            self._reply(key[0], frames, deadline)
             return
         p = self.links.get(dst)
         if p is None:
             raise PeerError(f"{dst} is not reachable")
-        if not send(p.sock, frames, left_s):
-            raise PeerError(f"{dst} did not take {', '.join(arrs)} before the deadline")
+        self.links.outbox.send(p.sock, frames, deadline, lambda why: self._send_failed(
+            key, f"{self.device} could not send {', '.join(arrs)} to {dst}: {why}"))
 
-    def _reply(self, ident: bytes, frames: list, timeout_s: float) -> None:
+    def _send_failed(self, key: Key, why: str) -> None:
+        if key in self.executor.requests:
+            self.executor.fail_request(key, why)  # drops it and tells the caller
+        else:
+            self._fail(key, why)
+
+    def _reply(self, ident: bytes, frames: list, deadline: float) -> None:
         """Send on the ROUTER to `ident`; a caller that went away is logged, not an error."""
-        try:
-            if not send(self.router, [ident, *frames], timeout_s):
-                log.debug("reply to %s dropped: its queue stayed full", ident[:32])
-        except zmq.ZMQError as e:  # EHOSTUNREACH: the caller went away
-            log.debug("could not reply to %s: %s", ident[:32], e)
+        self.links.outbox.send(self.router, [ident, *frames], deadline,
+                               lambda why: log.debug("reply to %s dropped: %s", ident[:32], why))
 
     def _fail(self, key: Key, why: str) -> None:
         if (c := inproc.client(key[0])) is not None:
             c.on_error(key[1], why)
             return
         self._reply(key[0], [Header("error", self.plan.plan_id, self.device, request_id=key[1], client=key[0],
-                                    message=why).encode()], 0.0)
+                                    message=why).encode()], time.monotonic() + 5.0)
 
 
 class Agent:

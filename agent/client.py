@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import itertools
+from collections import deque
 import logging
 import queue
 import secrets
@@ -25,17 +26,20 @@ from typing import Mapping
 import numpy as np
 import zmq
 
-from edgepart.errors import DeadlineExceeded, PeerError, WireError
+from edgepart.errors import DeadlineExceeded, InputsError, PeerError, WireError
 from edgepart.inputs import check_feeds
 from edgepart.plan import CALLER, Plan
-from edgepart.wire import Header, arrays, roundtrip, tensor_frames
+from edgepart.wire import MAX_TTL_MS, Header, arrays, roundtrip, tensor_frames
 
 from . import inproc
 from .agent import POLL_MS, parse_peer, route_codecs
 from .discovery import Announcement, Discovery
-from .link import Links, Waker, send, stop_io_thread
+from .link import Links, Waker, stop_io_thread
 
 log = logging.getLogger("edgepart")
+
+
+WINDOW = 128  # requests in flight per session; more wait here (agents hold at most 256 each)
 
 
 @dataclass
@@ -44,6 +48,7 @@ class Pending:
     roles: set[str]
     deadline: float
     timeout_s: float
+    feeds: dict[str, np.ndarray] | None = None  # until sent
     outputs: dict[str, np.ndarray] = field(default_factory=dict)
 
 
@@ -61,6 +66,8 @@ class ClusterClient:
             self.inputs_by_dst.setdefault(r.dst, []).append(r.tensor)
         self.codecs = route_codecs(plan, CALLER)
         self.pending: dict[int, Pending] = {}
+        self.in_flight = 0
+        self.backlog: deque[int] = deque()  # submitted, waiting for a place in the window
         self._lock = threading.Lock()  # pending is touched by callers, the I/O thread, local agents
         self._ids = itertools.count(1)
         self.identity = f"{CALLER}:{secrets.token_hex(6)}".encode()
@@ -106,29 +113,49 @@ class ClusterClient:
 
     # -- requests (any thread) ---------------------------------------------------------------------
     def submit(self, feeds: Mapping[str, np.ndarray], timeout_s: float = 10.0) -> concurrent.futures.Future:
-        """Send one request; the future gives {output: array} or raises PeerError / DeadlineExceeded."""
+        """Send one request; the future gives {output: array} or raises PeerError / DeadlineExceeded.
+
+        At most WINDOW requests are in flight; more wait in order (their deadline runs meanwhile),
+        so a caller can submit a whole stream at once without overrunning the agents."""
         feeds = {k: np.asarray(v) for k, v in feeds.items()}
         check_feeds(self.plan.inputs, feeds)
+        if not 0 < timeout_s <= MAX_TTL_MS / 1e3:
+            raise InputsError(f"timeout_s must be more than 0 and at most {MAX_TTL_MS / 1e3:.0f} s, not {timeout_s!r}.")
         if self._stop.is_set():
             raise PeerError("the session is closed")
         fut: concurrent.futures.Future = concurrent.futures.Future()
         fut.set_running_or_notify_cancel()
-        deadline = time.monotonic() + timeout_s
         with self._lock:
             rid = next(self._ids)
-            self.pending[rid] = Pending(fut, set(self.roles), deadline, timeout_s)
+            self.pending[rid] = Pending(fut, set(self.roles), time.monotonic() + timeout_s, timeout_s, feeds)
+            self.backlog.append(rid)
+        self._dispatch()
+        return fut
+
+    def _dispatch(self) -> None:
+        """Send waiting requests while the window has room (any thread)."""
         remote = False
-        for dst, names in self.inputs_by_dst.items():
-            arrs = {n: feeds[n] for n in names}
-            local = inproc.agent(self.plan.plan_id, dst)
-            if local is not None:
-                local.deliver_local(CALLER, (self.identity, rid), roundtrip(arrs, self.codecs.get(dst)), timeout_s * 1e3)
-            else:
-                self.outbox.put((rid, dst, arrs, deadline))
-                remote = True
+        while True:
+            with self._lock:
+                if self.in_flight >= WINDOW or not self.backlog:
+                    break
+                rid = self.backlog.popleft()
+                p = self.pending.get(rid)
+                if p is None or p.feeds is None:
+                    continue  # expired or failed while it waited
+                feeds, p.feeds = p.feeds, None
+                self.in_flight += 1
+            ttl_ms = max(p.deadline - time.monotonic(), 0.001) * 1e3
+            for dst, names in self.inputs_by_dst.items():
+                arrs = {n: feeds[n] for n in names}
+                local = inproc.agent(self.plan.plan_id, dst)
+                if local is not None:
+                    local.deliver_local(CALLER, (self.identity, rid), roundtrip(arrs, self.codecs.get(dst)), ttl_ms)
+                else:
+                    self.outbox.put((rid, dst, arrs, p.deadline))
+                    remote = True
         if remote:
             self.waker.wake()
-        return fut
 
     async def infer(self, feeds: Mapping[str, np.ndarray], timeout_s: float = 10.0) -> dict[str, np.ndarray]:
         """All model outputs for one request, awaited from any event loop."""
@@ -144,15 +171,22 @@ class ClusterClient:
             if len(p.outputs) < len(self.outputs):
                 return
             del self.pending[rid]
+            self.in_flight -= 1
         p.future.set_result(p.outputs)
+        if self.backlog:
+            self._dispatch()
 
     def on_error(self, rid: int, why: str, cause: type[PeerError] = PeerError) -> None:
         """Request `rid` failed (thread-safe)."""
         with self._lock:
             p = self.pending.pop(rid, None)
+            if p is not None and p.feeds is None:
+                self.in_flight -= 1
         if p is not None:
             msg = why if cause is DeadlineExceeded else f"the cluster failed request {rid}: {why}"
             p.future.set_exception(cause(msg))
+            if self.backlog:
+                self._dispatch()
 
     # -- the I/O thread ---------------------------------------------------------------------------
     def _io(self) -> None:
@@ -160,13 +194,14 @@ class ClusterClient:
         poller.register(self.waker.r, zmq.POLLIN)
         try:
             while not self._stop.is_set():
-                for sock, _ in poller.poll(POLL_MS):
+                for sock, _ in poller.poll(1 if self.links.outbox else POLL_MS):
                     if sock == self.waker.r:
                         self.waker.drain()
                         self.links.run_commands()
                         self._send_outbox()
                     else:
                         self.links.handle(sock)
+                self.links.outbox.flush()
                 self._expire()
                 self.links.sweep()
         except Exception:  # a bug here must not die silently
@@ -189,8 +224,8 @@ class ClusterClient:
                                    f"there, the session reconnects by itself")
                 continue
             h = Header("tensor", self.plan.plan_id, CALLER, request_id=rid, client=self.identity, ttl_ms=max(left, 0.001) * 1e3)
-            if not send(p.sock, tensor_frames(h, arrs, self.codecs.get(dst)), left):
-                self.on_error(rid, f"{dst} did not take the inputs before the deadline", cause=DeadlineExceeded)
+            self.links.outbox.send(p.sock, tensor_frames(h, arrs, self.codecs.get(dst)), deadline, lambda why, rid=rid, dst=dst:
+                                   self.on_error(rid, f"{dst} did not take the inputs: {why}", cause=DeadlineExceeded))
 
     def _expire(self) -> None:
         now = time.monotonic()

@@ -101,7 +101,7 @@ class Executor:
             outs = self.sessions[step.name].run([o.name for o in step.outputs], {i.name: req.tensors[i.name] for i in step.inputs})
         except Exception as e:  # onnxruntime raises untyped errors (bad shapes, bad values)
             msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-            self._fail(key, f"{self.device}/{step.name} failed: {msg}")
+            self.fail_request(key, f"{self.device}/{step.name} failed: {msg}")
             return
         by_dst: dict[str, dict[str, np.ndarray]] = {}
         for o, arr in zip(step.outputs, outs):
@@ -113,11 +113,12 @@ class Executor:
             try:
                 self.send(dst, key, arrs, req.deadline)
             except Exception as e:  # PeerError: the peer is gone or did not take it in time
-                self._fail(key, f"{self.device} could not send {step.name}'s outputs to {dst}: {e}")
+                self.fail_request(key, f"{self.device} could not send {step.name}'s outputs to {dst}: {e}")
                 return
         req.done += 1
 
-    def _fail(self, key: Key, why: str) -> None:
+    def fail_request(self, key: Key, why: str) -> None:
+        """Drop request `key` (if held) and tell its caller why."""
         if self.requests.pop(key, None) is None:
             return
         self.failed += 1
@@ -133,5 +134,5 @@ class Executor:
         self._next_expiry = now + 0.05
         for key, req in list(self.requests.items()):
             if now > req.deadline:
-                self._fail(key, f"deadline passed while {self.device} still waited for "
+                self.fail_request(key, f"deadline passed while {self.device} still waited for "
                                 f"{sorted(self.local_inputs - set(req.tensors)) or 'its steps'}")

@@ -23,6 +23,7 @@ import os
 import queue
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -91,24 +92,54 @@ def tune(sock: zmq.Socket) -> None:
     sock.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TIMEOUT_MS)
 
 
-def send(sock: zmq.Socket, frames: list, timeout_s: float) -> bool:
-    """Send now, or wait for room (backpressure) at most `timeout_s`; False when it did not go."""
-    copy = not zero_copy_pays(frames)
-    try:
-        sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=copy)
-        return True
-    except zmq.Again:
-        pass
-    if timeout_s <= 0:
-        return False
-    sock.setsockopt(zmq.SNDTIMEO, max(int(timeout_s * 1e3), 1))
-    try:
-        sock.send_multipart(frames, copy=copy)
-        return True
-    except zmq.Again:
-        return False
-    finally:
-        sock.setsockopt(zmq.SNDTIMEO, -1)
+class Outbox:
+    """Messages a socket could not take yet (its peer's queue is full), kept in order per socket and
+    retried on every turn of the owning thread's loop; each fails at its deadline. The thread never
+    blocks in a send, so it keeps reading while it waits — two devices sending to each other cannot
+    deadlock, and heartbeats keep being answered."""
+
+    def __init__(self) -> None:
+        self.queues: dict[zmq.Socket, deque] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.queues)
+
+    def send(self, sock: zmq.Socket, frames: list, deadline: float, on_fail: Callable[[str], None]) -> None:
+        q = self.queues.get(sock)
+        if q is None:
+            try:
+                sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=not zero_copy_pays(frames))
+                return
+            except zmq.Again:
+                q = self.queues[sock] = deque()
+            except zmq.ZMQError as e:  # EHOSTUNREACH (a ROUTER's peer is gone), a closed socket
+                on_fail(f"the link is gone ({e})")
+                return
+        q.append((frames, deadline, on_fail))
+
+    def flush(self) -> None:
+        now = time.monotonic()
+        for sock, q in list(self.queues.items()):
+            while q:
+                frames, deadline, on_fail = q[0]
+                if now > deadline:
+                    q.popleft()
+                    on_fail("its queue stayed full until the deadline")
+                    continue
+                try:
+                    sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=not zero_copy_pays(frames))
+                except zmq.Again:
+                    break
+                except zmq.ZMQError as e:
+                    on_fail(f"the link is gone ({e})")
+                q.popleft()
+            if not q:
+                del self.queues[sock]
+
+    def drop(self, sock: zmq.Socket, why: str) -> None:
+        """Fail everything queued for a socket that is being closed."""
+        for _, _, on_fail in self.queues.pop(sock, ()):
+            on_fail(why)
 
 
 @dataclass
@@ -138,6 +169,7 @@ class Links:
         self.by_socket: dict[zmq.Socket, Peer] = {}
         self.by_monitor: dict[zmq.Socket, Peer] = {}
         self.poller = zmq.Poller()
+        self.outbox = Outbox()
         self.commands: queue.SimpleQueue = queue.SimpleQueue()
         self.changed = threading.Condition()  # notified when a role goes up or down
         self._roles_up: frozenset[str] = frozenset()
@@ -207,6 +239,7 @@ class Links:
                 self.poller.unregister(s)
             except KeyError:
                 pass
+        self.outbox.drop(p.sock, f"the link to {p.role or endpoint} was closed")
         try:
             p.sock.disable_monitor()
         except zmq.ZMQError:
@@ -261,15 +294,14 @@ class Links:
                 return
             try:
                 h, payload = decode(frames)
+                if h.kind == "hello":
+                    self._hello(p, h)
+                elif h.kind != "pong" and h.plan_id == self.plan_id and p.up:
+                    self.on_message(p, h, payload)
             except WireError as e:
                 self._warn_once(p.endpoint, f"dropped a malformed message from {p.endpoint}: {e}")
-                continue
-            if h.kind == "hello":
-                self._hello(p, h)
-            elif h.kind == "pong":
-                pass
-            elif h.plan_id == self.plan_id and p.up:
-                self.on_message(p, h, payload)
+            except Exception:  # a bug must cost one message, never the link's thread
+                log.exception("dropped a message from %s that could not be handled", p.endpoint)
 
     def _hello(self, p: Peer, h: Header) -> None:
         if h.plan_id != self.plan_id:

@@ -41,6 +41,7 @@ MAX_PAYLOAD_BYTES = tcodecs.MAX_DECODED_BYTES
 MAX_NDIM = 16
 MAX_NAME = 512
 MAX_FRAMES = 65  # header + up to 64 tensors
+MAX_TTL_MS = 600_000.0  # no request may hold an agent's memory for more than 10 minutes
 
 
 @dataclass(frozen=True)
@@ -121,10 +122,10 @@ def decode(frames: Sequence[Any]) -> tuple[Header, list[memoryview]]:
     if not isinstance(d, dict):
         raise WireError("header is not a map")
     version = d.get("v")
-    if version != PROTOCOL_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool) or version != PROTOCOL_VERSION:
         raise WireError(f"protocol version {version!r}, expected {PROTOCOL_VERSION}")
     kind = d.get("k")
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         raise WireError(f"unknown kind {kind!r}")
     h = Header(
         kind=kind,
@@ -150,7 +151,7 @@ def _tensor_header(t: Any) -> TensorHeader:
     name, dtype, shape, codec, params = t
     if not isinstance(name, str) or not name or len(name) > MAX_NAME:
         raise WireError("tensor name must be a non-empty string")
-    if dtype not in DTYPES:
+    if not isinstance(dtype, str) or dtype not in DTYPES:
         raise WireError(f"dtype {dtype!r} is not allowed")
     if not isinstance(shape, list) or len(shape) > MAX_NDIM or not all(
         isinstance(x, int) and not isinstance(x, bool) and 0 <= x < (1 << 40) for x in shape
@@ -191,8 +192,8 @@ def _int(d: dict, k: str) -> int:
 
 def _float(d: dict, k: str) -> float:
     v = d.get(k, 0.0)
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 <= v < 1e9):
-        raise WireError(f"field {k!r} must be a non-negative number")
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 <= v <= MAX_TTL_MS):
+        raise WireError(f"field {k!r} must be a number from 0 to {MAX_TTL_MS:.0f}")
     return float(v)
 
 

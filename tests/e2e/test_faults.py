@@ -346,13 +346,8 @@ class TestMalformedAndBadInputs:
         assert np.max(np.abs(y - reference(model_file(res.out_dir), good)["y"])) <= 1e-5
 
 
-# -- messages that kill an agent today -------------------------------------------------------------------
+# -- messages that once stopped an agent ---------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "wire.decode() tests `kind not in KINDS` and `dtype not in DTYPES` (frozensets) before checking "
-    "the type: a list or map there raises TypeError, not WireError; the data plane's `except "
-    "WireError` does not catch it, the thread logs 'data plane crashed' and exits, and the agent "
-    "process stays up, announced over mDNS, serving nothing"))
 @pytest.mark.parametrize("field", ["kind is a list", "kind is a map", "dtype is a list", "dtype is a map"])
 def test_unhashable_header_field_is_dropped(field, packaged, agents, sessions):
     res = packaged(graphs.residual(), 2)
@@ -383,12 +378,6 @@ def test_unhashable_header_field_is_dropped(field, packaged, agents, sessions):
         ctx.term()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a stranger wedges an agent with 256 small, well-formed messages: each carries one of the two "
-    "tensors the last stage needs, with ttl=1e8 ms (wire.py accepts any ttl below 1e9 ms, 11.6 "
-    "days); the executor holds every one (MAX_IN_FLIGHT = 256) and AgentCore._read_router() stops "
-    "reading the ROUTER while it is full, so real requests, pings and hellos go unread until the "
-    "forged deadlines pass — 27 hours. The plan id it needs is announced over mDNS"))
 def test_partial_requests_cannot_wedge_an_agent(packaged, agents, sessions):
     res = packaged(graphs.residual(), 3)
     step = next(s for s in res.plan.steps if len(s.inputs) >= 2)  # the skip connection meets here

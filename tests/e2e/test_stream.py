@@ -56,14 +56,6 @@ def stream(dist, procs, window: int | None) -> float:
     return res["took_s"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "head-of-line deadlock in the agent: the caller's x for dev2 outruns the pipeline, dev2 holds "
-    "256 requests (executor.MAX_IN_FLIGHT) each waiting for its tensor from dev1, "
-    "AgentCore._read_router() then stops reading the ROUTER (`if self.executor.full: return`) — "
-    "including the very messages from dev1 that would complete those requests. Nothing moves; "
-    "libzmq stops reading TCP, ZMTP heartbeats go unanswered and after 2 s everyone drops dev2: "
-    "~600-960 of the 1,000 fail with PeerError ('dev2 stopped answering') and the session stays "
-    "broken. Fails with more than 256 in flight, passes with 250 (test_..._with_a_window_of_100 passes)"))
 def test_1000_requests_submitted_at_once(encoder_cluster):
     """The issue's own usage: `futures = [sess.submit(...) for x in frames]`, all 1,000 in flight."""
     took_s = stream(*encoder_cluster, window=None)
