@@ -6,6 +6,7 @@
     pipeline.py  the layer-wise pipeline planner (pure, optimal DP)
     emit.py      cut stages out as standalone ONNX models
     channel*.py  the channel-parallel split: every layer's output channels across devices (docs/channel.md)
+    sparse/      make cross-device traffic sparse: RePurpose (no retraining), DISCO (training) (docs/sparse.md)
     package.py   model + cluster -> dist/<device>/ bundles
     verify.py    prove the split is exact
     figure.py    a picture of a plan

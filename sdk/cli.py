@@ -158,6 +158,8 @@ def package_cmd(
     wire_codec: str = typer.Option("dense", "--wire-codec", help="How float activations travel between devices: `dense`; `bitmap` (lossless: post-ReLU zeros as bits, dense where that is not smaller); `fp16` or `int8` (lossy: 2x / 4x fewer bytes; check with `verify`)."),
     strategy: str = typer.Option("pipeline", "--strategy", help="How to split: `pipeline` (each device runs a run of layers) or `channel` (each device computes a share of every layer's output channels, receiving only the input channels its weights use; see docs/channel.md)."),
     partition: Optional[Path] = typer.Option(None, "--partition", help="With --strategy channel: an .npz mapping Conv/Gemm/MatMul output names to int arrays of device indices (cluster order, one per output channel). Layers it leaves out get equal contiguous blocks."),
+    calibration: Optional[Path] = typer.Option(None, "--calibration", help="With --strategy channel: an .npz of calibration inputs (each model input, a batch [N, ...]); with --comm-budget, RePurpose restructures the model on them (assign neurons to devices, prune cross-device weights, refit by least squares; docs/sparse.md)."),
+    comm_budget: Optional[float] = typer.Option(None, "--comm-budget", min=0.0, max=1.0, help="With --calibration: the bytes allowed between devices, as a fraction of what the dense channel split sends (0.2 = 5x fewer)."),
 ) -> None:
     """Plan the split and write one bundle per device: manifest.json and its sub-models."""
 
@@ -168,10 +170,12 @@ def package_cmd(
         shapes, _ = _shapes(input_shape, inputs)
         if strategy not in ("pipeline", "channel"):
             raise PlanningError(f"Unknown strategy {strategy!r}; choose `pipeline` or `channel`.")
+        if (calibration is None) != (comm_budget is None):
+            raise PlanningError("--calibration and --comm-budget go together: give both to restructure the model, or neither.")
         if strategy == "channel":
-            return _package_channel(model, cluster, out, shapes, partition, wire_codec, as_json)
-        if partition is not None:
-            raise PlanningError("--partition applies to --strategy channel only.")
+            return _package_channel(model, cluster, out, shapes, partition, wire_codec, as_json, calibration, comm_budget)
+        if partition is not None or calibration is not None:
+            raise PlanningError("--partition, --calibration and --comm-budget apply to --strategy channel only.")
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=err_console, transient=True,
                       disable=as_json) as prog:
             task = prog.add_task("analysing and planning", total=None)
@@ -193,7 +197,8 @@ def package_cmd(
 
 
 def _package_channel(model: Path, cluster: Path, out: Path, shapes: dict, partition: Optional[Path],
-                     wire_codec: str, as_json: bool) -> None:
+                     wire_codec: str, as_json: bool, calibration: Optional[Path] = None,
+                     comm_budget: Optional[float] = None) -> None:
     from rich.progress import Progress, SpinnerColumn, TextColumn
 
     from edgepart.packager.channel import package_channel
@@ -208,12 +213,23 @@ def _package_channel(model: Path, cluster: Path, out: Path, shapes: dict, partit
         task = prog.add_task("analysing and compiling the channel split", total=None)
         cl = load_cluster(cluster)
         m = load_model(model)
+        sparse = None
+        if calibration is not None:
+            if part is not None:
+                raise PlanningError("--partition and --calibration exclude each other: RePurpose chooses the partition.")
+            from edgepart.packager.sparse import repurpose
+
+            prog.update(task, description="restructuring the model (RePurpose)")
+            sparse = repurpose(m, load_npz(calibration), len(cl.devices), comm_budget,
+                               input_shapes=shapes or None)
+            m, part = sparse.model, sparse.partition
         res = package_channel(m, analyse(m, shapes), cl, out, part, model_name=model.stem, wire_codec=wire_codec,
                               progress=lambda s: prog.update(task, description=s))
     rep = res.report
     if as_json:
         print(json.dumps({"strategy": "channel", "plan_id": res.plan.plan_id, "estimates": dict(res.plan.estimates),
-                          "bundles": {k: str(v) for k, v in res.bundle_dirs.items()}, "report": rep.to_dict()}, indent=1))
+                          "bundles": {k: str(v) for k, v in res.bundle_dirs.items()}, "report": rep.to_dict(),
+                          "sparse": sparse.report.to_dict() if sparse else None}, indent=1))
         return
     console.print(f"packaged {model.name} as a channel split for {len(cl.devices)} devices: "
                   f"{rep.cross_device_bytes:,} bytes between devices per inference (split layers: dense "
@@ -222,6 +238,9 @@ def _package_channel(model: Path, cluster: Path, out: Path, shapes: dict, partit
     for name, op, d in rep.decisions:
         if d.kind in ("whole", "reduce"):
             console.print(f"  {escape(name)} ({op}): {d.kind} on {cl.devices[d.device].name} — {escape(d.note)}")
+    if sparse is not None:
+        console.print(f"  RePurpose: split layers {sparse.report.dense_bytes:,} -> {sparse.report.used_bytes:,} bytes "
+                      f"({sparse.report.ratio:.2f}x fewer); per layer:\n{escape(sparse.report.table())}")
     for note in rep.notes:
         console.print(f"  note: {escape(note)}")
     console.print(f"plan id [bold]{res.plan.plan_id}[/]; bundles:")

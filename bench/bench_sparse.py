@@ -1,0 +1,240 @@
+"""Sparse channel splits (issue 4): bytes crossing devices vs accuracy, per method.
+
+    .venv/bin/python bench/bench_sparse.py                    # digits CNN, 2 and 4 devices (~1 min)
+    .venv/bin/python bench/bench_sparse.py --efficientnet     # + EfficientNet-Lite0, 2 devices (~15 min)
+
+Digits CNN (trained here, seeded): the ablation at one budget — magnitude pruning; the assignment
+added ("assign only", still |W| pruning, no refit); activation-aware pruning ("assign+prune");
+pruning with the refit but no assignment ("prune+adjust"); full RePurpose; DISCO (the trained CNN
+trained on with the group-lasso penalty, 40 epochs) and DISCO from scratch (70 epochs) — and full
+RePurpose over a range of budgets. Bytes are per
+image: "split" counts the inputs of the split layers (the budget's measure, `channel_bytes`),
+"routes" every route between devices in the compiled plan (classifier partial sums included).
+
+EfficientNet-Lite0 (ImageNet weights), 2 devices, RePurpose only: top-1 agreement with the unsplit
+model vs bytes crossing, on 500 random crops, scales and flips of scikit-learn's two sample photos
+(calibrated on 256 other crops). Bytes use the compiler as it is: a device receives the input
+channels its rows read (see docs/sparse.md on partial sums).
+
+Results go to bench/results/sparse.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "models"))
+
+from common import RESULTS, save  # noqa: E402
+
+BUDGET = 0.15
+
+
+def cluster(n: int):
+    from edgepart.packager.cluster import cluster_from_dict
+
+    return cluster_from_dict({"devices": [{"name": f"dev{i}", "gflops": 5} for i in range(n)],
+                              "links": {"default": {"bandwidth_mbps": 50, "latency_ms": 1}}})
+
+
+def run(model, feeds: dict) -> np.ndarray:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    x = feeds[name]
+    return np.concatenate([sess.run(None, {name: x[i:i + 64]})[0] for i in range(0, len(x), 64)])
+
+
+def routes_bytes(model, shapes, partition, n) -> int:
+    from edgepart.packager.channel import compile_channel
+    from edgepart.packager.graph import analyse
+
+    return compile_channel(model, analyse(model, shapes), cluster(n), partition).report.cross_device_bytes
+
+
+def digits_net():
+    """The digits CNN of tests/models/digits_cnn.py as a torch module (DISCO trains it)."""
+    import torch
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1 = nn.Conv2d(1, 16, 3, padding=1)
+            self.c2 = nn.Conv2d(16, 32, 3, padding=1)
+            self.c3 = nn.Conv2d(32, 32, 3, padding=1)
+            self.fc = nn.Linear(32, 10)
+
+        def forward(self, x):
+            x = torch.relu(self.c2(torch.relu(self.c1(x))))
+            x = torch.relu(self.c3(nn.functional.max_pool2d(x, 2)))
+            x = nn.functional.adaptive_avg_pool2d(x, 1)
+            return self.fc(x.view(x.size(0), -1))
+
+    return Net()
+
+
+def trained_net(model):
+    """digits_net() holding the trained weights of the ONNX digits CNN (same parameter names)."""
+    import torch
+    from onnx import numpy_helper
+
+    net = digits_net()
+    net.load_state_dict({i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in model.graph.initializer
+                         if i.name in net.state_dict()})
+    return net
+
+
+def bench_digits() -> dict:
+    import torch
+    from digits_cnn import digits_cnn
+
+    from edgepart.packager.channel import channel_bytes
+    from edgepart.packager.graph import analyse
+    from edgepart.packager.sparse import repurpose
+    from edgepart.packager.sparse.disco import disco_train
+
+    torch.set_num_threads(2)
+    model, data = digits_cnn()
+    shapes = {"x": (1, 1, 8, 8)}
+    calib = {"x": data.x_train}
+    test = {"x": data.x_test}
+    acc_whole = float((run(model, test).argmax(1) == data.y_test).mean())
+    methods = {
+        "magnitude prune": dict(steps=("prune",), selection="magnitude"),
+        "assign only": dict(steps=("assign", "prune"), selection="magnitude"),
+        "assign+prune": dict(steps=("assign", "prune")),
+        "prune+adjust": dict(steps=("prune", "adjust")),
+        "full RePurpose": dict(),
+    }
+    rows = []
+    print(f"\ndigits CNN, unsplit test accuracy {acc_whole:.4f}; budget {BUDGET} of the dense split's bytes")
+    head = f"{'devices':>7}  {'method':<16} {'split B':>8} {'vs dense':>8} {'routes B':>8} {'vs dense':>8} " \
+           f"{'accuracy':>8} {'Δ pts':>6} {'time s':>6}"
+    print(head)
+    dense = {n: channel_bytes(analyse(model, shapes), None, model, n) for n in (2, 4)}
+    dense_routes = {n: routes_bytes(model, shapes, None, n) for n in (2, 4)}
+
+    def row(n, name, m, part, used, seconds, budget=BUDGET):
+        acc = float((run(m, test).argmax(1) == data.y_test).mean())
+        r = routes_bytes(m, shapes, part, n)
+        rec = {"devices": n, "method": name, "budget": budget, "split_bytes": used,
+               "split_dense_bytes": dense[n].dense_bytes, "split_ratio": dense[n].dense_bytes / max(used, 1),
+               "routes_bytes": r, "routes_dense_bytes": dense_routes[n], "routes_ratio": dense_routes[n] / max(r, 1),
+               "accuracy": acc, "accuracy_unsplit": acc_whole, "seconds": round(seconds, 2)}
+        rows.append(rec)
+        print(f"{n:>7}  {name:<16} {used:>8} {rec['split_ratio']:>7.2f}x {r:>8} {rec['routes_ratio']:>7.2f}x "
+              f"{acc:>8.4f} {100 * (acc - acc_whole):>+6.2f} {seconds:>6.1f}")
+
+    for n in (2, 4):
+        row(n, "dense split", model, None, dense[n].used_bytes, 0.0, 1.0)
+        for name, kw in methods.items():
+            t = time.perf_counter()
+            r = repurpose(model, calib, n, BUDGET, **kw)
+            row(n, name, r.model, r.partition, r.report.used_bytes, time.perf_counter() - t)
+        t = time.perf_counter()
+        d = disco_train(trained_net(model), n, (data.x_train, data.y_train), example_input=torch.zeros(1, 1, 8, 8),
+                        output_names=("logits",), budget=BUDGET, lam=3.0, epochs=20, finetune_epochs=20,
+                        lr=3e-3, finetune_lr=3e-3, seed=0)
+        row(n, "DISCO", d.model, d.partition, d.report.bytes.used_bytes, time.perf_counter() - t)
+        t = time.perf_counter()
+        torch.manual_seed(0)
+        d = disco_train(digits_net(), n, (data.x_train, data.y_train), example_input=torch.zeros(1, 1, 8, 8),
+                        output_names=("logits",), budget=BUDGET, lam=1.0, epochs=40, finetune_epochs=30,
+                        lr=1e-2, finetune_lr=1e-2, seed=0)
+        row(n, "DISCO scratch", d.model, d.partition, d.report.bytes.used_bytes, time.perf_counter() - t)
+    print("\nfull RePurpose over budgets")
+    print(head)
+    for n in (2, 4):
+        for budget in (0.02, 0.05, 0.1, 0.2, 0.3):
+            t = time.perf_counter()
+            r = repurpose(model, calib, n, budget)
+            row(n, f"budget {budget}", r.model, r.partition, r.report.used_bytes, time.perf_counter() - t, budget)
+    return {"digits": rows}
+
+
+def photo_crops(n: int, seed: int, size: int = 224) -> np.ndarray:
+    """[n, 3, size, size]: random scales, crops and flips of scikit-learn's two photos, ImageNet-normalised."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    from edgepart.packager.zoo import IMAGENET_MEAN, IMAGENET_STD
+
+    photos = [Image.fromarray(p) for p in load_sample_images().images]
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, 3, size, size), np.float32)
+    for i in range(n):
+        img = photos[rng.integers(len(photos))]
+        short = int(size * rng.uniform(1.0, 3.5))
+        w, h = img.size
+        r = img.resize((max(size, round(w * short / min(w, h))), max(size, round(h * short / min(w, h)))),
+                       Image.BILINEAR)
+        y, x = rng.integers(0, r.size[1] - size + 1), rng.integers(0, r.size[0] - size + 1)
+        crop = np.asarray(r)[y:y + size, x:x + size].astype(np.float32) / 255.0
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        out[i] = ((crop - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)
+    return out
+
+
+def bench_efficientnet(budgets=(0.5, 0.33, 0.25, 0.15), n_eval: int = 500, n_calib: int = 256) -> dict:
+    from edgepart.packager import zoo
+    from edgepart.packager.channel import channel_bytes
+    from edgepart.packager.graph import analyse, load_model
+    from edgepart.packager.sparse import repurpose
+
+    model = load_model(zoo.efficientnet_lite0())
+    shapes = {"input": (1, 3, 224, 224)}
+    calib = {"input": photo_crops(n_calib, seed=1)}
+    evals = {"input": photo_crops(n_eval, seed=2)}
+    want = run(model, evals).argmax(1)
+    dense = channel_bytes(analyse(model, shapes), None, model, 2)
+    dense_routes = routes_bytes(model, shapes, None, 2)
+    print(f"\nEfficientNet-Lite0, 2 devices: dense split {dense.dense_bytes} B in split layers, {dense_routes} B "
+          f"on all routes per image; {n_eval} evaluation crops ({len(set(want.tolist()))} distinct top-1 classes)")
+    print(f"{'budget':>6} {'split B':>9} {'vs dense':>8} {'routes B':>9} {'vs dense':>8} {'top-1 agree':>11} "
+          f"{'time s':>7}")
+    rows = []
+    for budget in budgets:
+        t = time.perf_counter()
+        r = repurpose(model, calib, 2, budget, max_positions=8192, batch_size=16, ridge=1e-3)
+        seconds = time.perf_counter() - t
+        agree = float((run(r.model, evals).argmax(1) == want).mean())
+        routes = routes_bytes(r.model, shapes, r.partition, 2)
+        rec = {"budget": budget, "split_bytes": r.report.used_bytes, "split_dense_bytes": dense.dense_bytes,
+               "split_ratio": r.report.ratio, "routes_bytes": routes, "routes_dense_bytes": dense_routes,
+               "routes_ratio": dense_routes / max(routes, 1), "top1_agreement": agree, "seconds": round(seconds, 1)}
+        rows.append(rec)
+        print(f"{budget:>6} {r.report.used_bytes:>9} {r.report.ratio:>7.2f}x {routes:>9} {rec['routes_ratio']:>7.2f}x "
+              f"{agree:>11.4f} {seconds:>7.1f}", flush=True)
+    return {"efficientnet_lite0": rows}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--efficientnet", action="store_true", help="also EfficientNet-Lite0 at 2 devices (slow)")
+    ap.add_argument("--skip-digits", action="store_true")
+    args = ap.parse_args()
+    results: dict = {}
+    if not args.skip_digits:
+        results.update(bench_digits())
+    if args.efficientnet:
+        results.update(bench_efficientnet())
+    old = RESULTS / "sparse.json"
+    if old.is_file():  # keep the other part's figures when only one part ran
+        results = {**json.loads(old.read_text()), **results}
+    print(f"\nwrote {save('sparse', results)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,15 @@
+"""Sparse channel splits: make a trained model need few bytes between devices (DESIGN.md ideas 2-3).
+
+    repurpose.py  RePurpose, no retraining: assign neurons to devices, prune cross-device weights to a
+                  communication budget, refit the survivors by least squares on calibration inputs
+    disco.py      DISCO, with training (torch, the `models` extra): a group-lasso penalty on the
+                  cross-device blocks, prune to the budget, fine-tune with the mask fixed, export ONNX
+
+Both hand back an ONNX model whose zeroed (device, input channel) blocks the channel compiler turns
+into smaller routes, and the partition to compile it with (docs/sparse.md).
+"""
+
+from .disco import Disco, DiscoReport, disco_train  # torch is imported inside disco_train only
+from .repurpose import LayerReport, Repurposed, SparseReport, repurpose
+
+__all__ = ["Disco", "DiscoReport", "LayerReport", "Repurposed", "SparseReport", "disco_train", "repurpose"]

@@ -1,0 +1,301 @@
+"""DISCO (DESIGN.md idea 2, arXiv 2302.11180): train a PyTorch model so that its channel split needs
+few bytes between devices.
+
+    disco_train(module, n_devices or partition, (x, y), example_input=...) -> Disco(module, partition, model, report)
+
+    1. penalty   train with loss + lam x sum over the cross-device blocks W[rows of device k, input
+                 channel c] of ||block||_2, each weighted by the bytes channel c costs to send
+                 (group lasso: whole blocks go to zero together)
+    2. prune     keep the blocks with the most weight energy per byte until `budget` x the dense
+                 channel split's bytes is reached, zero the rest
+    3. fine-tune with that mask fixed (masked weights are zeroed after every step, so they stay
+                 exactly zero), then export ONNX
+
+Which torch weight is which split layer, and which device owns each of its input channels, comes
+from the channel compiler itself: the module is exported to ONNX, and the compiler's layout of that
+export (residual streams, flattens and all) gives the blocks. `partition` is keyed by that export's
+tensor names, so `package_channel(result.model, ..., partition=result.partition)` compiles it.
+torch is the `models` extra and is imported only here.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from typing import Any, Mapping, NamedTuple, Sequence
+
+import numpy as np
+import onnx
+
+from edgepart.errors import MissingExtraError, ModelError, PlanningError
+
+from ..channel import channel_bytes
+from ..channel_layout import BytesReport
+from ..channel_ops import ModelInfo, attr
+from ..graph import analyse
+from .repurpose import Layer, _dense, _owners, find_layers, repurpose, select_blocks
+
+PENALTIES = ("group_lasso",)
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError as e:
+        raise MissingExtraError.for_extra("models", "DISCO training", e.name or "torch") from None
+    return torch
+
+
+@dataclass(frozen=True)
+class DiscoReport:
+    n_devices: int
+    budget: float
+    bytes: BytesReport  # channel_bytes of the exported model: dense vs used, per split layer
+    history: tuple["Epoch", ...]
+    kept_blocks: tuple[tuple[str, int, int], ...]  # per split layer: (node, cross blocks kept, cross blocks)
+
+    @property
+    def ratio(self) -> float:
+        return self.bytes.ratio
+
+    def to_dict(self) -> dict:
+        return {"n_devices": self.n_devices, "budget": self.budget, "dense_bytes": self.bytes.dense_bytes,
+                "used_bytes": self.bytes.used_bytes, "ratio": self.ratio,
+                "history": [h._asdict() for h in self.history], "kept_blocks": [list(k) for k in self.kept_blocks]}
+
+
+class Epoch(NamedTuple):
+    phase: str  # penalty | finetune
+    epoch: int
+    loss: float  # mean training loss
+    penalty: float  # mean group-lasso term (unweighted)
+    lam: float
+    used_fraction: float  # bytes of the non-zero cross blocks / the dense split's, at the epoch's end
+
+
+class Disco(NamedTuple):
+    module: Any  # the trained torch module, cross-device blocks outside the budget exactly zero
+    partition: dict[str, np.ndarray]  # keyed by the exported model's tensor names
+    model: onnx.ModelProto  # the module exported to ONNX
+    report: DiscoReport
+
+
+def export_onnx(module, example_input, input_names: Sequence[str] = ("x",),
+                output_names: Sequence[str] = ("y",), opset: int = 17) -> onnx.ModelProto:
+    """The module exported to ONNX (TorchScript exporter), batch axis dynamic on every input and output."""
+    torch = _torch()
+    args = example_input if isinstance(example_input, tuple) else (example_input,)
+    axes = {n: {0: "batch"} for n in (*input_names, *output_names)}
+    buf = io.BytesIO()
+    was = module.training
+    module.eval()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings about shapes read as numbers
+            torch.onnx.export(module, args, buf, dynamo=False, opset_version=opset, input_names=list(input_names),
+                              output_names=list(output_names), dynamic_axes=axes)
+    finally:
+        module.train(was)
+    return onnx.load_from_string(buf.getvalue())
+
+
+@dataclass(eq=False)
+class _Blocks:
+    """One split layer's cross-device blocks, in the torch weight's [C_out, C_in] terms."""
+
+    layer: Layer
+    param: Any  # the torch weight
+    transposed: bool  # the torch weight is [C_in, C_out] (exported as MatMul)
+    onehot_out: Any  # torch [n, C_out]: device of each output channel
+    cross: Any  # torch bool [n, C_in]: device k has rows and input channel c lives elsewhere
+    scale: float  # bytes per input channel / mean over layers
+
+
+def _match(module, model: onnx.ModelProto, layers: Sequence[Layer]) -> dict[str, tuple[Any, bool]]:
+    """The torch parameter behind each layer's ONNX weight: by name, else by value."""
+    from onnx import numpy_helper
+
+    params = dict(module.named_parameters())
+    inits = {i.name: i for i in model.graph.initializer}
+    out = {}
+    for L in layers:
+        w = numpy_helper.to_array(inits[L.w])
+        in_out = L.op == "MatMul" or (L.op == "Gemm" and not attr(L.proto, "transB", 0))  # ONNX W is [C_in, C_out]
+        p = params.get(L.w)
+        if p is not None and tuple(p.shape) == w.shape:
+            out[L.node] = (p, in_out)
+            continue
+        for p in params.values():
+            a = p.detach().cpu().numpy()
+            if a.shape == w.shape and np.array_equal(a, w):
+                out[L.node] = (p, in_out)
+                break
+            if a.ndim == 2 and a.T.shape == w.shape and np.array_equal(a.T, w):
+                out[L.node] = (p, not in_out)
+                break
+        else:
+            raise ModelError(f"No torch parameter of the module matches the ONNX weight {L.w!r} of {L.node!r}; "
+                             f"DISCO needs the exported weights unchanged (no Conv+BatchNorm fusion): keep "
+                             f"BatchNorm separate or train the fused module.")
+    return out
+
+
+def _batches(train_data, batch_size: int, gen):
+    torch = _torch()
+    if isinstance(train_data, tuple) and len(train_data) == 2:
+        x, y = (torch.as_tensor(np.asarray(t)) if not isinstance(t, torch.Tensor) else t for t in train_data)
+        for idx in torch.randperm(len(x), generator=gen).split(batch_size):
+            yield x[idx], y[idx]
+    else:
+        yield from train_data
+
+
+def disco_train(module, partition: int | Mapping[str, np.ndarray], train_data, *, example_input,
+                penalty: str = "group_lasso", lam: float = 1.0, budget: float = 0.2, epochs: int = 30,
+                finetune_epochs: int = 20, lr: float = 1e-3, finetune_lr: float = 1e-3, batch_size: int = 64,
+                loss_fn=None, input_names: Sequence[str] = ("x",), output_names: Sequence[str] = ("y",),
+                assign_calib: Mapping[str, np.ndarray] | None = None, gradual: bool = True,
+                seed: int = 0) -> Disco:
+    """Train `module` (in place) for a channel split with at most `budget` x the dense split's bytes.
+
+    `partition`: the number of devices (contiguous blocks, or RePurpose's assignment on the
+    pretrained weights when `assign_calib` holds calibration inputs), or a partition keyed by the
+    export's Conv/Gemm/MatMul output names. `train_data`: (x, y) arrays, or any re-iterable of
+    (x, y) torch batches (a DataLoader)."""
+    torch = _torch()
+    if penalty not in PENALTIES:
+        raise PlanningError(f"Unknown DISCO penalty {penalty!r}; choose one of {list(PENALTIES)}.")
+    if not 0.0 <= budget <= 1.0:
+        raise PlanningError(f"budget is a fraction of the dense channel split's bytes, in 0..1; got {budget}.")
+    loss_fn = loss_fn or torch.nn.functional.cross_entropy
+    gen = torch.Generator().manual_seed(seed)
+
+    model = export_onnx(module, example_input, input_names, output_names)
+    args = example_input if isinstance(example_input, tuple) else (example_input,)
+    shapes = {n: (1,) + tuple(a.shape[1:]) for n, a in zip(input_names, args)}
+    graph = analyse(model, shapes)
+    info = ModelInfo(model, graph)
+    if isinstance(partition, int):
+        n = partition
+        part = repurpose(model, assign_calib, n, 1.0, steps=("assign",)).partition if assign_calib else None
+    else:
+        part = {k: np.asarray(v, dtype=np.int64) for k, v in partition.items()}
+        n = 1 + max(int(v.max()) for v in part.values())
+    layers = find_layers(model, graph, n, info)
+    _owners(model, graph, n, part, info, layers)
+    split = [L for L in layers if L.kind == "contract" and L.in_owner is not None and L.out_owner is not None]
+    params = _match(module, model, split)
+    mean_bpc = np.mean([L.bytes_per_channel for L in split]) if split else 1.0
+    blocks = []
+    for L in split:
+        p, transposed = params[L.node]
+        onehot = torch.as_tensor(np.eye(n)[L.out_owner].T, dtype=p.dtype)
+        has_rows = np.bincount(L.out_owner, minlength=n)[:, None] > 0
+        cross = torch.as_tensor(has_rows & (L.in_owner[None, :] != np.arange(n)[:, None]))
+        blocks.append(_Blocks(L, p, transposed, onehot, cross, L.bytes_per_channel / mean_bpc))
+
+    def block_sq(b: _Blocks):  # [n, C_in]: energy of each (device, input channel) block
+        w = b.param.T if b.transposed else b.param
+        return b.onehot_out @ (w.reshape(w.shape[0], w.shape[1], -1) ** 2).sum(2)
+
+    def group_lasso():
+        total = 0.0
+        for b in blocks:
+            total = total + b.scale * (torch.sqrt(block_sq(b) + 1e-12) * b.cross).sum()
+        return total
+
+    history: list[Epoch] = []
+
+    def shrink(step: float) -> None:
+        """Proximal step of the group lasso: each cross block shrinks towards zero by `step` x its
+        weight, and reaches exactly zero (as with AdamW's decoupled weight decay, not through Adam)."""
+        for b in blocks:
+            norms = torch.sqrt(block_sq(b))
+            factor = torch.where(b.cross, torch.clamp(1 - step * b.scale / torch.clamp(norms, min=1e-12), min=0),
+                                 torch.ones_like(norms))  # [n, C_in]
+            rows = b.onehot_out.T @ factor  # [C_out, C_in]: each output row takes its device's factors
+            rows = rows.T if b.transposed else rows
+            b.param.mul_(rows.reshape(*rows.shape, *([1] * (b.param.dim() - 2))))
+
+    dense = sum(_dense(b.layer) for b in blocks)
+
+    def used_fraction() -> float:
+        """Bytes of the cross blocks still non-zero / the dense split's bytes."""
+        with torch.no_grad():
+            used = sum(b.layer.bytes_per_channel * float(((block_sq(b) > 0) & b.cross).sum()) for b in blocks)
+        return used / dense if dense else 0.0
+
+    masks: dict[str, np.ndarray] = {}  # node -> bool [n, C_in]: cross blocks pruned (zero from now on)
+
+    def prune_to(fraction: float) -> None:
+        """Keep the cross blocks with the most weight energy per byte (share of the layer's energy)
+        within `fraction` x the dense bytes; blocks pruned before stay pruned."""
+        queues = {}
+        with torch.no_grad():
+            for b in blocks:
+                sq = block_sq(b).cpu().numpy().astype(np.float64)
+                total = max(sq.sum(), 1e-30)
+                live = b.cross.cpu().numpy() & ~masks.get(b.layer.node, False)
+                queues[b.layer.node] = [(k, sorted(((int(c), sq[k, c] / total) for c in np.flatnonzero(live[k])),
+                                                   key=lambda t: -t[1])) for k in range(n) if live[k].any()]
+        keep = select_blocks(split, queues, fraction * dense, "global", fraction)
+        for b in blocks:
+            m = b.cross.cpu().numpy().copy()
+            for k, c in keep[b.layer.node]:
+                m[k, c] = False
+            masks[b.layer.node] = m
+        apply_masks()
+
+    def apply_masks() -> None:
+        with torch.no_grad():
+            for b in blocks:
+                m = masks.get(b.layer.node)
+                if m is None:
+                    continue
+                rows = ~(b.onehot_out.T.bool().cpu().numpy() @ m)  # [C_out, C_in]: False where pruned
+                mt = torch.as_tensor(rows.T if b.transposed else rows, dtype=b.param.dtype)
+                b.param.mul_(mt.reshape(*mt.shape, *([1] * (b.param.dim() - 2))))
+
+    def train(phase: str, n_epochs: int, opt, lam_=0.0, sched=None):
+        for epoch in range(n_epochs):
+            module.train()
+            losses, pens = [], []
+            for xb, yb in _batches(train_data, batch_size, gen):
+                opt.zero_grad()
+                loss = loss_fn(module(xb), yb)
+                loss.backward()
+                opt.step()
+                with torch.no_grad():
+                    if lam_:
+                        shrink(opt.param_groups[0]["lr"] * lam_)
+                        pens.append(float(group_lasso()))
+                apply_masks()
+                losses.append(float(loss.detach()))
+            if phase == "penalty" and gradual and epoch >= epochs // 2:
+                # prune gradually over the second half (Zhu & Gupta's cubic schedule) to the budget
+                left = 1 - (epoch + 1 - epochs // 2) / max(epochs - epochs // 2, 1)
+                prune_to(budget + (1 - budget) * left ** 3)
+            history.append(Epoch(phase, epoch, float(np.mean(losses)), float(np.mean(pens)) if pens else 0.0,
+                                 lam_, used_fraction()))
+            if sched is not None:
+                sched.step()
+
+    torch.manual_seed(seed)
+    train("penalty", epochs, torch.optim.Adam(module.parameters(), lr=lr), lam_=lam)
+    prune_to(budget)
+    kept = tuple((b.layer.node, int((b.cross.cpu().numpy() & ~masks[b.layer.node]).sum()), int(b.cross.sum()))
+                 for b in blocks)
+    opt = torch.optim.Adam(module.parameters(), lr=finetune_lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(finetune_epochs, 1))  # settle, don't wander
+    train("finetune", finetune_epochs, opt, sched=sched)
+    module.eval()
+
+    out = export_onnx(module, example_input, input_names, output_names)
+    out_graph = analyse(out, shapes)
+    final_part = {L.y: L.out_owner for L in layers if L.kind == "contract" and L.out_owner is not None}
+    report = DiscoReport(n, budget, channel_bytes(out_graph, final_part, out, n), tuple(history), kept)
+    return Disco(module, final_part, out, report)
+
+
+__all__ = ["Disco", "DiscoReport", "disco_train", "export_onnx"]

@@ -1,0 +1,707 @@
+"""RePurpose (DESIGN.md idea 3, arXiv 2008.08289): restructure a trained model for a sparse channel
+split, without retraining, on calibration inputs.
+
+    repurpose(model, calib, n_devices, comm_budget) -> Repurposed(model, partition, report)
+
+    assign  output channels (neurons) of every split layer go to devices by a balanced assignment
+            (scipy's linear_sum_assignment, one column per device slot) that keeps the strongest
+            connections, |W[o, c]| x rms(x_c), inside a device; sweeps alternate over the layers, each
+            layer seeing its input's partition and the partitions of the layers that read it
+    prune   keep the cross-device (device k, input channel c) column blocks that matter most and zero
+            the rest, so the split's bytes fit `comm_budget` x the bytes of the dense channel split;
+            chosen by forward selection on the calibration data (the gain of refitting with the
+            block, as orthogonal matching pursuit does) when `adjust` follows, else by block norm
+    adjust  refit every layer's surviving weights and bias by ridge least squares, its own pruned
+            inputs against the original model's outputs, layer by layer in topological order
+
+The zeroed blocks need nothing else: the channel compiler reads only the channels each device's
+rows of W use (docs/channel.md). Every step is measured per layer (`SparseReport`).
+"""
+
+from __future__ import annotations
+
+import copy
+import heapq
+import logging
+from dataclasses import dataclass
+from typing import Mapping, NamedTuple, Sequence
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from edgepart.errors import ModelError, PlanningError
+
+from ..channel import channel_bytes
+from ..channel_layout import BytesReport, Split, Whole, default_partition, plan_layout
+from ..channel_ops import ModelInfo, attr
+from ..graph import Graph, analyse
+
+log = logging.getLogger("edgepart")
+
+STEPS = ("assign", "prune", "adjust")
+SELECTIONS = ("auto", "omp", "norm", "magnitude")
+
+
+# -- report -------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LayerReport:
+    """One Conv/Gemm/MatMul layer, every step measured on the calibration inputs."""
+
+    node: str
+    output: str
+    in_channels: int
+    out_channels: int
+    dense_bytes: int  # its input's bytes crossing devices in the dense channel split, per inference
+    used_bytes: int  # after pruning
+    inside_default: float  # share of its weight strength |W| x rms(x) inside a device, contiguous blocks
+    inside_assigned: float  # the same after the assignment (nan: its input is not split)
+    error_pruned: float  # relative output error ||y' - y|| / ||y||, its own (pruned-model) inputs, before adjust
+    error: float  # the same at the end (after adjust, if it ran)
+
+
+@dataclass(frozen=True)
+class SparseReport:
+    n_devices: int
+    comm_budget: float
+    steps: tuple[str, ...]
+    layers: tuple[LayerReport, ...]
+    bytes: BytesReport  # channel_bytes of the result: dense vs used, per split layer
+
+    @property
+    def dense_bytes(self) -> int:
+        return self.bytes.dense_bytes
+
+    @property
+    def used_bytes(self) -> int:
+        return self.bytes.used_bytes
+
+    @property
+    def ratio(self) -> float:
+        return self.bytes.ratio
+
+    def to_dict(self) -> dict:
+        return {"n_devices": self.n_devices, "comm_budget": self.comm_budget, "steps": list(self.steps),
+                "dense_bytes": self.dense_bytes, "used_bytes": self.used_bytes, "ratio": self.ratio,
+                "layers": [x.__dict__ for x in self.layers]}
+
+    def table(self) -> str:
+        """Plain-text table, one row per layer."""
+        rows = [f"{'layer':<34} {'dense B':>8} {'used B':>7} {'in-dev def':>10} {'in-dev asg':>10} "
+                f"{'err pruned':>10} {'err final':>9}"]
+        for x in self.layers:
+            rows.append(f"{x.node[-34:]:<34} {x.dense_bytes:>8} {x.used_bytes:>7} {x.inside_default:>10.3f} "
+                        f"{x.inside_assigned:>10.3f} {x.error_pruned:>10.4f} {x.error:>9.4f}")
+        rows.append(f"{'total':<34} {self.dense_bytes:>8} {self.used_bytes:>7}   ratio {self.ratio:.2f}x")
+        return "\n".join(rows)
+
+
+class Repurposed(NamedTuple):
+    model: onnx.ModelProto  # the restructured model: zeroed cross-device blocks, adjusted weights
+    partition: dict[str, np.ndarray]  # for package_channel / channel_bytes
+    report: SparseReport
+
+
+# -- the layers ----------------------------------------------------------------------------------------
+
+@dataclass(eq=False)
+class Layer:
+    """A Conv (group 1, 2-D), Gemm or MatMul with constant weights: y[o] = sum_c,k W[o,c,k] x[c,k] + b[o]."""
+
+    index: int  # topological position in the graph
+    node: str
+    op: str
+    x: str
+    y: str
+    w: str
+    b: str | None
+    in_channels: int
+    out_channels: int
+    kind: str  # the channel compiler's decision in the default layout: contract | reduce | whole
+    bytes_per_channel: float  # of its input, at the planning shapes
+    proto: onnx.NodeProto
+    per_sample: int  # output positions per sample (conv: Ho*Wo; matmul: the rows before the channel axis)
+    w_shape: tuple[int, ...]
+    in_bytes: int  # of x and y for one sample, at the planning shapes
+    out_bytes: int
+    in_owner: np.ndarray | None = None  # device of each input channel; None: not split (caller / recomputed)
+    out_owner: np.ndarray | None = None
+
+    def patches(self, x: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        """[P, C_in, K] inputs of the output positions `idx` (flat over sample and spatial positions)."""
+        if self.op != "Conv":
+            return x.reshape(-1, self.in_channels)[idx][:, :, None]
+        kh, kw, (sh, sw), (dh, dw), (pt, pl, pb, pr) = self.conv_geometry(x.shape)
+        ho, wo = self.out_hw(x.shape)
+        n, r = np.divmod(idx, ho * wo)
+        oy, ox = np.divmod(r, wo)
+        xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+        rows = (oy * sh)[:, None] + np.arange(kh) * dh
+        cols = (ox * sw)[:, None] + np.arange(kw) * dw
+        c = np.arange(x.shape[1])
+        p = xp[n[:, None, None, None], c[None, :, None, None], rows[:, None, :, None], cols[:, None, None, :]]
+        return p.reshape(len(idx), x.shape[1], kh * kw)
+
+    def rows(self, y: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        """[P, C_out] outputs at positions `idx`."""
+        if self.op != "Conv":
+            return y.reshape(-1, self.out_channels)[idx]
+        return y.reshape(y.shape[0], self.out_channels, -1).transpose(0, 2, 1).reshape(-1, self.out_channels)[idx]
+
+    def channel_sq(self, x: np.ndarray) -> np.ndarray:
+        """Sum of squares of each input channel over a batch."""
+        if self.op == "Conv":
+            return np.einsum("nchw,nchw->c", x, x, dtype=np.float64)
+        x2 = x.reshape(-1, self.in_channels).astype(np.float64)
+        return (x2 * x2).sum(0)
+
+    def conv_geometry(self, shape):
+        kernel = list(attr(self.proto, "kernel_shape", [])) or None
+        kh, kw = kernel or self.w_shape[2:]
+        strides = list(attr(self.proto, "strides", [1, 1]))
+        dil = list(attr(self.proto, "dilations", [1, 1]))
+        pads = list(attr(self.proto, "pads", [0, 0, 0, 0]))
+        auto = attr(self.proto, "auto_pad", "NOTSET")
+        if auto in ("SAME_UPPER", "SAME_LOWER"):
+            pads = [0, 0, 0, 0]
+            for i, (size, k, s, d) in enumerate(zip(shape[2:], (kh, kw), strides, dil)):
+                total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
+                small, big = total // 2, total - total // 2
+                pads[i], pads[i + 2] = (small, big) if auto == "SAME_UPPER" else (big, small)
+        elif auto == "VALID":
+            pads = [0, 0, 0, 0]
+        return kh, kw, strides, dil, (pads[0], pads[1], pads[2], pads[3])
+
+    def out_hw(self, shape) -> tuple[int, int]:
+        kh, kw, (sh, sw), (dh, dw), (pt, pl, pb, pr) = self.conv_geometry(shape)
+        return ((shape[2] + pt + pb - (kh - 1) * dh - 1) // sh + 1, (shape[3] + pl + pr - (kw - 1) * dw - 1) // sw + 1)
+
+
+def find_layers(model: onnx.ModelProto, graph: Graph, n_devices: int, info: ModelInfo | None = None) -> list[Layer]:
+    """Every Conv (group 1, 2-D) / Gemm / MatMul with constant initializer weights, in topological order."""
+    info = info or ModelInfo(model, graph)
+    lay = plan_layout(model, graph, n_devices, None, info)
+    inits = {i.name for i in model.graph.initializer}
+    out = []
+    for nd, dec in zip(graph.nodes, lay.decisions):
+        c = info.contraction(nd.name)
+        if c is None or dec.kind not in ("contract", "reduce", "whole") or c.w not in inits:
+            continue
+        if c.b is not None and c.b not in inits:
+            continue
+        p = info.protos[nd.name]
+        x_shape, y_shape = info.shapes[c.x], info.shapes[nd.outputs[0]]
+        if nd.op_type == "Conv" and len(x_shape) != 4:
+            continue
+        if nd.op_type != "Conv" and c.in_axis != len(x_shape) - 1:
+            continue
+        per = int(np.prod(y_shape[2:])) if nd.op_type == "Conv" else int(np.prod(x_shape[1:-1], dtype=np.int64))
+        L = Layer(nd.index, nd.name, nd.op_type, c.x, nd.outputs[0], c.w, c.b, c.used.shape[1], c.used.shape[0],
+                  dec.kind, info.bytes_per_channel(c.x, c.in_axis), p, per, tuple(info.array(c.w).shape),
+                  graph.tensor_bytes.get(c.x, 0), graph.tensor_bytes.get(nd.outputs[0], 0))
+        out.append(L)
+    return out
+
+
+def _owners(model, graph, n, partition, info, layers: Sequence[Layer]) -> None:
+    """Each layer's input and output owners, as the compiler lays them out for `partition`."""
+    lay = plan_layout(model, graph, n, partition, info)
+    for L in layers:
+        lx, ly = lay.layouts.get(L.x), lay.layouts.get(L.y)
+        L.in_owner = None
+        if isinstance(lx, Split) and lx.owner.shape == (L.in_channels,):
+            L.in_owner = lx.owner
+        elif isinstance(lx, Whole) and lx.device >= 0:
+            L.in_owner = np.full(L.in_channels, lx.device)
+        L.out_owner = ly.owner if isinstance(ly, Split) and ly.owner.shape == (L.out_channels,) else None
+
+
+# -- weights as [C_out, C_in, K] -------------------------------------------------------------------------
+
+def get_weights(model: onnx.ModelProto, L: Layer) -> tuple[np.ndarray, np.ndarray | None]:
+    """(W [C_out, C_in, K] float64, bias [C_out] or None) of a layer, Gemm's alpha/beta folded in."""
+    inits = {i.name: i for i in model.graph.initializer}
+    w = numpy_helper.to_array(inits[L.w]).astype(np.float64)
+    b = numpy_helper.to_array(inits[L.b]).astype(np.float64).reshape(-1) if L.b else None
+    if L.op == "Conv":
+        return w.reshape(w.shape[0], w.shape[1], -1), b
+    if L.op == "Gemm":
+        w = (w if attr(L.proto, "transB", 0) else w.T) * attr(L.proto, "alpha", 1.0)
+        if b is not None:
+            b = np.broadcast_to(b * attr(L.proto, "beta", 1.0), (L.out_channels,)).copy()
+        return w[:, :, None], b
+    return w.T[:, :, None], None
+
+
+def set_weights(model: onnx.ModelProto, L: Layer, W: np.ndarray, b: np.ndarray | None) -> None:
+    """Write W [C_out, C_in, K] (and a bias, added to a Conv/Gemm that had none) back into `model`."""
+    inits = {i.name: i for i in model.graph.initializer}
+    old = numpy_helper.to_array(inits[L.w])
+    if L.op == "Conv":
+        new = W.reshape(old.shape)
+    elif L.op == "Gemm":
+        w2 = W[:, :, 0] / attr(L.proto, "alpha", 1.0)
+        new = w2 if attr(L.proto, "transB", 0) else w2.T
+    else:
+        new = W[:, :, 0].T
+    inits[L.w].CopyFrom(numpy_helper.from_array(new.astype(old.dtype), L.w))
+    if b is None or L.op == "MatMul":
+        return
+    beta = attr(L.proto, "beta", 1.0) if L.op == "Gemm" else 1.0
+    if L.b is None:
+        name = f"{L.w}_bias"
+        while name in inits:
+            name += "_"
+        model.graph.initializer.append(numpy_helper.from_array((b / beta).astype(old.dtype), name))
+        node = next(nd for nd in model.graph.node if nd.name == L.node or (not nd.name and list(nd.output) == [L.y]))
+        if len(node.input) > 2:
+            node.input[2] = name  # an empty optional input
+        else:
+            node.input.append(name)
+        L.b = name
+    else:
+        shape = numpy_helper.to_array(inits[L.b]).shape
+        if int(np.prod(shape)) != L.out_channels:  # a broadcast Gemm bias: make it per neuron
+            shape = (L.out_channels,)
+        inits[L.b].CopyFrom(numpy_helper.from_array((b / beta).reshape(shape).astype(old.dtype), L.b))
+
+
+# -- calibration data ------------------------------------------------------------------------------------
+
+def _session(model: onnx.ModelProto, names: Sequence[str]):
+    """An onnxruntime session over the part of `model` that `names` need, with `names` as outputs."""
+    import onnxruntime as ort
+
+    m = copy.deepcopy(model)
+    made = {o: nd for nd in m.graph.node for o in nd.output}
+    need, todo, keep = set(), list(names), set()
+    while todo:
+        t = todo.pop()
+        if t in need:
+            continue
+        need.add(t)
+        nd = made.get(t)
+        if nd is not None and id(nd) not in keep:
+            keep.add(id(nd))
+            todo.extend(i for i in nd.input if i)
+            for a in nd.attribute:  # subgraph captures
+                for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                    todo.extend(i for sub in g.node for i in sub.input if i)
+    nodes = [nd for nd in m.graph.node if id(nd) in keep]
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    del m.graph.output[:]
+    m.graph.output.extend(onnx.ValueInfoProto(name=t) for t in names)
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+@dataclass
+class Samples:
+    """A layer's inputs X [P, C_in, K] and outputs Y [P, C_out] at fixed sampled output positions."""
+
+    X: np.ndarray | None = None
+    Y: np.ndarray | None = None
+    sq: np.ndarray | None = None  # per input channel: sum of squares over all calibration inputs
+    count: int = 0  # elements per channel summed in sq
+
+
+def collect(model: onnx.ModelProto, calib: Mapping[str, np.ndarray], layers: Sequence[Layer],
+            idx: Mapping[str, np.ndarray], want_x: bool = True, want_y: bool = True,
+            batch_size: int = 64, batch_bytes: int = 256 << 20) -> dict[str, Samples]:
+    """Run `model` on the calibration inputs in batches and keep each layer's sampled positions."""
+    names = list(dict.fromkeys([L.x for L in layers if want_x] + [L.y for L in layers if want_y]))
+    per_sample = sum(L.in_bytes for L in layers if want_x) + sum(L.out_bytes for L in layers if want_y)
+    batch_size = int(max(1, min(batch_size, batch_bytes // max(per_sample, 1))))
+    sess = _session(model, names)
+    n = len(next(iter(calib.values())))
+    out = {L.node: Samples(sq=np.zeros(L.in_channels) if want_x else None) for L in layers}
+    parts: dict[str, tuple[list, list]] = {L.node: ([], []) for L in layers}
+    for b0 in range(0, n, batch_size):
+        b1 = min(n, b0 + batch_size)
+        vals = dict(zip(names, sess.run(names, {k: np.asarray(v[b0:b1]) for k, v in calib.items()})))
+        for L in layers:
+            ix = idx[L.node]
+            lo, hi = np.searchsorted(ix, [b0 * L.per_sample, b1 * L.per_sample])
+            local = ix[lo:hi] - b0 * L.per_sample
+            if want_x:
+                x = vals[L.x]
+                parts[L.node][0].append(L.patches(x, local).astype(np.float32))
+                out[L.node].sq += L.channel_sq(x)
+                out[L.node].count += x.size // L.in_channels
+            if want_y:
+                parts[L.node][1].append(L.rows(vals[L.y], local).astype(np.float32))
+    for L in layers:
+        xs, ys = parts[L.node]
+        out[L.node].X = np.concatenate(xs) if xs else None
+        out[L.node].Y = np.concatenate(ys) if ys else None
+    return out
+
+
+def _positions(layers: Sequence[Layer], n: int, max_positions: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    idx = {}
+    for L in layers:
+        total = n * L.per_sample
+        idx[L.node] = np.arange(total) if total <= max_positions else np.sort(
+            rng.choice(total, max_positions, replace=False))
+    return idx
+
+
+def rel_error(X: np.ndarray, W: np.ndarray, b: np.ndarray | None, Y: np.ndarray) -> float:
+    """||X.W + b - Y|| / ||Y|| over the sampled positions."""
+    pred = X.reshape(len(X), -1) @ W.reshape(len(W), -1).T.astype(np.float32)
+    if b is not None:
+        pred += b.astype(np.float32)
+    return float(np.linalg.norm(pred - Y) / max(np.linalg.norm(Y), 1e-30))
+
+
+# -- step 1: assign ------------------------------------------------------------------------------------
+
+def _strength(W: np.ndarray, sq: np.ndarray, count: int) -> np.ndarray:
+    """[C_out, C_in] |W[o, c]| x rms(x_c), normalised to sum 1 (each layer counts the same)."""
+    s = np.linalg.norm(W, axis=2) * np.sqrt(sq / max(count, 1))[None, :]
+    return s / max(s.sum(), 1e-30)
+
+
+def _inside(S: np.ndarray, out_owner, in_owner) -> float:
+    if in_owner is None or out_owner is None:
+        return float("nan")
+    return float(S[out_owner[:, None] == in_owner[None, :]].sum() / max(S.sum(), 1e-30))
+
+
+def balanced_assign(profit: np.ndarray, capacities: np.ndarray) -> np.ndarray:
+    """Device of each row maximising sum(profit[row, device]), device k taking capacities[k] rows."""
+    from scipy.optimize import linear_sum_assignment
+
+    slots = np.repeat(np.arange(len(capacities)), capacities)
+    rows, cols = linear_sum_assignment(profit[:, slots], maximize=True)
+    owner = np.empty(profit.shape[0], dtype=np.int64)
+    owner[rows] = slots[cols]
+    return owner
+
+
+def _classes(lay) -> dict[str, str]:
+    """Tensor -> root of its class: tensors tied by per-channel ops share one partition (as the compiler does)."""
+    parent: dict[str, str] = {}
+
+    def find(t):
+        parent.setdefault(t, t)
+        while parent[t] != t:
+            parent[t] = parent[parent[t]]
+            t = parent[t]
+        return t
+
+    for nd, rule in zip(lay.graph.nodes, lay.rules):
+        if rule.kind == "local" and rule.link == "same":
+            for t in rule.ins:
+                a, b = find(nd.outputs[0]), find(t)
+                if a != b:
+                    parent[b] = a
+    return {t: find(t) for t in list(parent)}
+
+
+def assign(model, graph, info, layers: Sequence[Layer], n: int, strength: Mapping[str, np.ndarray],
+           iterations: int) -> dict[str, np.ndarray]:
+    """Alternating balanced assignment of each class of split outputs (coordinate ascent on the
+    strength kept inside devices, over all layers)."""
+    lay = plan_layout(model, graph, n, None, info)
+    root = _classes(lay)
+    split = [L for L in layers if L.kind == "contract"]
+    units: dict[str, list[Layer]] = {}
+    for L in split:
+        units.setdefault(root.get(L.y, L.y), []).append(L)
+    readers: dict[str, list[Layer]] = {}
+    for L in split:
+        r = root.get(L.x, L.x)
+        if r in units and units[r][0].out_channels == L.in_channels:
+            readers.setdefault(r, []).append(L)
+    part = {L.y: lay.partition[L.y] for L in split}
+    for sweep in range(iterations):
+        changed = False
+        for r, writers in units.items():
+            _owners(model, graph, n, part, info, layers)
+            c = writers[0].out_channels
+            profit = np.zeros((c, n))
+            for W in writers:
+                if W.in_owner is not None:
+                    profit += strength[W.node] @ np.eye(n)[W.in_owner]
+            for R in readers.get(r, []):
+                if R.out_owner is not None and R not in writers:
+                    profit += strength[R.node].T @ np.eye(n)[R.out_owner]
+            if not profit.any():
+                continue
+            owner = balanced_assign(profit, np.bincount(default_partition(c, n), minlength=n))
+            old = part[writers[0].y]
+            # keep the current partition unless the new one is strictly better (no churn on ties)
+            if profit[np.arange(c), owner].sum() > profit[np.arange(c), old].sum() + 1e-12:
+                changed = True
+                for W in writers:
+                    part[W.y] = owner
+        if not changed:
+            break
+    return part
+
+
+# -- step 2: prune --------------------------------------------------------------------------------------
+
+def _gram(X: np.ndarray, Y: np.ndarray, intercept: bool) -> tuple[np.ndarray, np.ndarray]:
+    """G = [X 1]^T [X 1] / P and B = [X 1]^T Y / P in float64."""
+    Xf = X.reshape(len(X), -1).astype(np.float64)
+    if intercept:
+        Xf = np.concatenate([Xf, np.ones((len(Xf), 1))], axis=1)
+    return Xf.T @ Xf / len(Xf), Xf.T @ Y.astype(np.float64) / len(Xf)
+
+
+def omp_order(G: np.ndarray, B: np.ndarray, base: np.ndarray, groups: Sequence[np.ndarray],
+              ridge: float) -> list[tuple[int, float]]:
+    """Forward selection of feature groups for the least-squares fit of B's columns, starting from the
+    features `base`: each step adds the group that cuts the residual most (group orthogonal matching
+    pursuit with exact refits). Returns (group, gain) in the order chosen, gains in units of B's
+    residual energy. An incremental Cholesky factor keeps a step at O(|S| d + d R) per feature."""
+    d = G.shape[0]
+    G = G + ridge * np.mean(np.diag(G)) * np.eye(d)
+    T = np.zeros((d, d))  # rows 0..m: L^-1 G[S, :], L the Cholesky factor of G[S, S]
+    u = np.zeros((d, B.shape[1]))  # rows 0..m: L^-1 B[S]
+    schur = np.diag(G).copy()  # G_jj - |T[:m, j]|^2: what feature j adds beyond S
+    Bt = B.copy()  # B - T[:m]^T u[:m]: each feature's correlation with the residual
+    m = 0
+
+    def add(j: int) -> None:
+        nonlocal m
+        piv = np.sqrt(max(schur[j], 1e-12 * G[j, j] + 1e-30))
+        T[m] = (G[j] - T[:m, j] @ T[:m]) / piv
+        u[m] = (B[j] - T[:m, j] @ u[:m]) / piv
+        schur[:] -= T[m] * T[m]
+        Bt[:] -= np.outer(T[m], u[m])
+        m += 1
+
+    for j in base:
+        add(int(j))
+    order: list[tuple[int, float]] = []
+    left = np.arange(len(groups))
+    single = all(len(g) == 1 for g in groups)
+    flat = np.array([g[0] for g in groups]) if single else None
+    while left.size:
+        if single:
+            f = flat[left]
+            gains = (Bt[f] ** 2).sum(1) / np.maximum(schur[f], 1e-12 * np.diag(G)[f] + 1e-30)
+        else:
+            gains = np.empty(left.size)
+            for i, gi in enumerate(left):
+                g = groups[gi]
+                S = G[np.ix_(g, g)] - T[:m, g].T @ T[:m, g]
+                S += (1e-9 * np.trace(S) / len(g) + 1e-30) * np.eye(len(g))
+                gains[i] = np.sum(Bt[g] * np.linalg.solve(S, Bt[g]))
+        i = int(np.argmax(gains))
+        best = int(left[i])
+        order.append((best, float(gains[i])))
+        left = np.delete(left, i)
+        for j in groups[best]:
+            add(int(j))
+    return order
+
+
+def _queues(L: Layer, W: np.ndarray, s: Samples | None, selection: str, ridge: float):
+    """Per device k of the layer: the cross-device input channels in the order to keep them, with gains
+    (relative output energy each recovers)."""
+    queues = []
+    if selection == "omp":
+        G, B = _gram(s.X, s.Y, intercept=True)
+        Yc = s.Y.astype(np.float64) - s.Y.mean(0)
+    K = W.shape[2]
+    for k in range(int(L.out_owner.max()) + 1 if L.out_owner is not None else 0):
+        rows = np.flatnonzero(L.out_owner == k)
+        cand = [c for c in np.flatnonzero(L.in_owner != k) if np.any(W[rows, c] != 0)]
+        if not rows.size or not cand:
+            continue
+        if selection == "omp":
+            base = np.concatenate([np.arange(c * K, c * K + K) for c in np.flatnonzero(L.in_owner == k)]
+                                  + [np.array([G.shape[0] - 1])]).astype(np.int64)
+            groups = [np.arange(c * K, c * K + K) for c in cand]
+            energy = max(float((Yc[:, rows] ** 2).sum() / len(Yc)), 1e-30)
+            order = omp_order(G, B[:, rows], base, groups, ridge)
+            queues.append((k, [(int(cand[gi]), g / energy) for gi, g in order]))
+        else:
+            w2 = (W ** 2).sum(2)
+            if selection == "norm":
+                w2 = w2 * (s.sq / max(s.count, 1))[None, :]
+            gain = w2[rows][:, cand].sum(0) / max(w2.sum(), 1e-30)
+            queues.append((k, sorted(zip(map(int, cand), gain.tolist()), key=lambda t: -t[1])))
+    return queues
+
+
+def select_blocks(layers: Sequence[Layer], queues: Mapping[str, list], budget_bytes: float,
+                  allocation: str, comm_budget: float) -> dict[str, set[tuple[int, int]]]:
+    """Greedy knapsack over all (layer, device, channel) blocks by gain per byte."""
+    keep: dict[str, set[tuple[int, int]]] = {L.node: set() for L in layers}
+    groups = [[L] for L in layers] if allocation == "layer" else [list(layers)]
+    for group in groups:
+        budget = budget_bytes if allocation == "global" else comm_budget * sum(_dense(L) for L in group)
+        heap = []
+        for L in group:
+            for k, q in queues.get(L.node, []):
+                if q:
+                    heapq.heappush(heap, (-q[0][1] / L.bytes_per_channel, L.node, k, 0))
+        by = {L.node: L for L in group}
+        qs = {(L.node, k): q for L in group for k, q in queues.get(L.node, [])}
+        used = 0.0
+        while heap:
+            _, node, k, i = heapq.heappop(heap)
+            L, q = by[node], qs[(node, k)]
+            if used + L.bytes_per_channel > budget + 1e-6:
+                continue  # this queue is done: every block of a layer costs the same
+            used += L.bytes_per_channel
+            keep[node].add((k, q[i][0]))
+            if i + 1 < len(q):
+                heapq.heappush(heap, (-q[i + 1][1] / L.bytes_per_channel, node, k, i + 1))
+    return keep
+
+
+def _dense(L: Layer) -> float:
+    """Bytes the layer's input moves in the dense channel split (as the compiler counts them)."""
+    if L.in_owner is None or L.out_owner is None:
+        return 0.0
+    return float(sum(L.bytes_per_channel * np.count_nonzero(L.in_owner != k)
+                     for k in np.unique(L.out_owner)))
+
+
+def _prune(W: np.ndarray, L: Layer, keep: set[tuple[int, int]]) -> np.ndarray:
+    W = W.copy()
+    cross = L.out_owner[:, None] != L.in_owner[None, :]
+    kept = np.zeros_like(cross)
+    for k, c in keep:
+        kept[L.out_owner == k, c] = True
+    W[cross & ~kept] = 0.0
+    return W
+
+
+# -- step 3: adjust -------------------------------------------------------------------------------------
+
+def refit(W: np.ndarray, b: np.ndarray | None, X: np.ndarray, Y: np.ndarray, ridge: float,
+          intercept: bool, min_rows: float = 2.0) -> tuple[np.ndarray, np.ndarray | None]:
+    """Least squares of each output neuron over the input channels it still reads (its non-zero
+    columns), all neurons with the same support solved at once. The ridge pulls towards the current
+    weights, not towards zero: an exact layer on exact inputs stays exactly as it is, and channels the
+    calibration inputs barely excite keep their trained weights. Neurons with fewer than `min_rows`
+    samples per weight keep their weights."""
+    K = W.shape[2]
+    G, B = _gram(X, Y, intercept)
+    d = G.shape[0]
+    lam = ridge * np.mean(np.diag(G))
+    G = G + lam * np.eye(d)
+    prior = W.reshape(W.shape[0], -1)
+    if intercept:
+        prior = np.concatenate([prior, (b if b is not None else np.zeros(W.shape[0]))[:, None]], axis=1)
+    support = np.any(W != 0, axis=2)  # [C_out, C_in]
+    W2, b2 = W.copy(), (b.copy() if b is not None else (np.zeros(W.shape[0]) if intercept else None))
+    keys: dict[bytes, list[int]] = {}
+    for o in range(W.shape[0]):
+        keys.setdefault(support[o].tobytes(), []).append(o)
+    for rows in keys.values():
+        chans = np.flatnonzero(support[rows[0]])
+        feats = (chans[:, None] * K + np.arange(K)).ravel()
+        if intercept:
+            feats = np.append(feats, d - 1)
+        if not feats.size or len(X) < min_rows * len(feats):  # too few samples for this many weights
+            continue
+        rhs = B[np.ix_(feats, rows)] + lam * prior[np.ix_(rows, feats)].T
+        sol = np.linalg.solve(G[np.ix_(feats, feats)], rhs)  # [f, len(rows)]
+        nw = len(chans) * K
+        W2[np.ix_(rows, chans)] = sol[:nw].T.reshape(len(rows), len(chans), K)
+        if intercept:
+            b2[rows] = sol[nw]
+    return W2, b2
+
+
+# -- the whole pipeline ---------------------------------------------------------------------------------
+
+def repurpose(model: onnx.ModelProto, calib: Mapping[str, np.ndarray], n_devices: int, comm_budget: float, *,
+              steps: Sequence[str] = STEPS, iterations: int = 4, selection: str = "auto",
+              allocation: str = "global", ridge: float = 1e-4, max_positions: int = 16384,
+              batch_size: int = 64, input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+              seed: int = 0) -> Repurposed:
+    """Restructure `model` for a channel split over `n_devices` whose cross-device bytes are at most
+    `comm_budget` x those of the dense channel split. `calib` maps each model input to a batch of
+    calibration inputs [N, ...]."""
+    steps = tuple(steps)
+    bad = [s for s in steps if s not in STEPS]
+    if bad:
+        raise PlanningError(f"Unknown RePurpose step(s) {bad}; choose from {list(STEPS)}.")
+    if selection not in SELECTIONS:
+        raise PlanningError(f"Unknown selection {selection!r}; choose one of {list(SELECTIONS)}.")
+    if allocation not in ("global", "layer"):
+        raise PlanningError(f"Unknown allocation {allocation!r}; choose 'global' or 'layer'.")
+    if not 0.0 <= comm_budget <= 1.0:
+        raise PlanningError(f"comm_budget is a fraction of the dense channel split's bytes, in 0..1 (0.2: 5x fewer); "
+                            f"got {comm_budget}.")
+    names = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    missing = [n for n in names if n not in calib]
+    if missing or not calib:
+        raise ModelError(f"The calibration inputs lack {missing or names}; give a batch [N, ...] for each model input.")
+    if selection == "auto":
+        selection = "omp" if "adjust" in steps else "norm"
+
+    model = copy.deepcopy(model)
+    shapes = dict(input_shapes or {k: (1,) + tuple(np.asarray(v).shape[1:]) for k, v in calib.items()})
+    graph = analyse(model, shapes)
+    info = ModelInfo(model, graph)
+    layers = find_layers(model, graph, n_devices, info)
+    n_calib = len(next(iter(calib.values())))
+    rng = np.random.default_rng(seed)
+    idx = _positions(layers, n_calib, max_positions, rng)
+    orig = collect(model, calib, layers, idx, batch_size=batch_size)
+    weights = {L.node: get_weights(model, L) for L in layers}
+    strength = {L.node: _strength(weights[L.node][0], orig[L.node].sq, orig[L.node].count) for L in layers}
+
+    _owners(model, graph, n_devices, None, info, layers)
+    inside_default = {L.node: _inside(strength[L.node], L.out_owner, L.in_owner) for L in layers}
+    partition = {L.y: L.out_owner for L in layers if L.kind == "contract" and L.out_owner is not None}
+    if "assign" in steps:
+        partition = assign(model, graph, info, layers, n_devices, strength, iterations)
+    _owners(model, graph, n_devices, partition, info, layers)
+    inside = {L.node: _inside(strength[L.node], L.out_owner, L.in_owner) for L in layers}
+
+    prunable = [L for L in layers if L.kind == "contract" and L.in_owner is not None and L.out_owner is not None]
+    if "prune" in steps:
+        queues = {L.node: _queues(L, weights[L.node][0], orig[L.node], selection, ridge) for L in prunable}
+        dense = sum(_dense(L) for L in prunable)
+        keep = select_blocks(prunable, queues, comm_budget * dense, allocation, comm_budget)
+        for L in prunable:
+            W, b = weights[L.node]
+            weights[L.node] = (_prune(W, L, keep[L.node]), b)
+            set_weights(model, L, *weights[L.node])
+            log.debug("RePurpose: %s keeps %d of its cross-device blocks", L.node, len(keep[L.node]))
+
+    err_pruned = {}
+    if "adjust" in steps and "prune" in steps and prunable:
+        # layers before the first pruned one see exact inputs and keep their weights
+        first = min(L.index for L in prunable)
+        for L in layers:
+            if L.index < first:
+                continue
+            s = collect(model, calib, [L], idx, want_y=False, batch_size=batch_size)[L.node]
+            W, b = weights[L.node]
+            err_pruned[L.node] = rel_error(s.X, W, b, orig[L.node].Y)
+            W, b = refit(W, b, s.X, orig[L.node].Y, ridge, intercept=L.op != "MatMul")
+            weights[L.node] = (W, b)
+            set_weights(model, L, W, b)
+            log.debug("RePurpose: %s refitted, relative output error %.4f before", L.node, err_pruned[L.node])
+    final = collect(model, calib, layers, idx, want_y=False, batch_size=batch_size)
+    report_bytes = channel_bytes(analyse(model, shapes), partition, model, n_devices)
+    if "prune" in steps and report_bytes.used_bytes > comm_budget * report_bytes.dense_bytes + 1:
+        log.warning("RePurpose: the compiler counts %d bytes between devices, over the budget of %d; it laid "
+                    "out some layer's input differently than expected", report_bytes.used_bytes,
+                    int(comm_budget * report_bytes.dense_bytes))
+    by_node = {x.node: x for x in report_bytes.layers}
+    rows = []
+    for L in layers:
+        W, b = weights[L.node]
+        err = rel_error(final[L.node].X, W, b, orig[L.node].Y)
+        lb = by_node.get(L.node)
+        rows.append(LayerReport(L.node, L.y, L.in_channels, L.out_channels, lb.dense_bytes if lb else 0,
+                                lb.used_bytes if lb else 0, inside_default[L.node], inside[L.node],
+                                err_pruned.get(L.node, err), err))
+    report = SparseReport(n_devices, comm_budget, steps, tuple(rows), report_bytes)
+    return Repurposed(model, {k: np.asarray(v, dtype=np.int64) for k, v in partition.items()}, report)
