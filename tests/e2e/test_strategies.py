@@ -1,0 +1,60 @@
+"""Other strategies and wire codecs through real agent processes: the agents only execute, so a
+channel split and codec-carrying routes must run unchanged (DESIGN.md, the one central idea)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from e2e_helpers import RUN, assert_same, reference, seeded_feeds, write_cluster
+
+import graphs
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def _save(model: onnx.ModelProto, out):
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{model.graph.name}.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_channel_split_through_agents(n, tmp_path, agents, sessions):
+    from edgepart.packager.channel import package_channel
+    from edgepart.packager.cluster import load_cluster
+    from edgepart.packager.graph import analyse
+
+    model = graphs.residual()
+    path = _save(model, tmp_path)
+    cluster = load_cluster(write_cluster(tmp_path / "cluster.yaml", [f"dev{i}" for i in range(n)], [1.0] * n))
+    res = package_channel(model, analyse(model), cluster, tmp_path / "dist", None, model_name=f"channel-{RUN}-{n}")
+    assert res.plan.strategy == "channel"
+    assert any(r.src != r.dst and "@caller" not in (r.src, r.dst) for r in res.plan.routes), "no device talks to another"
+    agents(tmp_path / "dist")
+    sess = sessions(tmp_path / "dist", timeout_s=10)
+    for seed in range(3):
+        feeds = seeded_feeds(res.plan, seed)
+        assert_same(sess.submit(feeds).result(15), reference(path, feeds), f"channel split, {n} devices, seed {seed}")
+
+
+@pytest.mark.parametrize("codec,atol", [("bitmap", 1e-5), ("fp16", 5e-2), ("int8", 2e-1)])
+def test_wire_codecs_through_agents(codec, atol, tmp_path, agents, sessions):
+    from edgepart.packager.package import package, prepare
+
+    model = graphs.residual()
+    path = _save(model, tmp_path)
+    prep = prepare(path, write_cluster(tmp_path / "cluster.yaml", ["dev0", "dev1"], [1.0, 1.0]), "throughput")
+    res = package(prep.model, prep.graph, prep.cluster, prep.pipeline, tmp_path / "dist",
+                  model_name=f"codec-{RUN}-{codec}", wire_codec=codec)
+    assert {r.codec.kind for r in res.plan.routes if "@caller" not in (r.src, r.dst)} == {codec}
+    agents(tmp_path / "dist")
+    sess = sessions(tmp_path / "dist", timeout_s=10)
+    feeds = seeded_feeds(res.plan, 0)
+    want = reference(path, feeds)
+    got = sess.submit(feeds).result(15)
+    for k in want:
+        diff = float(np.max(np.abs(got[k] - want[k])))
+        assert diff <= atol, f"{codec}: {k} differs by {diff}"
