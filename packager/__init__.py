@@ -7,7 +7,8 @@
     emit.py      cut stages out as standalone ONNX models
     channel*.py  the channel-parallel split: every layer's output channels across devices (docs/channel.md)
     sparse/      make cross-device traffic sparse: RePurpose (no retraining), DISCO (training) (docs/sparse.md)
-    package.py   model + cluster -> dist/<device>/ bundles
+    package.py   model + cluster -> dist/<device>/ bundles (pipeline)
+    bundles.py   write any strategy's steps and manifests, staged then moved into place
     verify.py    prove the split is exact
     figure.py    a picture of a plan
 """

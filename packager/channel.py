@@ -20,8 +20,6 @@ exactly the channels its receiver needs, cut out by a Gather inside the sender's
 from __future__ import annotations
 
 import copy
-import shutil
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,11 +29,11 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from edgepart.bundle import sha256_file, write_manifest
-from edgepart.errors import BundleError, ModelError, PlanningError
+from edgepart.errors import ModelError, PlanningError
 from edgepart.plan import CALLER, Codec, DeviceSpec, Plan, Route, Step, TensorSpec
 
 from . import emit
+from .bundles import StepModel, write_bundles
 from .channel_emit import _Emitter
 from .channel_layout import BytesReport, ChannelLayout, Decision, layer_bytes, plan_layout
 from .cluster import Cluster
@@ -84,19 +82,6 @@ class ChannelReport:
             "param_bytes": dict(self.param_bytes), "macs": dict(self.macs),
         }
 
-
-@dataclass(frozen=True, eq=False)
-class StepModel:
-    """A step before it is written: its sub-model and what the plan says about it."""
-
-    name: str
-    device: str
-    file: str
-    model: onnx.ModelProto
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-    nodes: int
-    estimated_ms: float
 
 
 @dataclass(frozen=True, eq=False)
@@ -335,51 +320,10 @@ def package_channel(
 ) -> PackagedChannel:
     """Compile the channel split and write one bundle folder per device under `out_dir`."""
     program = compile_channel(model, graph, cluster, partition, wire_codec=wire_codec)
-    plan, dirs = write_bundles(program, graph, cluster, Path(out_dir), model_name, external_data_min_bytes, progress)
-    return PackagedChannel(plan, program, Path(out_dir), dirs)
-
-
-def write_bundles(program: ChannelProgram, graph: Graph, cluster: Cluster, out_dir: Path, model_name: str,
-                  external_data_min_bytes: int | None = None,
-                  progress: Callable[[str], None] | None = None) -> tuple[Plan, dict[str, Path]]:
-    """Write each step's file and every device's manifest, staged and moved into `out_dir`."""
     limit = emit.EXTERNAL_DATA_MIN_BYTES if external_data_min_bytes is None else external_data_min_bytes
-    if out_dir.exists() and any(out_dir.iterdir()):
-        stale = [p for p in out_dir.iterdir() if not (p / "manifest.json").is_file()]
-        if stale:
-            raise BundleError(f"{out_dir} exists and holds things that are not edgepart bundles "
-                              f"({stale[0].name}, ...). Give an empty or new folder with -o.")
-    staging = Path(tempfile.mkdtemp(prefix=".edgepart-", dir=out_dir.parent if out_dir.parent.exists() else None))
-    try:
-        steps: list[Step] = []
-        for sm in program.steps:
-            if progress:
-                progress(f"writing {sm.name}")
-            ddir = staging / sm.device
-            ddir.mkdir(parents=True, exist_ok=True)
-            files = emit.save(sm.model, ddir / sm.file, limit)
-            steps.append(Step(name=sm.name, device=sm.device, model_file=files[0].name, sha256=sha256_file(files[0]),
-                              inputs=sm.inputs, outputs=sm.outputs,
-                              data_files=tuple((f.name, sha256_file(f)) for f in files[1:]),
-                              nodes=sm.nodes, estimated_ms=sm.estimated_ms))
-        plan = channel_plan(program, graph, cluster, steps, model_name)
-        for d in plan.device_names():
-            (staging / d).mkdir(parents=True, exist_ok=True)
-            write_manifest(staging / d, plan, d)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        dirs = {}
-        for d in plan.device_names():
-            target = out_dir / d
-            if target.exists():
-                shutil.rmtree(target)
-            shutil.move(str(staging / d), target)
-            dirs[d] = target
-        for old in out_dir.iterdir():  # bundles of devices no longer in the cluster would confuse `run`
-            if old.name not in dirs and (old / "manifest.json").is_file():
-                shutil.rmtree(old)
-        return plan, dirs
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    plan, dirs = write_bundles(program.steps, lambda steps: channel_plan(program, graph, cluster, steps, model_name),
+                               Path(out_dir), limit, progress)
+    return PackagedChannel(plan, program, Path(out_dir), dirs)
 
 
 def channel_bytes(graph: Graph, partition: Mapping[str, np.ndarray] | None, model: onnx.ModelProto,

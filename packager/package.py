@@ -5,19 +5,17 @@ This is the one place with I/O in the packager's main path; analysis and plannin
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import onnx
 
-from edgepart.bundle import sha256_file, write_manifest
-from edgepart.errors import BundleError, PlanningError
+from edgepart.errors import PlanningError
 from edgepart.plan import CALLER, Codec, DeviceSpec, Plan, Route, Step
 
 from . import emit
+from .bundles import StepModel, write_bundles
 from .cluster import Cluster
 from .graph import Graph
 from .pipeline import PipelinePlan
@@ -83,49 +81,17 @@ def package(
     """Emit every stage of `pp` and write one bundle folder per device under `out_dir`."""
     if wire_codec not in WIRE_CODECS:
         raise PlanningError(f"Unknown wire codec {wire_codec!r}; choose one of: {', '.join(WIRE_CODECS)}.")
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        stale = [p for p in out_dir.iterdir() if not (p / "manifest.json").is_file()]
-        if stale:
-            raise BundleError(
-                f"{out_dir} exists and holds things that are not edgepart bundles ({stale[0].name}, ...). "
-                f"Give an empty or new folder with -o."
-            )
-    staging = Path(tempfile.mkdtemp(prefix=".edgepart-", dir=out_dir.parent if out_dir.parent.exists() else None))
-    try:
-        steps: list[Step] = []
-        for i, st in enumerate(pp.stages):
-            name = f"stage{i}"
-            if progress:
-                progress(f"emitting {name} for {st.device}")
-            sub, ins, outs = emit.extract(model, graph, st.start, st.stop, name)
-            ddir = staging / st.device
-            ddir.mkdir(parents=True, exist_ok=True)
-            files = emit.save(sub, ddir / f"{name}.onnx", external_data_min_bytes)
-            steps.append(Step(
-                name=name, device=st.device, model_file=files[0].name, sha256=sha256_file(files[0]),
-                inputs=ins, outputs=outs,
-                data_files=tuple((f.name, sha256_file(f)) for f in files[1:]),
-                nodes=st.stop - st.start, estimated_ms=round(st.compute_ms, 6),
-            ))
-        plan = compile_pipeline(graph, cluster, pp, steps, model_name, wire_codec)
-        for d in plan.device_names():
-            (staging / d).mkdir(parents=True, exist_ok=True)
-            write_manifest(staging / d, plan, d)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        dirs = {}
-        for d in plan.device_names():
-            target = out_dir / d
-            if target.exists():
-                shutil.rmtree(target)
-            shutil.move(str(staging / d), target)
-            dirs[d] = target
-        for old in out_dir.iterdir():  # bundles of devices no longer in the cluster would confuse `run`
-            if old.name not in dirs and (old / "manifest.json").is_file():
-                shutil.rmtree(old)
-        return Packaged(plan, pp, out_dir, dirs)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    step_models = []
+    for i, st in enumerate(pp.stages):
+        name = f"stage{i}"
+        if progress:
+            progress(f"emitting {name} for {st.device}")
+        sub, ins, outs = emit.extract(model, graph, st.start, st.stop, name)
+        step_models.append(StepModel(name, st.device, f"{name}.onnx", sub, ins, outs, st.stop - st.start,
+                                     round(st.compute_ms, 6)))
+    plan, dirs = write_bundles(step_models, lambda steps: compile_pipeline(graph, cluster, pp, steps, model_name, wire_codec),
+                               Path(out_dir), external_data_min_bytes, progress)
+    return Packaged(plan, pp, Path(out_dir), dirs)
 
 
 @dataclass(frozen=True)

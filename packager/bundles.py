@@ -1,0 +1,79 @@
+"""Write bundles: every step's sub-model into its device's folder, then every device's manifest,
+staged in a temporary folder and moved into place, so a failure never leaves half a `dist/`.
+
+Every strategy ends here: it hands over its steps (sub-models still in memory) and a function that
+builds the plan once the files' hashes are known.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import onnx
+
+from edgepart.bundle import sha256_file, write_manifest
+from edgepart.errors import BundleError
+from edgepart.plan import Plan, Step, TensorSpec
+
+from . import emit
+
+
+@dataclass(frozen=True, eq=False)
+class StepModel:
+    """A step before it is written: its sub-model and what the plan says about it."""
+
+    name: str
+    device: str
+    file: str
+    model: onnx.ModelProto
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    nodes: int
+    estimated_ms: float
+
+
+def write_bundles(step_models: Sequence[StepModel], make_plan: Callable[[list[Step]], Plan], out_dir: Path,
+                  external_data_min_bytes: int = emit.EXTERNAL_DATA_MIN_BYTES,
+                  progress: Callable[[str], None] | None = None) -> tuple[Plan, dict[str, Path]]:
+    """Write the steps and manifests into `out_dir/<device>/`; returns the plan and the folders."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        stale = [p for p in out_dir.iterdir() if not (p / "manifest.json").is_file()]
+        if stale:
+            raise BundleError(f"{out_dir} exists and holds things that are not edgepart bundles "
+                              f"({stale[0].name}, ...). Give an empty or new folder with -o.")
+    staging = Path(tempfile.mkdtemp(prefix=".edgepart-", dir=out_dir.parent if out_dir.parent.exists() else None))
+    try:
+        steps: list[Step] = []
+        for sm in step_models:
+            if progress:
+                progress(f"writing {sm.name} for {sm.device}")
+            ddir = staging / sm.device
+            ddir.mkdir(parents=True, exist_ok=True)
+            files = emit.save(sm.model, ddir / sm.file, external_data_min_bytes)
+            steps.append(Step(name=sm.name, device=sm.device, model_file=files[0].name, sha256=sha256_file(files[0]),
+                              inputs=sm.inputs, outputs=sm.outputs,
+                              data_files=tuple((f.name, sha256_file(f)) for f in files[1:]),
+                              nodes=sm.nodes, estimated_ms=sm.estimated_ms))
+        plan = make_plan(steps)
+        for d in plan.device_names():
+            (staging / d).mkdir(parents=True, exist_ok=True)
+            write_manifest(staging / d, plan, d)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        dirs = {}
+        for d in plan.device_names():
+            target = out_dir / d
+            if target.exists():
+                shutil.rmtree(target)
+            shutil.move(str(staging / d), target)
+            dirs[d] = target
+        for old in out_dir.iterdir():  # bundles of devices no longer in the cluster would confuse `run`
+            if old.name not in dirs and (old / "manifest.json").is_file():
+                shutil.rmtree(old)
+        return plan, dirs
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
