@@ -34,7 +34,8 @@ from ..channel import channel_bytes
 from ..channel_layout import BytesReport
 from ..channel_ops import ModelInfo, attr
 from ..graph import analyse
-from .repurpose import Layer, _dense, _owners, find_layers, repurpose, select_blocks
+from .layers import Layer, _owners, find_layers
+from .repurpose import _dense, repurpose, select_blocks
 
 PENALTIES = ("group_lasso",)
 
