@@ -1,5 +1,6 @@
 """Sparse channel splits: make a trained model need few bytes between devices (DESIGN.md ideas 2-3).
 
+    layers.py     the split layers, their weights as [C_out, C_in, K], calibration activations
     repurpose.py  RePurpose, no retraining: assign neurons to devices, prune cross-device weights to a
                   communication budget, refit the survivors by least squares on calibration inputs
     disco.py      DISCO, with training (torch, the `models` extra): a group-lasso penalty on the
