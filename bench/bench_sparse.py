@@ -31,6 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "models"))
+from digits_cnn import digits_net  # noqa: E402  (the one definition of the digits CNN)
 
 from common import RESULTS, save  # noqa: E402
 
@@ -60,28 +61,6 @@ def routes_bytes(model, shapes, partition, n) -> int:
     from edgepart.packager.graph import analyse
 
     return compile_channel(model, analyse(model, shapes), cluster(n), partition).report.cross_device_bytes
-
-
-def digits_net():
-    """The digits CNN of tests/models/digits_cnn.py as a torch module (DISCO trains it)."""
-    import torch
-    from torch import nn
-
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.c1 = nn.Conv2d(1, 16, 3, padding=1)
-            self.c2 = nn.Conv2d(16, 32, 3, padding=1)
-            self.c3 = nn.Conv2d(32, 32, 3, padding=1)
-            self.fc = nn.Linear(32, 10)
-
-        def forward(self, x):
-            x = torch.relu(self.c2(torch.relu(self.c1(x))))
-            x = torch.relu(self.c3(nn.functional.max_pool2d(x, 2)))
-            x = nn.functional.adaptive_avg_pool2d(x, 1)
-            return self.fc(x.view(x.size(0), -1))
-
-    return Net()
 
 
 def trained_net(model):

@@ -37,15 +37,10 @@ def digits_data(seed: int = 0):
     return train_test_split(x, d.target.astype(np.int64), test_size=0.25, random_state=seed, stratify=d.target)
 
 
-@lru_cache(maxsize=4)
-def digits_cnn(seed: int = 0, epochs: int = 60) -> tuple[onnx.ModelProto, DigitsData]:
-    """Train (seeded) and export; cached per process."""
+def digits_net():
+    """The digits CNN as a fresh torch module: conv16-relu-conv32-relu-maxpool-conv32-relu-GAP-fc10."""
     import torch
     from torch import nn
-
-    torch.manual_seed(seed)
-    torch.set_num_threads(2)
-    x_tr, x_te, y_tr, y_te = digits_data(seed)
 
     class Net(nn.Module):
         def __init__(self):
@@ -61,7 +56,20 @@ def digits_cnn(seed: int = 0, epochs: int = 60) -> tuple[onnx.ModelProto, Digits
             x = nn.functional.adaptive_avg_pool2d(x, 1)
             return self.fc(x.view(x.size(0), -1))
 
-    net = Net()
+    return Net()
+
+
+@lru_cache(maxsize=4)
+def digits_cnn(seed: int = 0, epochs: int = 60) -> tuple[onnx.ModelProto, DigitsData]:
+    """Train (seeded) and export; cached per process."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    torch.set_num_threads(2)
+    x_tr, x_te, y_tr, y_te = digits_data(seed)
+
+    net = digits_net()
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     xt, yt = torch.from_numpy(x_tr), torch.from_numpy(y_tr)
     gen = torch.Generator().manual_seed(seed)
