@@ -19,7 +19,6 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +32,9 @@ from edgepart.packager.graph import analyse, load_model
 from edgepart.packager.package import package, prepare
 from edgepart.runtime import make_session
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import median_ms  # noqa: E402  (timing shared by every benchmark)
+
 console = Console(width=None if sys.stdout.isatty() else 132)  # a log file gets the whole table
 
 
@@ -44,23 +46,12 @@ def models() -> list[tuple[str, Path, dict[str, np.ndarray]]]:
     ]
 
 
-def median_ms(fn, warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
 def calibrate(path: Path, feeds: dict, warmup: int, repeats: int) -> tuple[float, float, float]:
     """(GFLOP/s, measured ms, GFLOP) of the whole model, onnxruntime with 1 intra-op thread."""
     graph = analyse(load_model(path), {k: v.shape for k, v in feeds.items()})
     gflop = 2 * graph.total_macs / 1e9
     sess = make_session(path, threads=1)
-    ms = median_ms(lambda: sess.run(None, feeds), warmup, repeats)
+    ms = median_ms(lambda: sess.run(None, feeds), repeats, warmup)
     return gflop / (ms / 1e3), ms, gflop
 
 

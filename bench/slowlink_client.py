@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -18,6 +17,9 @@ import edgepart
 from edgepart.agent import Agent
 from edgepart.runtime import make_session
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import median_ms  # noqa: E402
+
 
 def main() -> None:
     dist, ip, n_lat, n_stream = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
@@ -27,21 +29,11 @@ def main() -> None:
     s1 = make_session(dist / "device-b" / "stage1.onnx", threads=1)
     mid = dict(zip([o.name for o in s0.get_outputs()], s0.run(None, {"input": x})))
 
-    def med(f, n=30):
-        for _ in range(5):
-            f()
-        ts = []
-        for _ in range(n):
-            t = time.perf_counter()
-            f()
-            ts.append((time.perf_counter() - t) * 1e3)
-        return statistics.median(ts)
-
-    stage0_ms = med(lambda: s0.run(None, {"input": x}))
-    stage1_ms = med(lambda: s1.run(None, mid))
+    stage0_ms = median_ms(lambda: s0.run(None, {"input": x}), 30)
+    stage1_ms = median_ms(lambda: s1.run(None, mid), 30)
     with Agent(dist / "device-a", interface=ip, threads=1), \
             edgepart.InferenceSession(dist, interface=ip, timeout_s=60, discover_timeout_s=30) as sess:
-        lat = med(lambda: sess.run(None, {"input": x}), n_lat)
+        lat = median_ms(lambda: sess.run(None, {"input": x}), n_lat)
         t0 = time.perf_counter()
         futs = [sess.submit({"input": x}) for _ in range(n_stream)]
         for f in futs:
