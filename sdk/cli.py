@@ -73,6 +73,7 @@ def _shapes(input_shape: Optional[list[str]], inputs: Optional[Path]) -> tuple[d
 
 
 MIB = 1024 * 1024  # cluster.yaml's memory_mb is MiB: report memory in the same unit
+DEFAULT_HOLDOUT = 0.2  # share of the calibration samples kept out of RePurpose, for the report's fidelity
 
 
 def _plan_json(prep) -> dict:
@@ -160,6 +161,8 @@ def package_cmd(
     partition: Optional[Path] = typer.Option(None, "--partition", help="With --strategy channel: an .npz mapping Conv/Gemm/MatMul output names to int arrays of device indices (cluster order, one per output channel). Layers it leaves out get equal contiguous blocks."),
     calibration: Optional[Path] = typer.Option(None, "--calibration", help="With --strategy channel: an .npz of calibration inputs (each model input, a batch [N, ...]); with --comm-budget, RePurpose restructures the model on them (assign neurons to devices, prune cross-device weights, refit by least squares; docs/sparse.md)."),
     comm_budget: Optional[float] = typer.Option(None, "--comm-budget", min=0.0, max=1.0, help="With --calibration: the bytes allowed between devices, as a fraction of what the dense channel split sends (0.2 = 5x fewer)."),
+    holdout: Optional[float] = typer.Option(None, "--holdout", min=0.0, max=0.9, help=f"With --calibration: the share of the calibration samples (the last ones, at least one) that RePurpose does not see; the report measures fidelity on them. Default {DEFAULT_HOLDOUT}. 0 restructures on all samples, and fidelity is then measured on those same samples. The bundles do not depend on --report, only on this."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Also write a report as one self-contained HTML file: bytes crossing devices per split layer (or per cut) and in total, dense vs used; compute and parameter bytes per device; routes; plots; and fidelity: the bundles run chained in this process against the original model, on the held-out calibration samples (with --calibration), else on --inputs, else on one random input (seed 0). See docs/report.md."),
 ) -> None:
     """Plan the split and write one bundle per device: manifest.json and its sub-models."""
 
@@ -167,13 +170,20 @@ def package_cmd(
         from rich.progress import Progress, SpinnerColumn, TextColumn
 
         p = _packager()
-        shapes, _ = _shapes(input_shape, inputs)
+        shapes, feeds = _shapes(input_shape, inputs)
         if strategy not in ("pipeline", "channel"):
             raise PlanningError(f"Unknown strategy {strategy!r}; choose `pipeline` or `channel`.")
         if (calibration is None) != (comm_budget is None):
             raise PlanningError("--calibration and --comm-budget go together: give both to restructure the model, or neither.")
+        if holdout is not None and calibration is None:
+            raise PlanningError("--holdout applies with --calibration only: it is the share of the calibration samples kept for measuring.")
+        if report is not None:
+            from edgepart.packager.report import check_writable
+
+            check_writable(report)
         if strategy == "channel":
-            return _package_channel(model, cluster, out, shapes, partition, wire_codec, as_json, calibration, comm_budget)
+            return _package_channel(model, cluster, out, shapes, partition, wire_codec, as_json, calibration, comm_budget,
+                                    feeds, DEFAULT_HOLDOUT if holdout is None else holdout, report)
         if partition is not None or calibration is not None:
             raise PlanningError("--partition, --calibration and --comm-budget apply to --strategy channel only.")
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=err_console, transient=True,
@@ -182,23 +192,59 @@ def package_cmd(
             prep = p.package.prepare(model, cluster, objective, shapes)
             res = p.package.package(prep.model, prep.graph, prep.cluster, prep.pipeline, out, model_name=model.stem,
                                     progress=lambda s: prog.update(task, description=s), wire_codec=wire_codec)
+            rep = None
+            if report is not None:
+                from edgepart.packager.report import pipeline_report
+
+                prog.update(task, description="measuring fidelity for the report")
+                fid = _fidelity_without_calibration(out, model, res.plan, shapes, feeds)
+                rep = pipeline_report(res, prep.graph, model.stem, fid)
+                rep.write_html(report)
         if as_json:
             d = _plan_json(prep)
             d["plan_id"] = res.plan.plan_id
             d["bundles"] = {k: str(v) for k, v in res.bundle_dirs.items()}
+            if rep is not None:
+                d["report_html"] = str(report)
+                d["summary"] = rep.summary()
             print(json.dumps(d, indent=1))
             return
         _print_plan(prep, f"packaged {model.name} for {len(prep.cluster.devices)} devices")
         console.print(f"plan id [bold]{res.plan.plan_id}[/]; bundles:")
         for d, path in res.bundle_dirs.items():
             console.print(f"  {path}   → copy to {d}, then `edgepart run {path}`")
+        if rep is not None:
+            _print_report(rep, report)
 
     _run(body)
 
 
+def _fidelity_without_calibration(out: Path, model: Path, plan, shapes: dict, feeds: dict):
+    """Fidelity on --inputs when given, else on one random input (seeded), run as given (not per sample)."""
+    from edgepart.packager.report import measure_fidelity
+
+    from .inputs import check_feeds, random_inputs
+
+    if feeds:
+        check_feeds(plan.inputs, feeds)
+        return measure_fidelity(out, model, feeds, "the --inputs", batched=False)
+    return measure_fidelity(out, model, random_inputs(plan.inputs, shapes, seed=0),
+                            "one random input (standard normal, seed 0)", batched=False)
+
+
+def _print_report(rep, path: Path) -> None:
+    f = rep.fidelity
+    if f is not None:
+        top1 = f", top-1 agreement {f.top1_agreement:.1%}" if f.top1_agreement is not None else ""
+        console.print(f"fidelity on {escape(f.inputs)}: max abs diff {f.max_abs_diff:.3g}, mean relative error "
+                      f"{f.mean_rel_error:.3g}{top1}", soft_wrap=True)
+    console.print(f"report written to [bold]{escape(str(path))}[/]", soft_wrap=True)  # one line: easy to copy
+
+
 def _package_channel(model: Path, cluster: Path, out: Path, shapes: dict, partition: Optional[Path],
                      wire_codec: str, as_json: bool, calibration: Optional[Path] = None,
-                     comm_budget: Optional[float] = None) -> None:
+                     comm_budget: Optional[float] = None, feeds: Optional[dict] = None,
+                     holdout: float = DEFAULT_HOLDOUT, report: Optional[Path] = None) -> None:
     from rich.progress import Progress, SpinnerColumn, TextColumn
 
     from edgepart.packager.channel import package_channel
@@ -213,23 +259,39 @@ def _package_channel(model: Path, cluster: Path, out: Path, shapes: dict, partit
         task = prog.add_task("analysing and compiling the channel split", total=None)
         cl = load_cluster(cluster)
         m = load_model(model)
-        sparse = None
+        sparse = fit = held = None
         if calibration is not None:
             if part is not None:
                 raise PlanningError("--partition and --calibration exclude each other: RePurpose chooses the partition.")
+            from edgepart.packager.report import split_holdout
             from edgepart.packager.sparse import repurpose
 
+            # held-out samples are split off whether or not --report is given, so the bundles never depend on it
+            fit, held = split_holdout(load_npz(calibration), holdout)
+            # symbolic dimensions not given otherwise are planned at one calibration sample
+            symbolic = {i.name for i in m.graph.input
+                        if any(not d.HasField("dim_value") for d in i.type.tensor_type.shape.dim)}
+            shapes = {**{k: (1,) + tuple(v.shape[1:]) for k, v in fit.items() if k in symbolic and v.ndim}, **shapes}
             prog.update(task, description="restructuring the model (RePurpose)")
-            sparse = repurpose(m, load_npz(calibration), len(cl.devices), comm_budget,
-                               input_shapes=shapes or None)
+            sparse = repurpose(m, fit, len(cl.devices), comm_budget, input_shapes=shapes or None)
             m, part = sparse.model, sparse.partition
-        res = package_channel(m, analyse(m, shapes), cl, out, part, model_name=model.stem, wire_codec=wire_codec,
+        graph = analyse(m, shapes)
+        res = package_channel(m, graph, cl, out, part, model_name=model.stem, wire_codec=wire_codec,
                               progress=lambda s: prog.update(task, description=s))
+        pr = None
+        if report is not None:
+            prog.update(task, description="measuring fidelity for the report")
+            pr = _channel_report(model, out, res, graph, shapes, feeds or {}, sparse, fit, held, holdout, comm_budget)
+            pr.write_html(report)
     rep = res.report
     if as_json:
-        print(json.dumps({"strategy": "channel", "plan_id": res.plan.plan_id, "estimates": dict(res.plan.estimates),
-                          "bundles": {k: str(v) for k, v in res.bundle_dirs.items()}, "report": rep.to_dict(),
-                          "sparse": sparse.report.to_dict() if sparse else None}, indent=1))
+        d = {"strategy": "channel", "plan_id": res.plan.plan_id, "estimates": dict(res.plan.estimates),
+             "bundles": {k: str(v) for k, v in res.bundle_dirs.items()}, "report": rep.to_dict(),
+             "sparse": sparse.report.to_dict() if sparse else None}
+        if pr is not None:
+            d["report_html"] = str(report)
+            d["summary"] = pr.summary()
+        print(json.dumps(d, indent=1))
         return
     console.print(f"packaged {model.name} as a channel split for {len(cl.devices)} devices: "
                   f"{rep.cross_device_bytes:,} bytes between devices per inference (split layers: dense "
@@ -246,6 +308,28 @@ def _package_channel(model: Path, cluster: Path, out: Path, shapes: dict, partit
     console.print(f"plan id [bold]{res.plan.plan_id}[/]; bundles:")
     for d, path in res.bundle_dirs.items():
         console.print(f"  {path}   ({len(res.plan.steps_of(d))} steps) → copy to {d}, then `edgepart run {path}`")
+    if pr is not None:
+        _print_report(pr, report)
+
+
+def _channel_report(model: Path, out: Path, res, graph, shapes: dict, feeds: dict, sparse, fit: Optional[dict],
+                    held: Optional[dict], holdout: float, comm_budget: Optional[float]):
+    """The report of a channel split; with RePurpose, fidelity on the held-out calibration samples."""
+    from edgepart.packager.report import channel_report, measure_fidelity
+
+    if sparse is None:
+        fid = _fidelity_without_calibration(out, model, res.plan, shapes, feeds)
+        return channel_report(res, graph, model.stem, None, fid)
+    n_fit, n_held = len(next(iter(fit.values()))), len(next(iter(held.values())))
+    if n_held:
+        fid = measure_fidelity(out, model, held, f"{n_held} held-out calibration samples (the last {holdout:.0%}; "
+                               f"RePurpose used the other {n_fit})", compiled=sparse.model)
+    else:
+        fid = measure_fidelity(out, model, fit, f"the calibration samples RePurpose was fitted on ({n_fit}; "
+                               f"--holdout 0: none held out)", compiled=sparse.model)
+    return channel_report(res, graph, model.stem, sparse.report, fid, {
+        "method": "RePurpose", "comm_budget": comm_budget, "steps": "+".join(sparse.report.steps),
+        "calibration_samples": n_fit, "held_out": n_held})
 
 
 @app.command("inspect")
