@@ -8,7 +8,9 @@ the weights use, compiled into the same per-device steps and routes the agents a
 
     channel_ops.py     what each op can do (rules), the model as the compiler reads it
     channel_layout.py  partitions and layouts of every tensor, and each node's decision
+    channel_partial.py where a contraction's partial sums cross instead of its inputs (per device pair)
     channel_emit.py    per-device ops with local names, Gathers of channel subsets, routes
+    channel_norm.py    LayerNormalization over split channels: statistics exchanged, not features
 
 `partition` maps the output of a Conv/Gemm/MatMul to an int array [C_out] of device indices (the
 cluster's order); layers it does not name get contiguous, near-equal blocks. A device's ops are
@@ -54,7 +56,7 @@ class ChannelReport:
     """What the compiler chose and what crosses devices: per route, per decision, per split layer."""
 
     routes: tuple[RouteBytes, ...]
-    decisions: tuple[tuple[str, str, Decision], ...]  # (node, op, decision) for every non-local node
+    decisions: tuple[tuple[str, str, Decision], ...]  # (node, op, decision): all but plain per-channel ops
     layers: BytesReport
     notes: tuple[str, ...]
     latency_ms: float  # critical path of the steps, with the cluster's speeds and links
@@ -77,7 +79,9 @@ class ChannelReport:
             "routes": [r.__dict__ for r in self.routes],
             "decisions": [{"node": n, "op": op, "kind": d.kind, "note": d.note,
                            "device": self.devices[d.device] if 0 <= d.device < len(self.devices) else None,
-                           "options": [list(o) for o in d.options]} for n, op, d in self.decisions],
+                           "options": [list(o) for o in d.options],
+                           "partial_sums": [[self.devices[j], self.devices[k]] for k, j in d.partial]}
+                          for n, op, d in self.decisions],
             "layers": self.layers.to_dict(),
             "param_bytes": dict(self.param_bytes), "macs": dict(self.macs),
         }
@@ -113,6 +117,16 @@ def _levels(em: _Emitter) -> None:
             em.ops[i].level = min(em.ops[u].level for u in users)
 
 
+def _set_dims(shape: list, axis, count) -> list:
+    """`shape` with axis (or each of a tuple of axes) set to count (or the matching counts)."""
+    if isinstance(axis, tuple):
+        for a, c in zip(axis, count):
+            shape[a] = int(c)
+    elif axis is not None:
+        shape[axis] = int(count)
+    return shape
+
+
 def _spec(em: _Emitter, name: str) -> TensorSpec:
     t, axis, count = em.origin[name]
     info = em.info
@@ -122,16 +136,12 @@ def _spec(em: _Emitter, name: str) -> TensorSpec:
         shape = list(spec.shape)
     else:
         shape = list(probe) if t in {i.name for i in info.graph.inputs} else ["?"] * len(probe)
-    if axis is not None:
-        shape[axis] = int(count)
-    return TensorSpec(name, info.dtypes[t], tuple(shape))
+    return TensorSpec(name, info.dtypes[t], tuple(_set_dims(shape, axis, count)))
 
 
 def _nbytes(em: _Emitter, name: str) -> int:
     t, axis, count = em.origin[name]
-    shape = list(em.info.shapes[t])
-    if axis is not None:
-        shape[axis] = int(count)
+    shape = _set_dims(list(em.info.shapes[t]), axis, count)
     return int(np.prod(shape, dtype=np.int64)) * np.dtype(em.info.dtypes[t]).itemsize
 
 
@@ -256,9 +266,10 @@ def compile_channel(model: onnx.ModelProto, graph: Graph, cluster: Cluster,
 
     routes = [Route(n, s, d, codec(n, s, d)) for (n, s, d) in em.routes]
     sizes = {n: _nbytes(em, n) for n in em.origin}
-    rows = tuple(RouteBytes(r.tensor, r.src, r.dst, em.origin[r.tensor][2], sizes[r.tensor]) for r in routes)
+    rows = tuple(RouteBytes(r.tensor, r.src, r.dst, c if isinstance(c := em.origin[r.tensor][2], int) else None,
+                            sizes[r.tensor]) for r in routes)
     decisions = tuple((nd.name, nd.op_type, d) for nd, d in zip(graph.nodes, lay.decisions)
-                      if d.kind != "local" and (d.kind != "rep" or d.note))
+                      if d.kind not in ("local", "rep") or d.note)
     params = {d: 0 for d in devices}
     for st in steps:
         params[st.device] += sum(_init_bytes(i) for i in st.model.graph.initializer)

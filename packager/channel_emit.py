@@ -6,12 +6,17 @@ Every node becomes ops on the devices that compute it, with device-local tensor 
     t@src>dst      the channels of t that dst needs from src, cut out on src by a Gather with
                    constant indices, so the wire stays dense (the subset is baked into both ends)
     t@dev:in3      a local gather/concat of channels, a full gather, a partial product (…:partial)
+    y@src>dst:partial   src's partial products for dst's output channels of y (sent instead of inputs)
+    x@dev:stats    dev's per-token (mean, variance) of its channels of x, sent to every peer
     t              a whole tensor keeps its model name (model inputs and outputs, whole-op results)
 
 What crosses devices is found by asking for tensors: `deliver(t, k, channels)` adds the Gathers,
 routes and Concats that put those channels of t on device k. The program is emitted twice: the
 first pass only records which channels each (tensor, sender, receiver) pair is asked for, the
 second sends their union once and lets every consumer take its subset locally.
+
+A LayerNormalization over the split axis is emitted by channel_norm (statistics cross, not
+features); partial products sent instead of input channels by channel_partial.
 
 Ops are then grouped into steps: an op's level is the number of messages on the longest path
 that reaches it, and a device's ops of one level form one step (one sub-model). Consecutive work
@@ -31,7 +36,9 @@ from onnx import helper, numpy_helper
 from edgepart.plan import CALLER
 
 from .channel_layout import CALLER_DEV, ChannelLayout, Rep, Split, Whole
+from .channel_norm import emit_norm
 from .channel_ops import ELEMENTWISE, aligned, attr
+from .channel_partial import emit_partials, emit_sum
 from .graph import _captured
 
 
@@ -295,7 +302,7 @@ class _Emitter:
                     rows = lo.of(k)
                     if rows.size:
                         name = self.fresh(f"{nd.outputs[0]}@{self.dev[k]}")
-                        self.contract(nd, k, rows, name, lo.axis)
+                        self.contract(nd, k, rows, name, lo.axis, tuple(j for r, j in dec.partial if r == k))
                         self.piece[(nd.outputs[0], k)] = name
             elif dec.kind == "local":
                 for k in range(self.lay.n_devices):
@@ -308,6 +315,8 @@ class _Emitter:
                     self.whole(nd, dec.device)
             elif dec.kind == "reduce":
                 self.reduce(nd, dec.device)
+            elif dec.kind == "norm":
+                emit_norm(self, nd)
         for o in g.outputs:
             lt = self.lay.layouts[o.name]
             if isinstance(lt, Split):
@@ -320,29 +329,46 @@ class _Emitter:
                 r = lt.device
             self.route(o.name, r, CALLER_DEV)
 
-    def contract(self, nd, k: int, rows: np.ndarray, out: str, out_axis: int | None) -> None:
-        """Output channels `rows` of a contraction on device k, reading only the input channels they use."""
+    def contract(self, nd, k: int, rows: np.ndarray, out: str, out_axis: int | None,
+                 partial_from: tuple[int, ...] = ()) -> None:
+        """Output channels `rows` of a contraction on device k, reading only the input channels they use;
+        devices in `partial_from` send their partial products for these rows instead of their channels."""
         c = self.info.contraction(nd.name)
-        p = self.info.protos[nd.name]
         cols = np.flatnonzero(c.used[rows].any(0))
         lx = self.lay.layouts[c.x]
+        origin = (nd.outputs[0], out_axis, len(rows)) if out_axis is not None else (nd.outputs[0], None, None)
+        sums: list[str] = []
+        if partial_from and isinstance(lx, Split) and lx.axis == c.in_axis:
+            cols, sums = emit_partials(self, nd, k, rows, cols, partial_from, origin)
+            if cols.size == 0 and sums:  # nothing left to compute on k but the sum (and the bias)
+                emit_sum(self, nd, k, rows, sums, out, origin)
+                return
         if cols.size == 0:  # all-zero rows: keep one input channel so the op still has its shape
             cols = np.array([int(lx.of(k)[0]) if isinstance(lx, Split) and lx.of(k).size else 0])
         if isinstance(lx, Split) and lx.axis == c.in_axis:
             own = lx.owner[cols]
             cols = cols[np.lexsort((cols, own, own != k))]  # local channels first, then by sender
+        if not sums:
+            self.product(nd, k, rows, cols, out, origin, bias=True)
+            return
+        main = self.fresh(f"{nd.outputs[0]}@{self.dev[k]}:own")
+        self.product(nd, k, rows, cols, main, origin, bias=True)
+        self.op(k, "Sum", [main] + sums, [out], origins=[origin])
+
+    def product(self, nd, k: int, rows: np.ndarray, cols: np.ndarray, out: str, origin, bias: bool) -> None:
+        """W[rows, cols] · x[cols] on device k (with the bias of `rows` when asked), as the node's own op."""
+        c = self.info.contraction(nd.name)
+        p = self.info.protos[nd.name]
         xin = self.deliver(c.x, k, cols, c.in_axis)
         w = self.info.array(c.w)
         n_out, n_in = c.used.shape
-        if p.op_type == "Conv":
-            wk = w[rows][:, cols]
-        elif p.op_type == "Gemm" and attr(p, "transB", 0):
+        if p.op_type == "Conv" or (p.op_type == "Gemm" and attr(p, "transB", 0)):
             wk = w[rows][:, cols]
         else:
             wk = w[cols][:, rows]
         ins, inits = [xin], []
-        ins.append(self._sliced(c.w, wk, w, k, inits))
-        if c.b is not None:
+        ins.append(self.sliced(c.w, wk, w, k, inits))
+        if bias and c.b is not None:
             b = self.info.array(c.b)
             if p.op_type == "Conv":
                 bk = b[rows]
@@ -350,12 +376,11 @@ class _Emitter:
                 bk = b[..., rows]
             else:
                 bk = b
-            ins.append(self._sliced(c.b, bk, b, k, inits))
-        origin = (nd.outputs[0], out_axis, len(rows)) if out_axis is not None else (nd.outputs[0], None, None)
+            ins.append(self.sliced(c.b, bk, b, k, inits))
         macs = nd.macs * len(rows) / n_out * len(cols) / n_in
         self.op(k, p, ins, [out], inits, macs, origins=[origin])
 
-    def _sliced(self, name: str, part: np.ndarray, whole: np.ndarray, k: int, inits: list) -> str:
+    def sliced(self, name: str, part: np.ndarray, whole: np.ndarray, k: int, inits: list) -> str:
         if part.shape == whole.shape and np.array_equal(part, whole):
             inits.append(self.copy_const(name))
             return name
@@ -444,6 +469,14 @@ class _Emitter:
         origin = [(out, lo.axis, len(rows))]
         macs = nd.macs * len(rows) / len(lo.owner)
         op = nd.op_type
+        if rule.link in ("group", "merge"):
+            self.regroup(nd, k, rows, name, origin, macs)
+            return
+        if op == "Gather" and not rule.ins:  # an embedding: this device's columns of the table
+            table, inits = self.info.array(p.input[0]), []
+            cols = self.sliced(p.input[0], table[:, rows], table, k, inits)
+            self.op(k, p, [cols, self.deliver(p.input[1], k)], [name], inits, macs, origins=origin)
+            return
         if rule.link == "flatten" or (op in ("Flatten", "Reshape") and rule.link == "same"):
             x = p.input[0]
             lx = self.lay.layouts[x]
@@ -464,8 +497,8 @@ class _Emitter:
             if not s:
                 ins.append("")
                 continue
-            if op in ELEMENTWISE or op == "Concat":
-                idx = aligned(self.info.shape(s), r_out, lo.axis) if op in ELEMENTWISE else self.lay.layouts[s].axis
+            if op in ELEMENTWISE or op in ("Concat", "MatMul"):
+                idx = self.lay.layouts[s].axis if op == "Concat" else aligned(self.info.shape(s), r_out, lo.axis)
                 shape = self.info.shape(s)
                 per_channel = idx >= 0 and shape[idx] == len(lo.owner) and not (shape[idx] == 1 and len(lo.owner) != 1)
             elif op in ("BatchNormalization", "InstanceNormalization") or (op == "Conv" and i > 0):
@@ -475,7 +508,7 @@ class _Emitter:
             if self.info.is_const(s):
                 if per_channel:
                     whole = self.info.array(s)
-                    ins.append(self._sliced(s, np.take(whole, rows, axis=idx), whole, k, inits))
+                    ins.append(self.sliced(s, np.take(whole, rows, axis=idx), whole, k, inits))
                 else:
                     ins.append(s)
                     inits.append(self.copy_const(s))
@@ -485,6 +518,38 @@ class _Emitter:
             extra["group"] = len(rows)
         outs = [name] + [""] * (len(p.output) - 1)
         self.op(k, p, ins, outs, inits, macs, origins=origin + [None] * (len(outs) - 1), **extra)
+
+    def regroup(self, nd, k: int, rows: np.ndarray, name: str, origin, macs: float) -> None:
+        """A Reshape splitting the split axis into (groups, inner) or merging (groups, inner) back, on
+        device k's groups: the target shape's entry for the split axis becomes the device's count."""
+        rule = self.lay.rules[nd.index]
+        p = self.info.protos[nd.name]
+        x, target = p.input[0], p.input[1]
+        a = rule.axis
+        if rule.link == "group":  # rows are groups: read their channels
+            chans = (rows[:, None] * rule.inner + np.arange(rule.inner)[None, :]).reshape(-1)
+        else:  # rows are channels of merged groups: read those groups
+            chans = np.unique(rows // rule.inner)
+        xin = self.deliver(x, k, chans, a)
+        inits = []
+        if self.info.is_const(target):
+            shape = self.info.array(target).astype(np.int64).copy()
+            shape[a] = len(rows)
+            tname, init = self.const(shape, f"{target}@{self.dev[k]}")
+            inits.append(init)
+        else:
+            full = self.deliver(target, k)
+            r = int(self.info.shape(target)[0])
+            mask = np.ones(r, dtype=np.int64)
+            mask[a] = 0
+            add = np.zeros(r, dtype=np.int64)
+            add[a] = len(rows)
+            masked, tname = self.fresh(f"{target}@{self.dev[k]}:masked"), self.fresh(f"{target}@{self.dev[k]}:local")
+            mn, mi = self.const(mask, f"{tname}:mask")
+            an, ai = self.const(add, f"{tname}:add")
+            self.op(k, "Mul", [full, mn], [masked], [mi], origins=[(target, None, None)])
+            self.op(k, "Add", [masked, an], [tname], [ai], origins=[(target, None, None)])
+        self.op(k, p, [xin, tname], [name], inits, macs, origins=origin)
 
 
 def _rename_captures(g: onnx.GraphProto, rename: dict[str, str]) -> None:

@@ -5,7 +5,9 @@
                                          Whole(device)       one device (CALLER_DEV: the caller) holds it
                                          REP                 shape arithmetic, recomputed where needed
         every node a Decision            contract  device k computes y[C_k] = W[C_k, U_k] x[U_k]
+                                                   (or sums partial products sent by some peers)
                                          local     per-channel op: each device on the channels it owns
+                                         norm      LayerNorm over the split axis: statistics exchanged
                                          whole     inputs gathered on one device, run there
                                          reduce    partial products on every device, summed on one
                                          rep       recomputed on every device that needs it
@@ -13,11 +15,14 @@
 Three passes. A: each node's rule from its inputs' kinds (channel_ops.classify). B: partitions:
 tensors tied by per-channel ops (a residual stream, `Add(conv_out, shortcut)`) form one class
 (union-find) and share one partition: the first one given for a member in topological order,
-else contiguous blocks; Flatten and channel-Concat derive theirs from their inputs (a derived
-partition that disagrees with its class is redistributed where they meet: exact, and noted).
+else contiguous blocks, kept to whole groups where a class is reshaped into heads. Q, K and V of
+one attention are one class: their heads meet in Q·K^T and P·V. Flatten, channel-Concat and the
+Reshapes into and out of heads derive theirs from their inputs (a derived partition that disagrees
+with its class is redistributed where they meet: exact, and noted).
 C: layouts in topological order; a whole-tensor op runs where most of its input bytes already are;
 a contraction whose output is only needed whole picks, by bytes moved, among split-then-gather,
-gather-the-input (whole@r) and partial products reduced on one device (reduce@r).
+gather-the-input (whole@r) and partial products reduced on one device (reduce@r). Then, per device
+pair, split contractions take partial sums where those are fewer bytes (channel_partial).
 """
 
 from __future__ import annotations
@@ -69,6 +74,9 @@ class Decision:
     device: int = -1  # whole/reduce: where it runs
     note: str = ""
     options: tuple[tuple[str, int], ...] = ()  # contract: (mode@device, cross-device bytes) compared
+    # contract: (receiver, sender) pairs where the sender sends partial sums W[C_receiver, U] x[U]
+    # instead of its input channels U (fewer bytes when the receiver has fewer output channels)
+    partial: tuple[tuple[int, int], ...] = ()
 
 
 # -- the layout ------------------------------------------------------------------------------------
@@ -108,11 +116,8 @@ def plan_layout(model: onnx.ModelProto, graph: Graph, n_devices: int,
     user = _check_partition(info, rules, partition or {}, n_devices)
 
     # pass B: partitions (one per class of tensors tied by per-channel ops)
-    uf = _UnionFind()
-    for nd, rule in zip(graph.nodes, rules):
-        if rule.kind == "local" and rule.link == "same":
-            for t in rule.ins:
-                uf.union(nd.outputs[0], t)
+    uf = _classes(info, rules)
+    granule = _granules(info, rules, uf)
     class_user: dict[str, tuple[str, np.ndarray]] = {}
     for nd, rule in zip(graph.nodes, rules):
         o = nd.outputs[0]
@@ -121,19 +126,26 @@ def plan_layout(model: onnx.ModelProto, graph: Graph, n_devices: int,
             if root not in class_user:
                 class_user[root] = (o, user[o])
             elif not np.array_equal(class_user[root][1], user[o]):
-                notes.append(f"partition of {o!r} replaced by that of {class_user[root][0]!r}: they are added "
-                             f"together (one residual stream) and must share one partition")
+                notes.append(f"partition of {o!r} replaced by that of {class_user[root][0]!r}: they are tied by "
+                             f"per-channel ops (one residual stream, or one attention's heads) and must share "
+                             f"one partition")
     owner: dict[str, np.ndarray] = {}
     class_owner: dict[str, np.ndarray] = {}
     for nd, rule in zip(graph.nodes, rules):
-        if rule.kind not in ("contract", "local"):
+        if rule.kind not in ("contract", "local", "norm"):
             continue
         o = nd.outputs[0]
         root = uf.find(o)
         p = info.protos[nd.name]
         derived = None
-        if rule.link == "flatten":
+        if rule.link in ("flatten", "merge"):
             derived = np.repeat(owner[p.input[0]], rule.inner)
+        elif rule.link == "group":
+            derived = _group_owner(owner[p.input[0]], rule.inner, n_devices)
+            if not np.array_equal(np.repeat(derived, rule.inner), owner[p.input[0]]):
+                notes.append(f"{p.input[0]!r} is reshaped into groups of {rule.inner} channels (heads) that its "
+                             f"partition splits; each group goes to the device holding most of it, which "
+                             f"receives the rest")
         elif rule.link == "concat":
             derived = np.concatenate([owner[t] for t in p.input])
         if derived is not None:
@@ -145,9 +157,12 @@ def plan_layout(model: onnx.ModelProto, graph: Graph, n_devices: int,
             continue
         if root not in class_owner:
             c = info.shapes[o][rule.axis]
-            class_owner[root] = class_user[root][1] if root in class_user else default_partition(c, n_devices)
+            g = granule.get(root, 1)
+            class_owner[root] = class_user[root][1] if root in class_user else \
+                np.repeat(default_partition(c // g, n_devices), g)
             if root in class_user and o not in user and rule.kind == "contract":
-                notes.append(f"{o!r} takes the partition given for {class_user[root][0]!r} (same residual stream)")
+                notes.append(f"{o!r} takes the partition given for {class_user[root][0]!r} (tied by per-channel "
+                             f"ops: same residual stream or same heads)")
         owner[o] = class_owner[root]
         if rule.kind == "contract" and o in user and not np.array_equal(owner[o], user[o]):
             notes.append(f"partition of {o!r} not used: it is tied to a tensor whose partition was fixed before")
@@ -162,7 +177,11 @@ def plan_layout(model: onnx.ModelProto, graph: Graph, n_devices: int,
             for t in nd.outputs:
                 layouts[t] = REP
         elif rule.kind == "local":
-            dec = Decision("local")
+            layouts[o] = Split(rule.axis, owner[o])
+            dec = Decision("local", note=_local_note(rule, owner[o], n_devices))
+        elif rule.kind == "norm":
+            dec = Decision("norm", note="per-token statistics (mean, variance) of each device's channels "
+                                        "exchanged; each device normalises its own channels")
             layouts[o] = Split(rule.axis, owner[o])
         elif rule.kind == "contract":
             dec = _contract_decision(info, nd, rules, layouts, owner[o], n_devices, rule.axis)
@@ -173,6 +192,9 @@ def plan_layout(model: onnx.ModelProto, graph: Graph, n_devices: int,
             for t in nd.outputs:
                 layouts[t] = Whole(r)
         decisions.append(dec)
+    from .channel_partial import plan_partial_sums  # it reads layouts: imported here, not in a cycle
+
+    decisions = plan_partial_sums(info, rules, layouts, decisions, n_devices)
     partition_out = {nd.outputs[0]: owner[nd.outputs[0]]
                      for nd, d in zip(graph.nodes, decisions) if d.kind == "contract"}
     return ChannelLayout(info, n_devices, tuple(rules), layouts, tuple(decisions), partition_out, tuple(notes))
@@ -187,7 +209,7 @@ def _rules(info: ModelInfo) -> list[Rule]:
         rule = classify(info, nd, axis_of, kind_of)
         rules.append(rule)
         for i, o in enumerate(nd.outputs):
-            split = rule.kind in ("contract", "local") and i == 0
+            split = rule.kind in ("contract", "local", "norm") and i == 0
             kind_of[o] = "split" if split else ("rep" if rule.kind == "rep" else "whole")
             axis_of[o] = rule.axis if split else None
     return rules
@@ -216,6 +238,57 @@ def _check_partition(info: ModelInfo, rules, partition: Mapping[str, np.ndarray]
                                 f"(one per output channel); got shape {arr.shape}, dtype {arr.dtype}.")
         checked[t] = arr.astype(np.int64)
     return checked
+
+
+def _local_note(rule: Rule, owner: np.ndarray, n: int) -> str:
+    if rule.link == "group":
+        return f"{rule.why}: {', '.join(map(str, np.bincount(owner, minlength=n)))} per device"
+    return rule.why
+
+
+def _classes(info: ModelInfo, rules) -> "_UnionFind":
+    """Tensors that must share one partition. Per-channel ops tie their output to their split inputs;
+    tensors reshaped into groups (heads) of the same size that end up in one class are tied too, so
+    that Q, K and V of one attention are split alike (their heads meet in Q·K^T and P·V)."""
+    uf = _UnionFind()
+    for nd, rule in zip(info.graph.nodes, rules):
+        if rule.kind in ("local", "norm") and rule.link == "same":
+            for t in rule.ins:
+                uf.union(nd.outputs[0], t)
+    grouped = [(nd.outputs[0], info.protos[nd.name].input[0], rule.inner)
+               for nd, rule in zip(info.graph.nodes, rules) if rule.kind == "local" and rule.link == "group"]
+    changed = True
+    while changed:
+        changed = False
+        first: dict[tuple[str, int], str] = {}
+        for out, x, inner in grouped:
+            key = (uf.find(out), inner)
+            if key in first and uf.find(first[key]) != uf.find(x):
+                uf.union(first[key], x)
+                changed = True
+            first.setdefault(key, x)
+    return uf
+
+
+def _granules(info: ModelInfo, rules, uf: "_UnionFind") -> dict[str, int]:
+    """Class root -> channels per group (head) of a Reshape reading the class: default partitions keep
+    whole groups on one device."""
+    out: dict[str, int] = {}
+    for nd, rule in zip(info.graph.nodes, rules):
+        if rule.kind == "local" and rule.link == "group":
+            x = info.protos[nd.name].input[0]
+            root, c = uf.find(x), info.shapes[x][rule.axis]
+            g = int(np.lcm(out.get(root, 1), rule.inner))
+            if c % g == 0:
+                out[root] = g
+    return out
+
+
+def _group_owner(owner: np.ndarray, inner: int, n: int) -> np.ndarray:
+    """Each group of `inner` consecutive channels to the device that holds most of them (lowest on ties)."""
+    per = owner.reshape(-1, inner)
+    counts = (per[:, :, None] == np.arange(n)[None, None, :]).sum(1)
+    return counts.argmax(1).astype(np.int64)
 
 
 class _UnionFind:
@@ -322,6 +395,10 @@ class LayerBytes:
     out_channels: int
     dense_bytes: int  # every device receives every input channel it does not hold
     used_bytes: int  # only the channels its rows of W read
+    # as compiled: used, except for the device pairs that send partial sums of the receiver's output
+    # channels instead (fewer bytes); partial_bytes is that part of it
+    sent_bytes: int = 0
+    partial_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -341,9 +418,18 @@ class BytesReport:
         """dense channel-split bytes / sparse bytes (inf when nothing crosses)."""
         return self.dense_bytes / self.used_bytes if self.used_bytes else float("inf")
 
+    @property
+    def sent_bytes(self) -> int:
+        """As compiled: used bytes, with partial sums where they are fewer."""
+        return sum(x.sent_bytes for x in self.layers)
+
+    @property
+    def partial_bytes(self) -> int:
+        return sum(x.partial_bytes for x in self.layers)
+
     def to_dict(self) -> dict:
-        return {"dense_bytes": self.dense_bytes, "used_bytes": self.used_bytes,
-                "layers": [x.__dict__ for x in self.layers]}
+        return {"dense_bytes": self.dense_bytes, "used_bytes": self.used_bytes, "sent_bytes": self.sent_bytes,
+                "partial_bytes": self.partial_bytes, "layers": [x.__dict__ for x in self.layers]}
 
 
 def layer_bytes(lay: ChannelLayout) -> BytesReport:
@@ -357,13 +443,23 @@ def layer_bytes(lay: ChannelLayout) -> BytesReport:
         y_owner = lay.layouts[nd.outputs[0]].owner
         x_owner = _owner_of(lay.layouts[c.x], info.shapes[c.x][c.in_axis], c.in_axis)
         bpc = info.bytes_per_channel(c.x, c.in_axis)
-        dense = used = 0.0
+        bpc_y = info.bytes_per_channel(nd.outputs[0], lay.layouts[nd.outputs[0]].axis)
+        dense = used = sent = partial = 0.0
         if x_owner is not None:
             for k in range(n):
                 out_k = np.flatnonzero(y_owner == k)
                 if out_k.size:
                     dense += bpc * np.count_nonzero(x_owner != k)
-                    used += bpc * np.count_nonzero(c.used[out_k].any(0) & (x_owner != k))
-        rows.append(LayerBytes(nd.name, nd.outputs[0], c.x, c.used.shape[1], c.used.shape[0],
-                               int(round(dense)), int(round(used))))
+                    read = c.used[out_k].any(0)
+                    for j in range(n):
+                        if j == k:
+                            continue
+                        from_j = bpc * np.count_nonzero(read & (x_owner == j))
+                        used += from_j
+                        if (k, j) in dec.partial:
+                            partial += bpc_y * out_k.size * bool(from_j)
+                        else:
+                            sent += from_j
+        rows.append(LayerBytes(nd.name, nd.outputs[0], c.x, c.used.shape[1], c.used.shape[0], int(round(dense)),
+                               int(round(used)), int(round(sent + partial)), int(round(partial))))
     return BytesReport(tuple(rows))

@@ -4,8 +4,11 @@
                                 and small values (pads, axes computed from shapes)
     classify(info, node, ...)   -> Rule: contract (a Conv/Gemm/MatMul with constant weights, split by
                                 output channels), local (per-channel: BatchNorm, activations, pooling,
-                                depthwise Conv, spatial Pad, Flatten, channel Concat, ...), rep (shape
-                                arithmetic, recomputed where needed), or whole (anything else: gathered)
+                                depthwise Conv, spatial Pad, Flatten, channel Concat, a Reshape into or
+                                out of heads, a MatMul of two activations split on a batch axis, an
+                                embedding Gather, ...), norm (a LayerNormalization over the split axis:
+                                per-token statistics exchanged), rep (shape arithmetic, recomputed where
+                                needed), or whole (anything else: gathered)
 
 Adding an op the compiler keeps per-channel means a rule here and, if its constants are sliced in
 an unusual way, a case in channel_emit.local.
@@ -33,12 +36,14 @@ log = logging.getLogger("edgepart")
 class Rule:
     """How a node can run, from its inputs' kinds alone (before partitions are chosen)."""
 
-    kind: str  # contract | local | whole | rep
-    axis: int | None = None  # contract/local: the output's split axis
-    link: str = "same"  # local: same (shares its inputs' partition) | flatten | concat
-    inner: int = 1  # flatten: elements per channel
+    kind: str  # contract | local | norm | whole | rep
+    axis: int | None = None  # contract/local/norm: the output's split axis
+    # local: same (shares its inputs' partition) | flatten, merge (each input channel becomes `inner`
+    # output channels) | group (each `inner` input channels become one output channel: heads) | concat
+    link: str = "same"
+    inner: int = 1  # flatten/merge/group: channels per group
     ins: tuple[str, ...] = ()  # local/same: split inputs that share the output's partition
-    why: str = ""  # whole: why it needs the whole tensor
+    why: str = ""  # whole: why it needs the whole tensor; local/rep: what it does, when worth a note
 
 
 @dataclass(frozen=True)
@@ -217,6 +222,10 @@ def classify(info: ModelInfo, nd, axis_of: dict[str, int | None], kind_of: dict[
     if op in ("Shape", "Size"):
         return Rule("rep")
     has_subgraph = any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in p.attribute)
+    if op == "Gather" and acts and all(kind_of.get(t) in ("rep", "caller") for t in acts):
+        emb = _embedding(info, p)
+        if emb is not None:
+            return emb
     out_elems = int(np.prod(info.shapes[nd.outputs[0]], dtype=np.int64)) if nd.outputs else 0
     if (all(kind_of.get(t) in ("rep", "caller") for t in acts) and op not in NONDETERMINISTIC and not has_subgraph
             and info.contraction(nd.name) is None and nd.macs <= max(out_elems, 1)):
@@ -241,6 +250,9 @@ def classify(info: ModelInfo, nd, axis_of: dict[str, int | None], kind_of: dict[
     rank_in = len(info.shape(x)) if x else 0
     if op in ELEMENTWISE:
         return _elementwise(info, p, axis_of, kind_of) or Rule("whole", why=f"{op} broadcasts across the channel axis")
+    if op == "MatMul":
+        return _matmul(info, p, axis_of, kind_of) or Rule("whole", why="MatMul of activations split on a "
+                                                                        "contracted axis")
     if a is None:
         return Rule("whole", why=f"{op}'s first input is not channel-split")
     if op in ("BatchNormalization", "InstanceNormalization"):
@@ -267,10 +279,14 @@ def classify(info: ModelInfo, nd, axis_of: dict[str, int | None], kind_of: dict[
             return _flatten_rule(x, inner)
         return Rule("whole", why="Flatten that mixes the channel axis with the axes before it")
     if op == "Reshape":
-        s = info.shape(x)
-        if a == 1 and len(s) >= 2 and tuple(shape) == (s[0], int(np.prod(s[1:], dtype=np.int64))):
-            return _flatten_rule(x, int(np.prod(s[2:], dtype=np.int64)))
-        return Rule("whole", why="Reshape across the channel axis")
+        return _reshape(info, p, a) or Rule("whole", why="Reshape across the channel axis")
+    if op == "LayerNormalization":
+        first = attr(p, "axis", -1) % rank_in
+        if a < first:
+            return Rule("local", axis=a, ins=(x,))  # normalised over other axes: per channel
+        if all(info.is_const(t) for t in p.input[1:] if t):
+            return Rule("norm", axis=a, ins=(x,))
+        return Rule("whole", why="LayerNormalization over the channel axis with computed scale or bias")
     if op == "Concat":
         axis = attr(p, "axis") % len(shape)
         same_split = all(kind_of.get(t) == "split" and axis_of.get(t) == a for t in acts)
@@ -302,6 +318,66 @@ def classify(info: ModelInfo, nd, axis_of: dict[str, int | None], kind_of: dict[
 
 def _flatten_rule(x: str, inner: int) -> Rule:
     return Rule("local", axis=1, ins=(x,)) if inner == 1 else Rule("local", axis=1, link="flatten", inner=inner)
+
+
+def _reshape(info: ModelInfo, p, a: int) -> Rule | None:
+    """A Reshape that keeps the split axis' channels together: a flatten, splitting the split axis
+    into (groups, inner) (heads), or merging it with the axes after it (heads back into features)."""
+    if len(p.input) < 2 or not p.input[1]:
+        return None
+    s, o = tuple(info.shape(p.input[0])), tuple(info.shapes[p.output[0]])
+    if a == 1 and len(s) >= 2 and o == (s[0], int(np.prod(s[1:], dtype=np.int64))):
+        return _flatten_rule(p.input[0], int(np.prod(s[2:], dtype=np.int64)))
+    if len(o) == len(s) + 1 and o[:a] == s[:a] and o[a + 2:] == s[a + 1:] and o[a] * o[a + 1] == s[a]:
+        return Rule("local", axis=a, link="group", inner=int(o[a + 1]),
+                    why=f"heads: the split axis reshaped into groups of {o[a + 1]} channels, each device its own")
+    m = len(s) - len(o) + 1  # axes merged into the split axis
+    if m >= 2 and o[:a] == s[:a] and o[a + 1:] == s[a + m:] and o[a] == int(np.prod(s[a:a + m], dtype=np.int64)):
+        return Rule("local", axis=a, link="merge", inner=int(np.prod(s[a + 1:a + m], dtype=np.int64)),
+                    why="heads merged back into channels, each device its own")
+    return None
+
+
+def _matmul(info: ModelInfo, p, axis_of, kind_of) -> Rule | None:
+    """A MatMul of activations split on a batch (leading) axis, as attention's Q·K^T and P·V per head."""
+    out_shape = info.shapes[p.output[0]]
+    r = len(out_shape)
+    if any(len(info.shape(t)) < 2 for t in p.input) or r < 3:
+        return None
+    a = None
+    for t in p.input:
+        if not info.is_const(t) and kind_of.get(t) == "split":
+            idx = axis_of[t]
+            cand = idx + r - len(info.shape(t))
+            if idx < len(info.shape(t)) - 2 and info.shape(t)[idx] == out_shape[cand]:
+                a = cand
+                break
+    if a is None:
+        return None
+    c, ins = out_shape[a], []
+    for t in p.input:
+        s = info.shape(t)
+        idx = aligned(s, r, a)
+        if idx < 0 or s[idx] == 1 and c != 1:
+            continue  # broadcast along the split axis: the whole operand on every device
+        if s[idx] != c:
+            return None
+        if not info.is_const(t) and kind_of.get(t) == "split" and axis_of.get(t) == idx:
+            ins.append(t)
+    return Rule("local", axis=a, ins=tuple(dict.fromkeys(ins)),
+                why="per head: a MatMul of two activations split on a batch axis")
+
+
+def _embedding(info: ModelInfo, p) -> Rule | None:
+    """A Gather of rows of a constant table [V, H] by indices every device has (model inputs, shape
+    arithmetic): each device gathers its own columns of the table."""
+    if len(p.input) < 2 or not info.is_const(p.input[0]) or info.is_const(p.input[1]):
+        return None
+    table = info.shape(p.input[0])
+    if len(table) != 2 or attr(p, "axis", 0) % 2 != 0 or table[1] < 2 or info.array(p.input[0]).dtype.kind != "f":
+        return None
+    return Rule("local", axis=len(info.shapes[p.output[0]]) - 1, ins=(),
+                why="embedding: each device gathers its own columns of the table")
 
 
 def aligned(shape: tuple[int, ...], out_rank: int, axis: int) -> int:

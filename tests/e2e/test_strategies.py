@@ -40,6 +40,29 @@ def test_channel_split_through_agents(n, tmp_path, agents, sessions):
         assert_same(sess.submit(feeds).result(15), reference(path, feeds), f"channel split, {n} devices, seed {seed}")
 
 
+@pytest.mark.models
+def test_minilm_channel_split_through_agents(minilm_path, tmp_path, agents, sessions):
+    """MiniLM split by heads, MLP neurons and LayerNorm statistics over 2 agent processes: the
+    statistics and partial-sum messages are ordinary routes; planned at 1 x 16 tokens, run on real
+    sentences of other batch sizes and lengths."""
+    from edgepart.packager import zoo
+    from edgepart.packager.channel import package_channel
+    from edgepart.packager.cluster import load_cluster
+    from edgepart.packager.graph import analyse, load_model
+
+    model = load_model(minilm_path)
+    cluster = load_cluster(write_cluster(tmp_path / "cluster.yaml", ["dev0", "dev1"], [1.0, 1.0]))
+    graph = analyse(model, {"input_ids": (1, 16), "attention_mask": (1, 16)})
+    res = package_channel(model, graph, cluster, tmp_path / "dist", None, model_name=f"channel-minilm-{RUN}")
+    assert {d.kind for _, _, d in res.report.decisions} >= {"norm", "contract", "local"}
+    agents(tmp_path / "dist")
+    sess = sessions(tmp_path / "dist", timeout_s=30)
+    s = zoo.english_sentences(12)
+    for feeds in (zoo.sentence_inputs(s[:2]), zoo.sentence_inputs(s[2:12])):
+        shape = feeds["input_ids"].shape
+        assert_same(sess.submit(feeds).result(30), reference(minilm_path, feeds), f"MiniLM channel split, {shape}")
+
+
 @pytest.mark.parametrize("codec,atol", [("bitmap", 1e-5), ("fp16", 5e-2), ("int8", 2e-1)])
 def test_wire_codecs_through_agents(codec, atol, tmp_path, agents, sessions):
     from edgepart.packager.package import package, prepare

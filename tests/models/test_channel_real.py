@@ -109,3 +109,34 @@ def test_efficientnet_lite0_two_devices(efficientnet_lite0_path, tmp_path):
     assert (got.argmax(1) == want.argmax(1)).all()
     kinds = {d.kind for _, op, d in res.report.decisions if op == "Conv"}
     assert kinds == {"contract"}  # every full conv split; depthwise convs stay local (not listed)
+
+
+@pytest.mark.parametrize("n", [2, 4])
+def test_minilm_split_by_heads_is_exact(minilm_path, tmp_path, n):
+    """all-MiniLM-L6-v2: attention split by heads, the MLP by neurons, every LayerNorm by exchanged
+    statistics, the embedding tables by columns. Planned at batch 1 x 16 tokens, run on real sentences
+    at other batch sizes and lengths (with padding)."""
+    from edgepart.packager import zoo
+
+    model = load_model(minilm_path)
+    graph = analyse(model, {"input_ids": (1, 16), "attention_mask": (1, 16)})
+    res = package_channel(model, graph, cluster(n), tmp_path / "dist", model_name="minilm")
+    lc = LocalCluster.from_dist(tmp_path / "dist")
+    sess = ort.InferenceSession(str(minilm_path), providers=["CPUExecutionProvider"])
+    s = zoo.english_sentences(40)
+    for feeds in (zoo.sentence_inputs(s[:4]), zoo.sentence_inputs(s[30:40] + ["It works."])):
+        assert feeds["attention_mask"].min() == 0  # real padding
+        got = lc.run(feeds)["sentence_embedding"]
+        want = sess.run(None, feeds)[0]
+        assert np.max(np.abs(got - want)) <= ATOL
+    kinds = {}
+    for _, op, d in res.report.decisions:
+        kinds.setdefault(d.kind, set()).add(op)
+    assert kinds["norm"] == {"LayerNormalization"}  # 13: embeddings and 2 per layer
+    assert sum(d.kind == "norm" for _, _, d in res.report.decisions) == 13
+    # only the tail's L2 normalisation of one vector per sentence is gathered
+    assert kinds["whole"] <= {"ReduceSum", "Clip", "ReduceL2", "Expand"}
+    heads = [nd.outputs[0] for nd in graph.nodes if nd.op_type in ("Transpose", "Softmax")]
+    assert heads and not {r.tensor.split("@")[0] for r in res.report.routes} & set(heads)
+    print(f"\nMiniLM {n} devices: {res.report.cross_device_bytes} B between devices per sentence of 16 tokens, "
+          f"{len(res.plan.steps)} steps")
