@@ -11,6 +11,7 @@
     bundles.py   write any strategy's steps and manifests, staged then moved into place
     verify.py    prove the split is exact
     figure.py    a picture of a plan
+    report.py    the report of a package run (bytes, compute, parameters, fidelity); report_html.py writes it
 """
 
 try:

@@ -38,7 +38,7 @@ class LayerRow:
     name: str
     tensor: str  # what crosses: the layer's input (channel), the tensors crossing the cut (pipeline)
     dense_bytes: int  # channel: every device receives every input channel it does not hold
-    used_bytes: int  # channel: only the channels its rows of W read
+    used_bytes: int  # channel: what crosses, the input channels its rows of W read or partial sums where fewer
     error: float | None = None  # RePurpose: relative output error ||y' - y|| / ||y|| after the refit
     error_pruned: float | None = None  # the same after pruning, before the refit
 
@@ -216,7 +216,7 @@ def channel_report(res, graph, model_name: str, sparse=None, fidelity: Fidelity 
     rep, plan = res.report, res.plan
     errs = {x.node: x for x in sparse.layers} if sparse is not None else {}
     layers = tuple(
-        LayerRow(x.node, x.input, x.dense_bytes, x.used_bytes,
+        LayerRow(x.node, x.input, x.dense_bytes, x.sent_bytes,  # what crosses: partial sums where cheaper
                  errs[x.node].error if x.node in errs else None,
                  errs[x.node].error_pruned if x.node in errs else None)
         for x in rep.layers.layers)
