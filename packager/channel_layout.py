@@ -403,15 +403,33 @@ class LayerBytes:
 
 @dataclass(frozen=True)
 class BytesReport:
+    """Per split layer, and in total. Layers that read one tensor (attention's Q, K and V) receive it
+    in one message, so the totals count each input tensor once: the most any of its layers needs
+    (partial sums are separate messages, added per layer)."""
+
     layers: tuple[LayerBytes, ...]
+
+    def _total(self, field: str) -> int:
+        by_input: dict[str, list[LayerBytes]] = {}
+        for x in self.layers:
+            by_input.setdefault(x.input, []).append(x)
+        total = 0
+        for xs in by_input.values():
+            if field == "sent_bytes":
+                total += sum(x.partial_bytes for x in xs) + max(x.sent_bytes - x.partial_bytes for x in xs)
+            elif field == "partial_bytes":
+                total += sum(x.partial_bytes for x in xs)
+            else:
+                total += max(getattr(x, field) for x in xs)
+        return total
 
     @property
     def dense_bytes(self) -> int:
-        return sum(x.dense_bytes for x in self.layers)
+        return self._total("dense_bytes")
 
     @property
     def used_bytes(self) -> int:
-        return sum(x.used_bytes for x in self.layers)
+        return self._total("used_bytes")
 
     @property
     def ratio(self) -> float:
@@ -421,11 +439,11 @@ class BytesReport:
     @property
     def sent_bytes(self) -> int:
         """As compiled: used bytes, with partial sums where they are fewer."""
-        return sum(x.sent_bytes for x in self.layers)
+        return self._total("sent_bytes")
 
     @property
     def partial_bytes(self) -> int:
-        return sum(x.partial_bytes for x in self.layers)
+        return self._total("partial_bytes")
 
     def to_dict(self) -> dict:
         return {"dense_bytes": self.dense_bytes, "used_bytes": self.used_bytes, "sent_bytes": self.sent_bytes,

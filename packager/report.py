@@ -125,14 +125,16 @@ class PackageReport:
     fidelity: Fidelity | None = None
     restructured: tuple[tuple[str, object], ...] = ()  # RePurpose's settings: method, comm_budget, samples...
     schema: int = SCHEMA
+    # totals when layers share an input (attention's Q, K, V read one tensor, sent once): (dense, used)
+    totals: tuple[int, int] | None = None
 
     @property
     def dense_bytes(self) -> int:
-        return sum(x.dense_bytes for x in self.layers)
+        return self.totals[0] if self.totals else sum(x.dense_bytes for x in self.layers)
 
     @property
     def used_bytes(self) -> int:
-        return sum(x.used_bytes for x in self.layers)
+        return self.totals[1] if self.totals else sum(x.used_bytes for x in self.layers)
 
     @property
     def ratio(self) -> float:
@@ -232,7 +234,8 @@ def channel_report(res, graph, model_name: str, sparse=None, fidelity: Fidelity 
                       for n, op, d in rep.decisions)
     return PackageReport(model_name, "channel", plan.plan_id, devs, rep.latency_ms, rep.cross_device_bytes,
                          rep.caller_bytes, layers, rows, routes, int(graph.total_macs), int(graph.total_param_bytes),
-                         decisions, tuple(rep.notes), fidelity, tuple((restructured or {}).items()))
+                         decisions, tuple(rep.notes), fidelity, tuple((restructured or {}).items()),
+                         totals=(rep.layers.dense_bytes, rep.layers.sent_bytes))
 
 
 def pipeline_report(res, graph, model_name: str, fidelity: Fidelity | None = None) -> PackageReport:

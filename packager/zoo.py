@@ -211,25 +211,70 @@ def sentence_inputs(sentences: list[str], max_length: int = 256) -> dict[str, np
             "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64)}
 
 
+def sentence_windows(sentences: list[str], length: int = 32) -> dict[str, np.ndarray]:
+    """{"input_ids", "attention_mask"} int64 [N, length] with no padding, for calibration: the
+    sentences' tokens one after another, cut into windows of `length` - 2, each as [CLS] ... [SEP].
+    (A padded batch would calibrate on padding positions, which the model's output ignores.)"""
+    (tokenizers,) = _need("Tokenizing for MiniLM", "tokenizers")
+    tok = tokenizers.Tokenizer.from_file(str(minilm_dir() / "tokenizer.json"))
+    tok.no_padding()
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    stream = [i for e in tok.encode_batch(list(sentences)) for i in e.ids if i not in (cls, sep)]
+    step = length - 2
+    ids = np.array([[cls, *stream[i:i + step], sep] for i in range(0, len(stream) - step + 1, step)], dtype=np.int64)
+    return {"input_ids": ids.reshape(-1, length), "attention_mask": np.ones((len(ids), length), dtype=np.int64)}
+
+
 _DOC_MODULES = ("json", "os", "collections", "itertools", "functools", "pathlib", "textwrap", "string", "random",
                 "statistics", "fractions", "decimal", "heapq", "bisect", "shutil", "tempfile", "logging", "argparse",
                 "csv", "threading", "subprocess", "socket", "datetime", "calendar", "zipfile", "urllib.parse")
 _SENTENCE = re.compile(r"[A-Z][a-z]+(?: [A-Za-z][A-Za-z,'-]*){4,30}\.")
 
 
-def english_sentences(n: int) -> list[str]:
-    """`n` distinct English sentences from the standard library's docstrings, in a fixed order."""
+_CALIB_MODULES = ("email.message", "http.client", "asyncio", "unittest", "typing", "dataclasses", "inspect", "re", "io",
+                  "sqlite3", "tarfile", "configparser", "optparse", "difflib", "pprint", "enum", "contextlib", "abc",
+                  "copy", "ast", "tokenize", "codecs", "locale", "gettext", "hashlib", "uuid", "ipaddress",
+                  "mimetypes", "base64", "struct", "weakref", "queue", "sched", "multiprocessing",
+                  "concurrent.futures", "smtplib", "imaplib", "wave", "colorsys", "trace", "timeit", "shlex", "glob",
+                  "fnmatch", "filecmp", "netrc", "plistlib", "pickle", "shelve", "zlib", "gzip", "bz2", "lzma", "math",
+                  "cmath", "numbers", "operator", "types", "warnings", "traceback", "pdb", "doctest",
+                  "xml.etree.ElementTree", "html.parser", "urllib.request", "wsgiref.util", "getpass", "platform")
+
+
+def _doc_pieces(modules, keep) -> list[str]:
+    """Distinct sentences of the modules' docstrings (module, then its public classes and functions,
+    in name order) for which keep(sentence) holds."""
     out: dict[str, None] = {}
-    if n <= 0:
-        return []
-    for modname in _DOC_MODULES:
-        mod = importlib.import_module(modname)
-        members = [getattr(mod, a) for a in sorted(dir(mod)) if not a.startswith("_")]
+    for modname in modules:
+        try:
+            mod = importlib.import_module(modname)
+        except ImportError:  # a Python built without it (sqlite3, lzma...)
+            continue
+        members = [getattr(mod, a, None) for a in sorted(dir(mod)) if not a.startswith("_")]
         docs = [mod.__doc__] + [inspect.getdoc(m) for m in members if inspect.isclass(m) or inspect.isroutine(m)]
         for doc in docs:
             for part in re.split(r"(?<=[.!?])\s+", " ".join((doc or "").split())):
-                if _SENTENCE.fullmatch(part):
+                if keep(part):
                     out.setdefault(part)
-                    if len(out) == n:
-                        return list(out)
-    raise ValueError(f"Only {len(out)} sentences were found in the standard library's docstrings; ask for fewer.")
+    return list(out)
+
+
+def calibration_text(n: int) -> list[str]:
+    """`n` pieces of English text (sentences of 4+ words) from other standard-library modules'
+    docstrings than english_sentences reads, none of them a sentence english_sentences can return,
+    so calibration never sees an evaluation sentence."""
+    evaluation = set(_doc_pieces(_DOC_MODULES, _SENTENCE.fullmatch))
+    out = _doc_pieces(_CALIB_MODULES, lambda p: len(p.split()) >= 4 and p not in evaluation)
+    if len(out) < n:
+        raise ValueError(f"Only {len(out)} pieces of text were found in the standard library's docstrings; ask for fewer.")
+    return out[:n]
+
+
+def english_sentences(n: int) -> list[str]:
+    """`n` distinct English sentences from the standard library's docstrings, in a fixed order."""
+    if n <= 0:
+        return []
+    out = _doc_pieces(_DOC_MODULES, _SENTENCE.fullmatch)
+    if len(out) < n:
+        raise ValueError(f"Only {len(out)} sentences were found in the standard library's docstrings; ask for fewer.")
+    return out[:n]

@@ -161,6 +161,7 @@ def package_cmd(
     partition: Optional[Path] = typer.Option(None, "--partition", help="With --strategy channel: an .npz mapping Conv/Gemm/MatMul output names to int arrays of device indices (cluster order, one per output channel). Layers it leaves out get equal contiguous blocks."),
     calibration: Optional[Path] = typer.Option(None, "--calibration", help="With --strategy channel: an .npz of calibration inputs (each model input, a batch [N, ...]); with --comm-budget, RePurpose restructures the model on them (assign neurons to devices, prune cross-device weights, refit by least squares; docs/sparse.md)."),
     comm_budget: Optional[float] = typer.Option(None, "--comm-budget", min=0.0, max=1.0, help="With --calibration: the bytes allowed between devices, as a fraction of what the dense channel split sends (0.2 = 5x fewer)."),
+    method: str = typer.Option("prune", "--method", help="With --comm-budget, how RePurpose cuts the cross-device bytes: `prune` zeroes cross-device weight blocks (assign neurons, prune, refit; any Conv/Gemm/MatMul); `lowrank` has the sender compute a rank-r projection of what each cross-device block needs (1x1 convs, Gemm, MatMul: transformers, MobileNet-style networks; often better fidelity per byte). docs/sparse.md."),
     holdout: Optional[float] = typer.Option(None, "--holdout", min=0.0, max=0.9, help=f"With --calibration: the share of the calibration samples (the last ones, at least one) that RePurpose does not see; the report measures fidelity on them. Default {DEFAULT_HOLDOUT}. 0 restructures on all samples, and fidelity is then measured on those same samples. The bundles do not depend on --report, only on this."),
     report: Optional[Path] = typer.Option(None, "--report", help="Also write a report as one self-contained HTML file: bytes crossing devices per split layer (or per cut) and in total, dense vs used; compute and parameter bytes per device; routes; plots; and fidelity: the bundles run chained in this process against the original model, on the held-out calibration samples (with --calibration), else on --inputs, else on one random input (seed 0). See docs/report.md."),
 ) -> None:
@@ -175,6 +176,10 @@ def package_cmd(
             raise PlanningError(f"Unknown strategy {strategy!r}; choose `pipeline` or `channel`.")
         if (calibration is None) != (comm_budget is None):
             raise PlanningError("--calibration and --comm-budget go together: give both to restructure the model, or neither.")
+        if method not in ("prune", "lowrank"):
+            raise PlanningError(f"Unknown --method {method!r}; choose `prune` or `lowrank`.")
+        if method != "prune" and calibration is None:
+            raise PlanningError("--method applies with --calibration and --comm-budget only: it is how RePurpose restructures the model.")
         if holdout is not None and calibration is None:
             raise PlanningError("--holdout applies with --calibration only: it is the share of the calibration samples kept for measuring.")
         if report is not None:
@@ -183,7 +188,7 @@ def package_cmd(
             check_writable(report)
         if strategy == "channel":
             return _package_channel(model, cluster, out, shapes, partition, wire_codec, as_json, calibration, comm_budget,
-                                    feeds, DEFAULT_HOLDOUT if holdout is None else holdout, report)
+                                    feeds, DEFAULT_HOLDOUT if holdout is None else holdout, report, method)
         if partition is not None or calibration is not None:
             raise PlanningError("--partition, --calibration and --comm-budget apply to --strategy channel only.")
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=err_console, transient=True,
@@ -244,7 +249,7 @@ def _print_report(rep, path: Path) -> None:
 def _package_channel(model: Path, cluster: Path, out: Path, shapes: dict, partition: Optional[Path],
                      wire_codec: str, as_json: bool, calibration: Optional[Path] = None,
                      comm_budget: Optional[float] = None, feeds: Optional[dict] = None,
-                     holdout: float = DEFAULT_HOLDOUT, report: Optional[Path] = None) -> None:
+                     holdout: float = DEFAULT_HOLDOUT, report: Optional[Path] = None, method: str = "prune") -> None:
     from rich.progress import Progress, SpinnerColumn, TextColumn
 
     from edgepart.packager.channel import package_channel
@@ -273,7 +278,7 @@ def _package_channel(model: Path, cluster: Path, out: Path, shapes: dict, partit
                         if any(not d.HasField("dim_value") for d in i.type.tensor_type.shape.dim)}
             shapes = {**{k: (1,) + tuple(v.shape[1:]) for k, v in fit.items() if k in symbolic and v.ndim}, **shapes}
             prog.update(task, description="restructuring the model (RePurpose)")
-            sparse = repurpose(m, fit, len(cl.devices), comm_budget, input_shapes=shapes or None)
+            sparse = repurpose(m, fit, len(cl.devices), comm_budget, input_shapes=shapes or None, method=method)
             m, part = sparse.model, sparse.partition
         graph = analyse(m, shapes)
         res = package_channel(m, graph, cl, out, part, model_name=model.stem, wire_codec=wire_codec,

@@ -3,6 +3,8 @@
     layers.py     the split layers, their weights as [C_out, C_in, K], calibration activations
     repurpose.py  RePurpose, no retraining: assign neurons to devices, prune cross-device weights to a
                   communication budget, refit the survivors by least squares on calibration inputs
+    lowrank.py    RePurpose's other method: each cross-device block becomes a rank-r projection its
+                  sender computes (repurpose(..., method="lowrank"))
     disco.py      DISCO, with training (torch, the `models` extra): a group-lasso penalty on the
                   cross-device blocks, prune to the budget, fine-tune with the mask fixed, export ONNX
 

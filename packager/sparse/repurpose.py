@@ -367,10 +367,22 @@ def repurpose(model: onnx.ModelProto, calib: Mapping[str, np.ndarray], n_devices
               steps: Sequence[str] = STEPS, iterations: int = 4, selection: str = "auto",
               allocation: str = "global", ridge: float = 1e-4, max_positions: int = 16384,
               batch_size: int = 64, input_shapes: Mapping[str, tuple[int, ...]] | None = None,
-              seed: int = 0) -> Repurposed:
+              seed: int = 0, method: str = "prune") -> Repurposed:
     """Restructure `model` for a channel split over `n_devices` whose cross-device bytes are at most
     `comm_budget` x those of the dense channel split. `calib` maps each model input to a batch of
-    calibration inputs [N, ...]."""
+    calibration inputs [N, ...].
+
+    method  "prune": zero cross-device (device, input channel) blocks (assign, prune, adjust);
+            "lowrank": replace each cross-device block of the 1x1 conv / Gemm / MatMul layers by a
+            rank-r projection its sender computes (lowrank.py; `steps` without "adjust" skips the
+            refit; assign is not used: the compiler's default partition, heads kept whole)."""
+    if method not in ("prune", "lowrank"):
+        raise PlanningError(f"Unknown RePurpose method {method!r}; choose 'prune' or 'lowrank'.")
+    if method == "lowrank":
+        from .lowrank import lowrank
+
+        return lowrank(model, calib, n_devices, comm_budget, max_positions=max_positions, batch_size=batch_size,
+                       refit="adjust" in steps, input_shapes=input_shapes, seed=seed)
     steps = tuple(steps)
     bad = [s for s in steps if s not in STEPS]
     if bad:
