@@ -41,8 +41,9 @@ def test_channel_split_through_agents(n, tmp_path, agents, sessions):
 
 
 @pytest.mark.models
-def test_minilm_channel_split_through_agents(minilm_path, tmp_path, agents, sessions):
-    """MiniLM split by heads, MLP neurons and LayerNorm statistics over 2 agent processes: the
+@pytest.mark.parametrize("n", [2, 4])
+def test_minilm_channel_split_through_agents(n, minilm_path, tmp_path, agents, sessions):
+    """MiniLM split by heads, MLP neurons and LayerNorm statistics over 2 and 4 agent processes: the
     statistics and partial-sum messages are ordinary routes; planned at 1 x 16 tokens, run on real
     sentences of other batch sizes and lengths."""
     from edgepart.packager import zoo
@@ -51,9 +52,9 @@ def test_minilm_channel_split_through_agents(minilm_path, tmp_path, agents, sess
     from edgepart.packager.graph import analyse, load_model
 
     model = load_model(minilm_path)
-    cluster = load_cluster(write_cluster(tmp_path / "cluster.yaml", ["dev0", "dev1"], [1.0, 1.0]))
+    cluster = load_cluster(write_cluster(tmp_path / "cluster.yaml", [f"dev{i}" for i in range(n)], [1.0] * n))
     graph = analyse(model, {"input_ids": (1, 16), "attention_mask": (1, 16)})
-    res = package_channel(model, graph, cluster, tmp_path / "dist", None, model_name=f"channel-minilm-{RUN}")
+    res = package_channel(model, graph, cluster, tmp_path / "dist", None, model_name=f"channel-minilm-{RUN}-{n}")
     assert {d.kind for _, _, d in res.report.decisions} >= {"norm", "contract", "local"}
     agents(tmp_path / "dist")
     sess = sessions(tmp_path / "dist", timeout_s=30)
@@ -61,6 +62,29 @@ def test_minilm_channel_split_through_agents(minilm_path, tmp_path, agents, sess
     for feeds in (zoo.sentence_inputs(s[:2]), zoo.sentence_inputs(s[2:12])):
         shape = feeds["input_ids"].shape
         assert_same(sess.submit(feeds).result(30), reference(minilm_path, feeds), f"MiniLM channel split, {shape}")
+
+
+@pytest.mark.models
+@pytest.mark.parametrize("n", [2, 4])
+def test_efficientnet_channel_split_through_agents(n, efficientnet_lite0_path, tmp_path, agents, sessions):
+    """EfficientNet-Lite0 split by output channels over 2 and 4 agent processes, partial sums where
+    they are fewer bytes: the same answers as one onnxruntime session on real photo crops."""
+    from edgepart.packager import zoo
+    from edgepart.packager.channel import package_channel
+    from edgepart.packager.cluster import load_cluster
+    from edgepart.packager.graph import analyse, load_model
+
+    model = load_model(efficientnet_lite0_path)
+    cluster = load_cluster(write_cluster(tmp_path / "cluster.yaml", [f"dev{i}" for i in range(n)], [1.0] * n))
+    res = package_channel(model, analyse(model, {"input": (1, 3, 224, 224)}), cluster, tmp_path / "dist", None,
+                          model_name=f"channel-effnet-{RUN}-{n}")
+    assert any(d.partial for _, _, d in res.report.decisions)
+    agents(tmp_path / "dist")
+    sess = sessions(tmp_path / "dist", timeout_s=30)
+    photos = zoo.imagenet_inputs(3)["input"]
+    for i in range(len(photos)):
+        feeds = {"input": photos[i:i + 1]}
+        assert_same(sess.submit(feeds).result(30), reference(efficientnet_lite0_path, feeds), f"EfficientNet, {n} devices")
 
 
 @pytest.mark.parametrize("codec,atol", [("bitmap", 1e-5), ("fp16", 5e-2), ("int8", 2e-1)])
