@@ -174,11 +174,8 @@ def photo_crops(n: int, seed: int, size: int = 224) -> np.ndarray:
 
 def bench_efficientnet(runs=(("lowrank", 0.4), ("lowrank", 0.36), ("lowrank", 0.33), ("prune", 0.33)), n_eval: int = 500,
                        n_calib: int = 256, codec_evals: int = 200) -> dict:
-    import tempfile
-
-    from edgepart.local import LocalCluster
     from edgepart.packager import zoo
-    from edgepart.packager.channel import channel_bytes, package_channel
+    from edgepart.packager.channel import channel_bytes
     from edgepart.packager.graph import analyse, load_model
     from edgepart.packager.sparse import repurpose
 
@@ -208,26 +205,41 @@ def bench_efficientnet(runs=(("lowrank", 0.4), ("lowrank", 0.36), ("lowrank", 0.
         rows.append(rec)
         print(f"{method:>8} {budget:>6} {used:>9} {rec['split_ratio']:>7.2f}x {routes:>9} {agree:>11.4f} {seconds:>7.1f}",
               flush=True)
-    # no restructuring: the exact compile with a lossy wire codec on every route between devices,
-    # agreement measured through the bundles (LocalCluster applies the codecs)
-    sub = {"input": evals["input"][:codec_evals]}
     for codec in ("fp16", "int8"):
-        with tempfile.TemporaryDirectory() as tmp:
-            res = package_channel(model, analyse(model, shapes), cluster(2), tmp, None, model_name="effnet", wire_codec=codec)
-            lc = LocalCluster.from_dist(tmp)
-            got = np.concatenate([lc.run({"input": sub["input"][i:i + 1]})[res.plan.outputs[0].name]
-                                  for i in range(codec_evals)])
-        agree = float((got.argmax(1) == want[:codec_evals]).mean())
-        shrink = {"fp16": 2, "int8": 4}[codec]
-        used = dense.sent_bytes / shrink
-        rec = {"method": f"exact+{codec}", "budget": None, "split_bytes": used, "split_dense_bytes": dense.dense_bytes,
-               "split_ratio": dense.dense_bytes / used, "routes_bytes": res.report.cross_device_bytes / shrink,
-               "top1_agreement": agree, "evaluated": codec_evals}
-        rows.append(rec)
-        print(f"{'exact+' + codec:>8} {'-':>6} {int(used):>9} {rec['split_ratio']:>7.2f}x {int(rec['routes_bytes']):>9} "
-              f"{agree:>11.4f}   (no RePurpose; {codec} on every route between devices, {codec_evals} crops"
-              f"{'; int8 per-channel scales not counted' if codec == 'int8' else ''})", flush=True)
+        agree, routes = codec_split(model, shapes, [{"input": evals["input"][i:i + 1]} for i in range(codec_evals)],
+                                    codec, lambda got, i: got.argmax(1)[0] == want[i])
+        rows.append(codec_row(codec, dense, routes, {"top1_agreement": agree, "evaluated": codec_evals}))
     return {"efficientnet_lite0": rows}
+
+
+def codec_split(model, shapes: dict, feeds: list[dict], codec: str, score) -> tuple[float, int]:
+    """No restructuring: the exact channel split (partial sums where fewer) with a lossy `codec` on
+    every route between devices, run from its bundles through LocalCluster (which applies the codecs)
+    on each of `feeds`; returns (mean of score(output, i), cross-device bytes with the codec)."""
+    import tempfile
+
+    from edgepart.local import LocalCluster
+    from edgepart.packager.channel import package_channel
+    from edgepart.packager.graph import analyse
+
+    with tempfile.TemporaryDirectory() as tmp:
+        res = package_channel(model, analyse(model, shapes), cluster(2), tmp, None, model_name="codec", wire_codec=codec)
+        lc = LocalCluster.from_dist(tmp)
+        out = res.plan.outputs[0].name
+        scores = [float(score(lc.run(f)[out], i)) for i, f in enumerate(feeds)]
+    # fp16: 2 bytes a value; int8: 1 byte a value plus one float32 scale per channel (not counted here)
+    return float(np.mean(scores)), int(res.report.cross_device_bytes / {"fp16": 2, "int8": 4}[codec])
+
+
+def codec_row(codec: str, dense, routes: int, fidelity: dict) -> dict:
+    used = dense.sent_bytes / {"fp16": 2, "int8": 4}[codec]
+    rec = {"method": f"exact+{codec}", "budget": None, "split_bytes": int(used), "split_dense_bytes": dense.dense_bytes,
+           "split_ratio": dense.dense_bytes / used, "routes_bytes": routes, **fidelity}
+    fid = ", ".join(f"{k} {v:.4f}" for k, v in fidelity.items() if isinstance(v, float))
+    print(f"{'exact+' + codec:>8} {'-':>6} {int(used):>9} {rec['split_ratio']:>7.2f}x {routes:>9}  {fid}   (no RePurpose: "
+          f"the exact split, {codec} on every route between devices{'; per-channel scales not counted' if codec == 'int8' else ''})",
+          flush=True)
+    return rec
 
 
 def embed(model, feeds: dict, batch: int = 50) -> np.ndarray:
@@ -241,8 +253,8 @@ def embed(model, feeds: dict, batch: int = 50) -> np.ndarray:
     return np.concatenate([sess.run(None, {k: v[i:i + batch] for k, v in feeds.items()})[0] for i in range(0, n, batch)])
 
 
-def bench_minilm(runs=(("lowrank", 0.5), ("lowrank", 0.4), ("lowrank", 0.33), ("prune", 0.33)), n_eval: int = 300, seq: int = 32,
-                 n_text: int = 3000) -> dict:
+def bench_minilm(runs=(("lowrank", 0.5), ("lowrank", 0.4), ("lowrank", 0.33)), n_eval: int = 300, seq: int = 32,
+                 n_text: int = 2000) -> dict:
     """MiniLM, 2 devices, RePurpose only: cosine similarity of sentence embeddings with the unsplit
     model on `n_eval` English sentences vs bytes crossing (at a planning shape of batch 1 x `seq`
     tokens). Calibrated on `n_text` other docstring sentences packed into unpadded windows."""
@@ -268,7 +280,7 @@ def bench_minilm(runs=(("lowrank", 0.5), ("lowrank", 0.4), ("lowrank", 0.33), ("
     for method, budget in runs:
         t = time.perf_counter()
         r = repurpose(model, calib, n, budget, input_shapes=shapes, batch_size=32, method=method,
-                      max_positions=32768)
+                      max_positions=16384)
         seconds = time.perf_counter() - t
         got = embed(r.model, evals)
         cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
@@ -281,6 +293,11 @@ def bench_minilm(runs=(("lowrank", 0.5), ("lowrank", 0.4), ("lowrank", 0.33), ("
         rows.append(rec)
         print(f"{method:>8} {budget:>6} {used:>9} {rec['split_ratio']:>7.2f}x {routes:>9} "
               f"{rec['mean_cosine']:>8.4f} {rec['min_cosine']:>8.4f} {seconds:>7.1f}", flush=True)
+    sents = zoo.english_sentences(n_eval)
+    for codec in ("fp16", "int8"):
+        cos, routes = codec_split(model, shapes, [zoo.sentence_inputs([t]) for t in sents], codec,
+                                  lambda got, i: (got[0] @ want[i]) / np.linalg.norm(got[0]) / np.linalg.norm(want[i]))
+        rows.append(codec_row(codec, dense, routes, {"mean_cosine": cos, "evaluated": n_eval}))
     return {"minilm": rows}
 
 

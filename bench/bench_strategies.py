@@ -11,7 +11,8 @@ dev1 is an `edgepart run` process on host 1; each device pinned to its own core,
   best pipeline   the 2-stage layer-wise split with the lowest estimated latency, dev0 first (the
                   caller is on dev0's host; the planner itself does not model where inputs come from)
   dense channel   every layer split by output channels, dense weights (docs/channel.md)
-  sparse channel  RePurpose at --budget, then the channel split (docs/sparse.md)
+  sparse channel  RePurpose at --budget (digits: prune 0.15; EfficientNet: lowrank 0.4), then the
+                  channel split (docs/sparse.md)
 
 Reported: median single-request latency (measured), the packager's estimate, bytes crossing
 between devices and from the caller per inference, and fidelity (the sparse split's top-1 agreement
@@ -66,7 +67,7 @@ def run_ort(model, x: np.ndarray, name: str) -> np.ndarray:
     return np.concatenate([sess.run(None, {name: x[i:i + 32]})[0] for i in range(0, len(x), 32)])
 
 
-def build(name: str, model, shapes: dict, calib: dict, budget: float, rate: float, work: Path) -> dict:
+def build(name: str, model, shapes: dict, calib: dict, budget: float, method: str, rate: float, work: Path) -> dict:
     """Package the model four ways for dev0 + dev1 at `rate` Mbit/s; returns dists and estimates."""
     import onnx
 
@@ -101,9 +102,9 @@ def build(name: str, model, shapes: dict, calib: dict, budget: float, rate: floa
     out["dists"]["dense channel"] = (work / "dense", res.plan, dict(res.plan.estimates)["latency_ms"], None,
                                      res.report.cross_device_bytes)
     t = time.perf_counter()
-    r = repurpose(model, calib, 2, budget, **({"max_positions": 8192, "batch_size": 16, "ridge": 1e-3}
-                                              if name == "efficientnet-lite0" else {}))
-    console.print(f"  RePurpose {name} at budget {budget}: {r.report.ratio:.2f}x fewer bytes in the split layers "
+    r = repurpose(model, calib, 2, budget, method=method,
+                  **({"max_positions": 8192, "batch_size": 16} if name == "efficientnet-lite0" else {}))
+    console.print(f"  RePurpose ({method}) {name} at budget {budget}: {r.report.ratio:.2f}x fewer bytes in the split layers "
                   f"({time.perf_counter() - t:.0f} s)")
     res = package_channel(r.model, analyse(r.model, shapes), cluster, work / "sparse", r.partition, model_name=f"{name}-sparse")
     out["dists"]["sparse channel"] = (work / "sparse", res.plan, dict(res.plan.estimates)["latency_ms"], r.model,
@@ -172,30 +173,32 @@ def efficientnet_case(budget: float):
         lambda m: {"top1_agreement": float((run_ort(m, evals, "input").argmax(1) == want).mean())}
 
 
-CASES = {"digits": (digits_case, 0.15), "efficientnet-lite0": (efficientnet_case, 0.33)}
+# model -> (case, RePurpose budget, method): the digits CNN's 3x3 convs prune well; EfficientNet-Lite0's
+# 1x1 convs keep more per byte with low-rank projections (docs/sparse.md)
+CASES = {"digits": (digits_case, 0.15, "prune"), "efficientnet-lite0": (efficientnet_case, 0.4, "lowrank")}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default=",".join(CASES), help=f"comma-separated, of {', '.join(CASES)}")
     ap.add_argument("--rate", type=float, default=50.0, help="link rate, Mbit/s (tc tbf)")
-    ap.add_argument("--budget", type=float, default=None, help="RePurpose budget (default per model: digits 0.15, EfficientNet 0.33)")
+    ap.add_argument("--budget", type=float, default=None, help="RePurpose budget (default per model: digits 0.15, EfficientNet 0.4)")
     ap.add_argument("-n", type=int, default=20, help="requests timed per strategy (median)")
     a = ap.parse_args()
     rows: list[dict] = []
     for name in a.models.split(","):
         if name not in CASES:
             raise SystemExit(f"unknown model {name!r}; choose from {', '.join(CASES)}")
-        case, budget = CASES[name]
+        case, budget, method = CASES[name]
         budget = a.budget if a.budget is not None else budget
         console.print(f"[bold]{name}[/]: packaging 4 ways for 2 devices at {a.rate:g} Mbit/s")
         with tempfile.TemporaryDirectory() as tmp:
             model, shapes, calib, feeds, fidelity = case(budget)
-            built = build(name, model, shapes, calib, budget, a.rate, Path(tmp))
+            built = build(name, model, shapes, calib, budget, method, a.rate, Path(tmp))
             got = measure(name, built, feeds, a.rate, a.n, Path(tmp))
             fid = fidelity(built["dists"]["sparse channel"][3])
             for r in got:
-                r["budget"] = budget if r["strategy"] == "sparse channel" else None
+                r["budget"] = f"{method} {budget:g}" if r["strategy"] == "sparse channel" else None
                 r["fidelity"] = fid if r["strategy"] == "sparse channel" else None
             rows += got
     t = Table(title=f"latency per request over a {a.rate:g} Mbit/s link, 2 devices (1 core, 1 thread each)", title_justify="left")
@@ -203,7 +206,7 @@ def main() -> None:
         t.add_column(c, justify="left" if c in ("model", "strategy", "fidelity") else "right")
     for r in rows:
         fid = ", ".join(f"{k} {v:.4f}" for k, v in r["fidelity"].items()) if r["fidelity"] else f"max abs diff {r['max_abs_diff']:.1e}"
-        t.add_row(r["model"], r["strategy"] + (f" (budget {r['budget']:g})" if r["budget"] else ""),
+        t.add_row(r["model"], r["strategy"] + (f" ({r['budget']})" if r["budget"] else ""),
                   f"{r['latency_ms']:.2f}", f"{r['estimate_ms']:.2f}", f"{r['device_bytes']:,}", f"{r['caller_bytes']:,}", fid)
     console.print(t)
     console.print(f"wrote {save('strategies', {'rate_mbit': a.rate, 'rows': rows})}")

@@ -125,13 +125,30 @@ def plan_cmd(
     input_shape: Optional[list[str]] = InputShapeOpt,
     inputs: Optional[Path] = InputsOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the plan's figures as one JSON object instead of a table."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Also write a picture of the plan (PNG): one request's timeline and the bytes crossing every cut."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Also write a picture of the plan (PNG): one request's timeline and the bytes crossing every cut (pipeline only)."),
+    strategy: str = typer.Option("pipeline", "--strategy", help="`pipeline` (layer-wise stages) or `channel` (every layer split by output channels across the devices; docs/channel.md). Nothing is written; `package` with the same options writes the bundles."),
 ) -> None:
     """Show what would go where, and why: stages, devices, compute, bytes crossing, estimated times."""
 
     def body():
         p = _packager()
         shapes, _ = _shapes(input_shape, inputs)
+        if strategy not in ("pipeline", "channel"):
+            raise PlanningError(f"Unknown strategy {strategy!r}; choose `pipeline` or `channel`.")
+        if strategy == "channel":
+            if plot:
+                raise PlanningError("--plot draws a pipeline's timeline; for a channel split, use `package --report report.html`.")
+            from edgepart.packager.channel import compile_channel
+            from edgepart.packager.cluster import load_cluster
+            from edgepart.packager.graph import analyse, load_model
+
+            cl, m = load_cluster(cluster), load_model(model)
+            prog = compile_channel(m, analyse(m, shapes), cl, None)
+            if as_json:
+                print(json.dumps({"strategy": "channel", "report": prog.report.to_dict()}, indent=1))
+            else:
+                _print_channel(prog.report, cl, f"channel split of {model.name} on {len(cl.devices)} devices")
+            return
         prep = p.package.prepare(model, cluster, objective, shapes)
         if plot:
             from edgepart.packager.figure import plot_pipeline
@@ -298,13 +315,7 @@ def _package_channel(model: Path, cluster: Path, out: Path, shapes: dict, partit
             d["summary"] = pr.summary()
         print(json.dumps(d, indent=1))
         return
-    console.print(f"packaged {model.name} as a channel split for {len(cl.devices)} devices: "
-                  f"{rep.cross_device_bytes:,} bytes between devices per inference (split layers: dense "
-                  f"{rep.layers.dense_bytes:,}, used {rep.layers.used_bytes:,}); estimated latency "
-                  f"[bold]{rep.latency_ms:.3f} ms[/]")
-    for name, op, d in rep.decisions:
-        if d.kind in ("whole", "reduce"):
-            console.print(f"  {escape(name)} ({op}): {d.kind} on {cl.devices[d.device].name} — {escape(d.note)}")
+    _print_channel(rep, cl, f"packaged {model.name} as a channel split for {len(cl.devices)} devices")
     if sparse is not None:
         console.print(f"  RePurpose: split layers {sparse.report.dense_bytes:,} -> {sparse.report.used_bytes:,} bytes "
                       f"({sparse.report.ratio:.2f}x fewer); per layer:\n{escape(sparse.report.table())}")
@@ -315,6 +326,21 @@ def _package_channel(model: Path, cluster: Path, out: Path, shapes: dict, partit
         console.print(f"  {path}   ({len(res.plan.steps_of(d))} steps) → copy to {d}, then `edgepart run {path}`")
     if pr is not None:
         _print_report(pr, report)
+
+
+def _print_channel(rep, cl, title: str) -> None:
+    """A channel split's figures: bytes between devices, latency, per device, decisions that gather."""
+    partial = sum(1 for _, _, d in rep.decisions if d.partial)
+    console.print(f"{title}: {rep.cross_device_bytes:,} bytes between devices per inference (split layers: "
+                  f"dense {rep.layers.dense_bytes:,}, used {rep.layers.used_bytes:,}, sent {rep.layers.sent_bytes:,}"
+                  f"{f' with partial sums in {partial} layers' if partial else ''}); estimated latency "
+                  f"[bold]{rep.latency_ms:.3f} ms[/]", soft_wrap=True)
+    macs, params = dict(rep.macs), dict(rep.param_bytes)
+    for dev in cl.devices:
+        console.print(f"  {dev.name}: {macs.get(dev.name, 0) / 1e6:,.1f} M MACs, {params.get(dev.name, 0) / MIB:,.2f} MiB of weights")
+    for name, op, d in rep.decisions:
+        if d.kind in ("whole", "reduce"):
+            console.print(f"  {escape(name)} ({op}): {d.kind} on {cl.devices[d.device].name} — {escape(d.note)}")
 
 
 def _channel_report(model: Path, out: Path, res, graph, shapes: dict, feeds: dict, sparse, fit: Optional[dict],

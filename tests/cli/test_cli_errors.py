@@ -312,3 +312,16 @@ def test_python_dash_m_edgepart(files):
                         str(files / "cluster3.yaml"), "--json"], capture_output=True, text=True, timeout=90)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["stages"]
+
+
+@pytest.mark.parametrize("command", ["plan", "package"])
+def test_unknown_strategy(files, tmp_path, command):
+    extra = ["-o", str(tmp_path / "dist")] if command == "package" else []
+    res = invoke(command, files / "residual.onnx", "-c", files / "cluster3.yaml", "--strategy", "tiles", *extra)
+    assert_clean_error(res, "tiles", "pipeline", "channel")
+
+
+def test_plan_channel_with_plot_says_what_to_use(files, tmp_path):
+    res = invoke("plan", files / "residual.onnx", "-c", files / "cluster3.yaml", "--strategy", "channel",
+                 "--plot", tmp_path / "p.png")
+    assert_clean_error(res, "--report")

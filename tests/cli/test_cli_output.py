@@ -55,6 +55,22 @@ def test_plan_table(files):
     assert "estimated latency" in res.stdout and "alpha" in res.stdout and "gamma" in res.stdout
 
 
+def test_plan_channel_strategy_matches_what_package_writes(files, tmp_path):
+    """`plan --strategy channel` prints the figures of the channel split that `package` would write."""
+    res = invoke("plan", files / "residual.onnx", "-c", files / "cluster3.yaml", "--strategy", "channel", "--json")
+    assert res.exit_code == 0, res.output
+    planned = json.loads(res.stdout)["report"]
+    res = invoke("package", files / "residual.onnx", "-c", files / "cluster3.yaml", "--strategy", "channel", "--json",
+                 "-o", tmp_path / "dist")
+    assert res.exit_code == 0, res.output
+    packaged = json.loads(res.stdout)["report"]
+    assert planned["cross_device_bytes"] == packaged["cross_device_bytes"] > 0
+    res = invoke("plan", files / "residual.onnx", "-c", files / "cluster3.yaml", "--strategy", "channel")
+    assert res.exit_code == 0, res.output
+    assert "bytes between devices per inference" in res.stdout
+    assert all(d in res.stdout for d in ("alpha", "beta", "gamma"))
+
+
 def test_plan_plot_writes_a_png(files, tmp_path):
     png = tmp_path / "plan.png"
     res = invoke("plan", files / "residual.onnx", "-c", files / "cluster3.yaml", "--plot", png)
