@@ -173,7 +173,7 @@ def photo_crops(n: int, seed: int, size: int = 224) -> np.ndarray:
 
 
 def bench_efficientnet(runs=(("lowrank", 0.4), ("lowrank", 0.36), ("lowrank", 0.33), ("prune", 0.33)), n_eval: int = 500,
-                       n_calib: int = 256, codec_evals: int = 200) -> dict:
+                       n_calib: int = 256, codec_evals: int = 200, codec_budget: float = 0.4) -> dict:
     from edgepart.packager import zoo
     from edgepart.packager.channel import channel_bytes
     from edgepart.packager.graph import analyse, load_model
@@ -205,14 +205,24 @@ def bench_efficientnet(runs=(("lowrank", 0.4), ("lowrank", 0.36), ("lowrank", 0.
         rows.append(rec)
         print(f"{method:>8} {budget:>6} {used:>9} {rec['split_ratio']:>7.2f}x {routes:>9} {agree:>11.4f} {seconds:>7.1f}",
               flush=True)
+    crops = [{"input": evals["input"][i:i + 1]} for i in range(codec_evals)]
+
+    def same_top1(got, i):
+        return got.argmax(1)[0] == want[i]
+
     for codec in ("fp16", "int8"):
-        agree, routes = codec_split(model, shapes, [{"input": evals["input"][i:i + 1]} for i in range(codec_evals)],
-                                    codec, lambda got, i: got.argmax(1)[0] == want[i])
+        agree, routes = codec_split(model, shapes, crops, codec, same_top1)
         rows.append(codec_row(codec, dense, routes, {"top1_agreement": agree, "evaluated": codec_evals}))
+    # RePurpose and a codec compose: the restructured model's split with fp16 routes
+    r = repurpose(model, calib, 2, codec_budget, max_positions=8192, batch_size=16, method="lowrank")
+    sent = channel_bytes(analyse(r.model, shapes), r.partition, r.model, 2).sent_bytes
+    agree, routes = codec_split(r.model, shapes, crops, "fp16", same_top1, r.partition)
+    rows.append(codec_row("fp16", dense, routes, {"top1_agreement": agree, "evaluated": codec_evals}, sent, "lowrank",
+                          codec_budget))
     return {"efficientnet_lite0": rows}
 
 
-def codec_split(model, shapes: dict, feeds: list[dict], codec: str, score) -> tuple[float, int]:
+def codec_split(model, shapes: dict, feeds: list[dict], codec: str, score, partition=None) -> tuple[float, int]:
     """No restructuring: the exact channel split (partial sums where fewer) with a lossy `codec` on
     every route between devices, run from its bundles through LocalCluster (which applies the codecs)
     on each of `feeds`; returns (mean of score(output, i), cross-device bytes with the codec)."""
@@ -223,7 +233,8 @@ def codec_split(model, shapes: dict, feeds: list[dict], codec: str, score) -> tu
     from edgepart.packager.graph import analyse
 
     with tempfile.TemporaryDirectory() as tmp:
-        res = package_channel(model, analyse(model, shapes), cluster(2), tmp, None, model_name="codec", wire_codec=codec)
+        res = package_channel(model, analyse(model, shapes), cluster(2), tmp, partition, model_name="codec",
+                              wire_codec=codec)
         lc = LocalCluster.from_dist(tmp)
         out = res.plan.outputs[0].name
         scores = [float(score(lc.run(f)[out], i)) for i, f in enumerate(feeds)]
@@ -231,13 +242,17 @@ def codec_split(model, shapes: dict, feeds: list[dict], codec: str, score) -> tu
     return float(np.mean(scores)), int(res.report.cross_device_bytes / {"fp16": 2, "int8": 4}[codec])
 
 
-def codec_row(codec: str, dense, routes: int, fidelity: dict) -> dict:
-    used = dense.sent_bytes / {"fp16": 2, "int8": 4}[codec]
-    rec = {"method": f"exact+{codec}", "budget": None, "split_bytes": int(used), "split_dense_bytes": dense.dense_bytes,
+def codec_row(codec: str, dense, routes: int, fidelity: dict, sent: int | None = None, method: str = "exact",
+              budget: float | None = None) -> dict:
+    """A row for a split whose routes carry `codec`: `sent` bytes before the codec (default: the
+    exact split's)."""
+    used = (dense.sent_bytes if sent is None else sent) / {"fp16": 2, "int8": 4}[codec]
+    rec = {"method": f"{method}+{codec}", "budget": budget, "split_bytes": int(used), "split_dense_bytes": dense.dense_bytes,
            "split_ratio": dense.dense_bytes / used, "routes_bytes": routes, **fidelity}
     fid = ", ".join(f"{k} {v:.4f}" for k, v in fidelity.items() if isinstance(v, float))
-    print(f"{'exact+' + codec:>8} {'-':>6} {int(used):>9} {rec['split_ratio']:>7.2f}x {routes:>9}  {fid}   (no RePurpose: "
-          f"the exact split, {codec} on every route between devices{'; per-channel scales not counted' if codec == 'int8' else ''})",
+    what = "no RePurpose: the exact split" if method == "exact" else f"RePurpose {method} {budget}"
+    print(f"{method + '+' + codec:>8} {budget or '-':>6} {int(used):>9} {rec['split_ratio']:>7.2f}x {routes:>9}  {fid}   "
+          f"({what}, {codec} on every route between devices{'; per-channel scales not counted' if codec == 'int8' else ''})",
           flush=True)
     return rec
 
@@ -254,7 +269,7 @@ def embed(model, feeds: dict, batch: int = 50) -> np.ndarray:
 
 
 def bench_minilm(runs=(("lowrank", 0.5), ("lowrank", 0.4), ("lowrank", 0.33)), n_eval: int = 300, seq: int = 32,
-                 n_text: int = 2000) -> dict:
+                 n_text: int = 2000, codec_budget: float = 0.5) -> dict:
     """MiniLM, 2 devices, RePurpose only: cosine similarity of sentence embeddings with the unsplit
     model on `n_eval` English sentences vs bytes crossing (at a planning shape of batch 1 x `seq`
     tokens). Calibrated on `n_text` other docstring sentences packed into unpadded windows."""
@@ -294,10 +309,18 @@ def bench_minilm(runs=(("lowrank", 0.5), ("lowrank", 0.4), ("lowrank", 0.33)), n
         print(f"{method:>8} {budget:>6} {used:>9} {rec['split_ratio']:>7.2f}x {routes:>9} "
               f"{rec['mean_cosine']:>8.4f} {rec['min_cosine']:>8.4f} {seconds:>7.1f}", flush=True)
     sents = zoo.english_sentences(n_eval)
+
+    def cosine(got, i):
+        return (got[0] @ want[i]) / np.linalg.norm(got[0]) / np.linalg.norm(want[i])
+
     for codec in ("fp16", "int8"):
-        cos, routes = codec_split(model, shapes, [zoo.sentence_inputs([t]) for t in sents], codec,
-                                  lambda got, i: (got[0] @ want[i]) / np.linalg.norm(got[0]) / np.linalg.norm(want[i]))
+        cos, routes = codec_split(model, shapes, [zoo.sentence_inputs([t]) for t in sents], codec, cosine)
         rows.append(codec_row(codec, dense, routes, {"mean_cosine": cos, "evaluated": n_eval}))
+    # RePurpose and a codec compose: the restructured model's split with fp16 routes
+    r = repurpose(model, calib, n, codec_budget, input_shapes=shapes, batch_size=32, method="lowrank", max_positions=16384)
+    sent = channel_bytes(analyse(r.model, shapes), r.partition, r.model, n).sent_bytes
+    cos, routes = codec_split(r.model, shapes, [zoo.sentence_inputs([t]) for t in sents], "fp16", cosine, r.partition)
+    rows.append(codec_row("fp16", dense, routes, {"mean_cosine": cos, "evaluated": n_eval}, sent, "lowrank", codec_budget))
     return {"minilm": rows}
 
 
