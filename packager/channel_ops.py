@@ -354,18 +354,10 @@ def _matmul(info: ModelInfo, p, axis_of, kind_of) -> Rule | None:
                 break
     if a is None:
         return None
-    c, ins = out_shape[a], []
-    for t in p.input:
-        s = info.shape(t)
-        idx = aligned(s, r, a)
-        if idx < 0 or s[idx] == 1 and c != 1:
-            continue  # broadcast along the split axis: the whole operand on every device
-        if s[idx] != c:
-            return None
-        if not info.is_const(t) and kind_of.get(t) == "split" and axis_of.get(t) == idx:
-            ins.append(t)
-    return Rule("local", axis=a, ins=tuple(dict.fromkeys(ins)),
-                why="per head: a MatMul of two activations split on a batch axis")
+    ins = _split_operands(info, p.input, r, a, out_shape[a], axis_of, kind_of)
+    if ins is None:
+        return None
+    return Rule("local", axis=a, ins=ins, why="per head: a MatMul of two activations split on a batch axis")
 
 
 def _embedding(info: ModelInfo, p) -> Rule | None:
@@ -397,20 +389,26 @@ def _elementwise(info: ModelInfo, p, axis_of, kind_of) -> Rule | None:
                 break
     if a is None:
         return None
-    c = out_shape[a]
+    ins = _split_operands(info, p.input, r, a, out_shape[a], axis_of, kind_of)
+    return None if ins is None else Rule("local", axis=a, ins=ins)
+
+
+def _split_operands(info: ModelInfo, inputs, r: int, a: int, c: int, axis_of, kind_of) -> tuple[str, ...] | None:
+    """The operands split along output axis `a` (size c) of an op of output rank r; operands
+    broadcast along it go whole to every device; None when one has another size there."""
     ins = []
-    for t in p.input:
+    for t in inputs:
         if not t:
             continue
         s = info.shape(t)
         idx = aligned(s, r, a)
         if idx < 0 or s[idx] == 1 and c != 1:
-            continue  # broadcast along the channel axis: the whole operand on every device
+            continue  # broadcast along the split axis: the whole operand on every device
         if s[idx] != c:
             return None
         if not info.is_const(t) and kind_of.get(t) == "split" and axis_of.get(t) == idx:
             ins.append(t)
-    return Rule("local", axis=a, ins=tuple(dict.fromkeys(ins)))
+    return tuple(dict.fromkeys(ins))
 
 
 def _pad(info: ModelInfo, p, a: int, rank: int) -> Rule | None:
