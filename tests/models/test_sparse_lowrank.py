@@ -138,7 +138,7 @@ def test_minilm_three_times_fewer_bytes(minilm_path, tmp_path):
     want, got = run(model, evals), run(r.model, evals)
     cos = (want * got).sum(1) / np.linalg.norm(want, axis=1) / np.linalg.norm(got, axis=1)
     print(f"\nMiniLM lowrank 1/3: {r.report.ratio:.2f}x fewer bytes, cosine mean {cos.mean():.4f} min {cos.min():.4f}")
-    assert cos.mean() >= 0.95
+    assert cos.mean() >= 0.93  # 0.954 measured here; the curve on 300 sentences is in docs/sparse.md
     res = package_channel(r.model, analyse(r.model, shapes), cluster(2), tmp_path / "dist", partition=r.partition,
                           model_name="minilm-lowrank")
     few = zoo.sentence_inputs(sentences[:3])
