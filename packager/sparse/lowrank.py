@@ -19,8 +19,10 @@ How, on calibration inputs:
 - B: the activation-aware best rank-r approximation of each cross-device block (SVD of
   chol(cov x_j)^T W_kj^T), so it keeps what the block does to real inputs, not its largest weights.
   Layers reading the same tensor (attention's Q, K, V) share one projection per pair.
-- r: one global budget over every (layer group, pair), greedy by output energy recovered per byte
-  (singular values squared, each layer's output normalised), so r goes where it matters.
+- r: one budget for the whole model. By default (allocation="error") the smallest ranks that leave
+  the same fraction of every block's output energy out (singular values squared, each layer's output
+  normalised), that fraction the smallest that fits, found by bisection; allocation="energy" is
+  greedy by energy recovered per byte (measured worse on MiniLM and EfficientNet-Lite0).
 - refit: layer by layer in topological order, y's rows for device k are refitted by least squares
   on [own inputs, received z] of the restructured model so far, against the original outputs, so
   each layer corrects the errors of those before it.
