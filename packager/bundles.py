@@ -17,9 +17,27 @@ import onnx
 
 from edgepart.bundle import sha256_file, write_manifest
 from edgepart.errors import BundleError
-from edgepart.plan import Plan, Step, TensorSpec
+from edgepart.plan import DeviceSpec, Plan, Route, Step, TensorSpec
 
 from . import emit
+
+
+def model_plan(strategy: str, graph, cluster, steps: Sequence[Step], routes: Sequence[Route], model_name: str,
+               objective: str, estimates: tuple[tuple[str, float], ...]) -> Plan:
+    """The Plan of any strategy: the whole model's identity and interface, the cluster's devices,
+    and the strategy's steps, routes and estimates."""
+    return Plan(
+        strategy=strategy,
+        model_name=model_name,
+        model_sha256=graph.sha256,
+        inputs=graph.inputs,
+        outputs=graph.outputs,
+        devices=tuple(DeviceSpec(d.name, d.providers) for d in cluster.devices),
+        steps=tuple(steps),
+        routes=tuple(routes),
+        objective=objective,
+        estimates=estimates,
+    )
 
 
 @dataclass(frozen=True, eq=False)

@@ -32,10 +32,10 @@ import onnx
 from onnx import helper
 
 from edgepart.errors import ModelError, PlanningError
-from edgepart.plan import CALLER, Codec, DeviceSpec, Plan, Route, Step, TensorSpec
+from edgepart.plan import CALLER, Codec, Plan, Route, Step, TensorSpec
 
 from . import emit
-from .bundles import StepModel, write_bundles
+from .bundles import StepModel, model_plan, write_bundles
 from .channel_emit import _Emitter
 from .channel_layout import BytesReport, ChannelLayout, Decision, layer_bytes, plan_layout
 from .cluster import Cluster
@@ -291,19 +291,9 @@ def channel_plan(program: ChannelProgram, graph: Graph, cluster: Cluster, steps:
     rep = program.report
     msgs = len({(r.src, r.dst, st.name) for r in program.routes for st in steps
                 if r.src == st.device and any(o.name == r.tensor for o in st.outputs)})
-    return Plan(
-        strategy="channel",
-        model_name=model_name,
-        model_sha256=graph.sha256,
-        inputs=graph.inputs,
-        outputs=graph.outputs,
-        devices=tuple(DeviceSpec(d.name, d.providers) for d in cluster.devices),
-        steps=tuple(steps),
-        routes=program.routes,
-        objective="latency",
-        estimates=(("latency_ms", rep.latency_ms), ("cross_device_bytes", float(rep.cross_device_bytes)),
-                   ("caller_bytes", float(rep.caller_bytes)), ("messages", float(msgs))),
-    )
+    return model_plan("channel", graph, cluster, steps, program.routes, model_name, "latency",
+                      (("latency_ms", rep.latency_ms), ("cross_device_bytes", float(rep.cross_device_bytes)),
+                       ("caller_bytes", float(rep.caller_bytes)), ("messages", float(msgs))))
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,10 @@ from typing import Callable
 import onnx
 
 from edgepart.errors import PlanningError
-from edgepart.plan import CALLER, Codec, DeviceSpec, Plan, Route, Step
+from edgepart.plan import CALLER, Codec, Plan, Route, Step
 
 from . import emit
-from .bundles import StepModel, write_bundles
+from .bundles import StepModel, model_plan, write_bundles
 from .cluster import Cluster
 from .graph import Graph
 from .pipeline import PipelinePlan
@@ -53,18 +53,8 @@ def compile_pipeline(graph: Graph, cluster: Cluster, pp: PipelinePlan, steps: li
             routes.append(Route(i.name, src, st.device, codec))
     for o in graph.outputs:
         routes.append(Route(o.name, producer_dev[o.name], CALLER, Codec()))
-    return Plan(
-        strategy="pipeline",
-        model_name=model_name,
-        model_sha256=graph.sha256,
-        inputs=graph.inputs,
-        outputs=graph.outputs,
-        devices=tuple(DeviceSpec(d.name, d.providers) for d in cluster.devices),
-        steps=tuple(steps),
-        routes=tuple(routes),
-        objective=pp.objective,
-        estimates=(("latency_ms", round(pp.latency_ms, 6)), ("period_ms", round(pp.period_ms, 6))),
-    )
+    return model_plan("pipeline", graph, cluster, steps, routes, model_name, pp.objective,
+                      (("latency_ms", round(pp.latency_ms, 6)), ("period_ms", round(pp.period_ms, 6))))
 
 
 def package(
