@@ -127,6 +127,7 @@ def plan_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the plan's figures as one JSON object instead of a table."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also write a picture of the plan (PNG): one request's timeline and the bytes crossing every cut (pipeline only)."),
     strategy: str = typer.Option("pipeline", "--strategy", help="`pipeline` (layer-wise stages) or `channel` (every layer split by output channels across the devices; docs/channel.md). Nothing is written; `package` with the same options writes the bundles."),
+    replicate: Optional[float] = typer.Option(None, "--replicate", min=0.0, max=1.0, help="With --strategy channel: plan with the model's first layers computed whole on every device, up to this fraction of the model's compute extra per device, as `package --replicate` does; also lists every prefix that could be replicated and its cost."),
 ) -> None:
     """Show what would go where, and why: stages, devices, compute, bytes crossing, estimated times."""
 
@@ -135,6 +136,8 @@ def plan_cmd(
         shapes, _ = _shapes(input_shape, inputs)
         if strategy not in ("pipeline", "channel"):
             raise PlanningError(f"Unknown strategy {strategy!r}; choose `pipeline` or `channel`.")
+        if replicate is not None and strategy != "channel":
+            raise PlanningError("--replicate applies to --strategy channel only.")
         if strategy == "channel":
             if plot:
                 raise PlanningError("--plot draws a pipeline's timeline; for a channel split, use `package --report report.html`.")
@@ -143,11 +146,22 @@ def plan_cmd(
             from edgepart.packager.graph import analyse, load_model
 
             cl, m = load_cluster(cluster), load_model(model)
-            prog = compile_channel(m, analyse(m, shapes), cl, None)
+            part = rep = None
+            if replicate is not None:
+                from edgepart.packager.sparse import replicate as replicate_first
+
+                r = replicate_first(m, len(cl.devices), replicate, input_shapes=shapes or None)
+                m, part, rep = r.model, r.partition, r.report
+            prog = compile_channel(m, analyse(m, shapes), cl, part)
             if as_json:
-                print(json.dumps({"strategy": "channel", "report": prog.report.to_dict()}, indent=1))
+                print(json.dumps({"strategy": "channel", "report": prog.report.to_dict(),
+                                  "replicated": rep.to_dict() if rep is not None else None}, indent=1))
             else:
                 _print_channel(prog.report, cl, f"channel split of {model.name} on {len(cl.devices)} devices")
+                if rep is not None:
+                    console.print(f"  {escape(rep.summary())}")
+                    for end, frac in rep.options:
+                        console.print(f"    prefix up to {escape(end)}: +{frac:.1%} of the model's MACs per device")
             return
         prep = p.package.prepare(model, cluster, objective, shapes)
         if plot:
@@ -179,6 +193,7 @@ def package_cmd(
     calibration: Optional[Path] = typer.Option(None, "--calibration", help="With --strategy channel: an .npz of calibration inputs (each model input, a batch [N, ...]); with --comm-budget, RePurpose restructures the model on them (assign neurons to devices, prune cross-device weights, refit by least squares; docs/sparse.md)."),
     comm_budget: Optional[float] = typer.Option(None, "--comm-budget", min=0.0, max=1.0, help="With --calibration: the bytes allowed between devices, as a fraction of what the dense channel split sends (0.2 = 5x fewer)."),
     method: str = typer.Option("prune", "--method", help="With --comm-budget, how RePurpose cuts the cross-device bytes: `prune` zeroes cross-device weight blocks (assign neurons, prune, refit; any Conv/Gemm/MatMul); `lowrank` has the sender compute a rank-r projection of what each cross-device block needs (1x1 convs, Gemm, MatMul: transformers, MobileNet-style networks; often better fidelity per byte). docs/sparse.md."),
+    replicate: Optional[float] = typer.Option(None, "--replicate", min=0.0, max=1.0, help="With --strategy channel: every device computes its own copy of the model's first layers (stem, first blocks), so those high-resolution activations never cross the link; the longest prefix that costs each device at most this fraction of the model's compute beyond its share (0.05 = 5 %). Exact. With --comm-budget it needs --method lowrank, and the budget stays a fraction of the original dense split. docs/sparse.md."),
     holdout: Optional[float] = typer.Option(None, "--holdout", min=0.0, max=0.9, help=f"With --calibration: the share of the calibration samples (the last ones, at least one) that RePurpose does not see; the report measures fidelity on them. Default {DEFAULT_HOLDOUT}. 0 restructures on all samples, and fidelity is then measured on those same samples. The bundles do not depend on --report, only on this."),
     report: Optional[Path] = typer.Option(None, "--report", help="Also write a report as one self-contained HTML file: bytes crossing devices per split layer (or per cut) and in total, dense vs used; compute and parameter bytes per device; routes; plots; and fidelity: the bundles run chained in this process against the original model, on the held-out calibration samples (with --calibration), else on --inputs, else on one random input (seed 0). See docs/report.md."),
 ) -> None:
@@ -197,6 +212,11 @@ def package_cmd(
             raise PlanningError(f"Unknown --method {method!r}; choose `prune` or `lowrank`.")
         if method != "prune" and calibration is None:
             raise PlanningError("--method applies with --calibration and --comm-budget only: it is how RePurpose restructures the model.")
+        if replicate is not None and strategy != "channel":
+            raise PlanningError("--replicate applies to --strategy channel only.")
+        if replicate is not None and calibration is not None and method != "lowrank":
+            raise PlanningError("--replicate with --comm-budget needs --method lowrank (prune reassigns neurons and would "
+                                "move the replicated copies between devices).")
         if holdout is not None and calibration is None:
             raise PlanningError("--holdout applies with --calibration only: it is the share of the calibration samples kept for measuring.")
         if report is not None:
@@ -205,7 +225,7 @@ def package_cmd(
             check_writable(report)
         if strategy == "channel":
             return _package_channel(model, cluster, out, shapes, partition, wire_codec, as_json, calibration, comm_budget,
-                                    feeds, DEFAULT_HOLDOUT if holdout is None else holdout, report, method)
+                                    feeds, DEFAULT_HOLDOUT if holdout is None else holdout, report, method, replicate)
         if partition is not None or calibration is not None:
             raise PlanningError("--partition, --calibration and --comm-budget apply to --strategy channel only.")
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=err_console, transient=True,
@@ -266,7 +286,8 @@ def _print_report(rep, path: Path) -> None:
 def _package_channel(model: Path, cluster: Path, out: Path, shapes: dict, partition: Optional[Path],
                      wire_codec: str, as_json: bool, calibration: Optional[Path] = None,
                      comm_budget: Optional[float] = None, feeds: Optional[dict] = None,
-                     holdout: float = DEFAULT_HOLDOUT, report: Optional[Path] = None, method: str = "prune") -> None:
+                     holdout: float = DEFAULT_HOLDOUT, report: Optional[Path] = None, method: str = "prune",
+                     replicate: Optional[float] = None) -> None:
     from rich.progress import Progress, SpinnerColumn, TextColumn
 
     from edgepart.packager.channel import package_channel
@@ -281,7 +302,14 @@ def _package_channel(model: Path, cluster: Path, out: Path, shapes: dict, partit
         task = prog.add_task("analysing and compiling the channel split", total=None)
         cl = load_cluster(cluster)
         m = load_model(model)
-        sparse = fit = held = None
+        sparse = fit = held = replicated = None
+        if calibration is None and replicate:
+            from edgepart.packager.sparse import replicate as replicate_first
+
+            prog.update(task, description="replicating the first layers on every device")
+            replicated = replicate_first(m, len(cl.devices), replicate, partition=part, input_shapes=shapes or None)
+            m, part = replicated.model, replicated.partition
+            replicated = replicated.report
         if calibration is not None:
             if part is not None:
                 raise PlanningError("--partition and --calibration exclude each other: RePurpose chooses the partition.")
@@ -295,8 +323,10 @@ def _package_channel(model: Path, cluster: Path, out: Path, shapes: dict, partit
                         if any(not d.HasField("dim_value") for d in i.type.tensor_type.shape.dim)}
             shapes = {**{k: (1,) + tuple(v.shape[1:]) for k, v in fit.items() if k in symbolic and v.ndim}, **shapes}
             prog.update(task, description="restructuring the model (RePurpose)")
-            sparse = repurpose(m, fit, len(cl.devices), comm_budget, input_shapes=shapes or None, method=method)
+            sparse = repurpose(m, fit, len(cl.devices), comm_budget, input_shapes=shapes or None, method=method,
+                               replicate=replicate or 0.0)
             m, part = sparse.model, sparse.partition
+            replicated = getattr(sparse.report, "replicated", None)
         graph = analyse(m, shapes)
         res = package_channel(m, graph, cl, out, part, model_name=model.stem, wire_codec=wire_codec,
                               progress=lambda s: prog.update(task, description=s))
@@ -309,13 +339,16 @@ def _package_channel(model: Path, cluster: Path, out: Path, shapes: dict, partit
     if as_json:
         d = {"strategy": "channel", "plan_id": res.plan.plan_id, "estimates": dict(res.plan.estimates),
              "bundles": {k: str(v) for k, v in res.bundle_dirs.items()}, "report": rep.to_dict(),
-             "sparse": sparse.report.to_dict() if sparse else None}
+             "sparse": sparse.report.to_dict() if sparse else None,
+             "replicated": replicated.to_dict() if replicated is not None else None}
         if pr is not None:
             d["report_html"] = str(report)
             d["summary"] = pr.summary()
         print(json.dumps(d, indent=1))
         return
     _print_channel(rep, cl, f"packaged {model.name} as a channel split for {len(cl.devices)} devices")
+    if replicated is not None:
+        console.print(f"  {escape(replicated.summary())}")
     if sparse is not None:
         console.print(f"  RePurpose: split layers {sparse.report.dense_bytes:,} -> {sparse.report.used_bytes:,} bytes "
                       f"({sparse.report.ratio:.2f}x fewer); per layer:\n{escape(sparse.report.table())}")

@@ -5,6 +5,8 @@
                   communication budget, refit the survivors by least squares on calibration inputs
     lowrank.py    RePurpose's other method: each cross-device block becomes a rank-r projection its
                   sender computes (repurpose(..., method="lowrank"))
+    replicate.py  compute for bytes, exactly: every device computes its own copy of the first layers
+                  (replicate(model, n, max_extra_macs)); also repurpose(..., replicate=) before lowrank
     disco.py      DISCO, with training (torch, the `models` extra): a group-lasso penalty on the
                   cross-device blocks, prune to the budget, fine-tune with the mask fixed, export ONNX
 
@@ -13,6 +15,8 @@ into smaller routes, and the partition to compile it with (docs/sparse.md).
 """
 
 from .disco import Disco, DiscoReport, disco_train  # torch is imported inside disco_train only
+from .replicate import ReplicateReport, replicate
 from .repurpose import LayerReport, Repurposed, SparseReport, repurpose
 
-__all__ = ["Disco", "DiscoReport", "LayerReport", "Repurposed", "SparseReport", "disco_train", "repurpose"]
+__all__ = ["Disco", "DiscoReport", "LayerReport", "ReplicateReport", "Repurposed", "SparseReport", "disco_train",
+           "replicate", "repurpose"]

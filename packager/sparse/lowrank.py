@@ -78,6 +78,7 @@ class LowRankReport:
     groups: tuple[GroupReport, ...]
     bytes: BytesReport  # channel_bytes of the ORIGINAL model (dense) ...
     used_bytes: int  # ... and what the restructured model's split layers send as compiled (sent_bytes)
+    replicated: object = None  # replicate.ReplicateReport when the first layers were replicated first
 
     @property
     def dense_bytes(self) -> int:
@@ -92,7 +93,8 @@ class LowRankReport:
                 "dense_bytes": self.dense_bytes, "used_bytes": self.used_bytes, "ratio": self.ratio,
                 "layers": [x.__dict__ for x in self.layers],
                 "groups": [{**g.__dict__, "ranks": [list(r) for r in g.ranks], "error": list(g.error),
-                            "layers": list(g.layers)} for g in self.groups]}
+                            "layers": list(g.layers)} for g in self.groups],
+                "replicated": self.replicated.to_dict() if self.replicated is not None else None}
 
     def table(self) -> str:
         lines = [f"{'input':<44} {'layers':>6} {'dense B':>9} {'used B':>9} {'ratio':>6} {'max rel err':>11}"]
@@ -134,10 +136,13 @@ def _lstsq(F: np.ndarray, Y: np.ndarray, ridge: float) -> np.ndarray:
 def lowrank(model: onnx.ModelProto, calib: Mapping[str, np.ndarray], n_devices: int, comm_budget: float, *,
             partition: Mapping[str, np.ndarray] | None = None, max_positions: int = 16384, batch_size: int = 64,
             ridge: float = 1e-6, refit: bool = True, allocation: str = "error", input_shapes: Mapping[str, tuple[int, ...]] | None = None,
-            seed: int = 0):
+            seed: int = 0, reference: BytesReport | None = None):
     """Restructure `model` so its channel split over `n_devices` sends at most `comm_budget` x the
     dense split's bytes between devices, every cross-device block replaced by a low-rank projection
-    computed by the sender. Returns Repurposed(model, partition, LowRankReport)."""
+    computed by the sender. Returns Repurposed(model, partition, LowRankReport).
+
+    `reference`: the dense split the budget is a fraction of, when `model` was already restructured
+    (replicate.py); by default `model`'s own."""
     from .repurpose import LayerReport, Repurposed
 
     if not 0.0 <= comm_budget <= 1.0:
@@ -161,6 +166,7 @@ def lowrank(model: onnx.ModelProto, calib: Mapping[str, np.ndarray], n_devices: 
     layers = find_layers(model, graph, n_devices, info)
     _owners(model, graph, n_devices, part, info, layers)
     dense = channel_bytes(graph, part, model, n_devices)
+    ref = reference or dense
     by_x: dict[str, list[Layer]] = {}
     outputs = {o.name for o in model.graph.output}
     for L in layers:
@@ -169,10 +175,10 @@ def lowrank(model: onnx.ModelProto, calib: Mapping[str, np.ndarray], n_devices: 
     groups = list(by_x.items())
     eligible = {L.node for _, g in groups for L in g}
     fixed = BytesReport(tuple(lb for lb in dense.layers if lb.node not in eligible)).sent_bytes
-    target = comm_budget * dense.dense_bytes - fixed
+    target = comm_budget * ref.dense_bytes - fixed
     if target < 0:
         raise PlanningError(f"The split layers this cannot restructure already send {fixed:,} bytes, more than "
-                            f"comm_budget {comm_budget} x {dense.dense_bytes:,}; raise the budget.")
+                            f"comm_budget {comm_budget} x {ref.dense_bytes:,}; raise the budget.")
 
     rng = np.random.default_rng(seed)
     flat = [L for _, g in groups for L in g]
@@ -231,7 +237,7 @@ def lowrank(model: onnx.ModelProto, calib: Mapping[str, np.ndarray], n_devices: 
             rows.append(LayerReport(L.node, L.y, L.in_channels, L.out_channels, lb.dense_bytes if lb else 0,
                                     int(round(gr.used_bytes / len(g))), float("nan"), float("nan"), e0, e1))
     steps = ("lowrank", "adjust") if refit else ("lowrank",)
-    return Repurposed(model, part, LowRankReport(n_devices, comm_budget, steps, tuple(rows), tuple(reports), dense, used))
+    return Repurposed(model, part, LowRankReport(n_devices, comm_budget, steps, tuple(rows), tuple(reports), ref, used))
 
 
 def _partitionable(model, graph, info) -> list[str]:

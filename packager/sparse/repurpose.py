@@ -21,6 +21,7 @@ rows of W use (docs/channel.md). Every step is measured per layer (`SparseReport
 from __future__ import annotations
 
 import copy
+import dataclasses
 import heapq
 import logging
 from dataclasses import dataclass
@@ -367,7 +368,7 @@ def repurpose(model: onnx.ModelProto, calib: Mapping[str, np.ndarray], n_devices
               steps: Sequence[str] = STEPS, iterations: int = 4, selection: str = "auto",
               allocation: str = "global", ridge: float = 1e-4, max_positions: int = 16384,
               batch_size: int = 64, input_shapes: Mapping[str, tuple[int, ...]] | None = None,
-              seed: int = 0, method: str = "prune") -> Repurposed:
+              seed: int = 0, method: str = "prune", replicate: float = 0.0) -> Repurposed:
     """Restructure `model` for a channel split over `n_devices` whose cross-device bytes are at most
     `comm_budget` x those of the dense channel split. `calib` maps each model input to a batch of
     calibration inputs [N, ...].
@@ -375,14 +376,32 @@ def repurpose(model: onnx.ModelProto, calib: Mapping[str, np.ndarray], n_devices
     method  "prune": zero cross-device (device, input channel) blocks (assign, prune, adjust);
             "lowrank": replace each cross-device block of the 1x1 conv / Gemm / MatMul layers by a
             rank-r projection its sender computes (lowrank.py; `steps` without "adjust" skips the
-            refit; assign is not used: the compiler's default partition, heads kept whole)."""
+            refit; assign is not used: the compiler's default partition, heads kept whole).
+    replicate  with "lowrank": first replicate the model's first layers on every device, up to this
+            fraction of the model's MACs extra per device (replicate.py: exact, and those layers then
+            send nothing); the budget stays a fraction of the ORIGINAL model's dense split."""
     if method not in ("prune", "lowrank"):
         raise PlanningError(f"Unknown RePurpose method {method!r}; choose 'prune' or 'lowrank'.")
+    if replicate and method != "lowrank":
+        raise PlanningError("replicate works with method 'lowrank' (prune's assignment would move the copies of the "
+                            "replicated layers between devices); use method='lowrank', or replicate=0.")
     if method == "lowrank":
         from .lowrank import lowrank
 
-        return lowrank(model, calib, n_devices, comm_budget, max_positions=max_positions, batch_size=batch_size,
-                       refit="adjust" in steps, input_shapes=input_shapes, seed=seed)
+        reference = rep = partition = None
+        if replicate:
+            from .replicate import replicate as replicate_first
+
+            shapes = dict(input_shapes or {k: (1,) + tuple(np.asarray(v).shape[1:]) for k, v in calib.items()})
+            reference = channel_bytes(analyse(model, shapes), None, model, n_devices)
+            rep = replicate_first(model, n_devices, replicate, input_shapes=shapes)
+            model, partition = rep.model, rep.partition
+        out = lowrank(model, calib, n_devices, comm_budget, max_positions=max_positions, batch_size=batch_size,
+                      refit="adjust" in steps, input_shapes=input_shapes, seed=seed, partition=partition,
+                      reference=reference)
+        if rep is not None:
+            out = out._replace(report=dataclasses.replace(out.report, replicated=rep.report))
+        return out
     steps = tuple(steps)
     bad = [s for s in steps if s not in STEPS]
     if bad:

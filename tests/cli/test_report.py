@@ -186,3 +186,53 @@ def test_too_few_calibration_samples_to_hold_out(digits, tmp_path):
                   "--comm-budget", "0.2", "--report", tmp_path / "r.html")
     assert_clean_error(res, "1 sample", "--holdout 0")
     assert not (tmp_path / "r.html").exists()
+
+
+def test_replicate_the_first_layers(digits, tmp_path):
+    """`--replicate`: both devices compute the first conv whole; exact (verify), fewer bytes, said so."""
+    res = package(digits, tmp_path / "plain", "--strategy", "channel", "--input-shape", "x=1x1x8x8", "--json")
+    assert res.exit_code == 0, res.output
+    plain = json.loads(res.stdout)
+    assert plain["replicated"] is None
+    res = package(digits, tmp_path / "rep", "--strategy", "channel", "--input-shape", "x=1x1x8x8", "--replicate", "0.5",
+                  "--json")
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.stdout)
+    rep = d["replicated"]
+    assert rep["nodes"] and rep["extra_fraction"] <= 0.5 and rep["bytes_after"] < rep["bytes_before"]
+    assert d["report"]["cross_device_bytes"] < plain["report"]["cross_device_bytes"]
+    res = invoke("verify", tmp_path / "rep" / "dist", "-m", digits / "digits.onnx", "--inputs", digits / "calib.npz", "--json")
+    assert res.exit_code == 0 and json.loads(res.stdout)["ok"], res.output
+    res = package(digits, tmp_path / "rep2", "--strategy", "channel", "--input-shape", "x=1x1x8x8", "--replicate", "0.5")
+    assert res.exit_code == 0 and "replicate:" in res.stdout and "computed whole on every device" in res.stdout
+    # before lowrank: the budget stays a fraction of the original dense split
+    res = package(digits, tmp_path / "lr", "--strategy", "channel", "--replicate", "0.5", "--calibration",
+                  digits / "calib.npz", "--comm-budget", "0.3", "--method", "lowrank", "--json")
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.stdout)
+    assert d["replicated"]["nodes"] == rep["nodes"] and d["sparse"]["replicated"]["nodes"] == rep["nodes"]
+    assert d["sparse"]["used_bytes"] <= 0.3 * d["sparse"]["dense_bytes"] + 1
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (("--replicate", "0.1"), "--strategy channel only"),
+    (("--strategy", "channel", "--replicate", "0.1", "--calibration", "CAL", "--comm-budget", "0.3"), "--method lowrank"),
+])
+def test_replicate_errors(digits, tmp_path, extra, needle):
+    extra = tuple(str(digits / "calib.npz") if e == "CAL" else e for e in extra)
+    assert_clean_error(package(digits, tmp_path, *extra), needle)
+
+
+def test_plan_lists_the_prefixes_to_replicate(digits):
+    res = invoke("plan", digits / "digits.onnx", "-c", digits / "cluster2.yaml", "--strategy", "channel",
+                 "--input-shape", "x=1x1x8x8", "--replicate", "0.5", "--json")
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.stdout)
+    assert d["replicated"]["nodes"] and d["replicated"]["options"]
+    plain = invoke("plan", digits / "digits.onnx", "-c", digits / "cluster2.yaml", "--strategy", "channel",
+                   "--input-shape", "x=1x1x8x8", "--json")
+    assert json.loads(plain.stdout)["replicated"] is None
+    assert d["report"]["cross_device_bytes"] < json.loads(plain.stdout)["report"]["cross_device_bytes"]
+    res = invoke("plan", digits / "digits.onnx", "-c", digits / "cluster2.yaml", "--strategy", "channel",
+                 "--input-shape", "x=1x1x8x8", "--replicate", "0.5")
+    assert res.exit_code == 0 and "prefix up to" in res.stdout and "of the model's MACs per device" in res.stdout
