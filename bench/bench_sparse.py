@@ -12,7 +12,8 @@ RePurpose over a range of budgets. Bytes are per
 image: "split" counts the inputs of the split layers (the budget's measure, `channel_bytes`),
 "routes" every route between devices in the compiled plan (classifier partial sums included).
 
-EfficientNet-Lite0 (ImageNet weights), 2 devices, RePurpose only (methods prune and lowrank): top-1
+EfficientNet-Lite0 (ImageNet weights), 2 devices, RePurpose only (methods prune and lowrank, and
+replicating the first layers on both devices, alone (exact) and before lowrank): top-1
 agreement with the unsplit model vs bytes crossing, on 500 random crops, scales and flips of
 scikit-learn's two sample photos (calibrated on 256 other crops); and, for comparison, no
 restructuring but fp16 / int8 codecs on the exact split's routes. "vs dense" is against the dense
@@ -86,7 +87,7 @@ def bench_digits() -> dict:
 
     from edgepart.packager.channel import channel_bytes
     from edgepart.packager.graph import analyse
-    from edgepart.packager.sparse import repurpose
+    from edgepart.packager.sparse import replicate, repurpose
     from edgepart.packager.sparse.disco import disco_train
 
     torch.set_num_threads(2)
@@ -172,12 +173,18 @@ def photo_crops(n: int, seed: int, size: int = 224) -> np.ndarray:
     return out
 
 
-def bench_efficientnet(runs=(("lowrank", 0.4), ("lowrank", 0.36), ("lowrank", 0.33), ("prune", 0.33)), n_eval: int = 500,
+REPLICATE = 0.05  # each device computes at most 5 % of the model's MACs beyond its share: the stem and block 0
+REPLICATE_MORE = 0.15  # ... 15 %: blocks 0-3 (112x112 and 56x56)
+
+
+def bench_efficientnet(runs=(("lowrank", 0.4, 0.0), ("lowrank", 0.36, 0.0), ("lowrank", 0.33, 0.0), ("prune", 0.33, 0.0),
+                             ("replicate", None, REPLICATE), ("lowrank", 0.25, REPLICATE), ("lowrank", 0.2, REPLICATE),
+                             ("replicate", None, REPLICATE_MORE), ("lowrank", 0.12, REPLICATE_MORE)), n_eval: int = 500,
                        n_calib: int = 256, codec_evals: int = 200, codec_budget: float = 0.4) -> dict:
     from edgepart.packager import zoo
     from edgepart.packager.channel import channel_bytes
     from edgepart.packager.graph import analyse, load_model
-    from edgepart.packager.sparse import repurpose
+    from edgepart.packager.sparse import replicate, repurpose
 
     model = load_model(zoo.efficientnet_lite0())
     shapes = {"input": (1, 3, 224, 224)}
@@ -189,22 +196,30 @@ def bench_efficientnet(runs=(("lowrank", 0.4), ("lowrank", 0.36), ("lowrank", 0.
     print(f"\nEfficientNet-Lite0, 2 devices: dense split {dense.dense_bytes} B in split layers (the exact compile, with "
           f"partial sums, sends {dense.sent_bytes} B there, {dense.dense_bytes / dense.sent_bytes:.2f}x fewer), "
           f"{dense_routes} B on all routes per image; {n_eval} evaluation crops ({len(set(want.tolist()))} distinct top-1 classes)")
-    print(f"{'method':>8} {'budget':>6} {'split B':>9} {'vs dense':>8} {'routes B':>9} {'top-1 agree':>11} {'time s':>7}")
+    print(f"{'method':>8} {'budget':>6} {'split B':>9} {'vs dense':>8} {'routes B':>9} {'top-1 agree':>11} {'time s':>7}"
+          f"  (rep: the first layers replicated on both devices first, +MACs per device)")
     rows = []
-    for method, budget in runs:
+    for method, budget, rep in runs:
         t = time.perf_counter()
-        r = repurpose(model, calib, 2, budget, max_positions=8192, batch_size=16,
-                      **({"ridge": 1e-3} if method == "prune" else {}), method=method)
+        if method == "replicate":  # exact: no calibration, no budget
+            r = replicate(model, 2, rep, input_shapes=shapes)
+        else:
+            r = repurpose(model, calib, 2, budget, max_positions=8192, batch_size=16, replicate=rep,
+                          **({"ridge": 1e-3} if method == "prune" else {}), method=method)
         seconds = time.perf_counter() - t
+        reprep = r.report if method == "replicate" else getattr(r.report, "replicated", None)
+        label = f"rep{rep:g}+{method}" if rep and method != "replicate" else method
         agree = float((run(r.model, evals).argmax(1) == want).mean())
         routes = routes_bytes(r.model, shapes, r.partition, 2)
         used = channel_bytes(analyse(r.model, shapes), r.partition, r.model, 2).sent_bytes
-        rec = {"method": method, "budget": budget, "split_bytes": used, "split_dense_bytes": dense.dense_bytes,
-               "split_ratio": dense.dense_bytes / max(used, 1), "routes_bytes": routes,
-               "routes_dense_bytes_exact_compile": dense_routes, "top1_agreement": agree, "seconds": round(seconds, 1)}
+        rec = {"method": label, "budget": budget, "replicate": rep, "split_bytes": used,
+               "split_dense_bytes": dense.dense_bytes, "split_ratio": dense.dense_bytes / max(used, 1), "routes_bytes": routes,
+               "routes_dense_bytes_exact_compile": dense_routes, "top1_agreement": agree, "seconds": round(seconds, 1),
+               "extra_macs_per_device": reprep.extra_fraction if reprep else 0.0}
         rows.append(rec)
-        print(f"{method:>8} {budget:>6} {used:>9} {rec['split_ratio']:>7.2f}x {routes:>9} {agree:>11.4f} {seconds:>7.1f}",
-              flush=True)
+        extra = f"  rep +{reprep.extra_fraction:.1%} MACs ({len(reprep.nodes)} nodes)" if reprep else ""
+        print(f"{label:>8} {budget if budget is not None else '-':>6} {used:>9} {rec['split_ratio']:>7.2f}x {routes:>9} "
+              f"{agree:>11.4f} {seconds:>7.1f}{extra}", flush=True)
     crops = [{"input": evals["input"][i:i + 1]} for i in range(codec_evals)]
 
     def same_top1(got, i):
@@ -276,7 +291,7 @@ def bench_minilm(runs=(("lowrank", 0.5), ("lowrank", 0.4), ("lowrank", 0.33)), n
     from edgepart.packager import zoo
     from edgepart.packager.channel import channel_bytes
     from edgepart.packager.graph import analyse, load_model
-    from edgepart.packager.sparse import repurpose
+    from edgepart.packager.sparse import replicate, repurpose
 
     model = load_model(zoo.minilm())
     shapes = {"input_ids": (1, seq), "attention_mask": (1, seq)}

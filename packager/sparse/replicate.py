@@ -251,6 +251,10 @@ def _rewrite(model: onnx.ModelProto, info: ModelInfo, lay, region: list, n: int)
     model.graph.value_info.extend(keep)
     # the replaced weights, unless something else still reads them
     read = {t for nd in model.graph.node for t in nd.input}
+    for nd in model.graph.node:  # and what subgraphs (If, Loop) read from outside
+        for a in nd.attribute:
+            for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                read.update(t for sub in g.node for t in sub.input)
     kept = [t for t in model.graph.initializer if t.name in read or t.name not in replaced]
     del model.graph.initializer[:]
     model.graph.initializer.extend(kept)
