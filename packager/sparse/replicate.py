@@ -15,8 +15,8 @@ constants are tiled, and the first layers after the prefix read, for each output
 copy of the device that computes it. The function is unchanged (the copies are equal) and the result
 is plain ONNX: the channel compiler needs nothing new, it simply finds no channel to send.
 
-A prefix ends only where every layer reading it is a Conv / Gemm / MatMul with constant weights (the
-layers that can pick a copy); it holds Conv (group 1 or depthwise), element-wise operations,
+A prefix ends only where every layer reading it is a Conv with constant weights (the layers that
+can pick a copy); it holds Conv (group 1 or depthwise), element-wise operations,
 BatchNormalization, pooling and Pad. It starts at the model inputs, which the caller sends to every
 device that needs them anyway.
 """
@@ -122,7 +122,7 @@ def replicate(model: onnx.ModelProto, n_devices: int, max_extra_macs: float = 0.
 # -- which prefixes ------------------------------------------------------------------------------------
 
 def _prefixes(info: ModelInfo, rules) -> list[list]:
-    """Every prefix (in topological order) of replicable nodes that only Conv/Gemm/MatMul layers read
+    """Every prefix (in topological order) of replicable nodes that only Conv layers read
     from outside, shortest first."""
     kind_of = {i.name: "caller" for i in info.graph.inputs}  # as the compiler sees them (channel_layout._rules)
     region: list = []
@@ -149,7 +149,7 @@ def _replicable(info: ModelInfo, nd, rule, inside: set[str], kind_of: dict[str, 
     outside = [t for t in nd.inputs if not info.is_const(t) and t not in inside]
     c = info.contraction(nd.name)
     if rule.kind == "contract":
-        # a Conv of the model input (or of cheap work on it) or of the prefix; Gemm/MatMul: not here
+        # a Conv of the model input (or of cheap work on it) or of the prefix
         return (nd.op_type == "Conv" and c is not None and info.is_const(c.w)
                 and all(kind_of.get(t) in ("caller", "rep") for t in outside))
     if rule.kind != "local" or rule.axis != 1 or p.input[0] not in inside:
@@ -162,6 +162,9 @@ def _replicable(info: ModelInfo, nd, rule, inside: set[str], kind_of: dict[str, 
         return not outside
     if nd.op_type in ELEMENTWISE:
         rank = len(info.shapes[nd.outputs[0]])
+        c = info.shapes[nd.outputs[0]][1]
+        if any(len(info.shape(t)) != rank or info.shape(t)[1] != c for t in nd.inputs if t in inside):
+            return False  # a 1-channel map broadcast over the channels (spatial attention): n copies would not line up
         for t in outside:  # computed, shape-sized inputs: fine unless they carry channels
             s = info.shape(t)
             if len(s) >= rank - 1 and s[len(s) - rank + 1] != 1:
@@ -171,7 +174,7 @@ def _replicable(info: ModelInfo, nd, rule, inside: set[str], kind_of: dict[str, 
 
 
 def _closed(info: ModelInfo, region: list, inside: set[str]) -> bool:
-    """True when every reader outside the prefix is a Conv/Gemm/MatMul reading it as its input x."""
+    """True when every reader outside the prefix is a Conv (group 1) reading it as its input x."""
     names = {nd.name for nd in region}
     for t in inside:
         for i in info.consumers.get(t, ()):
@@ -179,7 +182,8 @@ def _closed(info: ModelInfo, region: list, inside: set[str]) -> bool:
             if nd.name in names:
                 continue
             c = info.contraction(nd.name)
-            if c is None or c.x != t or t in (info.protos[nd.name].input[1:]):
+            # a Conv reading it as x (a MatMul would contract a spatial axis of these conv outputs)
+            if nd.op_type != "Conv" or c is None or c.x != t or t in info.protos[nd.name].input[1:]:
                 return False
     return True
 
@@ -256,8 +260,12 @@ def _rewrite(model: onnx.ModelProto, info: ModelInfo, lay, region: list, n: int)
             for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
                 read.update(t for sub in g.node for t in sub.input)
     kept = [t for t in model.graph.initializer if t.name in read or t.name not in replaced]
+    gone = {t.name for t in model.graph.initializer} - {t.name for t in kept}
     del model.graph.initializer[:]
     model.graph.initializer.extend(kept)
+    inputs = [i for i in model.graph.input if i.name not in gone]  # older exporters list weights as inputs
+    del model.graph.input[:]
+    model.graph.input.extend(inputs)
     return readers
 
 
@@ -272,23 +280,13 @@ def _pick_copy(p, info: ModelInfo, nd, lay, n: int, put) -> None:
         owner = np.full(c_out, y.device)
     else:
         owner = np.zeros(c_out, dtype=np.int64)
-    w = info.array(c.w)
-    if nd.op_type == "Conv":
-        W = w  # [C_out, C_in, ...]
-    elif nd.op_type == "Gemm" and attr(p, "transB", 0):
-        W = w
-    else:
-        W = w.T  # Gemm without transB, MatMul: [C_in, C_out]
+    W = info.array(c.w)  # a Conv's: [C_out, C_in, k...]
     W2 = np.zeros((W.shape[0], n * W.shape[1], *W.shape[2:]), W.dtype)
     ci = W.shape[1]
     for k in range(n):
         rows = owner == k
         W2[rows, k * ci:(k + 1) * ci] = W[rows]
-    if nd.op_type == "Conv" or (nd.op_type == "Gemm" and attr(p, "transB", 0)):
-        new = W2
-    else:
-        new = W2.T
-    p.input[1] = put(c.w, np.ascontiguousarray(new))
+    p.input[1] = put(c.w, W2)
 
 
 def _proto(protos: dict, info: ModelInfo, nd):

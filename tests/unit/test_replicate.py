@@ -132,3 +132,47 @@ def test_lowrank_after_replicating_keeps_the_original_budget(tmp_path):
     assert np.max(np.abs(got - next(iter(run_whole(r.model, {"x": x}).values())))) <= ATOL
     with pytest.raises(PlanningError, match="method 'lowrank'"):
         repurpose(m, calib, 2, 0.3, method="prune", replicate=0.1)
+
+
+def _tiny(nodes, inits, out_shape, weights_as_inputs=False) -> onnx.ModelProto:
+    from onnx import TensorProto, numpy_helper
+
+    rng = np.random.default_rng(0)
+    tensors = [numpy_helper.from_array((rng.standard_normal(s) / np.sqrt(np.prod(s[1:]))).astype(np.float32), n)
+               for n, s in inits]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])]
+    if weights_as_inputs:  # as older exporters wrote them (keep_initializers_as_inputs)
+        inputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(s)) for n, s in inits]
+    g = helper.make_graph(nodes, "tiny", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)], tensors)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def _same(m: onnx.ModelProto, r) -> None:
+    x = {"x": np.random.default_rng(1).standard_normal((1, 3, 8, 8)).astype(np.float32)}
+    assert [i.name for i in r.model.graph.input] == ["x"]
+    a, b = run_whole(m, x)["y"], run_whole(r.model, x)["y"]
+    assert np.max(np.abs(a - b)) <= ATOL
+
+
+def test_what_cannot_pick_a_copy_ends_no_prefix():
+    conv = helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1])
+    # a MatMul of a conv output contracts a spatial axis, not the channels: it cannot pick a copy
+    m = _tiny([conv, helper.make_node("Relu", ["a"], ["r"]), helper.make_node("MatMul", ["r", "w2"], ["y"])],
+              [("w1", (4, 3, 3, 3)), ("w2", (8, 5))], [1, 4, 8, 5])
+    r = replicate(m, 2, 1.0, input_shapes={"x": (1, 3, 8, 8)})
+    assert r.report.nodes == () and r.model is m
+    # spatial attention: a 1-channel map broadcast over the channels cannot be laid out in copies
+    m = _tiny([conv, helper.make_node("Conv", ["a", "wa"], ["s0"]), helper.make_node("Sigmoid", ["s0"], ["s"]),
+               helper.make_node("Mul", ["a", "s"], ["m"]), helper.make_node("Conv", ["m", "w2"], ["y"])],
+              [("w1", (4, 3, 3, 3)), ("wa", (1, 4, 1, 1)), ("w2", (5, 4, 1, 1))], [1, 5, 8, 8])
+    r = replicate(m, 2, 1.0, input_shapes={"x": (1, 3, 8, 8)})
+    assert r.report.nodes == () and r.model is m
+
+
+def test_weights_listed_as_inputs_are_dropped_with_their_initializers():
+    m = _tiny([helper.make_node("Conv", ["x", "w1"], ["a"], name="c1", pads=[1, 1, 1, 1]),
+               helper.make_node("Relu", ["a"], ["r"], name="r"), helper.make_node("Conv", ["r", "w2"], ["y"], name="c2")],
+              [("w1", (4, 3, 3, 3)), ("w2", (5, 4, 1, 1))], [1, 5, 8, 8], weights_as_inputs=True)
+    r = replicate(m, 2, 1.0, input_shapes={"x": (1, 3, 8, 8)})
+    assert r.report.nodes == ("c1", "r") and r.report.readers == ("c2",)
+    _same(m, r)
