@@ -26,10 +26,10 @@ import zmq
 
 from edgepart import aio
 from edgepart.bundle import Bundle, load_bundle
-from edgepart.errors import PeerError, WireError
+from edgepart.errors import DeadlineExceeded, PeerError, WireError
 from edgepart.plan import CALLER
-from edgepart.plan import Codec, Plan
-from edgepart.wire import Header, arrays, decode, roundtrip, tensor_frames
+from edgepart.plan import Codec, Plan, Step
+from edgepart.wire import Header, arrays, decode, roundtrip, tensor_frames, zero_copy_pays
 
 from . import inproc
 from .discovery import Announcement, Discovery
@@ -80,6 +80,11 @@ class AgentCore:
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()  # deliveries from parts in this process
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # sockets a caller's thread sends on when it runs this device's step itself (run_direct);
+        # used only under the lock, None once stopped
+        self._direct: dict[str, tuple[str, zmq.Socket]] | None = {}
+        self._direct_lock = threading.Lock()
+        self.direct_runs = 0  # requests a caller's thread ran here (run_direct)
 
     async def start(self) -> "AgentCore":
         self.ctx = zmq.Context()
@@ -120,6 +125,10 @@ class AgentCore:
 
     async def stop(self) -> None:
         inproc.unregister_agent(self.plan.plan_id, self.device, self)
+        with self._direct_lock:
+            for _, sock in (self._direct or {}).values():
+                sock.close(0)
+            self._direct = None
         await self.discovery.close()
         await stop_io_thread(self._stop, self.waker, self._thread, self.ctx)
 
@@ -135,6 +144,70 @@ class AgentCore:
     async def wait_ready(self, timeout_s: float) -> bool:
         """Wait until every peer this device sends to is linked; False on timeout."""
         return await asyncio.get_running_loop().run_in_executor(None, self.links.wait_roles, self.needed_roles, timeout_s)
+
+    @property
+    def direct_step(self) -> Step | None:
+        """This device's step when a caller in this process may run it in its own thread: the device
+        has one step, fed by the caller alone (the camera holder's first stage)."""
+        steps = self.executor.steps
+        if len(steps) != 1 or any(self.executor.expected.get(i.name) != {CALLER} for i in steps[0].inputs):
+            return None
+        return steps[0]
+
+    def run_direct(self, client: bytes, rid: int, feeds: dict[str, np.ndarray], deadline: float) -> dict[str, np.ndarray]:
+        """Run `direct_step` in the calling thread (a sync `InferenceSession.run` beside this agent) and
+        send its outputs to the devices that need them from this thread: no hand-off to the data
+        thread on the way. Returns the outputs that go back to the caller. Raises PeerError."""
+        step = self.direct_step
+        if step is None or self._direct is None:
+            raise PeerError(f"{self.device} cannot run requests directly (stopped, or not a first stage)")
+        try:
+            outs = self.executor.sessions[step.name].run([o.name for o in step.outputs],
+                                                         {i.name: feeds[i.name] for i in step.inputs})
+        except Exception as e:  # onnxruntime raises untyped errors (bad shapes, bad values)
+            msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            raise PeerError(f"{self.device}/{step.name} failed: {msg}") from None
+        by_dst: dict[str, dict[str, np.ndarray]] = {}
+        for o, arr in zip(step.outputs, outs):
+            for r in self.executor.out_routes.get(o.name, ()):
+                by_dst.setdefault(r.dst, {})[o.name] = arr
+        back = by_dst.pop(CALLER, {})
+        self.direct_runs += 1
+        for dst, arrs in by_dst.items():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DeadlineExceeded(f"request {rid} passed its deadline while {self.device} computed {step.name}")
+            if (a := inproc.agent(self.plan.plan_id, dst)) is not None:
+                a.deliver_local(self.device, (client, rid), roundtrip(arrs, self.codecs.get(dst)), left * 1e3)
+                continue
+            frames = tensor_frames(Header("tensor", self.plan.plan_id, self.device, request_id=rid, client=client,
+                                          ttl_ms=left * 1e3), arrs, self.codecs.get(dst))
+            self._send_direct(dst, frames, left)
+        return roundtrip(back, self.codecs.get(CALLER)) if back else {}
+
+    def _send_direct(self, dst: str, frames: list, left_s: float) -> None:
+        ep = self.links.endpoint_up(dst)
+        if ep is None:
+            raise PeerError(f"{dst} is not reachable now (it stopped answering)")
+        with self._direct_lock:
+            if self._direct is None:
+                raise PeerError(f"agent {self.device} was stopped")
+            known = self._direct.get(dst)
+            if known is None or known[0] != ep:  # first use, or the peer came back on a new endpoint
+                if known is not None:
+                    known[1].close(0)
+                sock = self.ctx.socket(zmq.DEALER)
+                sock.setsockopt(zmq.IDENTITY, f"{self.device}:direct:{secrets.token_hex(4)}".encode())
+                tune(sock)
+                sock.setsockopt(zmq.IMMEDIATE, 1)  # only on a live connection: a dead peer refuses
+                sock.connect(ep)
+                known = self._direct[dst] = (ep, sock)
+            sock = known[1]
+            sock.setsockopt(zmq.SNDTIMEO, max(1, int(left_s * 1e3)))
+            try:
+                sock.send_multipart(frames, copy=not zero_copy_pays(frames))
+            except zmq.Again:
+                raise DeadlineExceeded(f"{dst} did not take {self.device}'s outputs before the request's deadline") from None
 
     def deliver_local(self, sender: str, key: Key, arrs: dict[str, np.ndarray], ttl_ms: float) -> None:
         """Tensors from a part in this process (see inproc.py); any thread may call this."""

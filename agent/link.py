@@ -173,6 +173,7 @@ class Links:
         self.commands: queue.SimpleQueue = queue.SimpleQueue()
         self.changed = threading.Condition()  # notified when a role goes up or down
         self._roles_up: frozenset[str] = frozenset()
+        self._up_endpoints: dict[str, str] = {}  # role -> endpoint of its live link (as get() picks it)
         self._warned: set[str] = set()
         self._last_sweep = time.monotonic()
 
@@ -184,6 +185,10 @@ class Links:
 
     def roles_up(self) -> frozenset[str]:
         return self._roles_up
+
+    def endpoint_up(self, role: str) -> str | None:
+        """The endpoint of `role`'s live link, if any (any thread may ask)."""
+        return self._up_endpoints.get(role)
 
     def wait_roles(self, roles: set[str], timeout_s: float) -> bool:
         end = time.monotonic() + timeout_s
@@ -340,6 +345,11 @@ class Links:
     def _publish(self, role: str, down: bool) -> None:
         with self.changed:
             self._roles_up = frozenset(p.role for p in self.by_endpoint.values() if p.up and p.role)
+            up: dict[str, Peer] = {}
+            for p in self.by_endpoint.values():
+                if p.up and p.role and (p.role not in up or p.up_since < up[p.role].up_since):
+                    up[p.role] = p
+            self._up_endpoints = {r: p.endpoint for r, p in up.items()}
             self.changed.notify_all()
         if down and self.on_down:
             self.on_down(role)

@@ -75,7 +75,10 @@ class InferenceSession:
             run_options: object = None, *, timeout_s: float | None = None) -> list[np.ndarray]:
         """Outputs in the order of `output_names` (all of them when None), like onnxruntime."""
         t = timeout_s or self.timeout_s
-        out = self.submit(input_feed, timeout_s=t)
+        if self._client is None:
+            raise PeerError("the session is closed")
+        # a first stage embedded in this process runs in this thread: the caller waits anyway
+        out = self._client.run_here(input_feed, t)
         try:
             res = out.result(t + 5)
         except DeadlineExceeded:

@@ -115,6 +115,48 @@ def test_sigkill_mid_stream_then_recovery(packaged, agents, sessions):
     assert "Traceback" not in agent_output(procs)
 
 
+def test_embedded_first_stage_run_when_the_next_agent_dies(packaged, agents, sessions):
+    """`run()` beside an embedded first stage computes it in the caller's thread and sends from there:
+    with the next device killed it fails with a typed error at once (no hang), and once that agent is
+    started again the same session and agent recover."""
+    res = packaged(graphs.residual(), 2)
+    first = res.plan.steps[0].device
+    (other,) = [d for d in res.plan.device_names() if d != first]
+    procs = agents(res.out_dir, devices=[other])
+    feeds = seeded_feeds(res.plan, 0)
+    want = reference(model_file(res.out_dir), feeds)["y"]
+    with edgepart.Agent(res.out_dir / first, interface="127.0.0.1", threads=1) as agent:
+        assert agent.wait_ready(15)
+        sess = sessions(res.out_dir)
+        (y,) = sess.run(None, feeds)
+        assert np.max(np.abs(y - want)) <= 1e-5 and agent.core.direct_runs == 1
+        procs.kill(other, signal.SIGKILL)
+        t0 = time.monotonic()
+        kinds = []
+        while time.monotonic() - t0 < 3 and len(kinds) < 20:  # bounded in time and count
+            try:
+                sess.run(None, feeds, timeout_s=TIMEOUT_S)
+                kinds.append("ok")
+            except edgepart.PeerError as e:  # DeadlineExceeded is one too
+                kinds.append(type(e).__name__)
+                break
+        assert kinds and kinds[-1] != "ok", f"killing {other} failed nothing: {kinds}"
+        assert time.monotonic() - t0 <= TIMEOUT_S + SLACK_S
+        procs.restart(other)
+        t1, last = time.monotonic(), None
+        while time.monotonic() - t1 < RECOVER_WITHIN_S:
+            try:
+                (y,) = sess.run(None, feeds, timeout_s=2)
+                break
+            except edgepart.PeerError as e:
+                last = e
+                time.sleep(0.1)
+        else:
+            raise AssertionError(f"no run() succeeded within {RECOVER_WITHIN_S} s of restarting {other}: {last}")
+        assert np.max(np.abs(y - want)) <= 1e-5 and agent.core.direct_runs >= 2
+    assert "Traceback" not in agent_output(procs)
+
+
 # -- malformed messages ----------------------------------------------------------------------------
 
 class Target:
