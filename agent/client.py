@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import heapq
 import itertools
 from collections import deque
 import logging
@@ -75,6 +76,8 @@ class ClusterClient:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._next_expiry = 0.0
+        self._deadlines: list[tuple[float, int]] = []  # a heap of (deadline, request id), under _lock
+        self._io_ident = 0  # the I/O thread's id, once it runs
 
     async def start(self) -> "ClusterClient":
         self.ctx = zmq.Context()
@@ -142,6 +145,7 @@ class ClusterClient:
         with self._lock:
             rid = next(self._ids)
             self.pending[rid] = Pending(fut, set(self.roles), deadline, timeout_s)
+            heapq.heappush(self._deadlines, (deadline, rid))
             self.in_flight += 1
         try:
             back = agent.run_direct(self.identity, rid, roundtrip(feeds, self.codecs.get(dst)), deadline)
@@ -162,7 +166,8 @@ class ClusterClient:
         fut.set_running_or_notify_cancel()
         with self._lock:
             rid = next(self._ids)
-            self.pending[rid] = Pending(fut, set(self.roles), time.monotonic() + timeout_s, timeout_s, feeds)
+            p = self.pending[rid] = Pending(fut, set(self.roles), time.monotonic() + timeout_s, timeout_s, feeds)
+            heapq.heappush(self._deadlines, (p.deadline, rid))
             self.backlog.append(rid)
         self._dispatch()
         return fut
@@ -190,7 +195,10 @@ class ClusterClient:
                     self.outbox.put((rid, dst, arrs, p.deadline))
                     remote = True
         if remote:
-            self.waker.wake()
+            if threading.get_ident() == self._io_ident:
+                self._send_outbox()  # an answer freed a place, on the I/O thread itself: no need to wake it
+            else:
+                self.waker.wake()
 
     async def infer(self, feeds: Mapping[str, np.ndarray], timeout_s: float = 10.0) -> dict[str, np.ndarray]:
         """All model outputs for one request, awaited from any event loop."""
@@ -225,6 +233,7 @@ class ClusterClient:
 
     # -- the I/O thread ---------------------------------------------------------------------------
     def _io(self) -> None:
+        self._io_ident = threading.get_ident()
         poller = self.links.poller
         poller.register(self.waker.r, zmq.POLLIN)
         try:
@@ -267,8 +276,12 @@ class ClusterClient:
         if now < self._next_expiry:
             return
         self._next_expiry = now + 0.02
-        with self._lock:
-            late = [(rid, p) for rid, p in self.pending.items() if now > p.deadline]
+        late = []
+        with self._lock:  # the earliest deadlines first: no scan of everything pending
+            while self._deadlines and self._deadlines[0][0] < now:
+                _, rid = heapq.heappop(self._deadlines)
+                if (p := self.pending.get(rid)) is not None:
+                    late.append((rid, p))
         for rid, p in late:
             missing = [o for o in self.outputs if o not in p.outputs]
             self.on_error(rid, f"request {rid} was not answered within {p.timeout_s:g} s (outputs still missing: "
