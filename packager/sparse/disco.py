@@ -11,6 +11,11 @@ few bytes between devices.
     3. fine-tune with that mask fixed (masked weights are zeroed after every step, so they stay
                  exactly zero), then export ONNX
 
+Optionally (`within_keep` < 1) also within-device blocks W[rows of device k, input channel c that k
+holds itself] are penalised the same way and pruned to keep that share of each layer's own blocks,
+by weight energy: a device whose rows no longer read one of its own channels skips that column
+entirely, so this cuts compute (the compiler slices each device's weights to the channels it uses).
+
 Which torch weight is which split layer, and which device owns each of its input channels, comes
 from the channel compiler itself: the module is exported to ONNX, and the compiler's layout of that
 export (residual streams, flattens and all) gives the blocks. `partition` is keyed by that export's
@@ -55,6 +60,9 @@ class DiscoReport:
     bytes: BytesReport  # channel_bytes of the exported model: dense vs used, per split layer
     history: tuple["Epoch", ...]
     kept_blocks: tuple[tuple[str, int, int], ...]  # per split layer: (node, cross blocks kept, cross blocks)
+    within_keep: float = 1.0
+    kept_own: tuple[tuple[str, int, int], ...] = ()  # per split layer: (node, own blocks kept, own blocks)
+    macs: tuple[int, int] = (0, 0)  # split layers' multiply-accumulates per inference: dense, after pruning
 
     @property
     def ratio(self) -> float:
@@ -63,7 +71,9 @@ class DiscoReport:
     def to_dict(self) -> dict:
         return {"n_devices": self.n_devices, "budget": self.budget, "dense_bytes": self.bytes.dense_bytes,
                 "used_bytes": self.bytes.used_bytes, "ratio": self.ratio,
-                "history": [h._asdict() for h in self.history], "kept_blocks": [list(k) for k in self.kept_blocks]}
+                "history": [h._asdict() for h in self.history], "kept_blocks": [list(k) for k in self.kept_blocks],
+                "within_keep": self.within_keep, "kept_own": [list(k) for k in self.kept_own],
+                "macs_dense": self.macs[0], "macs_used": self.macs[1]}
 
 
 class Epoch(NamedTuple):
@@ -110,6 +120,7 @@ class _Blocks:
     transposed: bool  # the torch weight is [C_in, C_out] (exported as MatMul)
     onehot_out: Any  # torch [n, C_out]: device of each output channel
     cross: Any  # torch bool [n, C_in]: device k has rows and input channel c lives elsewhere
+    own: Any  # torch bool [n, C_in]: device k has rows and holds input channel c itself
     scale: float  # bytes per input channel / mean over layers
 
 
@@ -157,18 +168,23 @@ def disco_train(module, partition: int | Mapping[str, np.ndarray], train_data, *
                 finetune_epochs: int = 20, lr: float = 1e-3, finetune_lr: float = 1e-3, batch_size: int = 64,
                 loss_fn=None, input_names: Sequence[str] = ("x",), output_names: Sequence[str] = ("y",),
                 assign_calib: Mapping[str, np.ndarray] | None = None, gradual: bool = True,
-                seed: int = 0) -> Disco:
+                within_keep: float = 1.0, within_lam: float | None = None, seed: int = 0) -> Disco:
     """Train `module` (in place) for a channel split with at most `budget` x the dense split's bytes.
 
     `partition`: the number of devices (contiguous blocks, or RePurpose's assignment on the
     pretrained weights when `assign_calib` holds calibration inputs), or a partition keyed by the
     export's Conv/Gemm/MatMul output names. `train_data`: (x, y) arrays, or any re-iterable of
-    (x, y) torch batches (a DataLoader)."""
+    (x, y) torch batches (a DataLoader). `within_keep` < 1 also prunes within-device blocks to keep
+    that share of each split layer's own (device, input channel) blocks, cutting compute; their
+    group-lasso weight is `within_lam` (default `lam`)."""
     torch = _torch()
     if penalty not in PENALTIES:
         raise PlanningError(f"Unknown DISCO penalty {penalty!r}; choose one of {list(PENALTIES)}.")
     if not 0.0 <= budget <= 1.0:
         raise PlanningError(f"budget is a fraction of the dense channel split's bytes, in 0..1; got {budget}.")
+    if not 0.0 < within_keep <= 1.0:
+        raise PlanningError(f"within_keep is the share of within-device weight blocks kept, in (0, 1]; got {within_keep}.")
+    within_lam = lam if within_lam is None else within_lam
     loss_fn = loss_fn or torch.nn.functional.cross_entropy
     gen = torch.Generator().manual_seed(seed)
 
@@ -194,16 +210,22 @@ def disco_train(module, partition: int | Mapping[str, np.ndarray], train_data, *
         onehot = torch.as_tensor(np.eye(n)[L.out_owner].T, dtype=p.dtype)
         has_rows = np.bincount(L.out_owner, minlength=n)[:, None] > 0
         cross = torch.as_tensor(has_rows & (L.in_owner[None, :] != np.arange(n)[:, None]))
-        blocks.append(_Blocks(L, p, transposed, onehot, cross, L.bytes_per_channel / mean_bpc))
+        own = torch.as_tensor(has_rows & (L.in_owner[None, :] == np.arange(n)[:, None]))
+        blocks.append(_Blocks(L, p, transposed, onehot, cross, own, L.bytes_per_channel / mean_bpc))
 
     def block_sq(b: _Blocks):  # [n, C_in]: energy of each (device, input channel) block
         w = b.param.T if b.transposed else b.param
         return b.onehot_out @ (w.reshape(w.shape[0], w.shape[1], -1) ** 2).sum(2)
 
+    pruning_own = within_keep < 1.0
+
     def group_lasso():
         total = 0.0
         for b in blocks:
-            total = total + b.scale * (torch.sqrt(block_sq(b) + 1e-12) * b.cross).sum()
+            norms = torch.sqrt(block_sq(b) + 1e-12)
+            total = total + b.scale * (norms * b.cross).sum()
+            if pruning_own:
+                total = total + within_lam / max(lam, 1e-12) * (norms * b.own).sum()
         return total
 
     history: list[Epoch] = []
@@ -215,6 +237,9 @@ def disco_train(module, partition: int | Mapping[str, np.ndarray], train_data, *
             norms = torch.sqrt(block_sq(b))
             factor = torch.where(b.cross, torch.clamp(1 - step * b.scale / torch.clamp(norms, min=1e-12), min=0),
                                  torch.ones_like(norms))  # [n, C_in]
+            if pruning_own:  # own blocks shrink by their own weight (compute, not bytes)
+                own_step = step * within_lam / max(lam, 1e-12)
+                factor = torch.where(b.own, torch.clamp(1 - own_step / torch.clamp(norms, min=1e-12), min=0), factor)
             rows = b.onehot_out.T @ factor  # [C_out, C_in]: each output row takes its device's factors
             rows = rows.T if b.transposed else rows
             b.param.mul_(rows.reshape(*rows.shape, *([1] * (b.param.dim() - 2))))
@@ -245,8 +270,31 @@ def disco_train(module, partition: int | Mapping[str, np.ndarray], train_data, *
             m = b.cross.cpu().numpy().copy()
             for k, c in keep[b.layer.node]:
                 m[k, c] = False
+            if pruning_own:
+                m |= own_pruned(b, own_fraction(fraction))
             masks[b.layer.node] = m
         apply_masks()
+
+    def own_fraction(fraction: float) -> float:
+        """The share of own blocks kept when the cross blocks are at `fraction`: the same schedule."""
+        return within_keep + (1 - within_keep) * (fraction - budget) / max(1 - budget, 1e-12) if budget < 1 else within_keep
+
+    def own_pruned(b: _Blocks, keep_share: float) -> np.ndarray:
+        """bool [n, C_in]: the own blocks pruned so that the strongest `keep_share` of this layer's
+        stay (those pruned before stay pruned; every device keeps its strongest one)."""
+        with torch.no_grad():
+            sq = block_sq(b).cpu().numpy()
+        own = b.own.cpu().numpy()
+        out = masks.get(b.layer.node, np.zeros_like(own)) & own
+        live = sorted(zip(*np.nonzero(own & ~out)), key=lambda kc: -sq[kc])
+        n_keep = int(round(keep_share * own.sum()))
+        first = {}
+        for k, c in live:
+            first.setdefault(k, c)
+        for i, (k, c) in enumerate(live):
+            if i >= n_keep and first[k] != c:
+                out[k, c] = True
+        return out
 
     def apply_masks() -> None:
         with torch.no_grad():
@@ -287,6 +335,8 @@ def disco_train(module, partition: int | Mapping[str, np.ndarray], train_data, *
     prune_to(budget)
     kept = tuple((b.layer.node, int((b.cross.cpu().numpy() & ~masks[b.layer.node]).sum()), int(b.cross.sum()))
                  for b in blocks)
+    kept_own = tuple((b.layer.node, int((b.own.cpu().numpy() & ~masks[b.layer.node]).sum()), int(b.own.sum()))
+                     for b in blocks)
     opt = torch.optim.Adam(module.parameters(), lr=finetune_lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(finetune_epochs, 1))  # settle, don't wander
     train("finetune", finetune_epochs, opt, sched=sched)
@@ -295,8 +345,22 @@ def disco_train(module, partition: int | Mapping[str, np.ndarray], train_data, *
     out = export_onnx(module, example_input, input_names, output_names)
     out_graph = analyse(out, shapes)
     final_part = {L.y: L.out_owner for L in layers if L.kind == "contract" and L.out_owner is not None}
-    report = DiscoReport(n, budget, channel_bytes(out_graph, final_part, out, n), tuple(history), kept)
+    macs = (sum(_macs(b, None) for b in blocks), sum(_macs(b, masks.get(b.layer.node)) for b in blocks))
+    report = DiscoReport(n, budget, channel_bytes(out_graph, final_part, out, n), tuple(history), kept,
+                         within_keep, kept_own, macs)
     return Disco(module, final_part, out, report)
+
+
+def _macs(b: _Blocks, pruned: np.ndarray | None) -> int:
+    """A split layer's MACs per inference when each device computes its rows over the input
+    channels it still reads (`pruned`: bool [n, C_in] blocks zeroed)."""
+    L = b.layer
+    rows = b.onehot_out.sum(1).cpu().numpy().astype(np.int64)  # rows per device
+    read = (b.own.cpu().numpy() | b.cross.cpu().numpy())
+    if pruned is not None:
+        read = read & ~pruned
+    k = int(np.prod(L.w_shape[2:])) if L.op == "Conv" else 1
+    return int(sum(rows[d] * read[d].sum() for d in range(len(rows))) * k * L.per_sample)
 
 
 __all__ = ["Disco", "DiscoReport", "disco_train", "export_onnx"]
