@@ -247,8 +247,9 @@ def compile_channel(model: onnx.ModelProto, graph: Graph, cluster: Cluster,
     """Per-device steps (as ONNX models, not yet written) and routes for a channel split (pure).
 
     `wire_codec` applies to float activations sent between devices, as for a pipeline (`bitmap`
-    lossless, `fp16`/`int8` lossy); the channel subsets themselves are cut inside the sender's step."""
-    from .package import WIRE_CODECS
+    lossless, `auto` bitmap only on routes carrying a ReLU's output, `fp16`/`int8` lossy); the
+    channel subsets themselves are cut inside the sender's step."""
+    from .package import WIRE_CODECS, float_route_codec
 
     if wire_codec not in WIRE_CODECS:
         raise PlanningError(f"Unknown wire codec {wire_codec!r}; choose one of: {', '.join(WIRE_CODECS)}.")
@@ -261,8 +262,13 @@ def compile_channel(model: onnx.ModelProto, graph: Graph, cluster: Cluster,
     _levels(em)
     steps = _steps(em, cluster)
     def codec(name: str, src: str, dst: str) -> Codec:
-        floating = em.info.dtypes[em.origin[name][0]] in ("float32", "float64", "float16")
-        return Codec(wire_codec) if wire_codec != "dense" and floating and CALLER not in (src, dst) else Codec()
+        # the model's tensor this route carries channels of (for partial sums: the layer's output,
+        # before any activation, so `auto` keeps those dense)
+        origin = em.origin[name][0]
+        floating = em.info.dtypes[origin] in ("float32", "float64", "float16")
+        if not floating or CALLER in (src, dst):
+            return Codec()
+        return float_route_codec(wire_codec, model, graph, origin)
 
     routes = [Route(n, s, d, codec(n, s, d)) for (n, s, d) in em.routes]
     sizes = {n: _nbytes(em, n) for n in em.origin}

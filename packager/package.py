@@ -29,15 +29,64 @@ class Packaged:
     bundle_dirs: dict[str, Path]
 
 
-WIRE_CODECS = ("dense", "bitmap", "fp16", "int8")
+WIRE_CODECS = ("dense", "auto", "bitmap", "fp16", "int8")
+
+
+def float_route_codec(wire_codec: str, model: onnx.ModelProto | None, graph: Graph, tensor: str) -> Codec:
+    """The codec of a float activation sent between devices. `auto` (lossless) is chosen per route:
+    bitmap where the tensor comes straight out of a ReLU (Relu, or Clip at 0, as ReLU6), whose zeros
+    it sends as bits, and dense elsewhere, where a bitmap would only add one."""
+    if wire_codec == "dense":
+        return Codec()
+    if wire_codec == "auto":
+        return Codec("bitmap") if model is not None and post_relu(model, graph, tensor) else Codec()
+    return Codec(wire_codec)
+
+
+def post_relu(model: onnx.ModelProto, graph: Graph, tensor: str) -> bool:
+    """Whether `tensor` is the output of a Relu, or of a Clip whose min is 0."""
+    i = graph.producer.get(tensor, -1)
+    if i < 0:
+        return False
+    nd = graph.nodes[i]
+    if nd.op_type == "Relu":
+        return True
+    if nd.op_type != "Clip":
+        return False
+    proto = next((p for p in model.graph.node if tensor in p.output), None)
+    if proto is None:
+        return False
+    lo = next((a.f for a in proto.attribute if a.name == "min"), None)  # opset < 11
+    if len(proto.input) > 1 and proto.input[1]:
+        lo = _constant(model, proto.input[1])
+    return lo is not None and float(lo) == 0.0
+
+
+def _constant(model: onnx.ModelProto, name: str) -> float | None:
+    from onnx import numpy_helper
+
+    for t in model.graph.initializer:
+        if t.name == name:
+            a = numpy_helper.to_array(t)
+            return float(a.reshape(-1)[0]) if a.size == 1 else None
+    for nd in model.graph.node:
+        if nd.op_type == "Constant" and name in nd.output:
+            for a in nd.attribute:
+                if a.name == "value":
+                    v = numpy_helper.to_array(a.t)
+                    return float(v.reshape(-1)[0]) if v.size == 1 else None
+                if a.name in ("value_float",):
+                    return float(a.f)
+    return None
 
 
 def compile_pipeline(graph: Graph, cluster: Cluster, pp: PipelinePlan, steps: list[Step], model_name: str,
-                     wire_codec: str = "dense") -> Plan:
+                     wire_codec: str = "dense", model: onnx.ModelProto | None = None) -> Plan:
     """The program of a pipeline: steps as emitted, and one route per (tensor, consumer device).
 
     `wire_codec` applies to float activations sent between devices: `bitmap` is lossless (it sends
-    post-ReLU zeros as bits, and dense where that is not smaller), `fp16` and `int8` are lossy."""
+    post-ReLU zeros as bits, and dense where that is not smaller), `auto` picks bitmap for the routes
+    that carry a ReLU's output and dense for the rest (needs `model`), `fp16` and `int8` are lossy."""
     if wire_codec not in WIRE_CODECS:
         raise PlanningError(f"Unknown wire codec {wire_codec!r}; choose one of: {', '.join(WIRE_CODECS)}.")
     producer_dev: dict[str, str] = {i.name: CALLER for i in graph.inputs}
@@ -49,7 +98,7 @@ def compile_pipeline(graph: Graph, cluster: Cluster, pp: PipelinePlan, steps: li
         for i in st.inputs:
             src = producer_dev[i.name]
             float_activation = src != CALLER and i.dtype in ("float32", "float64", "float16")
-            codec = Codec(wire_codec) if float_activation and wire_codec != "dense" else Codec()
+            codec = float_route_codec(wire_codec, model, graph, i.name) if float_activation else Codec()
             routes.append(Route(i.name, src, st.device, codec))
     for o in graph.outputs:
         routes.append(Route(o.name, producer_dev[o.name], CALLER, Codec()))
@@ -79,7 +128,7 @@ def package(
         sub, ins, outs = emit.extract(model, graph, st.start, st.stop, name)
         step_models.append(StepModel(name, st.device, f"{name}.onnx", sub, ins, outs, st.stop - st.start,
                                      round(st.compute_ms, 6)))
-    plan, dirs = write_bundles(step_models, lambda steps: compile_pipeline(graph, cluster, pp, steps, model_name, wire_codec),
+    plan, dirs = write_bundles(step_models, lambda steps: compile_pipeline(graph, cluster, pp, steps, model_name, wire_codec, model),
                                Path(out_dir), external_data_min_bytes, progress)
     return Packaged(plan, pp, Path(out_dir), dirs)
 

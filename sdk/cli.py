@@ -187,7 +187,7 @@ def package_cmd(
     input_shape: Optional[list[str]] = InputShapeOpt,
     inputs: Optional[Path] = InputsOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the plan's figures and bundle paths as JSON."),
-    wire_codec: str = typer.Option("dense", "--wire-codec", help="How float activations travel between devices: `dense`; `bitmap` (lossless: post-ReLU zeros as bits, dense where that is not smaller); `fp16` or `int8` (lossy: 2x / 4x fewer bytes; check with `verify`)."),
+    wire_codec: str = typer.Option("dense", "--wire-codec", help="How float activations travel between devices: `dense`; `auto` (lossless, chosen per route: bitmap on the routes that carry a ReLU's output, dense elsewhere); `bitmap` (lossless: post-ReLU zeros as bits, dense where that is not smaller); `fp16` or `int8` (lossy: 2x / 4x fewer bytes; check with `verify`)."),
     strategy: str = typer.Option("pipeline", "--strategy", help="How to split: `pipeline` (each device runs a run of layers) or `channel` (each device computes a share of every layer's output channels, receiving only the input channels its weights use; see docs/channel.md)."),
     partition: Optional[Path] = typer.Option(None, "--partition", help="With --strategy channel: an .npz mapping Conv/Gemm/MatMul output names to int arrays of device indices (cluster order, one per output channel). Layers it leaves out get equal contiguous blocks."),
     calibration: Optional[Path] = typer.Option(None, "--calibration", help="With --strategy channel: an .npz of calibration inputs (each model input, a batch [N, ...]); with --comm-budget, RePurpose restructures the model on them (assign neurons to devices, prune cross-device weights, refit by least squares; docs/sparse.md)."),

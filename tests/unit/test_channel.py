@@ -433,6 +433,24 @@ def test_wire_codecs_on_device_routes(codec, atol, tmp_path):
         compile_channel(model, graph, cluster(2), wire_codec="zip")
 
 
+def test_auto_codec_on_device_routes(tmp_path):
+    """`auto`: routes carrying channels of a ReLU's output are bitmap, partial sums and other
+    tensors dense; the split stays exact."""
+    model = chain()
+    graph = analyse(model)
+    res = package_channel(model, graph, cluster(3), tmp_path / "dist", wire_codec="auto")
+    prog = compile_channel(model, graph, cluster(3), wire_codec="auto")
+    between = [r for r in res.plan.routes if CALLER not in (r.src, r.dst)]
+    kinds = {r.codec.kind for r in between}
+    assert kinds == {"bitmap", "dense"}, kinds
+    assert all(r.codec.kind == "dense" for r in res.plan.routes if CALLER in (r.src, r.dst))
+    assert sorted((r.tensor, r.codec.kind) for r in prog.routes) == sorted((r.tensor, r.codec.kind) for r in res.plan.routes)
+    f = feeds(model)
+    got = LocalCluster.from_dist(tmp_path / "dist").run(f)
+    (k, v), = run_whole(model, f).items()
+    assert np.max(np.abs(got[k] - v)) <= ATOL
+
+
 def test_partial_sums_only(tmp_path):
     """A device that holds none of a conv's input channels and 2 of its 12 output channels receives
     2 channels of partial sums (plus its bias, added locally) instead of all 8 input channels."""

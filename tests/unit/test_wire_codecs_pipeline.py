@@ -53,5 +53,36 @@ def test_codec_routes_and_fidelity(tmp_path, codec, atol):
 
 
 def test_unknown_codec_is_a_clear_error(tmp_path):
-    with pytest.raises(PlanningError, match="Unknown wire codec 'zip'; choose one of: dense, bitmap, fp16, int8"):
+    with pytest.raises(PlanningError, match="Unknown wire codec .zip.; choose one of: dense, auto, bitmap, fp16, int8"):
         split(tmp_path, "zip")
+
+
+def test_auto_codec_is_bitmap_where_a_relu_output_crosses(tmp_path):
+    """`auto` chooses per route: the residual model's cut tensors are Relu outputs (bitmap) and the
+    model's output back to the caller stays dense; the answers are exact."""
+    plan, want, got = split(tmp_path, "auto")
+    model, graph = residual(), analyse(residual())
+    from edgepart.packager.package import post_relu
+
+    between = [r for r in plan.routes if CALLER not in (r.src, r.dst)]
+    assert between
+    for r in between:
+        assert r.codec.kind == ("bitmap" if post_relu(model, graph, r.tensor) else "dense"), r
+    assert any(r.codec.kind == "bitmap" for r in between)
+    assert float(np.abs(want - got).max()) <= 1e-6
+
+
+def test_post_relu_knows_relu6_and_not_other_clips():
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgepart.packager.package import post_relu
+
+    nodes = [helper.make_node("Clip", ["x", "zero", "six"], ["r6"]), helper.make_node("Clip", ["r6", "one", "six"], ["c1"]),
+             helper.make_node("Relu", ["c1"], ["r"]), helper.make_node("Sigmoid", ["r"], ["y"])]
+    inits = [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in (("zero", 0.0), ("one", 1.0), ("six", 6.0))]
+    g = helper.make_graph(nodes, "clips", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    graph = analyse(m)
+    assert [post_relu(m, graph, t) for t in ("x", "r6", "c1", "r", "y")] == [False, True, False, True, False]
