@@ -213,12 +213,14 @@ def check_writable(path: Path | str) -> None:
 # -- building it (pure) ---------------------------------------------------------------------------------
 
 def channel_report(res, graph, model_name: str, sparse=None, fidelity: Fidelity | None = None,
-                   restructured: Mapping[str, object] | None = None) -> PackageReport:
-    """The report of a channel split (`package_channel`'s result); `sparse` is RePurpose's SparseReport."""
+                   restructured: Mapping[str, object] | None = None, replicated=None) -> PackageReport:
+    """The report of a channel split (`package_channel`'s result); `sparse` is RePurpose's SparseReport;
+    `replicated` a ReplicateReport, whose original dense split is the baseline then."""
     rep, plan = res.report, res.plan
     errs = {x.node: x for x in sparse.layers} if sparse is not None else {}
+    base = dict(replicated.layer_dense) if replicated is not None else {}
     layers = tuple(
-        LayerRow(x.node, x.input, x.dense_bytes, x.sent_bytes,  # what crosses: partial sums where cheaper
+        LayerRow(x.node, x.input, base.get(x.node, x.dense_bytes), x.sent_bytes,  # what crosses: partial sums where cheaper
                  errs[x.node].error if x.node in errs else None,
                  errs[x.node].error_pruned if x.node in errs else None)
         for x in rep.layers.layers)
@@ -235,7 +237,17 @@ def channel_report(res, graph, model_name: str, sparse=None, fidelity: Fidelity 
     return PackageReport(model_name, "channel", plan.plan_id, devs, rep.latency_ms, rep.cross_device_bytes,
                          rep.caller_bytes, layers, rows, routes, int(graph.total_macs), int(graph.total_param_bytes),
                          decisions, tuple(rep.notes), fidelity, tuple((restructured or {}).items()),
-                         totals=(rep.layers.dense_bytes, rep.layers.sent_bytes))
+                         totals=(dense_baseline(rep, sparse, replicated), rep.layers.sent_bytes))
+
+
+def dense_baseline(rep, sparse=None, replicated=None) -> int:
+    """What the dense channel split of the ORIGINAL model sends in its split layers: a restructured
+    model's own dense split counts its added layers (lowrank) or its copies (replicate)."""
+    if sparse is not None and getattr(sparse, "dense_bytes", None):
+        return int(sparse.dense_bytes)
+    if replicated is not None and replicated.dense_bytes:
+        return int(replicated.dense_bytes)
+    return int(rep.layers.dense_bytes)
 
 
 def pipeline_report(res, graph, model_name: str, fidelity: Fidelity | None = None) -> PackageReport:

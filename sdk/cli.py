@@ -157,7 +157,8 @@ def plan_cmd(
                 print(json.dumps({"strategy": "channel", "report": prog.report.to_dict(),
                                   "replicated": rep.to_dict() if rep is not None else None}, indent=1))
             else:
-                _print_channel(prog.report, cl, f"channel split of {model.name} on {len(cl.devices)} devices")
+                _print_channel(prog.report, cl, f"channel split of {model.name} on {len(cl.devices)} devices",
+                               rep.dense_bytes if rep is not None and rep.nodes else None)
                 if rep is not None:
                     console.print(f"  {escape(rep.summary())}")
                     for end, frac in rep.options:
@@ -333,7 +334,8 @@ def _package_channel(model: Path, cluster: Path, out: Path, shapes: dict, partit
         pr = None
         if report is not None:
             prog.update(task, description="measuring fidelity for the report")
-            pr = _channel_report(model, out, res, graph, shapes, feeds or {}, sparse, fit, held, holdout, comm_budget)
+            pr = _channel_report(model, out, res, graph, shapes, feeds or {}, sparse, fit, held, holdout, comm_budget,
+                                 replicated)
             pr.write_html(report)
     rep = res.report
     if as_json:
@@ -346,7 +348,11 @@ def _package_channel(model: Path, cluster: Path, out: Path, shapes: dict, partit
             d["summary"] = pr.summary()
         print(json.dumps(d, indent=1))
         return
-    _print_channel(rep, cl, f"packaged {model.name} as a channel split for {len(cl.devices)} devices")
+    from edgepart.packager.report import dense_baseline
+
+    restructured = sparse is not None or (replicated is not None and replicated.nodes)
+    _print_channel(rep, cl, f"packaged {model.name} as a channel split for {len(cl.devices)} devices",
+                   dense_baseline(rep, sparse.report if sparse else None, replicated) if restructured else None)
     if replicated is not None:
         console.print(f"  {escape(replicated.summary())}")
     if sparse is not None:
@@ -361,11 +367,13 @@ def _package_channel(model: Path, cluster: Path, out: Path, shapes: dict, partit
         _print_report(pr, report)
 
 
-def _print_channel(rep, cl, title: str) -> None:
-    """A channel split's figures: bytes between devices, latency, per device, decisions that gather."""
+def _print_channel(rep, cl, title: str, dense: int | None = None) -> None:
+    """A channel split's figures: bytes between devices, latency, per device, decisions that gather.
+    `dense`: the original model's dense split, when the model was restructured."""
     partial = sum(1 for _, _, d in rep.decisions if d.partial)
     console.print(f"{title}: {rep.cross_device_bytes:,} bytes between devices per inference (split layers: "
-                  f"dense {rep.layers.dense_bytes:,}, used {rep.layers.used_bytes:,}, sent {rep.layers.sent_bytes:,}"
+                  f"dense {dense if dense is not None else rep.layers.dense_bytes:,}"
+                  f"{' (the original model)' if dense is not None else ''}, used {rep.layers.used_bytes:,}, sent {rep.layers.sent_bytes:,}"
                   f"{f' with partial sums in {partial} layers' if partial else ''}); estimated latency "
                   f"[bold]{rep.latency_ms:.3f} ms[/]", soft_wrap=True)
     macs, params = dict(rep.macs), dict(rep.param_bytes)
@@ -377,13 +385,14 @@ def _print_channel(rep, cl, title: str) -> None:
 
 
 def _channel_report(model: Path, out: Path, res, graph, shapes: dict, feeds: dict, sparse, fit: Optional[dict],
-                    held: Optional[dict], holdout: float, comm_budget: Optional[float]):
+                    held: Optional[dict], holdout: float, comm_budget: Optional[float], replicated=None):
     """The report of a channel split; with RePurpose, fidelity on the held-out calibration samples."""
     from edgepart.packager.report import channel_report, measure_fidelity
 
     if sparse is None:
         fid = _fidelity_without_calibration(out, model, res.plan, shapes, feeds)
-        return channel_report(res, graph, model.stem, None, fid)
+        items = {"method": "replicate (exact)", "summary": replicated.summary()} if replicated is not None else None
+        return channel_report(res, graph, model.stem, None, fid, items, replicated)
     n_fit, n_held = len(next(iter(fit.values()))), len(next(iter(held.values())))
     if n_held:
         fid = measure_fidelity(out, model, held, f"{n_held} held-out calibration samples (the last {holdout:.0%}; "
@@ -391,9 +400,11 @@ def _channel_report(model: Path, out: Path, res, graph, shapes: dict, feeds: dic
     else:
         fid = measure_fidelity(out, model, fit, f"the calibration samples RePurpose was fitted on ({n_fit}; "
                                f"--holdout 0: none held out)", compiled=sparse.model)
-    return channel_report(res, graph, model.stem, sparse.report, fid, {
-        "method": "RePurpose", "comm_budget": comm_budget, "steps": "+".join(sparse.report.steps),
-        "calibration_samples": n_fit, "held_out": n_held})
+    items = {"method": "RePurpose", "comm_budget": comm_budget, "steps": "+".join(sparse.report.steps),
+             "calibration_samples": n_fit, "held_out": n_held}
+    if replicated is not None:
+        items["replicated"] = replicated.summary()
+    return channel_report(res, graph, model.stem, sparse.report, fid, items, replicated)
 
 
 @app.command("inspect")

@@ -54,6 +54,10 @@ class ReplicateReport:
     bytes_before: int  # the exact channel split's bytes between devices (split layers, partial sums)
     bytes_after: int
     options: tuple[tuple[str, float], ...]  # (last tensor of a possible prefix, its extra MACs fraction)
+    # the ORIGINAL model's dense split, in total and per split layer: the baseline a report compares
+    # with (the rewritten model's own "dense" would count each copy)
+    dense_bytes: int = 0
+    layer_dense: tuple[tuple[str, int], ...] = ()
     schema: int = REPORT_SCHEMA
 
     @property
@@ -63,7 +67,7 @@ class ReplicateReport:
     def to_dict(self) -> dict:
         d = dict(self.__dict__)
         d.update(nodes=list(self.nodes), readers=list(self.readers), options=[list(o) for o in self.options],
-                 extra_fraction=self.extra_fraction)
+                 extra_fraction=self.extra_fraction, layer_dense=[list(x) for x in self.layer_dense])
         return d
 
     def summary(self) -> str:
@@ -97,14 +101,17 @@ def replicate(model: onnx.ModelProto, n_devices: int, max_extra_macs: float = 0.
     info = ModelInfo(model, graph)
     lay = plan_layout(model, graph, n_devices, partition, info)
     part = {t: lay.layouts[t].owner for t in partitionable(model, graph, info) if isinstance(lay.layouts.get(t), Split)}
-    before = channel_bytes(graph, part, model, n_devices).sent_bytes
+    original = channel_bytes(graph, part, model, n_devices)
+    before = original.sent_bytes
+    baseline = dict(dense_bytes=original.dense_bytes, layer_dense=tuple((x.node, x.dense_bytes) for x in original.layers))
     prefixes = _prefixes(info, _rules(info))
     share = (n_devices - 1) / n_devices
     total = graph.total_macs
     options = tuple((nodes[-1].outputs[0], sum(nd.macs for nd in nodes) * share / max(total, 1)) for nodes in prefixes)
     fits = [p for p, (_, f) in zip(prefixes, options) if f <= max_extra_macs]
     if not fits:
-        return Replicated(model, part, ReplicateReport(n_devices, max_extra_macs, (), (), 0, total, before, before, options))
+        return Replicated(model, part, ReplicateReport(n_devices, max_extra_macs, (), (), 0, total, before, before, options,
+                                                       **baseline))
     nodes = fits[-1]
     out = copy.deepcopy(model)
     readers = _rewrite(out, info, lay, nodes, n_devices)
@@ -116,7 +123,7 @@ def replicate(model: onnx.ModelProto, n_devices: int, max_extra_macs: float = 0.
     after = channel_bytes(analyse(out, dict(input_shapes) if input_shapes else None), new_part, out, n_devices).sent_bytes
     extra = int(round(sum(nd.macs for nd in nodes) * share))
     return Replicated(out, new_part, ReplicateReport(n_devices, max_extra_macs, tuple(nd.name for nd in nodes),
-                                                     tuple(readers), extra, total, before, after, options))
+                                                     tuple(readers), extra, total, before, after, options, **baseline))
 
 
 # -- which prefixes ------------------------------------------------------------------------------------

@@ -203,8 +203,15 @@ def test_replicate_the_first_layers(digits, tmp_path):
     assert d["report"]["cross_device_bytes"] < plain["report"]["cross_device_bytes"]
     res = invoke("verify", tmp_path / "rep" / "dist", "-m", digits / "digits.onnx", "--inputs", digits / "calib.npz", "--json")
     assert res.exit_code == 0 and json.loads(res.stdout)["ok"], res.output
-    res = package(digits, tmp_path / "rep2", "--strategy", "channel", "--input-shape", "x=1x1x8x8", "--replicate", "0.5")
+    html = tmp_path / "rep.html"
+    res = package(digits, tmp_path / "rep2", "--strategy", "channel", "--input-shape", "x=1x1x8x8", "--replicate", "0.5",
+                  "--report", html)
     assert res.exit_code == 0 and "replicate:" in res.stdout and "computed whole on every device" in res.stdout
+    # the baseline stays the original model's dense split, not the rewritten model's (which counts copies)
+    dense = plain["report"]["layers"]["dense_bytes"]
+    rows = layer_rows(check_html(html))
+    assert sum(d for d, _ in rows.values()) == dense > 0
+    assert f"dense {dense:,} (the original model)" in res.stdout
     # before lowrank: the budget stays a fraction of the original dense split
     res = package(digits, tmp_path / "lr", "--strategy", "channel", "--replicate", "0.5", "--calibration",
                   digits / "calib.npz", "--comm-budget", "0.3", "--method", "lowrank", "--json")
