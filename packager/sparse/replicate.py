@@ -180,18 +180,20 @@ def _replicable(info: ModelInfo, nd, rule, inside: set[str], kind_of: dict[str, 
     return False
 
 
+def _readers(info: ModelInfo, region: list, inside: set[str]) -> list:
+    """The nodes outside the prefix that read it, in topological order."""
+    names = {nd.name for nd in region}
+    idx = sorted({i for t in inside for i in info.consumers.get(t, ())})
+    return [info.graph.nodes[i] for i in idx if info.graph.nodes[i].name not in names]
+
+
 def _closed(info: ModelInfo, region: list, inside: set[str]) -> bool:
     """True when every reader outside the prefix is a Conv (group 1) reading it as its input x."""
-    names = {nd.name for nd in region}
-    for t in inside:
-        for i in info.consumers.get(t, ()):
-            nd = info.graph.nodes[i]
-            if nd.name in names:
-                continue
-            c = info.contraction(nd.name)
-            # a Conv reading it as x (a MatMul would contract a spatial axis of these conv outputs)
-            if nd.op_type != "Conv" or c is None or c.x != t or t in info.protos[nd.name].input[1:]:
-                return False
+    for nd in _readers(info, region, inside):
+        c = info.contraction(nd.name)
+        # a Conv reading it as x (a MatMul would contract a spatial axis of these conv outputs)
+        if nd.op_type != "Conv" or c is None or c.x not in inside or any(t in inside for t in info.protos[nd.name].input[1:]):
+            return False
     return True
 
 
@@ -248,15 +250,9 @@ def _rewrite(model: onnx.ModelProto, info: ModelInfo, lay, region: list, n: int)
                     if 0 <= ax < a.ndim and a.shape[ax] > 1:
                         p.input[i] = put(t, tile(a, ax))
     readers = []
-    done = {nd.name for nd in region}
-    for t in inside:
-        for i in info.consumers.get(t, ()):
-            nd = info.graph.nodes[i]
-            if nd.name in done:
-                continue
-            done.add(nd.name)
-            readers.append(nd.name)
-            _pick_copy(_proto(protos, info, nd), info, nd, lay, n, put)
+    for nd in _readers(info, region, inside):
+        readers.append(nd.name)
+        _pick_copy(_proto(protos, info, nd), info, nd, lay, n, put)
     keep = [vi for vi in model.graph.value_info if vi.name not in inside]
     del model.graph.value_info[:]
     model.graph.value_info.extend(keep)

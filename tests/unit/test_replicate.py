@@ -176,3 +176,20 @@ def test_weights_listed_as_inputs_are_dropped_with_their_initializers():
     r = replicate(m, 2, 1.0, input_shapes={"x": (1, 3, 8, 8)})
     assert r.report.nodes == ("c1", "r") and r.report.readers == ("c2",)
     _same(m, r)
+
+
+def test_the_rewrite_is_the_same_in_every_process(tmp_path):
+    """Bundles and plan ids must not depend on Python's hash seed: the rewritten model's bytes are
+    equal under two seeds."""
+    import os
+    import subprocess
+    import sys
+
+    onnx.save(mobile(5), str(tmp_path / "m.onnx"))
+    code = ("import hashlib, onnx, sys; from edgepart.packager.sparse import replicate; "
+            "r = replicate(onnx.load(sys.argv[1]), 3, 1.0, input_shapes={'x': (1, 3, 16, 16)}); "
+            "print(hashlib.sha256(r.model.SerializeToString()).hexdigest(), r.report.readers)")
+    outs = {subprocess.run([sys.executable, "-c", code, str(tmp_path / "m.onnx")], capture_output=True, text=True,
+                           timeout=60, env={**os.environ, "PYTHONHASHSEED": seed}).stdout
+            for seed in ("1", "2")}
+    assert len(outs) == 1 and next(iter(outs)).strip(), outs
