@@ -65,19 +65,26 @@ def test_minilm_channel_split_through_agents(n, minilm_path, tmp_path, agents, s
 
 
 @pytest.mark.models
-@pytest.mark.parametrize("n", [2, 4])
-def test_efficientnet_channel_split_through_agents(n, efficientnet_lite0_path, tmp_path, agents, sessions):
+@pytest.mark.parametrize("n,replicate", [(2, 0.0), (4, 0.0), (2, 0.05)])
+def test_efficientnet_channel_split_through_agents(n, replicate, efficientnet_lite0_path, tmp_path, agents, sessions):
     """EfficientNet-Lite0 split by output channels over 2 and 4 agent processes, partial sums where
-    they are fewer bytes: the same answers as one onnxruntime session on real photo crops."""
+    they are fewer bytes (and with the stem and block 0 replicated on both devices): the same answers
+    as one onnxruntime session on real photo crops."""
     from edgepart.packager import zoo
     from edgepart.packager.channel import package_channel
     from edgepart.packager.cluster import load_cluster
     from edgepart.packager.graph import analyse, load_model
 
-    model = load_model(efficientnet_lite0_path)
+    model, part = load_model(efficientnet_lite0_path), None
+    if replicate:
+        from edgepart.packager.sparse import replicate as replicate_first
+
+        r = replicate_first(model, n, replicate, input_shapes={"input": (1, 3, 224, 224)})
+        assert r.report.nodes
+        model, part = r.model, r.partition
     cluster = load_cluster(write_cluster(tmp_path / "cluster.yaml", [f"dev{i}" for i in range(n)], [1.0] * n))
-    res = package_channel(model, analyse(model, {"input": (1, 3, 224, 224)}), cluster, tmp_path / "dist", None,
-                          model_name=f"channel-effnet-{RUN}-{n}")
+    res = package_channel(model, analyse(model, {"input": (1, 3, 224, 224)}), cluster, tmp_path / "dist", part,
+                          model_name=f"channel-effnet-{RUN}-{n}-{replicate:g}")
     assert any(d.partial for _, _, d in res.report.decisions)
     agents(tmp_path / "dist")
     sess = sessions(tmp_path / "dist", timeout_s=30)
@@ -87,7 +94,7 @@ def test_efficientnet_channel_split_through_agents(n, efficientnet_lite0_path, t
         assert_same(sess.submit(feeds).result(30), reference(efficientnet_lite0_path, feeds), f"EfficientNet, {n} devices")
 
 
-@pytest.mark.parametrize("codec,atol", [("bitmap", 1e-5), ("fp16", 5e-2), ("int8", 2e-1)])
+@pytest.mark.parametrize("codec,atol", [("bitmap", 1e-5), ("auto", 1e-5), ("fp16", 5e-2), ("int8", 2e-1)])
 def test_wire_codecs_through_agents(codec, atol, tmp_path, agents, sessions):
     from edgepart.packager.package import package, prepare
 
@@ -96,7 +103,11 @@ def test_wire_codecs_through_agents(codec, atol, tmp_path, agents, sessions):
     prep = prepare(path, write_cluster(tmp_path / "cluster.yaml", ["dev0", "dev1"], [1.0, 1.0]), "throughput")
     res = package(prep.model, prep.graph, prep.cluster, prep.pipeline, tmp_path / "dist",
                   model_name=f"codec-{RUN}-{codec}", wire_codec=codec)
-    assert {r.codec.kind for r in res.plan.routes if "@caller" not in (r.src, r.dst)} == {codec}
+    kinds = {r.codec.kind for r in res.plan.routes if "@caller" not in (r.src, r.dst)}
+    if codec == "auto":  # chosen per route: bitmap where a ReLU's output crosses
+        assert "bitmap" in kinds and kinds <= {"bitmap", "dense"}, kinds
+    else:
+        assert kinds == {codec}
     agents(tmp_path / "dist")
     sess = sessions(tmp_path / "dist", timeout_s=10)
     feeds = seeded_feeds(res.plan, 0)
