@@ -78,6 +78,7 @@ class ClusterClient:
         self._next_expiry = 0.0
         self._deadlines: list[tuple[float, int]] = []  # a heap of (deadline, request id), under _lock
         self._io_ident = 0  # the I/O thread's id, once it runs
+        self._sending = False  # the I/O thread is in _send_outbox (no recursion through failures)
 
     async def start(self) -> "ClusterClient":
         self.ctx = zmq.Context()
@@ -195,10 +196,11 @@ class ClusterClient:
                     self.outbox.put((rid, dst, arrs, p.deadline))
                     remote = True
         if remote:
-            if threading.get_ident() == self._io_ident:
-                self._send_outbox()  # an answer freed a place, on the I/O thread itself: no need to wake it
-            else:
+            if threading.get_ident() != self._io_ident:
                 self.waker.wake()
+            elif not self._sending:  # an answer freed a place, on the I/O thread itself: send now
+                self._send_outbox()
+            # (inside _send_outbox, a failure that freed a place queued the next request for its loop)
 
     async def infer(self, feeds: Mapping[str, np.ndarray], timeout_s: float = 10.0) -> dict[str, np.ndarray]:
         """All model outputs for one request, awaited from any event loop."""
@@ -254,6 +256,13 @@ class ClusterClient:
             self.links.close()
 
     def _send_outbox(self) -> None:
+        self._sending = True
+        try:
+            self._send_queued()
+        finally:
+            self._sending = False
+
+    def _send_queued(self) -> None:
         while True:
             try:
                 rid, dst, arrs, deadline = self.outbox.get_nowait()

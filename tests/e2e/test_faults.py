@@ -157,6 +157,29 @@ def test_embedded_first_stage_run_when_the_next_agent_dies(packaged, agents, ses
     assert "Traceback" not in agent_output(procs)
 
 
+def test_a_long_backlog_to_a_dead_agent_fails_fast_and_typed(packaged, agents, sessions):
+    """2,000 requests submitted at once while an agent is down: each fails with PeerError, none hangs,
+    and the failures (each freeing a window place for the next) do not pile up a deep call stack."""
+    res = packaged(graphs.residual(), 2)
+    procs = agents(res.out_dir)
+    sess = sessions(res.out_dir)
+    feeds = seeded_feeds(res.plan, 0)
+    sess.run(None, feeds)
+    first = res.plan.steps[0].device
+    procs.kill(first, signal.SIGKILL)
+    t0 = time.monotonic()
+    while first not in sess._client.missing_roles() and time.monotonic() - t0 < 5:
+        time.sleep(0.02)
+    assert first in sess._client.missing_roles(), "the session never saw the agent go"
+    futures = [sess.submit(feeds, timeout_s=TIMEOUT_S) for _ in range(2000)]
+    deadline = time.monotonic() + TIMEOUT_S + SLACK_S
+    kinds = collections.Counter()
+    for f in futures:
+        kind, value = outcome(f, deadline)
+        kinds[type(value).__name__ if kind == "error" else kind] += 1
+    assert kinds == {"PeerError": 2000}, kinds
+
+
 # -- malformed messages ----------------------------------------------------------------------------
 
 class Target:
