@@ -159,8 +159,10 @@ def _replicable(info: ModelInfo, nd, rule, inside: set[str], kind_of: dict[str, 
         # a Conv of the model input (or of cheap work on it) or of the prefix
         return (nd.op_type == "Conv" and c is not None and info.is_const(c.w)
                 and all(kind_of.get(t) in ("caller", "rep") for t in outside))
-    if rule.kind != "local" or rule.axis != 1 or p.input[0] not in inside:
+    if rule.kind != "local" or rule.axis != 1 or not any(t in inside for t in nd.inputs):
         return False
+    if nd.op_type not in ELEMENTWISE and p.input[0] not in inside:
+        return False  # the data input of Pad, pooling, BatchNormalization, a depthwise Conv
     if any(kind_of.get(t) != "rep" for t in outside):
         return False  # another split tensor: it has one copy, the prefix has n
     if nd.op_type == "Pad" or nd.op_type in POOLS:
@@ -240,9 +242,9 @@ def _rewrite(model: onnx.ModelProto, info: ModelInfo, lay, region: list, n: int)
             for i in range(1, len(p.input)):
                 if p.input[i]:
                     p.input[i] = put(p.input[i], tile(info.array(p.input[i]), 0))
-        elif op in ELEMENTWISE:
+        elif op in ELEMENTWISE:  # constants may come first (Mul(scale, x))
             rank = len(info.shapes[nd.outputs[0]])
-            for i in range(1, len(p.input)):
+            for i in range(len(p.input)):
                 t = p.input[i]
                 if t and info.is_const(t):
                     a = info.array(t)

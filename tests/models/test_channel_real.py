@@ -133,6 +133,23 @@ def test_efficientnet_lite0_replicated_stem(efficientnet_lite0_path, tmp_path, n
     assert np.max(np.abs(got - want)) <= ATOL
     assert (got.argmax(1) == want.argmax(1)).all()
 
+def test_ppocr_det_replicated_first_blocks(ppocr_det_path, tmp_path):
+    """PP-OCRv4's detector (HardSwish written out, scales that come first in Mul/Add): its first
+    blocks replicated on 2 devices, exact through the bundles, fewer bytes than the exact split."""
+    from edgepart.packager.sparse import replicate
+
+    model = load_model(ppocr_det_path)
+    name = model.graph.input[0].name
+    shapes = {name: (1, 3, 320, 320)}
+    r = replicate(model, 2, 0.05, input_shapes=shapes)
+    assert r.report.nodes and r.report.extra_fraction <= 0.05
+    assert r.report.bytes_after < 0.75 * r.report.bytes_before
+    package_channel(r.model, analyse(r.model, shapes), cluster(2), tmp_path / "dist", r.partition, model_name="ocr")
+    x = {name: np.random.default_rng(0).standard_normal((1, 3, 320, 320)).astype(np.float32)}
+    got = next(iter(LocalCluster.from_dist(tmp_path / "dist").run(x).values()))
+    want = ort.InferenceSession(str(ppocr_det_path), providers=["CPUExecutionProvider"]).run(None, x)[0]
+    assert np.max(np.abs(got - want)) <= ATOL
+
 @pytest.mark.parametrize("n", [2, 4])
 def test_minilm_split_by_heads_is_exact(minilm_path, tmp_path, n):
     """all-MiniLM-L6-v2: attention split by heads, the MLP by neurons, every LayerNorm by exchanged

@@ -193,3 +193,19 @@ def test_the_rewrite_is_the_same_in_every_process(tmp_path):
                            timeout=60, env={**os.environ, "PYTHONHASHSEED": seed}).stdout
             for seed in ("1", "2")}
     assert len(outs) == 1 and next(iter(outs)).strip(), outs
+
+
+def test_constants_may_come_first_in_element_wise_ops():
+    """Mul(scale, x) and Add(bias, x), as PaddlePaddle exports them: tiled like constants that come second."""
+    from onnx import numpy_helper
+
+    m = _tiny([helper.make_node("Conv", ["x", "w1"], ["a"], name="c1", pads=[1, 1, 1, 1]),
+               helper.make_node("Mul", ["s", "a"], ["m"], name="mul"), helper.make_node("Add", ["b", "m"], ["r"], name="add"),
+               helper.make_node("Conv", ["r", "w2"], ["y"], name="c2")],
+              [("w1", (4, 3, 3, 3)), ("w2", (5, 4, 1, 1))], [1, 5, 8, 8])
+    rng = np.random.default_rng(2)
+    m.graph.initializer.extend([numpy_helper.from_array(rng.standard_normal((1, 4, 1, 1)).astype(np.float32), "s"),
+                                numpy_helper.from_array(rng.standard_normal((4, 1, 1)).astype(np.float32), "b")])
+    r = replicate(m, 2, 1.0, input_shapes={"x": (1, 3, 8, 8)})
+    assert r.report.nodes == ("c1", "mul", "add") and r.report.readers == ("c2",)
+    _same(m, r)
