@@ -1,7 +1,7 @@
 """Sparse channel splits (issue 4): bytes crossing devices vs accuracy, per method.
 
     .venv/bin/python bench/bench_sparse.py                    # digits CNN, 2 and 4 devices (~1 min)
-    .venv/bin/python bench/bench_sparse.py --efficientnet     # + EfficientNet-Lite0, 2 devices (~15 min)
+    .venv/bin/python bench/bench_sparse.py --efficientnet     # + EfficientNet-Lite0, 2 devices (~25 min)
     .venv/bin/python bench/bench_sparse.py --minilm           # + MiniLM, 2 devices (~15 min)
 
 Digits CNN (trained here, seeded): the ablation at one budget — magnitude pruning; the assignment
