@@ -19,6 +19,7 @@ import queue
 import secrets
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,16 @@ from .link import HWM, Links, Waker, stop_io_thread, tune
 log = logging.getLogger("edgepart")
 
 POLL_MS = 50  # the data thread wakes at least this often: deadlines, link sweeps, stop
+DIRECT_POLL_MS = 20  # a caller's thread waiting to send directly rechecks its peer and deadline this often
+
+
+@dataclass(eq=False)
+class _Direct:
+    """One destination's socket for caller threads (AgentCore.run_direct), used under `lock`."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    endpoint: str = ""
+    sock: zmq.Socket | None = None
 
 
 def route_codecs(plan: Plan, src: str) -> dict[str, dict[str, Codec]]:
@@ -80,10 +91,10 @@ class AgentCore:
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()  # deliveries from parts in this process
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        # sockets a caller's thread sends on when it runs this device's step itself (run_direct);
-        # used only under the lock, None once stopped
-        self._direct: dict[str, tuple[str, zmq.Socket]] | None = {}
-        self._direct_lock = threading.Lock()
+        # per destination, the socket a caller's thread sends on when it runs this device's step
+        # itself (run_direct), each used only under its own lock; the registry is None once stopped
+        self._direct: dict[str, _Direct] | None = {}
+        self._direct_lock = threading.Lock()  # the registry only: held for a dict operation
         self.direct_runs = 0  # requests a caller's thread ran here (run_direct)
 
     async def start(self) -> "AgentCore":
@@ -125,10 +136,8 @@ class AgentCore:
 
     async def stop(self) -> None:
         inproc.unregister_agent(self.plan.plan_id, self.device, self)
-        with self._direct_lock:
-            for _, sock in (self._direct or {}).values():
-                sock.close(0)
-            self._direct = None
+        # senders see the registry gone within one poll slice; their sockets close once they left
+        await asyncio.get_running_loop().run_in_executor(None, self._close_direct)
         await self.discovery.close()
         await stop_io_thread(self._stop, self.waker, self._thread, self.ctx)
 
@@ -182,32 +191,53 @@ class AgentCore:
                 continue
             frames = tensor_frames(Header("tensor", self.plan.plan_id, self.device, request_id=rid, client=client,
                                           ttl_ms=left * 1e3), arrs, self.codecs.get(dst))
-            self._send_direct(dst, frames, left)
+            self._send_direct(dst, frames, deadline)
         return roundtrip(back, self.codecs.get(CALLER)) if back else {}
 
-    def _send_direct(self, dst: str, frames: list, left_s: float) -> None:
+    def _send_direct(self, dst: str, frames: list, deadline: float) -> None:
+        """Send on this destination's direct socket, never blocking past the deadline, nor past the
+        peer's link going down or this agent stopping (checked every DIRECT_POLL_MS while waiting)."""
         ep = self.links.endpoint_up(dst)
         if ep is None:
             raise PeerError(f"{dst} is not reachable now (it stopped answering)")
         with self._direct_lock:
             if self._direct is None:
                 raise PeerError(f"agent {self.device} was stopped")
-            known = self._direct.get(dst)
-            if known is None or known[0] != ep:  # first use, or the peer came back on a new endpoint
-                if known is not None:
-                    known[1].close(0)
-                sock = self.ctx.socket(zmq.DEALER)
-                sock.setsockopt(zmq.IDENTITY, f"{self.device}:direct:{secrets.token_hex(4)}".encode())
-                tune(sock)
-                sock.setsockopt(zmq.IMMEDIATE, 1)  # only on a live connection: a dead peer refuses
-                sock.connect(ep)
-                known = self._direct[dst] = (ep, sock)
-            sock = known[1]
-            sock.setsockopt(zmq.SNDTIMEO, max(1, int(left_s * 1e3)))
-            try:
-                sock.send_multipart(frames, copy=not zero_copy_pays(frames))
-            except zmq.Again:
-                raise DeadlineExceeded(f"{dst} did not take {self.device}'s outputs before the request's deadline") from None
+            d = self._direct.setdefault(dst, _Direct())
+        with d.lock:
+            if d.sock is None or d.endpoint != ep:  # first use, or the peer came back on a new endpoint
+                if d.sock is not None:
+                    d.sock.close(0)
+                d.sock = self.ctx.socket(zmq.DEALER)
+                d.sock.setsockopt(zmq.IDENTITY, f"{self.device}:direct:{secrets.token_hex(4)}".encode())
+                tune(d.sock)
+                d.sock.setsockopt(zmq.IMMEDIATE, 1)  # only on a live connection: a dead peer refuses
+                d.sock.connect(ep)
+                d.endpoint = ep
+            copy = not zero_copy_pays(frames)
+            while True:
+                if self._direct is None:
+                    raise PeerError(f"agent {self.device} was stopped")
+                try:
+                    d.sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=copy)
+                    return
+                except zmq.Again:
+                    pass
+                left_ms = (deadline - time.monotonic()) * 1e3
+                if left_ms <= 0:
+                    raise DeadlineExceeded(f"{dst} did not take {self.device}'s outputs before the request's deadline")
+                if self.links.endpoint_up(dst) != ep:
+                    raise PeerError(f"{dst} stopped answering while {self.device} sent to it")
+                d.sock.poll(min(DIRECT_POLL_MS, max(1, int(left_ms))), zmq.POLLOUT)
+
+    def _close_direct(self) -> None:
+        with self._direct_lock:
+            entries, self._direct = list((self._direct or {}).values()), None
+        for d in entries:
+            with d.lock:  # a sender in its loop leaves within one poll slice
+                if d.sock is not None:
+                    d.sock.close(0)
+                    d.sock = None
 
     def deliver_local(self, sender: str, key: Key, arrs: dict[str, np.ndarray], ttl_ms: float) -> None:
         """Tensors from a part in this process (see inproc.py); any thread may call this."""

@@ -153,6 +153,10 @@ class ClusterClient:
         except PeerError as e:  # DeadlineExceeded too
             self.on_error(rid, str(e), cause=type(e))
             return fut
+        except Exception as e:  # a bug or a zmq error: the request fails, it never holds its place
+            log.exception("running request %s here failed", rid)
+            self.on_error(rid, f"{type(e).__name__}: {e}")
+            return fut
         if back:
             self.on_result(rid, back)
         return fut

@@ -80,7 +80,7 @@ class Epoch(NamedTuple):
     phase: str  # penalty | finetune
     epoch: int
     loss: float  # mean training loss
-    penalty: float  # mean group-lasso term (unweighted)
+    penalty: float  # mean group-lasso term, weighted (lam x bytes on cross blocks, within_lam on own ones)
     lam: float
     used_fraction: float  # bytes of the non-zero cross blocks / the dense split's, at the epoch's end
 
@@ -220,26 +220,28 @@ def disco_train(module, partition: int | Mapping[str, np.ndarray], train_data, *
     pruning_own = within_keep < 1.0
 
     def group_lasso():
+        """The penalty, weights included: lam x cross blocks (x bytes) + within_lam x own blocks."""
         total = 0.0
         for b in blocks:
             norms = torch.sqrt(block_sq(b) + 1e-12)
-            total = total + b.scale * (norms * b.cross).sum()
+            total = total + lam * b.scale * (norms * b.cross).sum()
             if pruning_own:
-                total = total + within_lam / max(lam, 1e-12) * (norms * b.own).sum()
+                total = total + within_lam * (norms * b.own).sum()
         return total
 
     history: list[Epoch] = []
 
-    def shrink(step: float) -> None:
-        """Proximal step of the group lasso: each cross block shrinks towards zero by `step` x its
-        weight, and reaches exactly zero (as with AdamW's decoupled weight decay, not through Adam)."""
+    def shrink(lr: float) -> None:
+        """Proximal step of the group lasso: each cross block shrinks towards zero by lr x lam x its
+        bytes weight (own blocks, when pruned too, by lr x within_lam), and reaches exactly zero (as
+        with AdamW's decoupled weight decay, not through Adam)."""
         for b in blocks:
             norms = torch.sqrt(block_sq(b))
-            factor = torch.where(b.cross, torch.clamp(1 - step * b.scale / torch.clamp(norms, min=1e-12), min=0),
+            factor = torch.where(b.cross, torch.clamp(1 - lr * lam * b.scale / torch.clamp(norms, min=1e-12), min=0),
                                  torch.ones_like(norms))  # [n, C_in]
             if pruning_own:  # own blocks shrink by their own weight (compute, not bytes)
-                own_step = step * within_lam / max(lam, 1e-12)
-                factor = torch.where(b.own, torch.clamp(1 - own_step / torch.clamp(norms, min=1e-12), min=0), factor)
+                factor = torch.where(b.own, torch.clamp(1 - lr * within_lam / torch.clamp(norms, min=1e-12), min=0),
+                                     factor)
             rows = b.onehot_out.T @ factor  # [C_out, C_in]: each output row takes its device's factors
             rows = rows.T if b.transposed else rows
             b.param.mul_(rows.reshape(*rows.shape, *([1] * (b.param.dim() - 2))))
@@ -254,7 +256,7 @@ def disco_train(module, partition: int | Mapping[str, np.ndarray], train_data, *
 
     masks: dict[str, np.ndarray] = {}  # node -> bool [n, C_in]: cross blocks pruned (zero from now on)
 
-    def prune_to(fraction: float) -> None:
+    def prune_to(fraction: float, left: float = 0.0) -> None:
         """Keep the cross blocks with the most weight energy per byte (share of the layer's energy)
         within `fraction` x the dense bytes; blocks pruned before stay pruned."""
         queues = {}
@@ -271,13 +273,9 @@ def disco_train(module, partition: int | Mapping[str, np.ndarray], train_data, *
             for k, c in keep[b.layer.node]:
                 m[k, c] = False
             if pruning_own:
-                m |= own_pruned(b, own_fraction(fraction))
+                m |= own_pruned(b, within_keep + (1 - within_keep) * left ** 3)  # the same schedule
             masks[b.layer.node] = m
         apply_masks()
-
-    def own_fraction(fraction: float) -> float:
-        """The share of own blocks kept when the cross blocks are at `fraction`: the same schedule."""
-        return within_keep + (1 - within_keep) * (fraction - budget) / max(1 - budget, 1e-12) if budget < 1 else within_keep
 
     def own_pruned(b: _Blocks, keep_share: float) -> np.ndarray:
         """bool [n, C_in]: the own blocks pruned so that the strongest `keep_share` of this layer's
@@ -306,7 +304,9 @@ def disco_train(module, partition: int | Mapping[str, np.ndarray], train_data, *
                 mt = torch.as_tensor(rows.T if b.transposed else rows, dtype=b.param.dtype)
                 b.param.mul_(mt.reshape(*mt.shape, *([1] * (b.param.dim() - 2))))
 
-    def train(phase: str, n_epochs: int, opt, lam_=0.0, sched=None):
+    penalised = bool(lam or (pruning_own and within_lam))
+
+    def train(phase: str, n_epochs: int, opt, penalty_on: bool = False, sched=None):
         for epoch in range(n_epochs):
             module.train()
             losses, pens = [], []
@@ -316,22 +316,22 @@ def disco_train(module, partition: int | Mapping[str, np.ndarray], train_data, *
                 loss.backward()
                 opt.step()
                 with torch.no_grad():
-                    if lam_:
-                        shrink(opt.param_groups[0]["lr"] * lam_)
+                    if penalty_on and penalised:
+                        shrink(opt.param_groups[0]["lr"])
                         pens.append(float(group_lasso()))
                 apply_masks()
                 losses.append(float(loss.detach()))
             if phase == "penalty" and gradual and epoch >= epochs // 2:
                 # prune gradually over the second half (Zhu & Gupta's cubic schedule) to the budget
                 left = 1 - (epoch + 1 - epochs // 2) / max(epochs - epochs // 2, 1)
-                prune_to(budget + (1 - budget) * left ** 3)
+                prune_to(budget + (1 - budget) * left ** 3, left)
             history.append(Epoch(phase, epoch, float(np.mean(losses)), float(np.mean(pens)) if pens else 0.0,
-                                 lam_, used_fraction()))
+                                 lam if penalty_on else 0.0, used_fraction()))
             if sched is not None:
                 sched.step()
 
     torch.manual_seed(seed)
-    train("penalty", epochs, torch.optim.Adam(module.parameters(), lr=lr), lam_=lam)
+    train("penalty", epochs, torch.optim.Adam(module.parameters(), lr=lr), penalty_on=True)
     prune_to(budget)
     kept = tuple((b.layer.node, int((b.cross.cpu().numpy() & ~masks[b.layer.node]).sum()), int(b.cross.sum()))
                  for b in blocks)

@@ -141,7 +141,8 @@ def test_embedded_first_stage_run_when_the_next_agent_dies(packaged, agents, ses
                 kinds.append(type(e).__name__)
                 break
         assert kinds and kinds[-1] != "ok", f"killing {other} failed nothing: {kinds}"
-        assert time.monotonic() - t0 <= TIMEOUT_S + SLACK_S
+        failed_after = time.monotonic() - t0
+        assert failed_after <= SLACK_S, f"run() failed {failed_after:.2f} s after the kill, not at once"
         procs.restart(other)
         t1, last = time.monotonic(), None
         while time.monotonic() - t1 < RECOVER_WITHIN_S:

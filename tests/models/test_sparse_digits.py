@@ -208,6 +208,19 @@ def test_disco_can_also_prune_within_devices_to_cut_compute(digits):
           f"(unsplit {acc_whole:.4f})")
 
 
+def test_disco_within_penalty_applies_without_a_cross_penalty(digits):
+    """lam=0 with within_lam>0: the own blocks are still penalised (and the report says so)."""
+    import torch
+
+    model, data, _ = digits
+    r = disco_train(trained_net(model), 2, (data.x_train, data.y_train), example_input=torch.zeros(1, 1, 8, 8),
+                    output_names=("logits",), budget=0.5, lam=0.0, within_lam=1.0, within_keep=0.5, epochs=2,
+                    finetune_epochs=1, seed=0)
+    pen = [e for e in r.report.history if e.phase == "penalty"]
+    assert pen and all(e.penalty > 0 for e in pen)
+    assert all(kept == round(0.5 * total) for _, kept, total in r.report.kept_own)
+
+
 @pytest.mark.parametrize("keep", [0.0, 1.5])
 def test_disco_within_keep_out_of_range_is_a_clear_error(keep):
     from edgepart.errors import PlanningError
