@@ -170,16 +170,7 @@ class AgentCore:
         step = self.direct_step
         if step is None or self._direct is None:
             raise PeerError(f"{self.device} cannot run requests directly (stopped, or not a first stage)")
-        try:
-            outs = self.executor.sessions[step.name].run([o.name for o in step.outputs],
-                                                         {i.name: feeds[i.name] for i in step.inputs})
-        except Exception as e:  # onnxruntime raises untyped errors (bad shapes, bad values)
-            msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-            raise PeerError(f"{self.device}/{step.name} failed: {msg}") from None
-        by_dst: dict[str, dict[str, np.ndarray]] = {}
-        for o, arr in zip(step.outputs, outs):
-            for r in self.executor.out_routes.get(o.name, ()):
-                by_dst.setdefault(r.dst, {})[o.name] = arr
+        _, by_dst = self.executor.compute(step, feeds)
         back = by_dst.pop(CALLER, {})
         self.direct_runs += 1
         for dst, arrs in by_dst.items():

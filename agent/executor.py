@@ -20,6 +20,7 @@ from typing import Callable
 import numpy as np
 
 from edgepart.bundle import Bundle
+from edgepart.errors import PeerError
 from edgepart.plan import Route, Step
 from edgepart.runtime import make_session
 
@@ -96,19 +97,29 @@ class Executor:
         if req.done == len(self.steps) and self.requests.pop(key, None) is not None:
             self.completed += 1
 
-    def _run_step(self, key: Key, req: Request, step: Step) -> None:
+    def compute(self, step: Step, tensors: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, dict[str, np.ndarray]]]:
+        """Run `step` on `tensors` (any thread: onnxruntime sessions are thread-safe): its outputs by
+        name, and grouped by the other devices (or the caller) the plan routes them to. Raises PeerError."""
         try:
-            outs = self.sessions[step.name].run([o.name for o in step.outputs], {i.name: req.tensors[i.name] for i in step.inputs})
+            outs = self.sessions[step.name].run([o.name for o in step.outputs], {i.name: tensors[i.name] for i in step.inputs})
         except Exception as e:  # onnxruntime raises untyped errors (bad shapes, bad values)
             msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-            self.fail_request(key, f"{self.device}/{step.name} failed: {msg}")
-            return
+            raise PeerError(f"{self.device}/{step.name} failed: {msg}") from None
+        by_name = {o.name: arr for o, arr in zip(step.outputs, outs)}
         by_dst: dict[str, dict[str, np.ndarray]] = {}
-        for o, arr in zip(step.outputs, outs):
-            req.tensors[o.name] = arr
-            for r in self.out_routes.get(o.name, ()):
+        for name, arr in by_name.items():
+            for r in self.out_routes.get(name, ()):
                 if r.dst != self.device:
-                    by_dst.setdefault(r.dst, {})[o.name] = arr
+                    by_dst.setdefault(r.dst, {})[name] = arr
+        return by_name, by_dst
+
+    def _run_step(self, key: Key, req: Request, step: Step) -> None:
+        try:
+            outs, by_dst = self.compute(step, req.tensors)
+        except PeerError as e:
+            self.fail_request(key, str(e))
+            return
+        req.tensors.update(outs)
         for dst, arrs in by_dst.items():
             try:
                 self.send(dst, key, arrs, req.deadline)

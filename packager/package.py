@@ -63,21 +63,21 @@ def post_relu(model: onnx.ModelProto, graph: Graph, tensor: str) -> bool:
 
 
 def _constant(model: onnx.ModelProto, name: str) -> float | None:
+    """A scalar initializer's or Constant node's value; None for anything else."""
     from onnx import numpy_helper
 
-    for t in model.graph.initializer:
-        if t.name == name:
-            a = numpy_helper.to_array(t)
-            return float(a.reshape(-1)[0]) if a.size == 1 else None
-    for nd in model.graph.node:
-        if nd.op_type == "Constant" and name in nd.output:
-            for a in nd.attribute:
-                if a.name == "value":
-                    v = numpy_helper.to_array(a.t)
-                    return float(v.reshape(-1)[0]) if v.size == 1 else None
-                if a.name in ("value_float",):
-                    return float(a.f)
-    return None
+    from edgepart.errors import ModelError
+
+    from .channel_ops import _constant_value
+
+    a = next((numpy_helper.to_array(t) for t in model.graph.initializer if t.name == name), None)
+    if a is None:
+        nd = next((nd for nd in model.graph.node if nd.op_type == "Constant" and name in nd.output), None)
+        try:
+            a = _constant_value(nd) if nd is not None else None
+        except ModelError:  # a kind of value the compiler cannot read
+            return None
+    return float(a.reshape(-1)[0]) if a is not None and a.size == 1 else None
 
 
 def compile_pipeline(graph: Graph, cluster: Cluster, pp: PipelinePlan, steps: list[Step], model_name: str,

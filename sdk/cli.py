@@ -308,9 +308,8 @@ def _package_channel(model: Path, cluster: Path, out: Path, shapes: dict, partit
             from edgepart.packager.sparse import replicate as replicate_first
 
             prog.update(task, description="replicating the first layers on every device")
-            replicated = replicate_first(m, len(cl.devices), replicate, partition=part, input_shapes=shapes or None)
-            m, part = replicated.model, replicated.partition
-            replicated = replicated.report
+            r = replicate_first(m, len(cl.devices), replicate, partition=part, input_shapes=shapes or None)
+            m, part, replicated = r.model, r.partition, r.report
         if calibration is not None:
             if part is not None:
                 raise PlanningError("--partition and --calibration exclude each other: RePurpose chooses the partition.")
