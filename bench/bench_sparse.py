@@ -85,9 +85,9 @@ def bench_digits() -> dict:
     import torch
     from digits_cnn import digits_cnn
 
-    from edgepart.packager.channel import channel_bytes
+    from edgepart.packager.channel import channel_bytes, compile_channel
     from edgepart.packager.graph import analyse
-    from edgepart.packager.sparse import replicate, repurpose
+    from edgepart.packager.sparse import repurpose
     from edgepart.packager.sparse.disco import disco_train
 
     torch.set_num_threads(2)
@@ -122,6 +122,13 @@ def bench_digits() -> dict:
         print(f"{n:>7}  {name:<16} {used:>8} {rec['split_ratio']:>7.2f}x {r:>8} {rec['routes_ratio']:>7.2f}x "
               f"{acc:>8.4f} {100 * (acc - acc_whole):>+6.2f} {seconds:>6.1f}")
 
+    def compute(d, n):
+        """What each DISCO split computes: its split layers' MACs, and all the compiled devices'."""
+        compiled = sum(dict(compile_channel(d.model, analyse(d.model, shapes), cluster(n), d.partition).report.macs).values())
+        print(f"{'':>9}(split layers {d.report.macs[0]:,} -> {d.report.macs[1]:,} MACs; all devices {compiled:,} "
+              f"MACs per image)")
+        rows[-1]["macs_split_layers"], rows[-1]["macs_compiled"] = list(d.report.macs), int(compiled)
+
     for n in (2, 4):
         row(n, "dense split", model, None, dense[n].used_bytes, 0.0, 1.0)
         for name, kw in methods.items():
@@ -133,6 +140,13 @@ def bench_digits() -> dict:
                         output_names=("logits",), budget=BUDGET, lam=3.0, epochs=20, finetune_epochs=20,
                         lr=3e-3, finetune_lr=3e-3, seed=0)
         row(n, "DISCO", d.model, d.partition, d.report.bytes.used_bytes, time.perf_counter() - t)
+        compute(d, n)
+        t = time.perf_counter()
+        d = disco_train(trained_net(model), n, (data.x_train, data.y_train), example_input=torch.zeros(1, 1, 8, 8),
+                        output_names=("logits",), budget=BUDGET, lam=3.0, epochs=20, finetune_epochs=20,
+                        lr=3e-3, finetune_lr=3e-3, seed=0, within_keep=0.5)
+        row(n, "DISCO within 0.5", d.model, d.partition, d.report.bytes.used_bytes, time.perf_counter() - t)
+        compute(d, n)
         t = time.perf_counter()
         torch.manual_seed(0)
         d = disco_train(digits_net(), n, (data.x_train, data.y_train), example_input=torch.zeros(1, 1, 8, 8),
