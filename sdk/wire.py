@@ -70,14 +70,17 @@ class Header:
     message: str = ""
     version: int = PROTOCOL_VERSION
 
-    def encode(self) -> bytes:
+    def encode(self, tensors: list | None = None) -> bytes:
+        """The msgpack header; `tensors` are ready-made wire entries to put in place of `self.tensors`."""
         d: dict[str, Any] = {"v": self.version, "k": self.kind, "p": self.plan_id, "s": self.sender}
         if self.request_id:
             d["r"] = self.request_id
         if self.client:
             d["c"] = self.client
-        if self.tensors:
-            d["ts"] = [t.encode() for t in self.tensors]
+        if tensors is None and self.tensors:
+            tensors = [t.encode() for t in self.tensors]
+        if tensors:
+            d["ts"] = tensors
         if self.ttl_ms:
             d["ttl"] = float(self.ttl_ms)
         if self.message:
@@ -87,14 +90,26 @@ class Header:
 
 def tensor_frames(header: Header, arrays: dict[str, np.ndarray], codecs: dict[str, Codec] | None = None) -> list:
     """[header, frame, ...]: each tensor encoded by its route's codec (dense when none); a dense
-    frame is the array's own memory, not a copy."""
-    heads, bufs = [], []
+    frame is the array's own memory, not a copy. (`header` is sent as a tensor message.)"""
+    entries, bufs = [], []
     for name, array in arrays.items():
         c = codecs.get(name) if codecs else None
+        if (c is None or c.kind == "dense") and _plain(array):
+            # the common case, kept short (it runs on every message, often with cold caches): what
+            # codecs.encode does for dense, for an array that needs no conversion
+            entries.append([name, array.dtype.name, list(array.shape), "dense", {}])
+            bufs.append(memoryview(array.reshape(-1)).cast("B"))
+            continue
         e = tcodecs.encode(c.kind, dict(c.params), array) if c is not None else tcodecs.encode("dense", None, array)
-        heads.append(TensorHeader(name, e.dtype, e.shape, e.codec, e.params))
+        entries.append([name, e.dtype, list(e.shape), e.codec, e.params])
         bufs.append(e.frame)
-    return [replace(header, kind="tensor", tensors=tuple(heads)).encode(), *bufs]
+    h = header if header.kind == "tensor" else replace(header, kind="tensor")
+    return [h.encode(entries), *bufs]
+
+
+def _plain(a: Any) -> bool:
+    """A non-empty C-contiguous ndarray in native byte order of a wire dtype."""
+    return type(a) is np.ndarray and a.size > 0 and a.flags.c_contiguous and a.dtype.isnative and a.dtype.name in DTYPES
 
 
 def roundtrip(arrays: dict[str, np.ndarray], codecs: dict[str, Codec] | None) -> dict[str, np.ndarray]:
@@ -127,22 +142,19 @@ def decode(frames: Sequence[Any]) -> tuple[Header, list[memoryview]]:
     kind = d.get("k")
     if not isinstance(kind, str) or kind not in KINDS:
         raise WireError(f"unknown kind {kind!r}")
-    h = Header(
-        kind=kind,
-        plan_id=_str(d, "p", 64),
-        sender=_str(d, "s", MAX_NAME),
-        request_id=_int(d, "r"),
-        client=_bytes(d, "c"),
-        ttl_ms=_float(d, "ttl"),
-        message=_str(d, "m", 4 * MAX_NAME) if "m" in d else "",
-    )
+    plan_id, sender = _str(d, "p", 64), _str(d, "s", MAX_NAME)
+    request_id, client, ttl_ms = _int(d, "r"), _bytes(d, "c"), _float(d, "ttl")
+    message = _str(d, "m", 4 * MAX_NAME) if "m" in d else ""
     payload = [_buf(f) for f in frames[1:]]
-    if kind != "tensor":
-        return h, payload
-    ts = d.get("ts")
-    if not isinstance(ts, list) or not ts or len(ts) != len(payload):
-        raise WireError(f"a tensor message needs one 'ts' entry per payload frame ({len(payload)} frames)")
-    return replace(h, tensors=tuple(_tensor_header(t) for t in ts)), payload
+    tensors: tuple[TensorHeader, ...] = ()
+    if kind == "tensor":
+        ts = d.get("ts")
+        if not isinstance(ts, list) or not ts or len(ts) != len(payload):
+            raise WireError(f"a tensor message needs one 'ts' entry per payload frame ({len(payload)} frames)")
+        tensors = tuple(_tensor_header(t) for t in ts)
+        if len({t.name for t in tensors}) != len(tensors):
+            raise WireError("a tensor name appears twice in one message")
+    return Header(kind, plan_id, sender, request_id, client, tensors, ttl_ms, message), payload
 
 
 def _tensor_header(t: Any) -> TensorHeader:
@@ -164,7 +176,21 @@ def _tensor_header(t: Any) -> TensorHeader:
 
 def arrays(h: Header, payload: list[memoryview]) -> dict[str, np.ndarray]:
     """The arrays of a tensor message, by name, decoded and validated (dense: a view, no copy)."""
-    return {t.name: tcodecs.decode(t.codec, t.codec_params, t.dtype, t.shape, buf) for t, buf in zip(h.tensors, payload)}
+    out = {}
+    for t, buf in zip(h.tensors, payload):
+        if t.codec == "dense" and not t.codec_params and t.dtype != "bool" and buf.ndim == 1 and buf.itemsize == 1:
+            # the common case, kept short: codecs.decode's checks for a dense frame (the header's
+            # dtype and shape were checked by decode; bool needs its values checked, so it goes there)
+            dt = np.dtype(t.dtype)
+            count = 1
+            for d in t.shape:
+                count *= d
+            if buf.nbytes != count * dt.itemsize:
+                raise WireError(f"dense: frame is {buf.nbytes} bytes, a {t.dtype}{list(t.shape)} tensor needs {count * dt.itemsize}")
+            out[t.name] = np.frombuffer(buf, dtype=dt, count=count).reshape(t.shape)
+        else:
+            out[t.name] = tcodecs.decode(t.codec, t.codec_params, t.dtype, t.shape, buf)
+    return out
 
 
 def _buf(f: Any) -> memoryview:
