@@ -45,11 +45,14 @@ DIRECT_POLL_MS = 20  # a caller's thread waiting to send directly rechecks its p
 
 @dataclass(eq=False)
 class _Direct:
-    """One destination's socket for caller threads (AgentCore.run_direct), used under `lock`."""
+    """A socket to one destination for caller threads (AgentCore.run_direct). A caller takes one
+    from its destination's pool and holds its lock until it gives it back: the socket is the
+    caller's alone for a send and, where the answer comes back to it, the receive."""
 
     lock: threading.Lock = field(default_factory=threading.Lock)
     endpoint: str = ""
     sock: zmq.Socket | None = None
+    identity: bytes = b""
 
 
 def route_codecs(plan: Plan, src: str) -> dict[str, dict[str, Codec]]:
@@ -91,10 +94,11 @@ class AgentCore:
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()  # deliveries from parts in this process
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        # per destination, the socket a caller's thread sends on when it runs this device's step
-        # itself (run_direct), each used only under its own lock; the registry is None once stopped
-        self._direct: dict[str, _Direct] | None = {}
-        self._direct_lock = threading.Lock()  # the registry only: held for a dict operation
+        # per destination, the free sockets a caller's thread sends on when it runs this device's
+        # step itself (run_direct); each is used only under its own lock; None once stopped
+        self._direct: dict[str, list[_Direct]] | None = {}
+        self._direct_all: list[_Direct] = []
+        self._direct_lock = threading.Lock()  # the pools only: held for a list operation
         self.direct_runs = 0  # requests a caller's thread ran here (run_direct)
 
     async def start(self) -> "AgentCore":
@@ -163,16 +167,23 @@ class AgentCore:
             return None
         return steps[0]
 
-    def run_direct(self, client: bytes, rid: int, feeds: dict[str, np.ndarray], deadline: float) -> dict[str, np.ndarray]:
+    def run_direct(self, client: bytes, rid: int, feeds: dict[str, np.ndarray], deadline: float,
+                   reply_from: str | None = None) -> dict[str, np.ndarray]:
         """Run `direct_step` in the calling thread (a sync `InferenceSession.run` beside this agent) and
         send its outputs to the devices that need them from this thread: no hand-off to the data
-        thread on the way. Returns the outputs that go back to the caller. Raises PeerError."""
+        thread on the way. Returns the outputs for the caller: this step's own and, when
+        `reply_from` is the one device this step sends to (and the only other one that answers the
+        caller), that device's answer too, received in this thread on the socket the request left
+        on: no hand-off to the client's thread on the way back either. Raises PeerError."""
         step = self.direct_step
         if step is None or self._direct is None:
             raise PeerError(f"{self.device} cannot run requests directly (stopped, or not a first stage)")
         _, by_dst = self.executor.compute(step, feeds)
         back = by_dst.pop(CALLER, {})
+        back = dict(roundtrip(back, self.codecs.get(CALLER))) if back else {}
         self.direct_runs += 1
+        if reply_from is not None and set(by_dst) != {reply_from}:
+            reply_from = None
         for dst, arrs in by_dst.items():
             left = deadline - time.monotonic()
             if left <= 0:
@@ -180,52 +191,104 @@ class AgentCore:
             if (a := inproc.agent(self.plan.plan_id, dst)) is not None:
                 a.deliver_local(self.device, (client, rid), roundtrip(arrs, self.codecs.get(dst)), left * 1e3)
                 continue
-            frames = tensor_frames(Header("tensor", self.plan.plan_id, self.device, request_id=rid, client=client,
-                                          ttl_ms=left * 1e3), arrs, self.codecs.get(dst))
-            self._send_direct(dst, frames, deadline)
-        return roundtrip(back, self.codecs.get(CALLER)) if back else {}
+            ep = self.links.endpoint_up(dst)
+            if ep is None:
+                raise PeerError(f"{dst} is not reachable now (it stopped answering)")
+            d = self._take_direct(dst, ep)
+            try:
+                answer_here = dst == reply_from
+                frames = tensor_frames(Header("tensor", self.plan.plan_id, self.device, request_id=rid,
+                                              client=d.identity if answer_here else client, ttl_ms=left * 1e3),
+                                       arrs, self.codecs.get(dst))
+                self._send_direct(d, dst, ep, frames, deadline)
+                if answer_here:
+                    back.update(self._receive_direct(d, dst, ep, rid, deadline))
+            finally:
+                self._give_back(dst, d)
+        return back
 
-    def _send_direct(self, dst: str, frames: list, deadline: float) -> None:
-        """Send on this destination's direct socket, never blocking past the deadline, nor past the
-        peer's link going down or this agent stopping (checked every DIRECT_POLL_MS while waiting)."""
-        ep = self.links.endpoint_up(dst)
-        if ep is None:
-            raise PeerError(f"{dst} is not reachable now (it stopped answering)")
+    def _take_direct(self, dst: str, ep: str) -> _Direct:
+        """A free direct socket to `dst`'s live endpoint, locked for the caller (made on first use,
+        remade when the peer came back on a new endpoint)."""
         with self._direct_lock:
             if self._direct is None:
                 raise PeerError(f"agent {self.device} was stopped")
-            d = self._direct.setdefault(dst, _Direct())
-        with d.lock:
-            if d.sock is None or d.endpoint != ep:  # first use, or the peer came back on a new endpoint
+            free = self._direct.setdefault(dst, [])
+            if free:
+                d = free.pop()
+            else:
+                d = _Direct()
+                self._direct_all.append(d)
+            d.lock.acquire()  # free, so only _close_direct might hold it, and it waits outside _direct_lock
+        try:
+            if d.sock is None or d.endpoint != ep:
                 if d.sock is not None:
                     d.sock.close(0)
-                d.sock = self.ctx.socket(zmq.DEALER)
-                d.sock.setsockopt(zmq.IDENTITY, f"{self.device}:direct:{secrets.token_hex(4)}".encode())
-                tune(d.sock)
-                d.sock.setsockopt(zmq.IMMEDIATE, 1)  # only on a live connection: a dead peer refuses
-                d.sock.connect(ep)
-                d.endpoint = ep
-            copy = not zero_copy_pays(frames)
-            while True:
-                if self._direct is None:
-                    raise PeerError(f"agent {self.device} was stopped")
-                try:
-                    d.sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=copy)
-                    return
-                except zmq.Again:
-                    pass
-                left_ms = (deadline - time.monotonic()) * 1e3
-                if left_ms <= 0:
-                    raise DeadlineExceeded(f"{dst} did not take {self.device}'s outputs before the request's deadline")
-                if self.links.endpoint_up(dst) != ep:
-                    raise PeerError(f"{dst} stopped answering while {self.device} sent to it")
-                d.sock.poll(min(DIRECT_POLL_MS, max(1, int(left_ms))), zmq.POLLOUT)
+                    d.sock = None
+                d.identity = f"{self.device}:direct:{secrets.token_hex(4)}".encode()
+                sock = self.ctx.socket(zmq.DEALER)
+                sock.setsockopt(zmq.IDENTITY, d.identity)
+                tune(sock)
+                sock.setsockopt(zmq.IMMEDIATE, 1)  # only on a live connection: a dead peer refuses
+                sock.connect(ep)
+                d.sock, d.endpoint = sock, ep
+        except BaseException:
+            self._give_back(dst, d)
+            raise
+        return d
+
+    def _give_back(self, dst: str, d: _Direct) -> None:
+        d.lock.release()
+        with self._direct_lock:
+            if self._direct is not None:
+                self._direct.setdefault(dst, []).append(d)
+
+    def _direct_wait(self, d: _Direct, dst: str, ep: str, deadline: float, event: int, doing: str) -> None:
+        """Wait for `event` on a direct socket, one slice at most; raise once this agent stopped, the
+        request's deadline passed or the peer's link went down (so never a hang)."""
+        if self._direct is None:
+            raise PeerError(f"agent {self.device} was stopped")
+        left_ms = (deadline - time.monotonic()) * 1e3
+        if left_ms <= 0:
+            raise DeadlineExceeded(f"{dst} did not {doing} before the request's deadline")
+        if self.links.endpoint_up(dst) != ep:
+            raise PeerError(f"{dst} stopped answering while {self.device} waited for it to {doing}")
+        d.sock.poll(min(DIRECT_POLL_MS, max(1, int(left_ms))), event)
+
+    def _send_direct(self, d: _Direct, dst: str, ep: str, frames: list, deadline: float) -> None:
+        copy = not zero_copy_pays(frames)
+        while True:
+            try:
+                d.sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=copy)
+                return
+            except zmq.Again:
+                self._direct_wait(d, dst, ep, deadline, zmq.POLLOUT, f"take {self.device}'s outputs")
+
+    def _receive_direct(self, d: _Direct, dst: str, ep: str, rid: int, deadline: float) -> dict[str, np.ndarray]:
+        """`dst`'s answer to request `rid`, on the direct socket the request left on. A late answer to
+        an earlier request that gave up on this socket is skipped."""
+        while True:
+            try:
+                frames = d.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                self._direct_wait(d, dst, ep, deadline, zmq.POLLIN, f"answer request {rid}")
+                continue
+            try:
+                h, payload = decode(frames)
+                if h.plan_id != self.plan.plan_id or h.request_id != rid or h.kind not in ("tensor", "error"):
+                    log.debug("skipped a %s message for request %s from %s on a direct socket", h.kind, h.request_id, dst)
+                    continue
+                if h.kind == "error":
+                    raise PeerError(h.message)
+                return arrays(h, payload)
+            except WireError as e:
+                raise PeerError(f"{dst} sent a malformed answer to request {rid}: {e}") from None
 
     def _close_direct(self) -> None:
         with self._direct_lock:
-            entries, self._direct = list((self._direct or {}).values()), None
+            self._direct, entries = None, list(self._direct_all)
         for d in entries:
-            with d.lock:  # a sender in its loop leaves within one poll slice
+            with d.lock:  # a caller in its wait loop leaves within one poll slice
                 if d.sock is not None:
                     d.sock.close(0)
                     d.sock = None
@@ -271,6 +334,8 @@ class AgentCore:
 
     def _read_router(self) -> None:
         for _ in range(HWM):  # bounded: the links and the inbox get their turn
+            if not self.router.get(zmq.EVENTS) & zmq.POLLIN:  # (cheaper than a recv that raises Again)
+                return
             try:
                 frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:

@@ -66,6 +66,7 @@ class ClusterClient:
         for r in plan.routes_from(CALLER):
             self.inputs_by_dst.setdefault(r.dst, []).append(r.tensor)
         self.codecs = route_codecs(plan, CALLER)
+        self.answer_from = {r.src for r in plan.routes_to(CALLER)}  # the devices that send outputs back
         self.pending: dict[int, Pending] = {}
         self.in_flight = 0
         self.backlog: deque[int] = deque()  # submitted, waiting for a place in the window
@@ -128,8 +129,10 @@ class ClusterClient:
     def run_here(self, feeds: Mapping[str, np.ndarray], timeout_s: float = 10.0) -> concurrent.futures.Future:
         """`submit` for a caller that waits anyway (sync `run`): when every input goes to one agent in
         this process whose only step the caller feeds, that step runs in the caller's thread and its
-        outputs leave from it (AgentCore.run_direct), saving the hand-off to the agent's thread.
-        Otherwise, or while other requests wait for the window, the same as `submit`."""
+        outputs leave from it (AgentCore.run_direct), saving the hand-off to the agent's thread; when
+        the one device they go to is also the only other one that answers, its answer comes back to
+        this thread too, saving the hand-off from the client's I/O thread. Otherwise, or while other
+        requests wait for the window, the same as `submit`."""
         agent = None
         if len(self.inputs_by_dst) == 1:
             (dst, names), = self.inputs_by_dst.items()
@@ -148,8 +151,12 @@ class ClusterClient:
             self.pending[rid] = Pending(fut, set(self.roles), deadline, timeout_s)
             heapq.heappush(self._deadlines, (deadline, rid))
             self.in_flight += 1
+        # the one other device that answers, if the step sends to it alone: its answer comes back
+        # to this thread, on the socket the request leaves on
+        others = self.answer_from - {dst}
+        reply_from = next(iter(others)) if len(others) == 1 else None
         try:
-            back = agent.run_direct(self.identity, rid, roundtrip(feeds, self.codecs.get(dst)), deadline)
+            back = agent.run_direct(self.identity, rid, roundtrip(feeds, self.codecs.get(dst)), deadline, reply_from)
         except PeerError as e:  # DeadlineExceeded too
             self.on_error(rid, str(e), cause=type(e))
             return fut
