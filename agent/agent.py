@@ -100,6 +100,7 @@ class AgentCore:
         self._direct_all: list[_Direct] = []
         self._direct_lock = threading.Lock()  # the pools only: held for a list operation
         self.direct_runs = 0  # requests a caller's thread ran here (run_direct)
+        self.direct_answers = 0  # ... whose next device's answer came back to that thread
 
     async def start(self) -> "AgentCore":
         self.ctx = zmq.Context()
@@ -203,6 +204,7 @@ class AgentCore:
                 self._send_direct(d, dst, ep, frames, deadline)
                 if answer_here:
                     back.update(self._receive_direct(d, dst, ep, rid, deadline))
+                    self.direct_answers += 1
             finally:
                 self._give_back(dst, d)
         return back

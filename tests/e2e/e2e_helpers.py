@@ -124,18 +124,22 @@ def seeded_feeds(plan, seed: int, shapes: Mapping[str, tuple[int, ...]] | None =
 ENCODER_WIDTH = 1024  # 4 KiB tensors
 
 
-def encoder_model(width: int = ENCODER_WIDTH, heavy: int = 0) -> onnx.ModelProto:
+def encoder_model(width: int = ENCODER_WIDTH, heavy: int = 0, through_first: bool = False) -> onnx.ModelProto:
     """y = 1990 - 3x, computed in exact float32 steps, with x itself crossing every cut.
 
     For the integers `encoder_input` makes every step stays an integer below 2^24 in magnitude, so
     is exact: an answer equals `encoded(x)` bit for bit and names its request (x[0] = 1024 i).
     `heavy` > 0 puts that many multiplications by the identity matrix (exact, and width^2 MACs
-    each) after node 3: a slow stage for the cut there."""
+    each) after node 3: a slow stage for the cut there. `through_first`: the last node reads a copy
+    of x made by a first Identity node, so the caller sends x to the first stage only (every node
+    position one later)."""
     c = lambda name, v: numpy_helper.from_array(np.full((1, width), v, dtype=np.float32), name)
     inits = [c("c3", 3), c("c2", 2), c("c1", 1), c("c1000", 1000), c("c0", 0)]
     n = helper.make_node
-    nodes = [
-        n("Add", ["x", "c3"], ["a1"], name="add3"),
+    x = "x_copy" if through_first else "x"
+    nodes = [n("Identity", ["x"], [x], name="copy_x")] if through_first else []
+    nodes += [
+        n("Add", [x, "c3"], ["a1"], name="add3"),
         n("Mul", ["a1", "c2"], ["m1"], name="mul2"),
         n("Sub", ["m1", "c1"], ["s1"], name="sub1"),
     ]
@@ -148,7 +152,7 @@ def encoder_model(width: int = ENCODER_WIDTH, heavy: int = 0) -> onnx.ModelProto
         n("Add", ["n1", "c1000"], ["a2"], name="add1000"),
         n("Mul", ["a2", "c2"], ["m2"], name="mul2b"),
         n("Add", ["m2", "c0"], ["m3"], name="add0"),
-        n("Add", ["m3", "x"], ["y"], name="add_x"),
+        n("Add", ["m3", x], ["y"], name="add_x"),
     ]
     g = helper.make_graph(nodes, "encoder", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, width])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, width])], inits)
