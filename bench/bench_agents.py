@@ -7,8 +7,7 @@ wire       one-way throughput of 1 MB and 8 MB float32 tensors between two agent
 overhead   EfficientNet-Lite0 split after block 8 through agents (the caller's process embeds the
            first agent; the second is an `edgepart run` process; 1 thread each, pinned to its own
            core) vs the bare 2-process pipe of bench/bare_pipe.py (goal: latency <= bare + 0.3 ms,
-           throughput >= 0.95x bare), and vs one onnxruntime session with 2 threads. Latencies are
-           timed call by call, bare and agents alternating; streams alternate round by round
+           throughput >= 0.95x bare), and vs one onnxruntime session with 2 threads
 pipeline   streamed throughput of the same 2-device split as a fraction of 1 / (slowest stage time),
            the stage times measured in the same run (goal >= 0.95)
 slowlink   the same over a 50 Mbit/s tbf-shaped link between network namespaces: latency and
@@ -30,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, efficientnet_block8_split, image, median_ms, paired_median_ms, save  # noqa: E402
+from common import REPO, efficientnet_block8_split, image, median_ms, save  # noqa: E402
 
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
@@ -70,9 +69,8 @@ def bench_overhead(dist: Path, rounds: int, n_lat: int, n_stream: int) -> dict:
     single = session(str(zoo.efficientnet_lite0()), 2)
     try:
         for r in range(rounds):
-            lat = paired_median_ms({"bare": lambda: bare.one(x), "agents": lambda: sess.run(None, {"input": x})}, n_lat)
-            res["bare_ms"].append(lat["bare"])
-            res["agents_ms"].append(lat["agents"])
+            res["bare_ms"].append(median_ms(lambda: bare.one(x), n_lat))
+            res["agents_ms"].append(median_ms(lambda: sess.run(None, {"input": x}), n_lat))
             res["bare_tput"].append(bare.stream(x, n_stream))
             t0 = time.perf_counter()
             futs = [sess.submit({"input": x}) for _ in range(n_stream)]

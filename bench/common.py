@@ -52,22 +52,6 @@ def median_ms(fn, n: int, warmup: int = 5) -> float:
     return statistics.median(ts)
 
 
-def paired_median_ms(fns: dict, n: int, warmup: int = 5) -> dict[str, float]:
-    """Median ms of each function, calls interleaved one by one (a, b, a, b, ...; the order swapped
-    every round) so that all of them see the same moments of a shared, noisy machine."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    ts: dict[str, list[float]] = {k: [] for k in fns}
-    items = list(fns.items())
-    for i in range(n):
-        for k, fn in (items if i % 2 == 0 else items[::-1]):
-            t = time.perf_counter()
-            fn()
-            ts[k].append((time.perf_counter() - t) * 1e3)
-    return {k: statistics.median(v) for k, v in ts.items()}
-
-
 def save(name: str, data: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     p = RESULTS / f"{name}.json"
