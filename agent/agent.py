@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import heapq
+import itertools
 import logging
 import queue
 import secrets
@@ -101,6 +103,18 @@ class AgentCore:
         self._direct_lock = threading.Lock()  # the pools only: held for a list operation
         self.direct_runs = 0  # requests a caller's thread ran here (run_direct)
         self.direct_answers = 0  # ... whose next device's answer came back to that thread
+        # Answers relayed to a client in this process (see _on_answer): requests that enter the
+        # cluster here go on as this agent's own, and the devices that answer the caller (all of
+        # them among this agent's peers) answer on its links. Data thread only.
+        others = {r.src for r in self.plan.routes_to(CALLER)} - {self.device}
+        self.relays = bool(others) and others <= self.needed_roles
+        self._answering = frozenset(others)
+        self._relay_out: dict[Key, int] = {}  # a client's request -> its id on the wire
+        self._relay_in: dict[int, Key] = {}  # id on the wire -> the client's request
+        self._relay_deadlines: list[tuple[float, int]] = []  # a heap of (deadline, id on the wire)
+        self._relay_ids = itertools.count(1)
+        self.relayed = 0  # answers handed to a client in this process
+        self.relayed_errors = 0  # ... and errors
 
     async def start(self) -> "AgentCore":
         self.ctx = zmq.Context()
@@ -126,7 +140,7 @@ class AgentCore:
             raise
         self.waker = Waker()
         self.links = Links(self.ctx, f"{self.device}:{secrets.token_hex(4)}".encode(), self.plan.plan_id,
-                           self.device, on_message=lambda p, h, payload: None)
+                           self.device, on_message=self._on_answer)
         for ep in self.static_peers:
             self.links.post(self.waker, "connect", ep, static=True)
         self._thread = threading.Thread(target=self._data_plane, name=f"edgepart-{self.device}", daemon=True)
@@ -295,9 +309,12 @@ class AgentCore:
                     d.sock.close(0)
                     d.sock = None
 
-    def deliver_local(self, sender: str, key: Key, arrs: dict[str, np.ndarray], ttl_ms: float) -> None:
-        """Tensors from a part in this process (see inproc.py); any thread may call this."""
-        self.inbox.put((sender, key, arrs, ttl_ms))
+    def deliver_local(self, sender: str, key: Key, arrs: dict[str, np.ndarray], ttl_ms: float,
+                      relay: bool = False) -> None:
+        """Tensors from a part in this process (see inproc.py); any thread may call this. `relay`: the
+        caller (a client in this process) sends this request's inputs here alone, so its answers
+        may come back through this agent (where the plan allows: `relays`)."""
+        self.inbox.put((sender, key, arrs, ttl_ms, relay))
         self.waker.wake()
 
     # -- control plane -----------------------------------------------------------------------------
@@ -327,6 +344,7 @@ class AgentCore:
                         self.links.handle(sock)
                 self.links.outbox.flush()
                 self.executor.expire()
+                self._expire_relays()
                 self.links.sweep()
         except Exception:  # a bug here must not die silently: log it, the agent stops serving
             log.exception("agent %s: data plane crashed", self.device)
@@ -359,7 +377,7 @@ class AgentCore:
     def _read_inbox(self) -> None:
         while True:
             try:
-                sender, key, arrs, ttl_ms = self.inbox.get_nowait()
+                sender, key, arrs, ttl_ms, relay = self.inbox.get_nowait()
             except queue.Empty:
                 return
             try:
@@ -368,6 +386,10 @@ class AgentCore:
                 if self.executor.full and key not in self.executor.requests:
                     self._fail(key, f"{self.device} is busy: {len(self.executor.requests)} requests in flight")
                     continue
+                if relay and self.relays and key not in self._relay_out:
+                    wire = next(self._relay_ids)
+                    self._relay_out[key], self._relay_in[wire] = wire, key
+                    heapq.heappush(self._relay_deadlines, (time.monotonic() + ttl_ms / 1e3, wire))
                 self.executor.deliver(key, arrs, ttl_ms)
             except WireError as e:
                 self._fail(key, f"{self.device} rejected the inputs: {e}")
@@ -422,7 +444,10 @@ class AgentCore:
         if dst != CALLER and (a := inproc.agent(self.plan.plan_id, dst)) is not None:
             a.deliver_local(self.device, key, roundtrip(arrs, codecs), left_s * 1e3)
             return
-        frames = tensor_frames(Header("tensor", self.plan.plan_id, self.device, request_id=key[1], client=key[0],
+        client, rid = key
+        if dst != CALLER and (wire := self._relay_out.get(key)) is not None:
+            client, rid = self.links.identity, wire  # the answers come back here (_on_answer)
+        frames = tensor_frames(Header("tensor", self.plan.plan_id, self.device, request_id=rid, client=client,
                                       ttl_ms=left_s * 1e3), arrs, codecs)
         if dst == CALLER:
             self._reply(key[0], frames, deadline)
@@ -432,6 +457,44 @@ class AgentCore:
             raise PeerError(f"{dst} is not reachable")
         self.links.outbox.send(p.sock, frames, deadline, lambda why: self._send_failed(
             key, f"{self.device} could not send {', '.join(arrs)} to {dst}: {why}"))
+
+    def _on_answer(self, peer, h: Header, payload: list) -> None:
+        """A message on a link to a peer: the answer (or error) of a device to a request this agent
+        relays for a client in this process; the client gets it here, on this thread."""
+        key = self._relay_in.get(h.request_id) if h.client == self.links.identity else None
+        if key is None or h.kind not in ("tensor", "error") or h.sender not in self._answering:
+            log.debug("agent %s: dropped a %s message from %s for request %s (not one it relays)",
+                      self.device, h.kind, h.sender, h.request_id)
+            return
+        c = inproc.client(key[0])
+        if c is None:  # that session was closed
+            self._unrelay(h.request_id)
+            return
+        if h.kind == "error":
+            self._unrelay(h.request_id)
+            self.relayed_errors += 1
+            c.on_error(key[1], h.message)
+            return
+        try:
+            got = arrays(h, payload)
+        except WireError as e:
+            self._unrelay(h.request_id)
+            c.on_error(key[1], f"{h.sender} sent a malformed result: {e}")
+            return
+        self.relayed += 1
+        if c.on_result(key[1], got):  # complete (or no longer wanted): nothing more comes for it
+            self._unrelay(h.request_id)
+
+    def _unrelay(self, wire: int | None) -> None:
+        key = self._relay_in.pop(wire, None) if wire is not None else None
+        if key is not None:
+            self._relay_out.pop(key, None)
+
+    def _expire_relays(self) -> None:
+        """Forget relays past their deadline (their client has failed them by now)."""
+        now = time.monotonic()
+        while self._relay_deadlines and self._relay_deadlines[0][0] < now:
+            self._unrelay(heapq.heappop(self._relay_deadlines)[1])
 
     def _send_failed(self, key: Key, why: str) -> None:
         if key in self.executor.requests:
@@ -445,6 +508,7 @@ class AgentCore:
                                lambda why: log.debug("reply to %s dropped: %s", ident[:32], why))
 
     def _fail(self, key: Key, why: str) -> None:
+        self._unrelay(self._relay_out.get(key))
         if (c := inproc.client(key[0])) is not None:
             c.on_error(key[1], why)
             return

@@ -201,8 +201,9 @@ class ClusterClient:
             for dst, names in self.inputs_by_dst.items():
                 arrs = {n: feeds[n] for n in names}
                 local = inproc.agent(self.plan.plan_id, dst)
-                if local is not None:
-                    local.deliver_local(CALLER, (self.identity, rid), roundtrip(arrs, self.codecs.get(dst)), ttl_ms)
+                if local is not None:  # (with every input going there, its answers may come back through it)
+                    local.deliver_local(CALLER, (self.identity, rid), roundtrip(arrs, self.codecs.get(dst)), ttl_ms,
+                                        relay=len(self.inputs_by_dst) == 1)
                 else:
                     self.outbox.put((rid, dst, arrs, p.deadline))
                     remote = True
@@ -217,20 +218,22 @@ class ClusterClient:
         """All model outputs for one request, awaited from any event loop."""
         return await asyncio.wrap_future(self.submit(feeds, timeout_s))
 
-    def on_result(self, rid: int, got: dict[str, np.ndarray]) -> None:
-        """Outputs of request `rid` arrived (thread-safe)."""
+    def on_result(self, rid: int, got: dict[str, np.ndarray]) -> bool:
+        """Outputs of request `rid` arrived (thread-safe). True once the request wants no more:
+        answered in full, or already failed or timed out."""
         with self._lock:
             p = self.pending.get(rid)
             if p is None:
-                return  # a late answer to a request that already failed or timed out
+                return True  # a late answer to a request that already failed or timed out
             p.outputs.update((k, v) for k, v in got.items() if k in self.outputs)
             if len(p.outputs) < len(self.outputs):
-                return
+                return False
             del self.pending[rid]
             self.in_flight -= 1
         p.future.set_result(p.outputs)
         if self.backlog:
             self._dispatch()
+        return True
 
     def on_error(self, rid: int, why: str, cause: type[PeerError] = PeerError) -> None:
         """Request `rid` failed (thread-safe)."""

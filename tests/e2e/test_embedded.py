@@ -8,16 +8,20 @@ request it belongs to; the second stage holds the identity MatMuls, the slow one
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
+import signal
 import threading
 import time
 
+import msgpack
 import numpy as np
 import pytest
+import zmq
 
 import edgepart
 
-from e2e_helpers import encoded, encoder_input, encoder_model, encoder_owner, package_with_cuts
+from e2e_helpers import encoded, encoder_input, encoder_model, encoder_owner, header, package_with_cuts
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -26,16 +30,17 @@ WIDTH = 1024
 
 @pytest.fixture
 def embedded(tmp_path, agents, sessions):
-    """(agent, session): dev0 embedded in this process, dev1 an `edgepart run` process."""
+    """make(heavy) -> (agent, session, processes): dev0 embedded in this process, dev1 an
+    `edgepart run` process."""
     def make(heavy: int):
         res = package_with_cuts(encoder_model(WIDTH, heavy, through_first=True), tmp_path / f"h{heavy}", (4,))
         assert [(r.tensor, r.dst) for r in res.plan.routes if r.src == "@caller"] == [("x", "dev0")]
         assert {r.src for r in res.plan.routes if r.dst == "@caller"} == {"dev1"}
-        agents(res.out_dir, devices=["dev1"])
+        procs = agents(res.out_dir, devices=["dev1"])
         agent = edgepart.Agent(res.out_dir / "dev0", interface="127.0.0.1", threads=1).start()
         stack.append(agent)
         assert agent.wait_ready(15)
-        return agent, sessions(res.out_dir, timeout_s=20)
+        return agent, sessions(res.out_dir, timeout_s=20), procs
     stack: list = []
     yield make
     sessions.close()
@@ -44,7 +49,7 @@ def embedded(tmp_path, agents, sessions):
 
 
 def test_concurrent_callers_each_get_their_own_answer_in_their_thread(embedded):
-    agent, sess = embedded(0)
+    agent, sess, _ = embedded(0)
     threads, per_thread = 4, 15
     wrong, errors = [], []
 
@@ -75,7 +80,7 @@ def test_concurrent_callers_each_get_their_own_answer_in_their_thread(embedded):
 
 def test_an_answer_given_up_on_is_never_taken_for_the_next_one(embedded, caplog):
     caplog.set_level(logging.DEBUG, logger="edgepart")
-    agent, sess = embedded(400)  # dev1: 400 identity MatMuls, some milliseconds per request
+    agent, sess, _ = embedded(400)  # dev1: 400 identity MatMuls, some milliseconds per request
     x0, x1 = encoder_input(1, WIDTH), encoder_input(2, WIDTH)
     t0 = time.monotonic()
     (y,) = sess.run(None, {"x": x0})
@@ -94,3 +99,148 @@ def test_an_answer_given_up_on_is_never_taken_for_the_next_one(embedded, caplog)
     # on that socket, and were skipped
     skipped = [r for r in caplog.records if "on a direct socket" in r.getMessage()]
     assert skipped, "no stale answer arrived: the test did not test the skipping"
+
+
+def test_submitted_streams_are_answered_through_the_embedded_agent(embedded):
+    """`submit` beside an embedded first stage: the next device answers on the agent's own link and
+    the agent hands each answer to the session on its thread (no hop through the client's I/O
+    thread); 1,000 requests, each answered once with its own answer, and nothing left held after."""
+    agent, sess, _ = embedded(0)
+    n = 1000
+    futs = [sess.submit({"x": encoder_input(i % 3000, WIDTH)}) for i in range(n)]
+    owners = [encoder_owner(f.result(30)["y"]) for f in futs]
+    assert owners == [i % 3000 for i in range(n)]
+    core = agent.core
+    assert core.relays and core.relayed == n
+    assert not core._relay_in and not core._relay_out, f"{len(core._relay_in)} relays left after the stream"
+
+
+def test_no_relay_where_the_caller_also_feeds_another_device(tmp_path, agents, sessions):
+    """The encoder's input goes to both devices: answers come back to the session itself."""
+    res = package_with_cuts(encoder_model(WIDTH, 0), tmp_path, (3,))
+    assert sorted(r.dst for r in res.plan.routes if r.src == "@caller") == ["dev0", "dev1"]
+    agents(res.out_dir, devices=["dev1"])
+    with edgepart.Agent(res.out_dir / "dev0", interface="127.0.0.1", threads=1) as agent:
+        assert agent.wait_ready(15)
+        sess = sessions(res.out_dir, timeout_s=20)
+        futs = [sess.submit({"x": encoder_input(i, WIDTH)}) for i in range(50)]
+        assert [encoder_owner(f.result(30)["y"]) for f in futs] == list(range(50))
+        assert agent.core.relayed == 0 and not agent.core._relay_out
+        sessions.close()
+
+
+class ScriptedDev1:
+    """dev1 played by a test ROUTER on loopback that answers each request as its script says, for
+    what a real agent would not send: an error for a request, a malformed result, an answer to a
+    request nobody sent. It answers hello like an agent, so the links come up."""
+
+    def __init__(self, plan_id: str, script: list[str]):
+        self.plan_id, self.script, self.seen = plan_id, list(script), []
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.port = self.sock.bind_to_random_port("tcp://127.0.0.1")
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        end = time.monotonic() + 100  # bounded, whatever the test does
+        while not self.stop.is_set() and time.monotonic() < end:
+            if not self.sock.poll(50):
+                continue
+            ident, head, *payload = self.sock.recv_multipart()
+            h = msgpack.unpackb(head)
+            base = {"v": 1, "p": self.plan_id, "s": "dev1"}
+            if h["k"] == "hello":
+                self.sock.send_multipart([ident, header(k="hello", **base)])
+                continue
+            if h["k"] != "tensor" or not self.script:
+                continue
+            what = self.script.pop(0)
+            self.seen.append(what)
+            to = {"r": h["r"], "c": h["c"]}
+            names = [t[0] for t in h["ts"]]
+            x = np.frombuffer(payload[names.index("x_copy")], np.float32).reshape(1, WIDTH)
+            if what == "error":
+                self.sock.send_multipart([ident, header(k="error", m="dev1 ran out of memory", **base, **to)])
+            elif what == "malformed":
+                self.sock.send_multipart([ident, header(k="tensor", ts=[["y", "float32", [1, WIDTH], "dense", {}]],
+                                                        **base, **to), b"\0" * 3])
+            elif what == "stranger":  # an answer to a request never sent, then the real one
+                self.sock.send_multipart([ident, header(k="tensor", ts=[["y", "float32", [1, WIDTH], "dense", {}]],
+                                                        **base, r=h["r"] + 10_000, c=h["c"]), encoded(x).tobytes()])
+            if what in ("good", "stranger"):
+                self.sock.send_multipart([ident, header(k="tensor", ts=[["y", "float32", [1, WIDTH], "dense", {}]],
+                                                        **base, **to), encoded(x).tobytes()])
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.ctx.destroy(linger=0)
+
+
+def test_relayed_errors_and_malformed_answers_fail_their_request_typed(tmp_path, sessions):
+    """What dev1 says about a request reaches its future through the embedded agent's relay: an
+    error fails it with dev1's words, a malformed result fails it as malformed, an answer to a
+    request nobody sent is dropped; the requests around them are answered."""
+    res = package_with_cuts(encoder_model(WIDTH, 0, through_first=True), tmp_path, (4,))
+    dev1 = ScriptedDev1(res.plan.plan_id, ["good", "error", "malformed", "stranger", "good"])
+    try:
+        peer = f"127.0.0.1:{dev1.port}"
+        with edgepart.Agent(res.out_dir / "dev0", interface="127.0.0.1", threads=1, peers=(peer,), announce=False) as agent:
+            assert agent.wait_ready(15)
+            sess = sessions(res.out_dir, peers=[peer, agent.endpoint], timeout_s=10)
+            outcomes = []
+            for i in range(5):  # one at a time, so each meets its line of the script
+                try:
+                    outcomes.append(encoder_owner(sess.submit({"x": encoder_input(i, WIDTH)}).result(20)["y"]))
+                except edgepart.PeerError as e:
+                    outcomes.append(f"{type(e).__name__}: {e}")
+            assert dev1.seen == ["good", "error", "malformed", "stranger", "good"]
+            assert outcomes[0] == 0 and outcomes[3] == 3 and outcomes[4] == 4, outcomes
+            assert outcomes[1].startswith("PeerError") and "dev1 ran out of memory" in outcomes[1], outcomes[1]
+            assert outcomes[2].startswith("PeerError") and "malformed" in outcomes[2], outcomes[2]
+            core = agent.core
+            assert core.relayed == 3 and core.relayed_errors == 1 and not core._relay_in
+            sessions.close()
+    finally:
+        dev1.close()
+
+
+def test_a_relayed_stream_when_the_next_agent_dies(embedded):
+    """dev1 killed mid-stream: every request in flight fails typed by its deadline (the session sees
+    the link go down; the relays are forgotten), none hangs; once dev1 is back the same session and
+    embedded agent answer again, through the relay."""
+    agent, sess, procs = embedded(100)
+    timeout_s = 4.0
+    futs = [sess.submit({"x": encoder_input(i, WIDTH)}, timeout_s=timeout_s) for i in range(300)]
+    futs[0].result(20)
+    procs.kill("dev1", signal.SIGKILL)
+    end = time.monotonic() + timeout_s + 1.0
+    outcomes = []
+    for f in futs:
+        try:
+            outcomes.append(f.result(max(end - time.monotonic(), 0.0)))
+        except concurrent.futures.TimeoutError:
+            outcomes.append("hang")
+        except edgepart.PeerError as e:
+            outcomes.append(type(e).__name__)
+    assert "hang" not in outcomes, f"{outcomes.count('hang')} requests still open after their deadline"
+    assert any(isinstance(o, str) for o in outcomes), "killing dev1 failed nothing"
+    procs.restart("dev1")
+    t0, last = time.monotonic(), None
+    while time.monotonic() - t0 < 15:
+        try:
+            y = sess.submit({"x": encoder_input(7, WIDTH)}, timeout_s=2).result(5)["y"]
+            break
+        except edgepart.PeerError as e:
+            last = e
+            time.sleep(0.1)
+    else:
+        raise AssertionError(f"no answer within 15 s of restarting dev1: {last}")
+    assert encoder_owner(y) == 7 and agent.core.relayed >= 2
+    wait_s = time.monotonic() + timeout_s + 1
+    while agent.core._relay_in and time.monotonic() < wait_s:  # the dead requests' relays expire
+        time.sleep(0.1)
+    assert not agent.core._relay_in, f"{len(agent.core._relay_in)} relays outlived their deadline"
