@@ -41,6 +41,12 @@ def pin(core: int) -> None:
     os.sched_setaffinity(0, {core})
 
 
+def cpu_s(pid: int) -> float:
+    """CPU seconds a process has used so far, all its threads (from /proc)."""
+    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def bench_overhead(dist: Path, rounds: int, n_lat: int, n_stream: int) -> dict:
     import edgepart
     from edgepart.agent import Agent
@@ -52,7 +58,7 @@ def bench_overhead(dist: Path, rounds: int, n_lat: int, n_stream: int) -> dict:
     b_model = str(dist / "device-b" / "stage1.onnx")
     x = image()
     res = {"bare_ms": [], "agents_ms": [], "bare_tput": [], "agents_tput": [], "single_ms": [], "single_tput": [],
-           "stage0_ms": [], "stage1_ms": []}
+           "stage0_ms": [], "stage1_ms": [], "bare_core1_ms": [], "agents_core1_ms": []}
     s0, s1 = session(a_model, 1), session(b_model, 1)
     mid = dict(zip([o.name for o in s0.get_outputs()], s0.run(None, {"input": x})))
     pin(0)
@@ -62,6 +68,7 @@ def bench_overhead(dist: Path, rounds: int, n_lat: int, n_stream: int) -> dict:
     tail.stdout.readline()
     bare = BareHead(a_model, port)
     procs = AgentProcesses(dist, interface="127.0.0.1", threads=1, cpus={"device-b": 1}, devices=["device-b"]).start()
+    b_pid = procs.agents["device-b"].proc.pid
     agent = Agent(dist / "device-a", interface="127.0.0.1", threads=1).start()
     sess = edgepart.InferenceSession(dist, interface="127.0.0.1", timeout_s=30)
     from edgepart.packager import zoo
@@ -71,12 +78,16 @@ def bench_overhead(dist: Path, rounds: int, n_lat: int, n_stream: int) -> dict:
         for r in range(rounds):
             res["bare_ms"].append(median_ms(lambda: bare.one(x), n_lat))
             res["agents_ms"].append(median_ms(lambda: sess.run(None, {"input": x}), n_lat))
+            c0 = cpu_s(tail.pid)
             res["bare_tput"].append(bare.stream(x, n_stream))
+            res["bare_core1_ms"].append((cpu_s(tail.pid) - c0) * 1e3 / n_stream)
+            c0 = cpu_s(b_pid)
             t0 = time.perf_counter()
             futs = [sess.submit({"input": x}) for _ in range(n_stream)]
             for f in futs:
                 f.result(60)
             res["agents_tput"].append(n_stream / (time.perf_counter() - t0))
+            res["agents_core1_ms"].append((cpu_s(b_pid) - c0) * 1e3 / n_stream)
             res["stage0_ms"].append(median_ms(lambda: s0.run(None, {"input": x}), n_lat))
             pin(1)
             res["stage1_ms"].append(median_ms(lambda: s1.run(None, mid), n_lat))
@@ -238,6 +249,9 @@ def main() -> None:
             console.print(f"pipelining: stages {m['stage0_ms']:.2f} / {m['stage1_ms']:.2f} ms (1 thread, own core) -> floor "
                           f"{m['floor_tput']:.1f} img/s; agents stream {m['pipeline_fraction']:.3f} of it (goal >= 0.95), "
                           f"the bare pipe {m['bare_pipeline_fraction']:.3f}")
+            console.print(f"while streaming, core 1's process used {m['bare_core1_ms']:.2f} ms of CPU per image in the bare "
+                          f"pipe and {m['agents_core1_ms']:.2f} ms in device-b's agent, against the stage's "
+                          f"{m['stage1_ms']:.2f} ms alone")
         if "slowlink" in only:
             m = bench_slowlink(dist, info["crossing_bytes"], 50.0, 10 if a.quick else 30, 40 if a.quick else 100)
             out["slowlink"] = m
