@@ -55,6 +55,7 @@ class _Direct:
     endpoint: str = ""
     sock: zmq.Socket | None = None
     identity: bytes = b""
+    rcvtimeo: int = -1  # the socket's ZMQ_RCVTIMEO now
 
 
 def route_codecs(plan: Plan, src: str) -> dict[str, dict[str, Codec]]:
@@ -182,14 +183,24 @@ class AgentCore:
             return None
         return steps[0]
 
+    @property
+    def direct_targets(self) -> frozenset[str]:
+        """The other devices `direct_step` sends to (the plan's routes: the same for every request)."""
+        step = self.direct_step
+        if step is None:
+            return frozenset()
+        return frozenset(r.dst for o in step.outputs for r in self.executor.out_routes.get(o.name, ())
+                         if r.dst not in (CALLER, self.device))
+
     def run_direct(self, client: bytes, rid: int, feeds: dict[str, np.ndarray], deadline: float,
-                   reply_from: str | None = None) -> dict[str, np.ndarray]:
+                   reply_from: str | None = None, expect: frozenset[str] = frozenset()) -> dict[str, np.ndarray]:
         """Run `direct_step` in the calling thread (a sync `InferenceSession.run` beside this agent) and
         send its outputs to the devices that need them from this thread: no hand-off to the data
         thread on the way. Returns the outputs for the caller: this step's own and, when
         `reply_from` is the one device this step sends to (and the only other one that answers the
-        caller), that device's answer too, received in this thread on the socket the request left
-        on: no hand-off to the client's thread on the way back either. Raises PeerError."""
+        caller), that device's answer too — all of `expect`, its outputs for the caller — received
+        in this thread on the socket the request left on: no hand-off to the client's thread on the
+        way back either. Raises PeerError."""
         step = self.direct_step
         if step is None or self._direct is None:
             raise PeerError(f"{self.device} cannot run requests directly (stopped, or not a first stage)")
@@ -217,7 +228,7 @@ class AgentCore:
                                        arrs, self.codecs.get(dst))
                 self._send_direct(d, dst, ep, frames, deadline)
                 if answer_here:
-                    back.update(self._receive_direct(d, dst, ep, rid, deadline))
+                    back.update(self._receive_direct(d, dst, ep, rid, deadline, expect))
                     self.direct_answers += 1
             finally:
                 self._give_back(dst, d)
@@ -260,8 +271,8 @@ class AgentCore:
                 self._direct.setdefault(dst, []).append(d)
 
     def _direct_wait(self, d: _Direct, dst: str, ep: str, deadline: float, event: int, doing: str) -> None:
-        """Wait for `event` on a direct socket, one slice at most; raise once this agent stopped, the
-        request's deadline passed or the peer's link went down (so never a hang)."""
+        """Wait for `event` on a direct socket, one slice at most (none for event 0); raise once this
+        agent stopped, the request's deadline passed or the peer's link went down (so never a hang)."""
         if self._direct is None:
             raise PeerError(f"agent {self.device} was stopped")
         left_ms = (deadline - time.monotonic()) * 1e3
@@ -269,7 +280,8 @@ class AgentCore:
             raise DeadlineExceeded(f"{dst} did not {doing} before the request's deadline")
         if self.links.endpoint_up(dst) != ep:
             raise PeerError(f"{dst} stopped answering while {self.device} waited for it to {doing}")
-        d.sock.poll(min(DIRECT_POLL_MS, max(1, int(left_ms))), event)
+        if event:
+            d.sock.poll(min(DIRECT_POLL_MS, max(1, int(left_ms))), event)
 
     def _send_direct(self, d: _Direct, dst: str, ep: str, frames: list, deadline: float) -> None:
         copy = not zero_copy_pays(frames)
@@ -280,14 +292,23 @@ class AgentCore:
             except zmq.Again:
                 self._direct_wait(d, dst, ep, deadline, zmq.POLLOUT, f"take {self.device}'s outputs")
 
-    def _receive_direct(self, d: _Direct, dst: str, ep: str, rid: int, deadline: float) -> dict[str, np.ndarray]:
-        """`dst`'s answer to request `rid`, on the direct socket the request left on. A late answer to
-        an earlier request that gave up on this socket is skipped."""
+    def _receive_direct(self, d: _Direct, dst: str, ep: str, rid: int, deadline: float,
+                        expect: frozenset[str]) -> dict[str, np.ndarray]:
+        """`dst`'s answer to request `rid` (every tensor of `expect`, in one message or several), on
+        the direct socket the request left on. A late answer to an earlier request that gave up on
+        this socket is skipped."""
+        got: dict[str, np.ndarray] = {}
         while True:
+            # a blocking receive, as a bare pipe's, in slices of at most DIRECT_POLL_MS (cheaper than
+            # a poll, which builds a poller each time), checking stop, deadline and link in between
+            left_ms = (deadline - time.monotonic()) * 1e3
+            if (slice_ms := min(DIRECT_POLL_MS, max(1, int(left_ms)))) != d.rcvtimeo:
+                d.sock.setsockopt(zmq.RCVTIMEO, slice_ms)
+                d.rcvtimeo = slice_ms
             try:
-                frames = d.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames = d.sock.recv_multipart(copy=False)
             except zmq.Again:
-                self._direct_wait(d, dst, ep, deadline, zmq.POLLIN, f"answer request {rid}")
+                self._direct_wait(d, dst, ep, deadline, 0, f"answer request {rid}")
                 continue
             try:
                 h, payload = decode(frames)
@@ -296,9 +317,11 @@ class AgentCore:
                     continue
                 if h.kind == "error":
                     raise PeerError(h.message)
-                return arrays(h, payload)
+                got.update(arrays(h, payload))
             except WireError as e:
                 raise PeerError(f"{dst} sent a malformed answer to request {rid}: {e}") from None
+            if expect <= got.keys():
+                return got
 
     def _close_direct(self) -> None:
         with self._direct_lock:

@@ -67,6 +67,9 @@ class ClusterClient:
             self.inputs_by_dst.setdefault(r.dst, []).append(r.tensor)
         self.codecs = route_codecs(plan, CALLER)
         self.answer_from = {r.src for r in plan.routes_to(CALLER)}  # the devices that send outputs back
+        self.answer_names: dict[str, frozenset[str]] = {}  # ... and what each sends back
+        for r in plan.routes_to(CALLER):
+            self.answer_names[r.src] = self.answer_names.get(r.src, frozenset()) | {r.tensor}
         self.pending: dict[int, Pending] = {}
         self.in_flight = 0
         self.backlog: deque[int] = deque()  # submitted, waiting for a place in the window
@@ -126,22 +129,61 @@ class ClusterClient:
             raise PeerError("the session is closed")
         return feeds
 
+    def _direct(self):
+        """(agent, its device, the device whose answer comes back to the calling thread or None) when
+        every input goes to one agent in this process whose only step the caller feeds; else None."""
+        if len(self.inputs_by_dst) != 1:
+            return None
+        (dst, names), = self.inputs_by_dst.items()
+        agent = inproc.agent(self.plan.plan_id, dst)
+        step = agent.direct_step if agent is not None else None
+        if step is None or {i.name for i in step.inputs} != set(names):
+            return None
+        # the one other device that answers, if the step sends to it alone: its answer can come
+        # back to the caller's thread, on the socket the request leaves on
+        others = self.answer_from - {dst}
+        return agent, dst, (next(iter(others)) if len(others) == 1 and agent.direct_targets == others else None)
+
+    def run(self, feeds: Mapping[str, np.ndarray], timeout_s: float = 10.0) -> dict[str, np.ndarray]:
+        """One request, waited for (sync `run`): {output: array}, or PeerError / DeadlineExceeded.
+
+        Beside an embedded first stage whose one next device answers everything else, the whole
+        request runs in the calling thread (AgentCore.run_direct): the step computed here, its
+        outputs sent and the answer received on this thread's socket. Otherwise `run_here`."""
+        direct = self._direct()
+        if direct is None or direct[2] is None or self.backlog or self.in_flight >= WINDOW:
+            fut = self.run_here(feeds, timeout_s)
+            try:
+                return fut.result(timeout_s + 5)
+            except concurrent.futures.TimeoutError:
+                raise DeadlineExceeded(f"no answer within {timeout_s:g} s") from None
+        agent, dst, reply_from = direct
+        feeds = self._checked(feeds, timeout_s)
+        rid = next(self._ids)
+        try:
+            got = agent.run_direct(self.identity, rid, roundtrip(feeds, self.codecs.get(dst)),
+                                   time.monotonic() + timeout_s, reply_from, self.answer_names[reply_from])
+        except DeadlineExceeded:
+            raise
+        except PeerError as e:
+            raise PeerError(f"the cluster failed request {rid}: {e}") from None
+        except Exception as e:  # a bug or a zmq error: a typed failure, never a library's traceback
+            log.exception("running request %s here failed", rid)
+            raise PeerError(f"the cluster failed request {rid}: {type(e).__name__}: {e}") from None
+        missing = [o for o in self.outputs if o not in got]
+        if missing:
+            raise PeerError(f"the cluster failed request {rid}: no device sent {', '.join(missing)}")
+        return {o: got[o] for o in self.outputs}
+
     def run_here(self, feeds: Mapping[str, np.ndarray], timeout_s: float = 10.0) -> concurrent.futures.Future:
-        """`submit` for a caller that waits anyway (sync `run`): when every input goes to one agent in
-        this process whose only step the caller feeds, that step runs in the caller's thread and its
-        outputs leave from it (AgentCore.run_direct), saving the hand-off to the agent's thread; when
-        the one device they go to is also the only other one that answers, its answer comes back to
-        this thread too, saving the hand-off from the client's I/O thread. Otherwise, or while other
-        requests wait for the window, the same as `submit`."""
-        agent = None
-        if len(self.inputs_by_dst) == 1:
-            (dst, names), = self.inputs_by_dst.items()
-            agent = inproc.agent(self.plan.plan_id, dst)
-            step = agent.direct_step if agent is not None else None
-            if step is None or {i.name for i in step.inputs} != set(names):
-                agent = None
-        if agent is None or self.backlog or self.in_flight >= WINDOW:
+        """`submit` for a caller that waits anyway: when every input goes to one agent in this process
+        whose only step the caller feeds, that step runs in the caller's thread and its outputs leave
+        from it (AgentCore.run_direct), saving the hand-off to the agent's thread. Otherwise, or
+        while other requests wait for the window, the same as `submit`."""
+        direct = self._direct()
+        if direct is None or self.backlog or self.in_flight >= WINDOW:
             return self.submit(feeds, timeout_s)
+        agent, dst, _ = direct
         feeds = self._checked(feeds, timeout_s)
         fut: concurrent.futures.Future = concurrent.futures.Future()
         fut.set_running_or_notify_cancel()
@@ -151,12 +193,8 @@ class ClusterClient:
             self.pending[rid] = Pending(fut, set(self.roles), deadline, timeout_s)
             heapq.heappush(self._deadlines, (deadline, rid))
             self.in_flight += 1
-        # the one other device that answers, if the step sends to it alone: its answer comes back
-        # to this thread, on the socket the request leaves on
-        others = self.answer_from - {dst}
-        reply_from = next(iter(others)) if len(others) == 1 else None
         try:
-            back = agent.run_direct(self.identity, rid, roundtrip(feeds, self.codecs.get(dst)), deadline, reply_from)
+            back = agent.run_direct(self.identity, rid, roundtrip(feeds, self.codecs.get(dst)), deadline)
         except PeerError as e:  # DeadlineExceeded too
             self.on_error(rid, str(e), cause=type(e))
             return fut
