@@ -34,10 +34,12 @@ def run_cmd(
 
     def body():
         from edgepart.agent import AgentCore
+        from edgepart.agent.heap import keep_large_buffers
 
         from .bundle import load_bundle
 
         logging.getLogger("edgepart").setLevel(logging.DEBUG if verbose else logging.INFO)
+        keep_large_buffers()  # tensors arrive by the megabyte: no page faults per message
         b = load_bundle(bundle)
 
         async def main():
