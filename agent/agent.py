@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import heapq
 import itertools
 import logging
@@ -174,7 +175,7 @@ class AgentCore:
         """Wait until every peer this device sends to is linked; False on timeout."""
         return await asyncio.get_running_loop().run_in_executor(None, self.links.wait_roles, self.needed_roles, timeout_s)
 
-    @property
+    @functools.cached_property
     def direct_step(self) -> Step | None:
         """This device's step when a caller in this process may run it in its own thread: the device
         has one step, fed by the caller alone (the camera holder's first stage)."""
@@ -183,7 +184,7 @@ class AgentCore:
             return None
         return steps[0]
 
-    @property
+    @functools.cached_property
     def direct_targets(self) -> frozenset[str]:
         """The other devices `direct_step` sends to (the plan's routes: the same for every request)."""
         step = self.direct_step

@@ -83,6 +83,7 @@ class ClusterClient:
         self._deadlines: list[tuple[float, int]] = []  # a heap of (deadline, request id), under _lock
         self._io_ident = 0  # the I/O thread's id, once it runs
         self._sending = False  # the I/O thread is in _send_outbox (no recursion through failures)
+        self._direct_for: tuple | None = None  # (agent, what _direct found for it)
 
     async def start(self) -> "ClusterClient":
         self.ctx = zmq.Context()
@@ -136,13 +137,19 @@ class ClusterClient:
             return None
         (dst, names), = self.inputs_by_dst.items()
         agent = inproc.agent(self.plan.plan_id, dst)
-        step = agent.direct_step if agent is not None else None
-        if step is None or {i.name for i in step.inputs} != set(names):
+        if agent is None:
             return None
-        # the one other device that answers, if the step sends to it alone: its answer can come
-        # back to the caller's thread, on the socket the request leaves on
-        others = self.answer_from - {dst}
-        return agent, dst, (next(iter(others)) if len(others) == 1 and agent.direct_targets == others else None)
+        if self._direct_for is not None and self._direct_for[0] is agent:  # the same agent as last time
+            return self._direct_for[1]
+        step = agent.direct_step
+        found = None
+        if step is not None and {i.name for i in step.inputs} == set(names):
+            # the one other device that answers, if the step sends to it alone: its answer can come
+            # back to the caller's thread, on the socket the request leaves on
+            others = self.answer_from - {dst}
+            found = agent, dst, (next(iter(others)) if len(others) == 1 and agent.direct_targets == others else None)
+        self._direct_for = (agent, found)
+        return found
 
     def run(self, feeds: Mapping[str, np.ndarray], timeout_s: float = 10.0) -> dict[str, np.ndarray]:
         """One request, waited for (sync `run`): {output: array}, or PeerError / DeadlineExceeded.
