@@ -57,6 +57,7 @@ class _Direct:
     sock: zmq.Socket | None = None
     identity: bytes = b""
     rcvtimeo: int = -1  # the socket's ZMQ_RCVTIMEO now
+    abort: threading.Event | None = None  # the current caller's: set, it stops waiting
 
 
 def route_codecs(plan: Plan, src: str) -> dict[str, dict[str, Codec]]:
@@ -103,16 +104,24 @@ class AgentCore:
         self._direct: dict[str, list[_Direct]] | None = {}
         self._direct_all: list[_Direct] = []
         self._direct_lock = threading.Lock()  # the pools only: held for a list operation
-        self.direct_runs = 0  # requests a caller's thread ran here (run_direct)
+        self.direct_runs = 0  # requests a caller's thread ran here (run_direct); counted without a lock
         self.direct_answers = 0  # ... whose next device's answer came back to that thread
+        # ids of requests whose answer comes back to a direct socket: one sequence for the agent,
+        # since sessions' own ids start at 1 each and the pooled sockets pass from one to another
+        self._direct_ids = itertools.count(1)
         # Answers relayed to a client in this process (see _on_answer): requests that enter the
         # cluster here go on as this agent's own, and the devices that answer the caller (all of
         # them among this agent's peers) answer on its links. Data thread only.
         others = {r.src for r in self.plan.routes_to(CALLER)} - {self.device}
-        self.relays = bool(others) and others <= self.needed_roles
+        everyone_else = set(self.plan.device_names()) - {self.device}
+        # only where nothing but the caller sends to this device (a tensor sent back here would
+        # carry the relay's key, not the request's) and every other device is a peer (so any of
+        # them can answer, or fail a request, to this agent's link identity)
+        self.relays = (bool(others) and everyone_else <= self.needed_roles
+                       and all(r.src == CALLER for r in self.plan.routes_to(self.device)))
         self._answering = frozenset(others)
         self._relay_out: dict[Key, int] = {}  # a client's request -> its id on the wire
-        self._relay_in: dict[int, Key] = {}  # id on the wire -> the client's request
+        self._relay_in: dict[int, tuple[Key, float]] = {}  # id on the wire -> (the client's request, deadline)
         self._relay_deadlines: list[tuple[float, int]] = []  # a heap of (deadline, id on the wire)
         self._relay_ids = itertools.count(1)
         self.relayed = 0  # answers handed to a client in this process
@@ -194,14 +203,15 @@ class AgentCore:
                          if r.dst not in (CALLER, self.device))
 
     def run_direct(self, client: bytes, rid: int, feeds: dict[str, np.ndarray], deadline: float,
-                   reply_from: str | None = None, expect: frozenset[str] = frozenset()) -> dict[str, np.ndarray]:
+                   reply_from: str | None = None, expect: frozenset[str] = frozenset(),
+                   abort: threading.Event | None = None) -> dict[str, np.ndarray]:
         """Run `direct_step` in the calling thread (a sync `InferenceSession.run` beside this agent) and
         send its outputs to the devices that need them from this thread: no hand-off to the data
         thread on the way. Returns the outputs for the caller: this step's own and, when
         `reply_from` is the one device this step sends to (and the only other one that answers the
         caller), that device's answer too — all of `expect`, its outputs for the caller — received
         in this thread on the socket the request left on: no hand-off to the client's thread on the
-        way back either. Raises PeerError."""
+        way back either. `abort` set (the session closed) ends the wait. Raises PeerError."""
         step = self.direct_step
         if step is None or self._direct is None:
             raise PeerError(f"{self.device} cannot run requests directly (stopped, or not a first stage)")
@@ -224,12 +234,14 @@ class AgentCore:
             d = self._take_direct(dst, ep)
             try:
                 answer_here = dst == reply_from
-                frames = tensor_frames(Header("tensor", self.plan.plan_id, self.device, request_id=rid,
+                wire = next(self._direct_ids) if answer_here else rid
+                frames = tensor_frames(Header("tensor", self.plan.plan_id, self.device, request_id=wire,
                                               client=d.identity if answer_here else client, ttl_ms=left * 1e3),
                                        arrs, self.codecs.get(dst))
+                d.abort = abort
                 self._send_direct(d, dst, ep, frames, deadline)
                 if answer_here:
-                    back.update(self._receive_direct(d, dst, ep, rid, deadline, expect))
+                    back.update(self._receive_direct(d, dst, ep, wire, deadline, expect))
                     self.direct_answers += 1
             finally:
                 self._give_back(dst, d)
@@ -276,6 +288,8 @@ class AgentCore:
         agent stopped, the request's deadline passed or the peer's link went down (so never a hang)."""
         if self._direct is None:
             raise PeerError(f"agent {self.device} was stopped")
+        if d.abort is not None and d.abort.is_set():
+            raise PeerError("the session was closed")
         left_ms = (deadline - time.monotonic()) * 1e3
         if left_ms <= 0:
             raise DeadlineExceeded(f"{dst} did not {doing} before the request's deadline")
@@ -411,9 +425,9 @@ class AgentCore:
                     self._fail(key, f"{self.device} is busy: {len(self.executor.requests)} requests in flight")
                     continue
                 if relay and self.relays and key not in self._relay_out:
-                    wire = next(self._relay_ids)
-                    self._relay_out[key], self._relay_in[wire] = wire, key
-                    heapq.heappush(self._relay_deadlines, (time.monotonic() + ttl_ms / 1e3, wire))
+                    wire, deadline = next(self._relay_ids), time.monotonic() + ttl_ms / 1e3
+                    self._relay_out[key], self._relay_in[wire] = wire, (key, deadline)
+                    heapq.heappush(self._relay_deadlines, (deadline, wire))
                 self.executor.deliver(key, arrs, ttl_ms)
             except WireError as e:
                 self._fail(key, f"{self.device} rejected the inputs: {e}")
@@ -485,11 +499,13 @@ class AgentCore:
     def _on_answer(self, peer, h: Header, payload: list) -> None:
         """A message on a link to a peer: the answer (or error) of a device to a request this agent
         relays for a client in this process; the client gets it here, on this thread."""
-        key = self._relay_in.get(h.request_id) if h.client == self.links.identity else None
-        if key is None or h.kind not in ("tensor", "error") or h.sender not in self._answering:
+        entry = self._relay_in.get(h.request_id) if h.client == self.links.identity else None
+        # results come from the devices that answer the caller; an error, from any device
+        if entry is None or not (h.kind == "error" or (h.kind == "tensor" and h.sender in self._answering)):
             log.debug("agent %s: dropped a %s message from %s for request %s (not one it relays)",
                       self.device, h.kind, h.sender, h.request_id)
             return
+        key = entry[0]
         c = inproc.client(key[0])
         if c is None:  # that session was closed
             self._unrelay(h.request_id)
@@ -510,15 +526,19 @@ class AgentCore:
             self._unrelay(h.request_id)
 
     def _unrelay(self, wire: int | None) -> None:
-        key = self._relay_in.pop(wire, None) if wire is not None else None
-        if key is not None:
-            self._relay_out.pop(key, None)
+        entry = self._relay_in.pop(wire, None) if wire is not None else None
+        if entry is not None:
+            self._relay_out.pop(entry[0], None)
 
     def _expire_relays(self) -> None:
-        """Forget relays past their deadline (their client has failed them by now)."""
+        """Forget relays past their deadline (their client has failed them by now); and keep the
+        heap of deadlines near the relays still held, not every request of the last ttl."""
         now = time.monotonic()
         while self._relay_deadlines and self._relay_deadlines[0][0] < now:
             self._unrelay(heapq.heappop(self._relay_deadlines)[1])
+        if len(self._relay_deadlines) > 2 * len(self._relay_in) + 1024:
+            self._relay_deadlines = [(d, w) for w, (_, d) in self._relay_in.items()]
+            heapq.heapify(self._relay_deadlines)
 
     def _send_failed(self, key: Key, why: str) -> None:
         if key in self.executor.requests:

@@ -144,10 +144,11 @@ class ClusterClient:
         step = agent.direct_step
         found = None
         if step is not None and {i.name for i in step.inputs} == set(names):
-            # the one other device that answers, if the step sends to it alone: its answer can come
-            # back to the caller's thread, on the socket the request leaves on
-            others = self.answer_from - {dst}
-            found = agent, dst, (next(iter(others)) if len(others) == 1 and agent.direct_targets == others else None)
+            # the one other device of the plan, if the step sends to it and it answers: its answer
+            # (or error) can come back to the caller's thread, on the socket the request leaves on
+            others = set(self.plan.device_names()) - {dst}
+            found = agent, dst, (next(iter(others)) if len(others) == 1 and others == self.answer_from - {dst}
+                                 and agent.direct_targets == others else None)
         self._direct_for = (agent, found)
         return found
 
@@ -158,7 +159,8 @@ class ClusterClient:
         request runs in the calling thread (AgentCore.run_direct): the step computed here, its
         outputs sent and the answer received on this thread's socket. Otherwise `run_here`."""
         direct = self._direct()
-        if direct is None or direct[2] is None or self.backlog or self.in_flight >= WINDOW:
+        if (direct is None or direct[2] is None or self.backlog or self.in_flight >= WINDOW
+                or inproc.agent(self.plan.plan_id, direct[2]) is not None):  # (that one answers in-process)
             fut = self.run_here(feeds, timeout_s)
             try:
                 return fut.result(timeout_s + 5)
@@ -169,7 +171,7 @@ class ClusterClient:
         rid = next(self._ids)
         try:
             got = agent.run_direct(self.identity, rid, roundtrip(feeds, self.codecs.get(dst)),
-                                   time.monotonic() + timeout_s, reply_from, self.answer_names[reply_from])
+                                   time.monotonic() + timeout_s, reply_from, self.answer_names[reply_from], self._stop)
         except DeadlineExceeded:
             raise
         except PeerError as e:

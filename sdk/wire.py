@@ -94,7 +94,7 @@ def tensor_frames(header: Header, arrays: dict[str, np.ndarray], codecs: dict[st
     entries, bufs = [], []
     for name, array in arrays.items():
         c = codecs.get(name) if codecs else None
-        if (c is None or c.kind == "dense") and _plain(array):
+        if (c is None or (c.kind == "dense" and not c.params)) and _plain(array):
             # the common case, kept short (it runs on every message, often with cold caches): what
             # codecs.encode does for dense, for an array that needs no conversion
             entries.append([name, array.dtype.name, list(array.shape), "dense", {}])
@@ -185,9 +185,12 @@ def arrays(h: Header, payload: list[memoryview]) -> dict[str, np.ndarray]:
             count = 1
             for d in t.shape:
                 count *= d
-            if buf.nbytes != count * dt.itemsize:
-                raise WireError(f"dense: frame is {buf.nbytes} bytes, a {t.dtype}{list(t.shape)} tensor needs {count * dt.itemsize}")
-            out[t.name] = np.frombuffer(buf, dtype=dt, count=count).reshape(t.shape)
+            if 0 < count * dt.itemsize <= tcodecs.MAX_DECODED_BYTES:  # (else the codec path says why)
+                if buf.nbytes != count * dt.itemsize:
+                    raise WireError(f"dense: frame is {buf.nbytes} bytes, a {t.dtype}{list(t.shape)} tensor needs {count * dt.itemsize}")
+                out[t.name] = np.frombuffer(buf, dtype=dt, count=count).reshape(t.shape)
+                continue
+            out[t.name] = tcodecs.decode(t.codec, t.codec_params, t.dtype, t.shape, buf)
         else:
             out[t.name] = tcodecs.decode(t.codec, t.codec_params, t.dtype, t.shape, buf)
     return out

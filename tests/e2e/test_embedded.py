@@ -244,3 +244,66 @@ def test_a_relayed_stream_when_the_next_agent_dies(embedded):
     while agent.core._relay_in and time.monotonic() < wait_s:  # the dead requests' relays expire
         time.sleep(0.1)
     assert not agent.core._relay_in, f"{len(agent.core._relay_in)} relays outlived their deadline"
+
+
+def test_two_sessions_sharing_the_agents_sockets_never_take_each_others_answers(embedded, sessions):
+    """Each session numbers its requests from 1 and the embedded agent's pooled sockets pass from
+    one session to the other: a late answer one session gave up on must not become the other's
+    answer to its request of the same number."""
+    agent, first, _ = embedded(400)
+    second = sessions(agent.core.bundle.path.parent, timeout_s=20)
+    x1, x2 = encoder_input(1, WIDTH), encoder_input(2, WIDTH)
+    t0 = time.monotonic()
+    assert encoder_owner(first.run(None, {"x": x1})[0]) == 1  # first's request 1
+    slow_s = time.monotonic() - t0
+    assert encoder_owner(second.run(None, {"x": x2})[0]) == 2  # second's request 1
+    with pytest.raises(edgepart.DeadlineExceeded):  # first's request 2: its answer comes late
+        first.run(None, {"x": x1}, timeout_s=max(slow_s / 20, 0.0005))
+    (y,) = second.run(None, {"x": x2})  # second's request 2, on the socket first gave up on
+    assert encoder_owner(y) == 2 and np.array_equal(y, encoded(x2))
+    assert len(agent.core._direct_all) == 1
+
+
+def test_run_when_the_next_device_is_embedded_too(tmp_path, sessions):
+    """Both devices in this process: run() must not wait on a socket for an answer that comes back
+    in-process."""
+    res = package_with_cuts(encoder_model(WIDTH, 0, through_first=True), tmp_path, (4,))
+    with edgepart.Agent(res.out_dir / "dev1", interface="127.0.0.1", threads=1), \
+            edgepart.Agent(res.out_dir / "dev0", interface="127.0.0.1", threads=1) as first:
+        assert first.wait_ready(15)
+        sess = sessions(res.out_dir, timeout_s=10)
+        for i in range(5):
+            (y,) = sess.run(None, {"x": encoder_input(i, WIDTH)})
+            assert encoder_owner(y) == i
+        futs = [sess.submit({"x": encoder_input(i, WIDTH)}) for i in range(20)]
+        assert [encoder_owner(f.result(20)["y"]) for f in futs] == list(range(20))
+        sessions.close()
+
+
+def test_closing_the_session_ends_a_run_in_flight(embedded):
+    """dev1 frozen (SIGSTOP: its links stay up until heartbeats time out, 2 s): a run() waiting for
+    its answer ends with "closed" as soon as its session is closed."""
+    agent, sess, procs = embedded(0)
+    assert encoder_owner(sess.run(None, {"x": encoder_input(3, WIDTH)})[0]) == 3
+    procs.agents["dev1"].signal(signal.SIGSTOP)
+    try:
+        out: list = []
+        t = threading.Thread(target=lambda: out.append(_outcome(lambda: sess.run(None, {"x": encoder_input(4, WIDTH)}))))
+        t.start()
+        time.sleep(0.2)
+        assert t.is_alive() and not out, f"run() ended before the session was closed: {out}"
+        t0 = time.monotonic()
+        sess.close()
+        t.join(5)
+        took = time.monotonic() - t0
+    finally:
+        procs.agents["dev1"].signal(signal.SIGCONT)
+    assert not t.is_alive() and out and "closed" in out[0], out
+    assert took < 1.0, f"run() ended {took:.2f} s after its session closed"
+
+
+def _outcome(fn):
+    try:
+        return encoder_owner(fn()[0])
+    except edgepart.PeerError as e:
+        return f"{type(e).__name__}: {e}"

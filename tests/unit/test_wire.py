@@ -123,3 +123,11 @@ def test_thousands_of_damaged_messages_raise_only_wire_error():
         for t in hh.tensors:
             assert out[t.name].shape == t.shape and out[t.name].dtype == np.dtype(t.dtype)
     assert n == 3000 and 0 < refused < n
+
+
+@pytest.mark.parametrize("shape", [[0, 1 << 39], [1 << 20, 1 << 20]])
+def test_a_dense_tensor_past_the_size_limit_is_refused_by_the_fast_path_too(shape):
+    h = msgpack.packb({"v": 1, "k": "tensor", "p": "0123456789abcdef", "s": "device-a",
+                       "ts": [["x", "float32", shape, "dense", {}]]}, use_bin_type=True)
+    with pytest.raises(WireError, match="limit"):
+        arrays(*decode([h, b""]))
