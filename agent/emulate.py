@@ -57,6 +57,8 @@ class AgentProcess:
     def _read(self, proc: subprocess.Popen) -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
+            if proc is not self.proc:
+                continue  # the last words of a process since killed or replaced: not the new one's
             line = line.rstrip("\n")
             self.lines.append(line)
             if line.startswith("edgepart-agent device=") and "endpoint=" in line:
@@ -64,12 +66,15 @@ class AgentProcess:
                 self._got.set()
             elif line.startswith("edgepart-agent ready"):
                 self._ready.set()
-        self._got.set()
+        if proc is self.proc:
+            self._got.set()  # it exited: wait_started says so
 
     def wait_started(self, timeout_s: float) -> str:
         if not self._got.wait(timeout_s) or not self.endpoint:
             tail = "\n".join(self.lines[-15:])
-            raise PeerError(f"agent {self.device} did not start within {timeout_s:g} s. Its output:\n{tail}")
+            code = self.proc.poll() if self.proc is not None else None
+            how = f"exited with code {code} before it started" if code is not None else f"did not start within {timeout_s:g} s"
+            raise PeerError(f"agent {self.device} {how}. Its output:\n{tail}")
         return self.endpoint
 
     def wait_ready(self, timeout_s: float) -> bool:
