@@ -227,6 +227,21 @@ def wait_until(cond, timeout_s: float, interval_s: float = 0.05, what: str = "co
         time.sleep(interval_s)
 
 
+def first_success(fn, within_s: float, what: str):
+    """fn()'s value once it stops raising PeerError (a restarted agent coming back), retried every
+    0.1 s for at most `within_s`; AssertionError with the last error if it never does."""
+    from edgepart.errors import PeerError
+
+    end, last = time.monotonic() + within_s, None
+    while time.monotonic() < end:
+        try:
+            return fn()
+        except PeerError as e:
+            last = e
+            time.sleep(0.1)
+    raise AssertionError(f"{what} within {within_s:g} s: {last}")
+
+
 def agent_output(procs, device: str | None = None) -> str:
     agents = [procs.agents[device]] if device else list(procs.agents.values())
     return "\n".join(f"[{a.device}] {ln}" for a in agents for ln in list(a.lines))

@@ -21,7 +21,7 @@ import zmq
 
 import edgepart
 
-from e2e_helpers import encoded, encoder_input, encoder_model, encoder_owner, header, package_with_cuts
+from e2e_helpers import encoded, encoder_input, encoder_model, encoder_owner, first_success, header, package_with_cuts
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -229,16 +229,8 @@ def test_a_relayed_stream_when_the_next_agent_dies(embedded):
     assert "hang" not in outcomes, f"{outcomes.count('hang')} requests still open after their deadline"
     assert any(isinstance(o, str) for o in outcomes), "killing dev1 failed nothing"
     procs.restart("dev1")
-    t0, last = time.monotonic(), None
-    while time.monotonic() - t0 < 15:
-        try:
-            y = sess.submit({"x": encoder_input(7, WIDTH)}, timeout_s=2).result(5)["y"]
-            break
-        except edgepart.PeerError as e:
-            last = e
-            time.sleep(0.1)
-    else:
-        raise AssertionError(f"no answer within 15 s of restarting dev1: {last}")
+    y = first_success(lambda: sess.submit({"x": encoder_input(7, WIDTH)}, timeout_s=2).result(5)["y"], 15,
+                      "no answer after restarting dev1")
     assert encoder_owner(y) == 7 and agent.core.relayed >= 2
     wait_s = time.monotonic() + timeout_s + 1
     while agent.core._relay_in and time.monotonic() < wait_s:  # the dead requests' relays expire

@@ -18,7 +18,7 @@ import zmq
 import edgepart
 
 import graphs
-from e2e_helpers import agent_output, assert_same, header, model_file, reference, seeded_feeds, tensor_message
+from e2e_helpers import agent_output, assert_same, first_success, header, model_file, reference, seeded_feeds, tensor_message
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -144,16 +144,8 @@ def test_embedded_first_stage_run_when_the_next_agent_dies(packaged, agents, ses
         failed_after = time.monotonic() - t0
         assert failed_after <= SLACK_S, f"run() failed {failed_after:.2f} s after the kill, not at once"
         procs.restart(other)
-        t1, last = time.monotonic(), None
-        while time.monotonic() - t1 < RECOVER_WITHIN_S:
-            try:
-                (y,) = sess.run(None, feeds, timeout_s=2)
-                break
-            except edgepart.PeerError as e:
-                last = e
-                time.sleep(0.1)
-        else:
-            raise AssertionError(f"no run() succeeded within {RECOVER_WITHIN_S} s of restarting {other}: {last}")
+        (y,) = first_success(lambda: sess.run(None, feeds, timeout_s=2), RECOVER_WITHIN_S,
+                             f"no run() succeeded after restarting {other}")
         assert np.max(np.abs(y - want)) <= 1e-5 and agent.core.direct_runs >= 2
     assert "Traceback" not in agent_output(procs)
 
