@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import functools
 import heapq
 import itertools
 import logging
@@ -22,7 +21,6 @@ import queue
 import secrets
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,12 +28,13 @@ import zmq
 
 from edgepart import aio
 from edgepart.bundle import Bundle, load_bundle
-from edgepart.errors import DeadlineExceeded, PeerError, WireError
+from edgepart.errors import PeerError, WireError
 from edgepart.plan import CALLER
-from edgepart.plan import Codec, Plan, Step
-from edgepart.wire import Header, arrays, decode, roundtrip, tensor_frames, zero_copy_pays
+from edgepart.plan import Codec, Plan
+from edgepart.wire import Header, arrays, decode, roundtrip, tensor_frames
 
 from . import inproc
+from .direct import DirectRuns, _Direct
 from .discovery import Announcement, Discovery
 from .executor import Executor, Key
 from .link import HWM, Links, Waker, stop_io_thread, tune
@@ -43,21 +42,6 @@ from .link import HWM, Links, Waker, stop_io_thread, tune
 log = logging.getLogger("edgepart")
 
 POLL_MS = 50  # the data thread wakes at least this often: deadlines, link sweeps, stop
-DIRECT_POLL_MS = 20  # a caller's thread waiting to send directly rechecks its peer and deadline this often
-
-
-@dataclass(eq=False)
-class _Direct:
-    """A socket to one destination for caller threads (AgentCore.run_direct). A caller takes one
-    from its destination's pool and holds its lock until it gives it back: the socket is the
-    caller's alone for a send and, where the answer comes back to it, the receive."""
-
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    endpoint: str = ""
-    sock: zmq.Socket | None = None
-    identity: bytes = b""
-    rcvtimeo: int = -1  # the socket's ZMQ_RCVTIMEO now
-    abort: threading.Event | None = None  # the current caller's: set, it stops waiting
 
 
 def route_codecs(plan: Plan, src: str) -> dict[str, dict[str, Codec]]:
@@ -78,7 +62,7 @@ def parse_peer(text: str) -> str:
     return f"tcp://{host}:{port}"
 
 
-class AgentCore:
+class AgentCore(DirectRuns):
     """The agent. `await start()`, then it serves until `await stop()`."""
 
     def __init__(self, bundle: Bundle, *, interface: str | None = None, port: int = 0,
@@ -183,169 +167,6 @@ class AgentCore:
     async def wait_ready(self, timeout_s: float) -> bool:
         """Wait until every peer this device sends to is linked; False on timeout."""
         return await asyncio.get_running_loop().run_in_executor(None, self.links.wait_roles, self.needed_roles, timeout_s)
-
-    @functools.cached_property
-    def direct_step(self) -> Step | None:
-        """This device's step when a caller in this process may run it in its own thread: the device
-        has one step, fed by the caller alone (the camera holder's first stage)."""
-        steps = self.executor.steps
-        if len(steps) != 1 or any(self.executor.expected.get(i.name) != {CALLER} for i in steps[0].inputs):
-            return None
-        return steps[0]
-
-    @functools.cached_property
-    def direct_targets(self) -> frozenset[str]:
-        """The other devices `direct_step` sends to (the plan's routes: the same for every request)."""
-        step = self.direct_step
-        if step is None:
-            return frozenset()
-        return frozenset(r.dst for o in step.outputs for r in self.executor.out_routes.get(o.name, ())
-                         if r.dst not in (CALLER, self.device))
-
-    def run_direct(self, client: bytes, rid: int, feeds: dict[str, np.ndarray], deadline: float,
-                   reply_from: str | None = None, expect: frozenset[str] = frozenset(),
-                   abort: threading.Event | None = None) -> dict[str, np.ndarray]:
-        """Run `direct_step` in the calling thread (a sync `InferenceSession.run` beside this agent) and
-        send its outputs to the devices that need them from this thread: no hand-off to the data
-        thread on the way. Returns the outputs for the caller: this step's own and, when
-        `reply_from` is the one device this step sends to (and the only other one that answers the
-        caller), that device's answer too — all of `expect`, its outputs for the caller — received
-        in this thread on the socket the request left on: no hand-off to the client's thread on the
-        way back either. `abort` set (the session closed) ends the wait. Raises PeerError."""
-        step = self.direct_step
-        if step is None or self._direct is None:
-            raise PeerError(f"{self.device} cannot run requests directly (stopped, or not a first stage)")
-        _, by_dst = self.executor.compute(step, feeds)
-        back = by_dst.pop(CALLER, {})
-        back = dict(roundtrip(back, self.codecs.get(CALLER))) if back else {}
-        self.direct_runs += 1
-        if reply_from is not None and set(by_dst) != {reply_from}:
-            reply_from = None
-        for dst, arrs in by_dst.items():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise DeadlineExceeded(f"request {rid} passed its deadline while {self.device} computed {step.name}")
-            if (a := inproc.agent(self.plan.plan_id, dst)) is not None:
-                a.deliver_local(self.device, (client, rid), roundtrip(arrs, self.codecs.get(dst)), left * 1e3)
-                continue
-            ep = self.links.endpoint_up(dst)
-            if ep is None:
-                raise PeerError(f"{dst} is not reachable now (it stopped answering)")
-            d = self._take_direct(dst, ep)
-            try:
-                answer_here = dst == reply_from
-                wire = next(self._direct_ids) if answer_here else rid
-                frames = tensor_frames(Header("tensor", self.plan.plan_id, self.device, request_id=wire,
-                                              client=d.identity if answer_here else client, ttl_ms=left * 1e3),
-                                       arrs, self.codecs.get(dst))
-                d.abort = abort
-                self._send_direct(d, dst, ep, frames, deadline)
-                if answer_here:
-                    back.update(self._receive_direct(d, dst, ep, wire, deadline, expect))
-                    self.direct_answers += 1
-            finally:
-                self._give_back(dst, d)
-        return back
-
-    def _take_direct(self, dst: str, ep: str) -> _Direct:
-        """A free direct socket to `dst`'s live endpoint, locked for the caller (made on first use,
-        remade when the peer came back on a new endpoint)."""
-        with self._direct_lock:
-            if self._direct is None:
-                raise PeerError(f"agent {self.device} was stopped")
-            free = self._direct.setdefault(dst, [])
-            if free:
-                d = free.pop()
-            else:
-                d = _Direct()
-                self._direct_all.append(d)
-            d.lock.acquire()  # free, so only _close_direct might hold it, and it waits outside _direct_lock
-        try:
-            if d.sock is None or d.endpoint != ep:
-                if d.sock is not None:
-                    d.sock.close(0)
-                    d.sock = None
-                d.identity = f"{self.device}:direct:{secrets.token_hex(4)}".encode()
-                sock = self.ctx.socket(zmq.DEALER)
-                sock.setsockopt(zmq.IDENTITY, d.identity)
-                tune(sock)
-                sock.setsockopt(zmq.IMMEDIATE, 1)  # only on a live connection: a dead peer refuses
-                sock.connect(ep)
-                d.sock, d.endpoint = sock, ep
-        except BaseException:
-            self._give_back(dst, d)
-            raise
-        return d
-
-    def _give_back(self, dst: str, d: _Direct) -> None:
-        d.lock.release()
-        with self._direct_lock:
-            if self._direct is not None:
-                self._direct.setdefault(dst, []).append(d)
-
-    def _direct_wait(self, d: _Direct, dst: str, ep: str, deadline: float, event: int, doing: str) -> None:
-        """Wait for `event` on a direct socket, one slice at most (none for event 0); raise once this
-        agent stopped, the request's deadline passed or the peer's link went down (so never a hang)."""
-        if self._direct is None:
-            raise PeerError(f"agent {self.device} was stopped")
-        if d.abort is not None and d.abort.is_set():
-            raise PeerError("the session was closed")
-        left_ms = (deadline - time.monotonic()) * 1e3
-        if left_ms <= 0:
-            raise DeadlineExceeded(f"{dst} did not {doing} before the request's deadline")
-        if self.links.endpoint_up(dst) != ep:
-            raise PeerError(f"{dst} stopped answering while {self.device} waited for it to {doing}")
-        if event:
-            d.sock.poll(min(DIRECT_POLL_MS, max(1, int(left_ms))), event)
-
-    def _send_direct(self, d: _Direct, dst: str, ep: str, frames: list, deadline: float) -> None:
-        copy = not zero_copy_pays(frames)
-        while True:
-            try:
-                d.sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=copy)
-                return
-            except zmq.Again:
-                self._direct_wait(d, dst, ep, deadline, zmq.POLLOUT, f"take {self.device}'s outputs")
-
-    def _receive_direct(self, d: _Direct, dst: str, ep: str, rid: int, deadline: float,
-                        expect: frozenset[str]) -> dict[str, np.ndarray]:
-        """`dst`'s answer to request `rid` (every tensor of `expect`, in one message or several), on
-        the direct socket the request left on. A late answer to an earlier request that gave up on
-        this socket is skipped."""
-        got: dict[str, np.ndarray] = {}
-        while True:
-            # a blocking receive, as a bare pipe's, in slices of at most DIRECT_POLL_MS (cheaper than
-            # a poll, which builds a poller each time), checking stop, deadline and link in between
-            left_ms = (deadline - time.monotonic()) * 1e3
-            if (slice_ms := min(DIRECT_POLL_MS, max(1, int(left_ms)))) != d.rcvtimeo:
-                d.sock.setsockopt(zmq.RCVTIMEO, slice_ms)
-                d.rcvtimeo = slice_ms
-            try:
-                frames = d.sock.recv_multipart(copy=False)
-            except zmq.Again:
-                self._direct_wait(d, dst, ep, deadline, 0, f"answer request {rid}")
-                continue
-            try:
-                h, payload = decode(frames)
-                if h.plan_id != self.plan.plan_id or h.request_id != rid or h.kind not in ("tensor", "error"):
-                    log.debug("skipped a %s message for request %s from %s on a direct socket", h.kind, h.request_id, dst)
-                    continue
-                if h.kind == "error":
-                    raise PeerError(h.message)
-                got.update(arrays(h, payload))
-            except WireError as e:
-                raise PeerError(f"{dst} sent a malformed answer to request {rid}: {e}") from None
-            if expect <= got.keys():
-                return got
-
-    def _close_direct(self) -> None:
-        with self._direct_lock:
-            self._direct, entries = None, list(self._direct_all)
-        for d in entries:
-            with d.lock:  # a caller in its wait loop leaves within one poll slice
-                if d.sock is not None:
-                    d.sock.close(0)
-                    d.sock = None
 
     def deliver_local(self, sender: str, key: Key, arrs: dict[str, np.ndarray], ttl_ms: float,
                       relay: bool = False) -> None:
