@@ -5,6 +5,7 @@ for them (for tests, benchmarks and samples).
     minilm()               all-MiniLM-L6-v2 sentence embedding (input_ids, attention_mask -> sentence_embedding)
     ppocr_det()            the PP-OCRv4 text detector that rapidocr ships as ONNX
     imagenet_inputs(n), sentence_inputs(sentences), english_sentences(n), ocr_inputs()   real inputs
+    imagenet_classes()     the names of the 1000 ImageNet classes, in output order (data/imagenet_classes.txt)
 
 Files live in `~/.cache/edgepart/models/` (or `$EDGEPART_CACHE`) and are written to a temporary
 file first and renamed, so an interrupted export never leaves a half file behind. These need the
@@ -189,6 +190,17 @@ def imagenet_inputs(n: int, size: int = 224) -> dict[str, np.ndarray]:
             crop = crop[:, ::-1]
         out.append((crop.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD)
     return {"input": np.ascontiguousarray(np.stack(out).transpose(0, 3, 1, 2), dtype=np.float32)}
+
+
+def imagenet_classes() -> list[str]:
+    """The 1000 ImageNet-1k class names, index i being a classifier's output i (WordNet lemmas, shipped in
+    data/imagenet_classes.txt, so no download and no extra dependency)."""
+    from importlib import resources
+
+    text = resources.files("edgepart.packager").joinpath("data", "imagenet_classes.txt").read_text(encoding="utf-8")
+    names = [line.split(" ", 1)[1] for line in text.splitlines() if line and not line.startswith("#")]
+    assert len(names) == 1000, len(names)
+    return names
 
 
 def ocr_inputs(size: tuple[int, int] = (640, 640)) -> dict[str, np.ndarray]:

@@ -28,11 +28,13 @@ TOP_FILES = ("pyproject.toml", "setup.cfg", "setup.py", "MANIFEST.in", "README.m
 
 
 def _source_files() -> dict[str, Path]:
-    """wheel path -> source file, for every .py under the three package folders (and py.typed)."""
+    """wheel path -> source file, for every .py under the three package folders (and py.typed, and the
+    package data under data/ folders: pyproject's package-data)."""
     out = {}
     for folder, prefix in PACKAGES.items():
         for f in sorted((REPO / folder).rglob("*")):
-            if f.is_file() and (f.suffix == ".py" or f.name == "py.typed") and "__pycache__" not in f.parts:
+            data = "data" in f.relative_to(REPO / folder).parts[:-1] and f.suffix == ".txt"
+            if f.is_file() and (f.suffix == ".py" or f.name == "py.typed" or data) and "__pycache__" not in f.parts:
                 out[f"{prefix}/{f.relative_to(REPO / folder).as_posix()}"] = f
     return out
 
