@@ -1,0 +1,206 @@
+"""Measure a device's speed, and a loopback link's, for the cost model, on the machine it runs on.
+
+    speed = measure_device(model, feeds, threads=1, cpus={0})   # Speed(gflops=..., timing=...)
+    link = measure_loopback()                                   # Link(bandwidth_mbps=..., latency_ms=...)
+    cluster = calibrated(cluster, {"device-a": speed.gflops}, link)
+    times = time_stages(["dist/a/stage0.onnx", "dist/b/stage1.onnx"], feeds, cpus=[{0}, {1}])
+
+The cost model (cost.py; docs/planning.md) prices a stage at its FLOPs over the device's effective
+GFLOP/s. A figure written by hand is a guess, and every estimate is off by the same factor; timing
+the model itself with the cores and threads the device's agent will have gives the GFLOP/s that
+makes the planner's estimates land near what runs (docs/cluster.md: "gflops is effective speed").
+The formulas stay in cost.py: this module only measures.
+
+Times are medians over several runs after a warm-up; the spread (10th and 90th percentile) says how
+much the machine's other work disturbed them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import statistics
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+import onnx
+
+from .cluster import Cluster, Link
+
+log = logging.getLogger("edgepart")
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How long one run took: median and spread over `runs` runs, in ms."""
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    runs: int
+
+    @classmethod
+    def of(cls, times_ms: Sequence[float]) -> "Timing":
+        q = np.percentile(np.asarray(times_ms, dtype=np.float64), [10, 90])
+        return cls(float(statistics.median(times_ms)), float(q[0]), float(q[1]), len(times_ms))
+
+
+@dataclass(frozen=True)
+class Speed:
+    """A device's effective speed on one model: its FLOPs over the median time of one run."""
+    gflops: float
+    flops: float
+    timing: Timing
+
+
+@contextlib.contextmanager
+def pinned(cpus: Iterable[int] | None) -> Iterator[None]:
+    """Run the calling thread on `cpus` only (None: leave it), and put its affinity back after.
+
+    On Linux the affinity of pid 0 is the calling thread's, so other threads keep theirs; threads
+    started inside inherit `cpus`."""
+    if cpus is None or not hasattr(os, "sched_setaffinity"):
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, set(cpus))
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def session(model: onnx.ModelProto | str | Path, threads: int = 1):
+    """An onnxruntime CPU session with `threads` intra-op threads (1: runs in the caller's thread)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+
+
+def time_session(sess, feeds: Mapping[str, np.ndarray], *, runs: int = 20, warmup: int = 3,
+                 cpus: Iterable[int] | None = None) -> Timing:
+    """Time `sess.run` on `feeds`, pinned to `cpus`."""
+    times = []
+    with pinned(cpus):
+        for _ in range(warmup):
+            sess.run(None, dict(feeds))
+        for _ in range(runs):
+            t = time.perf_counter()
+            sess.run(None, dict(feeds))
+            times.append((time.perf_counter() - t) * 1e3)
+    return Timing.of(times)
+
+
+def model_flops(model: onnx.ModelProto | str | Path, feeds: Mapping[str, np.ndarray]) -> float:
+    """FLOPs of one run at the feeds' shapes, counted as the cost model counts them (2 x MACs)."""
+    from .graph import analyse, load_model
+
+    proto = model if isinstance(model, onnx.ModelProto) else load_model(model)
+    return 2.0 * analyse(proto, {k: tuple(v.shape) for k, v in feeds.items()}).total_macs
+
+
+def measure_device(model: onnx.ModelProto | str | Path, feeds: Mapping[str, np.ndarray], *, threads: int = 1,
+                   cpus: Iterable[int] | None = None, runs: int = 20, warmup: int = 3,
+                   flops: float | None = None) -> Speed:
+    """The effective GFLOP/s of this machine, given `threads` threads on `cpus`, running `model`."""
+    flops = model_flops(model, feeds) if flops is None else flops
+    timing = time_session(session(model, threads), feeds, runs=runs, warmup=warmup, cpus=cpus)
+    speed = Speed(flops / (timing.median_ms * 1e-3) / 1e9, flops, timing)
+    log.info("calibrated: %.2f ms per run, %.1f GFLOP/s (%d thread(s), cpus %s)", timing.median_ms, speed.gflops,
+             threads, sorted(cpus) if cpus is not None else "any")
+    return speed
+
+
+def time_stages(paths: Sequence[str | Path], feeds: Mapping[str, np.ndarray], *, threads: int = 1,
+                cpus: Sequence[Iterable[int] | None] | None = None, runs: int = 20, warmup: int = 3) -> list[Timing]:
+    """Time each stage of a split on its own cores, in pipeline order: every stage is fed what the
+    model inputs and the stages before it made (their outputs are computed once, then reused)."""
+    pool = dict(feeds)
+    out = []
+    for i, path in enumerate(paths):
+        sess = session(path, threads)
+        names = [a.name for a in sess.get_inputs()]
+        mine = {n: pool[n] for n in names}
+        out.append(time_session(sess, mine, runs=runs, warmup=warmup, cpus=cpus[i] if cpus else None))
+        pool.update(zip((o.name for o in sess.get_outputs()), sess.run(None, mine)))
+    return out
+
+
+def measure_loopback(size_bytes: int = 1 << 19, messages: int = 40, pings: int = 50, timeout_s: float = 10.0) -> Link:
+    """The link between two agents on this machine: ZeroMQ over TCP on 127.0.0.1, the way agents send
+    (multipart, no copy). Bandwidth from `messages` one-way messages of `size_bytes`, latency from
+    the median round trip of small ones, halved."""
+    import zmq
+
+    ctx = zmq.Context.instance()
+    rx, tx = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
+    for s in (rx, tx):
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.RCVTIMEO, int(timeout_s * 1e3))
+        s.setsockopt(zmq.SNDTIMEO, int(timeout_s * 1e3))
+    try:
+        port = rx.bind_to_random_port("tcp://127.0.0.1")
+        tx.connect(f"tcp://127.0.0.1:{port}")
+        payload = np.ones(size_bytes, dtype=np.uint8)
+
+        def echo() -> None:  # the far end of the pings
+            with contextlib.suppress(zmq.ZMQError):
+                for _ in range(pings + 1):
+                    rx.send(rx.recv())
+
+        t = threading.Thread(target=echo, daemon=True, name="edgepart-calibrate-echo")
+        t.start()
+        rtts = []
+        for i in range(pings + 1):
+            t0 = time.perf_counter()
+            tx.send(b"p")
+            tx.recv()
+            if i:  # the first includes the connection
+                rtts.append((time.perf_counter() - t0) * 1e3)
+        t.join(timeout_s)
+        tx.send_multipart([b"h", payload], copy=False)  # warm the path with one large message
+        rx.recv_multipart()
+        t0 = time.perf_counter()
+
+        def send() -> None:
+            with contextlib.suppress(zmq.ZMQError):
+                for _ in range(messages):
+                    tx.send_multipart([b"h", payload], copy=False)
+
+        t = threading.Thread(target=send, daemon=True, name="edgepart-calibrate-send")
+        t.start()
+        for _ in range(messages):
+            rx.recv_multipart(copy=False)
+        elapsed = time.perf_counter() - t0
+        t.join(timeout_s)
+    except zmq.Again:
+        raise TimeoutError(f"loopback calibration got no answer within {timeout_s:g} s") from None
+    finally:
+        rx.close()
+        tx.close()
+    latency_ms = statistics.median(rtts) / 2
+    # the one-way messages' time less one latency is what the bytes took
+    busy_s = max(elapsed - latency_ms * 1e-3, 1e-9)
+    link = Link(size_bytes * messages * 8 / busy_s / 1e6, latency_ms)
+    log.info("loopback link: %.0f Mbit/s, %.3f ms", link.bandwidth_mbps, link.latency_ms)
+    return link
+
+
+def calibrated(cluster: Cluster, gflops: Mapping[str, float] | float, link: Link | None = None) -> Cluster:
+    """`cluster` with the measured speeds (one figure for all devices, or device -> GFLOP/s) and,
+    given `link`, that link between every pair of devices."""
+    devices = tuple(dataclasses.replace(d, gflops=float(gflops if isinstance(gflops, (int, float)) else gflops.get(d.name, d.gflops)))
+                    for d in cluster.devices)
+    if link is None:
+        return dataclasses.replace(cluster, devices=devices)
+    return dataclasses.replace(cluster, devices=devices, default_link=link, pair_links=())
