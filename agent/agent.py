@@ -31,7 +31,8 @@ from edgepart.bundle import Bundle, load_bundle
 from edgepart.errors import PeerError, WireError
 from edgepart.plan import CALLER
 from edgepart.plan import Codec, Plan
-from edgepart.wire import Header, arrays, decode, roundtrip, tensor_frames
+from edgepart.runtime import session_threads, use_shared_pool
+from edgepart.wire import Header, Status, arrays, decode, roundtrip, tensor_frames
 
 from . import inproc
 from .direct import DirectRuns, _Direct
@@ -66,14 +67,17 @@ class AgentCore(DirectRuns):
     """The agent. `await start()`, then it serves until `await stop()`."""
 
     def __init__(self, bundle: Bundle, *, interface: str | None = None, port: int = 0,
-                 peers: tuple[str, ...] = (), threads: int = 0, announce: bool = True):
+                 peers: tuple[str, ...] = (), threads: int = 0, announce: bool = True, shared_pool: bool = False):
         self.bundle = bundle
+        self.shared_pool = shared_pool  # one onnxruntime pool for the process (only `edgepart run`: runtime.py)
         self.plan = bundle.plan
         self.device = bundle.device
         self.interface = interface
         self.port = port
         self.static_peers = tuple(parse_peer(p) for p in peers)
-        self.threads = threads
+        # one budget for all of this device's sessions (docs/agents.md, "Threads")
+        planned = next((d.threads for d in self.plan.devices if d.name == self.device), 0)
+        self.threads, self.threads_from = session_threads(threads, planned)
         self.announce = announce
         self.endpoint = ""
         self.dropped = 0
@@ -127,6 +131,8 @@ class AgentCore(DirectRuns):
             self.ctx.destroy(linger=0)
             raise PeerError(f"cannot listen on {host}:{self.port or 'any'} ({e}). Pick another --port or --interface.") from None
         self.endpoint = f"tcp://{host}:{self.port}"
+        if self.shared_pool:
+            use_shared_pool(self.threads)
         self.executor = Executor(self.bundle, self._send, self._fail, self.threads)
         try:
             await asyncio.get_running_loop().run_in_executor(None, self.executor.load)
@@ -145,7 +151,8 @@ class AgentCore(DirectRuns):
         await self.discovery.start()
         if self.announce:
             await self.discovery.announce(self.device, self.plan.plan_id, self.interface or "0.0.0.0", self.port)
-        log.info("agent %s of plan %s listening on %s", self.device, self.plan.plan_id, self.endpoint)
+        log.info("agent %s of plan %s listening on %s, %d onnxruntime thread(s) from %s", self.device,
+                 self.plan.plan_id, self.endpoint, self.threads, self.threads_from)
         return self
 
     async def stop(self) -> None:
@@ -163,6 +170,11 @@ class AgentCore(DirectRuns):
 
     def missing_roles(self) -> set[str]:
         return self.needed_roles - self.links.roles_up()
+
+    def status(self) -> Status:
+        """Whether this agent is linked to every peer it sends to, and its threads (any thread)."""
+        missing = tuple(sorted(self.missing_roles()))
+        return Status(not missing, missing, self.threads, self.threads_from)
 
     async def wait_ready(self, timeout_s: float) -> bool:
         """Wait until every peer this device sends to is linked; False on timeout."""
@@ -257,8 +269,9 @@ class AgentCore(DirectRuns):
         if h.kind in ("ping", "hello"):
             if h.plan_id != self.plan.plan_id and h.kind == "hello":
                 self._drop(ident, f"hello from plan {h.plan_id}, this agent runs {self.plan.plan_id}")
-            self._reply(ident, [Header("pong" if h.kind == "ping" else "hello", self.plan.plan_id, self.device).encode()],
-                        time.monotonic() + 1.0)
+            reply = Header("pong" if h.kind == "ping" else "hello", self.plan.plan_id, self.device,
+                           message=self.status().encode())
+            self._reply(ident, [reply.encode()], time.monotonic() + 1.0)
             return
         if h.plan_id != self.plan.plan_id:
             raise WireError(f"message of plan {h.plan_id!r}, this agent runs {self.plan.plan_id}")

@@ -89,6 +89,7 @@ class ClusterClient:
         self.ctx = zmq.Context()
         self.waker = Waker()
         self.links = Links(self.ctx, self.identity, self.plan.plan_id, CALLER, self._on_message, self._on_down)
+        self.links.want_status = True  # ready means every device linked to its peers (docs/agents.md, "Ready")
         for ep in self.static_peers:
             self.links.post(self.waker, "connect", ep, static=True)
         self._thread = threading.Thread(target=self._io, name="edgepart-client", daemon=True)
@@ -96,15 +97,24 @@ class ClusterClient:
         inproc.register_client(self.identity, self)
         self.discovery = Discovery(self.interface, self.plan.plan_id, self._on_discovered)
         await self.discovery.start()
-        ok = await asyncio.get_running_loop().run_in_executor(None, self.links.wait_roles, self.roles, self.discover_timeout_s)
+        ok = await asyncio.get_running_loop().run_in_executor(
+            None, self.links.wait_roles, self.roles, self.discover_timeout_s, True)
         if not ok:
             missing = sorted(self.missing_roles())
+            unlinked = {r: st.missing for r, st in self.links.statuses().items() if not st.ready}
             await self.close()
+            if missing:
+                raise PeerError(
+                    f"No agent answered for {', '.join(missing)} of plan {self.plan.plan_id} within "
+                    f"{self.discover_timeout_s:g} s. Start `edgepart run dist/<device>` on each device (same "
+                    f"plan id: package once, copy each bundle); pick the network with --interface; where "
+                    f"multicast is blocked, name the agents with --peer HOST:PORT."
+                )
             raise PeerError(
-                f"No agent answered for {', '.join(missing)} of plan {self.plan.plan_id} within "
-                f"{self.discover_timeout_s:g} s. Start `edgepart run dist/<device>` on each device (same "
-                f"plan id: package once, copy each bundle); pick the network with --interface; where "
-                f"multicast is blocked, name the agents with --peer HOST:PORT."
+                f"The agents of plan {self.plan.plan_id} answered, but within {self.discover_timeout_s:g} s "
+                + "; ".join(f"{r} did not reach {', '.join(m) or 'all its peers'}" for r, m in sorted(unlinked.items()))
+                + ". Those agents cannot see each other: start every device's `edgepart run` on one network "
+                f"(--interface), or name the peers with --peer HOST:PORT where multicast is blocked."
             )
         return self
 
@@ -310,6 +320,7 @@ class ClusterClient:
                         self.links.handle(sock)
                 self.links.outbox.flush()
                 self._expire()
+                self.links.ask_status()
                 self.links.sweep()
         except Exception:  # a bug here must not die silently
             log.exception("client I/O thread crashed")

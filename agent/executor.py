@@ -22,7 +22,7 @@ import numpy as np
 from edgepart.bundle import Bundle
 from edgepart.errors import PeerError
 from edgepart.plan import Route, Step
-from edgepart.runtime import make_session
+from edgepart.runtime import make_session, shared_pool_threads
 
 log = logging.getLogger("edgepart")
 
@@ -67,8 +67,11 @@ class Executor:
 
     def load(self) -> None:
         """Create the onnxruntime sessions."""
+        # several steps take turns on one budget: an idle pool must not spin on the cores the
+        # running step needs (docs/agents.md, "Threads")
+        spin = len(self.steps) == 1 or shared_pool_threads() > 0
         for s in self.steps:
-            self.sessions[s.name] = make_session(self.bundle.file(s.model_file), self.providers, self.threads)
+            self.sessions[s.name] = make_session(self.bundle.file(s.model_file), self.providers, self.threads, spin=spin)
 
     def accepts(self, tensor: str, sender: str) -> bool:
         return sender in self.expected.get(tensor, ())

@@ -7,9 +7,10 @@ client never has to be reachable itself.
 Liveness is ZeroMQ's own (ZMTP heartbeats, answered by libzmq's I/O thread even while Python
 computes a long step) watched through socket monitors: a killed peer is seen at once (its TCP
 connection drops), a vanished host after the heartbeat timeout. A peer is *up* once it answered
-`hello` with the same plan id. A restarted agent announces a new endpoint and gets a link of its
-own; two live agents of one role are reported, and the one up first keeps serving (no flapping).
-Queues are bounded (high-water marks): a slow peer pushes back on its senders.
+`hello` with the same plan id, and *ready* once it also says (the Status in its replies) that it is
+linked to every peer it sends to: a session asks (`want_status`) and sends nothing before then. A
+restarted agent announces a new endpoint and gets a link of its own; two live agents of one role
+are reported, and the one up first keeps serving (no flapping). Queues are bounded (high-water marks): a slow peer pushes back on its senders.
 
 Everything here runs on the thread that owns the sockets (zmq sockets are not thread-safe); other
 threads ask for changes through `post()`, which wakes that thread through a pipe.
@@ -31,7 +32,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from edgepart.errors import WireError
-from edgepart.wire import Header, decode, zero_copy_pays
+from edgepart.wire import Header, Status, decode, zero_copy_pays
 
 log = logging.getLogger("edgepart")
 
@@ -39,6 +40,7 @@ HWM = 64  # messages queued per peer before senders wait
 HEARTBEAT_IVL_MS = 500
 HEARTBEAT_TIMEOUT_MS = 2000
 FORGET_AFTER_S = 30.0  # a discovered endpoint down this long is closed (static peers are kept)
+ASK_STATUS_S = 0.05  # a peer up but not yet linked to its own peers is asked again this often
 _MONITOR_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
 
 
@@ -153,6 +155,13 @@ class Peer:
     up: bool = False
     up_since: float = 0.0
     down_since: float = field(default_factory=time.monotonic)
+    status: Status | None = None  # what it last said of itself (want_status only)
+    asked: float = 0.0  # when it was last asked
+
+    @property
+    def ready(self) -> bool:
+        # an agent that says nothing of its links (an older version) is taken as it is
+        return self.up and (self.status is None or self.status.ready)
 
 
 OnMessage = Callable[[Peer, Header, list], None]
@@ -173,6 +182,8 @@ class Links:
         self.commands: queue.SimpleQueue = queue.SimpleQueue()
         self.changed = threading.Condition()  # notified when a role goes up or down
         self._roles_up: frozenset[str] = frozenset()
+        self._roles_ready: frozenset[str] = frozenset()
+        self.want_status = False  # ask peers whether they are linked to theirs (a session does)
         self._up_endpoints: dict[str, str] = {}  # role -> endpoint of its live link (as get() picks it)
         self._warned: set[str] = set()
         self._last_sweep = time.monotonic()
@@ -190,10 +201,15 @@ class Links:
         """The endpoint of `role`'s live link, if any (any thread may ask)."""
         return self._up_endpoints.get(role)
 
-    def wait_roles(self, roles: set[str], timeout_s: float) -> bool:
+    def statuses(self) -> dict[str, Status]:
+        """What each live peer last said of itself, by role (any thread; want_status only)."""
+        return {p.role: p.status for p in list(self.by_endpoint.values()) if p.up and p.role and p.status}
+
+    def wait_roles(self, roles: set[str], timeout_s: float, ready: bool = False) -> bool:
+        """Wait until every one of `roles` is up (and, with `ready`, linked to its own peers)."""
         end = time.monotonic() + timeout_s
         with self.changed:
-            while not roles <= self._roles_up:
+            while not roles <= (self._roles_ready if ready else self._roles_up):
                 left = end - time.monotonic()
                 if left <= 0:
                     return False
@@ -275,6 +291,19 @@ class Links:
             return True
         return False
 
+    def ask_status(self) -> None:
+        """Ask the peers that are up but not yet ready again (call now and then; want_status only)."""
+        if not self.want_status:
+            return
+        now = time.monotonic()
+        for p in self.by_endpoint.values():
+            if p.up and not p.ready and now - p.asked >= ASK_STATUS_S:
+                p.asked = now
+                try:
+                    p.sock.send(Header("ping", self.plan_id, self.me).encode(), zmq.NOBLOCK)
+                except zmq.ZMQError:
+                    pass  # its queue is full or it just went: asked again next time
+
     def sweep(self) -> None:
         """Forget discovered endpoints down for long (call now and then)."""
         now = time.monotonic()
@@ -303,7 +332,9 @@ class Links:
                 h, payload = decode(frames)
                 if h.kind == "hello":
                     self._hello(p, h)
-                elif h.kind != "pong" and h.plan_id == self.plan_id and p.up:
+                elif h.kind == "pong":
+                    self._status(p, h)
+                elif h.plan_id == self.plan_id and p.up:
                     self.on_message(p, h, payload)
             except WireError as e:
                 self._warn_once(p.endpoint, f"dropped a malformed message from {p.endpoint}: {e}")
@@ -317,9 +348,22 @@ class Links:
         if p.role and p.role != h.sender:
             log.warning("%s says it is %r, discovery said %r", p.endpoint, h.sender, p.role)
         p.role = h.sender
+        was = p.ready
+        if self.want_status:
+            p.status, p.asked = Status.decode(h.message), time.monotonic()
         if not p.up:
             p.up, p.up_since = True, time.monotonic()
             log.info("link up: %s at %s", p.role, p.endpoint)
+            self._publish(p.role, down=False)
+        elif p.ready != was:
+            self._publish(p.role, down=False)
+
+    def _status(self, p: Peer, h: Header) -> None:
+        if not self.want_status or not p.up or h.plan_id != self.plan_id:
+            return
+        was = p.ready
+        p.status = Status.decode(h.message)
+        if p.ready != was:
             self._publish(p.role, down=False)
 
     def _monitor(self, p: Peer) -> None:
@@ -347,6 +391,7 @@ class Links:
     def _publish(self, role: str, down: bool) -> None:
         with self.changed:
             self._roles_up = frozenset(p.role for p in self.by_endpoint.values() if p.up and p.role)
+            self._roles_ready = frozenset(p.role for p in self.by_endpoint.values() if p.ready and p.role)
             up: dict[str, Peer] = {}
             for p in self.by_endpoint.values():
                 if p.up and p.role and (p.role not in up or p.up_since < up[p.role].up_since):

@@ -32,7 +32,7 @@ def model_plan(strategy: str, graph, cluster, steps: Sequence[Step], routes: Seq
         model_sha256=graph.sha256,
         inputs=graph.inputs,
         outputs=graph.outputs,
-        devices=tuple(DeviceSpec(d.name, d.providers) for d in cluster.devices),
+        devices=tuple(DeviceSpec(d.name, d.providers, d.threads) for d in cluster.devices),
         steps=tuple(steps),
         routes=tuple(routes),
         objective=objective,

@@ -32,6 +32,7 @@ class Device:
     gflops: float
     memory_mb: float
     providers: tuple[str, ...] = DEFAULT_PROVIDERS
+    threads: int = 0  # onnxruntime threads its agent uses; 0: what the process may use (docs/agents.md)
 
     @property
     def memory_bytes(self) -> float:
@@ -90,7 +91,7 @@ def cluster_from_dict(data: Any, source: str = "cluster") -> Cluster:
         where = f"{source}: devices[{i}]"
         if not isinstance(d, dict) or "name" not in d:
             raise ClusterError(f"{where} must be a mapping with at least 'name'.")
-        _no_unknown(d, {"name", "gflops", "speed", "memory_mb", "providers"}, where)
+        _no_unknown(d, {"name", "gflops", "speed", "memory_mb", "providers", "threads"}, where)
         name = str(d["name"])
         if "gflops" in d and "speed" in d:
             raise ClusterError(f"{where} ({name}) gives both 'gflops' and 'speed'; give one.")
@@ -106,7 +107,11 @@ def cluster_from_dict(data: Any, source: str = "cluster") -> Cluster:
             prov = [prov]
         if not isinstance(prov, list) or not all(isinstance(p, str) for p in prov):
             raise ClusterError(f"{where}.providers must be a list of onnxruntime provider names.")
-        devices.append(Device(name, gflops, mem, tuple(prov)))
+        threads = d.get("threads", 0)
+        if not isinstance(threads, int) or isinstance(threads, bool) or threads < 0:
+            raise ClusterError(f"{where}.threads must be a whole number of threads (0 or leave it out: the "
+                               f"cores the agent's process may use).")
+        devices.append(Device(name, gflops, mem, tuple(prov), threads))
     names = [d.name for d in devices]
     dup = {n for n in names if names.count(n) > 1}
     if dup:

@@ -26,7 +26,7 @@ def run_cmd(
     interface: Optional[str] = InterfaceOpt,
     port: int = typer.Option(0, "--port", "-p", help="TCP port for ZeroMQ; 0 picks a free one (announced over mDNS). Give a fixed port when peers use --peer."),
     peer: Optional[list[str]] = PeerOpt,
-    threads: int = typer.Option(0, "--threads", help="onnxruntime intra-op threads per step; 0 lets onnxruntime decide."),
+    threads: int = typer.Option(0, "--threads", help="onnxruntime threads for this device's steps, one pool shared by all of them; 0: the cores this process may use (its CPU affinity and cgroup CPU quota), or the device's `threads` in cluster.yaml."),
     ready_timeout_s: float = typer.Option(0.0, "--ready-timeout-s", help="Exit with an error if the peers this device sends to are not all found within this many seconds; 0 waits forever."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every link change and dropped message."),
 ) -> None:
@@ -43,13 +43,14 @@ def run_cmd(
         b = load_bundle(bundle)
 
         async def main():
-            core = await AgentCore(b, interface=interface, port=port, peers=tuple(peer or ()), threads=threads).start()
+            core = await AgentCore(b, interface=interface, port=port, peers=tuple(peer or ()), threads=threads,
+                                   shared_pool=True).start()
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
             # one machine-readable line, for scripts and the test harness
-            print(f"edgepart-agent device={b.device} plan={b.plan_id} endpoint={core.endpoint}", flush=True)
+            print(f"edgepart-agent device={b.device} plan={b.plan_id} threads={core.threads} endpoint={core.endpoint}", flush=True)
             try:
                 waited = 0.0
                 while not stop.is_set():
@@ -100,8 +101,12 @@ def discover_cmd(
                 await d.close()
 
         found, health, dups = asyncio.run(main())
-        rows = [{"role": a.role, "plan_id": a.plan_id, "endpoint": a.endpoint, "healthy": h is not None,
-                 "rtt_ms": h, "duplicate": (a.plan_id, a.role) in dups} for a, h in zip(found, health)]
+        rows = []
+        for a, (rtt, st) in zip(found, health):
+            rows.append({"role": a.role, "plan_id": a.plan_id, "endpoint": a.endpoint, "healthy": rtt is not None,
+                         "rtt_ms": rtt, "duplicate": (a.plan_id, a.role) in dups,
+                         "ready": st.ready if st else None, "missing_peers": list(st.missing) if st else [],
+                         "threads": st.threads if st else None, "threads_from": st.threads_from if st else ""})
         rows.sort(key=lambda r: (r["plan_id"], r["role"]))
         if as_json:
             print(json.dumps(rows, indent=1))
@@ -111,23 +116,27 @@ def discover_cmd(
                           f"Same network (--interface)? Where multicast is blocked, agents need --peer.")
             return
         t = Table(title=f"edgepart agents ({len(rows)})", title_justify="left")
-        for c in ("plan", "role", "endpoint", "health"):
+        for c in ("plan", "role", "endpoint", "health", "threads"):
             t.add_column(c)
         for r in rows:
             h = f"[green]ok[/] {r['rtt_ms']:.1f} ms" if r["healthy"] else "[red]not answering[/]"
+            if r["healthy"] and r["ready"] is False:
+                h += f" [yellow](not linked to {', '.join(r['missing_peers']) or 'its peers'})[/]"
             if r["duplicate"]:
                 h += " [yellow](duplicate role!)[/]"
-            t.add_row(r["plan_id"], r["role"], r["endpoint"], h)
+            th = f"{r['threads']} ({r['threads_from']})" if r["threads"] else "-"
+            t.add_row(r["plan_id"], r["role"], r["endpoint"], h, th)
         console.print(t)
 
     _run(body)
 
 
-async def _ping(endpoint: str, plan_id: str, timeout_s: float = 1.0) -> float | None:
+async def _ping(endpoint: str, plan_id: str, timeout_s: float = 1.0) -> tuple[float | None, "Status | None"]:
+    """(round trip in ms, what the agent says of itself), or (None, None) if it does not answer."""
     import zmq
     import zmq.asyncio
 
-    from .wire import Header, decode
+    from .wire import Header, Status, decode
 
     ctx = zmq.asyncio.Context()
     s = ctx.socket(zmq.DEALER)
@@ -138,9 +147,11 @@ async def _ping(endpoint: str, plan_id: str, timeout_s: float = 1.0) -> float | 
         await s.send(Header("ping", plan_id, "@discover").encode())
         frames = await asyncio.wait_for(s.recv_multipart(), timeout_s)
         h, _ = decode(frames)
-        return (time.perf_counter() - t0) * 1e3 if h.kind == "pong" else None
+        if h.kind != "pong":
+            return None, None
+        return (time.perf_counter() - t0) * 1e3, Status.decode(h.message)
     except Exception:  # unreachable, garbage, timeout: all mean "not healthy"
-        return None
+        return None, None
     finally:
         s.close(0)
         ctx.term()

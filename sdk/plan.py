@@ -103,14 +103,17 @@ class Step:
 
 @dataclass(frozen=True)
 class DeviceSpec:
-    """A device as the plan knows it: its name and its execution-provider preference."""
+    """A device as the plan knows it: its name, its execution-provider preference and, where the
+    cluster sets it, the onnxruntime threads its agent uses (0: what the process may use)."""
 
     name: str
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    threads: int = 0
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "DeviceSpec":
-        return DeviceSpec(name=d["name"], providers=tuple(d.get("providers", ("CPUExecutionProvider",))))
+        return DeviceSpec(name=d["name"], providers=tuple(d.get("providers", ("CPUExecutionProvider",))),
+                          threads=int(d.get("threads", 0)))
 
 
 @dataclass(frozen=True)
@@ -150,7 +153,11 @@ class Plan:
 
     # -- serialisation --------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return _plain(asdict(self))
+        d = _plain(asdict(self))
+        for dev in d["devices"]:
+            if not dev["threads"]:  # written only when set: plans without it keep their ids
+                del dev["threads"]
+        return d
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "Plan":

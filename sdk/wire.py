@@ -18,11 +18,12 @@ Header keys (short, since a header rides on every request):
     r    request id (int, >= 0)            c    client id (bytes) the results go back to
     ts   tensors: a list, one per payload frame, of [name, dtype, shape, codec, codec params]
     ttl  milliseconds left before the request's deadline (float)
-    m    message (str, for errors)
+    m    message (str): an error's text; in `hello` and `pong` replies an agent's Status (JSON)
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
@@ -86,6 +87,41 @@ class Header:
         if self.message:
             d["m"] = self.message
         return msgpack.packb(d, use_bin_type=True)
+
+
+@dataclass(frozen=True)
+class Status:
+    """What an agent says of itself in its `hello` and `pong` replies: whether it is linked to every
+    peer it sends to (a session sends nothing until all are: docs/agents.md, "Ready"), who is still
+    missing, and the onnxruntime threads it runs with and why."""
+
+    ready: bool
+    missing: tuple[str, ...] = ()
+    threads: int = 0
+    threads_from: str = ""
+
+    def encode(self) -> str:
+        d = {"ready": self.ready, "missing": list(self.missing), "threads": self.threads, "from": self.threads_from}
+        text = json.dumps(d, separators=(",", ":"))
+        while len(text) > 4 * MAX_NAME and d["missing"]:  # many missing peers: name fewer
+            d["missing"] = d["missing"][: len(d["missing"]) // 2]
+            text = json.dumps(d, separators=(",", ":"))
+        return text[: 4 * MAX_NAME]
+
+    @staticmethod
+    def decode(message: str) -> "Status | None":
+        """The status in a reply's message; None where there is none or it is malformed."""
+        try:
+            d = json.loads(message) if message else None
+        except ValueError:
+            return None
+        if not isinstance(d, dict) or not isinstance(d.get("ready"), bool):
+            return None
+        missing, threads, src = d.get("missing", []), d.get("threads", 0), d.get("from", "")
+        if (not isinstance(missing, list) or not all(isinstance(m, str) for m in missing)
+                or not isinstance(threads, int) or isinstance(threads, bool) or not isinstance(src, str)):
+            return None
+        return Status(d["ready"], tuple(missing), max(threads, 0), src)
 
 
 def tensor_frames(header: Header, arrays: dict[str, np.ndarray], codecs: dict[str, Codec] | None = None) -> list:

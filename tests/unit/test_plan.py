@@ -172,3 +172,25 @@ def test_values_are_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         plan.steps[0].sha256 = "0"  # type: ignore[misc]
     hash(plan.steps[0].inputs[0])
+
+
+def test_device_threads_round_trip_and_leave_other_plans_ids_alone():
+    """A device's `threads` (cluster.yaml) travels in the plan; a plan without it serialises as
+    before, so its id does not change."""
+    plan = make_plan()
+    assert all("threads" not in d for d in plan.to_dict()["devices"])
+    with_threads = dataclasses.replace(plan, devices=(plan.devices[0], DeviceSpec("pi", threads=2)))
+    assert round_trip(with_threads) == with_threads
+    assert round_trip(with_threads).devices[1].threads == 2
+    assert with_threads.plan_id != plan.plan_id
+
+
+def test_cluster_threads_reach_the_plan_and_bad_values_are_refused():
+    from edgepart.errors import ClusterError
+    from edgepart.packager.cluster import cluster_from_dict
+
+    c = cluster_from_dict({"devices": [{"name": "pi", "gflops": 5, "threads": 1}, {"name": "jetson", "gflops": 50}]})
+    assert [d.threads for d in c.devices] == [1, 0]
+    for bad in (-1, 1.5, "two", True):
+        with pytest.raises(ClusterError, match="threads must be a whole number"):
+            cluster_from_dict({"devices": [{"name": "pi", "gflops": 5, "threads": bad}]})
