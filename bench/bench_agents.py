@@ -1,7 +1,13 @@
 """Agents vs the bare floor, each figure a ratio measured side by side in one run.
 
-    python bench/bench_agents.py [--quick] [--only wire,overhead,pipeline,slowlink]
+    python bench/bench_agents.py [--quick] [--only plain,wire,overhead,pipeline,slowlink]
 
+plain      the path users meet first: EfficientNet-Lite0 split after block 8, both devices
+           `edgepart run` with DEFAULT flags, each pinned to its own core, the app a separate
+           process (this one) on the first device's core calling InferenceSession.run / submit;
+           vs the bare pipe of the same shape (app + one process per stage, raw pyzmq, 1 thread
+           each; goal: latency <= bare + 0.3 ms, throughput >= 0.95x) and vs the 2-process bare
+           pipe whose driver is stage 0 (bench/bare_pipe.py's BareHead)
 wire       one-way throughput of 1 MB and 8 MB float32 tensors between two agents on loopback, as a
            fraction of a raw pyzmq zero-copy send of the same bytes (goal >= 0.9)
 overhead   EfficientNet-Lite0 split after block 8 through agents (the caller's process embeds the
@@ -128,6 +134,69 @@ print(time.perf_counter() - t0, flush=True)
 """
 
 
+def bench_plain(dist: Path, rounds: int, n_lat: int, n_stream: int, threads: int = 0) -> dict:
+    """Default-flag agents and a separate app process, against bare pipes, in alternating blocks."""
+    import edgepart
+    from edgepart.agent.emulate import AgentProcesses
+
+    from bare_pipe import BareApp, BareHead
+
+    a_model = str(dist / "device-a" / "stage0.onnx")
+    b_model = str(dist / "device-b" / "stage1.onnx")
+    x = image()
+    pin(0)  # the app shares the first device's core, as on a camera board running device-a
+    script = str(REPO / "bench" / "bare_pipe.py")
+    bare = [subprocess.Popen(["taskset", "-c", "1", sys.executable, script, "tail", "--model", b_model, "--port", "5630"],
+                             stdout=subprocess.PIPE, text=True),
+            subprocess.Popen(["taskset", "-c", "0", sys.executable, script, "tail", "--model", a_model, "--port", "5620",
+                              "--to", "5630"], stdout=subprocess.PIPE, text=True),
+            subprocess.Popen(["taskset", "-c", "1", sys.executable, script, "tail", "--model", b_model, "--port", "5640"],
+                             stdout=subprocess.PIPE, text=True)]
+    for p in bare:
+        p.stdout.readline()
+    app3 = BareApp(5620, 5631)
+    head2 = BareHead(a_model, 5640)
+    procs = AgentProcesses(dist, interface="127.0.0.1", threads=threads, cpus={"device-a": 0, "device-b": 1}).start()
+    procs.wait_ready(30)
+    sess = edgepart.InferenceSession(dist, interface="127.0.0.1", timeout_s=30)
+    keys = ("bare_ms", "agents_ms", "bare2_ms", "bare_tput", "agents_tput", "bare2_tput")
+    res: dict[str, list] = {k: [] for k in keys}
+
+    def stream_agents() -> float:
+        t0 = time.perf_counter()
+        futs = [sess.submit({"input": x}) for _ in range(n_stream)]
+        for f in futs:
+            f.result(60)
+        return n_stream / (time.perf_counter() - t0)
+
+    try:
+        for _ in range(rounds):  # blocks alternate, so all three see the same moments of the machine
+            res["bare_ms"].append(median_ms(lambda: app3.one(x), n_lat))
+            res["agents_ms"].append(median_ms(lambda: sess.run(None, {"input": x}), n_lat))
+            res["bare2_ms"].append(median_ms(lambda: head2.one(x), n_lat))
+            res["bare_tput"].append(app3.stream(x, n_stream))
+            res["agents_tput"].append(stream_agents())
+            res["bare2_tput"].append(head2.stream(x, n_stream))
+        line = next(x for x in procs.agents["device-a"].lines if x.startswith("edgepart-agent device="))
+        agent_threads = int(line.split("threads=")[1].split()[0])
+    finally:
+        sess.close()
+        procs.stop()
+        app3.close()
+        head2.close()
+        for p in bare:
+            p.wait(10)
+        os.sched_setaffinity(0, {0, 1})
+    m = {k: statistics.median(v) for k, v in res.items()}
+    m["latency_over_bare_ms"] = m["agents_ms"] - m["bare_ms"]
+    m["throughput_vs_bare"] = m["agents_tput"] / m["bare_tput"]
+    m["latency_over_bare2_ms"] = m["agents_ms"] - m["bare2_ms"]
+    m["throughput_vs_bare2"] = m["agents_tput"] / m["bare2_tput"]
+    m["agent_threads"] = agent_threads
+    m["rounds"] = res
+    return m
+
+
 def bench_wire(tmp: Path, sizes_mb=(1, 8), n: int = 200, rounds: int = 3) -> dict:
     """Bytes per second into an agent vs a raw pyzmq zero-copy PUSH/PULL of the same bytes.
 
@@ -217,7 +286,7 @@ def bench_slowlink(dist: Path, crossing: dict, rate_mbit: float = 50.0, n_lat: i
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--only", default="wire,overhead,pipeline,slowlink")
+    ap.add_argument("--only", default="plain,wire,overhead,pipeline,slowlink")
     a = ap.parse_args()
     only = set(a.only.split(","))
     out = {}
@@ -225,6 +294,22 @@ def main() -> None:
         dist = Path(tmp) / "dist"
         _, info = efficientnet_block8_split(dist)
         out["split"] = info
+        if "plain" in only:
+            out["plain"] = {}
+            for threads, label in ((0, "default flags"), (1, "--threads 1")):
+                m = bench_plain(dist, 2 if a.quick else 5, 30 if a.quick else 100, 100 if a.quick else 300, threads)
+                out["plain"][label] = m
+                t = Table(title=f"the plain path ({label}): 2 `edgepart run`, the app in its own process",
+                          title_justify="left")
+                for c in ("", "latency ms", "img/s"):
+                    t.add_column(c, justify="right")
+                t.add_row("bare, same shape (app + 2 stages)", f"{m['bare_ms']:.2f}", f"{m['bare_tput']:.1f}")
+                t.add_row(f"edgepart ({m['agent_threads']} thread/agent)", f"{m['agents_ms']:.2f}", f"{m['agents_tput']:.1f}")
+                t.add_row("bare 2-process, stage 0 drives", f"{m['bare2_ms']:.2f}", f"{m['bare2_tput']:.1f}")
+                console.print(t)
+                console.print(f"vs bare of the same shape: latency {m['latency_over_bare_ms']:+.3f} ms (goal <= +0.3), "
+                              f"throughput {m['throughput_vs_bare']:.3f}x (goal >= 0.95); vs the 2-process pipe: "
+                              f"{m['latency_over_bare2_ms']:+.3f} ms, {m['throughput_vs_bare2']:.3f}x")
         if "wire" in only:
             w = bench_wire(Path(tmp), n=60 if a.quick else 200, rounds=2 if a.quick else 3)
             out["wire"] = w
