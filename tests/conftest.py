@@ -29,3 +29,12 @@ def _model(make_name: str) -> Callable[[], Path]:
 efficientnet_lite0_path = pytest.fixture(scope="session", name="efficientnet_lite0_path")(_model("efficientnet_lite0"))
 minilm_path = pytest.fixture(scope="session", name="minilm_path")(_model("minilm"))
 ppocr_det_path = pytest.fixture(scope="session", name="ppocr_det_path")(_model("ppocr_det"))
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Say the seed of the random test order (pytest-randomly), so a failing order can be rerun
+    with `-p randomly --randomly-seed=N`; -q hides the header where the plugin says it."""
+    seed = getattr(session.config.option, "randomly_seed", None)
+    tr = session.config.pluginmanager.get_plugin("terminalreporter")
+    if seed is not None and tr is not None:
+        tr.write_line(f"test order randomised: --randomly-seed={seed}")
