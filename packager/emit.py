@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from edgepart.codecs import DTYPES
 from edgepart.errors import ModelError
 from edgepart.plan import TensorSpec
 
@@ -82,15 +83,32 @@ def _placed_protos(model: onnx.ModelProto, graph: Graph) -> dict[str, onnx.NodeP
 
 
 def _spec(graph: Graph, t: str) -> TensorSpec:
+    why = unsendable(graph, t)
+    if why:
+        p = graph.producer.get(t, -1)
+        by = f", made by node {graph.nodes[p].name!r} ({graph.nodes[p].op_type})," if p >= 0 else ""
+        if t in {o.name for o in graph.outputs}:
+            raise ModelError(f"Model output {t!r}{by} cannot be sent to the caller: {why}. Export the model "
+                             f"with tensor outputs only (skl2onnx: options={{'zipmap': False}}).")
+        raise ModelError(f"Tensor {t!r}{by} cannot be a stage boundary: {why}. Cut the model elsewhere.")
+    return graph.specs[t]
+
+
+def unsendable(graph: Graph, t: str) -> str | None:
+    """Why activation `t` cannot travel between devices (None when it can): the wire carries tensors
+    of a fixed set of element types (docs/planning.md, "What crosses a cut")."""
     s = graph.specs.get(t)
-    if s is None or s.dtype == "unknown":
-        raise ModelError(f"The element type of tensor {t!r} is unknown, so it cannot be a stage boundary.")
-    return s
+    if s is None or s.dtype in ("sequence", "map"):
+        return f"it is {'a ' + s.dtype if s is not None else 'not a tensor'}, not a tensor"
+    if s.dtype == "unknown":
+        return "neither shape inference nor a test run could tell its element type and rank"
+    if s.dtype not in DTYPES:
+        return f"its element type {s.dtype} is not one the wire carries ({', '.join(sorted(DTYPES))})"
+    return None
 
 
 def _value_info(s: TensorSpec) -> onnx.ValueInfoProto:
     elem = helper.np_dtype_to_tensor_dtype(np.dtype(s.dtype))
-    if s.shape == ("?",):
-        return helper.make_tensor_value_info(s.name, elem, None)
-    dims = [d if isinstance(d, int) else (None if d == "?" else d) for d in s.shape]
+    # "?" is a dimension of unknown size (a tensor of unknown rank never gets here: `unsendable`)
+    dims = [d if isinstance(d, int) and d > 0 else (None if isinstance(d, int) or d == "?" else d) for d in s.shape]
     return helper.make_tensor_value_info(s.name, elem, dims)

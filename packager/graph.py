@@ -8,7 +8,9 @@ are copied into every stage that uses them, so they never cross a cut.
 Shapes come from onnx's own shape inference (with data propagation) on a copy of the model whose
 symbolic input dimensions are fixed; where inference cannot tell a tensor's size, one onnxruntime
 run on zeros measures it. Symbolic shapes of the original model are kept for emitting stages, so
-emitted sub-models still run at other batch and sequence sizes.
+emitted sub-models still run at other batch and sequence sizes. A `dim_value` of 0 or less (how
+PaddlePaddle and other converters write a dynamic axis) is a symbolic dimension, as onnxruntime
+reads it (docs/planning.md, "Shapes").
 """
 
 from __future__ import annotations
@@ -149,6 +151,9 @@ def parse_shape(text: str) -> tuple[str, tuple[int, ...]]:
 def analyse(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None) -> Graph:
     """Analyse `model` at the given input shapes (needed for every symbolic input dimension)."""
     input_shapes = dict(input_shapes or {})
+    sha256 = model_sha256(model)
+    if any(_non_positive_dims(model.graph)):
+        model = symbolic_dims(model)
     g = model.graph
     init_names = {i.name for i in g.initializer}
     real_inputs = [i for i in g.input if i.name not in init_names]
@@ -201,7 +206,7 @@ def analyse(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | N
                  sum(constant_bytes[c] for c in consts))
         )
 
-    tensor_bytes, measured_shapes = _activation_bytes(model, producer, fixed_specs, input_shapes)
+    tensor_bytes, measured_shapes, measured_dtypes = _activation_bytes(model, producer, fixed_specs, input_shapes)
     shape_of = {t: fixed_specs[t].shape for t in fixed_specs if _concrete(fixed_specs[t].shape)}
     shape_of.update(measured_shapes)
     const_shapes = {i.name: tuple(i.dims) for i in g.initializer}
@@ -233,12 +238,13 @@ def analyse(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | N
     live[0] = 0
 
     for t in producer:
-        if t not in specs and t in fixed_specs:
-            specs[t] = fixed_specs[t]
+        s = specs.get(t)
+        if s is None or s.dtype == "unknown" or s.shape == ("?",):
+            specs[t] = _fallback_spec(t, s, fixed_specs.get(t), measured_shapes.get(t), measured_dtypes.get(t))
 
     return Graph(
         name=g.name or "model",
-        sha256=model_sha256(model),
+        sha256=sha256,
         nodes=tuple(nodes),
         inputs=tuple(specs.get(i.name) or _spec(i) for i in real_inputs),
         outputs=tuple(outputs),
@@ -271,14 +277,14 @@ def _check_input_shapes(real_inputs, input_shapes) -> None:
                     f"({'x'.join(map(str, given))})."
                 )
             for i, (d, v) in enumerate(zip(dims, given)):
-                if d.HasField("dim_value") and d.dim_value != v:
+                if is_fixed(d) and d.dim_value != v:
                     raise InputShapeError(
                         f"Input {vi.name!r} has fixed size {d.dim_value} on axis {i}, but --input-shape gives {v}."
                     )
             continue
-        sym = [d.dim_param or "?" for d in dims if not d.HasField("dim_value")]
+        sym = [d.dim_param or "?" for d in dims if not is_fixed(d)]
         if sym:
-            shape = "x".join(d.dim_param or "?" if not d.HasField("dim_value") else str(d.dim_value) for d in dims)
+            shape = "x".join(str(d.dim_value) if is_fixed(d) else d.dim_param or "?" for d in dims)
             missing.append(f"{vi.name} [{shape}]")
     if missing:
         raise InputShapeError(
@@ -287,6 +293,13 @@ def _check_input_shapes(real_inputs, input_shapes) -> None:
             "(repeatable), or give example inputs with --inputs inputs.npz. The emitted sub-models "
             "keep the symbolic axes and still run at other sizes."
         )
+
+
+def _non_positive_dims(g: onnx.GraphProto):
+    for vi in list(g.input) + list(g.output) + list(g.value_info):
+        for d in vi.type.tensor_type.shape.dim:
+            if d.HasField("dim_value") and d.dim_value <= 0:
+                yield vi.name
 
 
 def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -311,8 +324,27 @@ def _spec(vi: onnx.ValueInfoProto) -> TensorSpec | None:
     dtype = helper.tensor_dtype_to_np_dtype(tt.elem_type).name if tt.elem_type != TensorProto.STRING else "str"
     if not tt.HasField("shape"):
         return TensorSpec(vi.name, dtype, ("?",))
-    shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tt.shape.dim)
+    shape = tuple(d.dim_value if is_fixed(d) else (d.dim_param or "?") for d in tt.shape.dim)
     return TensorSpec(vi.name, dtype, shape)
+
+
+def is_fixed(d: onnx.TensorShapeProto.Dimension) -> bool:
+    """Whether a dimension has a fixed size: a positive `dim_value`. PaddlePaddle and other converters
+    write a dynamic axis as `dim_value: -1` (or 0), and onnxruntime runs such a model at any size there."""
+    return d.HasField("dim_value") and d.dim_value > 0
+
+
+def symbolic_dims(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of `model` whose non-positive `dim_value`s (in inputs, outputs and value_info) are
+    cleared, i.e. symbolic: what shape inference and emitted sub-models should see."""
+    out = copy.deepcopy(model)
+    g = out.graph
+    for vi in list(g.input) + list(g.output) + list(g.value_info):
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
+            for d in vi.type.tensor_type.shape.dim:
+                if d.HasField("dim_value") and d.dim_value <= 0:
+                    d.Clear()
+    return out
 
 
 def _concrete(shape) -> bool:
@@ -385,7 +417,7 @@ def _topological(g: onnx.GraphProto, constants: set[str]) -> list[onnx.NodeProto
 
 
 def _activation_bytes(model, producer, fixed_specs, input_shapes):
-    """(bytes, shapes measured where inference could not tell) of every activation."""
+    """(bytes, and the shapes and dtypes measured where inference could not tell) of every activation."""
     sizes: dict[str, int] = {}
     unknown = []
     for t in producer:
@@ -395,14 +427,16 @@ def _activation_bytes(model, producer, fixed_specs, input_shapes):
         else:
             unknown.append(t)
     shapes: dict[str, tuple[int, ...]] = {}
+    dtypes: dict[str, str] = {}
     if unknown:
         measured = _measure(model, unknown, input_shapes)
-        sizes.update({t: b for t, (b, _) in measured.items()})
-        shapes.update({t: s for t, (_, s) in measured.items() if s is not None})
-    return sizes, shapes
+        sizes.update({t: b for t, (b, _, _) in measured.items()})
+        shapes.update({t: s for t, (_, s, _) in measured.items() if s is not None})
+        dtypes.update({t: d for t, (_, _, d) in measured.items() if d is not None})
+    return sizes, shapes, dtypes
 
 
-def _measure(model, names: list[str], input_shapes) -> dict[str, tuple[int, tuple[int, ...] | None]]:
+def _measure(model, names: list[str], input_shapes) -> dict[str, tuple[int, tuple[int, ...] | None, str | None]]:
     """One onnxruntime run on zeros, every unknown tensor exposed as an output, to read its size."""
     import onnxruntime as ort
 
@@ -426,8 +460,32 @@ def _measure(model, names: list[str], input_shapes) -> dict[str, tuple[int, tupl
         outs = sess.run(names, {k: v for k, v in feeds.items() if k in {i.name for i in sess.get_inputs()}})
     except Exception as e:  # onnxruntime's errors are untyped
         log.warning("could not measure tensor sizes with onnxruntime (%s); counting them as 0 bytes", _first_line(e))
-        return {t: (0, None) for t in names}
-    return {t: (int(np.asarray(v).nbytes), tuple(np.asarray(v).shape)) for t, v in zip(names, outs)}
+        return {t: (0, None, None) for t in names}
+    return {t: _measured(v) for t, v in zip(names, outs)}
+
+
+def _measured(v) -> tuple[int, tuple[int, ...] | None, str]:
+    """(bytes, shape, dtype) of a value onnxruntime returned; a sequence or map has no shape."""
+    if isinstance(v, (list, dict)):
+        kind = "sequence" if isinstance(v, list) else "map"
+        return sum(int(np.asarray(x).nbytes) for x in (v if kind == "sequence" else v.values())), None, kind
+    v = np.asarray(v)
+    return int(v.nbytes), tuple(v.shape), "str" if v.dtype.kind in "OUS" else v.dtype.name
+
+
+def _fallback_spec(t: str, symbolic: TensorSpec | None, fixed: TensorSpec | None, measured_shape, measured_dtype) -> TensorSpec:
+    """The spec of an activation whose symbolic shape inference left without a type or rank: the
+    type and rank it has at the planning shapes, every dimension symbolic ("?"), so a sub-model with
+    it at a boundary still runs at other sizes."""
+    known = [x.dtype for x in (symbolic, fixed) if x is not None and x.dtype != "unknown"]
+    dtype = known[0] if known else (measured_dtype or "unknown")
+    if fixed is not None and fixed.shape != ("?",):
+        rank = len(fixed.shape)
+    elif measured_shape is not None:
+        rank = len(measured_shape)
+    else:  # nothing tells its rank: it cannot be a stage boundary (docs/planning.md, "What crosses a cut")
+        return TensorSpec(t, dtype if dtype in ("sequence", "map") else "unknown", ("?",))
+    return TensorSpec(t, dtype, ("?",) * rank)
 
 
 def _macs(nd: onnx.NodeProto, shape_of, const_shapes, tensor_bytes) -> int:

@@ -144,16 +144,25 @@ class Prepared:
 
 def prepare(model_path: Path | str, cluster_path: Path | str, objective: str = "latency",
             input_shapes: dict[str, tuple[int, ...]] | None = None) -> Prepared:
-    """Read the model and cluster, analyse, and plan (what `plan` and `package` share)."""
+    """Read the model and cluster, analyse, and plan (what `plan` and `package` share).
+
+    What is computed from constants alone is folded into initializers first, so it never crosses a
+    cut (packager/fold.py); the plan still names the model as read (its sha256), which `verify`
+    checks the bundles against."""
+    import dataclasses
     import time
 
     from .cluster import load_cluster
-    from .graph import analyse, load_model
+    from .fold import fold_constants
+    from .graph import analyse, load_model, model_sha256
     from .pipeline import plan_pipeline
 
     cluster = load_cluster(cluster_path)
-    model = load_model(model_path)
+    read = load_model(model_path)
+    model = fold_constants(read)
     graph = analyse(model, input_shapes)
+    if model is not read:
+        graph = dataclasses.replace(graph, sha256=model_sha256(read))
     t0 = time.perf_counter()
     pp = plan_pipeline(graph, cluster, objective)
     return Prepared(model, graph, cluster, pp, time.perf_counter() - t0)

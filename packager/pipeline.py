@@ -95,11 +95,16 @@ def plan_pipeline(graph: Graph, cluster: Cluster, objective: str = "latency") ->
         raise PlanningError(f"The pipeline planner handles up to {MAX_DEVICES} devices; the cluster has {N}.")
     if N > n:
         raise PlanningError(
-            f"The cluster has {N} devices but the model has only {n} compute node(s), so at most {n} "
-            f"stage(s) and {n - 1} useful cut point(s): every device must get at least one node. "
+            f"The cluster has {N} devices but the model has only {n} compute node(s){_few_nodes(graph)}, so at "
+            f"most {n} stage(s) and {n - 1} useful cut point(s): every device must get at least one node. "
             f"Use at most {n} devices in cluster.yaml."
         )
     cost = CostModel(graph, cluster)
+    blocked = blocked_cuts(graph)
+    if blocked and n - 1 - len(blocked) < N - 1:
+        raise PlanningError(_why_too_few_cuts(graph, N, blocked))
+    no_cut = np.zeros(n + 1, dtype=bool)
+    no_cut[list(blocked)] = True
     comp = {d: cost.compute_prefix_ms(d) for d in names}
     hi = {d: cost.max_stop(d) for d in names}
     a_idx = np.arange(n + 1)[:, None]
@@ -130,7 +135,7 @@ def plan_pipeline(graph: Graph, cluster: Cluster, objective: str = "latency") ->
                     if d0 not in rest:
                         continue
                     prev = f[(rest, d0)][0]
-                    t = cost.transfer_vector_ms(d0, d, with_latency=lat)
+                    t = np.where(no_cut, inf, cost.transfer_vector_ms(d0, d, with_latency=lat))
                     cand = prev + t if lat else np.maximum(prev, t)
                     better = cand < g
                     g[better] = cand[better]
@@ -171,12 +176,15 @@ def exhaustive(graph: Graph, cluster: Cluster, objective: str = "latency") -> fl
     cost = CostModel(graph, cluster)
     names = tuple(d.name for d in cluster.devices)
     n, N = graph.n, len(names)
+    blocked = blocked_cuts(graph)
     hi = {d: cost.max_stop(d) for d in names}
     comp = {d: cost.compute_prefix_ms(d) for d in names}
     best = np.inf
     for perm in itertools.permutations(names):
         tv = [cost.transfer_vector_ms(perm[i], perm[i + 1], with_latency=objective == "latency") for i in range(N - 1)]
         for cuts in itertools.combinations(range(1, n), N - 1):
+            if set(cuts) & blocked.keys():
+                continue
             bounds = (0, *cuts, n)
             if any(bounds[i + 1] > hi[d][bounds[i]] for i, d in enumerate(perm)):
                 continue
@@ -185,6 +193,46 @@ def exhaustive(graph: Graph, cluster: Cluster, objective: str = "latency") -> fl
             v = sum(cs) + sum(ts) if objective == "latency" else max(cs + ts)
             best = min(best, v)
     return float(best)
+
+
+def blocked_cuts(graph: Graph) -> dict[int, str]:
+    """Cut -> an activation that would cross it and cannot travel between devices (a sequence, a
+    tensor of unknown type or rank, strings): the planner cuts elsewhere (docs/planning.md)."""
+    from .emit import unsendable
+
+    out: dict[int, str] = {}
+    for t, p in graph.producer.items():
+        lu = graph.last_use.get(t, -1)
+        if p >= 0 and lu > p and unsendable(graph, t):
+            for c in range(p + 1, lu + 1):
+                out.setdefault(c, t)
+    return out
+
+
+def _few_nodes(graph: Graph) -> str:
+    """The nodes of a small model by name, and why one holding subgraphs is not cut further."""
+    if graph.n > 6:
+        return ""
+    names = ", ".join(f"{nd.op_type} {nd.name!r}" for nd in graph.nodes)
+    control = [nd for nd in graph.nodes if nd.op_type in ("If", "Loop", "Scan")]
+    why = "".join(f"; {nd.op_type} {nd.name!r} runs its subgraphs whole on one device, edgepart does not cut inside them"
+                  for nd in control)
+    return f" ({names}{why})"
+
+
+def _why_too_few_cuts(graph: Graph, n_devices: int, blocked: dict[int, str]) -> str:
+    from .emit import unsendable
+
+    free = graph.n - 1 - len(blocked)
+    seen = list(dict.fromkeys(blocked.values()))
+    parts = []
+    for t in seen[:3]:
+        nd = graph.nodes[graph.producer[t]]
+        parts.append(f"{t!r} (made by node {nd.name!r}, {nd.op_type}): {unsendable(graph, t)}")
+    return (f"The model cannot be cut into {n_devices} stages: only {free} of its {graph.n - 1} cut points "
+            f"can be used, since every other one would send a value that cannot travel between devices: "
+            f"{'; '.join(parts)}. Use at most {free + 1} devices, or export the model so that these values "
+            f"are tensors (or stay inside one stage).")
 
 
 def _why_infeasible(graph: Graph, cluster: Cluster, cost: CostModel) -> str:

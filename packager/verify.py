@@ -52,7 +52,7 @@ def verify(dist: Path | str, model_path: Path | str, feeds: Mapping[str, np.ndar
     for spec in plan.inputs:
         shape = takes.get(spec.name)
         if shape is None or len(shape) != len(spec.shape) or any(
-                isinstance(a, int) and isinstance(b, int) and a != b for a, b in zip(spec.shape, shape)):
+                _fixed(a) and _fixed(b) and a != b for a, b in zip(spec.shape, shape)):
             raise BundleError(f"The bundles in {dist} take {spec.name} {list(spec.shape)}, but {model_path} takes "
                               f"{', '.join(f'{k} {v}' for k, v in takes.items())}: they are not from this model. "
                               f"Give the model that was packaged with --model.")
@@ -72,3 +72,8 @@ def verify(dist: Path | str, model_path: Path | str, feeds: Mapping[str, np.ndar
         else:
             diffs[k] = float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))))
     return Verification(diffs, atol, plan.plan_id, model_sha256(model) == plan.model_sha256)
+
+
+def _fixed(d) -> bool:
+    """A fixed size; onnxruntime reports PaddlePaddle's dynamic `-1` axes as -1 or None."""
+    return isinstance(d, int) and d > 0

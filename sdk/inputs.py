@@ -37,7 +37,7 @@ def random_inputs(specs: Sequence[TensorSpec], shapes: Mapping[str, Sequence[int
     shapes = dict(shapes or {})
     out = {}
     for s in specs:
-        shape = tuple(shapes.get(s.name) or (d if isinstance(d, int) else 1 for d in s.shape))
+        shape = tuple(shapes.get(s.name) or (d if _fixed(d) else 1 for d in s.shape))
         dt = np.dtype(s.dtype)
         if dt.kind == "f":
             out[s.name] = rng.standard_normal(shape).astype(dt)
@@ -65,5 +65,10 @@ def check_feeds(specs: Sequence[TensorSpec], feeds: Mapping[str, np.ndarray]) ->
         a = feeds[s.name]
         if a.dtype != np.dtype(s.dtype):
             raise InputsError(f"Input {s.name!r} is {a.dtype}, the model takes {s.dtype}. Convert it with .astype({s.dtype!r}).")
-        if len(a.shape) != len(s.shape) or any(isinstance(d, int) and d != v for d, v in zip(s.shape, a.shape)):
+        if len(a.shape) != len(s.shape) or any(_fixed(d) and d != v for d, v in zip(s.shape, a.shape)):
             raise InputsError(f"Input {s.name!r} has shape {list(a.shape)}, the model takes {list(s.shape)}.")
+
+
+def _fixed(d) -> bool:
+    """A fixed size: a positive int. A name, "?" or a non-positive int (PaddlePaddle's -1) is symbolic."""
+    return isinstance(d, int) and d > 0

@@ -223,6 +223,81 @@ def transformer(seed: int = 0, seq: int = 8, dim: int = 16, hidden: int = 32) ->
                   [helper.make_tensor_value_info("y", F32, [1, seq, dim])], inits)
 
 
+# -- (g) tensors computed from constants alone --------------------------------------------------------------
+
+def constant_chains(seed: int = 0) -> onnx.ModelProto:
+    """What exporters compute from constants alone, each read late in the model: a weight read again
+    through Identity (torch's shared parameter), a Transpose and a Reshape of weights, a Cast of a
+    float64 bias, an Unsqueeze of a vector, Shape arithmetic on a weight that builds a Reshape target,
+    and Constant-node arithmetic (Mul, ConstantOfShape). Unfolded, any cut between the top of the
+    model and its end would send one of them with every request."""
+    rng = np.random.default_rng(seed)
+    inits = [
+        _weight(rng, "W_shared", (8, 8)), _weight(rng, "W1", (8, 8)), _weight(rng, "W2", (8, 8)),
+        _weight(rng, "W3_t", (8, 8)),
+        numpy_helper.from_array(rng.standard_normal(64).astype(np.float32), "W4_flat"),
+        numpy_helper.from_array(rng.standard_normal(8), "bias64"),  # float64: Cast to float32 below
+        numpy_helper.from_array(rng.standard_normal(8).astype(np.float32), "vec"),
+        numpy_helper.from_array(np.array([8, 8], dtype=np.int64), "w4_shape"),
+        numpy_helper.from_array(np.array([0], dtype=np.int64), "axes0"),
+        numpy_helper.from_array(np.array([1], dtype=np.int64), "idx1"),
+    ]
+    n = helper.make_node
+    nodes = [
+        n("Constant", [], ["c_two"], name="const_two", value=numpy_helper.from_array(np.array(2.0, dtype=np.float32))),
+        n("Constant", [], ["c_quarter"], name="const_quarter",
+          value=numpy_helper.from_array(np.array(0.25, dtype=np.float32))),
+        n("Constant", [], ["c_minus1"], name="const_minus1", value=numpy_helper.from_array(np.array([-1], dtype=np.int64))),
+        # the model's work starts here; the constant-only nodes are spread between its nodes, as exporters write them
+        n("MatMul", ["x", "W_shared"], ["h0"], name="mm_shared_first"),
+        n("Identity", ["W_shared"], ["W_shared_again"], name="identity_shared"),
+        n("Relu", ["h0"], ["a0"], name="relu0"),
+        n("Transpose", ["W3_t"], ["W3"], name="transpose_weight", perm=[1, 0]),
+        n("MatMul", ["a0", "W1"], ["h1"], name="mm1"),
+        n("Reshape", ["W4_flat", "w4_shape"], ["W4"], name="reshape_weight"),
+        n("Cast", ["bias64"], ["bias"], name="cast_bias", to=F32),
+        n("Tanh", ["h1"], ["a1"], name="tanh1"),
+        n("Unsqueeze", ["vec", "axes0"], ["row"], name="unsqueeze_vec"),
+        n("Shape", ["W2"], ["w2_shape"], name="shape_of_weight"),
+        n("Gather", ["w2_shape", "idx1"], ["w2_cols"], name="gather_cols", axis=0),
+        n("Concat", ["c_minus1", "w2_cols"], ["target"], name="concat_target", axis=0),
+        n("Mul", ["c_two", "c_quarter"], ["scale"], name="const_mul"),
+        n("ConstantOfShape", ["w2_cols"], ["ones"], name="ones_of_shape",
+          value=numpy_helper.from_array(np.array([1.0], dtype=np.float32))),
+        n("MatMul", ["a1", "W2"], ["h2"], name="mm2"),
+        n("Reshape", ["h2", "target"], ["h2r"], name="reshape_act"),
+        n("Mul", ["h2r", "scale"], ["h2s"], name="scale_act"),
+        n("Add", ["h2s", "ones"], ["h2o"], name="add_ones"),
+        n("Sigmoid", ["h2o"], ["a2"], name="sigmoid2"),
+        n("MatMul", ["a2", "W3"], ["h3"], name="mm3"),
+        n("Add", ["h3", "bias"], ["h3b"], name="add_bias"),
+        n("Mul", ["h3b", "row"], ["h3r"], name="mul_row"),
+        n("MatMul", ["h3r", "W4"], ["h4"], name="mm4"),
+        n("Relu", ["h4"], ["a4"], name="relu4"),
+        n("MatMul", ["a4", "W_shared_again"], ["y"], name="mm_shared_last"),
+    ]
+    return _model("constant_chains", nodes,
+                  [helper.make_tensor_value_info("x", F32, ["N", 8])],
+                  [helper.make_tensor_value_info("y", F32, ["N", 8])], inits)
+
+
+# -- (h) dynamic axes written as dim_value -1 ------------------------------------------------------------------
+
+def paddle_dims(seed: int = 0) -> onnx.ModelProto:
+    """`symbolic_batch` as PaddlePaddle's converter writes it: the dynamic batch axis of the input, the
+    output and an intermediate's value_info as `dim_value: -1` (the output's as 0), not as a name."""
+    m = symbolic_batch(seed)
+    g = m.graph
+    g.name = "paddle_dims"
+    g.input[0].type.tensor_type.shape.dim[0].Clear()
+    g.input[0].type.tensor_type.shape.dim[0].dim_value = -1
+    g.output[0].type.tensor_type.shape.dim[0].Clear()
+    g.output[0].type.tensor_type.shape.dim[0].dim_value = 0
+    g.value_info.append(helper.make_tensor_value_info("r0", F32, [-1, 8, 6, 6]))
+    onnx.checker.check_model(m, full_check=True)
+    return m
+
+
 HELPER_MODELS = {
     "residual": residual,
     "two_in_two_out": two_in_two_out,
