@@ -34,6 +34,7 @@ from edgepart.wire import MAX_TTL_MS, Header, arrays, roundtrip, tensor_frames
 
 from . import inproc
 from .agent import POLL_MS, parse_peer, route_codecs
+from .caller import CallerPath
 from .discovery import Announcement, Discovery
 from .link import Links, Waker, stop_io_thread
 
@@ -94,6 +95,8 @@ class ClusterClient:
             self.links.post(self.waker, "connect", ep, static=True)
         self._thread = threading.Thread(target=self._io, name="edgepart-client", daemon=True)
         self._thread.start()
+        self.caller = CallerPath(self.ctx, self.links, self.plan.plan_id, self.roles, self.inputs_by_dst,
+                                 self.answer_names, self.codecs)
         inproc.register_client(self.identity, self)
         self.discovery = Discovery(self.interface, self.plan.plan_id, self._on_discovered)
         await self.discovery.start()
@@ -127,6 +130,8 @@ class ClusterClient:
             rids = list(self.pending)
         for rid in rids:
             self.on_error(rid, "the session was closed")
+        self._stop.set()  # a run() on its own sockets sees it within a slice and leaves
+        await asyncio.get_running_loop().run_in_executor(None, self.caller.close)
         await self.discovery.close()
         await stop_io_thread(self._stop, self.waker, self._thread, self.ctx)
 
@@ -165,10 +170,15 @@ class ClusterClient:
     def run(self, feeds: Mapping[str, np.ndarray], timeout_s: float = 10.0) -> dict[str, np.ndarray]:
         """One request, waited for (sync `run`): {output: array}, or PeerError / DeadlineExceeded.
 
-        Beside an embedded first stage whose one next device answers everything else, the whole
-        request runs in the calling thread (AgentCore.run_direct): the step computed here, its
-        outputs sent and the answer received on this thread's socket. Otherwise `run_here`."""
+        With no device of the plan in this process (every device an `edgepart run`), the request is
+        sent and answered on the calling thread's own sockets (agent/caller.py). Beside an embedded
+        first stage whose one next device answers everything else, the whole request runs in the
+        calling thread (AgentCore.run_direct): the step computed here, its outputs sent and the
+        answer received on this thread's socket. Otherwise `run_here`."""
         direct = self._direct()
+        if direct is None and not self.backlog and self.in_flight < WINDOW and not any(
+                inproc.agent(self.plan.plan_id, r) is not None for r in self.roles):
+            return self._run_on_caller(feeds, timeout_s)
         if (direct is None or direct[2] is None or self.backlog or self.in_flight >= WINDOW
                 or inproc.agent(self.plan.plan_id, direct[2]) is not None):  # (that one answers in-process)
             fut = self.run_here(feeds, timeout_s)
@@ -188,6 +198,24 @@ class ClusterClient:
             raise PeerError(f"the cluster failed request {rid}: {e}") from None
         except Exception as e:  # a bug or a zmq error: a typed failure, never a library's traceback
             log.exception("running request %s here failed", rid)
+            raise PeerError(f"the cluster failed request {rid}: {type(e).__name__}: {e}") from None
+        missing = [o for o in self.outputs if o not in got]
+        if missing:
+            raise PeerError(f"the cluster failed request {rid}: no device sent {', '.join(missing)}")
+        return {o: got[o] for o in self.outputs}
+
+    def _run_on_caller(self, feeds: Mapping[str, np.ndarray], timeout_s: float) -> dict[str, np.ndarray]:
+        feeds = self._checked(feeds, timeout_s)
+        rid = next(self._ids)
+        try:
+            got = self.caller.run(rid, feeds, time.monotonic() + timeout_s, self._stop)
+        except DeadlineExceeded as e:
+            raise DeadlineExceeded(f"request {rid} was not answered within {timeout_s:g} s: {e}. Raise timeout_s, "
+                                   f"or check the agents with `edgepart discover`.") from None
+        except PeerError as e:
+            raise PeerError(f"the cluster failed request {rid}: {e}") from None
+        except Exception as e:  # a bug or a zmq error: a typed failure, never a library's traceback
+            log.exception("request %s on the caller's sockets failed", rid)
             raise PeerError(f"the cluster failed request {rid}: {type(e).__name__}: {e}") from None
         missing = [o for o in self.outputs if o not in got]
         if missing:
