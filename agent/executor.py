@@ -12,6 +12,7 @@ than edgepart's framing and validation together). onnxruntime releases the GIL w
 
 from __future__ import annotations
 
+import heapq
 import logging
 import time
 from dataclasses import dataclass, field
@@ -37,8 +38,9 @@ Failer = Callable[[Key, str], None]  # tell the request's caller it failed
 @dataclass
 class Request:
     deadline: float  # time.monotonic()
+    missing: list[int]  # per step (plan order): how many of its inputs have not arrived yet
+    ready: list[int] = field(default_factory=list)  # a heap of steps whose inputs are all here
     tensors: dict[str, np.ndarray] = field(default_factory=dict)
-    started: set[str] = field(default_factory=set)
     done: int = 0
 
 
@@ -59,6 +61,21 @@ class Executor:
         self.out_routes: dict[str, list[Route]] = {}
         for r in plan.routes_from(self.device):
             self.out_routes.setdefault(r.tensor, []).append(r)
+        # Readiness is counted, not searched for: each arriving tensor ticks off the steps that read
+        # it, so a message costs O(its readers), not a scan of every step (a channel split's device
+        # holds ~40 steps and receives a message or two per step: scanning was ~40 % of its Python,
+        # docs/agents.md "Exchanges")
+        self._readers: dict[str, tuple[int, ...]] = {}
+        for i, s in enumerate(self.steps):
+            for name in dict.fromkeys(i.name for i in s.inputs):
+                self._readers[name] = self._readers.get(name, ()) + (i,)
+        self._n_inputs = [len({i.name for i in s.inputs}) for s in self.steps]
+        self._no_inputs = [i for i, n in enumerate(self._n_inputs) if n == 0]
+        self._in_names = [tuple(i.name for i in s.inputs) for s in self.steps]
+        self._out_names = [[o.name for o in s.outputs] for s in self.steps]
+        # per step output: the other devices (or the caller) it goes to
+        self._dsts = {o.name: tuple(r.dst for r in self.out_routes.get(o.name, ()) if r.dst != self.device)
+                      for s in self.steps for o in s.outputs}
         self.send, self.fail = send, fail
         self.requests: dict[Key, Request] = {}
         self.completed = 0
@@ -84,51 +101,69 @@ class Executor:
         """Tensors for request `key` arrived; run whatever became runnable."""
         req = self.requests.get(key)
         if req is None:
-            req = self.requests[key] = Request(time.monotonic() + ttl_ms / 1e3)
-        req.tensors.update(arrays)
+            req = self.requests[key] = Request(time.monotonic() + ttl_ms / 1e3, list(self._n_inputs), list(self._no_inputs))
+        self._arrived(req, arrays)
         self._run_ready(key, req)
 
+    def _arrived(self, req: Request, arrays: dict[str, np.ndarray]) -> None:
+        tensors, missing, readers = req.tensors, req.missing, self._readers
+        for name, arr in arrays.items():
+            if name not in tensors:
+                for i in readers.get(name, ()):
+                    missing[i] -= 1
+                    if not missing[i]:
+                        heapq.heappush(req.ready, i)  # in plan order, as the packager listed them
+            tensors[name] = arr
+
     def _run_ready(self, key: Key, req: Request) -> None:
-        progress = True
-        while progress and self.requests.get(key) is req:
-            progress = False
-            for s in self.steps:
-                if s.name not in req.started and all(i.name in req.tensors for i in s.inputs):
-                    req.started.add(s.name)
-                    self._run_step(key, req, s)
-                    progress = True
+        while req.ready and self.requests.get(key) is req:
+            self._run_step(key, req, heapq.heappop(req.ready))
         if req.done == len(self.steps) and self.requests.pop(key, None) is not None:
             self.completed += 1
 
     def compute(self, step: Step, tensors: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, dict[str, np.ndarray]]]:
         """Run `step` on `tensors` (any thread: onnxruntime sessions are thread-safe): its outputs by
         name, and grouped by the other devices (or the caller) the plan routes them to. Raises PeerError."""
+        names = [o.name for o in step.outputs]
         try:
-            outs = self.sessions[step.name].run([o.name for o in step.outputs], {i.name: tensors[i.name] for i in step.inputs})
+            outs = self.sessions[step.name].run(names, {i.name: tensors[i.name] for i in step.inputs})
         except Exception as e:  # onnxruntime raises untyped errors (bad shapes, bad values)
             msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
             raise PeerError(f"{self.device}/{step.name} failed: {msg}") from None
-        by_name = {o.name: arr for o, arr in zip(step.outputs, outs)}
+        return self._grouped(names, outs)
+
+    def _grouped(self, names: list[str], outs: list) -> tuple[dict[str, np.ndarray], dict[str, dict[str, np.ndarray]]]:
+        by_name = dict(zip(names, outs))
         by_dst: dict[str, dict[str, np.ndarray]] = {}
+        dsts = self._dsts
         for name, arr in by_name.items():
-            for r in self.out_routes.get(name, ()):
-                if r.dst != self.device:
-                    by_dst.setdefault(r.dst, {})[name] = arr
+            for dst in dsts.get(name, ()):
+                d = by_dst.get(dst)
+                if d is None:
+                    by_dst[dst] = {name: arr}
+                else:
+                    d[name] = arr
         return by_name, by_dst
 
-    def _run_step(self, key: Key, req: Request, step: Step) -> None:
+    def _run_step(self, key: Key, req: Request, i: int) -> None:
+        step, tensors = self.steps[i], req.tensors
+        names = self._out_names[i]
         try:
-            outs, by_dst = self.compute(step, req.tensors)
-        except PeerError as e:
-            self.fail_request(key, str(e))
+            outs = self.sessions[step.name].run(names, {n: tensors[n] for n in self._in_names[i]})
+        except Exception as e:  # onnxruntime raises untyped errors (bad shapes, bad values)
+            msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            self.fail_request(key, f"{self.device}/{step.name} failed: {msg}")
             return
-        req.tensors.update(outs)
+        by_name, by_dst = self._grouped(names, outs)
+        # the outputs go out before this device's next steps run: peers wait for them (their
+        # work overlaps ours), and the local steps they unblock are in `ready` until we return
         for dst, arrs in by_dst.items():
             try:
                 self.send(dst, key, arrs, req.deadline)
             except Exception as e:  # PeerError: the peer is gone or did not take it in time
                 self.fail_request(key, f"{self.device} could not send {step.name}'s outputs to {dst}: {e}")
                 return
+        self._arrived(req, by_name)
         req.done += 1
 
     def fail_request(self, key: Key, why: str) -> None:
