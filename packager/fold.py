@@ -41,11 +41,19 @@ def constant_only(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     out = []
     for nd in _topological(g, set(consts)):
         reads = [t for t in list(nd.input) + _captured(nd) if t]
-        if (nd.op_type in _RANDOM or model_outputs & set(nd.output) or not all(t in consts for t in reads)):
+        if _random(nd) or model_outputs & set(nd.output) or not all(t in consts for t in reads):
             continue
         out.append(nd)
         consts.update(o for o in nd.output if o)
     return out
+
+
+def _random(nd: onnx.NodeProto) -> bool:
+    """A random generator, a Dropout that may be in training mode, or a node whose subgraphs hold one."""
+    if nd.op_type in _RANDOM or (nd.op_type == "Dropout" and len(nd.input) > 2 and nd.input[2]):
+        return True
+    return any(_random(sn) for a in nd.attribute
+               for sg in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)) for sn in sg.node)
 
 
 def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
