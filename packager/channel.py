@@ -22,6 +22,7 @@ exactly the channels its receiver needs, cut out by a Gather inside the sender's
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,7 @@ from . import emit
 from .bundles import StepModel, model_plan, write_bundles
 from .channel_emit import _Emitter
 from .channel_layout import BytesReport, ChannelLayout, Decision, layer_bytes, plan_layout
+from .channel_norm import norms_to_gather
 from .cluster import Cluster
 from .graph import Graph
 
@@ -257,7 +259,13 @@ def compile_channel(model: onnx.ModelProto, graph: Graph, cluster: Cluster,
     lay = layout or plan_layout(model, graph, len(devices), partition)
     first = _Emitter(lay, devices, None)
     first.emit()
-    em = _Emitter(lay, devices, first.demand)
+    # LayerNorms whose output every device reads whole: their input crosses instead of statistics
+    # then output, one exchange fewer (channel_norm.py); the demand is collected again with them
+    gathered = norms_to_gather(first)
+    if gathered:
+        first = _Emitter(lay, devices, None, gathered)
+        first.emit()
+    em = _Emitter(lay, devices, first.demand, gathered)
     em.emit()
     _levels(em)
     steps = _steps(em, cluster)
@@ -274,8 +282,8 @@ def compile_channel(model: onnx.ModelProto, graph: Graph, cluster: Cluster,
     sizes = {n: _nbytes(em, n) for n in em.origin}
     rows = tuple(RouteBytes(r.tensor, r.src, r.dst, c if isinstance(c := em.origin[r.tensor][2], int) else None,
                             sizes[r.tensor]) for r in routes)
-    decisions = tuple((nd.name, nd.op_type, d) for nd, d in zip(graph.nodes, lay.decisions)
-                      if d.kind not in ("local", "rep") or d.note)
+    decisions = tuple((nd.name, nd.op_type, _gathered_note(d) if nd.outputs[0] in gathered else d)
+                      for nd, d in zip(graph.nodes, lay.decisions) if d.kind not in ("local", "rep") or d.note)
     params = {d: 0 for d in devices}
     for st in steps:
         params[st.device] += sum(_init_bytes(i) for i in st.model.graph.initializer)
@@ -285,6 +293,11 @@ def compile_channel(model: onnx.ModelProto, graph: Graph, cluster: Cluster,
     report = ChannelReport(rows, decisions, layer_bytes(lay), lay.notes, _latency_ms(steps, routes, sizes, cluster),
                            tuple(params.items()), tuple((d, int(round(m))) for d, m in macs.items()), tuple(devices))
     return ChannelProgram(lay, tuple(steps), tuple(routes), report)
+
+
+def _gathered_note(d: Decision) -> Decision:
+    return dataclasses.replace(d, note="every device reads the whole output: the input's channels cross (no "
+                                       "statistics) and each device normalises the whole tensor, one exchange instead of two")
 
 
 def _init_bytes(t: onnx.TensorProto) -> int:

@@ -55,8 +55,11 @@ class _Op:
 # -- the emitter -------------------------------------------------------------------------------------
 
 class _Emitter:
-    def __init__(self, lay: ChannelLayout, devices: list[str], demand: dict | None):
+    def __init__(self, lay: ChannelLayout, devices: list[str], demand: dict | None,
+                 gather_norm: frozenset[str] = frozenset()):
         self.lay, self.info, self.dev = lay, lay.info, devices
+        self.gather_norm = gather_norm  # LayerNorm outputs computed whole on each device (channel_norm.py)
+        self.whole_on: dict[tuple[str, int], str] = {}  # (split tensor, device) -> its whole there
         self.collect = demand is None
         self.demand: dict[tuple[str, int, int], set[int]] = defaultdict(set) if demand is None else demand
         self.ops: list[_Op] = []
@@ -168,6 +171,10 @@ class _Emitter:
         """Channels `chans` of split t on device k: local ones taken, remote ones received, concatenated."""
         key = ("collect", t, k, lt.axis, chans.tobytes())
         if key in self.cache:
+            return self.cache[key]
+        whole = self.whole_on.get((t, k))
+        if whole is not None:  # k computed all of t itself: take the channels, receive nothing
+            self.cache[key] = self.take(k, whole, t, chans, lt.axis, np.arange(len(lt.owner)))
             return self.cache[key]
         own = lt.owner[chans]
         parts, order = [], []

@@ -11,6 +11,14 @@ before normalising its own channels with its slice of scale and bias. Each part'
 around its own mean (two passes over values the device already holds), so the combination does not
 suffer the cancellation of Σx² - n m²: the result matches onnxruntime's LayerNormalization to float32
 rounding. The output keeps the input's partition.
+
+Where every device reads all of the output anyway (the Q/K/V and MLP-up projections after a
+transformer's LayerNorms, with dense weights), the statistics would be a round of messages of their
+own before the output's channels cross in the next one. There each device instead receives the
+*input's* other channels (as many bytes as the output's, and no statistics) and normalises the whole
+tensor itself, exactly as one session would: one exchange instead of two (docs/channel.md,
+"LayerNorm over split channels"). `norms_to_gather` finds those LayerNorms from what the first pass
+of emission asked for.
 """
 
 from __future__ import annotations
@@ -43,6 +51,9 @@ def emit_norm(em: "_Emitter", nd) -> None:
     def stat_origin(last: int):  # x's shape with the normalised axes 1, the last one `last`
         return [(x, axes, ones[:-1] + (last,))]
 
+    if len(devs) > 1 and out in em.gather_norm:
+        _emit_gathered(em, nd, p, devs)
+        return
     pieces, stats = {}, {}
     for k in devs:
         rows = lo.of(k)
@@ -115,6 +126,40 @@ def emit_norm(em: "_Emitter", nd) -> None:
             em.op(k, "Add", [scaled, ins[2]], [name], inits[1], origins=origin)
         else:
             em.op(k, "Mul", [normed, ins[1]], [name], inits[0], origins=origin)
+
+
+def norms_to_gather(em: "_Emitter") -> frozenset[str]:
+    """The outputs of `norm` LayerNorms that every device holding channels of them receives whole
+    from every other (from a first, collecting pass of emission): there sending the input is one
+    exchange fewer and no more bytes."""
+    lay, out = em.lay, set()
+    for nd, dec in zip(lay.graph.nodes, lay.decisions):
+        if dec.kind != "norm":
+            continue
+        y = nd.outputs[0]
+        lo = lay.layouts[y]
+        devs = [k for k in range(lay.n_devices) if lo.of(k).size]
+        if len(devs) > 1 and all(set(lo.of(j).tolist()) <= em.demand.get((y, j, k), set())
+                                 for k in devs for j in devs if j != k):
+            out.add(y)
+    return frozenset(out)
+
+
+def _emit_gathered(em: "_Emitter", nd, p, devs: list[int]) -> None:
+    """Each device gathers the whole input, normalises it as the model does, and keeps the whole
+    output for its readers (collect_channels takes their channels from it) and its own piece."""
+    x, out = p.input[0], nd.outputs[0]
+    lo = em.lay.layouts[out]
+    c = len(lo.owner)
+    for k in devs:
+        xk = em.full(x, k)
+        inits: list = []
+        ins = [xk] + [(_copy(em, s, inits) if s else "") for s in p.input[1:]]
+        whole = em.fresh(f"{out}@{em.dev[k]}:whole")
+        em.op(k, p, ins, [whole] + [""] * (len(p.output) - 1), inits, nd.macs,
+              origins=[(out, None, None)] + [None] * (len(p.output) - 1))
+        em.whole_on[(out, k)] = whole
+        em.piece[(out, k)] = em.take(k, whole, out, lo.of(k), lo.axis, np.arange(c), out=em.fresh(f"{out}@{em.dev[k]}"))
 
 
 def _copy(em: "_Emitter", name: str, inits: list) -> str:

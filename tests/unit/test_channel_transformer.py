@@ -141,15 +141,38 @@ def test_transformer_decisions_and_bytes():
     assert np.array_equal(lay.partition[q], np.repeat([0, 0, 1, 1, 2, 3], DH))  # heads 2, 2, 1, 1
     assert np.array_equal(lay.partition[q], lay.partition[k]) and np.array_equal(lay.partition[q], lay.partition[v])
     stats = [r for r in prog.report.routes if r.tensor.endswith(":stats")]
-    assert len(stats) == 3 * 4 * 3  # 3 LayerNorms, each device to each other
+    # the last LayerNorm (its output pooled per channel): each device to each other; the two whose
+    # output Q/K/V and the MLP read whole send their input instead (test_layernorm_input_crosses)
+    assert len(stats) == 1 * 4 * 3
     assert {r.size_bytes for r in stats} == {2 * 5 * 2 * 4}  # batch 2 x seq 5 tokens: mean and variance
-    # what crosses: the inputs of the split projections or their partial sums, the statistics, the
-    # outputs (to one device)
+    # what crosses: the inputs of the split projections or their partial sums (or, for a LayerNorm
+    # before them, its input), the statistics, the outputs (to one device)
     read = {lay.info.contraction(nd.name).x for nd, d in zip(graph.nodes, lay.decisions) if d.kind == "contract"}
+    read |= {nd.inputs[0] for nd in graph.nodes if nd.op_type == "LayerNormalization" and nd.outputs[0] in read}
     outputs = {o.name for o in graph.outputs}
     for r in prog.report.routes:
         base = r.tensor.split("@")[0]
         assert CALLER in (r.src, r.dst) or base in read | outputs or r.tensor.endswith((":stats", ":partial")), r.tensor
+
+
+def test_layernorm_input_crosses_when_every_device_reads_the_output():
+    """A LayerNorm whose output every device reads whole (the Q/K/V and MLP-up projections after it):
+    its input's channels cross instead of statistics then output channels, one exchange fewer and
+    no more bytes; each device normalises the whole tensor. The last one (pooled per channel, then
+    gathered on one device) keeps exchanging statistics."""
+    model = transformer(layers=1)
+    graph = analyse(model, {"ids": (2, 5), "mask": (2, 5)})
+    prog = compile_channel(model, graph, cluster(4))
+    norms = [nd for nd in graph.nodes if nd.op_type == "LayerNormalization"]
+    notes = {name: d.note for name, op, d in prog.report.decisions if op == "LayerNormalization"}
+    gathered = [nd for nd in norms if "one exchange instead of two" in notes[nd.name]]
+    assert gathered == norms[:2]
+    bases = [(r.tensor.split("@")[0], r.src, r.dst) for r in prog.report.routes if CALLER not in (r.src, r.dst)]
+    for nd in gathered:
+        assert not [b for b in bases if b[0] == nd.outputs[0]]  # the output never crosses
+        sent = {(s, d) for b, s, d in bases if b == nd.inputs[0]}
+        assert len(sent) == 4 * 3  # the input, from each device to each other
+        assert not [r for r in prog.report.routes if r.tensor.startswith(nd.inputs[0] + "@") and r.tensor.endswith(":stats")]
 
 
 def test_transformer_heads_not_aligned(tmp_path):
