@@ -313,6 +313,7 @@ def _package_channel(model: Path, cluster: Path, out: Path, shapes: dict, partit
         if calibration is not None:
             if part is not None:
                 raise PlanningError("--partition and --calibration exclude each other: RePurpose chooses the partition.")
+            from edgepart.packager.graph import is_fixed
             from edgepart.packager.report import split_holdout
             from edgepart.packager.sparse import repurpose
 
@@ -320,7 +321,7 @@ def _package_channel(model: Path, cluster: Path, out: Path, shapes: dict, partit
             fit, held = split_holdout(load_npz(calibration), holdout)
             # symbolic dimensions not given otherwise are planned at one calibration sample
             symbolic = {i.name for i in m.graph.input
-                        if any(not d.HasField("dim_value") for d in i.type.tensor_type.shape.dim)}
+                        if any(not is_fixed(d) for d in i.type.tensor_type.shape.dim)}
             shapes = {**{k: (1,) + tuple(v.shape[1:]) for k, v in fit.items() if k in symbolic and v.ndim}, **shapes}
             prog.update(task, description="restructuring the model (RePurpose)")
             sparse = repurpose(m, fit, len(cl.devices), comm_budget, input_shapes=shapes or None, method=method,
