@@ -40,6 +40,7 @@ from .bundles import StepModel, model_plan, write_bundles
 from .channel_emit import _Emitter
 from .channel_layout import BytesReport, ChannelLayout, Decision, layer_bytes, plan_layout
 from .channel_norm import norms_to_gather
+from .channel_partial import both_halves_candidates
 from .cluster import Cluster
 from .graph import Graph
 
@@ -267,6 +268,17 @@ def compile_channel(model: onnx.ModelProto, graph: Graph, cluster: Cluster,
         first.emit()
     em = _Emitter(lay, devices, first.demand, gathered)
     em.emit()
+    # on 2 devices, contractions exchanging partial sums both ways may send both halves at once,
+    # one round fewer each (channel_partial.py): kept where that moves no more bytes in all
+    halves = both_halves_candidates(lay, first.demand)
+    both = frozenset()
+    if halves:
+        first2 = _Emitter(lay, devices, None, gathered, halves)
+        first2.emit()
+        em2 = _Emitter(lay, devices, first2.demand, gathered, halves)
+        em2.emit()
+        if _cross_bytes(em2) <= _cross_bytes(em):
+            em, both = em2, halves
     _levels(em)
     steps = _steps(em, cluster)
     def codec(name: str, src: str, dst: str) -> Codec:
@@ -282,7 +294,7 @@ def compile_channel(model: onnx.ModelProto, graph: Graph, cluster: Cluster,
     sizes = {n: _nbytes(em, n) for n in em.origin}
     rows = tuple(RouteBytes(r.tensor, r.src, r.dst, c if isinstance(c := em.origin[r.tensor][2], int) else None,
                             sizes[r.tensor]) for r in routes)
-    decisions = tuple((nd.name, nd.op_type, _gathered_note(d) if nd.outputs[0] in gathered else d)
+    decisions = tuple((nd.name, nd.op_type, _noted(d, nd.outputs[0], gathered, both))
                       for nd, d in zip(graph.nodes, lay.decisions) if d.kind not in ("local", "rep") or d.note)
     params = {d: 0 for d in devices}
     for st in steps:
@@ -295,9 +307,18 @@ def compile_channel(model: onnx.ModelProto, graph: Graph, cluster: Cluster,
     return ChannelProgram(lay, tuple(steps), tuple(routes), report)
 
 
-def _gathered_note(d: Decision) -> Decision:
-    return dataclasses.replace(d, note="every device reads the whole output: the input's channels cross (no "
-                                       "statistics) and each device normalises the whole tensor, one exchange instead of two")
+def _cross_bytes(em: _Emitter) -> int:
+    return sum(_nbytes(em, n) for (n, s, d) in em.routes if CALLER not in (s, d))
+
+
+def _noted(d: Decision, y: str, gathered: frozenset[str], both: frozenset[str]) -> Decision:
+    if y in gathered:
+        return dataclasses.replace(d, note="every device reads the whole output: the input's channels cross (no "
+                                           "statistics) and each device normalises the whole tensor, one exchange instead of two")
+    if y in both:
+        return dataclasses.replace(d, note=d.note + "; both halves at once: each device also sends its own product, "
+                                           "so both hold the whole output (no all-gather next, one exchange fewer)")
+    return d
 
 
 def _init_bytes(t: onnx.TensorProto) -> int:

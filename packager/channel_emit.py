@@ -38,7 +38,7 @@ from edgepart.plan import CALLER
 from .channel_layout import CALLER_DEV, ChannelLayout, Rep, Split, Whole
 from .channel_norm import emit_norm
 from .channel_ops import ELEMENTWISE, aligned, attr
-from .channel_partial import emit_partials, emit_sum
+from .channel_partial import emit_both_halves, emit_partials, emit_sum
 from .graph import _captured
 
 
@@ -56,10 +56,15 @@ class _Op:
 
 class _Emitter:
     def __init__(self, lay: ChannelLayout, devices: list[str], demand: dict | None,
-                 gather_norm: frozenset[str] = frozenset()):
+                 gather_norm: frozenset[str] = frozenset(), allreduce: frozenset[str] = frozenset()):
         self.lay, self.info, self.dev = lay, lay.info, devices
         self.gather_norm = gather_norm  # LayerNorm outputs computed whole on each device (channel_norm.py)
         self.whole_on: dict[tuple[str, int], str] = {}  # (split tensor, device) -> its whole there
+        # contractions whose partial sums are exchanged both ways on 2 devices and whose own products
+        # travel with them, so each device sums the whole output (channel_partial.py, "both halves")
+        self.allreduce = allreduce
+        self.own_of: dict[tuple[str, int], str] = {}  # (y, k) -> k's own product of its rows of y
+        self.partial_of: dict[tuple[str, int, int], str] = {}  # (y, j, k) -> j's partial for k's rows
         self.collect = demand is None
         self.demand: dict[tuple[str, int, int], set[int]] = defaultdict(set) if demand is None else demand
         self.ops: list[_Op] = []
@@ -311,6 +316,8 @@ class _Emitter:
                         name = self.fresh(f"{nd.outputs[0]}@{self.dev[k]}")
                         self.contract(nd, k, rows, name, lo.axis, tuple(j for r, j in dec.partial if r == k))
                         self.piece[(nd.outputs[0], k)] = name
+                if nd.outputs[0] in self.allreduce:
+                    emit_both_halves(self, nd)
             elif dec.kind == "local":
                 for k in range(self.lay.n_devices):
                     self.local(nd, k)
@@ -360,6 +367,7 @@ class _Emitter:
             return
         main = self.fresh(f"{nd.outputs[0]}@{self.dev[k]}:own")
         self.product(nd, k, rows, cols, main, origin, bias=True)
+        self.own_of[(nd.outputs[0], k)] = main
         self.op(k, "Sum", [main] + sums, [out], origins=[origin])
 
     def product(self, nd, k: int, rows: np.ndarray, cols: np.ndarray, out: str, origin, bias: bool) -> None:
@@ -476,6 +484,9 @@ class _Emitter:
         origin = [(out, lo.axis, len(rows))]
         macs = nd.macs * len(rows) / len(lo.owner)
         op = nd.op_type
+        if op in ELEMENTWISE and self.whole_inputs(p, k):
+            self.local_whole(nd, p, k, name)
+            return
         if rule.link in ("group", "merge"):
             self.regroup(nd, k, rows, name, origin, macs)
             return
@@ -525,6 +536,33 @@ class _Emitter:
             extra["group"] = len(rows)
         outs = [name] + [""] * (len(p.output) - 1)
         self.op(k, p, ins, outs, inits, macs, origins=origin + [None] * (len(outs) - 1), **extra)
+
+    def whole_inputs(self, p, k: int) -> bool:
+        """Whether device k holds every split input of elementwise node p whole (and one at least)."""
+        split = [s for s in p.input if s and not self.info.is_const(s) and isinstance(self.lay.layouts[s], Split)]
+        return bool(split) and all((s, k) in self.whole_on for s in split)
+
+    def local_whole(self, nd, p, k: int, name: str) -> None:
+        """An elementwise node on the whole tensors device k holds (the model's own constants): its
+        output whole there too, and k's piece taken from it."""
+        out = nd.outputs[0]
+        lo: Split = self.lay.layouts[out]
+        ins, inits = [], []
+        for s in p.input:
+            if not s:
+                ins.append("")
+            elif self.info.is_const(s):
+                ins.append(s)
+                inits.append(self.copy_const(s))
+            elif isinstance(self.lay.layouts[s], Split):
+                ins.append(self.whole_on[(s, k)])
+            else:
+                ins.append(self.deliver(s, k))
+        whole = self.fresh(f"{out}@{self.dev[k]}:whole")
+        self.op(k, p, ins, [whole] + [""] * (len(p.output) - 1), inits, nd.macs,
+                origins=[(out, None, None)] + [None] * (len(p.output) - 1))
+        self.whole_on[(out, k)] = whole
+        self.piece[(out, k)] = self.take(k, whole, out, lo.of(k), lo.axis, np.arange(len(lo.owner)), out=name)
 
     def regroup(self, nd, k: int, rows: np.ndarray, name: str, origin, macs: float) -> None:
         """A Reshape splitting the split axis into (groups, inner) or merging (groups, inner) back, on

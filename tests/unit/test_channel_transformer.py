@@ -207,3 +207,35 @@ def test_partial_sums_for_down_projections(tmp_path):
         2 * 24 * per_token, 2 * 24 * per_token, 2 * 12 * per_token, 2 * 12 * per_token)
     (down,) = [d for d in res.report.to_dict()["decisions"] if d["partial_sums"]]
     assert down["partial_sums"] == [["dev1", "dev0"], ["dev0", "dev1"]]  # [sender, receiver]
+
+
+
+def test_both_halves_on_two_devices(tmp_path):
+    """On 2 devices, a down-projection exchanging partial sums both ways whose output (after the
+    residual Add) each device reads whole next also sends its own product: both devices sum the
+    whole output, the residual stream's all-gather disappears (one exchange fewer), as many bytes,
+    exact. The last layer's (its LayerNorm exchanges statistics, nobody reads it whole) does not."""
+    from edgepart.packager.channel import _cross_bytes
+    from edgepart.packager.channel_emit import _Emitter
+    from edgepart.packager.channel_norm import norms_to_gather
+
+    model = transformer(layers=2)
+    res = run_transformer(model, 2, tmp_path)
+    graph = analyse(model, {"ids": (2, 5), "mask": (2, 5)})
+    downs = [name for name, op, d in res.report.decisions if d.partial]
+    notes = {name: d.note for name, op, d in res.report.decisions}
+    assert len(downs) == 2 and "both halves" in notes[downs[0]] and "both halves" not in notes[downs[1]]
+    y = next(nd.outputs[0] for nd in graph.nodes if nd.name == downs[0])
+    add = next(nd.outputs[0] for nd in graph.nodes if nd.op_type == "Add" and y in nd.inputs)  # + bias or residual
+    crossing = {r.tensor.split("@")[0] for r in res.report.routes if CALLER not in (r.src, r.dst)}
+    assert add not in crossing
+    assert {r.src for r in res.report.routes if r.tensor.startswith(y + "@") and r.tensor.endswith(":own")} == {"dev0", "dev1"}
+    # the same layout emitted without both halves: as many bytes
+    lay = res.program.layout
+    first = _Emitter(lay, ["dev0", "dev1"], None)
+    first.emit()
+    first = _Emitter(lay, ["dev0", "dev1"], None, norms_to_gather(first))
+    first.emit()
+    plain = _Emitter(lay, ["dev0", "dev1"], first.demand, first.gather_norm)
+    plain.emit()
+    assert _cross_bytes(plain) == res.report.cross_device_bytes
