@@ -8,6 +8,9 @@ Every node becomes ops on the devices that compute it, with device-local tensor 
     t@dev:in3      a local gather/concat of channels, a full gather, a partial product (…:partial)
     y@src>dst:partial   src's partial products for dst's output channels of y (sent instead of inputs)
     x@dev:stats    dev's per-token (mean, variance) of its channels of x, sent to every peer
+    t@dev:whole    all of split t on dev, computed there (a LayerNorm over its gathered input, or an
+                   elementwise op of such): readers on dev take their channels from it
+    y@dev:own      dev's own product of its rows of y; on 2 devices sent with the partial sums
     t              a whole tensor keeps its model name (model inputs and outputs, whole-op results)
 
 What crosses devices is found by asking for tensors: `deliver(t, k, channels)` adds the Gathers,
