@@ -9,6 +9,8 @@ exchange      one round trip between two agents (`edgepart run` processes, defau
               msgpack header + one raw frame, one thread each, the echo pinned to the other core)
 minilm        MiniLM (zoo.minilm(), 1 sentence of 24 tokens) as a 3-device channel split
 efficientnet  EfficientNet-Lite0 (zoo.efficientnet_lite0(), 1 image) as a 2-device channel split
+before-after  (not by default) both splits packaged with and without the packager's round removal
+              (`package_channel(..., fewer_rounds=False)`), both sets of agents at once, interleaved
 
 For each split, in interleaved blocks (so every figure sees the same moments of a shared machine):
 agents with DEFAULT flags and with `--threads 1` (each agent pinned to a core, as many cores as
@@ -150,7 +152,7 @@ def exchange_plan(out: Path, with_peer: bool, tag: str) -> Path:
     return out / "dist"
 
 
-def split_plan(which: str, n: int, out: Path, tag: str) -> tuple[Path, Path, dict]:
+def split_plan(which: str, n: int, out: Path, tag: str, fewer_rounds: bool = True) -> tuple[Path, Path, dict]:
     """A channel split of a zoo model: (dist, the whole model, feeds)."""
     from edgepart.packager import zoo
     from edgepart.packager.channel import package_channel
@@ -169,7 +171,7 @@ def split_plan(which: str, n: int, out: Path, tag: str) -> tuple[Path, Path, dic
     model = load_model(path)
     graph = analyse(model, shapes)
     cluster = _cluster(out, [f"dev{i}" for i in range(n)])
-    package_channel(model, graph, cluster, out / "dist", None, model_name=f"{which}-{n}-{tag}")
+    package_channel(model, graph, cluster, out / "dist", None, model_name=f"{which}-{n}-{tag}", fewer_rounds=fewer_rounds)
     return out / "dist", path, feeds
 
 
@@ -312,6 +314,51 @@ def bench_split(which: str, n_dev: int, tmp: Path, rounds: int, n: int) -> dict:
     return res
 
 
+def bench_before_after(which: str, n_dev: int, tmp: Path, rounds: int, n: int) -> dict:
+    """The same split packaged with and without the packager's round removal, both sets of
+    default-flag agents up at once, blocks interleaved (and one session for scale)."""
+    import edgepart
+
+    tag = str(os.getpid())
+    old, path, feeds = split_plan(which, n_dev, tmp / f"{which}-before", f"{tag}-b", fewer_rounds=False)
+    new, _, _ = split_plan(which, n_dev, tmp / f"{which}-after", f"{tag}-a")
+    whole = whole_session(path)
+    procs = [agents(old, 0).start(), agents(new, 0).start()]
+    res: dict = {"whole_ms": [], "before_ms": [], "after_ms": []}
+    try:
+        for p in procs:
+            p.wait_ready(60)
+        so = edgepart.InferenceSession(old, interface="127.0.0.1", timeout_s=60)
+        sn = edgepart.InferenceSession(new, interface="127.0.0.1", timeout_s=60)
+        for _ in range(5):
+            so.run(None, feeds), sn.run(None, feeds)
+        for _ in range(rounds):
+            res["whole_ms"].append(block(lambda: whole.run(None, feeds), n))
+            res["before_ms"].append(block(lambda: so.run(None, feeds), n))
+            res["after_ms"].append(block(lambda: sn.run(None, feeds), n))
+        so.close()
+        sn.close()
+    finally:
+        for p in procs:
+            p.stop()
+    res["steps"] = {k: len(edgepart.load_bundle(next(x for x in d.iterdir() if (x / "manifest.json").is_file())).plan.steps)
+                    for k, d in (("before", old), ("after", new))}
+    return res
+
+
+def report_before_after(title: str, r: dict) -> None:
+    t = Table(title=f"{title}: steps {r['steps']['before']} -> {r['steps']['after']}, default flags, side by side")
+    for c in ("figure", "ms: median of block medians (spread)", "/ one session"):
+        t.add_column(c)
+    w = statistics.median(r["whole_ms"])
+    for k, label in (("whole_ms", "one onnxruntime session, 1 thread"), ("before_ms", "agents, plan without round removal"),
+                     ("after_ms", "agents, plan with round removal")):
+        t.add_row(label, spread(r[k]), f"{statistics.median(r[k]) / w:.2f}")
+    per = [a / b for a, b in zip(r["after_ms"], r["before_ms"])]
+    t.add_row("after / before, per block", f"{statistics.median(per):.2f} ({min(per):.2f}-{max(per):.2f})", "")
+    console.print(t)
+
+
 def report_split(title: str, r: dict, goal_whole: float) -> None:
     f = r["floor"]
     m = {k: statistics.median(v) for k, v in r.items() if isinstance(v, list)}
@@ -333,7 +380,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer blocks and requests")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved blocks per figure")
-    ap.add_argument("--only", default="exchange,minilm,efficientnet")
+    ap.add_argument("--only", default="exchange,minilm,efficientnet",
+                    help="any of exchange, minilm, efficientnet, before-after (the splits packaged with and "
+                         "without the packager's round removal, side by side)")
     a = ap.parse_args()
     rounds, n = (3, 10) if a.quick else (a.rounds, 30)
     only = set(a.only.split(","))
@@ -360,6 +409,10 @@ def main() -> None:
         if "efficientnet" in only:
             out["efficientnet"] = r = bench_split("efficientnet", 2, tmp, rounds, n)
             report_split("EfficientNet-Lite0, 224x224, 2-device channel split", r, 1.5)
+        if "before-after" in only:
+            for which, n_dev, title in (("minilm", 3, "MiniLM, 3 devices"), ("efficientnet", 2, "EfficientNet-Lite0, 2 devices")):
+                out[f"before_after_{which}"] = r = bench_before_after(which, n_dev, tmp, rounds, n)
+                report_before_after(title, r)
     console.print(f"written to {save('exchange', out)}")
 
 

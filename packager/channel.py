@@ -246,12 +246,15 @@ def _latency_ms(steps: list[StepModel], routes: list[Route], sizes: dict[str, in
 
 def compile_channel(model: onnx.ModelProto, graph: Graph, cluster: Cluster,
                     partition: Mapping[str, np.ndarray] | None = None,
-                    layout: ChannelLayout | None = None, wire_codec: str = "dense") -> ChannelProgram:
+                    layout: ChannelLayout | None = None, wire_codec: str = "dense", *,
+                    fewer_rounds: bool = True) -> ChannelProgram:
     """Per-device steps (as ONNX models, not yet written) and routes for a channel split (pure).
 
     `wire_codec` applies to float activations sent between devices, as for a pipeline (`bitmap`
     lossless, `auto` bitmap only on routes carrying a ReLU's output, `fp16`/`int8` lossy); the
-    channel subsets themselves are cut inside the sender's step."""
+    channel subsets themselves are cut inside the sender's step. `fewer_rounds=False` keeps every
+    LayerNorm's statistics and every all-gather after partial sums (the plans before issue 10: for
+    comparisons, docs/agents.md "Exchanges")."""
     from .package import WIRE_CODECS, float_route_codec
 
     if wire_codec not in WIRE_CODECS:
@@ -262,7 +265,7 @@ def compile_channel(model: onnx.ModelProto, graph: Graph, cluster: Cluster,
     first.emit()
     # LayerNorms whose output every device reads whole: their input crosses instead of statistics
     # then output, one exchange fewer (channel_norm.py); the demand is collected again with them
-    gathered = norms_to_gather(first)
+    gathered = norms_to_gather(first) if fewer_rounds else frozenset()
     if gathered:
         first = _Emitter(lay, devices, None, gathered)
         first.emit()
@@ -270,7 +273,7 @@ def compile_channel(model: onnx.ModelProto, graph: Graph, cluster: Cluster,
     em.emit()
     # on 2 devices, contractions exchanging partial sums both ways may send both halves at once,
     # one round fewer each (channel_partial.py): kept where that moves no more bytes in all
-    halves = both_halves_candidates(lay, first.demand)
+    halves = both_halves_candidates(lay, first.demand) if fewer_rounds else frozenset()
     both = frozenset()
     if halves:
         first2 = _Emitter(lay, devices, None, gathered, halves)
@@ -358,9 +361,11 @@ def package_channel(
     external_data_min_bytes: int | None = None,
     progress: Callable[[str], None] | None = None,
     wire_codec: str = "dense",
+    *,
+    fewer_rounds: bool = True,
 ) -> PackagedChannel:
     """Compile the channel split and write one bundle folder per device under `out_dir`."""
-    program = compile_channel(model, graph, cluster, partition, wire_codec=wire_codec)
+    program = compile_channel(model, graph, cluster, partition, wire_codec=wire_codec, fewer_rounds=fewer_rounds)
     limit = emit.EXTERNAL_DATA_MIN_BYTES if external_data_min_bytes is None else external_data_min_bytes
     plan, dirs = write_bundles(program.steps, lambda steps: channel_plan(program, graph, cluster, steps, model_name),
                                Path(out_dir), limit, progress)

@@ -239,3 +239,16 @@ def test_both_halves_on_two_devices(tmp_path):
     plain = _Emitter(lay, ["dev0", "dev1"], first.demand, first.gather_norm)
     plain.emit()
     assert _cross_bytes(plain) == res.report.cross_device_bytes
+
+
+def test_fewer_rounds_off_is_the_plain_compilation():
+    """`fewer_rounds=False` exchanges every LayerNorm's statistics and gathers after partial sums (the
+    plans before issue 10, for comparisons): more steps, no fewer bytes."""
+    model = transformer(layers=2)
+    graph = analyse(model, {"ids": (2, 5), "mask": (2, 5)})
+    for n in (2, 4):
+        plain = compile_channel(model, graph, cluster(n), fewer_rounds=False)
+        fewer = compile_channel(model, graph, cluster(n))
+        assert sum(r.tensor.endswith(":stats") for r in plain.report.routes) == 5 * n * (n - 1)
+        assert len(fewer.steps) < len(plain.steps)
+        assert fewer.report.cross_device_bytes <= plain.report.cross_device_bytes
