@@ -98,3 +98,9 @@ def test_demo_leaves_no_agent_running(demo):
     while _our_processes(str(wd)) and time.monotonic() < end:
         time.sleep(0.2)
     assert not _our_processes(str(wd))
+
+
+def test_demo_refuses_an_unknown_objective_before_any_work():
+    from cli_helpers import assert_clean_error, invoke
+
+    assert_clean_error(invoke("demo", "--objective", "fast"), "Unknown objective 'fast'", "throughput")
