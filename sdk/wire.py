@@ -130,10 +130,10 @@ def tensor_frames(header: Header, arrays: dict[str, np.ndarray], codecs: dict[st
     entries, bufs = [], []
     for name, array in arrays.items():
         c = codecs.get(name) if codecs else None
-        if (c is None or (c.kind == "dense" and not c.params)) and _plain(array):
+        if (c is None or (c.kind == "dense" and not c.params)) and (dt := _plain(array)):
             # the common case, kept short (it runs on every message, often with cold caches): what
             # codecs.encode does for dense, for an array that needs no conversion
-            entries.append([name, array.dtype.name, list(array.shape), "dense", {}])
+            entries.append([name, dt, list(array.shape), "dense", {}])
             bufs.append(memoryview(array.reshape(-1)).cast("B"))
             continue
         e = tcodecs.encode(c.kind, dict(c.params), array) if c is not None else tcodecs.encode("dense", None, array)
@@ -143,9 +143,19 @@ def tensor_frames(header: Header, arrays: dict[str, np.ndarray], codecs: dict[st
     return [h.encode(entries), *bufs]
 
 
-def _plain(a: Any) -> bool:
-    """A non-empty C-contiguous ndarray in native byte order of a wire dtype."""
-    return type(a) is np.ndarray and a.size > 0 and a.flags.c_contiguous and a.dtype.isnative and a.dtype.name in DTYPES
+_WIRE_NAMES: dict[np.dtype, str] = {}  # native dtype -> its wire name ("" if not a wire dtype)
+
+
+def _plain(a: Any) -> str:
+    """The wire dtype name of a non-empty C-contiguous ndarray in native byte order of a wire
+    dtype, else "". (numpy builds `dtype.name` anew on each call, slowly: it is cached here.)"""
+    if type(a) is not np.ndarray or a.size == 0 or not a.flags.c_contiguous:
+        return ""
+    dt = a.dtype
+    name = _WIRE_NAMES.get(dt)
+    if name is None:
+        name = _WIRE_NAMES[dt] = dt.name if dt.isnative and dt.name in DTYPES else ""
+    return name
 
 
 def roundtrip(arrays: dict[str, np.ndarray], codecs: dict[str, Codec] | None) -> dict[str, np.ndarray]:
