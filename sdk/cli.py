@@ -291,9 +291,12 @@ def _package_channel(model: Path, cluster: Path, out: Path, shapes: dict, partit
                      replicate: Optional[float] = None) -> None:
     from rich.progress import Progress, SpinnerColumn, TextColumn
 
+    import dataclasses
+
     from edgepart.packager.channel import package_channel
     from edgepart.packager.cluster import load_cluster
-    from edgepart.packager.graph import analyse, load_model
+    from edgepart.packager.fold import fold_constants
+    from edgepart.packager.graph import analyse, load_model, model_sha256
 
     from .inputs import load_npz
 
@@ -302,7 +305,8 @@ def _package_channel(model: Path, cluster: Path, out: Path, shapes: dict, partit
                   disable=as_json) as prog:
         task = prog.add_task("analysing and compiling the channel split", total=None)
         cl = load_cluster(cluster)
-        m = load_model(model)
+        read = load_model(model)
+        m = fold_constants(read)  # what is computed from constants alone never travels (packager/fold.py)
         sparse = fit = held = replicated = None
         if calibration is None and replicate:
             from edgepart.packager.sparse import replicate as replicate_first
@@ -329,6 +333,8 @@ def _package_channel(model: Path, cluster: Path, out: Path, shapes: dict, partit
             m, part = sparse.model, sparse.partition
             replicated = getattr(sparse.report, "replicated", None)
         graph = analyse(m, shapes)
+        if sparse is None and replicated is None and m is not read:  # the bundles name the model as read
+            graph = dataclasses.replace(graph, sha256=model_sha256(read))
         res = package_channel(m, graph, cl, out, part, model_name=model.stem, wire_codec=wire_codec,
                               progress=lambda s: prog.update(task, description=s))
         pr = None

@@ -125,3 +125,31 @@ def test_every_cut_routes_no_constant_and_is_exact(tmp_path):
         assert not {r.tensor for r in res.plan.routes} & derived
         v = verify(tmp_path / f"dist{cut}", path, {"x": x}, ATOL)
         assert v.ok, (cut, v.max_abs_diff)
+
+
+@pytest.mark.parametrize("n_dev", [2, 3])
+def test_the_channel_split_routes_no_constant_either(tmp_path, n_dev):
+    """`package --strategy channel` folds too: no route of the channel program carries a tensor
+    made from constants alone, and the split is exact."""
+    from edgepart.bundle import load_bundle
+    from edgepart.local import LocalCluster
+    from typer.testing import CliRunner
+
+    from edgepart.cli import app
+
+    m = constant_chains()
+    path = tmp_path / "model.onnx"
+    onnx.save(m, str(path))
+    res = CliRunner().invoke(app, ["package", str(path), "-c", str(cluster_yaml(tmp_path / "c.yaml", n_dev)),
+                                   "--strategy", "channel", "--input-shape", "x=2x8", "-o", str(tmp_path / "dist")])
+    assert res.exit_code == 0, res.output
+    plan = load_bundle(tmp_path / "dist" / "dev0").plan
+    assert plan.strategy == "channel"
+    routed = {r.tensor.split("@")[0] for r in plan.routes}
+    assert not routed & constant_derived(m)
+    x = np.random.default_rng(3).standard_normal((2, 8)).astype(np.float32)
+    got = LocalCluster.from_dist(tmp_path / "dist").run({"x": x})
+    for name, want in zip([o.name for o in m.graph.output], run(m, {"x": x})):
+        assert np.max(np.abs(got[name] - want)) <= ATOL
+    v = verify(tmp_path / "dist", path, {"x": x}, ATOL)
+    assert v.ok and v.model_matches_plan
