@@ -1,6 +1,7 @@
 """Measure a device's speed, and a loopback link's, for the cost model, on the machine it runs on.
 
     speed = measure_device(model, feeds, threads=1, cpus={0})   # Speed(gflops=..., timing=...)
+    speed = measure_cores(model, feeds, [0, 1])                 # one core, measured on each in turn
     link = measure_loopback()                                   # Link(bandwidth_mbps=..., latency_ms=...)
     cluster = calibrated(cluster, {"device-a": speed.gflops}, link)
     times = time_stages(["dist/a/stage0.onnx", "dist/b/stage1.onnx"], feeds, cpus=[{0}, {1}])
@@ -118,6 +119,31 @@ def measure_device(model: onnx.ModelProto | str | Path, feeds: Mapping[str, np.n
     speed = Speed(flops / (timing.median_ms * 1e-3) / 1e9, flops, timing)
     log.info("calibrated: %.2f ms per run, %.1f GFLOP/s (%d thread(s), cpus %s)", timing.median_ms, speed.gflops,
              threads, sorted(cpus) if cpus is not None else "any")
+    return speed
+
+
+def measure_cores(model: onnx.ModelProto | str | Path, feeds: Mapping[str, np.ndarray], cores: Sequence[int], *,
+                  runs: int = 30, warmup: int = 3, flops: float | None = None) -> Speed:
+    """The effective GFLOP/s of one core of this machine with one thread, the run pinned to each of
+    `cores` in turn and the median taken over all of them. For equal devices that are cores of one
+    machine (the demo's): a burst of other work on one core during calibration then shifts the
+    figure a little for every device instead of making one device look slow and the plan lopsided."""
+    flops = model_flops(model, feeds) if flops is None else flops
+    sess = session(model, 1)
+    times = []
+    for c in cores:
+        with pinned({c}):
+            for _ in range(warmup):
+                sess.run(None, dict(feeds))
+    for i in range(max(runs, len(cores))):
+        with pinned({cores[i % len(cores)]}):
+            t = time.perf_counter()
+            sess.run(None, dict(feeds))
+            times.append((time.perf_counter() - t) * 1e3)
+    timing = Timing.of(times)
+    speed = Speed(flops / (timing.median_ms * 1e-3) / 1e9, flops, timing)
+    log.info("calibrated: %.2f ms per run, %.1f GFLOP/s (1 thread on cores %s in turn)", timing.median_ms,
+             speed.gflops, list(cores))
     return speed
 
 

@@ -98,17 +98,20 @@ def demo_cmd(
                               f"all compute at once.")
 
             # -- calibrate: the devices' speed and the link, measured here, go into cluster.yaml
-            with console.status("calibrating: timing the model on each device's core ..."):
-                speeds = {n: calibrate.measure_device(model, x1, threads=1, cpus={core_of[n]}, runs=20, flops=flops)
-                          for n in names}
+            # the devices are equal by construction (one core each), so one figure, measured on all
+            # their cores in turn, serves them all: a burst of other work on one core must not make
+            # one device look slow and the plan lopsided (docs/demo.md, "Calibration")
+            used = sorted(set(core_of.values()))
+            with console.status("calibrating: timing the model on one core at a time ..."):
+                speed = calibrate.measure_cores(model, x1, used, runs=15 * len(used), flops=flops)
                 link = calibrate.measure_loopback()
-            for n in names:
-                s = speeds[n]
-                console.print(f"calibrated {n} (core {core_of[n]}): {s.timing.median_ms:.2f} ms per image "
-                              f"→ [bold]{s.gflops:.1f} GFLOP/s[/]")
+            where = (f"cores {used[0]}–{used[-1]}" if len(used) > 2 and used == list(range(used[0], used[-1] + 1))
+                     else f"core{'s' if len(used) > 1 else ''} {', '.join(map(str, used))}")
+            console.print(f"calibrated one device: {speed.timing.median_ms:.2f} ms per image → "
+                          f"[bold]{speed.gflops:.1f} GFLOP/s[/] ({speed.timing.runs} runs, {where})")
             console.print(f"calibrated loopback link: {link.bandwidth_mbps:,.0f} Mbit/s, "
                           f"{link.latency_ms:.3f} ms")
-            (wd / "cluster.yaml").write_text(_cluster_yaml(names, {n: s.gflops for n, s in speeds.items()}, link))
+            (wd / "cluster.yaml").write_text(_cluster_yaml(names, {n: speed.gflops for n in names}, link))
             prep = p.package.prepare(model, wd / "cluster.yaml", objective, {"input": (1, 3, 224, 224)})
             dist = wd / "dist"
             res = p.package.package(prep.model, prep.graph, prep.cluster, prep.pipeline, dist,

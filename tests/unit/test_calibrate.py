@@ -76,3 +76,12 @@ def test_calibrated_replaces_speeds_and_links():
     s = calibrate.measure_device(m, X, runs=5, warmup=1)
     cost = CostModel(g, calibrate.calibrated(cl, s.gflops))
     assert cost.compute_ms("a", 0, g.n) == pytest.approx(s.timing.median_ms)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs thread affinity (Linux)")
+def test_measure_cores_pools_every_core_and_puts_the_affinity_back():
+    before = os.sched_getaffinity(0)
+    cores = sorted(before)[:2]
+    s = calibrate.measure_cores(graphs.residual(), X, cores, runs=6, warmup=1)
+    assert s.timing.runs == 6 and s.gflops > 0
+    assert os.sched_getaffinity(0) == before
