@@ -187,35 +187,28 @@ class ClusterClient:
             except concurrent.futures.TimeoutError:
                 raise DeadlineExceeded(f"no answer within {timeout_s:g} s") from None
         agent, dst, reply_from = direct
-        feeds = self._checked(feeds, timeout_s)
-        rid = next(self._ids)
-        try:
-            got = agent.run_direct(self.identity, rid, roundtrip(feeds, self.codecs.get(dst)),
-                                   time.monotonic() + timeout_s, reply_from, self.answer_names[reply_from], self._stop)
-        except DeadlineExceeded:
-            raise
-        except PeerError as e:
-            raise PeerError(f"the cluster failed request {rid}: {e}") from None
-        except Exception as e:  # a bug or a zmq error: a typed failure, never a library's traceback
-            log.exception("running request %s here failed", rid)
-            raise PeerError(f"the cluster failed request {rid}: {type(e).__name__}: {e}") from None
-        missing = [o for o in self.outputs if o not in got]
-        if missing:
-            raise PeerError(f"the cluster failed request {rid}: no device sent {', '.join(missing)}")
-        return {o: got[o] for o in self.outputs}
+        return self._in_this_thread(feeds, timeout_s, lambda rid, feeds, deadline: agent.run_direct(
+            self.identity, rid, roundtrip(feeds, self.codecs.get(dst)), deadline, reply_from,
+            self.answer_names[reply_from], self._stop))
 
     def _run_on_caller(self, feeds: Mapping[str, np.ndarray], timeout_s: float) -> dict[str, np.ndarray]:
+        return self._in_this_thread(feeds, timeout_s, lambda rid, feeds, deadline: self.caller.run(
+            rid, feeds, deadline, self._stop))
+
+    def _in_this_thread(self, feeds: Mapping[str, np.ndarray], timeout_s: float, call) -> dict[str, np.ndarray]:
+        """A sync request whose answer `call(rid, feeds, deadline)` gathers in the calling thread,
+        with every failure typed and naming the request."""
         feeds = self._checked(feeds, timeout_s)
         rid = next(self._ids)
         try:
-            got = self.caller.run(rid, feeds, time.monotonic() + timeout_s, self._stop)
+            got = call(rid, feeds, time.monotonic() + timeout_s)
         except DeadlineExceeded as e:
             raise DeadlineExceeded(f"request {rid} was not answered within {timeout_s:g} s: {e}. Raise timeout_s, "
                                    f"or check the agents with `edgepart discover`.") from None
         except PeerError as e:
             raise PeerError(f"the cluster failed request {rid}: {e}") from None
         except Exception as e:  # a bug or a zmq error: a typed failure, never a library's traceback
-            log.exception("request %s on the caller's sockets failed", rid)
+            log.exception("request %s, sent from the caller's thread, failed", rid)
             raise PeerError(f"the cluster failed request {rid}: {type(e).__name__}: {e}") from None
         missing = [o for o in self.outputs if o not in got]
         if missing:
