@@ -38,3 +38,15 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     tr = session.config.pluginmanager.get_plugin("terminalreporter")
     if seed is not None and tr is not None:
         tr.write_line(f"test order randomised: --randomly-seed={seed}")
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print the seed spreads tests recorded with record_property("seed_spread", line) (passed or
+    failed), so that every run's log, -q included, shows the median and worst over seeds behind each
+    accuracy claim (tests/models/seeds.py)."""
+    lines = [value for key in ("passed", "failed") for rep in terminalreporter.stats.get(key, ())
+             if getattr(rep, "when", None) == "call" for name, value in rep.user_properties if name == "seed_spread"]
+    if lines:
+        terminalreporter.section("seed spread (median and worst over seeds)")
+        for line in lines:
+            terminalreporter.write_line(line)
