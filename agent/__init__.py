@@ -5,7 +5,9 @@
     executor.py   run this device's steps for every request in flight, route the outputs
     agent.py      AgentCore (async) and Agent (sync facade, embeddable)
     client.py     the caller's side, behind edgepart.InferenceSession
-    netns.py      emulated hosts in network namespaces (tests, benchmarks, demos)
+
+The harnesses that run agents as local processes or in network namespaces are in edgepart.testing
+(sdk/testing/: a source checkout's part, not in the wheel).
 """
 
 from .agent import Agent, AgentCore

@@ -56,7 +56,7 @@ def cpu_s(pid: int) -> float:
 def bench_overhead(dist: Path, rounds: int, n_lat: int, n_stream: int) -> dict:
     import edgepart
     from edgepart.agent import Agent
-    from edgepart.agent.emulate import AgentProcesses
+    from edgepart.testing.emulate import AgentProcesses
 
     from bare_pipe import BareHead, session
 
@@ -77,7 +77,7 @@ def bench_overhead(dist: Path, rounds: int, n_lat: int, n_stream: int) -> dict:
     b_pid = procs.agents["device-b"].proc.pid
     agent = Agent(dist / "device-a", interface="127.0.0.1", threads=1).start()
     sess = edgepart.InferenceSession(dist, interface="127.0.0.1", timeout_s=30)
-    from edgepart.packager import zoo
+    from edgepart.testing import zoo
 
     single = session(str(zoo.efficientnet_lite0()), 2)
     try:
@@ -137,7 +137,7 @@ print(time.perf_counter() - t0, flush=True)
 def bench_plain(dist: Path, rounds: int, n_lat: int, n_stream: int, threads: int = 0) -> dict:
     """Default-flag agents and a separate app process, against bare pipes, in alternating blocks."""
     import edgepart
-    from edgepart.agent.emulate import AgentProcesses
+    from edgepart.testing.emulate import AgentProcesses
 
     from bare_pipe import BareApp, BareHead
 
@@ -205,7 +205,7 @@ def bench_wire(tmp: Path, sizes_mb=(1, 8), n: int = 200, rounds: int = 3) -> dic
     (an O(1) Slice on a view of the frame). Sender on core 0, receiver on core 1, as for raw pyzmq."""
     import edgepart
     from common import package_one, wire_model
-    from edgepart.agent.emulate import AgentProcesses
+    from edgepart.testing.emulate import AgentProcesses
 
     import msgpack
     import zmq
@@ -254,8 +254,8 @@ def bench_wire(tmp: Path, sizes_mb=(1, 8), n: int = 200, rounds: int = 3) -> dic
 def bench_slowlink(dist: Path, crossing: dict, rate_mbit: float = 50.0, n_lat: int = 20, n_stream: int = 60) -> dict:
     """Two namespaces joined by a tbf-shaped link; the caller (with device-a embedded) in one,
     device-b in the other: measured vs the physical floor, stage times measured in the same run."""
-    from edgepart.agent import netns
-    from edgepart.agent.emulate import AgentProcesses
+    from edgepart.testing import netns
+    from edgepart.testing.emulate import AgentProcesses
 
     why = netns.available()
     if why:

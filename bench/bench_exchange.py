@@ -154,7 +154,7 @@ def exchange_plan(out: Path, with_peer: bool, tag: str) -> Path:
 
 def split_plan(which: str, n: int, out: Path, tag: str, fewer_rounds: bool = True) -> tuple[Path, Path, dict]:
     """A channel split of a zoo model: (dist, the whole model, feeds)."""
-    from edgepart.packager import zoo
+    from edgepart.testing import zoo
     from edgepart.packager.channel import package_channel
     from edgepart.packager.graph import analyse, load_model
 
@@ -228,7 +228,7 @@ def block(fn, n: int) -> float:
 
 
 def agents(dist: Path, threads: int):
-    from edgepart.agent.emulate import AgentProcesses
+    from edgepart.testing.emulate import AgentProcesses
 
     devices = sorted(p.name for p in dist.iterdir() if (p / "manifest.json").is_file())
     cpus = {d: CORES[i % len(CORES)] for i, d in enumerate(devices)}

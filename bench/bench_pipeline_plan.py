@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edgepart.local import LocalCluster
-from edgepart.packager import zoo
+from edgepart.testing import zoo
 from edgepart.packager.graph import analyse, load_model
 from edgepart.packager.package import package, prepare
 from edgepart.runtime import make_session

@@ -213,7 +213,7 @@ def photo_crops(n: int, seed: int, size: int = 224) -> np.ndarray:
     from PIL import Image
     from sklearn.datasets import load_sample_images
 
-    from edgepart.packager.zoo import IMAGENET_MEAN, IMAGENET_STD
+    from edgepart.testing.zoo import IMAGENET_MEAN, IMAGENET_STD
 
     photos = [Image.fromarray(p) for p in load_sample_images().images]
     rng = np.random.default_rng(seed)
@@ -273,7 +273,7 @@ def bench_efficientnet(runs=(("lowrank", 0.4, 0.0), ("lowrank", 0.36, 0.0), ("lo
                        n_calib: int = 256, codec_evals: int = 200, codec_budget: float = 0.4, seeds=SEEDS) -> dict:
     """Per seed s: calibration crops drawn with 2s+1, evaluation crops with 2s+2, RePurpose's
     sampled positions with s (seed 0 is the single run of earlier versions)."""
-    from edgepart.packager import zoo
+    from edgepart.testing import zoo
     from edgepart.packager.channel import channel_bytes
     from edgepart.packager.graph import analyse, load_model
     from edgepart.packager.sparse import replicate, repurpose
@@ -389,7 +389,7 @@ def bench_minilm(runs=(("lowrank", 0.5), ("lowrank", 0.4), ("lowrank", 0.33)), n
     s > 0: the calibration sentences shuffled before packing (other windows), `n_eval` of the 555
     evaluation sentences drawn, and RePurpose's sampled positions; seed 0 is the single run of
     earlier versions."""
-    from edgepart.packager import zoo
+    from edgepart.testing import zoo
     from edgepart.packager.channel import channel_bytes
     from edgepart.packager.graph import analyse, load_model
     from edgepart.packager.sparse import repurpose

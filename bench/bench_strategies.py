@@ -123,8 +123,8 @@ def build(name: str, model, shapes: dict, calib: dict, budget: float, method: st
 
 
 def measure(name: str, built: dict, feeds: dict, rate: float, n: int, work: Path) -> list[dict]:
-    from edgepart.agent import netns
-    from edgepart.agent.emulate import AgentProcesses
+    from edgepart.testing import netns
+    from edgepart.testing.emulate import AgentProcesses
 
     why = netns.available()
     if why:
@@ -173,7 +173,7 @@ def digits_case(budget: float):
 def efficientnet_case(budget: float):
     from bench_sparse import photo_crops
 
-    from edgepart.packager import zoo
+    from edgepart.testing import zoo
     from edgepart.packager.graph import load_model
 
     model = load_model(zoo.efficientnet_lite0())

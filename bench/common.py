@@ -16,7 +16,7 @@ RESULTS = REPO / "bench" / "results"
 
 def efficientnet_block8_split(out_dir: Path, objective: str = "latency") -> tuple[Path, dict]:
     """EfficientNet-Lite0 cut right after block 8 (one [1,112,14,14] float32 tensor crosses), 2 devices."""
-    from edgepart.packager import zoo
+    from edgepart.testing import zoo
     from edgepart.packager.cluster import cluster_from_dict
     from edgepart.packager.cost import CostModel
     from edgepart.packager.graph import analyse, load_model

@@ -8,6 +8,10 @@ starts one `edgepart run` process per device, pinned to its own core, sends real
 InferenceSession and compares, like with like, the cluster with ONE of its devices (the whole model
 in one onnxruntime session, one thread, pinned to one core), and with the whole machine for scale:
 the latency of one request, and the throughput of a stream of requests in flight.
+
+The emulation harness and the reference models come from `edgepart.testing`, which a source checkout
+has and the wheel deliberately does not: from a wheel install the command says to run `make demo`
+in a checkout.
 """
 
 from __future__ import annotations
@@ -30,6 +34,25 @@ GOAL_ESTIMATE = 1.5  # the planner's latency within this factor of the measured 
 BLOCK = 8  # requests per block when the set-ups take turns, so each sees the same moments of a shared machine
 IN_FLIGHT = 8  # requests the streaming caller keeps in flight: enough to keep every stage busy, as a camera would,
 # without queueing hundreds of 600 kB inputs in the agents' buffers
+
+
+def _harnesses():
+    """The emulation harness and the reference-model zoo, from `edgepart.testing`: a source checkout's
+    part, deliberately not in the wheel (docs/architecture.md, "The testing part")."""
+    try:
+        from edgepart.testing import zoo
+        from edgepart.testing.emulate import AgentProcesses
+    except ImportError as e:
+        from .errors import MissingExtraError
+
+        if (e.name or "").startswith("edgepart.testing"):  # a wheel install (`pip install edgepart`)
+            raise MissingExtraError(
+                "The demo runs from a source checkout of edgepart: its emulation harness and reference "
+                "models (edgepart.testing) are not part of the installed package. Clone the repository "
+                "and run `make demo` there (it sets up .venv with `pip install -e .` and runs `edgepart demo`)."
+            ) from None
+        raise MissingExtraError.for_extra("models", "The demo", e.name or "torch") from None
+    return AgentProcesses, zoo
 
 
 def _cluster_yaml(names: list[str], gflops: dict[str, float], link) -> str:
@@ -61,14 +84,8 @@ def demo_cmd(
     """Show what a split is for on this machine: N emulated devices (one core each) against one of them."""
 
     def body():
+        AgentProcesses, zoo = _harnesses()
         p = _packager()
-        try:
-            from edgepart.packager import zoo
-        except ImportError as e:
-            from .errors import MissingExtraError
-
-            raise MissingExtraError.for_extra("models", "The demo", e.name or "torch") from None
-        from edgepart.agent.emulate import AgentProcesses
         from edgepart.packager import calibrate
 
         from .errors import PlanningError

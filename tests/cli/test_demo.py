@@ -105,3 +105,17 @@ def test_demo_refuses_an_unknown_objective_before_any_work():
     from cli_helpers import assert_clean_error, invoke
 
     assert_clean_error(invoke("demo", "--objective", "fast"), "Unknown objective 'fast'", "throughput")
+
+
+def test_demo_from_a_wheel_install_says_to_run_it_from_a_checkout():
+    """`pip install edgepart` has no edgepart.testing (the harnesses and the zoo are not in the wheel):
+    the demo says where it runs instead of failing with an ImportError."""
+    code = ("import sys; sys.modules['edgepart.testing'] = None\n"  # what Python does for a package that is not there
+            "from edgepart.cli import main\n"
+            "sys.argv = ['edgepart', 'demo']\n"
+            "main()\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=90)
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert "Traceback" not in r.stdout + r.stderr
+    err = " ".join(r.stderr.split())
+    assert err.startswith("error:") and "source checkout" in err and "make demo" in err, err

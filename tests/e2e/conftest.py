@@ -104,7 +104,7 @@ def warm_imports():
     # tokenizers library a pool of its own, both kept for the life of the process.
     try:
         from edgepart.errors import MissingExtraError
-        from edgepart.packager import zoo
+        from edgepart.testing import zoo
 
         zoo.imagenet_inputs(1)
         zoo.sentence_inputs(["one two three"])
@@ -152,7 +152,7 @@ class AgentPool:
         self.started = []
 
     def __call__(self, dist, *, ready: bool = True, timeout_s: float = 60, **kw):
-        from edgepart.agent.emulate import AgentProcesses
+        from edgepart.testing.emulate import AgentProcesses
 
         kw.setdefault("interface", "127.0.0.1")
         procs = AgentProcesses(dist, **kw)
@@ -166,7 +166,7 @@ class AgentPool:
         """AgentProcesses for several dists, every process started before any is waited for.
 
         (From this thread: the harness ties each agent's life to the thread that started it.)"""
-        from edgepart.agent.emulate import AgentProcesses
+        from edgepart.testing.emulate import AgentProcesses
 
         kw.setdefault("interface", "127.0.0.1")
         made = [AgentProcesses(d, **kw) for d in dists]
@@ -258,7 +258,7 @@ def class_sessions():
 
 @pytest.fixture(scope="session")
 def netns_ok() -> None:
-    from edgepart.agent import netns
+    from edgepart.testing import netns
 
     reason = netns.available()
     if reason is not None:
@@ -268,7 +268,7 @@ def netns_ok() -> None:
 @pytest.fixture
 def lan(netns_ok):
     """lan(n_hosts, **EmulatedLan kwargs) -> an EmulatedLan, closed after the test."""
-    from edgepart.agent.netns import EmulatedLan
+    from edgepart.testing.netns import EmulatedLan
 
     made = []
 

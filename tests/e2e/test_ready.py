@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import edgepart
-from edgepart.agent.emulate import AgentProcesses
+from edgepart.testing.emulate import AgentProcesses
 
 import graphs
 from e2e_helpers import PY, RUN, assert_same, reference, seeded_feeds, write_cluster

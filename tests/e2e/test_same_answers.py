@@ -96,7 +96,7 @@ REAL = {
 @pytest.fixture(scope="class")
 def real_fleet(packaged, request, class_agents, class_sessions):
     """Each reference model packaged for 2 and for 3 devices, all agents started at once."""
-    zoo = pytest.importorskip("edgepart.packager.zoo")
+    zoo = pytest.importorskip("edgepart.testing.zoo")
     clusters = {}
     for name, (fixture, plan_feeds, _) in REAL.items():
         model_path = request.getfixturevalue(fixture)  # skips without the models extra
@@ -117,7 +117,7 @@ class TestReferenceModels:
     @pytest.mark.parametrize("n", [2, 3])
     @pytest.mark.parametrize("name", sorted(REAL))
     def test_same_as_onnxruntime(self, name, n, real_fleet):
-        zoo = pytest.importorskip("edgepart.packager.zoo")
+        zoo = pytest.importorskip("edgepart.testing.zoo")
         model_path, res, sess = real_fleet[name, n]
         crossing = [i.name for s in res.plan.steps[1:] for i in s.inputs]
         assert crossing, "a mid-network cut should carry activations between processes"
@@ -177,7 +177,7 @@ def test_embedded_first_stage(packaged, agents, sessions):
 def test_across_three_namespaces(packaged, request, tmp_path, lan, agents):
     """The three reference models, each on 3 emulated hosts (one agent per host and plan, all nine
     agents at once); the callers on a 4th host, since the root namespace cannot reach the LAN."""
-    zoo = pytest.importorskip("edgepart.packager.zoo")
+    zoo = pytest.importorskip("edgepart.testing.zoo")
     net = lan(4)
     caller = net.hosts[3]
     plans, clients = {}, {}

@@ -46,7 +46,7 @@ def test_minilm_channel_split_through_agents(n, minilm_path, tmp_path, agents, s
     """MiniLM split by heads, MLP neurons and LayerNorm statistics over 2 and 4 agent processes: the
     statistics and partial-sum messages are ordinary routes; planned at 1 x 16 tokens, run on real
     sentences of other batch sizes and lengths."""
-    from edgepart.packager import zoo
+    from edgepart.testing import zoo
     from edgepart.packager.channel import package_channel
     from edgepart.packager.cluster import load_cluster
     from edgepart.packager.graph import analyse, load_model
@@ -70,7 +70,7 @@ def test_efficientnet_channel_split_through_agents(n, replicate, efficientnet_li
     """EfficientNet-Lite0 split by output channels over 2 and 4 agent processes, partial sums where
     they are fewer bytes (and with the stem and block 0 replicated on both devices): the same answers
     as one onnxruntime session on real photo crops."""
-    from edgepart.packager import zoo
+    from edgepart.testing import zoo
     from edgepart.packager.channel import package_channel
     from edgepart.packager.cluster import load_cluster
     from edgepart.packager.graph import analyse, load_model

@@ -97,7 +97,7 @@ def test_digits_zeroed_cross_blocks_cut_bytes(digits, tmp_path):
 def test_efficientnet_lite0_two_devices(efficientnet_lite0_path, tmp_path):
     """Real ImageNet weights; Pad nodes whose pads come from shape arithmetic; depthwise convs; a
     residual stream per block. Planned at batch 1, run at batch 2."""
-    from edgepart.packager import zoo
+    from edgepart.testing import zoo
 
     model = load_model(efficientnet_lite0_path)
     graph = analyse(model, {"input": (1, 3, 224, 224)})
@@ -116,7 +116,7 @@ def test_efficientnet_lite0_replicated_stem(efficientnet_lite0_path, tmp_path, n
     """Every device computes its own stem and first block (replicate.py): exact, and the split sends
     none of their 112x112 activations: at least 3.5x fewer bytes than the dense split on 2 devices
     for at most 5 % more compute per device."""
-    from edgepart.packager import zoo
+    from edgepart.testing import zoo
     from edgepart.packager.sparse import replicate
 
     model = load_model(efficientnet_lite0_path)
@@ -155,7 +155,7 @@ def test_minilm_split_by_heads_is_exact(minilm_path, tmp_path, n):
     """all-MiniLM-L6-v2: attention split by heads, the MLP by neurons, every LayerNorm by exchanged
     statistics, the embedding tables by columns. Planned at batch 1 x 16 tokens, run on real sentences
     at other batch sizes and lengths (with padding)."""
-    from edgepart.packager import zoo
+    from edgepart.testing import zoo
 
     model = load_model(minilm_path)
     graph = analyse(model, {"input_ids": (1, 16), "attention_mask": (1, 16)})

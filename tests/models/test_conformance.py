@@ -22,7 +22,7 @@ import yaml
 
 pytestmark = pytest.mark.models
 
-zoo = pytest.importorskip("edgepart.packager.zoo")
+zoo = pytest.importorskip("edgepart.testing.zoo")
 from edgepart.errors import MissingExtraError, PlanningError  # noqa: E402
 from edgepart.packager.fold import constant_only  # noqa: E402
 from edgepart.packager.package import package, prepare  # noqa: E402

@@ -15,7 +15,7 @@ import yaml
 
 pytestmark = pytest.mark.models
 
-zoo = pytest.importorskip("edgepart.packager.zoo")
+zoo = pytest.importorskip("edgepart.testing.zoo")
 from edgepart.inputs import save_npz  # noqa: E402
 from edgepart.packager.package import package, prepare  # noqa: E402
 from edgepart.packager.verify import verify  # noqa: E402

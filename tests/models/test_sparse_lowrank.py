@@ -142,7 +142,7 @@ def test_minilm_three_times_fewer_bytes(minilm_path, tmp_path):
     """Real weights, real sentences: at 1/3 of the dense channel split's bytes the sentence embeddings
     stay close (bench/bench_sparse.py --minilm measures the curve on 300 sentences); the packaged
     split equals the restructured model."""
-    from edgepart.packager import zoo
+    from edgepart.testing import zoo
     from edgepart.packager.graph import load_model
 
     model = load_model(minilm_path)

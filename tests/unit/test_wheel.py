@@ -27,12 +27,18 @@ PACKAGES = {"sdk": "edgepart", "agent": "edgepart/agent", "packager": "edgepart/
 TOP_FILES = ("pyproject.toml", "setup.cfg", "setup.py", "MANIFEST.in", "README.md", "README.rst", "LICENSE", "LICENSE.txt")
 
 
+NOT_SHIPPED = REPO / "sdk" / "testing"  # edgepart.testing: harnesses for tests and the demo, deliberately not in the wheel
+HARNESS_MODULES = {"emulate", "netns", "zoo"}  # emulation, network namespaces, reference models: never on a device
+
+
 def _source_files() -> dict[str, Path]:
     """wheel path -> source file, for every .py under the three package folders (and py.typed, and the
-    package data under data/ folders: pyproject's package-data)."""
+    package data under data/ folders: pyproject's package-data), except sdk/testing/, which is not shipped."""
     out = {}
     for folder, prefix in PACKAGES.items():
         for f in sorted((REPO / folder).rglob("*")):
+            if f.is_relative_to(NOT_SHIPPED):
+                continue
             data = "data" in f.relative_to(REPO / folder).parts[:-1] and f.suffix == ".txt"
             if f.is_file() and (f.suffix == ".py" or f.name == "py.typed" or data) and "__pycache__" not in f.parts:
                 out[f"{prefix}/{f.relative_to(REPO / folder).as_posix()}"] = f
@@ -66,6 +72,15 @@ def test_wheel_holds_every_module(wheel):
     assert not extra, f"in the wheel but not in the sources: {extra}"
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "edgepart = edgepart.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+
+def test_wheel_holds_no_test_harness(wheel):
+    """The device install carries no emulation, namespace or reference-model code: no edgepart/testing/,
+    and no module of those names anywhere (moved back by mistake, under another package)."""
+    names = zipfile.ZipFile(wheel).namelist()
+    assert not [n for n in names if n.startswith("edgepart/testing/")], "edgepart.testing is in the wheel"
+    harness = sorted(n for n in names if n.endswith(".py") and Path(n).stem in HARNESS_MODULES)
+    assert not harness, f"test harnesses in the wheel: {harness}"
 
 
 def test_wheel_imports_every_module_from_a_fresh_venv(wheel, tmp_path):

@@ -1,5 +1,5 @@
 """Reference models that install offline from PyPI, exported once to ONNX and cached, and real inputs
-for them (for tests, benchmarks and samples).
+for them (for tests, benchmarks and `edgepart demo`; part of edgepart.testing, not in the wheel).
 
     efficientnet_lite0()   ImageNet EfficientNet-Lite0 (torch -> ONNX), input "input", output "logits"
     minilm()               all-MiniLM-L6-v2 sentence embedding (input_ids, attention_mask -> sentence_embedding)
