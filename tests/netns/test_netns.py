@@ -17,8 +17,8 @@ import time
 
 import pytest
 
-from edgepart.agent import netns
-from edgepart.agent.netns import EmulatedLan, Host
+from edgepart.testing import netns
+from edgepart.testing.netns import EmulatedLan, Host
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -323,7 +323,7 @@ def test_failed_setup_and_failed_commands_are_clear_and_leave_nothing():
 
 CRASHER = """
 import os, signal, subprocess, sys
-from edgepart.agent.netns import EmulatedLan
+from edgepart.testing.netns import EmulatedLan
 lan = EmulatedLan(2, prefix=sys.argv[1])
 p = lan.hosts[0].popen(["sleep", "1000"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 print(lan.tag, p.pid, flush=True)
