@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -29,6 +30,7 @@ TOP_FILES = ("pyproject.toml", "setup.cfg", "setup.py", "MANIFEST.in", "README.m
 
 NOT_SHIPPED = REPO / "sdk" / "testing"  # edgepart.testing: harnesses for tests and the demo, deliberately not in the wheel
 HARNESS_MODULES = {"emulate", "netns", "zoo"}  # emulation, network namespaces, reference models: never on a device
+PACKAGER_ONLY = {"pyyaml", "onnx", "scipy", "matplotlib", "torch"}  # the workstation's dependencies, not a device's
 
 
 def _source_files() -> dict[str, Path]:
@@ -81,6 +83,30 @@ def test_wheel_holds_no_test_harness(wheel):
     assert not [n for n in names if n.startswith("edgepart/testing/")], "edgepart.testing is in the wheel"
     harness = sorted(n for n in names if n.endswith(".py") and Path(n).stem in HARNESS_MODULES)
     assert not harness, f"test harnesses in the wheel: {harness}"
+
+
+def _requires_dist(wheel: Path) -> list[tuple[str, str]]:
+    """(distribution name, the rest of the line) for every Requires-Dist of the wheel's METADATA."""
+    zf = zipfile.ZipFile(wheel)
+    meta = zf.read(next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))).decode()
+    out = []
+    for line in meta.splitlines():
+        if line.startswith("Requires-Dist:"):
+            req = line.split(":", 1)[1].strip()
+            name = re.match(r"[A-Za-z0-9._-]+", req)[0].lower().replace("_", "-").replace(".", "-")
+            out.append((name, req))
+    return out
+
+
+def test_base_install_pulls_no_packager_dependency(wheel):
+    """`pip install edgepart` (no extra) is what a Jetson or a Pi gets: none of the workstation's
+    dependencies (they belong to the `packager` and `models` extras)."""
+    reqs = _requires_dist(wheel)
+    base = {name for name, req in reqs if "extra ==" not in req}
+    assert {"numpy", "onnxruntime", "pyzmq", "zeroconf", "ifaddr"} <= base, base
+    assert not base & PACKAGER_ONLY, f"packager-only dependencies of the base install: {sorted(base & PACKAGER_ONLY)}"
+    extra_packager = {name for name, req in reqs if re.search(r"extra\s*==\s*['\"]packager['\"]", req)}
+    assert {"onnx", "pyyaml"} <= extra_packager, extra_packager
 
 
 def test_wheel_imports_every_module_from_a_fresh_venv(wheel, tmp_path):
