@@ -1,7 +1,7 @@
 """The plan: a pure, frozen value that says which device runs what and where tensors go.
 
-Every strategy compiles into the same shape (DESIGN.md, "the packager compiles, the agent only
-executes"): a tuple of steps, each one sub-model on one device with named inputs and outputs, and a
+Every strategy compiles into the same shape (docs/architecture.md, "The packager compiles, the agent
+only executes"): a tuple of steps, each one sub-model on one device with named inputs and outputs, and a
 tuple of routes, each one tensor travelling from a producer (a device, or the caller) to a consumer
 (a device, or the caller) with a codec. The plan id is a hash of the whole value, file hashes
 included, so two bundles agree on a plan id exactly when they were packaged together.

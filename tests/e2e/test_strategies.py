@@ -1,5 +1,6 @@
 """Other strategies and wire codecs through real agent processes: the agents only execute, so a
-channel split and codec-carrying routes must run unchanged (DESIGN.md, the one central idea)."""
+channel split and codec-carrying routes must run unchanged (docs/architecture.md, "The packager
+compiles, the agent only executes")."""
 
 from __future__ import annotations
 

@@ -144,7 +144,9 @@ def branch(seed: int = 0) -> onnx.ModelProto:
 
 def symbolic_batch(seed: int = 0) -> onnx.ModelProto:
     """torch's `bs = x.size(0); ...; x.view(bs, -1)`: Shape -> Gather -> Unsqueeze early, Concat ->
-    Reshape late, so the int64 shape tensors cross every cut in between (the DESIGN.md trap)."""
+    Reshape late, so the int64 shape tensors cross every cut in between (the trap that makes
+    `onnx.utils.extract_model` fail on such models: a cut leaves a Shape node reading a tensor that
+    lives in an earlier stage)."""
     rng = np.random.default_rng(seed)
     inits = [
         _weight(rng, "W0", (8, 4, 3, 3)), _weight(rng, "W1", (8, 8, 3, 3)), _weight(rng, "Wfc", (72, 10)),

@@ -1,7 +1,9 @@
-"""The built wheel holds every module and imports from a fresh venv (not the editable install).
+"""The built wheel holds every module and imports from a fresh venv (not the editable install); it holds
+no test harness (edgepart.testing is not shipped) and requires no packager-only dependency.
 
-DESIGN.md: a built wheel holds only the packages listed in pyproject's `packages`, so a new
-sub-package that is not listed there works in the editable checkout and is missing on a device.
+A built wheel holds only the packages listed in pyproject's `packages` (docs/architecture.md, "Device
+and workstation installs"), so a new sub-package that is not listed there works in the editable
+checkout and is missing on a device.
 This test builds the wheel from a clean copy of the sources (a `build/` folder left in the checkout
 would otherwise leak stale modules into the wheel, and parallel builds would share it), installs it
 with `pip install --no-deps` into a new venv, and imports every module from there.
