@@ -120,7 +120,7 @@ def exchange_plan(out: Path, with_peer: bool, tag: str) -> Path:
     """caller -> A -> B -> A -> caller (with_peer) or caller -> A -> caller: 1 KiB float32 tensors,
     each step one cheap op. Written by hand from the packager's own parts, as a strategy would."""
     from edgepart.packager.bundles import StepModel, model_plan, write_bundles
-    from edgepart.packager.graph import analyse
+    from edgepart.packager.model.graph import analyse
     from edgepart.plan import CALLER, Route, TensorSpec
 
     out.mkdir(parents=True, exist_ok=True)
@@ -155,8 +155,8 @@ def exchange_plan(out: Path, with_peer: bool, tag: str) -> Path:
 def split_plan(which: str, n: int, out: Path, tag: str, fewer_rounds: bool = True) -> tuple[Path, Path, dict]:
     """A channel split of a zoo model: (dist, the whole model, feeds)."""
     from edgepart.testing import zoo
-    from edgepart.packager.channel import package_channel
-    from edgepart.packager.graph import analyse, load_model
+    from edgepart.packager.strategies.channel.compiler import package_channel
+    from edgepart.packager.model.graph import analyse, load_model
 
     out.mkdir(parents=True, exist_ok=True)
     if which == "minilm":

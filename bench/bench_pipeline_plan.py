@@ -28,8 +28,8 @@ from rich.table import Table
 
 from edgepart.local import LocalCluster
 from edgepart.testing import zoo
-from edgepart.packager.graph import analyse, load_model
-from edgepart.packager.package import package, prepare
+from edgepart.packager.model.graph import analyse, load_model
+from edgepart.packager.strategies.pipeline.compiler import package, prepare
 from edgepart.runtime import make_session
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

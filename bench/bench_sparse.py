@@ -69,8 +69,8 @@ def run(model, feeds: dict) -> np.ndarray:
 
 
 def routes_bytes(model, shapes, partition, n) -> int:
-    from edgepart.packager.channel import compile_channel
-    from edgepart.packager.graph import analyse
+    from edgepart.packager.strategies.channel.compiler import compile_channel
+    from edgepart.packager.model.graph import analyse
 
     return compile_channel(model, analyse(model, shapes), cluster(n), partition).report.cross_device_bytes
 
@@ -102,10 +102,10 @@ def bench_digits(seeds=SEEDS) -> dict:
     import torch
     from digits_cnn import digits_cnn
 
-    from edgepart.packager.channel import channel_bytes, compile_channel
-    from edgepart.packager.graph import analyse
-    from edgepart.packager.sparse import repurpose
-    from edgepart.packager.sparse.disco import disco_train
+    from edgepart.packager.strategies.channel.compiler import channel_bytes, compile_channel
+    from edgepart.packager.model.graph import analyse
+    from edgepart.packager.strategies.channel.restructure import repurpose
+    from edgepart.packager.strategies.channel.restructure.disco import disco_train
 
     torch.set_num_threads(2)
     shapes = {"x": (1, 1, 8, 8)}
@@ -274,9 +274,9 @@ def bench_efficientnet(runs=(("lowrank", 0.4, 0.0), ("lowrank", 0.36, 0.0), ("lo
     """Per seed s: calibration crops drawn with 2s+1, evaluation crops with 2s+2, RePurpose's
     sampled positions with s (seed 0 is the single run of earlier versions)."""
     from edgepart.testing import zoo
-    from edgepart.packager.channel import channel_bytes
-    from edgepart.packager.graph import analyse, load_model
-    from edgepart.packager.sparse import replicate, repurpose
+    from edgepart.packager.strategies.channel.compiler import channel_bytes
+    from edgepart.packager.model.graph import analyse, load_model
+    from edgepart.packager.strategies.channel.restructure import replicate, repurpose
 
     model = load_model(zoo.efficientnet_lite0())
     shapes = {"input": (1, 3, 224, 224)}
@@ -342,8 +342,8 @@ def codec_split(model, shapes: dict, feeds: list[dict], codec: str, score, parti
     import tempfile
 
     from edgepart.local import LocalCluster
-    from edgepart.packager.channel import package_channel
-    from edgepart.packager.graph import analyse
+    from edgepart.packager.strategies.channel.compiler import package_channel
+    from edgepart.packager.model.graph import analyse
 
     with tempfile.TemporaryDirectory() as tmp:
         res = package_channel(model, analyse(model, shapes), cluster(2), tmp, partition, model_name="codec",
@@ -390,9 +390,9 @@ def bench_minilm(runs=(("lowrank", 0.5), ("lowrank", 0.4), ("lowrank", 0.33)), n
     evaluation sentences drawn, and RePurpose's sampled positions; seed 0 is the single run of
     earlier versions."""
     from edgepart.testing import zoo
-    from edgepart.packager.channel import channel_bytes
-    from edgepart.packager.graph import analyse, load_model
-    from edgepart.packager.sparse import repurpose
+    from edgepart.packager.strategies.channel.compiler import channel_bytes
+    from edgepart.packager.model.graph import analyse, load_model
+    from edgepart.packager.strategies.channel.restructure import repurpose
 
     model = load_model(zoo.minilm())
     shapes = {"input_ids": (1, seq), "attention_mask": (1, seq)}

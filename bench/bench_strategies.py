@@ -73,14 +73,14 @@ def build(name: str, model, shapes: dict, calib: dict, budget: float, method: st
     """Package the model four ways for dev0 + dev1 at `rate` Mbit/s; returns dists and estimates."""
     import onnx
 
-    from edgepart.packager.channel import package_channel
+    from edgepart.packager.strategies.channel.compiler import package_channel
     from edgepart.packager.cluster import cluster_from_dict
-    from edgepart.packager.graph import analyse
-    from edgepart.packager.package import package
+    from edgepart.packager.model.graph import analyse
+    from edgepart.packager.strategies.pipeline.compiler import package
     from edgepart.packager.cost import CostModel
-    from edgepart.packager.pipeline import evaluate
-    from edgepart.packager.sparse import replicate as replicate_first
-    from edgepart.packager.sparse import repurpose
+    from edgepart.packager.strategies.pipeline.planner import evaluate
+    from edgepart.packager.strategies.channel.restructure import replicate as replicate_first
+    from edgepart.packager.strategies.channel.restructure import repurpose
     from edgepart.runtime import make_session
 
     whole = work / f"{name}.onnx"
@@ -174,7 +174,7 @@ def efficientnet_case(budget: float):
     from bench_sparse import photo_crops
 
     from edgepart.testing import zoo
-    from edgepart.packager.graph import load_model
+    from edgepart.packager.model.graph import load_model
 
     model = load_model(zoo.efficientnet_lite0())
     evals = photo_crops(200, seed=2)

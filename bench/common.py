@@ -19,9 +19,9 @@ def efficientnet_block8_split(out_dir: Path, objective: str = "latency") -> tupl
     from edgepart.testing import zoo
     from edgepart.packager.cluster import cluster_from_dict
     from edgepart.packager.cost import CostModel
-    from edgepart.packager.graph import analyse, load_model
-    from edgepart.packager.package import package
-    from edgepart.packager.pipeline import evaluate
+    from edgepart.packager.model.graph import analyse, load_model
+    from edgepart.packager.strategies.pipeline.compiler import package
+    from edgepart.packager.strategies.pipeline.planner import evaluate
 
     path = zoo.efficientnet_lite0()
     model = load_model(path)
@@ -70,9 +70,9 @@ def package_cut(model_path: Path, out_dir: Path, input_shapes: dict, cut: int, d
     """Package `model_path` for 2 devices with the cut at node `cut` (no planning)."""
     from edgepart.packager.cluster import cluster_from_dict
     from edgepart.packager.cost import CostModel
-    from edgepart.packager.graph import analyse, load_model
-    from edgepart.packager.package import package
-    from edgepart.packager.pipeline import evaluate
+    from edgepart.packager.model.graph import analyse, load_model
+    from edgepart.packager.strategies.pipeline.compiler import package
+    from edgepart.packager.strategies.pipeline.planner import evaluate
 
     model = load_model(model_path)
     graph = analyse(model, input_shapes)
@@ -103,9 +103,9 @@ def wire_model(path: Path, n_floats: int) -> Path:
 def package_one(model_path: Path, out_dir: Path, input_shapes: dict, device: str = "device-b") -> None:
     """Package `model_path` whole for one device."""
     from edgepart.packager.cluster import cluster_from_dict
-    from edgepart.packager.graph import analyse, load_model
-    from edgepart.packager.package import package
-    from edgepart.packager.pipeline import plan_pipeline
+    from edgepart.packager.model.graph import analyse, load_model
+    from edgepart.packager.strategies.pipeline.compiler import package
+    from edgepart.packager.strategies.pipeline.planner import plan_pipeline
 
     model = load_model(model_path)
     graph = analyse(model, input_shapes)

@@ -1,18 +1,21 @@
 """edgepart.packager: on a workstation, turn a trained model and a cluster into per-device bundles.
 
-    graph.py     read ONNX, shapes, FLOPs, bytes, what crosses each cut
-    cluster.py   cluster.yaml
-    cost.py      the cost model (compute, transfer, memory)
-    calibrate.py measure a device's speed (and the loopback link) for the cost model, on this machine
-    pipeline.py  the layer-wise pipeline planner (pure, optimal DP)
-    emit.py      cut stages out as standalone ONNX models
-    channel*.py  the channel-parallel split: every layer's output channels across devices (docs/channel.md)
-    sparse/      make cross-device traffic sparse: RePurpose (no retraining), DISCO (training) (docs/sparse.md)
-    package.py   model + cluster -> dist/<device>/ bundles (pipeline)
-    bundles.py   write any strategy's steps and manifests, staged then moved into place
-    verify.py    prove the split is exact
-    figure.py    a picture of a plan
-    report.py    the report of a package run (bytes, compute, parameters, fidelity); report_html.py writes it
+The entry point (docs/architecture.md, "Packager"):
+
+    package(model, cluster, *, out="dist", strategy="pipeline", ...) -> Packaged   # writes bundles
+    plan(model, cluster, *, strategy="pipeline", ...)                -> Planned    # writes nothing
+
+The flow, one sub-package per part:
+
+    model/        read ONNX and what the packager knows of it: graph facts, constant folding, sub-models
+    cluster.py    cluster.yaml: devices and links
+    cost.py       the cost model: the one place with time formulas (compute, transfer, memory)
+    calibrate.py  measure a device's speed (and the loopback link) for the cost model, on this machine
+    strategies/   every way of splitting, behind one protocol and a registry: pipeline, channel, replicas
+    wire_codecs.py the codec policy: how each float activation travels between devices
+    bundles.py    write any strategy's steps and manifests, staged then moved into place
+    check/        verify a split against the model; the report of a package run (JSON, HTML)
+    api.py        package() and plan()
 """
 
 try:
@@ -22,6 +25,7 @@ except ImportError as e:  # the device install has no onnx: say which extra brin
 
     raise MissingExtraError.for_extra("packager", "edgepart.packager", e.name or "onnx") from None
 
-from . import channel, cluster, cost, emit, graph, package, pipeline  # noqa: E402
+from edgepart.packager.api import package, plan  # noqa: E402
+from edgepart.packager.strategies import Packaged, Planned, Strategy, register  # noqa: E402
 
-__all__ = ["channel", "cluster", "cost", "emit", "graph", "package", "pipeline"]
+__all__ = ["Packaged", "Planned", "Strategy", "package", "plan", "register"]

@@ -19,7 +19,7 @@ from edgepart.bundle import sha256_file, write_manifest
 from edgepart.errors import BundleError
 from edgepart.plan import DeviceSpec, Plan, Route, Step, TensorSpec
 
-from . import emit
+from edgepart.packager.model import submodel as emit
 
 
 def model_plan(strategy: str, graph, cluster, steps: Sequence[Step], routes: Sequence[Route], model_name: str,

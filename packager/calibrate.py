@@ -32,7 +32,7 @@ from typing import Iterable, Iterator, Mapping, Sequence
 import numpy as np
 import onnx
 
-from .cluster import Cluster, Link
+from edgepart.packager.cluster import Cluster, Link
 
 log = logging.getLogger("edgepart")
 
@@ -104,7 +104,7 @@ def time_session(sess, feeds: Mapping[str, np.ndarray], *, runs: int = 20, warmu
 
 def model_flops(model: onnx.ModelProto | str | Path, feeds: Mapping[str, np.ndarray]) -> float:
     """FLOPs of one run at the feeds' shapes, counted as the cost model counts them (2 x MACs)."""
-    from .graph import analyse, load_model
+    from edgepart.packager.model.graph import analyse, load_model
 
     proto = model if isinstance(model, onnx.ModelProto) else load_model(model)
     return 2.0 * analyse(proto, {k: tuple(v.shape) for k, v in feeds.items()}).total_macs

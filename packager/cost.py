@@ -7,7 +7,9 @@ how much memory a stage needs.
                     latency overlaps with the next requests, bandwidth does not)
     stage memory  = bytes of the parameters it holds + the largest working set of one of its nodes
 
-Later issues feed it measured profiles; planners only ever ask it these three questions.
+Later issues feed it measured profiles; planners only ever ask it these questions. The formulas
+are the functions below; CostModel applies them to a graph's cuts for the pipeline planner, and
+`critical_path_ms` to any strategy's compiled steps and routes.
 """
 
 from __future__ import annotations
@@ -16,8 +18,50 @@ from collections import Counter, deque
 
 import numpy as np
 
-from .cluster import Cluster
-from .graph import Graph
+from edgepart.plan import CALLER
+
+from edgepart.packager.cluster import Cluster, Link
+from edgepart.packager.model.graph import Graph
+
+
+def compute_ms(flops, gflops: float):
+    """Time to compute `flops` (a number or an array) on a device of `gflops` GFLOP/s, in ms."""
+    return flops / (gflops * 1e9) * 1e3
+
+
+def busy_ms(nbytes, link: Link):
+    """How long `nbytes` (a number or an array) keep `link` busy, in ms, without its latency."""
+    return nbytes * 8 / (link.bandwidth_mbps * 1e6) * 1e3
+
+
+def critical_path_ms(steps, routes, sizes: dict[str, int], cluster: Cluster) -> float:
+    """One request's latency through compiled steps (each with `device`, `name`, `inputs`, `outputs`
+    and `estimated_ms`): each step waits for its device's previous step and its inputs' arrival."""
+    from collections import defaultdict
+
+    made_by = {o.name: st for st in steps for o in st.outputs}
+    src_of = {(r.tensor, r.dst): r.src for r in routes}
+    finish: dict[str, float] = {}
+    pending, dev_free = list(steps), defaultdict(float)
+    while pending:
+        st = next(s for s in pending if all(
+            i.name not in made_by or made_by[i.name].name in finish for i in s.inputs))
+        pending.remove(st)
+        start = dev_free[st.device]
+        for i in st.inputs:
+            src = src_of.get((i.name, st.device))
+            if i.name in made_by and made_by[i.name].device != st.device:
+                link = cluster.link(made_by[i.name].device, st.device)
+                t = finish[made_by[i.name].name] + busy_ms(sizes[i.name], link) + link.latency_ms
+            elif src == CALLER:
+                link = cluster.default_link
+                t = busy_ms(sizes[i.name], link) + link.latency_ms
+            else:
+                t = finish.get(made_by[i.name].name, 0.0) if i.name in made_by else 0.0
+            start = max(start, t)
+        finish[st.name] = start + st.estimated_ms
+        dev_free[st.device] = finish[st.name]
+    return round(max(finish.values(), default=0.0), 6)
 
 
 class CostModel:
@@ -46,13 +90,13 @@ class CostModel:
     # -- the same, vectorised for planners -------------------------------------------------------
     def compute_prefix_ms(self, device: str) -> np.ndarray:
         """[n+1] cumulative compute time of nodes[:i] on `device`, in ms."""
-        return self.prefix_flops / (self.cluster.device(device).gflops * 1e9) * 1e3
+        return compute_ms(self.prefix_flops, self.cluster.device(device).gflops)
 
     def transfer_vector_ms(self, src: str, dst: str, with_latency: bool = True) -> np.ndarray:
         """[n+1] time to send what crosses cut i from `src` to `dst`, in ms (without the link's
         latency: how long the link is busy, which is what bounds a pipelined stream)."""
         link = self.cluster.link(src, dst)
-        busy = self.graph.live_bytes * 8.0 / (link.bandwidth_mbps * 1e6) * 1e3
+        busy = busy_ms(self.graph.live_bytes, link)
         return busy + link.latency_ms if with_latency else busy
 
     def max_stop(self, device: str) -> np.ndarray:

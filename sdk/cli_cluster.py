@@ -13,7 +13,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .cli import _run, app, console, err_console
+from ._cli import app, console, err_console
+from ._cli import run as _run
 from .errors import PeerError
 
 InterfaceOpt = typer.Option(None, "--interface", "-i", help="IP address of the network interface to use for mDNS and ZeroMQ (for example 192.168.1.20); 127.0.0.1 keeps a whole cluster on loopback. Default: all interfaces.")

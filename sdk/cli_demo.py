@@ -27,7 +27,9 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from .cli import _packager, _run, app, console
+from ._cli import app, console
+from ._cli import packager as _packager
+from ._cli import run as _run
 
 GOAL_SPEEDUP = 1.7  # streamed throughput of 2 devices over one (docs/agents.md: a 2-stage pipe streams ~2x)
 GOAL_ESTIMATE = 1.5  # the planner's latency within this factor of the measured one
@@ -129,10 +131,10 @@ def demo_cmd(
             console.print(f"calibrated loopback link: {link.bandwidth_mbps:,.0f} Mbit/s, "
                           f"{link.latency_ms:.3f} ms")
             (wd / "cluster.yaml").write_text(_cluster_yaml(names, {n: speed.gflops for n in names}, link))
-            prep = p.package.prepare(model, wd / "cluster.yaml", objective, {"input": (1, 3, 224, 224)})
             dist = wd / "dist"
-            res = p.package.package(prep.model, prep.graph, prep.cluster, prep.pipeline, dist,
-                                    model_name="efficientnet-lite0")
+            res = p.package(model, wd / "cluster.yaml", out=dist, objective=objective,
+                            input_shapes={"input": (1, 3, 224, 224)}, model_name="efficientnet-lite0")
+            prep = res.planned
             pp = prep.pipeline
             step_files = [res.bundle_dirs[s.device] / f"stage{i}.onnx" for i, s in enumerate(pp.stages)]
             with console.status("timing each stage alone on its device's core ..."):

@@ -280,7 +280,7 @@ def imagenet_classes() -> list[str]:
     data/imagenet_classes.txt, so no download and no extra dependency)."""
     from importlib import resources
 
-    text = resources.files("edgepart.packager").joinpath("data", "imagenet_classes.txt").read_text(encoding="utf-8")
+    text = resources.files("edgepart.testing").joinpath("data", "imagenet_classes.txt").read_text(encoding="utf-8")
     names = [line.split(" ", 1)[1] for line in text.splitlines() if line and not line.startswith("#")]
     assert len(names) == 1000, len(names)
     return names

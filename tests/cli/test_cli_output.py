@@ -161,7 +161,7 @@ def test_plan_json_memory_uses_the_units_of_cluster_yaml(files, tmp_path):
 
     from edgepart.packager.cluster import load_cluster
     from edgepart.packager.cost import CostModel
-    from edgepart.packager.graph import analyse
+    from edgepart.packager.model.graph import analyse
 
     res = invoke("plan", files / "big.onnx", "-c", files / "cluster3.yaml", "--json")
     stages = json.loads(res.stdout)["stages"]

@@ -92,7 +92,7 @@ def test_channel_report_dense_split_is_exact(digits, tmp_path):
 
 
 def test_channel_report_with_repurpose_measures_held_out_samples(digits, tmp_path):
-    from edgepart.packager.sparse import repurpose
+    from edgepart.packager.strategies.channel.restructure import repurpose
 
     html = tmp_path / "report.html"
     budget = 0.2

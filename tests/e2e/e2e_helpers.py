@@ -48,7 +48,7 @@ def package_model(model: onnx.ModelProto | Path, out: Path, n: int, *, real: boo
                   shapes: Mapping[str, tuple[int, ...]] | None = None, names: Sequence[str] | None = None,
                   gflops: Sequence[float] | None = None, tag: str = "", objective: str = "throughput"):
     """Plan and package `model` for n devices (dev0..) under out/dist; returns the Packaged result."""
-    from edgepart.packager.package import package, prepare
+    from edgepart.packager.strategies.pipeline.compiler import package, prepare
 
     out.mkdir(parents=True, exist_ok=True)
     if isinstance(model, onnx.ModelProto):
@@ -68,9 +68,9 @@ def package_with_cuts(model: onnx.ModelProto, out: Path, cuts: tuple[int, ...], 
     """Package `model` cut after exactly these node positions, stage i on dev<i>."""
     from edgepart.packager.cluster import cluster_from_dict
     from edgepart.packager.cost import CostModel
-    from edgepart.packager.graph import analyse
-    from edgepart.packager.package import package
-    from edgepart.packager.pipeline import evaluate
+    from edgepart.packager.model.graph import analyse
+    from edgepart.packager.strategies.pipeline.compiler import package
+    from edgepart.packager.strategies.pipeline.planner import evaluate
 
     out.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(out / f"{model.graph.name}.onnx"))

@@ -28,9 +28,9 @@ ROUNDS = 50
 
 
 def _channel(tmp_path, n: int, tag: str):
-    from edgepart.packager.channel import package_channel
+    from edgepart.packager.strategies.channel.compiler import package_channel
     from edgepart.packager.cluster import load_cluster
-    from edgepart.packager.graph import analyse
+    from edgepart.packager.model.graph import analyse
 
     import onnx
 

@@ -24,9 +24,9 @@ def _save(model: onnx.ModelProto, out):
 
 @pytest.mark.parametrize("n", [2, 3])
 def test_channel_split_through_agents(n, tmp_path, agents, sessions):
-    from edgepart.packager.channel import package_channel
+    from edgepart.packager.strategies.channel.compiler import package_channel
     from edgepart.packager.cluster import load_cluster
-    from edgepart.packager.graph import analyse
+    from edgepart.packager.model.graph import analyse
 
     model = graphs.residual()
     path = _save(model, tmp_path)
@@ -48,9 +48,9 @@ def test_minilm_channel_split_through_agents(n, minilm_path, tmp_path, agents, s
     statistics and partial-sum messages are ordinary routes; planned at 1 x 16 tokens, run on real
     sentences of other batch sizes and lengths."""
     from edgepart.testing import zoo
-    from edgepart.packager.channel import package_channel
+    from edgepart.packager.strategies.channel.compiler import package_channel
     from edgepart.packager.cluster import load_cluster
-    from edgepart.packager.graph import analyse, load_model
+    from edgepart.packager.model.graph import analyse, load_model
 
     model = load_model(minilm_path)
     cluster = load_cluster(write_cluster(tmp_path / "cluster.yaml", [f"dev{i}" for i in range(n)], [1.0] * n))
@@ -72,13 +72,13 @@ def test_efficientnet_channel_split_through_agents(n, replicate, efficientnet_li
     they are fewer bytes (and with the stem and block 0 replicated on both devices): the same answers
     as one onnxruntime session on real photo crops."""
     from edgepart.testing import zoo
-    from edgepart.packager.channel import package_channel
+    from edgepart.packager.strategies.channel.compiler import package_channel
     from edgepart.packager.cluster import load_cluster
-    from edgepart.packager.graph import analyse, load_model
+    from edgepart.packager.model.graph import analyse, load_model
 
     model, part = load_model(efficientnet_lite0_path), None
     if replicate:
-        from edgepart.packager.sparse import replicate as replicate_first
+        from edgepart.packager.strategies.channel.restructure import replicate as replicate_first
 
         r = replicate_first(model, n, replicate, input_shapes={"input": (1, 3, 224, 224)})
         assert r.report.nodes
@@ -97,7 +97,7 @@ def test_efficientnet_channel_split_through_agents(n, replicate, efficientnet_li
 
 @pytest.mark.parametrize("codec,atol", [("bitmap", 1e-5), ("auto", 1e-5), ("fp16", 5e-2), ("int8", 2e-1)])
 def test_wire_codecs_through_agents(codec, atol, tmp_path, agents, sessions):
-    from edgepart.packager.package import package, prepare
+    from edgepart.packager.strategies.pipeline.compiler import package, prepare
 
     model = graphs.residual()
     path = _save(model, tmp_path)

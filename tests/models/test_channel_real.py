@@ -15,10 +15,10 @@ pytest.importorskip("sklearn")
 from digits_cnn import digits_cnn  # noqa: E402
 
 from edgepart.local import LocalCluster  # noqa: E402
-from edgepart.packager.channel import channel_bytes, package_channel  # noqa: E402
-from edgepart.packager.channel_layout import partitionable  # noqa: E402
+from edgepart.packager.strategies.channel.compiler import channel_bytes, package_channel  # noqa: E402
+from edgepart.packager.strategies.channel._layout import partitionable  # noqa: E402
 from edgepart.packager.cluster import cluster_from_dict  # noqa: E402
-from edgepart.packager.graph import analyse, load_model  # noqa: E402
+from edgepart.packager.model.graph import analyse, load_model  # noqa: E402
 from edgepart.plan import CALLER  # noqa: E402
 
 ATOL = 1e-4
@@ -117,7 +117,7 @@ def test_efficientnet_lite0_replicated_stem(efficientnet_lite0_path, tmp_path, n
     none of their 112x112 activations: at least 3.5x fewer bytes than the dense split on 2 devices
     for at most 5 % more compute per device."""
     from edgepart.testing import zoo
-    from edgepart.packager.sparse import replicate
+    from edgepart.packager.strategies.channel.restructure import replicate
 
     model = load_model(efficientnet_lite0_path)
     shapes = {"input": (1, 3, 224, 224)}
@@ -136,7 +136,7 @@ def test_efficientnet_lite0_replicated_stem(efficientnet_lite0_path, tmp_path, n
 def test_ppocr_det_replicated_first_blocks(ppocr_det_path, tmp_path):
     """PP-OCRv4's detector (HardSwish written out, scales that come first in Mul/Add): its first
     blocks replicated on 2 devices, exact through the bundles, fewer bytes than the exact split."""
-    from edgepart.packager.sparse import replicate
+    from edgepart.packager.strategies.channel.restructure import replicate
 
     model = load_model(ppocr_det_path)
     name = model.graph.input[0].name

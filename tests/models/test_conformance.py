@@ -24,9 +24,9 @@ pytestmark = pytest.mark.models
 
 zoo = pytest.importorskip("edgepart.testing.zoo")
 from edgepart.errors import MissingExtraError, PlanningError  # noqa: E402
-from edgepart.packager.fold import constant_only  # noqa: E402
-from edgepart.packager.package import package, prepare  # noqa: E402
-from edgepart.packager.verify import verify  # noqa: E402
+from edgepart.packager.model.fold import constant_only  # noqa: E402
+from edgepart.packager.strategies.pipeline.compiler import package, prepare  # noqa: E402
+from edgepart.packager.check.verify import verify  # noqa: E402
 
 ATOL = 1e-5  # each model gives the same bits run after run, session after session (measured): none needs more
 DEVICES = [

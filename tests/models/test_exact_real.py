@@ -17,8 +17,8 @@ pytestmark = pytest.mark.models
 
 zoo = pytest.importorskip("edgepart.testing.zoo")
 from edgepart.inputs import save_npz  # noqa: E402
-from edgepart.packager.package import package, prepare  # noqa: E402
-from edgepart.packager.verify import verify  # noqa: E402
+from edgepart.packager.strategies.pipeline.compiler import package, prepare  # noqa: E402
+from edgepart.packager.check.verify import verify  # noqa: E402
 
 ATOL = 1e-5
 # Unequal devices: speeds 1x to 8x apart, memory from 128 MB to 1 GB, one slow pair link.

@@ -16,8 +16,8 @@ pytest.importorskip("onnx")  # the packager extra
 
 from edgepart.packager.cluster import cluster_from_dict  # noqa: E402
 from edgepart.packager.cost import CostModel  # noqa: E402
-from edgepart.packager.graph import Graph, analyse, load_model  # noqa: E402
-from edgepart.packager.pipeline import evaluate, exhaustive, plan_pipeline  # noqa: E402
+from edgepart.packager.model.graph import Graph, analyse, load_model  # noqa: E402
+from edgepart.packager.strategies.pipeline.planner import evaluate, exhaustive, plan_pipeline  # noqa: E402
 
 PLAN_S = 2.0  # the requirement for planning a real model
 SHAPES = {

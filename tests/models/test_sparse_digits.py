@@ -28,11 +28,11 @@ from digits_cnn import digits_cnn, env_threads, torch_threads  # noqa: E402
 from seeds import SEEDS, Spread, pinned_threads, session_options  # noqa: E402, F401  (a fixture)
 
 from edgepart.local import LocalCluster  # noqa: E402
-from edgepart.packager.channel import channel_bytes, compile_channel, package_channel  # noqa: E402
+from edgepart.packager.strategies.channel.compiler import channel_bytes, compile_channel, package_channel  # noqa: E402
 from edgepart.packager.cluster import cluster_from_dict  # noqa: E402
-from edgepart.packager.graph import analyse  # noqa: E402
-from edgepart.packager.sparse import repurpose  # noqa: E402
-from edgepart.packager.sparse.disco import disco_train  # noqa: E402
+from edgepart.packager.model.graph import analyse  # noqa: E402
+from edgepart.packager.strategies.channel.restructure import repurpose  # noqa: E402
+from edgepart.packager.strategies.channel.restructure.disco import disco_train  # noqa: E402
 
 BUDGET = 0.15  # of the dense channel split's bytes: 6.7x fewer, leaving room for the classifier's few bytes
 ATOL = 1e-4

@@ -1,4 +1,4 @@
-"""RePurpose's low-rank method (packager/sparse/lowrank.py): each cross-device block replaced by a
+"""RePurpose's low-rank method (packager/strategies/channel/restructure/lowrank.py): each cross-device block replaced by a
 rank-r projection its sender computes. A model whose cross-device blocks really are rank 1 is
 restructured exactly at the bytes of rank 1 (where pruning at equal bytes is not); the restructured
 model's channel split runs through LocalCluster exactly as it does whole, and the bytes its routes
@@ -21,10 +21,10 @@ from seeds import SEEDS, Spread, pinned_threads, session_options  # noqa: F401  
 
 from edgepart.errors import PlanningError
 from edgepart.local import LocalCluster
-from edgepart.packager.channel import channel_bytes, package_channel
+from edgepart.packager.strategies.channel.compiler import channel_bytes, package_channel
 from edgepart.packager.cluster import cluster_from_dict
-from edgepart.packager.graph import analyse
-from edgepart.packager.sparse import repurpose
+from edgepart.packager.model.graph import analyse
+from edgepart.packager.strategies.channel.restructure import repurpose
 
 pytestmark = [pytest.mark.models, pytest.mark.timeout(600), pytest.mark.usefixtures("pinned_threads")]
 
@@ -143,7 +143,7 @@ def test_minilm_three_times_fewer_bytes(minilm_path, tmp_path):
     stay close (bench/bench_sparse.py --minilm measures the curve on 300 sentences); the packaged
     split equals the restructured model."""
     from edgepart.testing import zoo
-    from edgepart.packager.graph import load_model
+    from edgepart.packager.model.graph import load_model
 
     model = load_model(minilm_path)
     shapes = {"input_ids": (1, 32), "attention_mask": (1, 32)}

@@ -17,9 +17,9 @@ from edgepart.local import LocalCluster
 from edgepart.plan import SCHEMA_VERSION
 from edgepart.packager.cluster import cluster_from_dict
 from edgepart.packager.cost import CostModel
-from edgepart.packager.graph import analyse
-from edgepart.packager.package import package
-from edgepart.packager.pipeline import evaluate
+from edgepart.packager.model.graph import analyse
+from edgepart.packager.strategies.pipeline.compiler import package
+from edgepart.packager.strategies.pipeline.planner import evaluate
 
 from graphs import two_in_two_out
 

@@ -14,8 +14,8 @@ import graphs
 from edgepart.packager import calibrate
 from edgepart.packager.cluster import Link, cluster_from_dict
 from edgepart.packager.cost import CostModel
-from edgepart.packager.emit import extract
-from edgepart.packager.graph import analyse
+from edgepart.packager.model.submodel import extract
+from edgepart.packager.model.graph import analyse
 
 X = {"x": np.random.default_rng(0).standard_normal((1, 4, 8, 8)).astype(np.float32)}
 

@@ -17,11 +17,11 @@ from onnx import TensorProto, helper, numpy_helper
 from edgepart.errors import PlanningError
 from edgepart.local import LocalCluster
 from edgepart.plan import CALLER
-from edgepart.packager.channel import channel_bytes, compile_channel, package_channel
-from edgepart.packager.channel_layout import partitionable, plan_layout
+from edgepart.packager.strategies.channel.compiler import channel_bytes, compile_channel, package_channel
+from edgepart.packager.strategies.channel._layout import partitionable, plan_layout
 from edgepart.packager.cluster import cluster_from_dict
-from edgepart.packager.graph import analyse
-from edgepart.packager.verify import verify
+from edgepart.packager.model.graph import analyse
+from edgepart.packager.check.verify import verify
 
 pytestmark = pytest.mark.timeout(120)
 

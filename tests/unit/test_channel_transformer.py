@@ -12,9 +12,9 @@ import pytest
 from onnx import helper
 
 from edgepart.local import LocalCluster
-from edgepart.packager.channel import compile_channel, package_channel
-from edgepart.packager.channel_layout import partitionable
-from edgepart.packager.graph import analyse
+from edgepart.packager.strategies.channel.compiler import compile_channel, package_channel
+from edgepart.packager.strategies.channel._layout import partitionable
+from edgepart.packager.model.graph import analyse
 from edgepart.plan import CALLER
 
 from test_channel import ATOL, F32, I64, _B, check_program, cluster, run_whole  # noqa: E402  (shared helpers)
@@ -215,9 +215,9 @@ def test_both_halves_on_two_devices(tmp_path):
     residual Add) each device reads whole next also sends its own product: both devices sum the
     whole output, the residual stream's all-gather disappears (one exchange fewer), as many bytes,
     exact. The last layer's (its LayerNorm exchanges statistics, nobody reads it whole) does not."""
-    from edgepart.packager.channel import _cross_bytes
-    from edgepart.packager.channel_emit import _Emitter
-    from edgepart.packager.channel_norm import norms_to_gather
+    from edgepart.packager.strategies.channel.compiler import _cross_bytes
+    from edgepart.packager.strategies.channel._emitter import Emitter
+    from edgepart.packager.strategies.channel._norm import norms_to_gather
 
     model = transformer(layers=2)
     res = run_transformer(model, 2, tmp_path)
@@ -232,11 +232,11 @@ def test_both_halves_on_two_devices(tmp_path):
     assert {r.src for r in res.report.routes if r.tensor.startswith(y + "@") and r.tensor.endswith(":own")} == {"dev0", "dev1"}
     # the same layout emitted without both halves: as many bytes
     lay = res.program.layout
-    first = _Emitter(lay, ["dev0", "dev1"], None)
+    first = Emitter(lay, ["dev0", "dev1"], None)
     first.emit()
-    first = _Emitter(lay, ["dev0", "dev1"], None, norms_to_gather(first))
+    first = Emitter(lay, ["dev0", "dev1"], None, norms_to_gather(first))
     first.emit()
-    plain = _Emitter(lay, ["dev0", "dev1"], first.demand, first.gather_norm)
+    plain = Emitter(lay, ["dev0", "dev1"], first.demand, first.gather_norm)
     plain.emit()
     assert _cross_bytes(plain) == res.report.cross_device_bytes
 

@@ -18,10 +18,10 @@ from edgepart.local import LocalCluster
 from edgepart.plan import CALLER
 from edgepart.packager.cluster import cluster_from_dict
 from edgepart.packager.cost import CostModel
-from edgepart.packager.graph import analyse
-from edgepart.packager.package import package, prepare
-from edgepart.packager.pipeline import OBJECTIVES, evaluate
-from edgepart.packager.verify import verify
+from edgepart.packager.model.graph import analyse
+from edgepart.packager.strategies.pipeline.compiler import package, prepare
+from edgepart.packager.strategies.pipeline.planner import OBJECTIVES, evaluate
+from edgepart.packager.check.verify import verify
 
 from graphs import HELPER_MODELS, SHARED_WEIGHT, shared_weight, symbolic_batch
 

@@ -18,7 +18,7 @@ def _exchange_dist(out):
     """a: step0 x -> Neg -> x1 (to b); b: x1 -> Neg -> z (to a); a: step1 Add(x1, z) -> y (to the caller)."""
     from edgepart.packager.bundles import StepModel, model_plan, write_bundles
     from edgepart.packager.cluster import cluster_from_dict
-    from edgepart.packager.graph import analyse
+    from edgepart.packager.model.graph import analyse
 
     vi = lambda n: helper.make_tensor_value_info(n, TensorProto.FLOAT, list(SHAPE))  # noqa: E731
     spec = lambda n: TensorSpec(n, "float32", SHAPE)  # noqa: E731

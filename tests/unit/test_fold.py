@@ -15,11 +15,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgepart.packager.cluster import cluster_from_dict
 from edgepart.packager.cost import CostModel
-from edgepart.packager.fold import constant_only, fold_constants
-from edgepart.packager.graph import analyse, model_sha256
-from edgepart.packager.package import package, prepare
-from edgepart.packager.pipeline import evaluate
-from edgepart.packager.verify import verify
+from edgepart.packager.model.fold import constant_only, fold_constants
+from edgepart.packager.model.graph import analyse, model_sha256
+from edgepart.packager.strategies.pipeline.compiler import package, prepare
+from edgepart.packager.strategies.pipeline.planner import evaluate
+from edgepart.packager.check.verify import verify
 
 from graphs import constant_chains, two_in_two_out
 

@@ -15,8 +15,8 @@ from onnx import helper, numpy_helper
 from edgepart.errors import PlanningError
 from edgepart.packager.cluster import cluster_from_dict
 from edgepart.packager.cost import CostModel
-from edgepart.packager.graph import analyse
-from edgepart.packager.pipeline import OBJECTIVES, evaluate, exhaustive, plan_pipeline
+from edgepart.packager.model.graph import analyse
+from edgepart.packager.strategies.pipeline.planner import OBJECTIVES, evaluate, exhaustive, plan_pipeline
 
 from graphs import F32, IR_VERSION, OPSET, SHARED_WEIGHT, random_model, residual, shared_weight
 

@@ -1,4 +1,4 @@
-"""Replicating a model's first layers on every device (packager/sparse/replicate.py): the rewritten
+"""Replicating a model's first layers on every device (packager/strategies/channel/restructure/replicate.py): the rewritten
 model computes the same function, its channel split is exact through the bundles, and the replicated
 layers and the layers reading them send exactly nothing, at the compute the report states."""
 
@@ -11,9 +11,9 @@ from onnx import helper
 
 from edgepart.errors import PlanningError
 from edgepart.local import LocalCluster
-from edgepart.packager.channel import channel_bytes, package_channel
-from edgepart.packager.graph import analyse
-from edgepart.packager.sparse import replicate, repurpose
+from edgepart.packager.strategies.channel.compiler import channel_bytes, package_channel
+from edgepart.packager.model.graph import analyse
+from edgepart.packager.strategies.channel.restructure import replicate, repurpose
 
 from test_channel import ATOL, _B, cluster, run_whole  # noqa: E402  (shared helpers)
 
@@ -186,7 +186,7 @@ def test_the_rewrite_is_the_same_in_every_process(tmp_path):
     import sys
 
     onnx.save(mobile(5), str(tmp_path / "m.onnx"))
-    code = ("import hashlib, onnx, sys; from edgepart.packager.sparse import replicate; "
+    code = ("import hashlib, onnx, sys; from edgepart.packager.strategies.channel.restructure import replicate; "
             "r = replicate(onnx.load(sys.argv[1]), 3, 1.0, input_shapes={'x': (1, 3, 16, 16)}); "
             "print(hashlib.sha256(r.model.SerializeToString()).hexdigest(), r.report.readers)")
     outs = {subprocess.run([sys.executable, "-c", code, str(tmp_path / "m.onnx")], capture_output=True, text=True,

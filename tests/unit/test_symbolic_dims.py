@@ -13,9 +13,9 @@ import pytest
 
 from edgepart.errors import InputShapeError, InputsError
 from edgepart.inputs import check_feeds, random_inputs, save_npz
-from edgepart.packager.graph import analyse
-from edgepart.packager.package import package, prepare
-from edgepart.packager.verify import verify
+from edgepart.packager.model.graph import analyse
+from edgepart.packager.strategies.pipeline.compiler import package, prepare
+from edgepart.packager.check.verify import verify
 from edgepart.plan import TensorSpec
 
 from graphs import paddle_dims

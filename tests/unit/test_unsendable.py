@@ -12,9 +12,9 @@ import pytest
 from onnx import TensorProto, helper
 
 from edgepart.errors import PlanningError
-from edgepart.packager.package import package, prepare
-from edgepart.packager.pipeline import blocked_cuts
-from edgepart.packager.verify import verify
+from edgepart.packager.strategies.pipeline.compiler import package, prepare
+from edgepart.packager.strategies.pipeline.planner import blocked_cuts
+from edgepart.packager.check.verify import verify
 
 pytestmark = pytest.mark.timeout(120)
 

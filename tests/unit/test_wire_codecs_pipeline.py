@@ -16,9 +16,9 @@ from edgepart.local import LocalCluster
 from edgepart.plan import CALLER
 from edgepart.packager.cluster import cluster_from_dict
 from edgepart.packager.cost import CostModel
-from edgepart.packager.graph import analyse
-from edgepart.packager.package import package
-from edgepart.packager.pipeline import evaluate
+from edgepart.packager.model.graph import analyse
+from edgepart.packager.strategies.pipeline.compiler import package
+from edgepart.packager.strategies.pipeline.planner import evaluate
 
 from graphs import residual
 
@@ -62,7 +62,7 @@ def test_auto_codec_is_bitmap_where_a_relu_output_crosses(tmp_path):
     model's output back to the caller stays dense; the answers are exact."""
     plan, want, got = split(tmp_path, "auto")
     model, graph = residual(), analyse(residual())
-    from edgepart.packager.package import post_relu
+    from edgepart.packager.wire_codecs import post_relu
 
     between = [r for r in plan.routes if CALLER not in (r.src, r.dst)]
     assert between
@@ -76,7 +76,7 @@ def test_post_relu_knows_relu6_and_not_other_clips():
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from edgepart.packager.package import post_relu
+    from edgepart.packager.wire_codecs import post_relu
 
     nodes = [helper.make_node("Clip", ["x", "zero", "six"], ["r6"]), helper.make_node("Clip", ["r6", "one", "six"], ["c1"]),
              helper.make_node("Relu", ["c1"], ["r"]), helper.make_node("Sigmoid", ["r"], ["y"])]

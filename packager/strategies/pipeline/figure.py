@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .graph import Graph
-from .pipeline import PipelinePlan
+from edgepart.packager.model.graph import Graph
+from edgepart.packager.strategies.pipeline.planner import PipelinePlan
 
 
 def plot_pipeline(graph: Graph, pp: PipelinePlan, path: Path | str, title: str = "") -> Path:

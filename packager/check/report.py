@@ -2,12 +2,11 @@
 total (dense vs used), compute and weights per device, and how close the split's outputs stay to the
 original model's on inputs it was not restructured on. One value, as JSON and as one HTML file.
 
-    channel_report(res, graph, model_name, sparse=, fidelity=, ...)  -> PackageReport   (pure)
-    pipeline_report(res, graph, model_name, fidelity=)                -> PackageReport   (pure)
+    PackageReport                       built by each strategy (its `package(..., report=True)`)
     split_holdout(calib, fraction)      -> (fit, held): the last `fraction` of the samples held out
     measure_fidelity(dist, model, feeds, inputs) -> Fidelity: the bundles run chained (LocalCluster)
                                         against the original model; `inputs` says what they are
-    report.to_dict(), report.summary(), report.write_html(path)
+    report.to_dict(), report.summary(); report_html.write_html(report, path) writes the page
 
 The HTML (report_html.py) needs nothing else: CSS inline, plots (matplotlib, Agg) as base64 PNG, no script.
 """
@@ -24,7 +23,8 @@ import numpy as np
 import onnx
 
 from edgepart.errors import EdgepartError, InputsError
-from edgepart.plan import CALLER
+
+from edgepart.packager.check.verify import max_abs_diff
 
 SCHEMA = 1
 
@@ -127,6 +127,9 @@ class PackageReport:
     schema: int = SCHEMA
     # totals when layers share an input (attention's Q, K, V read one tensor, sent once): (dense, used)
     totals: tuple[int, int] | None = None
+    # what a row of `layers` is: "split_layers" (a layer whose input crosses, with a dense baseline) or
+    # "cuts" (a cut between stages, nothing to compare with): the strategy says, the report reads it
+    rows_are: str = "split_layers"
 
     @property
     def dense_bytes(self) -> int:
@@ -147,7 +150,7 @@ class PackageReport:
         return self.cross_device_bytes - self.used_bytes + self.dense_bytes
 
     def summary(self) -> dict:
-        split = "cuts" if self.strategy == "pipeline" else "split_layers"
+        split = self.rows_are
         routes_ratio = self.dense_route_bytes / self.cross_device_bytes if self.cross_device_bytes else math.inf
         return {
             "schema": self.schema, "model": self.model, "strategy": self.strategy, "plan_id": self.plan_id,
@@ -173,21 +176,6 @@ class PackageReport:
         })
         return d
 
-    def write_html(self, path: Path | str) -> Path:
-        """Write the report as one self-contained HTML file (tables and embedded PNG plots)."""
-        from .report_html import render
-
-        path = Path(path)
-        check_writable(path)
-        text = render(self)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text, encoding="utf-8")
-        except OSError as e:
-            raise EdgepartError(f"Cannot write the report to {path} ({e.strerror or e}). "
-                                f"Give a path in a folder you can write to with --report.") from None
-        return path
-
 
 def _num(x: float | None) -> float | None:
     """JSON has no inf or nan: both become null."""
@@ -208,64 +196,6 @@ def check_writable(path: Path | str) -> None:
     if not os.access(parent, os.W_OK):
         raise EdgepartError(f"Cannot write the report to {path}: {parent} is not writable. "
                             f"Give a path in a folder you can write to with --report.")
-
-
-# -- building it (pure) ---------------------------------------------------------------------------------
-
-def channel_report(res, graph, model_name: str, sparse=None, fidelity: Fidelity | None = None,
-                   restructured: Mapping[str, object] | None = None, replicated=None) -> PackageReport:
-    """The report of a channel split (`package_channel`'s result); `sparse` is RePurpose's SparseReport;
-    `replicated` a ReplicateReport, whose original dense split is the baseline then."""
-    rep, plan = res.report, res.plan
-    errs = {x.node: x for x in sparse.layers} if sparse is not None else {}
-    base = dict(replicated.layer_dense) if replicated is not None else {}
-    layers = tuple(
-        LayerRow(x.node, x.input, base.get(x.node, x.dense_bytes), x.sent_bytes,  # what crosses: partial sums where cheaper
-                 errs[x.node].error if x.node in errs else None,
-                 errs[x.node].error_pruned if x.node in errs else None)
-        for x in rep.layers.layers)
-    macs, params = dict(rep.macs), dict(rep.param_bytes)
-    devs = plan.device_names()
-    rows = tuple(DeviceRow(d, int(macs.get(d, 0)), int(params.get(d, 0)), len(plan.steps_of(d)),
-                           round(sum(s.estimated_ms for s in plan.steps_of(d)), 6)) for d in devs)
-    codec = {(r.tensor, r.src, r.dst): r.codec.kind for r in plan.routes}
-    routes = tuple(RouteRow(r.tensor, r.src, r.dst, codec.get((r.tensor, r.src, r.dst), "dense"), r.size_bytes,
-                            r.channels) for r in rep.routes)
-    names = rep.devices or devs
-    decisions = tuple((n, op, d.kind, names[d.device] if 0 <= d.device < len(names) else "", d.note)
-                      for n, op, d in rep.decisions)
-    return PackageReport(model_name, "channel", plan.plan_id, devs, rep.latency_ms, rep.cross_device_bytes,
-                         rep.caller_bytes, layers, rows, routes, int(graph.total_macs), int(graph.total_param_bytes),
-                         decisions, tuple(rep.notes), fidelity, tuple((restructured or {}).items()),
-                         totals=(dense_baseline(rep, sparse, replicated), rep.layers.sent_bytes))
-
-
-def dense_baseline(rep, sparse=None, replicated=None) -> int:
-    """What the dense channel split of the ORIGINAL model sends in its split layers: a restructured
-    model's own dense split counts its added layers (lowrank) or its copies (replicate)."""
-    if sparse is not None and getattr(sparse, "dense_bytes", None):
-        return int(sparse.dense_bytes)
-    if replicated is not None and replicated.dense_bytes:
-        return int(replicated.dense_bytes)
-    return int(rep.layers.dense_bytes)
-
-
-def pipeline_report(res, graph, model_name: str, fidelity: Fidelity | None = None) -> PackageReport:
-    """The report of a pipeline (`package.package`'s result): one row per cut, one per stage's device."""
-    pp, plan = res.pipeline, res.plan
-    layers = tuple(
-        LayerRow(f"cut after stage{i} ({s.device}, node {s.stop - 1}: {graph.nodes[s.stop - 1].name})",
-                 ", ".join(graph.crossing(s.stop)), s.send_bytes, s.send_bytes)
-        for i, s in enumerate(pp.stages[:-1]))
-    rows = tuple(DeviceRow(s.device, int(round(s.flops / 2)), int(s.param_bytes), 1, round(s.compute_ms, 6))
-                 for s in pp.stages)
-    routes = tuple(RouteRow(r.tensor, r.src, r.dst, r.codec.kind, int(graph.tensor_bytes.get(r.tensor, 0)))
-                   for r in plan.routes)
-    between = sum(r.size_bytes for r in routes if CALLER not in (r.src, r.dst))
-    caller = sum(r.size_bytes for r in routes if CALLER in (r.src, r.dst))
-    return PackageReport(model_name, "pipeline", plan.plan_id, tuple(s.device for s in pp.stages), pp.latency_ms,
-                         between, caller, layers, rows, routes, int(graph.total_macs), int(graph.total_param_bytes),
-                         fidelity=fidelity)
 
 
 # -- held-out inputs and fidelity ---------------------------------------------------------------------------
@@ -290,14 +220,12 @@ def split_holdout(calib: Mapping[str, np.ndarray], fraction: float) -> tuple[dic
 
 
 def _session(model: onnx.ModelProto | Path | str):
-    import onnxruntime as ort
-
     from edgepart.runtime import make_session
 
+    from edgepart.packager.model import probe
+
     if isinstance(model, onnx.ModelProto):
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        return probe.session(model, optimize=True)
     return make_session(model)
 
 
@@ -336,10 +264,10 @@ def measure_fidelity(dist: Path | str, model: onnx.ModelProto | Path | str, feed
         got = cluster.run(part)
         if comp is not None:
             for k, v in zip(names, comp.run(names, part)):
-                exact = max(exact, _max_abs(v, got[k]))
+                exact = max(exact, max_abs_diff(v, got[k]))
         for k in names:
             a, b = np.asarray(want[k], np.float64), np.asarray(got[k], np.float64)
-            diff[k] = max(diff[k], _max_abs(a, b))
+            diff[k] = max(diff[k], max_abs_diff(a, b))
             per = rows if batched and a.ndim and a.shape[0] == rows and a.shape == b.shape else 1
             a2, b2 = (a.reshape(per, -1), b.reshape(per, -1)) if a.shape == b.shape else (a.reshape(1, -1), None)
             for i in range(per):
@@ -358,12 +286,18 @@ def measure_fidelity(dist: Path | str, model: onnx.ModelProto | Path | str, feed
                     exact if compiled is not None else None)
 
 
-def _max_abs(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if a.shape != b.shape:
-        return math.inf
-    return float(np.max(np.abs(a - b))) if a.size else 0.0
+def fidelity_without_calibration(out: Path | str, model: onnx.ModelProto | Path | str, plan, shapes: Mapping,
+                                 feeds: Mapping) -> Fidelity:
+    """Fidelity on the example inputs when given (--inputs), else on one random input (seed 0), each
+    run as given (not per sample)."""
+    from edgepart.inputs import check_feeds, random_inputs
+
+    if feeds:
+        check_feeds(plan.inputs, feeds)
+        return measure_fidelity(out, model, feeds, "the --inputs", batched=False)
+    return measure_fidelity(out, model, random_inputs(plan.inputs, dict(shapes), seed=0),
+                            "one random input (standard normal, seed 0)", batched=False)
 
 
-__all__ = ["PackageReport", "LayerRow", "DeviceRow", "RouteRow", "Fidelity", "OutputFidelity", "channel_report",
-           "pipeline_report", "split_holdout", "measure_fidelity", "check_writable"]
+__all__ = ["PackageReport", "LayerRow", "DeviceRow", "RouteRow", "Fidelity", "OutputFidelity", "split_holdout",
+           "measure_fidelity", "fidelity_without_calibration", "check_writable"]

@@ -20,7 +20,7 @@ from edgepart.codecs import DTYPES
 from edgepart.errors import ModelError
 from edgepart.plan import TensorSpec
 
-from .graph import Graph
+from edgepart.packager.model.graph import Graph
 
 EXTERNAL_DATA_MIN_BYTES = 256 * 1024 * 1024  # beyond this, weights go to `<file>.data`
 
@@ -29,32 +29,41 @@ def extract(model: onnx.ModelProto, graph: Graph, start: int, stop: int, name: s
     """The sub-model of nodes[start:stop], with the specs of its inputs and outputs."""
     g = model.graph
     inputs, outputs = graph.stage_io(start, stop)
-    by_name = _placed_protos(model, graph)
+    by_name = placed_protos(model, graph)
     nodes = [by_name[nd.name] for nd in graph.nodes[start:stop]]
     consts = {c for nd in graph.nodes[start:stop] for c in nd.constants}
     const_nodes = [nd for nd in g.node if nd.op_type == "Constant" and set(nd.output) & consts]
     inits = [i for i in g.initializer if i.name in consts]
     in_specs = tuple(_spec(graph, t) for t in inputs)
     out_specs = tuple(_spec(graph, t) for t in outputs)
+    out = assemble(model, const_nodes + nodes, in_specs, out_specs, inits, f"{graph.name}_{name}",
+                   f"The sub-model {name} (nodes {start}..{stop - 1})")
+    return out, in_specs, out_specs
+
+
+def assemble(like: onnx.ModelProto, nodes, in_specs, out_specs, inits, graph_name: str, what: str) -> onnx.ModelProto:
+    """A standalone model of `nodes` (copied) with these inputs, outputs and initializers, keeping
+    `like`'s opset, IR version and model-local functions; checked, or ModelError naming `what`.
+    Every strategy builds its steps' sub-models here."""
     sub = helper.make_graph(
-        nodes=[copy.deepcopy(nd) for nd in const_nodes + nodes],
-        name=f"{graph.name}_{name}",
+        nodes=[copy.deepcopy(nd) for nd in nodes],
+        name=graph_name,
         inputs=[_value_info(s) for s in in_specs],
         outputs=[_value_info(s) for s in out_specs],
         initializer=[copy.deepcopy(i) for i in inits],
     )
     out = helper.make_model(
         sub,
-        opset_imports=list(model.opset_import),
-        ir_version=model.ir_version,
+        opset_imports=list(like.opset_import),
+        ir_version=like.ir_version,
         producer_name="edgepart",
-        functions=list(model.functions),
+        functions=list(like.functions),
     )
     try:
         onnx.checker.check_model(out, full_check=False)
     except onnx.checker.ValidationError as e:
-        raise ModelError(f"The sub-model {name} (nodes {start}..{stop - 1}) is not valid ONNX: {str(e).splitlines()[0]}") from None
-    return out, in_specs, out_specs
+        raise ModelError(f"{what} is not valid ONNX: {str(e).splitlines()[0]}") from None
+    return out
 
 
 def save(model: onnx.ModelProto, path: Path, external_data_min_bytes: int = EXTERNAL_DATA_MIN_BYTES) -> list[Path]:
@@ -69,7 +78,7 @@ def save(model: onnx.ModelProto, path: Path, external_data_min_bytes: int = EXTE
     return [path]
 
 
-def _placed_protos(model: onnx.ModelProto, graph: Graph) -> dict[str, onnx.NodeProto]:
+def placed_protos(model: onnx.ModelProto, graph: Graph) -> dict[str, onnx.NodeProto]:
     """Map each placed node's analysis name back to its NodeProto (unnamed nodes get op_index names)."""
     protos = [nd for nd in model.graph.node if nd.op_type != "Constant"]
     by_out = {o: nd for nd in protos for o in nd.output if o}

@@ -27,16 +27,17 @@ pair, split contractions take partial sums where those are fewer bytes (channel_
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping
 
 import numpy as np
 import onnx
+from scipy.cluster.hierarchy import DisjointSet
 
 from edgepart.errors import PlanningError
 
-from .channel_ops import ModelInfo, Rule, classify
-from .graph import Graph
+from edgepart.packager.strategies.channel._ops import ModelInfo, Rule, classify
+from edgepart.packager.model.graph import Graph
 
 CALLER_DEV = -1  # the layout device of a model input: the caller sends it where it is needed
 
@@ -112,7 +113,7 @@ def plan_layout(model: onnx.ModelProto, graph: Graph, n_devices: int,
     info = info or ModelInfo(model, graph)
     notes: list[str] = []
 
-    rules = _rules(info)
+    rules = layer_rules(info)
     user = _check_partition(info, rules, partition or {}, n_devices)
 
     # pass B: partitions (one per class of tensors tied by per-channel ops)
@@ -192,15 +193,13 @@ def plan_layout(model: onnx.ModelProto, graph: Graph, n_devices: int,
             for t in nd.outputs:
                 layouts[t] = Whole(r)
         decisions.append(dec)
-    from .channel_partial import plan_partial_sums  # it reads layouts: imported here, not in a cycle
-
     decisions = plan_partial_sums(info, rules, layouts, decisions, n_devices)
     partition_out = {nd.outputs[0]: owner[nd.outputs[0]]
                      for nd, d in zip(graph.nodes, decisions) if d.kind == "contract"}
     return ChannelLayout(info, n_devices, tuple(rules), layouts, tuple(decisions), partition_out, tuple(notes))
 
 
-def _rules(info: ModelInfo) -> list[Rule]:
+def layer_rules(info: ModelInfo) -> list[Rule]:
     """Pass A: every node's rule, from its inputs' kinds alone."""
     kind_of: dict[str, str] = {i.name: "caller" for i in info.graph.inputs}
     axis_of: dict[str, int | None] = {}
@@ -220,7 +219,7 @@ def partitionable(model: onnx.ModelProto, graph: Graph, info: ModelInfo | None =
     channels), with their channel counts, in topological order."""
     info = info or ModelInfo(model, graph)
     return {nd.outputs[0]: info.shapes[nd.outputs[0]][r.axis]
-            for nd, r in zip(graph.nodes, _rules(info)) if r.kind == "contract"}
+            for nd, r in zip(graph.nodes, layer_rules(info)) if r.kind == "contract"}
 
 
 def _check_partition(info: ModelInfo, rules, partition: Mapping[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
@@ -246,11 +245,24 @@ def _local_note(rule: Rule, owner: np.ndarray, n: int) -> str:
     return rule.why
 
 
-def _classes(info: ModelInfo, rules) -> "_UnionFind":
+class _Classes(DisjointSet):
+    """scipy's union-find over tensor names, with the two calls this module makes."""
+
+    def find(self, x: str) -> str:
+        self.add(x)
+        return self[x]
+
+    def union(self, a: str, b: str) -> None:
+        self.add(a)
+        self.add(b)
+        self.merge(a, b)
+
+
+def _classes(info: ModelInfo, rules) -> _Classes:
     """Tensors that must share one partition. Per-channel ops tie their output to their split inputs;
     tensors reshaped into groups (heads) of the same size that end up in one class are tied too, so
     that Q, K and V of one attention are split alike (their heads meet in Q·K^T and P·V)."""
-    uf = _UnionFind()
+    uf = _Classes()
     for nd, rule in zip(info.graph.nodes, rules):
         if rule.kind in ("local", "norm") and rule.link == "same":
             for t in rule.ins:
@@ -270,7 +282,7 @@ def _classes(info: ModelInfo, rules) -> "_UnionFind":
     return uf
 
 
-def _granules(info: ModelInfo, rules, uf: "_UnionFind") -> dict[str, int]:
+def _granules(info: ModelInfo, rules, uf: _Classes) -> dict[str, int]:
     """Class root -> channels per group (head) of a Reshape reading the class: default partitions keep
     whole groups on one device."""
     out: dict[str, int] = {}
@@ -289,23 +301,6 @@ def _group_owner(owner: np.ndarray, inner: int, n: int) -> np.ndarray:
     per = owner.reshape(-1, inner)
     counts = (per[:, :, None] == np.arange(n)[None, None, :]).sum(1)
     return counts.argmax(1).astype(np.int64)
-
-
-class _UnionFind:
-    def __init__(self):
-        self.parent: dict[str, str] = {}
-
-    def find(self, x: str) -> str:
-        self.parent.setdefault(x, x)
-        while self.parent[x] != x:
-            self.parent[x] = self.parent[self.parent[x]]
-            x = self.parent[x]
-        return x
-
-    def union(self, a: str, b: str) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[rb] = ra
 
 
 def held_bytes(info: ModelInfo, t: str, layout: Layout, n: int) -> np.ndarray:
@@ -481,3 +476,68 @@ def layer_bytes(lay: ChannelLayout) -> BytesReport:
         rows.append(LayerBytes(nd.name, nd.outputs[0], c.x, c.used.shape[1], c.used.shape[0], int(round(dense)),
                                int(round(used)), int(round(sent + partial)), int(round(partial))))
     return BytesReport(tuple(rows))
+
+
+# -- partial sums: where a contraction's partial products cross instead of its inputs (_partial.py emits them)
+
+def plan_partial_sums(info: ModelInfo, rules, layouts, decisions, n: int) -> list[Decision]:
+    """`decisions` with `partial` set on the split contractions where partial sums move fewer bytes."""
+    graph = info.graph
+    out = list(decisions)
+    readers: dict[str, list[int]] = {}
+    for nd, d in zip(graph.nodes, decisions):
+        c = info.contraction(nd.name)
+        if d.kind == "contract" and c is not None:
+            lx = layouts[c.x]
+            if isinstance(lx, Split) and lx.axis == c.in_axis:
+                readers.setdefault(c.x, []).append(nd.index)
+    for x, idxs in readers.items():
+        if _read_elsewhere(info, rules, layouts, decisions, x, set(idxs)):
+            continue
+        lx = layouts[x]
+        bpc_x = info.bytes_per_channel(x, lx.axis)
+        pairs: dict[int, list[tuple[int, int]]] = {i: [] for i in idxs}
+        saved: dict[int, float] = {i: 0.0 for i in idxs}
+        for k in range(n):
+            for j in range(n):
+                if j == k:
+                    continue
+                received: set[int] = set()
+                partial, users = 0.0, []
+                for i in idxs:
+                    nd = graph.nodes[i]
+                    c = info.contraction(nd.name)
+                    ly = layouts[nd.outputs[0]]
+                    rows = ly.of(k)
+                    used = np.flatnonzero(c.used[rows].any(0) & (lx.owner == j)) if rows.size else ()
+                    if len(used):
+                        received.update(np.asarray(used).tolist())
+                        partial += info.bytes_per_channel(nd.outputs[0], ly.axis) * len(rows)
+                        users.append(i)
+                if received and partial < bpc_x * len(received):
+                    for i in users:
+                        pairs[i].append((k, j))
+                        saved[i] += (bpc_x * len(received) - partial) / len(users)
+        for i in idxs:
+            if pairs[i]:
+                out[i] = replace(out[i], partial=tuple(pairs[i]), note=(
+                    f"partial sums instead of input channels for {len(pairs[i])} device pair(s) "
+                    f"(receiver, sender) {list(pairs[i])}: {int(round(saved[i]))} B fewer"))
+    return out
+
+
+def _read_elsewhere(info: ModelInfo, rules, layouts, decisions, x: str, contractions: set[int]) -> bool:
+    """Whether anything but the split contractions reads channels of x held on another device."""
+    if x in info.model_outputs:
+        return True
+    lx = layouts[x]
+    for i in info.consumers.get(x, []):
+        if i in contractions or rules[i].kind == "rep":
+            continue
+        nd = info.graph.nodes[i]
+        lo = layouts.get(nd.outputs[0])
+        same = (decisions[i].kind in ("local", "norm") and rules[i].link == "same" and x in rules[i].ins
+                and isinstance(lo, Split) and lo.axis == lx.axis and np.array_equal(lo.owner, lx.owner))
+        if not same:  # it may read channels from other devices: x crosses anyway
+            return True
+    return False

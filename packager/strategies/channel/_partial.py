@@ -12,88 +12,22 @@ read the same x (Q, K and V read one LayerNorm output), k receives x's channels 
 of them, so partial sums must beat that one message, not one per contraction. When anything else
 reads x's channels across devices (an op that is not a split contraction, a model output), x crosses
 anyway and partial sums are never chosen for it.
+
+The emitting functions take `em`, the channel Emitter (_emitter.py) that calls them; it is not
+imported here, so that the emitter and its helpers do not import each other.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .channel_layout import Decision, Split
-from .channel_ops import ModelInfo, attr
-
-if TYPE_CHECKING:
-    from .channel_emit import _Emitter
-
-
-def plan_partial_sums(info: ModelInfo, rules, layouts, decisions, n: int) -> list[Decision]:
-    """`decisions` with `partial` set on the split contractions where partial sums move fewer bytes."""
-    graph = info.graph
-    out = list(decisions)
-    readers: dict[str, list[int]] = {}
-    for nd, d in zip(graph.nodes, decisions):
-        c = info.contraction(nd.name)
-        if d.kind == "contract" and c is not None:
-            lx = layouts[c.x]
-            if isinstance(lx, Split) and lx.axis == c.in_axis:
-                readers.setdefault(c.x, []).append(nd.index)
-    for x, idxs in readers.items():
-        if _read_elsewhere(info, rules, layouts, decisions, x, set(idxs)):
-            continue
-        lx = layouts[x]
-        bpc_x = info.bytes_per_channel(x, lx.axis)
-        pairs: dict[int, list[tuple[int, int]]] = {i: [] for i in idxs}
-        saved: dict[int, float] = {i: 0.0 for i in idxs}
-        for k in range(n):
-            for j in range(n):
-                if j == k:
-                    continue
-                received: set[int] = set()
-                partial, users = 0.0, []
-                for i in idxs:
-                    nd = graph.nodes[i]
-                    c = info.contraction(nd.name)
-                    ly = layouts[nd.outputs[0]]
-                    rows = ly.of(k)
-                    used = np.flatnonzero(c.used[rows].any(0) & (lx.owner == j)) if rows.size else ()
-                    if len(used):
-                        received.update(np.asarray(used).tolist())
-                        partial += info.bytes_per_channel(nd.outputs[0], ly.axis) * len(rows)
-                        users.append(i)
-                if received and partial < bpc_x * len(received):
-                    for i in users:
-                        pairs[i].append((k, j))
-                        saved[i] += (bpc_x * len(received) - partial) / len(users)
-        for i in idxs:
-            if pairs[i]:
-                out[i] = replace(out[i], partial=tuple(pairs[i]), note=(
-                    f"partial sums instead of input channels for {len(pairs[i])} device pair(s) "
-                    f"(receiver, sender) {list(pairs[i])}: {int(round(saved[i]))} B fewer"))
-    return out
-
-
-def _read_elsewhere(info: ModelInfo, rules, layouts, decisions, x: str, contractions: set[int]) -> bool:
-    """Whether anything but the split contractions reads channels of x held on another device."""
-    if x in info.model_outputs:
-        return True
-    lx = layouts[x]
-    for i in info.consumers.get(x, []):
-        if i in contractions or rules[i].kind == "rep":
-            continue
-        nd = info.graph.nodes[i]
-        lo = layouts.get(nd.outputs[0])
-        same = (decisions[i].kind in ("local", "norm") and rules[i].link == "same" and x in rules[i].ins
-                and isinstance(lo, Split) and lo.axis == lx.axis and np.array_equal(lo.owner, lx.owner))
-        if not same:  # it may read channels from other devices: x crosses anyway
-            return True
-    return False
-
+from edgepart.packager.strategies.channel._layout import Split
+from edgepart.packager.strategies.channel._ops import attr
 
 # -- emission ------------------------------------------------------------------------------------------
 
-def emit_partials(em: "_Emitter", nd, k: int, rows: np.ndarray, cols: np.ndarray, senders, origin):
+def emit_partials(em, nd, k: int, rows: np.ndarray, cols: np.ndarray, senders, origin):
     """Partial products of output channels `rows` on each sender, routed to k. Returns the input
     channels k still reads itself and the names of the partial products on k."""
     owner = em.lay.layouts[em.info.contraction(nd.name).x].owner[cols]
@@ -108,7 +42,7 @@ def emit_partials(em: "_Emitter", nd, k: int, rows: np.ndarray, cols: np.ndarray
     return cols[~np.isin(owner, list(senders))], sums
 
 
-def emit_sum(em: "_Emitter", nd, k: int, rows: np.ndarray, parts: list[str], out: str, origin) -> None:
+def emit_sum(em, nd, k: int, rows: np.ndarray, parts: list[str], out: str, origin) -> None:
     """The partial products of `rows` summed on k, plus their bias."""
     c = em.info.contraction(nd.name)
     p = em.info.protos[nd.name]
@@ -134,7 +68,7 @@ def both_halves_candidates(lay, demand) -> frozenset[str]:
     """Contractions over exactly 2 devices that send each other partial sums both ways, and whose
     output, or an elementwise result of it, each device then receives whole from the other (from
     the `demand` of a collecting pass): there sending both halves at once costs no extra bytes."""
-    from .channel_ops import ELEMENTWISE
+    from edgepart.packager.strategies.channel._ops import ELEMENTWISE
 
     if lay.n_devices != 2:
         return frozenset()
@@ -162,7 +96,7 @@ def both_halves_candidates(lay, demand) -> frozenset[str]:
     return frozenset(out)
 
 
-def emit_both_halves(em: "_Emitter", nd) -> None:
+def emit_both_halves(em, nd) -> None:
     """On 2 devices with partial sums both ways, device k also sends j its own product of k's rows
     (in the message that carries j's partial sums: the same step). j already computed its partial
     for k's rows, so it sums k's channels of y too and holds y whole: the all-gather of y that its

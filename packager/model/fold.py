@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .graph import _captured, _first_line, _topological
+from edgepart.packager.model.graph import captured_inputs, first_line, topological_order
 
 log = logging.getLogger("edgepart")
 
@@ -39,8 +39,8 @@ def constant_only(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     consts = {i.name for i in g.initializer} | {o for nd in g.node if nd.op_type == "Constant" for o in nd.output}
     model_outputs = {o.name for o in g.output}
     out = []
-    for nd in _topological(g, set(consts)):
-        reads = [t for t in list(nd.input) + _captured(nd) if t]
+    for nd in topological_order(g, set(consts)):
+        reads = [t for t in list(nd.input) + captured_inputs(nd) if t]
         if _random(nd) or model_outputs & set(nd.output) or not all(t in consts for t in reads):
             continue
         out.append(nd)
@@ -80,7 +80,7 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _reads(nd: onnx.NodeProto) -> list[str]:
-    return [t for t in list(nd.input) + _captured(nd) if t]
+    return [t for t in list(nd.input) + captured_inputs(nd) if t]
 
 
 def _needed(model: onnx.ModelProto, fold: list[onnx.NodeProto]) -> list[str]:
@@ -94,7 +94,7 @@ def _needed(model: onnx.ModelProto, fold: list[onnx.NodeProto]) -> list[str]:
 def _evaluate(model: onnx.ModelProto, fold: list[onnx.NodeProto]) -> dict[str, object] | None:
     """The values of the folded nodes' outputs that the rest of the graph reads, or None when
     onnxruntime cannot compute them (then nothing is folded and the model is planned as it is)."""
-    import onnxruntime as ort
+    from edgepart.packager.model import probe
 
     names = _needed(model, fold)
     if not names:
@@ -109,14 +109,10 @@ def _evaluate(model: onnx.ModelProto, fold: list[onnx.NodeProto]) -> dict[str, o
     m = onnx.helper.make_model(sub, opset_imports=list(model.opset_import), ir_version=model.ir_version,
                                functions=list(model.functions))
     try:
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        so.log_severity_level = 3
-        sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
-        return dict(zip(names, sess.run(names, {})))
+        return dict(zip(names, probe.session(m).run(names, {})))
     except Exception as e:  # onnxruntime's errors are untyped
         log.warning("could not fold the model's constant-only nodes (%s); they stay ordinary nodes, "
-                    "and what they compute crosses cuts like any activation", _first_line(e))
+                    "and what they compute crosses cuts like any activation", first_line(e))
         return None
 
 

@@ -8,7 +8,6 @@ and the calibration activations around them.
 
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import dataclass
 from typing import Mapping, Sequence
@@ -17,9 +16,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..channel_layout import Split, Whole, plan_layout
-from ..channel_ops import ModelInfo, attr
-from ..graph import Graph
+from edgepart.packager.strategies.channel._layout import Split, Whole, plan_layout
+from edgepart.packager.strategies.channel._ops import ModelInfo, attr
+from edgepart.packager.model.graph import Graph
 
 log = logging.getLogger("edgepart")
 
@@ -125,8 +124,8 @@ def find_layers(model: onnx.ModelProto, graph: Graph, n_devices: int, info: Mode
     return out
 
 
-def _owners(model, graph, n, partition, info, layers: Sequence[Layer]) -> None:
-    """Each layer's input and output owners, as the compiler lays them out for `partition`."""
+def set_owners(model, graph, n, partition, info, layers: Sequence[Layer]) -> None:
+    """Set each layer's input and output owners, as the compiler lays them out for `partition`."""
     lay = plan_layout(model, graph, n, partition, info)
     for L in layers:
         lx, ly = lay.layouts.get(L.x), lay.layouts.get(L.y)
@@ -192,31 +191,9 @@ def set_weights(model: onnx.ModelProto, L: Layer, W: np.ndarray, b: np.ndarray |
 
 def _session(model: onnx.ModelProto, names: Sequence[str]):
     """An onnxruntime session over the part of `model` that `names` need, with `names` as outputs."""
-    import onnxruntime as ort
+    from edgepart.packager.model import probe
 
-    m = copy.deepcopy(model)
-    made = {o: nd for nd in m.graph.node for o in nd.output}
-    need, todo, keep = set(), list(names), set()
-    while todo:
-        t = todo.pop()
-        if t in need:
-            continue
-        need.add(t)
-        nd = made.get(t)
-        if nd is not None and id(nd) not in keep:
-            keep.add(id(nd))
-            todo.extend(i for i in nd.input if i)
-            for a in nd.attribute:  # subgraph captures
-                for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-                    todo.extend(i for sub in g.node for i in sub.input if i)
-    nodes = [nd for nd in m.graph.node if id(nd) in keep]
-    del m.graph.node[:]
-    m.graph.node.extend(nodes)
-    del m.graph.output[:]
-    m.graph.output.extend(onnx.ValueInfoProto(name=t) for t in names)
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return probe.session(probe.exposing(model, names, only_needed=True), optimize=True)
 
 
 @dataclass
@@ -261,7 +238,7 @@ def collect(model: onnx.ModelProto, calib: Mapping[str, np.ndarray], layers: Seq
     return out
 
 
-def _positions(layers: Sequence[Layer], n: int, max_positions: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def sample_positions(layers: Sequence[Layer], n: int, max_positions: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     idx = {}
     for L in layers:
         total = n * L.per_sample

@@ -33,10 +33,10 @@ from onnx import numpy_helper
 
 from edgepart.errors import PlanningError
 
-from ..channel import channel_bytes
-from ..channel_layout import Split, Whole, _rules, plan_layout, partitionable
-from ..channel_ops import ELEMENTWISE, POOLS, ModelInfo, attr
-from ..graph import analyse
+from edgepart.packager.strategies.channel.compiler import channel_bytes
+from edgepart.packager.strategies.channel._layout import Split, Whole, layer_rules, plan_layout, partitionable
+from edgepart.packager.strategies.channel._ops import ELEMENTWISE, POOLS, ModelInfo, attr
+from edgepart.packager.model.graph import analyse
 
 REPORT_SCHEMA = 1
 
@@ -104,7 +104,7 @@ def replicate(model: onnx.ModelProto, n_devices: int, max_extra_macs: float = 0.
     original = channel_bytes(graph, part, model, n_devices)
     before = original.sent_bytes
     baseline = dict(dense_bytes=original.dense_bytes, layer_dense=tuple((x.node, x.dense_bytes) for x in original.layers))
-    prefixes = _prefixes(info, _rules(info))
+    prefixes = _prefixes(info, layer_rules(info))
     share = (n_devices - 1) / n_devices
     total = graph.total_macs
     options = tuple((nodes[-1].outputs[0], sum(nd.macs for nd in nodes) * share / max(total, 1)) for nodes in prefixes)
@@ -131,7 +131,7 @@ def replicate(model: onnx.ModelProto, n_devices: int, max_extra_macs: float = 0.
 def _prefixes(info: ModelInfo, rules) -> list[list]:
     """Every prefix (in topological order) of replicable nodes that only Conv layers read
     from outside, shortest first."""
-    kind_of = {i.name: "caller" for i in info.graph.inputs}  # as the compiler sees them (channel_layout._rules)
+    kind_of = {i.name: "caller" for i in info.graph.inputs}  # as the compiler sees them (channel_layout.layer_rules)
     region: list = []
     inside: set[str] = set()
     out: list[list] = []

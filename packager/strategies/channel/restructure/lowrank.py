@@ -45,11 +45,11 @@ from onnx import helper, numpy_helper
 
 from edgepart.errors import ModelError, PlanningError
 
-from ..channel import channel_bytes
-from ..channel_layout import BytesReport, plan_layout
-from ..channel_ops import ModelInfo, attr
-from ..graph import analyse
-from .layers import Layer, _owners, _positions, collect, find_layers, get_weights
+from edgepart.packager.strategies.channel.compiler import channel_bytes
+from edgepart.packager.strategies.channel._layout import BytesReport, plan_layout
+from edgepart.packager.strategies.channel._ops import ModelInfo, attr
+from edgepart.packager.model.graph import analyse
+from edgepart.packager.strategies.channel.restructure.activations import Layer, set_owners, sample_positions, collect, find_layers, get_weights
 
 log = logging.getLogger("edgepart")
 
@@ -143,7 +143,7 @@ def lowrank(model: onnx.ModelProto, calib: Mapping[str, np.ndarray], n_devices: 
 
     `reference`: the dense split the budget is a fraction of, when `model` was already restructured
     (replicate.py); by default `model`'s own."""
-    from .repurpose import LayerReport, Repurposed
+    from edgepart.packager.strategies.channel.restructure.results import LayerReport, Repurposed
 
     if not 0.0 <= comm_budget <= 1.0:
         raise PlanningError(f"comm_budget is a fraction of the dense channel split's bytes, in 0..1; got {comm_budget}.")
@@ -164,7 +164,7 @@ def lowrank(model: onnx.ModelProto, calib: Mapping[str, np.ndarray], n_devices: 
     part = {t: lay.layouts[t].owner for t in _partitionable(model, graph, info) if hasattr(lay.layouts.get(t), "owner")}
     part.update({k: np.asarray(v) for k, v in (partition or {}).items()})
     layers = find_layers(model, graph, n_devices, info)
-    _owners(model, graph, n_devices, part, info, layers)
+    set_owners(model, graph, n_devices, part, info, layers)
     dense = channel_bytes(graph, part, model, n_devices)
     ref = reference or dense
     by_x: dict[str, list[Layer]] = {}
@@ -182,7 +182,7 @@ def lowrank(model: onnx.ModelProto, calib: Mapping[str, np.ndarray], n_devices: 
 
     rng = np.random.default_rng(seed)
     flat = [L for _, g in groups for L in g]
-    idx = _positions(flat, n_cal, max_positions, rng)
+    idx = sample_positions(flat, n_cal, max_positions, rng)
     # positions shared by a group (one input tensor): the first layer's
     for _, g in groups:
         for L in g[1:]:
@@ -241,7 +241,7 @@ def lowrank(model: onnx.ModelProto, calib: Mapping[str, np.ndarray], n_devices: 
 
 
 def _partitionable(model, graph, info) -> list[str]:
-    from ..channel_layout import partitionable
+    from edgepart.packager.strategies.channel._layout import partitionable
 
     return list(partitionable(model, graph, info))
 
@@ -372,7 +372,7 @@ def _rewrite(model: onnx.ModelProto, g: list[Layer], proj: dict, X: np.ndarray, 
 
 
 def _set(model, L: Layer, W: np.ndarray, b, inits) -> None:
-    from .layers import set_weights
+    from edgepart.packager.strategies.channel.restructure.activations import set_weights
 
     set_weights(model, L, W[:, :, None], b)
 

@@ -1,4 +1,4 @@
-"""RePurpose (DESIGN.md idea 3, arXiv 2008.08289): restructure a trained model for a sparse channel
+"""RePurpose (docs/architecture.md, "The three ideas"; arXiv 2008.08289): restructure a trained model for a sparse channel
 split, without retraining, on calibration inputs.
 
     repurpose(model, calib, n_devices, comm_budget) -> Repurposed(model, partition, report)
@@ -24,84 +24,25 @@ import copy
 import dataclasses
 import heapq
 import logging
-from dataclasses import dataclass
-from typing import Mapping, NamedTuple, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import onnx
+from scipy.cluster.hierarchy import DisjointSet
 
 from edgepart.errors import ModelError, PlanningError
 
-from ..channel import channel_bytes
-from ..channel_layout import BytesReport, default_partition, plan_layout
-from ..channel_ops import ModelInfo
-from ..graph import analyse
-from .layers import Layer, Samples, _owners, _positions, collect, find_layers, get_weights, rel_error, set_weights
+from edgepart.packager.strategies.channel.compiler import channel_bytes
+from edgepart.packager.strategies.channel._layout import default_partition, plan_layout
+from edgepart.packager.strategies.channel._ops import ModelInfo
+from edgepart.packager.model.graph import analyse
+from edgepart.packager.strategies.channel.restructure.results import LayerReport, Repurposed, SparseReport
+from edgepart.packager.strategies.channel.restructure.activations import Layer, Samples, set_owners, sample_positions, collect, find_layers, get_weights, rel_error, set_weights
 
 log = logging.getLogger("edgepart")
 
 STEPS = ("assign", "prune", "adjust")
 SELECTIONS = ("auto", "omp", "norm", "magnitude")
-
-
-# -- report -------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class LayerReport:
-    """One Conv/Gemm/MatMul layer, every step measured on the calibration inputs."""
-
-    node: str
-    output: str
-    in_channels: int
-    out_channels: int
-    dense_bytes: int  # its input's bytes crossing devices in the dense channel split, per inference
-    used_bytes: int  # after pruning
-    inside_default: float  # share of its weight strength |W| x rms(x) inside a device, contiguous blocks
-    inside_assigned: float  # the same after the assignment (nan: its input is not split)
-    error_pruned: float  # relative output error ||y' - y|| / ||y||, its own (pruned-model) inputs, before adjust
-    error: float  # the same at the end (after adjust, if it ran)
-
-
-@dataclass(frozen=True)
-class SparseReport:
-    n_devices: int
-    comm_budget: float
-    steps: tuple[str, ...]
-    layers: tuple[LayerReport, ...]
-    bytes: BytesReport  # channel_bytes of the result: dense vs used, per split layer
-
-    @property
-    def dense_bytes(self) -> int:
-        return self.bytes.dense_bytes
-
-    @property
-    def used_bytes(self) -> int:
-        return self.bytes.used_bytes
-
-    @property
-    def ratio(self) -> float:
-        return self.bytes.ratio
-
-    def to_dict(self) -> dict:
-        return {"n_devices": self.n_devices, "comm_budget": self.comm_budget, "steps": list(self.steps),
-                "dense_bytes": self.dense_bytes, "used_bytes": self.used_bytes, "ratio": self.ratio,
-                "layers": [x.__dict__ for x in self.layers]}
-
-    def table(self) -> str:
-        """Plain-text table, one row per layer."""
-        rows = [f"{'layer':<34} {'dense B':>8} {'used B':>7} {'in-dev def':>10} {'in-dev asg':>10} "
-                f"{'err pruned':>10} {'err final':>9}"]
-        for x in self.layers:
-            rows.append(f"{x.node[-34:]:<34} {x.dense_bytes:>8} {x.used_bytes:>7} {x.inside_default:>10.3f} "
-                        f"{x.inside_assigned:>10.3f} {x.error_pruned:>10.4f} {x.error:>9.4f}")
-        rows.append(f"{'total':<34} {self.dense_bytes:>8} {self.used_bytes:>7}   ratio {self.ratio:.2f}x")
-        return "\n".join(rows)
-
-
-class Repurposed(NamedTuple):
-    model: onnx.ModelProto  # the restructured model: zeroed cross-device blocks, adjusted weights
-    partition: dict[str, np.ndarray]  # for package_channel / channel_bytes
-    report: SparseReport
 
 
 # -- step 1: assign ------------------------------------------------------------------------------------
@@ -131,22 +72,14 @@ def balanced_assign(profit: np.ndarray, capacities: np.ndarray) -> np.ndarray:
 
 def _classes(lay) -> dict[str, str]:
     """Tensor -> root of its class: tensors tied by per-channel ops share one partition (as the compiler does)."""
-    parent: dict[str, str] = {}
-
-    def find(t):
-        parent.setdefault(t, t)
-        while parent[t] != t:
-            parent[t] = parent[parent[t]]
-            t = parent[t]
-        return t
-
+    classes = DisjointSet()
     for nd, rule in zip(lay.graph.nodes, lay.rules):
         if rule.kind == "local" and rule.link == "same":
             for t in rule.ins:
-                a, b = find(nd.outputs[0]), find(t)
-                if a != b:
-                    parent[b] = a
-    return {t: find(t) for t in list(parent)}
+                classes.add(nd.outputs[0])
+                classes.add(t)
+                classes.merge(nd.outputs[0], t)
+    return {t: classes[t] for t in classes}
 
 
 def assign(model, graph, info, layers: Sequence[Layer], n: int, strength: Mapping[str, np.ndarray],
@@ -168,7 +101,7 @@ def assign(model, graph, info, layers: Sequence[Layer], n: int, strength: Mappin
     for sweep in range(iterations):
         changed = False
         for r, writers in units.items():
-            _owners(model, graph, n, part, info, layers)
+            set_owners(model, graph, n, part, info, layers)
             c = writers[0].out_channels
             profit = np.zeros((c, n))
             for W in writers:
@@ -285,7 +218,7 @@ def select_blocks(layers: Sequence[Layer], queues: Mapping[str, list], budget_by
     keep: dict[str, set[tuple[int, int]]] = {L.node: set() for L in layers}
     groups = [[L] for L in layers] if allocation == "layer" else [list(layers)]
     for group in groups:
-        budget = budget_bytes if allocation == "global" else comm_budget * sum(_dense(L) for L in group)
+        budget = budget_bytes if allocation == "global" else comm_budget * sum(dense_bytes_of(L) for L in group)
         heap = []
         for L in group:
             for k, q in queues.get(L.node, []):
@@ -306,7 +239,7 @@ def select_blocks(layers: Sequence[Layer], queues: Mapping[str, list], budget_by
     return keep
 
 
-def _dense(L: Layer) -> float:
+def dense_bytes_of(L: Layer) -> float:
     """Bytes the layer's input moves in the dense channel split (as the compiler counts them)."""
     if L.in_owner is None or L.out_owner is None:
         return 0.0
@@ -386,11 +319,11 @@ def repurpose(model: onnx.ModelProto, calib: Mapping[str, np.ndarray], n_devices
         raise PlanningError("replicate works with method 'lowrank' (prune's assignment would move the copies of the "
                             "replicated layers between devices); use method='lowrank', or replicate=0.")
     if method == "lowrank":
-        from .lowrank import lowrank
+        from edgepart.packager.strategies.channel.restructure.lowrank import lowrank
 
         reference = rep = partition = None
         if replicate:
-            from .replicate import replicate as replicate_first
+            from edgepart.packager.strategies.channel.restructure.replicate import replicate as replicate_first
 
             shapes = dict(input_shapes or {k: (1,) + tuple(np.asarray(v).shape[1:]) for k, v in calib.items()})
             reference = channel_bytes(analyse(model, shapes), None, model, n_devices)
@@ -427,23 +360,23 @@ def repurpose(model: onnx.ModelProto, calib: Mapping[str, np.ndarray], n_devices
     layers = find_layers(model, graph, n_devices, info)
     n_calib = len(next(iter(calib.values())))
     rng = np.random.default_rng(seed)
-    idx = _positions(layers, n_calib, max_positions, rng)
+    idx = sample_positions(layers, n_calib, max_positions, rng)
     orig = collect(model, calib, layers, idx, batch_size=batch_size)
     weights = {L.node: get_weights(model, L) for L in layers}
     strength = {L.node: _strength(weights[L.node][0], orig[L.node].sq, orig[L.node].count) for L in layers}
 
-    _owners(model, graph, n_devices, None, info, layers)
+    set_owners(model, graph, n_devices, None, info, layers)
     inside_default = {L.node: _inside(strength[L.node], L.out_owner, L.in_owner) for L in layers}
     partition = {L.y: L.out_owner for L in layers if L.kind == "contract" and L.out_owner is not None}
     if "assign" in steps:
         partition = assign(model, graph, info, layers, n_devices, strength, iterations)
-    _owners(model, graph, n_devices, partition, info, layers)
+    set_owners(model, graph, n_devices, partition, info, layers)
     inside = {L.node: _inside(strength[L.node], L.out_owner, L.in_owner) for L in layers}
 
     prunable = [L for L in layers if L.kind == "contract" and L.in_owner is not None and L.out_owner is not None]
     if "prune" in steps:
         queues = {L.node: _queues(L, weights[L.node][0], orig[L.node], selection, ridge) for L in prunable}
-        dense = sum(_dense(L) for L in prunable)
+        dense = sum(dense_bytes_of(L) for L in prunable)
         keep = select_blocks(prunable, queues, comm_budget * dense, allocation, comm_budget)
         for L in prunable:
             W, b = weights[L.node]

@@ -16,7 +16,6 @@ an unusual way, a case in channel_emit.local.
 
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import dataclass
 
@@ -26,8 +25,8 @@ from onnx import helper, numpy_helper
 
 from edgepart.errors import ModelError, PlanningError
 
-from .emit import _placed_protos
-from .graph import Graph
+from edgepart.packager.model.submodel import placed_protos
+from edgepart.packager.model.graph import Graph, constant_value
 
 log = logging.getLogger("edgepart")
 
@@ -82,7 +81,7 @@ class ModelInfo:
 
     def __init__(self, model: onnx.ModelProto, graph: Graph):
         self.model, self.graph = model, graph
-        self.protos = _placed_protos(model, graph)
+        self.protos = placed_protos(model, graph)
         self.inits = {i.name: i for i in model.graph.initializer}
         self.const_nodes = {o: nd for nd in model.graph.node if nd.op_type == "Constant" for o in nd.output}
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
@@ -104,7 +103,7 @@ class ModelInfo:
             if name in self.inits:
                 self._arrays[name] = numpy_helper.to_array(self.inits[name])
             else:
-                self._arrays[name] = _constant_value(self.const_nodes[name])
+                self._arrays[name] = constant_value(self.const_nodes[name])
         return self._arrays[name]
 
     def value(self, name: str) -> np.ndarray | None:
@@ -135,32 +134,11 @@ def attr(p: onnx.NodeProto, name: str, default=None):
     return default
 
 
-def _constant_value(nd: onnx.NodeProto) -> np.ndarray:
-    for a in nd.attribute:
-        if a.name == "value":
-            return numpy_helper.to_array(a.t)
-        if a.name == "value_float":
-            return np.array(a.f, dtype=np.float32)
-        if a.name == "value_floats":
-            return np.array(list(a.floats), dtype=np.float32)
-        if a.name == "value_int":
-            return np.array(a.i, dtype=np.int64)
-        if a.name == "value_ints":
-            return np.array(list(a.ints), dtype=np.int64)
-    raise ModelError(f"The Constant node {nd.name!r} holds a kind of value the channel compiler cannot read "
-                     f"({', '.join(a.name for a in nd.attribute)}); fold it into an initializer (onnxsim) first.")
-
-
 def _probe(model: onnx.ModelProto, graph: Graph):
     """(shape, dtype, small value) of every activation: one onnxruntime run on zeros at the planning shapes."""
-    import onnxruntime as ort
+    from edgepart.packager.model import probe
 
     names = [t for t, p in graph.producer.items() if p >= 0]
-    m = copy.deepcopy(model)
-    known = {o.name for o in m.graph.output}
-    for t in names:
-        if t not in known:
-            m.graph.output.append(onnx.ValueInfoProto(name=t))
     feeds = {}
     for spec in graph.inputs:
         shape = graph.input_shapes.get(spec.name) or spec.shape
@@ -168,12 +146,8 @@ def _probe(model: onnx.ModelProto, graph: Graph):
             raise PlanningError(f"Input {spec.name!r} has symbolic dimensions {list(spec.shape)}; analyse the model "
                                 f"with input_shapes (--input-shape NAME=1x3x224x224) before channel planning.")
         feeds[spec.name] = np.zeros(shape, dtype=spec.dtype)
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.log_severity_level = 3
     try:
-        sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
-        outs = sess.run(names, feeds)
+        outs = probe.run(model, names, feeds)
     except Exception as e:  # onnxruntime's errors are untyped
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
         raise ModelError(f"The model does not run in onnxruntime at its planning shapes ({first}); check it "

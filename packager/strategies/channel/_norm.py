@@ -19,21 +19,21 @@ own before the output's channels cross in the next one. There each device instea
 tensor itself, exactly as one session would: one exchange instead of two (docs/channel.md,
 "LayerNorm over split channels"). `norms_to_gather` finds those LayerNorms from what the first pass
 of emission asked for.
+
+The emitting functions take `em`, the channel Emitter (_emitter.py) that calls them; it is not
+imported here, so that the emitter and its helpers do not import each other.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .channel_ops import aligned, attr
-
-if TYPE_CHECKING:
-    from .channel_emit import _Emitter
+from edgepart.packager.strategies.channel._ops import aligned, attr
 
 
-def emit_norm(em: "_Emitter", nd) -> None:
+
+def emit_norm(em, nd) -> None:
     """A LayerNormalization split like its input: statistics exchanged, each device normalises its channels."""
     info, lay = em.info, em.lay
     p = info.protos[nd.name]
@@ -128,7 +128,7 @@ def emit_norm(em: "_Emitter", nd) -> None:
             em.op(k, "Mul", [normed, ins[1]], [name], inits[0], origins=origin)
 
 
-def norms_to_gather(em: "_Emitter") -> frozenset[str]:
+def norms_to_gather(em) -> frozenset[str]:
     """The outputs of `norm` LayerNorms that every device holding channels of them receives whole
     from every other (from a first, collecting pass of emission): there sending the input is one
     exchange fewer and no more bytes."""
@@ -145,7 +145,7 @@ def norms_to_gather(em: "_Emitter") -> frozenset[str]:
     return frozenset(out)
 
 
-def _emit_gathered(em: "_Emitter", nd, p, devs: list[int]) -> None:
+def _emit_gathered(em, nd, p, devs: list[int]) -> None:
     """Each device gathers the whole input, normalises it as the model does, and keeps the whole
     output for its readers (collect_channels takes their channels from it) and its own piece."""
     x, out = p.input[0], nd.outputs[0]
@@ -162,20 +162,20 @@ def _emit_gathered(em: "_Emitter", nd, p, devs: list[int]) -> None:
         em.piece[(out, k)] = em.take(k, whole, out, lo.of(k), lo.axis, np.arange(c), out=em.fresh(f"{out}@{em.dev[k]}"))
 
 
-def _copy(em: "_Emitter", name: str, inits: list) -> str:
+def _copy(em, name: str, inits: list) -> str:
     inits.append(em.copy_const(name))
     return name
 
 
-def _reduce_mean(em: "_Emitter", k: int, x: str, axes, out: str, origins) -> None:
+def _reduce_mean(em, k: int, x: str, axes, out: str, origins) -> None:
     _reduce(em, k, "ReduceMean", x, list(axes), out, origins)
 
 
-def _reduce_sum(em: "_Emitter", k: int, x: str, axis: int, out: str, origins) -> None:
+def _reduce_sum(em, k: int, x: str, axis: int, out: str, origins) -> None:
     _reduce(em, k, "ReduceSum", x, [axis], out, origins)
 
 
-def _reduce(em: "_Emitter", k: int, op: str, x: str, axes: list[int], out: str, origins) -> None:
+def _reduce(em, k: int, op: str, x: str, axes: list[int], out: str, origins) -> None:
     """A keepdims reduction, with `axes` as an attribute or (ReduceSum from opset 13, the others from
     18) as an input."""
     if em.info.opset >= (13 if op == "ReduceSum" else 18):

@@ -18,9 +18,9 @@ import numpy as np
 
 from edgepart.errors import PlanningError
 
-from .cluster import Cluster
-from .cost import CostModel
-from .graph import Graph
+from edgepart.packager.cluster import Cluster
+from edgepart.packager.cost import CostModel
+from edgepart.packager.model.graph import Graph
 
 OBJECTIVES = ("latency", "throughput")
 MAX_DEVICES = 10  # the DP is exponential in devices; past this, plan in groups
@@ -198,7 +198,7 @@ def exhaustive(graph: Graph, cluster: Cluster, objective: str = "latency") -> fl
 def blocked_cuts(graph: Graph) -> dict[int, str]:
     """Cut -> an activation that would cross it and cannot travel between devices (a sequence, a
     tensor of unknown type or rank, strings): the planner cuts elsewhere (docs/planning.md)."""
-    from .emit import unsendable
+    from edgepart.packager.model.submodel import unsendable
 
     out: dict[int, str] = {}
     for t, p in graph.producer.items():
@@ -221,7 +221,7 @@ def _few_nodes(graph: Graph) -> str:
 
 
 def _why_too_few_cuts(graph: Graph, n_devices: int, blocked: dict[int, str]) -> str:
-    from .emit import unsendable
+    from edgepart.packager.model.submodel import unsendable
 
     free = graph.n - 1 - len(blocked)
     seen = list(dict.fromkeys(blocked.values()))

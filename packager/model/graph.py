@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from edgepart.errors import InputShapeError, ModelError
 from edgepart.plan import TensorSpec
@@ -114,7 +114,7 @@ def load_model(path: str | Path) -> onnx.ModelProto:
         model = onnx.load(str(path))
     except Exception as e:  # onnx raises DecodeError, ValueError, OSError... for a bad file
         raise ModelError(
-            f"{path} is not a readable ONNX model ({type(e).__name__}: {_first_line(e)}). "
+            f"{path} is not a readable ONNX model ({type(e).__name__}: {first_line(e)}). "
             f"Export it with torch.onnx.export or tf2onnx, or check that the file was copied whole."
         ) from None
     if not model.graph.node or not model.opset_import:
@@ -172,7 +172,7 @@ def analyse(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | N
             for o in nd.output:
                 constant_bytes[o] = _constant_node_bytes(nd)
 
-    order = _topological(g, set(constant_bytes))
+    order = topological_order(g, set(constant_bytes))
     specs: dict[str, TensorSpec] = {}
     for vi in list(g.input) + list(g.output) + list(symbolic.graph.value_info) + list(symbolic.graph.output):
         spec = _spec(vi)
@@ -188,7 +188,7 @@ def analyse(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | N
     producer: dict[str, int] = {i.name: -1 for i in real_inputs}
     last_use: dict[str, int] = {}
     for idx, nd in enumerate(order):
-        reads = [t for t in list(nd.input) + _captured(nd) if t]
+        reads = [t for t in list(nd.input) + captured_inputs(nd) if t]
         acts = tuple(dict.fromkeys(t for t in reads if t not in constant_bytes))
         consts = tuple(dict.fromkeys(t for t in reads if t in constant_bytes))
         for t in acts:
@@ -306,7 +306,7 @@ def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
         return onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
     except Exception as e:  # inference errors are many and untyped; fall back to what the model says
-        log.warning("onnx shape inference failed (%s); sizes will be measured with onnxruntime", _first_line(e))
+        log.warning("onnx shape inference failed (%s); sizes will be measured with onnxruntime", first_line(e))
         return model
 
 
@@ -367,7 +367,7 @@ def _constant_node_bytes(nd: onnx.NodeProto) -> int:
     return 8
 
 
-def _captured(nd: onnx.NodeProto) -> list[str]:
+def captured_inputs(nd: onnx.NodeProto) -> list[str]:
     """Outer-scope names that a node's subgraphs (If, Loop, Scan) read."""
     out: list[str] = []
     for a in nd.attribute:
@@ -375,14 +375,14 @@ def _captured(nd: onnx.NodeProto) -> list[str]:
         for sg in subs:
             defined = {i.name for i in sg.input} | {i.name for i in sg.initializer}
             for sn in sg.node:
-                for t in list(sn.input) + _captured(sn):
+                for t in list(sn.input) + captured_inputs(sn):
                     if t and t not in defined:
                         out.append(t)
                 defined.update(sn.output)
     return out
 
 
-def _topological(g: onnx.GraphProto, constants: set[str]) -> list[onnx.NodeProto]:
+def topological_order(g: onnx.GraphProto, constants: set[str]) -> list[onnx.NodeProto]:
     """Placeable nodes in a topological order (the file's order when it already is one)."""
     nodes = [nd for nd in g.node if nd.op_type not in _NO_PLACE]
     available = {i.name for i in g.input} | constants | {""}
@@ -392,7 +392,7 @@ def _topological(g: onnx.GraphProto, constants: set[str]) -> list[onnx.NodeProto
             made_by[o] = i
     deps = []
     for i, nd in enumerate(nodes):
-        deps.append({made_by[t] for t in list(nd.input) + _captured(nd) if t not in available and t in made_by})
+        deps.append({made_by[t] for t in list(nd.input) + captured_inputs(nd) if t not in available and t in made_by})
     # Kahn's algorithm, always taking the lowest original index: keeps the file's order if valid.
     import heapq
 
@@ -438,28 +438,20 @@ def _activation_bytes(model, producer, fixed_specs, input_shapes):
 
 def _measure(model, names: list[str], input_shapes) -> dict[str, tuple[int, tuple[int, ...] | None, str | None]]:
     """One onnxruntime run on zeros, every unknown tensor exposed as an output, to read its size."""
-    import onnxruntime as ort
+    from edgepart.packager.model import probe
 
-    m = copy.deepcopy(model)
-    known = {o.name for o in m.graph.output}
-    inits = {i.name for i in m.graph.initializer}
-    for t in names:
-        if t not in known and t not in inits and t not in {i.name for i in m.graph.input}:
-            m.graph.output.append(onnx.ValueInfoProto(name=t))
+    inits = {i.name for i in model.graph.initializer}
     feeds = {}
-    for vi in m.graph.input:
+    for vi in model.graph.input:
         if vi.name in inits:
             continue
         tt = vi.type.tensor_type
         shape = input_shapes.get(vi.name) or tuple(d.dim_value for d in tt.shape.dim)
         feeds[vi.name] = np.zeros(shape, dtype=helper.tensor_dtype_to_np_dtype(tt.elem_type))
     try:
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
-        outs = sess.run(names, {k: v for k, v in feeds.items() if k in {i.name for i in sess.get_inputs()}})
+        outs = probe.run(model, names, feeds)
     except Exception as e:  # onnxruntime's errors are untyped
-        log.warning("could not measure tensor sizes with onnxruntime (%s); counting them as 0 bytes", _first_line(e))
+        log.warning("could not measure tensor sizes with onnxruntime (%s); counting them as 0 bytes", first_line(e))
         return {t: (0, None, None) for t in names}
     return {t: _measured(v) for t, v in zip(names, outs)}
 
@@ -521,7 +513,23 @@ def _macs(nd: onnx.NodeProto, shape_of, const_shapes, tensor_bytes) -> int:
     return out_elems
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
     s = str(e).strip().splitlines()
     return s[0][:300] if s else type(e).__name__
 
+
+def constant_value(nd: onnx.NodeProto) -> np.ndarray:
+    """The value a Constant node holds, as an array; ModelError for a kind of value not read here."""
+    for a in nd.attribute:
+        if a.name == "value":
+            return numpy_helper.to_array(a.t)
+        if a.name == "value_float":
+            return np.array(a.f, dtype=np.float32)
+        if a.name == "value_floats":
+            return np.array(list(a.floats), dtype=np.float32)
+        if a.name == "value_int":
+            return np.array(a.i, dtype=np.int64)
+        if a.name == "value_ints":
+            return np.array(list(a.ints), dtype=np.int64)
+    raise ModelError(f"The Constant node {nd.name!r} holds a kind of value the packager cannot read "
+                     f"({', '.join(a.name for a in nd.attribute)}); fold it into an initializer (onnxsim) first.")

@@ -1,4 +1,4 @@
-"""DISCO (DESIGN.md idea 2, arXiv 2302.11180): train a PyTorch model so that its channel split needs
+"""DISCO (docs/architecture.md, "The three ideas"; arXiv 2302.11180): train a PyTorch model so that its channel split needs
 few bytes between devices.
 
     disco_train(module, n_devices or partition, (x, y), example_input=...) -> Disco(module, partition, model, report)
@@ -35,12 +35,12 @@ import onnx
 
 from edgepart.errors import MissingExtraError, ModelError, PlanningError
 
-from ..channel import channel_bytes
-from ..channel_layout import BytesReport
-from ..channel_ops import ModelInfo, attr
-from ..graph import analyse
-from .layers import Layer, _owners, find_layers
-from .repurpose import _dense, repurpose, select_blocks
+from edgepart.packager.strategies.channel.compiler import channel_bytes
+from edgepart.packager.strategies.channel._layout import BytesReport
+from edgepart.packager.strategies.channel._ops import ModelInfo, attr
+from edgepart.packager.model.graph import analyse
+from edgepart.packager.strategies.channel.restructure.activations import Layer, set_owners, find_layers
+from edgepart.packager.strategies.channel.restructure.repurpose import dense_bytes_of, repurpose, select_blocks
 
 PENALTIES = ("group_lasso",)
 
@@ -200,7 +200,7 @@ def disco_train(module, partition: int | Mapping[str, np.ndarray], train_data, *
         part = {k: np.asarray(v, dtype=np.int64) for k, v in partition.items()}
         n = 1 + max(int(v.max()) for v in part.values())
     layers = find_layers(model, graph, n, info)
-    _owners(model, graph, n, part, info, layers)
+    set_owners(model, graph, n, part, info, layers)
     split = [L for L in layers if L.kind == "contract" and L.in_owner is not None and L.out_owner is not None]
     params = _match(module, model, split)
     mean_bpc = np.mean([L.bytes_per_channel for L in split]) if split else 1.0
@@ -246,7 +246,7 @@ def disco_train(module, partition: int | Mapping[str, np.ndarray], train_data, *
             rows = rows.T if b.transposed else rows
             b.param.mul_(rows.reshape(*rows.shape, *([1] * (b.param.dim() - 2))))
 
-    dense = sum(_dense(b.layer) for b in blocks)
+    dense = sum(dense_bytes_of(b.layer) for b in blocks)
 
     def used_fraction() -> float:
         """Bytes of the cross blocks still non-zero / the dense split's bytes."""

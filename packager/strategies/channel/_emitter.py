@@ -38,11 +38,11 @@ from onnx import helper, numpy_helper
 
 from edgepart.plan import CALLER
 
-from .channel_layout import CALLER_DEV, ChannelLayout, Rep, Split, Whole
-from .channel_norm import emit_norm
-from .channel_ops import ELEMENTWISE, aligned, attr
-from .channel_partial import emit_both_halves, emit_partials, emit_sum
-from .graph import _captured
+from edgepart.packager.strategies.channel._layout import CALLER_DEV, ChannelLayout, Rep, Split, Whole
+from edgepart.packager.strategies.channel._norm import emit_norm
+from edgepart.packager.strategies.channel._ops import ELEMENTWISE, aligned, attr
+from edgepart.packager.strategies.channel._partial import emit_both_halves, emit_partials, emit_sum
+from edgepart.packager.model.graph import captured_inputs
 
 
 @dataclass
@@ -57,7 +57,7 @@ class _Op:
 
 # -- the emitter -------------------------------------------------------------------------------------
 
-class _Emitter:
+class Emitter:
     def __init__(self, lay: ChannelLayout, devices: list[str], demand: dict | None,
                  gather_norm: frozenset[str] = frozenset(), allreduce: frozenset[str] = frozenset()):
         self.lay, self.info, self.dev = lay, lay.info, devices
@@ -117,7 +117,7 @@ class _Emitter:
         node.name = f"{node.name or node.op_type}@{self.dev[k]}#{self.n_new}"
         reads = [t for t in inputs if t and t not in {i.name for i in inits}]
         if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
-            reads += [t for t in _captured(node) if not self.info.is_const(t)]
+            reads += [t for t in captured_inputs(node) if not self.info.is_const(t)]
         self.ops.append(_Op(k, node, list(inits), list(dict.fromkeys(reads)), macs))
         for o, origin in zip(outputs, origins or [None] * len(outputs)):
             if o:
@@ -460,7 +460,7 @@ class _Emitter:
             else:
                 ins.append(self.deliver(s, r))
         node = p
-        captured = [t for t in _captured(p) if t]
+        captured = [t for t in captured_inputs(p) if t]
         if captured:
             for t in captured:
                 if self.info.is_const(t):

@@ -13,10 +13,12 @@ import math
 
 import numpy as np
 
-from edgepart.errors import MissingExtraError
+from pathlib import Path
+
+from edgepart.errors import EdgepartError, MissingExtraError
 from edgepart.plan import CALLER
 
-from .report import PackageReport
+from edgepart.packager.check.report import PackageReport, check_writable
 
 CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:72em;padding:0 1em;color:#222}
@@ -104,7 +106,7 @@ def plot_layers(rep: PackageReport) -> str:
     pos = np.concatenate([dense, used])
     pos = pos[pos > 0]
     log = pos.size > 0 and pos.max() / pos.min() > 30  # spans orders of magnitude: a linear axis hides the small
-    if rep.strategy == "pipeline":
+    if rep.rows_are == "cuts":
         ax.barh(y, used, color="#4477aa", label="bytes crossing the cut")
     else:
         ax.barh(y, dense, color="#cccccc", label="dense channel split")
@@ -113,15 +115,15 @@ def plot_layers(rep: PackageReport) -> str:
             for i, r in enumerate(rows):
                 if r.used_bytes and r.used_bytes < r.dense_bytes:
                     ax.text(r.dense_bytes, i, f" {r.ratio:.1f}x", va="center", fontsize=7, color="#555")
-    labels = [f"{i}  {r.name[-32:]}" if rep.strategy != "pipeline" else f"stage{i} → stage{i + 1}" for i, r in enumerate(rows)]
+    labels = [f"{i}  {r.name[-32:]}" if rep.rows_are != "cuts" else f"stage{i} → stage{i + 1}" for i, r in enumerate(rows)]
     ax.set_yticks(y, labels, fontsize=7 if n > 25 else 9)
     ax.invert_yaxis()
     ax.set_ylim(n - 0.5, -0.5)
     if log:
         ax.set_xscale("log")
     ax.set_xlabel(f"bytes per inference{' (log axis)' if log else ''}")
-    what = "cut" if rep.strategy == "pipeline" else "split layer (input crossing devices)"
-    total = f"{rep.used_bytes:,} B in all" if rep.strategy == "pipeline" else \
+    what = "cut" if rep.rows_are == "cuts" else "split layer (input crossing devices)"
+    total = f"{rep.used_bytes:,} B in all" if rep.rows_are == "cuts" else \
         f"dense {rep.dense_bytes:,} B, used {rep.used_bytes:,} B: {ratio(rep.ratio)}"
     ax.set_title(f"bytes per {what}\n{total}", fontsize=10, loc="left")
     ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=2, fontsize=8, frameon=False)
@@ -219,7 +221,7 @@ def _summary(rep: PackageReport) -> str:
         ("devices", f"{len(rep.devices)}: " + esc(", ".join(rep.devices))), ("plan id", f"<code>{esc(rep.plan_id)}</code>"),
         ("bytes between devices per inference (all routes)", nbytes(rep.cross_device_bytes)),
     ]
-    if rep.strategy == "pipeline":
+    if rep.rows_are == "cuts":
         kv.append(("bytes crossing the cuts", nbytes(rep.used_bytes)))
     else:
         kv += [
@@ -246,9 +248,9 @@ def _summary(rep: PackageReport) -> str:
 
 def _layers(rep: PackageReport) -> str:
     if not rep.layers:
-        return "<p>Nothing crosses between devices.</p>" if rep.strategy == "pipeline" else \
+        return "<p>Nothing crosses between devices.</p>" if rep.rows_are == "cuts" else \
             "<p>No layer is split (no Conv/Gemm/MatMul with constant weights whose input is split).</p>"
-    if rep.strategy == "pipeline":
+    if rep.rows_are == "cuts":
         head = ["#", "cut", "tensors crossing", "bytes"]
         rows = [[str(i), esc(x.name), esc(x.tensor), f"{x.used_bytes:,}"] for i, x in enumerate(rep.layers)]
         total = ["", "total", "", f"{rep.used_bytes:,}"]
@@ -313,7 +315,7 @@ def _routes(rep: PackageReport) -> str:
 
 
 def render(rep: PackageReport) -> str:
-    what = "bytes per cut" if rep.strategy == "pipeline" else "bytes per split layer"
+    what = "bytes per cut" if rep.rows_are == "cuts" else "bytes per split layer"
     notes = "".join(f"<li>{esc(n)}</li>" for n in rep.notes)
     parts = [
         "<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
@@ -331,3 +333,17 @@ def render(rep: PackageReport) -> str:
         "</body></html>",
     ]
     return "\n".join(p for p in parts if p) + "\n"
+
+
+def write_html(rep: PackageReport, path: Path | str) -> Path:
+    """Write the report as one self-contained HTML file (tables and embedded PNG plots)."""
+    path = Path(path)
+    check_writable(path)
+    text = render(rep)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise EdgepartError(f"Cannot write the report to {path} ({e.strerror or e}). "
+                            f"Give a path in a folder you can write to with --report.") from None
+    return path

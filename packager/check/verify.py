@@ -13,7 +13,7 @@ from edgepart.errors import BundleError
 from edgepart.local import LocalCluster
 from edgepart.runtime import make_session
 
-from .graph import model_sha256, load_model
+from edgepart.packager.model.graph import model_sha256, load_model
 
 
 @dataclass(frozen=True)
@@ -62,16 +62,17 @@ def verify(dist: Path | str, model_path: Path | str, feeds: Mapping[str, np.ndar
         raise BundleError(f"{model_path} cannot run on these inputs ({str(e).strip().splitlines()[0][:300]}). "
                           f"Give the model that was packaged, and inputs it takes.") from None
     got = LocalCluster.from_bundles(bundles).run(feeds)
-    diffs = {}
-    for k in want:
-        a, b = np.asarray(expected[k]), np.asarray(got[k])
-        if a.shape != b.shape:
-            diffs[k] = float("inf")
-        elif a.size == 0:
-            diffs[k] = 0.0
-        else:
-            diffs[k] = float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))))
+    diffs = {k: max_abs_diff(expected[k], got[k]) for k in want}
     return Verification(diffs, atol, plan.plan_id, model_sha256(model) == plan.model_sha256)
+
+
+def max_abs_diff(a, b) -> float:
+    """The largest absolute difference between two outputs, in float64; inf when their shapes differ.
+    `verify` and the report's fidelity both judge the bundles against the model with it."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape:
+        return float("inf")
+    return float(np.max(np.abs(a - b))) if a.size else 0.0
 
 
 def _fixed(d) -> bool:

@@ -1,5 +1,5 @@
-"""Channel-parallel split (DESIGN.md idea 2, issue 4): every Conv/Gemm/MatMul layer split by output
-channels across the cluster's devices, each device receiving only the input channels its rows of
+"""Channel-parallel split (docs/architecture.md, "The three ideas"): every Conv/Gemm/MatMul layer
+split by output channels across the cluster's devices, each device receiving only the input channels its rows of
 the weights use, compiled into the same per-device steps and routes the agents already run.
 
     compile_channel(model, graph, cluster, partition) -> ChannelProgram   steps (ONNX), routes, report
@@ -21,7 +21,6 @@ exactly the channels its receiver needs, cut out by a Gather inside the sender's
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from collections import defaultdict
 from dataclasses import dataclass
@@ -32,17 +31,18 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from edgepart.errors import ModelError, PlanningError
+from edgepart.errors import PlanningError
 from edgepart.plan import CALLER, Codec, Plan, Route, Step, TensorSpec
 
-from . import emit
-from .bundles import StepModel, model_plan, write_bundles
-from .channel_emit import _Emitter
-from .channel_layout import BytesReport, ChannelLayout, Decision, layer_bytes, plan_layout
-from .channel_norm import norms_to_gather
-from .channel_partial import both_halves_candidates
-from .cluster import Cluster
-from .graph import Graph
+from edgepart.packager.model import submodel as emit
+from edgepart.packager.bundles import StepModel, model_plan, write_bundles
+from edgepart.packager.strategies.channel._emitter import Emitter
+from edgepart.packager.strategies.channel._layout import BytesReport, ChannelLayout, Decision, layer_bytes, plan_layout
+from edgepart.packager.strategies.channel._norm import norms_to_gather
+from edgepart.packager.strategies.channel._partial import both_halves_candidates
+from edgepart.packager.cluster import Cluster
+from edgepart.packager.cost import compute_ms, critical_path_ms
+from edgepart.packager.model.graph import Graph
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ class ChannelProgram:
 
 # -- steps -------------------------------------------------------------------------------------------
 
-def _levels(em: _Emitter) -> None:
+def _levels(em: Emitter) -> None:
     """Level of each op: messages on the longest path reaching it. Ops computed from constants alone
     (shape and pad arithmetic) join their first consumer's step, so they never cross a step boundary."""
     floating: set[int] = set()
@@ -130,7 +130,7 @@ def _set_dims(shape: list, axis, count) -> list:
     return shape
 
 
-def _spec(em: _Emitter, name: str) -> TensorSpec:
+def _spec(em: Emitter, name: str) -> TensorSpec:
     t, axis, count = em.origin[name]
     info = em.info
     spec = info.graph.specs.get(t)
@@ -142,13 +142,13 @@ def _spec(em: _Emitter, name: str) -> TensorSpec:
     return TensorSpec(name, info.dtypes[t], tuple(_set_dims(shape, axis, count)))
 
 
-def _nbytes(em: _Emitter, name: str) -> int:
+def _nbytes(em: Emitter, name: str) -> int:
     t, axis, count = em.origin[name]
     shape = _set_dims(list(em.info.shapes[t]), axis, count)
     return int(np.prod(shape, dtype=np.int64)) * np.dtype(em.info.dtypes[t]).itemsize
 
 
-def _steps(em: _Emitter, cluster: Cluster) -> list[StepModel]:
+def _steps(em: Emitter, cluster: Cluster) -> list[StepModel]:
     model, g = em.info.model, em.lay.graph
     groups: dict[tuple[int, int], list[int]] = defaultdict(list)
     for i, op in enumerate(em.ops):
@@ -180,23 +180,15 @@ def _steps(em: _Emitter, cluster: Cluster) -> list[StepModel]:
             in_specs = tuple(_spec(em, t) for t in inputs)
             out_specs = tuple(_spec(em, t) for t in dict.fromkeys(outputs))
             name = f"step{i}@{dev}"
-            sub = helper.make_graph(
-                [copy.deepcopy(n) for n in nodes], f"{g.name}_{name}",
-                [_value_info(s) for s in in_specs], [_value_info(s) for s in out_specs],
-                [copy.deepcopy(x) for x in inits.values()])
-            m = helper.make_model(sub, opset_imports=list(model.opset_import), ir_version=model.ir_version,
-                                  producer_name="edgepart", functions=list(model.functions))
-            try:
-                onnx.checker.check_model(m, full_check=False)
-            except onnx.checker.ValidationError as e:
-                raise ModelError(f"The channel step {name} is not valid ONNX: {str(e).splitlines()[0]}") from None
+            m = emit.assemble(model, nodes, in_specs, out_specs, list(inits.values()), f"{g.name}_{name}",
+                              f"The channel step {name}")
             macs = sum(em.ops[j].macs for j in idxs)
             out.append(StepModel(name, dev, f"step{i}.onnx", m, in_specs, out_specs, len(nodes),
-                                 round(2.0 * macs / (gflops * 1e9) * 1e3, 6)))
+                                 round(compute_ms(2.0 * macs, gflops), 6)))
     return out
 
 
-def _local_users(em: _Emitter, names) -> list[int]:
+def _local_users(em: Emitter, names) -> list[int]:
     """Ops on the same device that read any of `names`."""
     if not hasattr(em, "_users"):
         users: dict[str, list[int]] = defaultdict(list)
@@ -206,40 +198,6 @@ def _local_users(em: _Emitter, names) -> list[int]:
                     users[t].append(i)
         em._users = users
     return [u for n in names if n for u in em._users.get(n, [])]
-
-
-def _value_info(s: TensorSpec) -> onnx.ValueInfoProto:
-    elem = helper.np_dtype_to_tensor_dtype(np.dtype(s.dtype))
-    dims = [d if isinstance(d, int) else (None if d == "?" else d) for d in s.shape]
-    return helper.make_tensor_value_info(s.name, elem, dims)
-
-
-def _latency_ms(steps: list[StepModel], routes: list[Route], sizes: dict[str, int], cluster: Cluster) -> float:
-    """Critical path: each step waits for its device's previous step and its inputs' arrival."""
-    made_by = {o.name: st for st in steps for o in st.outputs}
-    src_of = {(r.tensor, r.dst): r.src for r in routes}
-    finish: dict[str, float] = {}
-    pending, dev_free = list(steps), defaultdict(float)
-    while pending:
-        st = next(s for s in pending if all(
-            i.name not in made_by or made_by[i.name].name in finish for i in s.inputs))
-        pending.remove(st)
-        start = dev_free[st.device]
-        for i in st.inputs:
-            src = src_of.get((i.name, st.device))
-            if i.name in made_by and made_by[i.name].device != st.device:
-                link = cluster.link(made_by[i.name].device, st.device)
-                busy_ms = sizes[i.name] * 8 / (link.bandwidth_mbps * 1e6) * 1e3
-                t = finish[made_by[i.name].name] + busy_ms + link.latency_ms
-            elif src == CALLER:
-                link = cluster.default_link
-                t = sizes[i.name] * 8 / (link.bandwidth_mbps * 1e6) * 1e3 + link.latency_ms
-            else:
-                t = finish.get(made_by[i.name].name, 0.0) if i.name in made_by else 0.0
-            start = max(start, t)
-        finish[st.name] = start + st.estimated_ms
-        dev_free[st.device] = finish[st.name]
-    return round(max(finish.values(), default=0.0), 6)
 
 
 # -- entry points --------------------------------------------------------------------------------------
@@ -255,30 +213,30 @@ def compile_channel(model: onnx.ModelProto, graph: Graph, cluster: Cluster,
     channel subsets themselves are cut inside the sender's step. `fewer_rounds=False` keeps every
     LayerNorm's statistics and every all-gather after partial sums (the plans before issue 10: for
     comparisons, docs/agents.md "Exchanges")."""
-    from .package import WIRE_CODECS, float_route_codec
+    from edgepart.packager.wire_codecs import WIRE_CODECS, float_route_codec
 
     if wire_codec not in WIRE_CODECS:
         raise PlanningError(f"Unknown wire codec {wire_codec!r}; choose one of: {', '.join(WIRE_CODECS)}.")
     devices = [d.name for d in cluster.devices]
     lay = layout or plan_layout(model, graph, len(devices), partition)
-    first = _Emitter(lay, devices, None)
+    first = Emitter(lay, devices, None)
     first.emit()
     # LayerNorms whose output every device reads whole: their input crosses instead of statistics
     # then output, one exchange fewer (channel_norm.py); the demand is collected again with them
     gathered = norms_to_gather(first) if fewer_rounds else frozenset()
     if gathered:
-        first = _Emitter(lay, devices, None, gathered)
+        first = Emitter(lay, devices, None, gathered)
         first.emit()
-    em = _Emitter(lay, devices, first.demand, gathered)
+    em = Emitter(lay, devices, first.demand, gathered)
     em.emit()
     # on 2 devices, contractions exchanging partial sums both ways may send both halves at once,
     # one round fewer each (channel_partial.py): kept where that moves no more bytes in all
     halves = both_halves_candidates(lay, first.demand) if fewer_rounds else frozenset()
     both = frozenset()
     if halves:
-        first2 = _Emitter(lay, devices, None, gathered, halves)
+        first2 = Emitter(lay, devices, None, gathered, halves)
         first2.emit()
-        em2 = _Emitter(lay, devices, first2.demand, gathered, halves)
+        em2 = Emitter(lay, devices, first2.demand, gathered, halves)
         em2.emit()
         if _cross_bytes(em2) <= _cross_bytes(em):
             em, both = em2, halves
@@ -305,12 +263,12 @@ def compile_channel(model: onnx.ModelProto, graph: Graph, cluster: Cluster,
     macs = {d: 0.0 for d in devices}
     for op in em.ops:
         macs[devices[op.device]] += op.macs
-    report = ChannelReport(rows, decisions, layer_bytes(lay), lay.notes, _latency_ms(steps, routes, sizes, cluster),
+    report = ChannelReport(rows, decisions, layer_bytes(lay), lay.notes, critical_path_ms(steps, routes, sizes, cluster),
                            tuple(params.items()), tuple((d, int(round(m))) for d, m in macs.items()), tuple(devices))
     return ChannelProgram(lay, tuple(steps), tuple(routes), report)
 
 
-def _cross_bytes(em: _Emitter) -> int:
+def _cross_bytes(em: Emitter) -> int:
     return sum(_nbytes(em, n) for (n, s, d) in em.routes if CALLER not in (s, d))
 
 

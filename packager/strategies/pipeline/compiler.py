@@ -14,11 +14,12 @@ import onnx
 from edgepart.errors import PlanningError
 from edgepart.plan import CALLER, Codec, Plan, Route, Step
 
-from . import emit
-from .bundles import StepModel, model_plan, write_bundles
-from .cluster import Cluster
-from .graph import Graph
-from .pipeline import PipelinePlan
+from edgepart.packager.model import submodel as emit
+from edgepart.packager.bundles import StepModel, model_plan, write_bundles
+from edgepart.packager.cluster import Cluster
+from edgepart.packager.model.graph import Graph
+from edgepart.packager.wire_codecs import WIRE_CODECS, float_route_codec
+from edgepart.packager.strategies.pipeline.planner import PipelinePlan
 
 
 @dataclass(frozen=True)
@@ -27,57 +28,6 @@ class Packaged:
     pipeline: PipelinePlan
     out_dir: Path
     bundle_dirs: dict[str, Path]
-
-
-WIRE_CODECS = ("dense", "auto", "bitmap", "fp16", "int8")
-
-
-def float_route_codec(wire_codec: str, model: onnx.ModelProto | None, graph: Graph, tensor: str) -> Codec:
-    """The codec of a float activation sent between devices. `auto` (lossless) is chosen per route:
-    bitmap where the tensor comes straight out of a ReLU (Relu, or Clip at 0, as ReLU6), whose zeros
-    it sends as bits, and dense elsewhere, where a bitmap would only add one."""
-    if wire_codec == "dense":
-        return Codec()
-    if wire_codec == "auto":
-        return Codec("bitmap") if model is not None and post_relu(model, graph, tensor) else Codec()
-    return Codec(wire_codec)
-
-
-def post_relu(model: onnx.ModelProto, graph: Graph, tensor: str) -> bool:
-    """Whether `tensor` is the output of a Relu, or of a Clip whose min is 0."""
-    i = graph.producer.get(tensor, -1)
-    if i < 0:
-        return False
-    nd = graph.nodes[i]
-    if nd.op_type == "Relu":
-        return True
-    if nd.op_type != "Clip":
-        return False
-    proto = next((p for p in model.graph.node if tensor in p.output), None)
-    if proto is None:
-        return False
-    lo = next((a.f for a in proto.attribute if a.name == "min"), None)  # opset < 11
-    if len(proto.input) > 1 and proto.input[1]:
-        lo = _constant(model, proto.input[1])
-    return lo is not None and float(lo) == 0.0
-
-
-def _constant(model: onnx.ModelProto, name: str) -> float | None:
-    """A scalar initializer's or Constant node's value; None for anything else."""
-    from onnx import numpy_helper
-
-    from edgepart.errors import ModelError
-
-    from .channel_ops import _constant_value
-
-    a = next((numpy_helper.to_array(t) for t in model.graph.initializer if t.name == name), None)
-    if a is None:
-        nd = next((nd for nd in model.graph.node if nd.op_type == "Constant" and name in nd.output), None)
-        try:
-            a = _constant_value(nd) if nd is not None else None
-        except ModelError:  # a kind of value the compiler cannot read
-            return None
-    return float(a.reshape(-1)[0]) if a is not None and a.size == 1 else None
 
 
 def compile_pipeline(graph: Graph, cluster: Cluster, pp: PipelinePlan, steps: list[Step], model_name: str,
@@ -147,15 +97,15 @@ def prepare(model_path: Path | str, cluster_path: Path | str, objective: str = "
     """Read the model and cluster, analyse, and plan (what `plan` and `package` share).
 
     What is computed from constants alone is folded into initializers first, so it never crosses a
-    cut (packager/fold.py); the plan still names the model as read (its sha256), which `verify`
+    cut (packager/model/fold.py); the plan still names the model as read (its sha256), which `verify`
     checks the bundles against."""
     import dataclasses
     import time
 
-    from .cluster import load_cluster
-    from .fold import fold_constants
-    from .graph import analyse, load_model, model_sha256
-    from .pipeline import plan_pipeline
+    from edgepart.packager.cluster import load_cluster
+    from edgepart.packager.model.fold import fold_constants
+    from edgepart.packager.model.graph import analyse, load_model, model_sha256
+    from edgepart.packager.strategies.pipeline.planner import plan_pipeline
 
     cluster = load_cluster(cluster_path)
     read = load_model(model_path)

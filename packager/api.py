@@ -1,0 +1,79 @@
+"""The packager's one entry point: `package` and `plan`, keyword-only (docs/architecture.md).
+
+The CLI, the demo, the benchmarks and users all call these:
+
+    import edgepart.packager as p
+    res = p.package("model.onnx", "cluster.yaml", out="dist", strategy="pipeline")
+    res.plan.plan_id, res.bundle_dirs, res.planned.to_dict()
+    p.plan("model.onnx", "cluster.yaml", strategy="channel", replicate=0.05).show(console, "title")
+
+Each strategy's own options (`edgepart.packager.strategies.get(name).options`) are keyword
+arguments too; an option the chosen strategy does not take is a PlanningError that names the
+strategies that do.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import onnx
+
+from edgepart.packager.cluster import Cluster, load_cluster
+from edgepart.packager.strategies import base
+
+def _job(model, cluster, strategy: str, objective: str, input_shapes, inputs, wire_codec: str, options: dict,
+         progress, model_name: str | None) -> tuple[base.Strategy, base.Job]:
+    from edgepart.inputs import shapes_of
+
+    from edgepart.packager.model.graph import load_model
+
+    s = base.get(strategy)
+    base.check_options(s, options)
+    if isinstance(model, onnx.ModelProto):
+        m, name = model, model_name or (model.graph.name or "model")
+    else:
+        m, name = load_model(model), model_name or Path(model).stem
+    cl = cluster if isinstance(cluster, Cluster) else load_cluster(cluster)
+    feeds = dict(inputs or {})
+    shapes = {**shapes_of(feeds), **{k: tuple(v) for k, v in (input_shapes or {}).items()}}
+    return s, base.Job(m, name, cl, shapes, objective, wire_codec, {k: v for k, v in options.items() if v is not None},
+                       feeds, progress)
+
+
+def plan(model: str | Path | onnx.ModelProto, cluster: str | Path | Cluster, *, strategy: str = "pipeline",
+         objective: str = "latency", input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+         inputs: Mapping[str, Any] | None = None, wire_codec: str = "dense", model_name: str | None = None,
+         progress: Callable[[str], None] | None = None, **options: Any) -> base.Planned:
+    """What would go where, and why, with nothing written: the strategy's figures (`to_dict()`,
+    `show(console, title)`)."""
+    s, job = _job(model, cluster, strategy, objective, input_shapes, inputs, wire_codec, options, progress,
+                  model_name)
+    return s.plan(job)
+
+
+def package(model: str | Path | onnx.ModelProto, cluster: str | Path | Cluster, *, out: str | Path = "dist",
+            strategy: str = "pipeline", objective: str = "latency",
+            input_shapes: Mapping[str, tuple[int, ...]] | None = None, inputs: Mapping[str, Any] | None = None,
+            wire_codec: str = "dense", report: str | Path | None = None, model_name: str | None = None,
+            progress: Callable[[str], None] | None = None, **options: Any) -> base.Packaged:
+    """Plan the split and write one bundle per device under `out` (dist/<device>/). With `report`,
+    also measure the split's fidelity and write the report there as one HTML file (docs/report.md).
+
+    `inputs`: example inputs (a mapping of model input names to arrays); their shapes fix symbolic
+    dimensions, and the report measures fidelity on them. `input_shapes` fixes them by name."""
+    if report is not None:
+        from edgepart.packager.check.report import check_writable
+
+        check_writable(report)
+    s, job = _job(model, cluster, strategy, objective, input_shapes, inputs, wire_codec, options, progress,
+                  model_name)
+    res = s.package(job, Path(out), report=report is not None)
+    if report is not None and res.report is not None:
+        from edgepart.packager.check.report_html import write_html
+
+        write_html(res.report, report)
+    return res
+
+
+__all__ = ["package", "plan"]
