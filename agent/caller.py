@@ -17,7 +17,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import numpy as np
 import zmq
@@ -60,16 +60,22 @@ class CallerPath:
         self._lock = threading.Lock()  # the pool only
         self.runs = 0  # requests sent from callers' threads (a diagnostic: counted without a lock)
 
-    def run(self, rid: int, feeds: Mapping[str, np.ndarray], deadline: float, closed: threading.Event) -> dict[str, np.ndarray]:
-        """Send request `rid`'s inputs from this thread and gather every device's answer here."""
+    def run(self, rid: int, feeds: Mapping[str, np.ndarray], deadline: float, closed: threading.Event,
+            dsts: Iterable[str] | None = None, answering: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+        """Send request `rid`'s inputs from this thread and gather every device's answer here.
+        `dsts` / `answering`: the devices this request goes to and hears from, where the plan has
+        alternatives (agent/choose.py picked them); all of them otherwise."""
+        dsts = list(self.inputs_by_dst) if dsts is None else list(dsts)
+        answering = list(self.answer_names) if answering is None else list(answering)
         s = self._take()
         try:
             eps = self._connect(s)
             # a device answers on the link our identity has with it: every answering socket must be
             # connected (with IMMEDIATE, writable means connected) before anything is sent
-            for role in self.answer_names:
+            for role in answering:
                 self._wait(s, role, eps, deadline, closed, zmq.POLLOUT, "take the request")
-            for dst, names in self.inputs_by_dst.items():
+            for dst in dsts:
+                names = self.inputs_by_dst[dst]
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise DeadlineExceeded(f"request {rid} passed its deadline before it was sent")
@@ -77,7 +83,7 @@ class CallerPath:
                 frames = tensor_frames(h, {n: feeds[n] for n in names}, self.codecs.get(dst))
                 self._send(s, dst, eps, frames, deadline, closed)
             self.runs += 1
-            return self._receive(s, rid, eps, deadline, closed)
+            return self._receive(s, rid, eps, deadline, closed, answering)
         finally:
             self._give_back(s)
 
@@ -165,11 +171,11 @@ class CallerPath:
                 self._wait(s, dst, eps, deadline, closed, zmq.POLLOUT, "take the inputs")
 
     def _receive(self, s: _Sockets, rid: int, eps: Mapping[str, str], deadline: float,
-                 closed: threading.Event) -> dict[str, np.ndarray]:
+                 closed: threading.Event, answering: Iterable[str]) -> dict[str, np.ndarray]:
         """Every answering device's outputs for `rid` (a device may answer in several messages). A
         late answer to an earlier request that gave up on these sockets is skipped by its id."""
         got: dict[str, np.ndarray] = {}
-        waiting = {r: set(names) for r, names in self.answer_names.items()}
+        waiting = {r: set(self.answer_names[r]) for r in answering}
         poller = zmq.Poller()
         by_sock = {}
         for role, (_, sock) in s.socks.items():

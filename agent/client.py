@@ -35,6 +35,7 @@ from edgepart.wire import MAX_TTL_MS, Header, arrays, roundtrip, tensor_frames
 from . import inproc
 from .agent import POLL_MS, parse_peer, route_codecs
 from .caller import CallerPath
+from .choose import Chooser
 from .discovery import Announcement, Discovery
 from .link import Links, Waker, stop_io_thread
 
@@ -71,6 +72,7 @@ class ClusterClient:
         self.answer_names: dict[str, frozenset[str]] = {}  # ... and what each sends back
         for r in plan.routes_to(CALLER):
             self.answer_names[r.src] = self.answer_names.get(r.src, frozenset()) | {r.tensor}
+        self.chooser = Chooser(plan)  # which of several alternative devices takes each request
         self.pending: dict[int, Pending] = {}
         self.in_flight = 0
         self.backlog: deque[int] = deque()  # submitted, waiting for a place in the window
@@ -192,8 +194,16 @@ class ClusterClient:
             self.answer_names[reply_from], self._stop))
 
     def _run_on_caller(self, feeds: Mapping[str, np.ndarray], timeout_s: float) -> dict[str, np.ndarray]:
-        return self._in_this_thread(feeds, timeout_s, lambda rid, feeds, deadline: self.caller.run(
-            rid, feeds, deadline, self._stop))
+        def call(rid, feeds, deadline):
+            if not self.chooser:
+                return self.caller.run(rid, feeds, deadline, self._stop)
+            try:  # the same pick for the inputs and for who answers (agent/choose.py)
+                return self.caller.run(rid, feeds, deadline, self._stop, self.chooser.pick(rid, self.inputs_by_dst),
+                                       self.chooser.pick(rid, self.answer_names))
+            finally:
+                self.chooser.done(rid)
+
+        return self._in_this_thread(feeds, timeout_s, call)
 
     def _in_this_thread(self, feeds: Mapping[str, np.ndarray], timeout_s: float, call) -> dict[str, np.ndarray]:
         """A sync request whose answer `call(rid, feeds, deadline)` gathers in the calling thread,
@@ -276,8 +286,13 @@ class ClusterClient:
                 feeds, p.feeds = p.feeds, None
                 self.in_flight += 1
             ttl_ms = max(p.deadline - time.monotonic(), 0.001) * 1e3
-            for dst, names in self.inputs_by_dst.items():
-                arrs = {n: feeds[n] for n in names}
+            dsts = self.inputs_by_dst
+            if self.chooser:
+                dsts = self.chooser.pick(rid, self.inputs_by_dst)
+                with self._lock:
+                    p.roles -= self.chooser.passed_over(rid)
+            for dst in dsts:
+                arrs = {n: feeds[n] for n in self.inputs_by_dst[dst]}
                 local = inproc.agent(self.plan.plan_id, dst)
                 if local is not None:  # (with every input going there, its answers may come back through it)
                     local.deliver_local(CALLER, (self.identity, rid), roundtrip(arrs, self.codecs.get(dst)), ttl_ms,
@@ -308,6 +323,8 @@ class ClusterClient:
                 return False
             del self.pending[rid]
             self.in_flight -= 1
+        if self.chooser:
+            self.chooser.done(rid)
         p.future.set_result(p.outputs)
         if self.backlog:
             self._dispatch()
@@ -320,6 +337,8 @@ class ClusterClient:
             if p is not None and p.feeds is None:
                 self.in_flight -= 1
         if p is not None:
+            if self.chooser:
+                self.chooser.done(rid)
             msg = why if cause is DeadlineExceeded else f"the cluster failed request {rid}: {why}"
             p.future.set_exception(cause(msg))
             if self.backlog:

@@ -25,6 +25,8 @@ from edgepart.errors import PeerError
 from edgepart.plan import Route, Step
 from edgepart.runtime import make_session, shared_pool_threads
 
+from .choose import Chooser
+
 log = logging.getLogger("edgepart")
 
 MAX_IN_FLIGHT = 256
@@ -77,6 +79,7 @@ class Executor:
         self._dsts = {o.name: tuple(r.dst for r in self.out_routes.get(o.name, ()) if r.dst != self.device)
                       for s in self.steps for o in s.outputs}
         self.send, self.fail = send, fail
+        self.chooser = Chooser(plan)  # where outputs go to one of several alternative devices
         self.requests: dict[Key, Request] = {}
         self.completed = 0
         self.failed = 0
@@ -120,6 +123,8 @@ class Executor:
             self._run_step(key, req, heapq.heappop(req.ready))
         if req.done == len(self.steps) and self.requests.pop(key, None) is not None:
             self.completed += 1
+            if self.chooser:
+                self.chooser.done(key)
 
     def compute(self, step: Step, tensors: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, dict[str, np.ndarray]]]:
         """Run `step` on `tensors` (any thread: onnxruntime sessions are thread-safe): its outputs by
@@ -157,7 +162,8 @@ class Executor:
         by_name, by_dst = self._grouped(names, outs)
         # the outputs go out before this device's next steps run: peers wait for them (their
         # work overlaps ours), and the local steps they unblock are in `ready` until we return
-        for dst, arrs in by_dst.items():
+        for dst in self.chooser.pick(key, by_dst) if self.chooser else by_dst:
+            arrs = by_dst[dst]
             try:
                 self.send(dst, key, arrs, req.deadline)
             except Exception as e:  # PeerError: the peer is gone or did not take it in time
@@ -170,6 +176,8 @@ class Executor:
         """Drop request `key` (if held) and tell its caller why."""
         if self.requests.pop(key, None) is None:
             return
+        if self.chooser:
+            self.chooser.done(key)
         self.failed += 1
         log.debug("request %s failed: %s", key[1], why)
         if key[0]:

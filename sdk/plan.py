@@ -116,6 +116,28 @@ class DeviceSpec:
                           threads=int(d.get("threads", 0)))
 
 
+RULES = ("round-robin", "least-outstanding")
+
+
+@dataclass(frozen=True)
+class Alternatives:
+    """Devices that can each take the same part of a request: every route into one of them carries
+    the same tensors, and for each request the sender (the caller, or a device) sends them to one
+    only, picked by `rule` (docs/architecture.md, "Alternatives"). The agent applies the rule; the
+    packager says which devices are alternatives and which rule picks.
+
+    `round-robin` takes them in turn; `least-outstanding` takes the one with the fewest requests the
+    sender has sent it and not yet seen answered (the caller sees every answer; a device sending on
+    counts until its own part of the request is done)."""
+
+    devices: tuple[str, ...]
+    rule: str = "round-robin"
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> "Alternatives":
+        return Alternatives(tuple(d["devices"]), d.get("rule", "round-robin"))
+
+
 @dataclass(frozen=True)
 class Plan:
     """The whole program of a cluster: steps per device and routes between them."""
@@ -131,6 +153,19 @@ class Plan:
     objective: str = "latency"
     estimates: tuple[tuple[str, float], ...] = ()
     schema_version: int = SCHEMA_VERSION
+    alternatives: tuple[Alternatives, ...] = ()
+
+    def __post_init__(self) -> None:
+        names = {d.name for d in self.devices}
+        seen: set[str] = set()
+        for g in self.alternatives:
+            if g.rule not in RULES:
+                raise BundleError(f"The plan picks among {', '.join(g.devices)} by an unknown rule {g.rule!r} "
+                                  f"(this edgepart knows {', '.join(RULES)}). Package again with this edgepart.")
+            if len(g.devices) < 2 or not set(g.devices) <= names or seen & set(g.devices):
+                raise BundleError(f"The plan's alternatives {list(g.devices)} are malformed: at least two of its "
+                                  f"devices, each in one group only. Package the model again.")
+            seen |= set(g.devices)
 
     # -- derived ------------------------------------------------------------------------------
     @cached_property
@@ -157,7 +192,13 @@ class Plan:
         for dev in d["devices"]:
             if not dev["threads"]:  # written only when set: plans without it keep their ids
                 del dev["threads"]
+        if not d["alternatives"]:  # the same: only plans that have alternatives write them
+            del d["alternatives"]
         return d
+
+    def alternatives_of(self, device: str) -> Alternatives | None:
+        """The group of alternative devices `device` belongs to, if any."""
+        return next((g for g in self.alternatives if device in g.devices), None)
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "Plan":
@@ -184,6 +225,7 @@ class Plan:
                 objective=d.get("objective", "latency"),
                 estimates=tuple((k, float(v)) for k, v in d.get("estimates", [])),
                 schema_version=version,
+                alternatives=tuple(Alternatives.from_dict(g) for g in d.get("alternatives", [])),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise BundleError(
@@ -209,6 +251,8 @@ def _freeze(x: Any) -> Any:
 
 __all__ = [
     "CALLER",
+    "RULES",
+    "Alternatives",
     "SCHEMA_VERSION",
     "Codec",
     "DeviceSpec",
