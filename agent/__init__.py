@@ -1,15 +1,19 @@
-"""edgepart.agent: on each device, find the peers of its plan and execute its program.
+"""edgepart.agent: the network side of edgepart, in three sub-packages that never import each other's
+sides (docs/architecture.md, "The layers"):
 
-    discovery.py  mDNS announce and browse (zeroconf)
-    link.py       ZeroMQ links to peers: hello, heartbeats, reconnection, bounded queues
-    executor.py   run this device's steps for every request in flight, route the outputs
-    agent.py      AgentCore (async) and Agent (sync facade, embeddable)
-    client.py     the caller's side, behind edgepart.InferenceSession
+    net/     what both sides use: links to peers (link.py), discovery (discovery.py), the picking
+             among alternative devices (choose.py), the in-process registry of agents and clients
+             and the interfaces they meet through (inproc.py)
+    device/  the device's agent: AgentCore and the embeddable Agent (core.py), the executor of its
+             program (executor.py), its heap settings (heap.py), the requests a caller's thread runs
+             beside it (_direct.py)
+    app/     the app's side, behind edgepart.InferenceSession: the cluster client (client.py), requests
+             on the caller's own sockets (_caller.py)
 
 The harnesses that run agents as local processes or in network namespaces are in edgepart.testing
 (sdk/testing/: a source checkout's part, not in the wheel).
 """
 
-from .agent import Agent, AgentCore
+from .device import Agent, AgentCore
 
 __all__ = ["Agent", "AgentCore"]

@@ -35,7 +35,7 @@ def run_cmd(
 
     def body():
         from edgepart.agent import AgentCore
-        from edgepart.agent.heap import keep_large_buffers
+        from edgepart.agent.device.heap import keep_large_buffers
 
         from .bundle import load_bundle
 
@@ -88,7 +88,7 @@ def discover_cmd(
     """List the agents out there: device role, plan id, endpoint, and whether each answers (healthy)."""
 
     def body():
-        from edgepart.agent.discovery import Discovery
+        from edgepart.agent.net.discovery import Discovery
 
         async def main():
             d = Discovery(interface, plan)

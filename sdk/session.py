@@ -5,7 +5,7 @@
     futures = [sess.submit({"input": x}) for x in frames]    # pipelined; each future gives a dict
     out = await sess.arun(None, {"input": x})                # from async code
 
-The network side (agent/client.py) runs on the process's one background event loop (edgepart.aio);
+The network side (agent/app/client.py) runs on the process's one background event loop (edgepart.aio);
 this class is the thin sync facade over it.
 """
 
@@ -51,7 +51,7 @@ class InferenceSession:
 
     def __init__(self, path: str | Path | Plan | Bundle, *, interface: str | None = None,
                  peers: Sequence[str] = (), timeout_s: float = 10.0, discover_timeout_s: float = 10.0):
-        from edgepart.agent.client import ClusterClient  # the network side: pyzmq, zeroconf
+        from edgepart.agent.app import ClusterClient  # the network side: pyzmq, zeroconf
 
         self.plan = plan_of(path)
         self.timeout_s = timeout_s

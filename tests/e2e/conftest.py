@@ -115,7 +115,7 @@ def warm_imports():
         pass  # no models extra: the tests that need them are skipped
 
     import edgepart.agent  # noqa: F401
-    import edgepart.agent.client  # noqa: F401
+    import edgepart.agent.app  # noqa: F401
 
 
 @pytest.fixture(autouse=True)

@@ -16,7 +16,7 @@ import time
 import numpy as np  # noqa: F401  (imported before the timed part)
 
 import edgepart
-from edgepart.agent import client as _client  # noqa: F401  (pyzmq, zeroconf: imported before the timed part)
+from edgepart.agent import app as _app  # noqa: F401  (pyzmq, zeroconf: imported before the timed part)
 from edgepart.inputs import load_npz, save_npz
 
 

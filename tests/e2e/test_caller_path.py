@@ -1,5 +1,5 @@
 """A sync run() of an app whose devices all run `edgepart run` is sent and answered on the calling
-thread's own sockets (agent/caller.py; docs/agents.md, "Requests and deadlines"): concurrent
+thread's own sockets (agent/app/_caller.py; docs/agents.md, "Requests and deadlines"): concurrent
 callers each get their own answer, a dead or frozen device fails a run() with a typed error and
 never a hang, a closed session ends a run() in flight, and an answer given up on is never taken
 for the next request."""

@@ -1,5 +1,5 @@
 """The replicas strategy through real agent processes: every device holds the whole model, the
-session sends each request to one of them by the plan's rule (agent/choose.py), and the answers are
+session sends each request to one of them by the plan's rule (agent/net/choose.py), and the answers are
 the model's own (docs/architecture.md, "Alternatives")."""
 
 from __future__ import annotations

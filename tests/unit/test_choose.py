@@ -1,5 +1,5 @@
 """Alternative devices (edgepart.plan.Alternatives): the sender picks one per request by the plan's
-rule (agent/choose.py), the same one for every tensor of that request; an agent whose outputs go to
+rule (agent/net/choose.py), the same one for every tensor of that request; an agent whose outputs go to
 a group of alternatives sends each request's outputs to one of them."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
-from edgepart.agent.choose import Chooser
-from edgepart.agent.executor import Executor
+from edgepart.agent.net.choose import Chooser
+from edgepart.agent.device.executor import Executor
 from edgepart.bundle import load_dist
 from edgepart.errors import BundleError
 from edgepart.plan import CALLER, Alternatives, Plan, Route, TensorSpec

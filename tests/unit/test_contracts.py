@@ -2,8 +2,9 @@
 "What may import what").
 
 The contracts live in the repo's `.importlinter` and are checked with import-linter: the agent never
-imports the packager; the core (wire, plan, runtime, codecs, errors, bundle) imports neither; only the
-demo command imports `edgepart.testing`; no cycle between siblings. Cycles between *any* two modules
+imports the packager; the core (wire, plan, runtime, codecs, errors, bundle) imports neither; the app's
+side and the device's side of the agent package never import each other; only the demo command imports
+`edgepart.testing`; no cycle between siblings. Cycles between *any* two modules
 (a package and its own modules too, imports inside functions included) are found here with grimp, the
 graph library import-linter is built on: strongly connected components of the module graph.
 
@@ -231,12 +232,17 @@ VIOLATIONS = {
         "The agent (on the device) never imports the packager", "edgepart.agent._probe -> edgepart.packager.cluster"),
     # the wire format reaching for the agent
     "wire imports agent": (
-        "edgepart/wire.py", "def _probe():\n    import edgepart.agent.link\n",
-        "The core (wire, plan, runtime, codecs, errors, bundle) imports neither", "edgepart.wire -> edgepart.agent.link"),
+        "edgepart/wire.py", "def _probe():\n    import edgepart.agent.net.link\n",
+        "The core (wire, plan, runtime, codecs, errors, bundle) imports neither", "edgepart.wire -> edgepart.agent.net.link"),
     # a device module using the test harness
     "agent imports testing": (
         "edgepart/agent/_probe.py", "from edgepart.testing import emulate\n",
         "edgepart.testing (harnesses, not in the wheel) is imported by nothing", "edgepart.agent._probe -> edgepart.testing.emulate"),
+    # the app's client reaching into the device's agent (they meet through edgepart.agent.net only)
+    "app imports device": (
+        "edgepart/agent/app/_probe.py", "def f():\n    from edgepart.agent.device import core\n    return core\n",
+        "The app's side (the client) and the device's side (the agent) never import each other",
+        "edgepart.agent.app._probe -> edgepart.agent.device.core"),
 }
 
 

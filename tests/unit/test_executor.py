@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
-from edgepart.agent.executor import Executor
+from edgepart.agent.device.executor import Executor
 from edgepart.bundle import load_dist
 from edgepart.plan import CALLER, Route, TensorSpec
 

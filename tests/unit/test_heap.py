@@ -1,4 +1,4 @@
-"""agent/heap.py: the agent process's malloc settings, each tried in a fresh process (they are
+"""agent/device/heap.py: the agent process's malloc settings, each tried in a fresh process (they are
 process-wide)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-CODE = "from edgepart.agent.heap import keep_large_buffers; print(keep_large_buffers())"
+CODE = "from edgepart.agent.device.heap import keep_large_buffers; print(keep_large_buffers())"
 
 
 def run(env_extra: dict) -> str:

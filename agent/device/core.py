@@ -30,38 +30,16 @@ from edgepart import aio
 from edgepart.bundle import Bundle, load_bundle
 from edgepart.errors import PeerError, WireError
 from edgepart.plan import CALLER
-from edgepart.plan import Codec, Plan
 from edgepart.runtime import session_threads, use_shared_pool
 from edgepart.wire import Header, Status, arrays, decode, roundtrip, tensor_frames
 
-from . import inproc
-from .direct import DirectRuns, _Direct
-from .discovery import Announcement, Discovery
+from ..net import inproc
+from ..net.discovery import Announcement, Discovery
+from ..net.link import HWM, POLL_MS, Links, Waker, parse_peer, route_codecs, stop_io_thread, tune
+from ._direct import DirectRuns, _Direct
 from .executor import Executor, Key
-from .link import HWM, Links, Waker, stop_io_thread, tune
 
 log = logging.getLogger("edgepart")
-
-POLL_MS = 50  # the data thread wakes at least this often: deadlines, link sweeps, stop
-
-
-def route_codecs(plan: Plan, src: str) -> dict[str, dict[str, Codec]]:
-    """{destination: {tensor: codec}} for the routes from `src` that are not dense."""
-    out: dict[str, dict[str, Codec]] = {}
-    for r in plan.routes_from(src):
-        if r.codec.kind != "dense":
-            out.setdefault(r.dst, {})[r.tensor] = r.codec
-    return out
-
-
-def parse_peer(text: str) -> str:
-    """`host:port` or `tcp://host:port` -> `tcp://host:port`."""
-    t = text[6:] if text.startswith("tcp://") else text
-    host, sep, port = t.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise PeerError(f"--peer {text!r} is not HOST:PORT (for example 192.168.1.20:5555).")
-    return f"tcp://{host}:{port}"
-
 
 class AgentCore(DirectRuns):
     """The agent. `await start()`, then it serves until `await stop()`."""

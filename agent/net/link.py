@@ -31,10 +31,32 @@ from typing import Callable
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from edgepart.errors import WireError
+from edgepart.errors import PeerError, WireError
+from edgepart.plan import Codec, Plan
 from edgepart.wire import Header, Status, decode, zero_copy_pays
 
 log = logging.getLogger("edgepart")
+
+POLL_MS = 50  # the data thread wakes at least this often: deadlines, link sweeps, stop
+
+
+def route_codecs(plan: Plan, src: str) -> dict[str, dict[str, Codec]]:
+    """{destination: {tensor: codec}} for the routes from `src` that are not dense."""
+    out: dict[str, dict[str, Codec]] = {}
+    for r in plan.routes_from(src):
+        if r.codec.kind != "dense":
+            out.setdefault(r.dst, {})[r.tensor] = r.codec
+    return out
+
+
+def parse_peer(text: str) -> str:
+    """`host:port` or `tcp://host:port` -> `tcp://host:port`."""
+    t = text[6:] if text.startswith("tcp://") else text
+    host, sep, port = t.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise PeerError(f"--peer {text!r} is not HOST:PORT (for example 192.168.1.20:5555).")
+    return f"tcp://{host}:{port}"
+
 
 HWM = 64  # messages queued per peer before senders wait
 HEARTBEAT_IVL_MS = 500

@@ -7,7 +7,7 @@ Each agent registers `<role>-<plan id>-<nonce>._edgepart._tcp.local.` with TXT r
 and browses the same type. Agents of another plan or protocol version are ignored with one log
 line each; two live agents claiming one role of one plan are reported as a duplicate, not merged.
 Where multicast is blocked, static peers (`--peer host:port`) replace all of this: the ZeroMQ
-`hello` exchange tells their role and plan (see agent/link.py).
+`hello` exchange tells their role and plan (see link.py).
 """
 
 from __future__ import annotations

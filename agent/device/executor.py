@@ -25,7 +25,7 @@ from edgepart.errors import PeerError
 from edgepart.plan import Route, Step
 from edgepart.runtime import make_session, shared_pool_threads
 
-from .choose import Chooser
+from ..net.choose import Chooser
 
 log = logging.getLogger("edgepart")
 

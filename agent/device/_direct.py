@@ -22,8 +22,8 @@ from edgepart.errors import DeadlineExceeded, PeerError, WireError
 from edgepart.plan import CALLER, Step
 from edgepart.wire import Header, arrays, decode, roundtrip, tensor_frames, zero_copy_pays
 
-from . import inproc
-from .link import tune
+from ..net import inproc
+from ..net.link import tune
 
 log = logging.getLogger("edgepart")
 

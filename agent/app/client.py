@@ -32,12 +32,11 @@ from edgepart.inputs import check_feeds
 from edgepart.plan import CALLER, Plan
 from edgepart.wire import MAX_TTL_MS, Header, arrays, roundtrip, tensor_frames
 
-from . import inproc
-from .agent import POLL_MS, parse_peer, route_codecs
-from .caller import CallerPath
-from .choose import Chooser
-from .discovery import Announcement, Discovery
-from .link import Links, Waker, stop_io_thread
+from ..net import inproc
+from ..net.choose import Chooser
+from ..net.discovery import Announcement, Discovery
+from ..net.link import POLL_MS, Links, Waker, parse_peer, route_codecs, stop_io_thread
+from ._caller import CallerPath
 
 log = logging.getLogger("edgepart")
 
@@ -173,7 +172,7 @@ class ClusterClient:
         """One request, waited for (sync `run`): {output: array}, or PeerError / DeadlineExceeded.
 
         With no device of the plan in this process (every device an `edgepart run`), the request is
-        sent and answered on the calling thread's own sockets (agent/caller.py). Beside an embedded
+        sent and answered on the calling thread's own sockets (agent/app/_caller.py). Beside an embedded
         first stage whose one next device answers everything else, the whole request runs in the
         calling thread (AgentCore.run_direct): the step computed here, its outputs sent and the
         answer received on this thread's socket. Otherwise `run_here`."""
@@ -197,7 +196,7 @@ class ClusterClient:
         def call(rid, feeds, deadline):
             if not self.chooser:
                 return self.caller.run(rid, feeds, deadline, self._stop)
-            try:  # the same pick for the inputs and for who answers (agent/choose.py)
+            try:  # the same pick for the inputs and for who answers (agent/net/choose.py)
                 return self.caller.run(rid, feeds, deadline, self._stop, self.chooser.pick(rid, self.inputs_by_dst),
                                        self.chooser.pick(rid, self.answer_names))
             finally:

@@ -26,7 +26,7 @@ from edgepart.errors import DeadlineExceeded, PeerError, WireError
 from edgepart.plan import CALLER, Codec
 from edgepart.wire import Header, arrays, decode, tensor_frames, zero_copy_pays
 
-from .link import Links, tune
+from ..net.link import Links, tune
 
 log = logging.getLogger("edgepart")
 
@@ -64,7 +64,7 @@ class CallerPath:
             dsts: Iterable[str] | None = None, answering: Iterable[str] | None = None) -> dict[str, np.ndarray]:
         """Send request `rid`'s inputs from this thread and gather every device's answer here.
         `dsts` / `answering`: the devices this request goes to and hears from, where the plan has
-        alternatives (agent/choose.py picked them); all of them otherwise."""
+        alternatives (agent/net/choose.py picked them); all of them otherwise."""
         dsts = list(self.inputs_by_dst) if dsts is None else list(dsts)
         answering = list(self.answer_names) if answering is None else list(answering)
         s = self._take()
