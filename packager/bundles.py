@@ -17,7 +17,7 @@ import onnx
 
 from edgepart.bundle import sha256_file, write_manifest
 from edgepart.errors import BundleError
-from edgepart.plan import DeviceSpec, Plan, Route, Step, TensorSpec
+from edgepart.plan import CALLER, DeviceSpec, Hints, Plan, Route, Step, TensorSpec
 
 from edgepart.packager.model import submodel as emit
 
@@ -26,6 +26,7 @@ def model_plan(strategy: str, graph, cluster, steps: Sequence[Step], routes: Seq
                objective: str, estimates: tuple[tuple[str, float], ...]) -> Plan:
     """The Plan of any strategy: the whole model's identity and interface, the cluster's devices,
     and the strategy's steps, routes and estimates."""
+    steps, routes = tuple(steps), tuple(routes)
     return Plan(
         strategy=strategy,
         model_name=model_name,
@@ -37,7 +38,28 @@ def model_plan(strategy: str, graph, cluster, steps: Sequence[Step], routes: Seq
         routes=tuple(routes),
         objective=objective,
         estimates=estimates,
+        hints=fast_path_hints(steps, routes),
     )
+
+
+def fast_path_hints(steps: Sequence[Step], routes: Sequence[Route]) -> Hints:
+    """Where requests enter and leave the cluster (edgepart.plan.Hints), read off the routes: the app's
+    client picks a request's fast path from these, whatever strategy made the plan."""
+    fed = {r.dst for r in routes if r.src == CALLER}
+    entry = next(iter(fed)) if len(fed) == 1 else ""
+    answering = {r.src for r in routes if r.dst == CALLER} - {entry}
+    exit_ = next(iter(answering)) if len(answering) == 1 else ""
+    entry_step = ""
+    own = [s for s in steps if s.device == entry]
+    if len(own) == 1:
+        senders: dict[str, set[str]] = {}
+        for r in routes:
+            if r.dst == entry:
+                senders.setdefault(r.tensor, set()).add(r.src)
+        inputs = {i.name for i in own[0].inputs}
+        if inputs == {r.tensor for r in routes if r.src == CALLER} and all(senders.get(n) == {CALLER} for n in inputs):
+            entry_step = own[0].name
+    return Hints(entry, entry_step, exit_)
 
 
 @dataclass(frozen=True, eq=False)

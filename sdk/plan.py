@@ -116,6 +116,30 @@ class DeviceSpec:
                           threads=int(d.get("threads", 0)))
 
 
+@dataclass(frozen=True)
+class Hints:
+    """Where requests enter and leave the cluster: facts the packager reads off the routes once
+    (packager/bundles.py, `model_plan`), so that the app's client picks a request's fast path from
+    them (docs/agents.md, "Requests and deadlines") instead of guessing from the plan's shape.
+
+    `entry`: the one device every model input goes to ("" where they go to several).
+    `entry_step`: the entry's step, where it is the entry's whole program and only the caller feeds
+    it (a caller in the entry's process may run it in its own thread), else "".
+    `exit`: the one device besides the entry that model outputs come back from ("" where none, or
+    several, do)."""
+
+    entry: str = ""
+    entry_step: str = ""
+    exit: str = ""
+
+    def __bool__(self) -> bool:
+        return bool(self.entry or self.entry_step or self.exit)
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> "Hints":
+        return Hints(entry=d.get("entry", ""), entry_step=d.get("entry_step", ""), exit=d.get("exit", ""))
+
+
 RULES = ("round-robin", "least-outstanding")
 
 
@@ -154,9 +178,13 @@ class Plan:
     estimates: tuple[tuple[str, float], ...] = ()
     schema_version: int = SCHEMA_VERSION
     alternatives: tuple[Alternatives, ...] = ()
+    hints: Hints = field(default_factory=Hints)
 
     def __post_init__(self) -> None:
         names = {d.name for d in self.devices}
+        h = self.hints
+        if (h.entry and h.entry not in names) or (h.exit and h.exit not in names) or (h.entry_step and not h.entry):
+            raise BundleError(f"The plan's hints {h} name devices it does not have. Package the model again.")
         seen: set[str] = set()
         for g in self.alternatives:
             if g.rule not in RULES:
@@ -194,6 +222,10 @@ class Plan:
                 del dev["threads"]
         if not d["alternatives"]:  # the same: only plans that have alternatives write them
             del d["alternatives"]
+        if not self.hints:  # and only plans with hints write them
+            del d["hints"]
+        else:
+            d["hints"] = {k: v for k, v in d["hints"].items() if v}
         return d
 
     def alternatives_of(self, device: str) -> Alternatives | None:
@@ -226,6 +258,7 @@ class Plan:
                 estimates=tuple((k, float(v)) for k, v in d.get("estimates", [])),
                 schema_version=version,
                 alternatives=tuple(Alternatives.from_dict(g) for g in d.get("alternatives", [])),
+                hints=Hints.from_dict(d.get("hints", {})),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise BundleError(

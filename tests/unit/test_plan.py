@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from edgepart.errors import BundleError
-from edgepart.plan import CALLER, SCHEMA_VERSION, Codec, DeviceSpec, Plan, Route, Step, TensorSpec
+from edgepart.plan import CALLER, SCHEMA_VERSION, Codec, DeviceSpec, Hints, Plan, Route, Step, TensorSpec
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -143,6 +143,8 @@ def _mutations(plan: Plan):
     yield "objective", rep(plan, objective="latency")
     yield "estimate", rep(plan, estimates=(("latency_ms", 9.5), ("period_ms", 7.5)))
     yield "schema_version", rep(plan, schema_version=SCHEMA_VERSION + 1)
+    yield "hints", rep(plan, hints=Hints("jetson", "stage0", "pi"))
+    yield "hints exit", rep(plan, hints=Hints("jetson", "stage0", ""))
 
 
 def test_plan_id_changes_when_anything_changes():
@@ -194,3 +196,37 @@ def test_cluster_threads_reach_the_plan_and_bad_values_are_refused():
     for bad in (-1, 1.5, "two", True):
         with pytest.raises(ClusterError, match="threads must be a whole number"):
             cluster_from_dict({"devices": [{"name": "pi", "gflops": 5, "threads": bad}]})
+
+
+def test_hints_round_trip_are_written_only_when_set_and_name_the_plans_devices():
+    """The fast-path hints (edgepart.plan.Hints) travel in the plan; a plan without them serialises as
+    before (its id unchanged), and one with only some writes only those."""
+    plan = make_plan()
+    assert "hints" not in plan.to_dict() and not plan.hints
+    full = dataclasses.replace(plan, hints=Hints("jetson", "stage0", "pi"))
+    assert full.to_dict()["hints"] == {"entry": "jetson", "entry_step": "stage0", "exit": "pi"}
+    assert round_trip(full) == full and full.plan_id != plan.plan_id
+    only_exit = dataclasses.replace(plan, hints=Hints(exit="pi"))
+    assert only_exit.to_dict()["hints"] == {"exit": "pi"} and round_trip(only_exit) == only_exit
+    with pytest.raises(BundleError, match="hints"):
+        dataclasses.replace(plan, hints=Hints("tpu"))
+
+
+def test_the_packager_reads_the_hints_off_the_routes():
+    """packager/bundles.py's fast_path_hints, on the hand-made plan and on variations of it."""
+    pytest.importorskip("onnx")
+    from edgepart.packager.bundles import fast_path_hints
+
+    plan = make_plan()
+    rep = dataclasses.replace
+    assert fast_path_hints(plan.steps, plan.routes) == Hints("jetson", "stage0", "pi")
+    # the entry answers too: still the one exit besides it
+    assert fast_path_hints(plan.steps, (*plan.routes, Route("h", "jetson", CALLER))) == Hints("jetson", "stage0", "pi")
+    # inputs to two devices: no entry, and both answer: no exit
+    two_in = (*plan.routes, Route("x", CALLER, "pi"), Route("h", "jetson", CALLER))
+    assert fast_path_hints(plan.steps, two_in) == Hints()
+    # the entry's step fed by a peer too, or a second step on the entry: an entry without an entry step
+    fed_back = (*plan.routes, Route("x", "pi", "jetson"))
+    assert fast_path_hints(plan.steps, fed_back) == Hints("jetson", "", "pi")
+    second = rep(plan.steps[1], name="stage2", device="jetson")
+    assert fast_path_hints((*plan.steps, second), plan.routes) == Hints("jetson", "", "pi")
