@@ -7,8 +7,9 @@ sides (docs/architecture.md, "The layers"):
     device/  the device's agent: AgentCore and the embeddable Agent (core.py), the executor of its
              program (executor.py), its heap settings (heap.py), the requests a caller's thread runs
              beside it (_direct.py)
-    app/     the app's side, behind edgepart.InferenceSession: the cluster client (client.py), requests
-             on the caller's own sockets (_caller.py)
+    app/     the app's side, behind edgepart.InferenceSession: the cluster client (client.py), the
+             choice of a request's path from the plan's hints (paths.py), requests on the
+             caller's own sockets (_caller.py)
 
 The harnesses that run agents as local processes or in network namespaces are in edgepart.testing
 (sdk/testing/: a source checkout's part, not in the wheel).

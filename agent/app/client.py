@@ -37,6 +37,7 @@ from ..net.choose import Chooser
 from ..net.discovery import Announcement, Discovery
 from ..net.link import POLL_MS, Links, Waker, parse_peer, route_codecs, stop_io_thread
 from ._caller import CallerPath
+from .paths import Path, Paths
 
 log = logging.getLogger("edgepart")
 
@@ -72,6 +73,7 @@ class ClusterClient:
         for r in plan.routes_to(CALLER):
             self.answer_names[r.src] = self.answer_names.get(r.src, frozenset()) | {r.tensor}
         self.chooser = Chooser(plan)  # which of several alternative devices takes each request
+        self.paths = Paths(plan)  # which path each request takes (paths.py)
         self.pending: dict[int, Pending] = {}
         self.in_flight = 0
         self.backlog: deque[int] = deque()  # submitted, waiting for a place in the window
@@ -85,7 +87,6 @@ class ClusterClient:
         self._deadlines: list[tuple[float, int]] = []  # a heap of (deadline, request id), under _lock
         self._io_ident = 0  # the I/O thread's id, once it runs
         self._sending = False  # the I/O thread is in _send_outbox (no recursion through failures)
-        self._direct_for: tuple | None = None  # (agent, what _direct found for it)
 
     async def start(self) -> "ClusterClient":
         self.ctx = zmq.Context()
@@ -146,51 +147,29 @@ class ClusterClient:
             raise PeerError("the session is closed")
         return feeds
 
-    def _direct(self):
-        """(agent, its device, the device whose answer comes back to the calling thread or None) when
-        every input goes to one agent in this process whose only step the caller feeds; else None."""
-        if len(self.inputs_by_dst) != 1:
-            return None
-        (dst, names), = self.inputs_by_dst.items()
-        agent = inproc.agent(self.plan.plan_id, dst)
-        if agent is None:
-            return None
-        if self._direct_for is not None and self._direct_for[0] is agent:  # the same agent as last time
-            return self._direct_for[1]
-        step = agent.direct_step
-        found = None
-        if step is not None and {i.name for i in step.inputs} == set(names):
-            # the one other device of the plan, if the step sends to it and it answers: its answer
-            # (or error) can come back to the caller's thread, on the socket the request leaves on
-            others = set(self.plan.device_names()) - {dst}
-            found = agent, dst, (next(iter(others)) if len(others) == 1 and others == self.answer_from - {dst}
-                                 and agent.direct_targets == others else None)
-        self._direct_for = (agent, found)
-        return found
+    def _busy(self) -> bool:
+        """Other requests wait for the window: a sync request joins them (paths.py)."""
+        return bool(self.backlog) or self.in_flight >= WINDOW
 
     def run(self, feeds: Mapping[str, np.ndarray], timeout_s: float = 10.0) -> dict[str, np.ndarray]:
         """One request, waited for (sync `run`): {output: array}, or PeerError / DeadlineExceeded.
 
-        With no device of the plan in this process (every device an `edgepart run`), the request is
-        sent and answered on the calling thread's own sockets (agent/app/_caller.py). Beside an embedded
-        first stage whose one next device answers everything else, the whole request runs in the
-        calling thread (AgentCore.run_direct): the step computed here, its outputs sent and the
-        answer received on this thread's socket. Otherwise `run_here`."""
-        direct = self._direct()
-        if direct is None and not self.backlog and self.in_flight < WINDOW and not any(
-                inproc.agent(self.plan.plan_id, r) is not None for r in self.roles):
+        Its path comes from the plan's hints and what runs in this process (paths.py): the calling
+        thread's own sockets (_caller.py); the entry's step computed in this thread with the exit's
+        answer received here too (the entry agent's direct path); or `run_here`."""
+        path, direct = self.paths.for_run(self._busy())
+        if path is Path.CALLER:
             return self._run_on_caller(feeds, timeout_s)
-        if (direct is None or direct[2] is None or self.backlog or self.in_flight >= WINDOW
-                or inproc.agent(self.plan.plan_id, direct[2]) is not None):  # (that one answers in-process)
-            fut = self.run_here(feeds, timeout_s)
-            try:
-                return fut.result(timeout_s + 5)
-            except concurrent.futures.TimeoutError:
-                raise DeadlineExceeded(f"no answer within {timeout_s:g} s") from None
-        agent, dst, reply_from = direct
-        return self._in_this_thread(feeds, timeout_s, lambda rid, feeds, deadline: agent.run_direct(
-            self.identity, rid, roundtrip(feeds, self.codecs.get(dst)), deadline, reply_from,
-            self.answer_names[reply_from], self._stop))
+        if path is Path.DIRECT_ANSWER:
+            run, entry, reply_from = direct.agent.direct.run, direct.entry, direct.reply_from
+            return self._in_this_thread(feeds, timeout_s, lambda rid, feeds, deadline: run(
+                self.identity, rid, roundtrip(feeds, self.codecs.get(entry)), deadline, reply_from,
+                self.answer_names[reply_from], self._stop))
+        fut = self.run_here(feeds, timeout_s)
+        try:
+            return fut.result(timeout_s + 5)
+        except concurrent.futures.TimeoutError:
+            raise DeadlineExceeded(f"no answer within {timeout_s:g} s") from None
 
     def _run_on_caller(self, feeds: Mapping[str, np.ndarray], timeout_s: float) -> dict[str, np.ndarray]:
         def call(rid, feeds, deadline):
@@ -225,14 +204,14 @@ class ClusterClient:
         return {o: got[o] for o in self.outputs}
 
     def run_here(self, feeds: Mapping[str, np.ndarray], timeout_s: float = 10.0) -> concurrent.futures.Future:
-        """`submit` for a caller that waits anyway: when every input goes to one agent in this process
-        whose only step the caller feeds, that step runs in the caller's thread and its outputs leave
-        from it (AgentCore.run_direct), saving the hand-off to the agent's thread. Otherwise, or
+        """`submit` for a caller that waits anyway: beside the entry's agent, whose one step only the
+        caller feeds (the plan's hints), that step runs in the caller's thread and its outputs leave
+        from it (the agent's direct path), saving the hand-off to the agent's thread. Otherwise, or
         while other requests wait for the window, the same as `submit`."""
-        direct = self._direct()
-        if direct is None or self.backlog or self.in_flight >= WINDOW:
+        _, direct = self.paths.for_run(self._busy())
+        if direct is None:
             return self.submit(feeds, timeout_s)
-        agent, dst, _ = direct
+        agent, dst = direct.agent, direct.entry
         feeds = self._checked(feeds, timeout_s)
         fut: concurrent.futures.Future = concurrent.futures.Future()
         fut.set_running_or_notify_cancel()
@@ -243,7 +222,7 @@ class ClusterClient:
             heapq.heappush(self._deadlines, (deadline, rid))
             self.in_flight += 1
         try:
-            back = agent.run_direct(self.identity, rid, roundtrip(feeds, self.codecs.get(dst)), deadline)
+            back = agent.direct.run(self.identity, rid, roundtrip(feeds, self.codecs.get(dst)), deadline)
         except PeerError as e:  # DeadlineExceeded too
             self.on_error(rid, str(e), cause=type(e))
             return fut
@@ -292,10 +271,10 @@ class ClusterClient:
                     p.roles -= self.chooser.passed_over(rid)
             for dst in dsts:
                 arrs = {n: feeds[n] for n in self.inputs_by_dst[dst]}
-                local = inproc.agent(self.plan.plan_id, dst)
-                if local is not None:  # (with every input going there, its answers may come back through it)
+                local = self.paths.local(dst)
+                if local is not None:  # (to the entry, its answers may come back through it)
                     local.deliver_local(CALLER, (self.identity, rid), roundtrip(arrs, self.codecs.get(dst)), ttl_ms,
-                                        relay=len(self.inputs_by_dst) == 1)
+                                        relay=self.paths.relay)
                 else:
                     self.outbox.put((rid, dst, arrs, p.deadline))
                     remote = True

@@ -1,29 +1,34 @@
-"""Sync requests run in the caller's thread beside an embedded first stage (`AgentCore.run_direct`).
+"""Sync requests run in the caller's thread beside an embedded entry (`AgentCore.direct`).
 
 A caller (InferenceSession.run) computes this device's one step itself and sends its outputs from
 a socket taken from a per-destination pool; on a 2-device plan it also receives the next device's
 answer on that socket. The pool, the sends and receives that never wait past a deadline, a dead
-peer, a stopped agent or a closed session live here; AgentCore mixes them in.
+peer, a stopped agent or a closed session live here, in one object the agent holds when its plan's
+hints name its device the entry and its one step the entry step (edgepart.plan.Hints). The app's
+client reaches it through the in-process registry (edgepart.agent.net.inproc.DirectPath), never by
+importing this module.
 """
 
 from __future__ import annotations
 
-import functools
+import itertools
 import logging
 import secrets
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Mapping
 
 import numpy as np
 import zmq
 
 from edgepart.errors import DeadlineExceeded, PeerError, WireError
-from edgepart.plan import CALLER, Step
+from edgepart.plan import CALLER, Codec, Step
 from edgepart.wire import Header, arrays, decode, roundtrip, tensor_frames, zero_copy_pays
 
 from ..net import inproc
-from ..net.link import tune
+from ..net.link import Links, tune
+from .executor import Executor
 
 log = logging.getLogger("edgepart")
 
@@ -32,7 +37,7 @@ DIRECT_POLL_MS = 20  # a caller's thread waiting to send directly rechecks its p
 
 @dataclass(eq=False)
 class _Direct:
-    """A socket to one destination for caller threads (AgentCore.run_direct). A caller takes one
+    """A socket to one destination for caller threads (DirectRuns.run). A caller takes one
     from its destination's pool and holds its lock until it gives it back: the socket is the
     caller's alone for a send and, where the answer comes back to it, the receive."""
 
@@ -45,85 +50,87 @@ class _Direct:
 
 
 class DirectRuns:
-    """AgentCore's direct path: needs its executor, links, plan, device, codecs, ctx and the
-    _direct, _direct_all, _direct_lock, _direct_ids, direct_runs, direct_answers it sets up."""
+    """The requests that callers' threads run beside this agent, on sockets of their own: the pools of
+    those sockets (per destination), and the run itself. Any thread; `close()` once the agent stops."""
 
-    @functools.cached_property
-    def direct_step(self) -> Step | None:
-        """This device's step when a caller in this process may run it in its own thread: the device
-        has one step, fed by the caller alone (the camera holder's first stage)."""
-        steps = self.executor.steps
-        if len(steps) != 1 or any(self.executor.expected.get(i.name) != {CALLER} for i in steps[0].inputs):
-            return None
-        return steps[0]
+    def __init__(self, step: Step, *, executor: Executor, links: Links, ctx: zmq.Context, plan_id: str,
+                 device: str, codecs: Mapping[str, dict[str, Codec]]):
+        self.step = step  # this device's one step, which only the caller feeds
+        self.executor, self.links, self.ctx = executor, links, ctx
+        self.plan_id, self.device, self.codecs = plan_id, device, codecs
+        # per destination, the free sockets; each is used only under its own lock; None once closed
+        self._pools: dict[str, list[_Direct]] | None = {}
+        self._all: list[_Direct] = []
+        self._lock = threading.Lock()  # the pools only: held for a list operation
+        self.runs = 0  # requests a caller's thread ran here; counted without a lock
+        self.answers = 0  # ... whose next device's answer came back to that thread
+        # ids of requests whose answer comes back to a direct socket: one sequence for the agent,
+        # since sessions' own ids start at 1 each and the pooled sockets pass from one to another
+        self._ids = itertools.count(1)
 
-    @functools.cached_property
-    def direct_targets(self) -> frozenset[str]:
-        """The other devices `direct_step` sends to (the plan's routes: the same for every request)."""
-        step = self.direct_step
-        if step is None:
-            return frozenset()
-        return frozenset(r.dst for o in step.outputs for r in self.executor.out_routes.get(o.name, ())
-                         if r.dst not in (CALLER, self.device))
+    @property
+    def sockets(self) -> int:
+        """How many direct sockets were made (at most one per concurrent caller and destination)."""
+        return len(self._all)
 
-    def run_direct(self, client: bytes, rid: int, feeds: dict[str, np.ndarray], deadline: float,
-                   reply_from: str | None = None, expect: frozenset[str] = frozenset(),
-                   abort: threading.Event | None = None) -> dict[str, np.ndarray]:
-        """Run `direct_step` in the calling thread (a sync `InferenceSession.run` beside this agent) and
+    def run(self, client: bytes, rid: int, feeds: dict[str, np.ndarray], deadline: float,
+            reply_from: str | None = None, expect: frozenset[str] = frozenset(),
+            abort: threading.Event | None = None) -> dict[str, np.ndarray]:
+        """Run `step` in the calling thread (a sync `InferenceSession.run` beside this agent) and
         send its outputs to the devices that need them from this thread: no hand-off to the data
         thread on the way. Returns the outputs for the caller: this step's own and, when
         `reply_from` is the one device this step sends to (and the only other one that answers the
         caller), that device's answer too — all of `expect`, its outputs for the caller — received
         in this thread on the socket the request left on: no hand-off to the client's thread on the
         way back either. `abort` set (the session closed) ends the wait. Raises PeerError."""
-        step = self.direct_step
-        if step is None or self._direct is None:
-            raise PeerError(f"{self.device} cannot run requests directly (stopped, or not a first stage)")
+        step = self.step
+        if self._pools is None:
+            raise PeerError(f"agent {self.device} was stopped")
         _, by_dst = self.executor.compute(step, feeds)
         back = by_dst.pop(CALLER, {})
         back = dict(roundtrip(back, self.codecs.get(CALLER))) if back else {}
-        self.direct_runs += 1
+        self.runs += 1
         if reply_from is not None and set(by_dst) != {reply_from}:
             reply_from = None
         for dst, arrs in by_dst.items():
             left = deadline - time.monotonic()
             if left <= 0:
                 raise DeadlineExceeded(f"request {rid} passed its deadline while {self.device} computed {step.name}")
-            if (a := inproc.agent(self.plan.plan_id, dst)) is not None:
+            if (a := inproc.agent(self.plan_id, dst)) is not None:
                 a.deliver_local(self.device, (client, rid), roundtrip(arrs, self.codecs.get(dst)), left * 1e3)
                 continue
             ep = self.links.endpoint_up(dst)
             if ep is None:
                 raise PeerError(f"{dst} is not reachable now (it stopped answering)")
-            d = self._take_direct(dst, ep)
+            d = self._take(dst, ep)
             try:
                 answer_here = dst == reply_from
-                wire = next(self._direct_ids) if answer_here else rid
-                frames = tensor_frames(Header("tensor", self.plan.plan_id, self.device, request_id=wire,
+                wire = next(self._ids) if answer_here else rid
+                frames = tensor_frames(Header("tensor", self.plan_id, self.device, request_id=wire,
                                               client=d.identity if answer_here else client, ttl_ms=left * 1e3),
                                        arrs, self.codecs.get(dst))
                 d.abort = abort
-                self._send_direct(d, dst, ep, frames, deadline)
+                self._send(d, dst, ep, frames, deadline)
                 if answer_here:
-                    back.update(self._receive_direct(d, dst, ep, wire, deadline, expect))
-                    self.direct_answers += 1
+                    back.update(self._receive(d, dst, ep, wire, deadline, expect))
+                    self.answers += 1
             finally:
                 self._give_back(dst, d)
         return back
 
-    def _take_direct(self, dst: str, ep: str) -> _Direct:
+    def _take(self, dst: str, ep: str) -> _Direct:
         """A free direct socket to `dst`'s live endpoint, locked for the caller (made on first use,
         remade when the peer came back on a new endpoint)."""
-        with self._direct_lock:
-            if self._direct is None:
+        with self._lock:
+            if self._pools is None:
                 raise PeerError(f"agent {self.device} was stopped")
-            free = self._direct.setdefault(dst, [])
+            free = self._pools.setdefault(dst, [])
             if free:
                 d = free.pop()
             else:
                 d = _Direct()
-                self._direct_all.append(d)
-            d.lock.acquire()  # free, so only _close_direct might hold it, and it waits outside _direct_lock
+                self._all.append(d)
+            d.lock.acquire()  # free, so only close() might hold it, and it waits outside _lock
         try:
             if d.sock is None or d.endpoint != ep:
                 if d.sock is not None:
@@ -143,14 +150,14 @@ class DirectRuns:
 
     def _give_back(self, dst: str, d: _Direct) -> None:
         d.lock.release()
-        with self._direct_lock:
-            if self._direct is not None:
-                self._direct.setdefault(dst, []).append(d)
+        with self._lock:
+            if self._pools is not None:
+                self._pools.setdefault(dst, []).append(d)
 
-    def _direct_wait(self, d: _Direct, dst: str, ep: str, deadline: float, event: int, doing: str) -> None:
+    def _wait(self, d: _Direct, dst: str, ep: str, deadline: float, event: int, doing: str) -> None:
         """Wait for `event` on a direct socket, one slice at most (none for event 0); raise once this
         agent stopped, the request's deadline passed or the peer's link went down (so never a hang)."""
-        if self._direct is None:
+        if self._pools is None:
             raise PeerError(f"agent {self.device} was stopped")
         if d.abort is not None and d.abort.is_set():
             raise PeerError("the session was closed")
@@ -162,16 +169,16 @@ class DirectRuns:
         if event:
             d.sock.poll(min(DIRECT_POLL_MS, max(1, int(left_ms))), event)
 
-    def _send_direct(self, d: _Direct, dst: str, ep: str, frames: list, deadline: float) -> None:
+    def _send(self, d: _Direct, dst: str, ep: str, frames: list, deadline: float) -> None:
         copy = not zero_copy_pays(frames)
         while True:
             try:
                 d.sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=copy)
                 return
             except zmq.Again:
-                self._direct_wait(d, dst, ep, deadline, zmq.POLLOUT, f"take {self.device}'s outputs")
+                self._wait(d, dst, ep, deadline, zmq.POLLOUT, f"take {self.device}'s outputs")
 
-    def _receive_direct(self, d: _Direct, dst: str, ep: str, rid: int, deadline: float,
+    def _receive(self, d: _Direct, dst: str, ep: str, rid: int, deadline: float,
                         expect: frozenset[str]) -> dict[str, np.ndarray]:
         """`dst`'s answer to request `rid` (every tensor of `expect`, in one message or several), on
         the direct socket the request left on. A late answer to an earlier request that gave up on
@@ -187,11 +194,11 @@ class DirectRuns:
             try:
                 frames = d.sock.recv_multipart(copy=False)
             except zmq.Again:
-                self._direct_wait(d, dst, ep, deadline, 0, f"answer request {rid}")
+                self._wait(d, dst, ep, deadline, 0, f"answer request {rid}")
                 continue
             try:
                 h, payload = decode(frames)
-                if h.plan_id != self.plan.plan_id or h.request_id != rid or h.kind not in ("tensor", "error"):
+                if h.plan_id != self.plan_id or h.request_id != rid or h.kind not in ("tensor", "error"):
                     log.debug("skipped a %s message for request %s from %s on a direct socket", h.kind, h.request_id, dst)
                     continue
                 if h.kind == "error":
@@ -202,9 +209,10 @@ class DirectRuns:
             if expect <= got.keys():
                 return got
 
-    def _close_direct(self) -> None:
-        with self._direct_lock:
-            self._direct, entries = None, list(self._direct_all)
+    def close(self) -> None:
+        """Close every direct socket; a caller still waiting leaves within one poll slice."""
+        with self._lock:
+            self._pools, entries = None, list(self._all)
         for d in entries:
             with d.lock:  # a caller in its wait loop leaves within one poll slice
                 if d.sock is not None:

@@ -36,12 +36,12 @@ from edgepart.wire import Header, Status, arrays, decode, roundtrip, tensor_fram
 from ..net import inproc
 from ..net.discovery import Announcement, Discovery
 from ..net.link import HWM, POLL_MS, Links, Waker, parse_peer, route_codecs, stop_io_thread, tune
-from ._direct import DirectRuns, _Direct
+from ._direct import DirectRuns
 from .executor import Executor, Key
 
 log = logging.getLogger("edgepart")
 
-class AgentCore(DirectRuns):
+class AgentCore:
     """The agent. `await start()`, then it serves until `await stop()`."""
 
     def __init__(self, bundle: Bundle, *, interface: str | None = None, port: int = 0,
@@ -65,16 +65,9 @@ class AgentCore(DirectRuns):
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()  # deliveries from parts in this process
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        # per destination, the free sockets a caller's thread sends on when it runs this device's
-        # step itself (run_direct); each is used only under its own lock; None once stopped
-        self._direct: dict[str, list[_Direct]] | None = {}
-        self._direct_all: list[_Direct] = []
-        self._direct_lock = threading.Lock()  # the pools only: held for a list operation
-        self.direct_runs = 0  # requests a caller's thread ran here (run_direct); counted without a lock
-        self.direct_answers = 0  # ... whose next device's answer came back to that thread
-        # ids of requests whose answer comes back to a direct socket: one sequence for the agent,
-        # since sessions' own ids start at 1 each and the pooled sockets pass from one to another
-        self._direct_ids = itertools.count(1)
+        # the requests a caller's thread in this process runs here (_direct.py): made in start() where
+        # the plan's hints make this device the entry, with one step that only the caller feeds
+        self.direct: DirectRuns | None = None
         # Answers relayed to a client in this process (see _on_answer): requests that enter the
         # cluster here go on as this agent's own, and the devices that answer the caller (all of
         # them among this agent's peers) answer on its links. Data thread only.
@@ -122,6 +115,11 @@ class AgentCore(DirectRuns):
                            self.device, on_message=self._on_answer)
         for ep in self.static_peers:
             self.links.post(self.waker, "connect", ep, static=True)
+        hints = self.plan.hints
+        if hints.entry == self.device and hints.entry_step:
+            step = next(s for s in self.executor.steps if s.name == hints.entry_step)
+            self.direct = DirectRuns(step, executor=self.executor, links=self.links, ctx=self.ctx,
+                                     plan_id=self.plan.plan_id, device=self.device, codecs=self.codecs)
         self._thread = threading.Thread(target=self._data_plane, name=f"edgepart-{self.device}", daemon=True)
         self._thread.start()
         inproc.register_agent(self.plan.plan_id, self.device, self)
@@ -136,7 +134,8 @@ class AgentCore(DirectRuns):
     async def stop(self) -> None:
         inproc.unregister_agent(self.plan.plan_id, self.device, self)
         # senders see the registry gone within one poll slice; their sockets close once they left
-        await asyncio.get_running_loop().run_in_executor(None, self._close_direct)
+        if self.direct is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.direct.close)
         await self.discovery.close()
         await stop_io_thread(self._stop, self.waker, self._thread, self.ctx)
 

@@ -72,10 +72,10 @@ def test_concurrent_callers_each_get_their_own_answer_in_their_thread(embedded):
     assert not any(t.is_alive() for t in ts), "a caller thread hung"
     assert not errors and not wrong, f"errors {errors[:3]}, answers of another request {wrong[:5]}"
     n = threads * per_thread
-    assert agent.core.direct_runs >= n * 0.9 and agent.core.direct_answers >= n * 0.9, (
-        f"{agent.core.direct_runs} / {agent.core.direct_answers} of {n} runs took the direct path")
+    assert agent.core.direct.runs >= n * 0.9 and agent.core.direct.answers >= n * 0.9, (
+        f"{agent.core.direct.runs} / {agent.core.direct.answers} of {n} runs took the direct path")
     # one socket per caller at a time at most: the pool never grows past the callers
-    assert 1 <= len(agent.core._direct_all) <= threads
+    assert 1 <= agent.core.direct.sockets <= threads
 
 
 def test_an_answer_given_up_on_is_never_taken_for_the_next_one(embedded, caplog):
@@ -94,7 +94,7 @@ def test_an_answer_given_up_on_is_never_taken_for_the_next_one(embedded, caplog)
         (y,) = sess.run(None, {"x": x1})
         assert encoder_owner(y) == 2 and np.array_equal(y, encoded(x1)), (
             f"round {attempt}: got request {encoder_owner(y)}'s answer")
-    assert len(agent.core._direct_all) == 1 and agent.core.direct_answers >= 6
+    assert agent.core.direct.sockets == 1 and agent.core.direct.answers >= 6
     # the answers (or errors: dev1 saw their deadlines pass) to the requests given up on did arrive
     # on that socket, and were skipped
     skipped = [r for r in caplog.records if "on a direct socket" in r.getMessage()]
@@ -253,7 +253,7 @@ def test_two_sessions_sharing_the_agents_sockets_never_take_each_others_answers(
         first.run(None, {"x": x1}, timeout_s=max(slow_s / 20, 0.0005))
     (y,) = second.run(None, {"x": x2})  # second's request 2, on the socket first gave up on
     assert encoder_owner(y) == 2 and np.array_equal(y, encoded(x2))
-    assert len(agent.core._direct_all) == 1
+    assert agent.core.direct.sockets == 1
 
 
 def test_run_when_the_next_device_is_embedded_too(tmp_path, sessions):

@@ -129,7 +129,7 @@ def test_embedded_first_stage_run_when_the_next_agent_dies(packaged, agents, ses
         assert agent.wait_ready(15)
         sess = sessions(res.out_dir)
         (y,) = sess.run(None, feeds)
-        assert np.max(np.abs(y - want)) <= 1e-5 and agent.core.direct_runs == 1
+        assert np.max(np.abs(y - want)) <= 1e-5 and agent.core.direct.runs == 1
         procs.kill(other, signal.SIGKILL)
         t0 = time.monotonic()
         kinds = []
@@ -146,7 +146,7 @@ def test_embedded_first_stage_run_when_the_next_agent_dies(packaged, agents, ses
         procs.restart(other)
         (y,) = first_success(lambda: sess.run(None, feeds, timeout_s=2), RECOVER_WITHIN_S,
                              f"no run() succeeded after restarting {other}")
-        assert np.max(np.abs(y - want)) <= 1e-5 and agent.core.direct_runs >= 2
+        assert np.max(np.abs(y - want)) <= 1e-5 and agent.core.direct.runs >= 2
     assert "Traceback" not in agent_output(procs)
 
 

@@ -167,7 +167,7 @@ def test_embedded_first_stage(packaged, agents, sessions):
         assert np.max(np.abs(y - reference(model_file(res.out_dir), feeds[0])["y"])) <= ATOL
         # run() computed the first stage in this thread and sent it from here; submit() went through
         # the agent's own thread: both answered the same
-        assert agent.core.direct_runs >= 1
+        assert agent.core.direct.runs >= 1
         assert agent.core.executor.completed >= 1
         sessions.close()
     # and it stops cleanly: the leak check after this test covers its threads and sockets
