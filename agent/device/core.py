@@ -35,7 +35,7 @@ from edgepart.wire import Header, Status, arrays, decode, roundtrip, tensor_fram
 
 from ..net import inproc
 from ..net.discovery import Announcement, Discovery
-from ..net.link import HWM, POLL_MS, Links, Waker, parse_peer, route_codecs, stop_io_thread, tune
+from ..net.link import HWM, POLL_MS, Links, Waker, WarnOnce, parse_peer, route_codecs, stop_io_thread, tune
 from ._direct import DirectRuns
 from .executor import Executor, Key
 
@@ -59,7 +59,7 @@ class AgentCore:
         self.announce = announce
         self.endpoint = ""
         self.dropped = 0
-        self._warned: set[str] = set()
+        self._warn_once = WarnOnce()
         self.needed_roles = {r.dst for r in self.plan.routes_from(self.device) if r.dst != CALLER}
         self.codecs = route_codecs(self.plan, self.device)
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()  # deliveries from parts in this process
@@ -275,12 +275,7 @@ class AgentCore:
 
     def _drop(self, ident: bytes, why: str) -> None:
         self.dropped += 1
-        key = ident[:32].hex()
-        if key not in self._warned:
-            self._warned.add(key)
-            log.warning("dropped a message from %s: %s", ident[:32], why)
-        else:
-            log.debug("dropped a message from %s: %s", ident[:32], why)
+        self._warn_once(ident[:32].hex(), "dropped a message from %s: %s", ident[:32], why)
 
     def _send(self, dst: str, key: Key, arrs: dict[str, np.ndarray], deadline: float) -> None:
         left_s = deadline - time.monotonic()

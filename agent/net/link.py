@@ -37,6 +37,23 @@ from edgepart.wire import Header, Status, decode, zero_copy_pays
 
 log = logging.getLogger("edgepart")
 
+
+class WarnOnce:
+    """Log a message at WARNING the first time its key is seen, at DEBUG after that: a peer that
+    misbehaves in a loop is reported once, not once per message. At most `limit` keys are
+    remembered (a flood of new senders must not grow it without bound); past that, DEBUG."""
+
+    def __init__(self, limit: int = 1024):
+        self._seen: set[str] = set()
+        self.limit = limit
+
+    def __call__(self, key: str, msg: str, *args) -> None:
+        if key not in self._seen and len(self._seen) < self.limit:
+            self._seen.add(key)
+            log.warning(msg, *args)
+        else:
+            log.debug(msg, *args)
+
 POLL_MS = 50  # the data thread wakes at least this often: deadlines, link sweeps, stop
 
 
@@ -207,7 +224,7 @@ class Links:
         self._roles_ready: frozenset[str] = frozenset()
         self.want_status = False  # ask peers whether they are linked to theirs (a session does)
         self._up_endpoints: dict[str, str] = {}  # role -> endpoint of its live link (as get() picks it)
-        self._warned: set[str] = set()
+        self._warn_once = WarnOnce()
         self._last_sweep = time.monotonic()
 
     # -- from any thread -------------------------------------------------------------------------
@@ -422,10 +439,3 @@ class Links:
             self.changed.notify_all()
         if down and self.on_down:
             self.on_down(role)
-
-    def _warn_once(self, key: str, msg: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            log.warning(msg)
-        else:
-            log.debug(msg)

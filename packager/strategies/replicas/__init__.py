@@ -4,7 +4,7 @@
     strategy.py  the Strategy (plan, package, report), registered here
 
 Its plan names the devices as alternatives (edgepart.plan.Alternatives): the caller sends each
-request to one of them by the plan's rule (agent/choose.py), so nothing here is run-time code.
+request to one of them by the plan's rule (agent/net/choose.py), so nothing here is run-time code.
 """
 
 from edgepart.packager.strategies.base import register
