@@ -138,6 +138,9 @@ def test_budget_below_what_it_cannot_restructure_is_a_clear_error():
         repurpose(mlp_cnn(), calib, 2, 0.2, method="svd")
 
 
+# one MiniLM restructuring: 553 s on an idle 2-core AMD EPYC, too close to the module's 600 s for a
+# slower CPU or a busier CI machine (docs/sparse.md, "Not done yet": make it cheaper)
+@pytest.mark.timeout(1800)
 def test_minilm_three_times_fewer_bytes(minilm_path, tmp_path):
     """Real weights, real sentences: at 1/3 of the dense channel split's bytes the sentence embeddings
     stay close (bench/bench_sparse.py --minilm measures the curve on 300 sentences); the packaged
