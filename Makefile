@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch pinned first: an unpinned torch pulls a multi-GB CUDA build
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[packager,models,dev]"
+	$(PY) -m pip install -q -e ".[packager,models,camera,dev]"
 	touch $(STAMP)
 
 demo: setup
