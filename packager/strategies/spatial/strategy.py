@@ -1,0 +1,153 @@
+"""The spatial strategy: the model's first layers split by image rows (fused tile partitioning, as
+DeepThings does; docs/spatial.md).
+
+Plan: fold constants, analyse, choose the fused prefix and every device's strip (planner.py). Package:
+the tiles, strip and gather steps (compiler.py), one route per tensor and consuming device, written
+as bundles. Report: one row per device, with its strip's weights and peak activations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+from rich.table import Table
+
+from edgepart.plan import CALLER
+
+from edgepart.packager.cluster import Cluster
+from edgepart.packager.model.graph import Graph
+from edgepart.packager.strategies.base import Job, Packaged
+from edgepart.packager.strategies.spatial.planner import SpatialPlan
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class SpatialPlanned:
+    """A spatial plan with what it was planned from: the folded model, its graph, the cluster."""
+
+    model: onnx.ModelProto
+    graph: Graph
+    cluster: Cluster
+    spatial: SpatialPlan
+    strategy: str = "spatial"
+
+    def memory(self) -> list[tuple[str, int, int, int]]:
+        """Per device: (device, weight bytes, peak activation bytes, total), its strip and, on the
+        gathering device, the rest of the model."""
+        sp, out = self.spatial, []
+        for d in self.cluster.devices:
+            own = [s for s in sp.strips if s.device == d.name]
+            w = own[0].weight_bytes if own else 0
+            peak = own[0].peak_bytes if own else 0
+            if d.name == sp.gather:
+                w, peak = w + sp.rest_weight_bytes, max(peak, sp.rest_peak_bytes)
+            out.append((d.name, int(w), int(peak), int(w + peak)))
+        return out
+
+    def to_dict(self) -> dict:
+        sp, g = self.spatial, self.graph
+        pre = sp.prefix
+        mem = {d: (w, p, t) for d, w, p, t in self.memory()}
+        return {
+            "strategy": "spatial", "latency_ms": sp.latency_ms,
+            "model": {"nodes": g.n, "mflops": 2 * g.total_macs / 1e6, "param_mb": g.total_param_bytes / MIB},
+            "fused": {"image": pre.image, "until": pre.until, "nodes": len(pre.nodes), "image_rows": pre.image_rows,
+                      "rows": pre.until_rows, "mflops": sp.prefix_flops / 1e6},
+            "gather": sp.gather, "rest": {"nodes": len(pre.rest), "mflops": sp.rest_flops / 1e6, "compute_ms": sp.rest_ms},
+            "strips": [{"device": s.device, "rows": list(s.rows), "input_rows": list(s.input_rows),
+                        "halo_rows": self.halo(s), "mflops": s.flops / 1e6, "compute_ms": s.compute_ms,
+                        "in_bytes": s.in_bytes, "out_bytes": s.out_bytes} for s in sp.strips],
+            "memory": [{"device": d, "weight_bytes": w, "peak_activation_bytes": p, "total_bytes": t}
+                       for d, (w, p, t) in mem.items()],
+            "unsplit_memory_bytes": sp.whole_memory_bytes, "unsplit_weight_bytes": sp.whole_weight_bytes,
+            "candidates": [{"until": t, "latency_ms": ms} for t, ms in sp.candidates],
+        }
+
+    def halo(self, s) -> int:
+        """Image rows a strip reads beyond its own share of the image (rows of T scaled to the image)."""
+        pre = self.spatial.prefix
+        own = (s.rows[1] - s.rows[0]) * pre.image_rows / pre.until_rows
+        return max(0, int(round(s.input_rows[1] - s.input_rows[0] - own)))
+
+    def show(self, console, title: str) -> None:
+        sp = self.spatial
+        pre = sp.prefix
+        last = self.graph.nodes[pre.nodes[-1]]
+        t = Table(title=title, title_justify="left")
+        for col, just in [("device", "left"), ("rows of output", "right"), ("image rows (halo)", "right"),
+                          ("MFLOPs", "right"), ("compute ms", "right"), ("weights MiB", "right"),
+                          ("peak act. MiB", "right"), ("memory vs unsplit", "right")]:
+            t.add_column(col, justify=just)
+        mem = {d: (w, p, tot) for d, w, p, tot in self.memory()}
+        for s in sp.strips:
+            w, p, tot = mem[s.device]
+            t.add_row(s.device + (" (gathers)" if s.device == sp.gather else ""), f"{s.rows[0]}–{s.rows[1]}",
+                      f"{s.input_rows[0]}–{s.input_rows[1]} (+{self.halo(s)})", f"{s.flops / 1e6:,.1f}",
+                      f"{s.compute_ms:.3f}", f"{w / MIB:,.2f}", f"{p / MIB:,.2f}",
+                      f"{tot / MIB:,.2f} / {sp.whole_memory_bytes / MIB:,.2f} MiB ({tot / max(sp.whole_memory_bytes, 1):.0%})")
+        console.print(t)
+        console.print(
+            f"fused prefix: {len(pre.nodes)} nodes up to {last.name!r} ({last.op_type}), output {pre.until_rows} rows "
+            f"from {pre.image_rows} image rows, {sp.prefix_flops / 1e6:,.1f} MFLOPs unsplit; {sp.gather} slices the "
+            f"image, gathers the strips and runs the other {len(pre.rest)} nodes ({sp.rest_flops / 1e6:,.1f} MFLOPs, "
+            f"{sp.rest_ms:.3f} ms). Estimated latency [bold]{sp.latency_ms:.3f} ms[/] per request.")
+
+
+class SpatialStrategy:
+    name = "spatial"
+    summary = "the first layers split by image rows: each device computes its strip plus a halo (DeepThings)"
+    options = {"tile_until": "the node (or tensor) that ends the fused prefix: its output is gathered and the rest "
+                             "runs on one device (default: the cost model's choice)"}
+
+    def plan(self, job: Job) -> SpatialPlanned:
+        from edgepart.packager.model.fold import fold_constants
+        from edgepart.packager.model.graph import analyse, model_sha256
+        from edgepart.packager.strategies.spatial.planner import plan_spatial
+
+        model = fold_constants(job.model)
+        graph = analyse(model, dict(job.input_shapes) or None)
+        if model is not job.model:
+            graph = dataclasses.replace(graph, sha256=model_sha256(job.model))
+        return SpatialPlanned(model, graph, job.cluster, plan_spatial(model, graph, job.cluster, job.option("tile_until")))
+
+    def package(self, job: Job, out: Path, *, report: bool = False) -> Packaged:
+        from edgepart.packager.check.report import DeviceRow, PackageReport, RouteRow, fidelity_without_calibration
+        from edgepart.packager.strategies.spatial.compiler import write
+
+        job.say("analysing and planning")
+        planned = self.plan(job)
+        g, sp = planned.graph, planned.spatial
+        (plan, dirs), routes = write(planned.model, g, job.cluster, sp, Path(out), job.model_name, job.objective,
+                                     job.progress)
+        rep = None
+        if report:
+            job.say("measuring fidelity for the report")
+            fid = fidelity_without_calibration(out, job.model, plan, job.input_shapes, job.feeds)
+            mem = {d: w for d, w, _, _ in planned.memory()}
+            rows = tuple(DeviceRow(s.device, int(s.flops / 2 + (sp.rest_flops / 2 if s.device == sp.gather else 0)),
+                                   mem[s.device], len(plan.steps_of(s.device)),
+                                   round(s.compute_ms + (sp.rest_ms if s.device == sp.gather else 0), 6))
+                         for s in sp.strips)
+            sizes = {st.name: 0 for st in plan.steps}
+            sizes.update({o.name: _bytes(o) for st in plan.steps for o in st.outputs})
+            sizes.update({i.name: int(g.tensor_bytes.get(i.name, 0)) for i in g.inputs})
+            rr = tuple(RouteRow(r.tensor, r.src, r.dst, r.codec.kind, int(sizes.get(r.tensor, 0))) for r in routes)
+            between = sum(x.size_bytes for x in rr if CALLER not in (x.src, x.dst))
+            caller = sum(x.size_bytes for x in rr if CALLER in (x.src, x.dst))
+            rep = PackageReport(job.model_name, "spatial", plan.plan_id, plan.device_names(), sp.latency_ms, between,
+                                caller, (), rows, rr, int(g.total_macs), int(g.total_param_bytes), fidelity=fid,
+                                notes=(f"fused prefix up to {sp.prefix.until!r}, strips by rows",), rows_are="cuts")
+        return Packaged(plan, Path(out), dirs, planned, rep, sp)
+
+
+def _bytes(spec) -> int:
+    import numpy as np
+
+    n = 1
+    for d in spec.shape:
+        n *= d if isinstance(d, int) and d > 0 else 1
+    return int(n * np.dtype(spec.dtype).itemsize)
