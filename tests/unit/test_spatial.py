@@ -247,3 +247,54 @@ def test_registered_for_the_cli():
     from edgepart.packager.strategies import get, names
 
     assert "spatial" in names() and "tile_until" in get("spatial").options
+
+
+def _small(nodes, inits, h=16, w=12, out_shape=None):
+    g = helper.make_graph(nodes, "small", [helper.make_tensor_value_info("x", F32, [1, 2, h, w])],
+                          [helper.make_tensor_value_info(nodes[-1].output[0], F32, out_shape or [1, None, None, None])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(m, full_check=True)
+    return m
+
+
+@pytest.mark.parametrize("auto", ["SAME_UPPER", "SAME_LOWER"])
+def test_auto_pad_convs_are_exact(auto):
+    rng = np.random.default_rng(3)
+    m = _small([helper.make_node("Conv", ["x", "W"], ["c"], name="c", auto_pad=auto, strides=[2, 2]),
+                helper.make_node("Conv", ["c", "W2"], ["y"], name="c2", auto_pad=auto)],
+               [_w(rng, "W", (4, 2, 4, 4)), _w(rng, "W2", (4, 4, 3, 3))], h=15, w=11)
+    x = rng.standard_normal((1, 2, 15, 11)).astype(np.float32)
+    for n in (2, 3, 4):
+        g, sp = _plan(m, n, "c2")
+        assert float(np.abs(_chain(m, g, sp, {"x": x})["y"] - _run(m, {"x": x})["y"]).max()) <= 1e-5
+
+
+def test_a_pool_rounding_up_is_refused_by_name():
+    m = _small([helper.make_node("MaxPool", ["x"], ["y"], name="ceil_pool", kernel_shape=[2, 2], strides=[2, 2],
+                                 ceil_mode=1)], [], h=15, w=11)
+    with pytest.raises(PlanningError, match=r"'ceil_pool' \(MaxPool\) rounds its output size up"):
+        _plan(m, 2, "ceil_pool")
+
+
+def test_a_global_first_layer_is_not_spatial():
+    m = _small([helper.make_node("GlobalAveragePool", ["x"], ["y"], name="gap")], [], out_shape=[1, 2, 1, 1])
+    with pytest.raises(PlanningError, match=r"first layer 'gap' \(GlobalAveragePool\) is not spatial"):
+        _plan(m, 2)
+
+
+def test_plan_prints_strips_halos_and_memory(tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from edgepart.cli import app
+
+    path = tmp_path / "tile_net.onnx"
+    onnx.save(tile_net(h=48, w=32), str(path))
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(
+        {"devices": [{"name": f"dev{i}", "gflops": g, "memory_mb": 64} for i, g in enumerate((20, 10, 30))]}))
+    r = CliRunner().invoke(app, ["plan", str(path), "-c", str(tmp_path / "c.yaml"), "--strategy", "spatial"],
+                           env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    assert "fused prefix" in r.output and "memory vs unsplit" in r.output and "(gathers)" in r.output
+    help_ = CliRunner().invoke(app, ["package", "--help"], env={"COLUMNS": "200"}).output
+    assert "spatial" in help_

@@ -23,7 +23,7 @@ from edgepart.packager.bundles import StepModel
 from edgepart.packager.model import submodel
 from edgepart.packager.model.graph import Graph
 from edgepart.packager.strategies.spatial.halo import rewrite
-from edgepart.packager.strategies.spatial.planner import SpatialPlan, Strip, constants, fixed_shapes
+from edgepart.packager.strategies.spatial.planner import SpatialPlan, constants, fixed_shapes
 
 
 def strip_name(tensor: str, k: int) -> str:

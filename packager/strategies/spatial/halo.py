@@ -88,6 +88,9 @@ def rule_for(nd: onnx.NodeProto, name: str, shapes: dict[str, tuple[int, ...]], 
 def _rule(nd: onnx.NodeProto, name: str, shapes: dict[str, tuple[int, ...]], consts: dict[str, np.ndarray],
           spatial: set[str]) -> Rule:
     op = nd.op_type
+    if op in GLOBAL:
+        raise PlanningError(f"Node {name!r} ({op}) needs the whole image (or drops its rows): it ends the fused "
+                            f"prefix, which must stop before it.")
     ins = [i for i in nd.input]
     out_shape = shapes.get(nd.output[0])
     sp = tuple(k for k, i in enumerate(ins) if i in spatial)
