@@ -298,3 +298,15 @@ def test_plan_prints_strips_halos_and_memory(tmp_path):
     assert "fused prefix" in r.output and "memory vs unsplit" in r.output and "(gathers)" in r.output
     help_ = CliRunner().invoke(app, ["package", "--help"], env={"COLUMNS": "200"}).output
     assert "spatial" in help_
+
+
+def test_a_device_without_the_memory_for_its_part_is_named():
+    from edgepart.packager.cluster import cluster_from_dict
+    from edgepart.packager.model.graph import analyse
+    from edgepart.packager.strategies.spatial.planner import plan_spatial
+
+    m = tile_net(h=64, w=64)
+    cl = cluster_from_dict({"devices": [{"name": "big", "gflops": 10, "memory_mb": 64},
+                                        {"name": "tiny", "gflops": 20, "memory_mb": 0.01}]})
+    with pytest.raises(PlanningError, match="tiny needs .* MiB for its part"):
+        plan_spatial(m, analyse(m), cl, "conv_s2_last")

@@ -83,15 +83,18 @@ class SpatialPlan:
     prefix_flops: float
     candidates: tuple[tuple[str, float], ...] = ()  # (T, estimated latency) of every valid cut
 
-    def memory_bytes(self, device: str) -> int:
-        """Weights + peak activations `device` needs: its strip, and the rest if it gathers."""
+    def memory(self, device: str) -> tuple[int, int]:
+        """(weight bytes, peak activation bytes) `device` needs: its strip, and the rest if it gathers."""
         own = [s for s in self.strips if s.device == device]
         w = sum(s.weight_bytes for s in own[:1])
         peak = max([s.peak_bytes for s in own[:1]] + [0])
         if device == self.gather:
             w += self.rest_weight_bytes
             peak = max(peak, self.rest_peak_bytes)
-        return int(w + peak)
+        return int(w), int(peak)
+
+    def memory_bytes(self, device: str) -> int:
+        return sum(self.memory(device))
 
 
 def fixed_shapes(model: onnx.ModelProto, graph: Graph) -> dict[str, tuple[int, ...]]:
@@ -260,10 +263,22 @@ def plan_spatial(model: onnx.ModelProto, graph: Graph, cluster: Cluster, tile_un
             raise PlanningError("No layer of this model can end a fused prefix: every cut after a spatial layer "
                                 "is crossed by a branch, or has fewer rows than devices.")
     plans = [_evaluate(graph, cluster, p, gather, shapes) for p in cands]
+    fits = [sp for sp in plans if not _too_small(sp, cluster)]
+    if not fits:
+        d, need = _too_small(plans[0], cluster)[0]
+        raise PlanningError(f"{d} needs {need / 2**20:,.1f} MiB for its part of the spatial split (weights and peak "
+                            f"activations) and has {cluster.device(d).memory_mb:,.0f} MiB (memory_mb in the cluster "
+                            f"file). Cut earlier, or use --strategy pipeline or channel.")
+    plans = fits
     best = min(plans, key=lambda sp: (round(sp.latency_ms, 9), -len(sp.prefix.nodes)))
     import dataclasses
 
     return dataclasses.replace(best, candidates=tuple((sp.prefix.until, round(sp.latency_ms, 6)) for sp in plans))
+
+
+def _too_small(sp: SpatialPlan, cluster: Cluster) -> list[tuple[str, int]]:
+    """The devices (and what they need) whose memory cannot hold their part of `sp`."""
+    return [(d.name, sp.memory_bytes(d.name)) for d in cluster.devices if sp.memory_bytes(d.name) > d.memory_bytes]
 
 
 def _tensor_named(graph: Graph, name: str) -> str:

@@ -38,15 +38,7 @@ class SpatialPlanned:
     def memory(self) -> list[tuple[str, int, int, int]]:
         """Per device: (device, weight bytes, peak activation bytes, total), its strip and, on the
         gathering device, the rest of the model."""
-        sp, out = self.spatial, []
-        for d in self.cluster.devices:
-            own = [s for s in sp.strips if s.device == d.name]
-            w = own[0].weight_bytes if own else 0
-            peak = own[0].peak_bytes if own else 0
-            if d.name == sp.gather:
-                w, peak = w + sp.rest_weight_bytes, max(peak, sp.rest_peak_bytes)
-            out.append((d.name, int(w), int(peak), int(w + peak)))
-        return out
+        return [(d.name, *self.spatial.memory(d.name), self.spatial.memory_bytes(d.name)) for d in self.cluster.devices]
 
     def to_dict(self) -> dict:
         sp, g = self.spatial, self.graph
