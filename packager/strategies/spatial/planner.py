@@ -114,12 +114,29 @@ def fixed_shapes(model: onnx.ModelProto, graph: Graph) -> dict[str, tuple[int, .
             d.Clear()
             d.dim_value = int(v)
     del m.graph.value_info[:]
-    m = onnx.shape_inference.infer_shapes(m, data_prop=True)
+    try:
+        m = onnx.shape_inference.infer_shapes(m, data_prop=True)
+    except Exception:  # noqa: BLE001 - what inference cannot tell is measured below
+        pass
     out = {}
     for vi in list(m.graph.input) + list(m.graph.value_info) + list(m.graph.output):
         t = vi.type.tensor_type
         if t.HasField("shape") and all(d.HasField("dim_value") and d.dim_value > 0 for d in t.shape.dim):
             out[vi.name] = tuple(int(d.dim_value) for d in t.shape.dim)
+    missing = [t for nd in graph.nodes for t in nd.outputs if t and t not in out]
+    if missing:  # as the analysis does (docs/planning.md, "Shapes"): one run on zeros measures them
+        from edgepart.packager.model import probe
+
+        feeds = {}
+        for spec in graph.inputs:
+            shape = given.get(spec.name) or spec.shape
+            if all(isinstance(d, int) and d > 0 for d in shape):
+                feeds[spec.name] = np.zeros(shape, dtype=np.dtype(spec.dtype))
+        try:
+            got = probe.run(model, missing, feeds)
+            out.update({t: tuple(int(d) for d in np.shape(v)) for t, v in zip(missing, got)})
+        except Exception:  # noqa: BLE001 - a tensor still unknown is reported by the node that reads it
+            pass
     return out
 
 
