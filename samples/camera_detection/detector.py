@@ -72,8 +72,10 @@ def preprocess(frame_bgr: np.ndarray, hw: tuple[int, int]) -> tuple[np.ndarray, 
     nh, nw = min(H, round(h * s)), min(W, round(w * s))
     img = frame_bgr if (nh, nw) == (h, w) else cv2.resize(frame_bgr, (nw, nh), interpolation=cv2.INTER_LINEAR)
     x = np.zeros((1, 3, H, W), dtype=np.float32)
-    # BGR minus mean, NHWC -> NCHW (preprocess.py: the package subtracts in int16, then casts; the same values)
-    x[0, :, :nh, :nw] = (img.astype(np.float32) - MEAN_BGR).transpose(2, 0, 1)
+    # BGR minus mean, NHWC -> NCHW (preprocess.py: the package subtracts in int16, then casts to float32:
+    # the same values). One plane at a time: a few times faster than a strided transpose of the frame.
+    for c, plane in enumerate(cv2.split(img)):
+        np.subtract(plane, MEAN_BGR[c], out=x[0, c, :nh, :nw], dtype=np.float32)
     return x, Letterbox(s, (h, w))
 
 
@@ -91,13 +93,16 @@ def priors(height: int, width: int) -> np.ndarray:
     return np.concatenate(out).astype(np.float64)
 
 
-def decode(loc: np.ndarray, landmarks: np.ndarray, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def decode(loc: np.ndarray, landmarks: np.ndarray, hw: tuple[int, int],
+           idx: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """One image's loc [A, 4] and landmarks [A, 10] -> boxes [A, 4] (x, y, w, h) and points [A, 10]
-    in input pixels (postprocess.py, rebuild_boxes and rebuild_pts)."""
+    in input pixels (postprocess.py, rebuild_boxes and rebuild_pts); only rows `idx` when given."""
     H, W = hw
     a = priors(H, W)
     if a.shape[0] != loc.shape[0]:
         raise ValueError(f"the network gave {loc.shape[0]} boxes; a {H}x{W} input has {a.shape[0]} priors")
+    if idx is not None:
+        a, loc, landmarks = a[idx], loc[idx], landmarks[idx]
     loc = loc.astype(np.float64)
     boxes = np.empty_like(loc)
     boxes[:, 2:] = a[:, 2:] * np.exp(loc[:, 2:] * V_S)
@@ -132,11 +137,13 @@ def postprocess(outputs: dict[str, np.ndarray], hw: tuple[int, int], letterbox: 
                 top_scores: int = TOP_SCORES) -> list[Face]:
     """The network's outputs for one image -> faces, best first, in frame pixels (in input pixels
     without a letterbox). postprocess.py, filter_results: threshold, sort, NMS."""
-    boxes, pts = decode(outputs["loc"][0], outputs["landmarks"][0], hw)
     scores = outputs["conf"][0][:, 1].astype(np.float64)
     idx = np.where(scores > score_threshold)[0]
     idx = idx[np.argsort(-scores[idx], kind="stable")][:top_scores]
-    boxes, scores, pts = boxes[idx], scores[idx], pts[idx]
+    # the package decodes every prior, then keeps those above the threshold; decoding only those is
+    # the same arithmetic on the same rows, without ~12,600 rows of work per frame
+    boxes, pts = decode(outputs["loc"][0], outputs["landmarks"][0], hw, idx)
+    scores = scores[idx]
     keep = nms(boxes, scores, nms_threshold)
     s = letterbox.scale if letterbox is not None else 1.0
     faces = []
