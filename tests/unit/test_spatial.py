@@ -310,3 +310,26 @@ def test_a_device_without_the_memory_for_its_part_is_named():
                                         {"name": "tiny", "gflops": 20, "memory_mb": 0.01}]})
     with pytest.raises(PlanningError, match="tiny needs .* MiB for its part"):
         plan_spatial(m, analyse(m), cl, "conv_s2_last")
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_the_rest_as_a_pipeline_is_exact(n, tmp_path):
+    """rest="pipeline": the strips joined, then the rest of the model split over every device."""
+    import edgepart.packager as p
+    import yaml
+
+    from edgepart.local import LocalCluster
+
+    path = tmp_path / "tile_net.onnx"
+    onnx.save(tile_net(h=48, w=32), str(path))
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(
+        {"devices": [{"name": f"dev{i}", "gflops": g, "memory_mb": 64} for i, g in enumerate((20, 10, 30)[:n])]}))
+    res = p.package(path, tmp_path / "c.yaml", out=tmp_path / "dist", strategy="spatial", rest="pipeline",
+                    tile_until="maxpool_pad")
+    stages = res.planned.rest.pipeline.stages
+    assert len(stages) == n and {s.name for s in res.plan.steps} >= {f"rest{i}" for i in range(n)}
+    assert not any(s.name == "gather" for s in res.plan.steps)
+    x = np.random.default_rng(5).standard_normal((1, 3, 48, 32)).astype(np.float32)
+    got = LocalCluster.from_dist(tmp_path / "dist").run({"x": x})
+    assert float(np.abs(got["y"] - _run(tile_net(h=48, w=32), {"x": x})["y"]).max()) <= 1e-5
+    assert res.planned.to_dict()["rest_pipeline"][0]["device"] == stages[0].device

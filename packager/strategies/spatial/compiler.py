@@ -141,7 +141,8 @@ def gather_model(model: onnx.ModelProto, graph: Graph, sp: SpatialPlan):
 
 
 def step_models(model: onnx.ModelProto, graph: Graph, sp: SpatialPlan,
-                progress: Callable[[str], None] | None = None) -> list[StepModel]:
+                progress: Callable[[str], None] | None = None, rest=None) -> list[StepModel]:
+    """tiles, strip<k>, and gather (or, with `rest` a rest.RestPipeline, one step per stage of it)."""
     shapes, consts = fixed_shapes(model, graph), constants(model)
     m, i, o = tiles_model(model, graph, sp)
     out = [StepModel("tiles", sp.gather, "tiles.onnx", m, i, o, len(sp.strips), 0.0)]
@@ -150,6 +151,12 @@ def step_models(model: onnx.ModelProto, graph: Graph, sp: SpatialPlan,
             progress(f"emitting strip{k} for {s.device}")
         m, i, o = strip_model(model, graph, sp, k, shapes, consts)
         out.append(StepModel(f"strip{k}", s.device, f"strip{k}.onnx", m, i, o, len(s.nodes), s.compute_ms))
+    if rest is not None:
+        for j, st in enumerate(rest.pipeline.stages):
+            m, i, o = submodel.extract(rest.model, rest.graph, st.start, st.stop, f"rest{j}")
+            out.append(StepModel(f"rest{j}", st.device, f"rest{j}.onnx", m, i, o, st.stop - st.start,
+                                 round(st.compute_ms, 6)))
+        return out
     m, i, o = gather_model(model, graph, sp)
     out.append(StepModel("gather", sp.gather, "gather.onnx", m, i, o, len(sp.prefix.rest) + 1, sp.rest_ms))
     return out
@@ -171,11 +178,11 @@ def routes(steps: list[StepModel], graph: Graph) -> list[Route]:
 
 
 def write(model, graph, cluster, sp: SpatialPlan, out: Path, model_name: str, objective: str,
-          progress: Callable[[str], None] | None = None):
+          progress: Callable[[str], None] | None = None, rest=None):
     from edgepart.packager.bundles import model_plan, write_bundles
 
-    sms = step_models(model, graph, sp, progress)
+    sms = step_models(model, graph, sp, progress, rest)
     rts = routes(sms, graph)
-    est = (("latency_ms", sp.latency_ms),)
+    est = (("latency_ms", rest.latency_ms if rest is not None else sp.latency_ms),)
     return write_bundles(sms, lambda steps: model_plan("spatial", graph, cluster, steps, rts, model_name, objective, est),
                          Path(out), progress=progress), rts

@@ -83,12 +83,12 @@ class SpatialPlan:
     prefix_flops: float
     candidates: tuple[tuple[str, float], ...] = ()  # (T, estimated latency) of every valid cut
 
-    def memory(self, device: str) -> tuple[int, int]:
+    def memory(self, device: str, with_rest: bool = True) -> tuple[int, int]:
         """(weight bytes, peak activation bytes) `device` needs: its strip, and the rest if it gathers."""
         own = [s for s in self.strips if s.device == device]
         w = sum(s.weight_bytes for s in own[:1])
         peak = max([s.peak_bytes for s in own[:1]] + [0])
-        if device == self.gather:
+        if device == self.gather and with_rest:
             w += self.rest_weight_bytes
             peak = max(peak, self.rest_peak_bytes)
         return int(w), int(peak)

@@ -21,6 +21,7 @@ from edgepart.packager.cluster import Cluster
 from edgepart.packager.model.graph import Graph
 from edgepart.packager.strategies.base import Job, Packaged
 from edgepart.packager.strategies.spatial.planner import SpatialPlan
+from edgepart.packager.strategies.spatial.rest import REST, RestPipeline
 
 MIB = 1024 * 1024
 
@@ -33,19 +34,40 @@ class SpatialPlanned:
     graph: Graph
     cluster: Cluster
     spatial: SpatialPlan
+    rest: RestPipeline | None = None  # the rest of the model as a pipeline (rest="pipeline")
     strategy: str = "spatial"
+
+    @property
+    def latency_ms(self) -> float:
+        return self.rest.latency_ms if self.rest is not None else self.spatial.latency_ms
 
     def memory(self) -> list[tuple[str, int, int, int]]:
         """Per device: (device, weight bytes, peak activation bytes, total), its strip and, on the
         gathering device, the rest of the model."""
-        return [(d.name, *self.spatial.memory(d.name), self.spatial.memory_bytes(d.name)) for d in self.cluster.devices]
+        out = []
+        for d in self.cluster.devices:
+            w, p = self.spatial.memory(d.name, with_rest=self.rest is None)
+            if self.rest is not None:
+                rw, rp = self.rest.memory(d.name)
+                w, p = w + rw, max(p, rp)
+            out.append((d.name, w, p, w + p))
+        return out
+
+    def rest_share(self, device: str) -> tuple[float, float]:
+        """(FLOPs, compute ms) of the rest of the model `device` runs: all of it on the gathering
+        device, or its pipeline stage."""
+        if self.rest is not None:
+            st = next((s for s in self.rest.pipeline.stages if s.device == device), None)
+            return (st.flops, st.compute_ms) if st is not None else (0.0, 0.0)
+        sp = self.spatial
+        return (sp.rest_flops, sp.rest_ms) if device == sp.gather else (0.0, 0.0)
 
     def to_dict(self) -> dict:
         sp, g = self.spatial, self.graph
         pre = sp.prefix
         mem = {d: (w, p, t) for d, w, p, t in self.memory()}
         return {
-            "strategy": "spatial", "latency_ms": sp.latency_ms,
+            "strategy": "spatial", "latency_ms": self.latency_ms,
             "model": {"nodes": g.n, "mflops": 2 * g.total_macs / 1e6, "param_mb": g.total_param_bytes / MIB},
             "fused": {"image": pre.image, "until": pre.until, "nodes": len(pre.nodes), "image_rows": pre.image_rows,
                       "rows": pre.until_rows, "mflops": sp.prefix_flops / 1e6},
@@ -57,6 +79,9 @@ class SpatialPlanned:
                        for d, (w, p, t) in mem.items()],
             "unsplit_memory_bytes": sp.whole_memory_bytes, "unsplit_weight_bytes": sp.whole_weight_bytes,
             "candidates": [{"until": t, "latency_ms": ms} for t, ms in sp.candidates],
+            "rest_pipeline": [] if self.rest is None else [
+                {"device": s.device, "nodes": [s.start, s.stop], "mflops": s.flops / 1e6, "compute_ms": s.compute_ms,
+                 "send_bytes": s.send_bytes} for s in self.rest.pipeline.stages],
         }
 
     def halo(self, s) -> int:
@@ -77,11 +102,20 @@ class SpatialPlanned:
         mem = {d: (w, p, tot) for d, w, p, tot in self.memory()}
         for s in sp.strips:
             w, p, tot = mem[s.device]
-            t.add_row(s.device + (" (gathers)" if s.device == sp.gather else ""), f"{s.rows[0]}–{s.rows[1]}",
+            t.add_row(s.device + (" (gathers)" if s.device == sp.gather and self.rest is None else ""), f"{s.rows[0]}–{s.rows[1]}",
                       f"{s.input_rows[0]}–{s.input_rows[1]} (+{self.halo(s)})", f"{s.flops / 1e6:,.1f}",
                       f"{s.compute_ms:.3f}", f"{w / MIB:,.2f}", f"{p / MIB:,.2f}",
                       f"{tot / MIB:,.2f} / {sp.whole_memory_bytes / MIB:,.2f} MiB ({tot / max(sp.whole_memory_bytes, 1):.0%})")
         console.print(t)
+        if self.rest is not None:
+            pp, rg = self.rest.pipeline, self.rest.graph
+            stages = "; ".join(f"{st.device}: nodes {st.start}–{st.stop - 1} ({st.flops / 1e6:,.1f} MFLOPs, "
+                               f"{st.compute_ms:.3f} ms)" for st in pp.stages)
+            console.print(f"fused prefix: {len(pre.nodes)} nodes up to {last.name!r} ({last.op_type}), output "
+                          f"{pre.until_rows} rows from {pre.image_rows} image rows; {sp.gather} slices the image; the "
+                          f"strips are joined and the other {rg.n - 1} nodes run as a pipeline: {stages}. Estimated "
+                          f"latency [bold]{self.latency_ms:.3f} ms[/] per request.")
+            return
         console.print(
             f"fused prefix: {len(pre.nodes)} nodes up to {last.name!r} ({last.op_type}), output {pre.until_rows} rows "
             f"from {pre.image_rows} image rows, {sp.prefix_flops / 1e6:,.1f} MFLOPs unsplit; {sp.gather} slices the "
@@ -93,7 +127,9 @@ class SpatialStrategy:
     name = "spatial"
     summary = "the first layers split by image rows: each device computes its strip plus a halo (DeepThings)"
     options = {"tile_until": "the node (or tensor) that ends the fused prefix: its output is gathered and the rest "
-                             "runs on one device (default: the cost model's choice)"}
+                             "runs on one device (default: the cost model's choice)",
+               "rest": "after the strips: `gather` (default: the fastest device joins them and runs the rest of the "
+                       "model) or `pipeline` (the rest split into a pipeline over every device)"}
 
     def plan(self, job: Job) -> SpatialPlanned:
         from edgepart.packager.model.fold import fold_constants
@@ -104,7 +140,18 @@ class SpatialStrategy:
         graph = analyse(model, dict(job.input_shapes) or None)
         if model is not job.model:
             graph = dataclasses.replace(graph, sha256=model_sha256(job.model))
-        return SpatialPlanned(model, graph, job.cluster, plan_spatial(model, graph, job.cluster, job.option("tile_until")))
+        rest = job.option("rest", "gather")
+        if rest not in REST:
+            from edgepart.errors import PlanningError
+
+            raise PlanningError(f"Unknown rest {rest!r}; choose {' or '.join(f'`{r}`' for r in REST)}.")
+        sp = plan_spatial(model, graph, job.cluster, job.option("tile_until"))
+        rp = None
+        if rest == "pipeline":
+            from edgepart.packager.strategies.spatial.rest import plan_rest
+
+            rp = plan_rest(model, graph, job.cluster, sp, job.objective)
+        return SpatialPlanned(model, graph, job.cluster, sp, rp)
 
     def package(self, job: Job, out: Path, *, report: bool = False) -> Packaged:
         from edgepart.packager.check.report import DeviceRow, PackageReport, RouteRow, fidelity_without_calibration
@@ -114,15 +161,14 @@ class SpatialStrategy:
         planned = self.plan(job)
         g, sp = planned.graph, planned.spatial
         (plan, dirs), routes = write(planned.model, g, job.cluster, sp, Path(out), job.model_name, job.objective,
-                                     job.progress)
+                                     job.progress, planned.rest)
         rep = None
         if report:
             job.say("measuring fidelity for the report")
             fid = fidelity_without_calibration(out, job.model, plan, job.input_shapes, job.feeds)
             mem = {d: w for d, w, _, _ in planned.memory()}
-            rows = tuple(DeviceRow(s.device, int(s.flops / 2 + (sp.rest_flops / 2 if s.device == sp.gather else 0)),
-                                   mem[s.device], len(plan.steps_of(s.device)),
-                                   round(s.compute_ms + (sp.rest_ms if s.device == sp.gather else 0), 6))
+            rows = tuple(DeviceRow(s.device, int((s.flops + planned.rest_share(s.device)[0]) / 2), mem[s.device],
+                                   len(plan.steps_of(s.device)), round(s.compute_ms + planned.rest_share(s.device)[1], 6))
                          for s in sp.strips)
             sizes = {st.name: 0 for st in plan.steps}
             sizes.update({o.name: _bytes(o) for st in plan.steps for o in st.outputs})
@@ -130,7 +176,7 @@ class SpatialStrategy:
             rr = tuple(RouteRow(r.tensor, r.src, r.dst, r.codec.kind, int(sizes.get(r.tensor, 0))) for r in routes)
             between = sum(x.size_bytes for x in rr if CALLER not in (x.src, x.dst))
             caller = sum(x.size_bytes for x in rr if CALLER in (x.src, x.dst))
-            rep = PackageReport(job.model_name, "spatial", plan.plan_id, plan.device_names(), sp.latency_ms, between,
+            rep = PackageReport(job.model_name, "spatial", plan.plan_id, plan.device_names(), planned.latency_ms, between,
                                 caller, (), rows, rr, int(g.total_macs), int(g.total_param_bytes), fidelity=fid,
                                 notes=(f"fused prefix up to {sp.prefix.until!r}, strips by rows",), rows_are="cuts")
         return Packaged(plan, Path(out), dirs, planned, rep, sp)

@@ -70,3 +70,26 @@ def test_efficientnet_and_retinaface_strips_through_agents(n, efficientnet_lite0
             s_face.submit(feeds).result(30), reference(face_path, feeds), f"RetinaFace, {n} strips, photo {i}"))
     print(f"{n} strips, max abs diff against one onnxruntime session: "
           + ", ".join(f"{k} {v:.2e}" for k, v in worst.items()))
+
+
+def test_efficientnet_strips_then_the_rest_as_a_pipeline_through_agents(efficientnet_lite0_path, tmp_path, agents,
+                                                                         sessions):
+    """rest="pipeline" (objective throughput, so the stages are balanced): every device computes its
+    strip, then one stage of the rest; the routes carry the strips to the first stage's device."""
+    from edgepart.testing import zoo
+
+    res = _package(efficientnet_lite0_path, 3, tmp_path, "effnet-rest", tile_until=EFFICIENTNET_UNTIL,
+                   input_shapes={"input": (1, 3, 224, 224)}, rest="pipeline", objective="throughput")
+    stages = res.planned.rest.pipeline.stages
+    assert len(stages) == 3 and all(s.stop > s.start for s in stages)
+    print(f"\n{res.plan.model_name}: rest stages "
+          + ", ".join(f"{s.device} nodes {s.start}-{s.stop - 1} ({s.flops / 1e6:.0f} MFLOPs)" for s in stages)
+          + f"; memory {_memory_line(res)}")
+    agents(tmp_path / "dist-effnet-rest")
+    sess = sessions(tmp_path / "dist-effnet-rest", timeout_s=30)
+    photos = zoo.imagenet_inputs(2)["input"]
+    for i in range(2):
+        feeds = {"input": photos[i:i + 1]}
+        d = assert_same(sess.submit(feeds).result(30), reference(efficientnet_lite0_path, feeds),
+                        f"EfficientNet-Lite0, 3 strips then a 3-stage pipeline, photo {i}")
+        print(f"photo {i}: max abs diff {d:.2e}")
