@@ -263,22 +263,31 @@ def _demo(*args, timeout_s: float = 150) -> subprocess.CompletedProcess:
 
 
 def test_demo_local_headless_writes_frames_and_a_summary(tmp_path):
-    n = 20
+    """`demo.py --local 2 --headless --frames N --save DIR`, its synthetic source paced at 250 frames/s,
+    faster than any 2 CPU cores run this detector: frames the cluster has no room for are dropped
+    (counted), the others are answered in order and written with their overlay, and a summary."""
+    n = 150
     out = tmp_path / "out"
-    r = _demo("--local", 2, "--headless", "--frames", n, "--save", out, "--local-dir", tmp_path / "dist")
+    r = _demo("--local", 2, "--headless", "--frames", n, "--fps", 250, "--save", out, "--local-dir", tmp_path / "dist")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    s = json.loads((out / "summary.json").read_text())
+    assert s["frames_read"] == n
+    assert s["frames_dropped"] > 0, "a source at 250 frames/s must outrun the cluster"
+    assert s["frames_answered"] + s["frames_dropped"] + s["frames_late"] + s["frames_failed"] == n, s
+    assert s["frames_answered"] >= 2 and s["frames_late"] == s["frames_failed"] == 0, s
     jpgs = sorted(out.glob("frame_*.jpg"))
-    assert len(jpgs) == n, f"{len(jpgs)} frames written, wanted {n}"
+    assert len(jpgs) == s["frames_written"] == s["frames_answered"], f"{len(jpgs)} frames written: {s}"
+    idx = [int(p.stem.split("_")[1]) for p in jpgs]
+    assert idx[-1] == n - 1, "the newest frame wins: the last frame read is always answered"
     import cv2
 
     img = cv2.imread(str(jpgs[-1]))
     assert img is not None and img.shape == (*HW, 3)
-    s = json.loads((out / "summary.json").read_text())
-    assert s["frames_read"] == n and s["frames_answered"] == n and s["frames_written"] == n
-    assert s["devices"] == ["device-a", "device-b"] and s["fps"] > 0 and s["latency_ms"]["n"] == n
+    assert s["devices"] == ["device-a", "device-b"] and s["fps"] > 0 and s["latency_ms"]["n"] == s["frames_answered"]
     assert s["faces"] > 0 and set(s["device_ms_alone"]) == {"device-a", "device-b"}
     assert "RetinaFace-MobileNet0.25 split across 2 device(s)" in r.stdout
-    print(f"\ndemo: {s['fps']:.1f} FPS, latency p50 {s['latency_ms']['p50']:.0f} ms, recall {s['recall']}")
+    print(f"\ndemo: {s['frames_answered']} of {n} frames answered, {s['frames_dropped']} dropped, {s['fps']:.1f} FPS, "
+          f"latency p50 {s['latency_ms']['p50']:.0f} ms")
 
 
 def test_demo_errors_are_one_paragraph(tmp_path, packaged):
