@@ -199,9 +199,38 @@ def profile(bundles: dict, hw: tuple[int, int], runs: int = 5) -> dict:
     return out
 
 
+class CpuMeter:
+    """With --local: the CPU time each device's agent process used per answered frame, while streaming
+    (from /proc, every thread of the process: its compute and its share of the links)."""
+
+    def __init__(self, procs):
+        self.pids = {d: a.proc.pid for d, a in procs.agents.items() if a.proc is not None}
+        self.last = (self._read(), 0)
+        self.ms: dict[str, float] = {}
+
+    def _read(self) -> dict[str, float]:
+        out = {}
+        for d, pid in self.pids.items():
+            try:
+                f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                out[d] = (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+            except (OSError, IndexError, ValueError):
+                pass
+        return out
+
+    def update(self, answered: int, every: int = 10) -> None:
+        then, n0 = self.last
+        if answered - n0 < every:
+            return
+        now = self._read()
+        self.ms = {d: (now[d] - then[d]) * 1e3 / (answered - n0) for d in now if d in then}
+        self.last = (now, answered)
+
+
 # -- drawing --------------------------------------------------------------------------------------------
 
-def draw(img: np.ndarray, r, st, fps: float, prof: dict | None, truth: bool = False) -> np.ndarray:
+def draw(img: np.ndarray, r, st, fps: float, prof: dict | None, truth: bool = False,
+         cpu: dict[str, float] | None = None) -> np.ndarray:
     """Boxes, landmarks and scores on the frame, and a panel with FPS, latency, drops, the devices and
     links, and the last error while one is recent."""
     import cv2
@@ -226,6 +255,9 @@ def draw(img: np.ndarray, r, st, fps: float, prof: dict | None, truth: bool = Fa
         for d in prof["order"]:
             parts.append(f"{d} {prof['device_ms'][d]:.0f}ms")
         lines.append("compute alone: " + " | ".join(parts))
+    if cpu:
+        order = prof["order"] if prof else sorted(cpu)
+        lines.append("CPU per frame, streaming: " + " | ".join(f"{d} {cpu[d]:.0f}ms" for d in order if d in cpu))
         links = [f"{k.replace('@caller', 'app')} {v / 1e6:.2f}MB" for k, v in prof["link_bytes"].items()]
         lines.append("per frame: " + "  ".join(links))
     if r.error:
@@ -358,6 +390,8 @@ def print_summary(s: dict) -> None:
                  ("of it in the cluster", f"p50 {cl['p50']:.1f}  p95 {cl['p95']:.1f} ms")]
     for d, ms in s.get("device_ms_alone", {}).items():
         rows.append((f"{d}: its steps alone, 1 thread", f"{ms:.1f} ms"))
+    for d, ms in s.get("device_cpu_ms_per_frame", {}).items():
+        rows.append((f"{d}: CPU per frame while streaming", f"{ms:.1f} ms"))
     for k, b in s.get("link_bytes_per_frame", {}).items():
         rows.append((f"link {k.replace('@caller', 'app')}", f"{b / 1e6:.2f} MB per frame"))
     if s.get("planner_estimates"):
@@ -444,6 +478,7 @@ def run(a) -> dict:
         results = []
         fps = 0.0
         t_done: list[float] = []
+        meter = CpuMeter(procs) if procs is not None else None
         t0 = time.perf_counter()
         try:
             st = stream.Stream(sess, hw=a.size, in_flight=a.in_flight or len(devices) + 1,
@@ -456,7 +491,9 @@ def run(a) -> dict:
                         t_done.append(r.t_done)
                         w = [t for t in t_done[-30:] if r.t_done - t <= 2.0]
                         fps = (len(w) - 1) / (w[-1] - w[0]) if len(w) > 1 and w[-1] > w[0] else fps
-                    img = draw(r.frame.image, r, st, fps, prof, truth=a.truth)
+                    if meter is not None:
+                        meter.update(st.counts.answered)
+                    img = draw(r.frame.image, r, st, fps, prof, truth=a.truth, cpu=meter.ms if meter else None)
                     if not sink.show(img, r.frame.index):
                         break
         finally:
@@ -464,6 +501,8 @@ def run(a) -> dict:
             sink.close()
             sess.close()
         s = summarize(st, results, prof, wall, src.name, devices, a.min_face)
+        if meter is not None and meter.ms:
+            s["device_cpu_ms_per_frame"] = meter.ms
         s["saved_to"] = str(sink.path) if sink.path else None
         s["frames_written"] = sink.n
         if sink.dir is not None:
