@@ -135,17 +135,25 @@ def package_local(n: int, hw: tuple[int, int], out: Path | None = None) -> Path:
     return out
 
 
-def start_local(dist: Path, n_cpus: int | None = None):
-    """One `edgepart run` per bundle on loopback, each with 1 thread pinned to a core of its own (they
-    share cores when there are fewer than devices)."""
+def entry_device(bundles: dict) -> str:
+    """The device every frame goes to first (the plan's hint; else the first step's device)."""
+    plan = next(iter(bundles.values())).plan
+    return plan.hints.entry or plan.steps[0].device
+
+
+def start_local(dist: Path, exclude: tuple[str, ...] = (), ready: bool = True):
+    """One `edgepart run` per bundle (but `exclude`) on loopback, each with 1 thread pinned to a core of
+    its own (they share cores when there are fewer than devices)."""
     from edgepart.testing.emulate import AgentProcesses
 
-    cores = sorted(os.sched_getaffinity(0))[: n_cpus or None]
+    cores = sorted(os.sched_getaffinity(0))
     devs = sorted(p.name for p in Path(dist).iterdir() if (p / "manifest.json").is_file())
-    procs = AgentProcesses(dist, interface="127.0.0.1", threads=1, cpus={d: cores[i % len(cores)] for i, d in enumerate(devs)})
+    procs = AgentProcesses(dist, interface="127.0.0.1", threads=1, devices=[d for d in devs if d not in exclude],
+                           cpus={d: cores[i % len(cores)] for i, d in enumerate(devs)})
     procs.start(60)
     try:
-        procs.wait_ready(30)
+        if ready:
+            procs.wait_ready(30)
     except BaseException:
         procs.stop()
         raise
@@ -442,6 +450,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--headless", action="store_true", help="no window even where a display exists")
     ap.add_argument("--truth", action="store_true", help="also draw the synthetic source's ground-truth boxes (green)")
     ap.add_argument("--no-profile", action="store_true", help="skip timing each device's steps alone at start")
+    ap.add_argument("--embed", action="store_true",
+                    help="this process is the first device too (the camera holder): it computes the plan's first stage "
+                         "itself, so the frame never crosses a link, only that stage's output")
     ap.add_argument("--interface", default=None, help="the network interface's IP for discovery (with --bundle)")
     ap.add_argument("--local-dir", type=Path, default=None,
                     help="with --local: package into this folder (a plan of this run only) instead of the cache")
@@ -454,20 +465,31 @@ def run(a) -> dict:
     import edgepart
 
     src = open_source(a)  # a missing camera or a bad path fails here, before any agent starts
-    procs = None
+    procs = agent = None
     try:
         if a.local is not None:
             if a.local < 1:
                 raise DemoError("--local takes 1 or more devices")
             dist = package_local(a.local, a.size, a.local_dir)
-            print(f"starting {a.local} emulated device(s) from {dist} ...", file=sys.stderr)
-            procs = start_local(dist)
             interface = "127.0.0.1"
         else:
             dist, interface = a.bundle, a.interface
         bundles = bundles_of(dist)
         devices = sorted(bundles)
+        embed = entry_device(bundles) if a.embed else None
+        if a.local is not None:
+            print(f"starting {a.local - bool(embed)} emulated device(s) from {dist} ...", file=sys.stderr)
+            procs = start_local(dist, exclude=(embed,) if embed else (), ready=not embed)
+        if embed:  # the camera's device: its stage runs in this process, the frame never crosses a link
+            import edgepart
+
+            agent = edgepart.Agent(Path(dist) / embed, interface=interface, threads=1).start()
+            if procs is not None:
+                procs.wait_ready(30)
         prof = None if a.no_profile else profile(bundles, a.size)
+        if prof and embed:  # the frame goes to the first stage in this process, not over a link
+            prof["link_bytes"] = {(k + " (in-process)" if k in (f"@caller->{embed}", f"{embed}->@caller") else k): v
+                                  for k, v in prof["link_bytes"].items()}
         try:
             sess = edgepart.InferenceSession(dist, interface=interface, timeout_s=a.deadline_ms / 1e3)
         except edgepart.PeerError as e:
@@ -503,6 +525,7 @@ def run(a) -> dict:
         s = summarize(st, results, prof, wall, src.name, devices, a.min_face)
         if meter is not None and meter.ms:
             s["device_cpu_ms_per_frame"] = meter.ms
+        s["embedded"] = embed
         s["saved_to"] = str(sink.path) if sink.path else None
         s["frames_written"] = sink.n
         if sink.dir is not None:
@@ -513,6 +536,8 @@ def run(a) -> dict:
         return s
     finally:
         src.close()
+        if agent is not None:
+            agent.stop()
         if procs is not None:
             procs.stop()
 

@@ -290,6 +290,17 @@ def test_demo_local_headless_writes_frames_and_a_summary(tmp_path):
           f"latency p50 {s['latency_ms']['p50']:.0f} ms")
 
 
+def test_demo_embeds_the_first_stage(tmp_path):
+    """`--embed`: the demo's own process computes the first stage (the camera holder); the other
+    device is an `edgepart run` process; every frame answered, with faces."""
+    out = tmp_path / "out"
+    r = _demo("--local", 2, "--embed", "--headless", "--frames", 10, "--save", out, "--local-dir", tmp_path / "dist")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    s = json.loads((out / "summary.json").read_text())
+    assert s["embedded"] in s["devices"] and s["frames_answered"] == 10 and s["faces"] > 0, s
+    assert any(k.endswith("(in-process)") for k in s["link_bytes_per_frame"]), s["link_bytes_per_frame"]
+
+
 def test_demo_errors_are_one_paragraph(tmp_path, packaged):
     """A missing camera, a bad video path, a bundle folder that is not one, and a bundle of another
     model: `error: ...`, exit code 2, no traceback, and no agent started."""
