@@ -12,7 +12,9 @@ loopback   all clusters up at once, on 127.0.0.1; the app (this process) pinned 
            one-device baselines: the device on core 1, a core to itself with the app's work elsewhere
            (the conservative one, the goal's), and the device on core 0 with the app (the camera
            alone, doing everything). With N devices stage k is on core k mod (cores), so the first
-           stage shares core 0 with the app, as a camera board running the first stage would. On a 2-core machine the third
+           stage shares core 0 with the app, as a camera board running the first stage would; and 2
+           devices where the app's own process computes the first stage (`demo.py --embed`, an
+           `edgepart.Agent` in this process, 1 thread, core 0) and the other is on core 1. On a 2-core machine the third
            device shares a core: the 3-device figures measure sharing there, not scaling. The
            configurations take turns in every round (latency: one frame at a time, capture to boxes;
            frame rate: N + 1 frames in flight), so each sees the same moments of a shared machine;
@@ -102,6 +104,7 @@ CONFIGS = (  # (label, devices, where the stages go: "apart" = core 1, "camera" 
     ("1 device = the camera", 1, "camera"),
     ("2 devices", 2, "spread"),
     ("3 devices", 3, "spread"),
+    ("2 devices, the camera computes stage 0 (--embed)", 2, "embed"),
 )
 BASE, CAMERA = CONFIGS[0][0], CONFIGS[1][0]
 LAN_CONFIGS = (  # (label, devices, the app computes the first stage itself)
@@ -117,6 +120,8 @@ def pins_for(order: list[str], rule: str, cores: list[int]) -> dict[str, int]:
         return {order[0]: cores[1 % len(cores)]}
     if rule == "camera":
         return {order[0]: cores[0]}
+    if rule == "embed":  # the first stage in the app's own process (core 0), the rest spread from core 1
+        return {d: cores[(k + 1) % len(cores)] for k, d in enumerate(order[1:])}
     return {d: cores[k % len(cores)] for k, d in enumerate(order)}
 
 
@@ -127,17 +132,25 @@ def bench_loopback(tmp: Path, rounds: int, n_lat: int, n_stream: int) -> dict:
     cores = sorted(os.sched_getaffinity(0))
     frames = [sources.Synthetic(HW, seed=0).read() for _ in range(30)]
     clusters, sessions = {}, {}
-    all_procs = []
+    all_procs, agents = [], []
     try:
+        embedded = []
         for i, (label, n, rule) in enumerate(CONFIGS):
             dist = demo.package_local(n, HW, tmp / f"dist{i}")  # each a plan of its own: the clusters cannot mix
-            pins = pins_for(stage_devices(dist), rule, cores)
-            procs = AgentProcesses(dist, interface="127.0.0.1", threads=1, cpus=pins)
+            order = stage_devices(dist)
+            pins = pins_for(order, rule, cores)
+            procs = AgentProcesses(dist, interface="127.0.0.1", threads=1, cpus=pins, devices=list(pins))
             all_procs.append(procs)
             procs.start(60)
+            if rule == "embed":
+                embedded.append((dist, order[0], procs))
+            else:
+                procs.wait_ready(30)
+            clusters[label] = {"dist": dist, "pins": pins if rule != "embed" else {order[0]: cores[0], **pins}, "n": n}
+        os.sched_setaffinity(0, {cores[0]})  # the app; threads started from here on inherit it
+        for dist, entry, procs in embedded:
+            agents.append(edgepart.Agent(dist / entry, interface="127.0.0.1", threads=1).start())
             procs.wait_ready(30)
-            clusters[label] = {"dist": dist, "pins": pins, "n": n}
-        os.sched_setaffinity(0, {cores[0]})  # the app
         for label, c in clusters.items():
             sessions[label] = edgepart.InferenceSession(c["dist"], interface="127.0.0.1", timeout_s=30)
             run_stream(sessions[label], frames, 4, c["n"] + 1)  # warm-up
@@ -155,6 +168,8 @@ def bench_loopback(tmp: Path, rounds: int, n_lat: int, n_stream: int) -> dict:
     finally:
         for s in sessions.values():
             s.close()
+        for a in agents:
+            a.stop()
         for p in all_procs:
             p.stop()
         os.sched_setaffinity(0, set(cores))
@@ -241,7 +256,7 @@ def plot(data: dict, path: Path) -> None:
                              ha="center", va="bottom", fontsize=7)
         axes[1].bar(xs, [d[x]["latency_ms"] for x in ls], w, label=name)
     for ax, t in zip(axes, ("frames per second, streamed (x: over 1 device, own core)", "latency, capture to boxes, ms")):
-        ax.set_xticks(np.arange(len(labels)) + w * (len(series) - 1) / 2, [x.replace(" = ", "\n= ").replace(", ", ",\n") for x in labels],
+        ax.set_xticks(np.arange(len(labels)) + w * (len(series) - 1) / 2, [x.replace(" = ", "\n= ").replace(", the camera computes stage 0 (--embed)", ",\nstage 0 in the\napp (--embed)").replace(", own", ",\nown") for x in labels],
                       fontsize=7)
         ax.set_title(t, fontsize=9)
         ax.legend(fontsize=7)

@@ -263,18 +263,18 @@ def draw(img: np.ndarray, r, st, fps: float, prof: dict | None, truth: bool = Fa
         for d in prof["order"]:
             parts.append(f"{d} {prof['device_ms'][d]:.0f}ms")
         lines.append("compute alone: " + " | ".join(parts))
+        links = [f"{k.replace('@caller', 'app')} {v / 1e6:.2f}MB" for k, v in prof["link_bytes"].items()]
+        lines.append("per frame: " + "  ".join(links))
     if cpu:
         order = prof["order"] if prof else sorted(cpu)
         lines.append("CPU per frame, streaming: " + " | ".join(f"{d} {cpu[d]:.0f}ms" for d in order if d in cpu))
-        links = [f"{k.replace('@caller', 'app')} {v / 1e6:.2f}MB" for k, v in prof["link_bytes"].items()]
-        lines.append("per frame: " + "  ".join(links))
-    if r.error:
-        lines.append("ERROR " + r.error[:90])
+    if r.error:  # the session's own words: which device stopped answering, or the deadline missed
+        lines += ["ERROR " + r.error[:80], "      " + r.error[80:160]] if len(r.error) > 80 else ["ERROR " + r.error]
     h = 18 * len(lines) + 8
     panel = out[:h, : min(out.shape[1], 620)]
     panel[:] = (panel * 0.35).astype(np.uint8)
     for i, s in enumerate(lines):
-        color = (80, 80, 255) if s.startswith("ERROR") else (255, 255, 255)
+        color = (80, 80, 255) if s.startswith("ERROR") or (s.startswith("      ") and r.error) else (255, 255, 255)
         cv2.putText(out, s, (6, 18 + 18 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.45, color, 1, cv2.LINE_AA)
     return out
 

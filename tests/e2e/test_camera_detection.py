@@ -242,6 +242,10 @@ def test_a_device_vanishes_and_returns(reference, tmp_path, agents, sessions):
         elif phase == "down":
             if r.error:
                 errors.append((r.kind, r.error))
+                import demo
+
+                shown = demo.draw(r.frame.image, r, st, 0.0, None)  # the overlay shows it (a red line)
+                assert shown.shape == r.frame.image.shape and not np.array_equal(shown, r.frame.image)
                 if len(errors) >= 3:
                     procs.restart(victim)
                     phase = "back"
@@ -299,6 +303,18 @@ def test_demo_embeds_the_first_stage(tmp_path):
     s = json.loads((out / "summary.json").read_text())
     assert s["embedded"] in s["devices"] and s["frames_answered"] == 10 and s["faces"] > 0, s
     assert any(k.endswith("(in-process)") for k in s["link_bytes_per_frame"]), s["link_bytes_per_frame"]
+
+
+def test_demo_writes_a_video_and_reads_one(tmp_path):
+    """--save clip.mp4 writes a video OpenCV reads back; --video plays it through the split."""
+    clip = tmp_path / "clip.mp4"
+    r = _demo("--local", 2, "--headless", "--frames", 8, "--no-profile", "--save", clip, "--local-dir", tmp_path / "dist")
+    assert r.returncode == 0 and clip.is_file(), r.stdout[-2000:] + r.stderr[-2000:]
+    out = tmp_path / "out"
+    r = _demo("--local", 2, "--headless", "--video", clip, "--no-profile", "--save", out, "--local-dir", tmp_path / "dist2")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    s = json.loads((out / "summary.json").read_text())
+    assert s["source"] == "clip.mp4" and s["frames_read"] == s["frames_answered"] == 8 and s["faces"] > 0, s
 
 
 def test_demo_errors_are_one_paragraph(tmp_path, packaged):
