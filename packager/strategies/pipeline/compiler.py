@@ -52,6 +52,11 @@ def compile_pipeline(graph: Graph, cluster: Cluster, pp: PipelinePlan, steps: li
             routes.append(Route(i.name, src, st.device, codec))
     for o in graph.outputs:
         routes.append(Route(o.name, producer_dev[o.name], CALLER, Codec()))
+    if pp.left_out:  # a left-out device has no step: it is not in the plan and gets no bundle (docs/planning.md)
+        import dataclasses
+
+        used = set(pp.devices)
+        cluster = dataclasses.replace(cluster, devices=tuple(d for d in cluster.devices if d.name in used))
     return model_plan("pipeline", graph, cluster, steps, routes, model_name, pp.objective,
                       (("latency_ms", round(pp.latency_ms, 6)), ("period_ms", round(pp.period_ms, 6))))
 

@@ -7,10 +7,16 @@ link (the steady-state period of a pipelined stream). Every stage must fit its d
 
 Dynamic programming over (devices used so far, last device, cut position): with N devices and n
 nodes that is O(2^N * N^2 * n^2) vectorised work; exact for the cost model in `cost.py`.
+
+The DP holds the best plan over every subset of the devices, so with `leave_out=True` the planner
+also considers using fewer devices: a device is left out (no stage) when every plan that uses it is
+strictly worse for the objective, and the plan says so with both figures (docs/planning.md, "Fewer
+devices").
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass
 
@@ -41,11 +47,32 @@ class Stage:
 
 
 @dataclass(frozen=True)
+class LeftOut:
+    """A device the plan does not use, and why: the best objective of a plan that uses it beside
+    the plan's devices (`with_ms`; inf when none fits) against the plan's own (`without_ms`)."""
+
+    device: str
+    with_ms: float
+    without_ms: float
+
+    def why(self, objective: str) -> str:
+        what = "latency" if objective == "latency" else "period"
+        if not np.isfinite(self.with_ms):
+            return f"left out {self.device}: no plan that uses it fits; without it, {what} {self.without_ms:.3f} ms"
+        return f"left out {self.device}: with it, {what} {self.with_ms:.3f} ms; without, {self.without_ms:.3f} ms"
+
+
+@dataclass(frozen=True)
 class PipelinePlan:
     objective: str
     stages: tuple[Stage, ...]
     latency_ms: float
     period_ms: float  # slowest stage or link (bytes / bandwidth): one result every period_ms when pipelined
+    left_out: tuple[LeftOut, ...] = ()  # devices of the cluster without a stage (plan_pipeline(leave_out=True))
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        return tuple(s.device for s in self.stages)
 
     @property
     def throughput_per_s(self) -> float:
@@ -85,8 +112,18 @@ def evaluate(cost: CostModel, cuts: tuple[int, ...], devices: tuple[str, ...], o
     return PipelinePlan(objective, tuple(stages), latency, period)
 
 
-def plan_pipeline(graph: Graph, cluster: Cluster, objective: str = "latency") -> PipelinePlan:
-    """The optimal pipeline over all of `cluster`'s devices, or a PlanningError saying why none fits."""
+# a plan on fewer devices replaces the plan on all of them only when strictly better by this much
+# (relative), so float noise never drops a device (docs/planning.md, "Fewer devices")
+STRICTLY_BETTER = 1e-9
+
+
+def plan_pipeline(graph: Graph, cluster: Cluster, objective: str = "latency", *, leave_out: bool = False) -> PipelinePlan:
+    """The optimal pipeline over all of `cluster`'s devices, or a PlanningError saying why none fits.
+
+    With `leave_out`, the optimal pipeline over any subset of them: a subset replaces the whole
+    cluster only when its objective is strictly better (or the whole cluster cannot hold the model),
+    and the plan's `left_out` names every device it does not use with the best objective of a plan
+    that uses it."""
     if objective not in OBJECTIVES:
         raise PlanningError(f"Unknown objective {objective!r}; choose one of: {', '.join(OBJECTIVES)}.")
     names = tuple(d.name for d in cluster.devices)
@@ -146,17 +183,21 @@ def plan_pipeline(graph: Graph, cluster: Cluster, objective: str = "latency") ->
                 f[(S, d)] = (m[arg, np.arange(n + 1)], arg, gprev)
 
     full = frozenset(names)
-    best_d, best = None, inf
+    best_S, best_d, best = full, None, inf
     for d in names:
         v = f[(full, d)][0][n]
         if v < best:
             best_d, best = d, v
+    if leave_out:
+        for (S, d), (v, _, _) in f.items():  # fewer devices: only when strictly better (ties keep more)
+            if v[n] < best * (1 - STRICTLY_BETTER) - 1e-12 or (not np.isfinite(best) and np.isfinite(v[n])):
+                best_S, best_d, best = S, d, v[n]
     if best_d is None or not np.isfinite(best):
         raise PlanningError(_why_infeasible(graph, cluster, cost))
 
     # backtrack
     order, cuts = [], []
-    S, d, b = full, best_d, n
+    S, d, b = best_S, best_d, n
     while True:
         _, arg, gprev = f[(S, d)]
         order.append(d)
@@ -168,7 +209,17 @@ def plan_pipeline(graph: Graph, cluster: Cluster, objective: str = "latency") ->
         S, d, b = S - {d}, prev, a
     order.reverse()
     cuts.reverse()
-    return evaluate(cost, tuple(cuts), tuple(order), objective)
+    pp = evaluate(cost, tuple(cuts), tuple(order), objective)
+    if best_S == full:
+        return pp
+    out = []
+    for x in names:
+        if x in best_S:
+            continue
+        # the best plan that uses it beside the devices the plan uses
+        with_x = min((float(v[n]) for (S, _), (v, _, _) in f.items() if best_S | {x} <= S), default=inf)
+        out.append(LeftOut(x, with_x, float(pp.score())))
+    return dataclasses.replace(pp, left_out=tuple(out))
 
 
 def exhaustive(graph: Graph, cluster: Cluster, objective: str = "latency") -> float:

@@ -57,7 +57,37 @@ class PipelinePlanned:
                 }
                 for i, s in enumerate(pp.stages)
             ],
+            "left_out": [{"device": x.device, f"with_{self._what}_ms": _finite(x.with_ms),
+                          f"without_{self._what}_ms": x.without_ms, "why": x.why(pp.objective)}
+                         for x in pp.left_out],
         }
+
+    @property
+    def _what(self) -> str:
+        return "latency" if self.pipeline.objective == "latency" else "period"
+
+    @property
+    def latency_ms(self) -> float:
+        return self.pipeline.latency_ms
+
+    @property
+    def period_ms(self) -> float:
+        return self.pipeline.period_ms
+
+    @property
+    def throughput_per_s(self) -> float:
+        return self.pipeline.throughput_per_s
+
+    @property
+    def caller_io_ms(self) -> float:
+        """The model's inputs sent to the first stage and its outputs back, on the default link: the
+        pipeline's latency leaves them out (docs/planning.md, "Known approximations"); the other
+        strategies count them, so `--strategy auto` adds this to compare like with like."""
+        from edgepart.packager.cost import busy_ms
+
+        g, link = self.graph, self.cluster.default_link
+        io = sum(g.tensor_bytes.get(t.name, 0) for t in g.inputs + g.outputs)
+        return float(busy_ms(io, link) + 2 * link.latency_ms)
 
     def show(self, console, title: str) -> None:
         pp, g = self.pipeline, self.graph
@@ -75,6 +105,8 @@ class PipelinePlanned:
             t.add_row(str(i), s.device, layers, f"{s.flops / 1e6:,.1f}", f"{s.param_bytes / MIB:,.2f}", sent,
                       f"{s.compute_ms:.3f}", "—" if i == last else f"{s.send_ms:.3f}")
         console.print(t)
+        for x in pp.left_out:
+            console.print(f"{x.why(pp.objective)} (no stage, no bundle)")
         console.print(
             f"estimated latency [bold]{pp.latency_ms:.3f} ms[/] per request; pipelined throughput "
             f"[bold]{pp.throughput_per_s:.1f} req/s[/] (slowest stage or link {pp.period_ms:.3f} ms); "
@@ -88,10 +120,18 @@ class PipelinePlanned:
         return plot_pipeline(self.graph, self.pipeline, path)
 
 
+def _finite(v: float) -> float | None:
+    return v if v == v and v not in (float("inf"), float("-inf")) else None
+
+
 class PipelineStrategy:
     name = "pipeline"
     summary = "each device runs a run of layers, placed by the cost model"
-    options: dict[str, str] = {}
+    options: dict[str, str] = {
+        "leave_out": "leave out a device when every plan that uses it is worse for the objective: it gets no stage "
+                     "and no bundle, and the plan says why (default off: every device gets a stage; `--strategy "
+                     "auto` always leaves out; docs/planning.md, \"Fewer devices\")",
+    }
 
     def plan(self, job: Job) -> PipelinePlanned:
         from edgepart.packager.model.fold import fold_constants
@@ -105,7 +145,7 @@ class PipelineStrategy:
         if model is not job.model:
             graph = dataclasses.replace(graph, sha256=model_sha256(job.model))
         t0 = time.perf_counter()
-        pp = plan_pipeline(graph, job.cluster, job.objective)
+        pp = plan_pipeline(graph, job.cluster, job.objective, leave_out=bool(job.option("leave_out", False)))
         return PipelinePlanned(model, graph, job.cluster, pp, time.perf_counter() - t0)
 
     def package(self, job: Job, out: Path, *, report: bool = False) -> Packaged:
