@@ -54,6 +54,30 @@ class ChannelPlanned:
             return None
         return dense_baseline(self.report, self.sparse, self.replicated)
 
+    @property
+    def latency_ms(self) -> float:
+        return self.report.latency_ms
+
+    @property
+    def period_ms(self) -> float:
+        """Streamed, the busiest device or directed link (cost.py's compute_ms and busy_ms): the
+        slowest of them bounds one result every period_ms (docs/planning.md, "Objectives")."""
+        from edgepart.packager.cost import busy_ms, compute_ms
+        from edgepart.plan import CALLER
+
+        macs = dict(self.report.macs)
+        busy = [float(compute_ms(2.0 * macs.get(d.name, 0), d.gflops)) for d in self.cluster.devices]
+        sent: dict[tuple[str, str], int] = {}
+        for r in self.report.routes:
+            if CALLER not in (r.src, r.dst):
+                sent[(r.src, r.dst)] = sent.get((r.src, r.dst), 0) + r.size_bytes
+        busy += [float(busy_ms(b, self.cluster.link(s, d))) for (s, d), b in sent.items()]
+        return max(busy, default=0.0)
+
+    @property
+    def throughput_per_s(self) -> float:
+        return 1e3 / self.period_ms if self.period_ms > 0 else float("inf")
+
     def to_dict(self) -> dict:
         return {"strategy": "channel", "report": self.report.to_dict(),
                 "replicated": self.replicated.to_dict() if self.replicated is not None else None}

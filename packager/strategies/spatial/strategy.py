@@ -41,6 +41,29 @@ class SpatialPlanned:
     def latency_ms(self) -> float:
         return self.rest.latency_ms if self.rest is not None else self.spatial.latency_ms
 
+    @property
+    def period_ms(self) -> float:
+        """Streamed, the busiest device (its strip and its share of the rest) or link (a strip's image
+        rows one way, its rows of T the other; with rest="pipeline" also the rest's links), in
+        cost.py's terms: one result every period_ms (docs/planning.md, "Objectives")."""
+        from edgepart.packager.cost import busy_ms
+
+        sp, cl = self.spatial, self.cluster
+        busy = [s.compute_ms + self.rest_share(s.device)[1] for s in sp.strips]
+        first = self.rest.pipeline.stages[0].device if self.rest is not None else sp.gather
+        for s in sp.strips:
+            if s.device != sp.gather:
+                busy.append(float(busy_ms(s.in_bytes, cl.link(sp.gather, s.device))))
+            if s.device != first:
+                busy.append(float(busy_ms(s.out_bytes, cl.link(s.device, first))))
+        if self.rest is not None:
+            busy += [st.link_busy_ms for st in self.rest.pipeline.stages]
+        return max(busy, default=0.0)
+
+    @property
+    def throughput_per_s(self) -> float:
+        return 1e3 / self.period_ms if self.period_ms > 0 else float("inf")
+
     def memory(self) -> list[tuple[str, int, int, int]]:
         """Per device: (device, weight bytes, peak activation bytes, total), its strip and, on the
         gathering device, the rest of the model."""

@@ -1,0 +1,73 @@
+"""Ranking the candidates of `--strategy auto` (docs/planning.md, "Choosing the split"): pure.
+
+Each candidate carries its strategy's own estimates (the figures of its Planned value, which come
+from cost.py); this module only orders them for the objective and says why the first one wins.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from edgepart.packager.cluster import Cluster
+
+
+@dataclass(frozen=True, eq=False)
+class Candidate:
+    """One way of running the model: a registered strategy with its options on (part of) the
+    cluster, and what that strategy estimates; or why it cannot plan this model (`why_not`)."""
+
+    name: str
+    strategy: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    cluster: Cluster | None = None  # the devices it is planned on (one device: that one alone)
+    planned: Any = None  # the strategy's Planned value
+    devices: tuple[str, ...] = ()
+    latency_ms: float = math.nan  # one request end to end, the caller's inputs and outputs included
+    throughput_per_s: float = math.nan  # streamed
+    why_not: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.why_not
+
+    def score(self, objective: str) -> float:
+        """Lower is better: latency in ms, or the period (1000 / throughput) in ms."""
+        if objective == "latency":
+            return self.latency_ms
+        return 1e3 / self.throughput_per_s if self.throughput_per_s > 0 else math.inf
+
+    def figure(self, objective: str) -> str:
+        if objective == "latency":
+            return f"{self.latency_ms:.3f} ms"
+        return f"{self.throughput_per_s:,.1f} req/s"
+
+
+def rank(candidates: tuple[Candidate, ...] | list[Candidate], objective: str) -> tuple[Candidate, ...]:
+    """Those that plan, best first for the objective (ties keep the given order: the simpler
+    first), then those that cannot, in the given order."""
+    order = {id(c): i for i, c in enumerate(candidates)}
+    ok = sorted((c for c in candidates if c.ok and math.isfinite(c.score(objective))),
+                key=lambda c: (round(c.score(objective), 4), order[id(c)]))  # 0.1 µs: rounding noise ties
+    done = {id(c) for c in ok}
+    return tuple(ok) + tuple(c for c in candidates if id(c) not in done)
+
+
+def reason(ranked: tuple[Candidate, ...], objective: str) -> str:
+    """One sentence: why the first candidate wins."""
+    ok = [c for c in ranked if c.ok]
+    if not ok:
+        return "no candidate can plan this model"
+    w = ok[0]
+    what = "latency" if objective == "latency" else "throughput"
+    if len(ok) == 1:
+        return f"{w.name} is the only candidate that plans this model ({what} {w.figure(objective)})"
+    nxt = ok[1]
+    ratio = nxt.score(objective) / w.score(objective) if w.score(objective) > 0 else math.inf
+    close = " (a tie: the simpler wins)" if round(nxt.score(objective), 4) == round(w.score(objective), 4) else ""
+    why = f"{w.name} wins on {what}: {w.figure(objective)} against {nxt.figure(objective)} for {nxt.name}, the next " \
+          f"best ({ratio:.2f}x){close}"
+    if len(w.devices) == 1:
+        why += "; one device sends nothing between devices, and every split here costs more in links than it saves"
+    return why
