@@ -67,6 +67,10 @@ class _StrategyHelp(TyperCommand):
         return super().format_help(ctx, formatter)
 
 
+TileUntilOpt = typer.Option(None, "--tile-until", help="With --strategy spatial: the node (or tensor) that ends the fused prefix split by image rows; its output is gathered. Default: the cost model's choice. docs/spatial.md.")
+RestOpt = typer.Option(None, "--rest", help="With --strategy spatial: what runs the model after the strips: `gather` (the default: the fastest device joins them and runs the rest) or `pipeline` (the rest split into a pipeline over every device).")
+
+
 def _options(**kw) -> dict:
     """The strategy options the user gave (None: not given)."""
     return {k: v for k, v in kw.items() if v is not None}
@@ -83,6 +87,8 @@ def plan_cmd(
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also write a picture of the plan (PNG): one request's timeline and the bytes crossing every cut (pipeline only)."),
     strategy: str = typer.Option("pipeline", "--strategy", help=f"How to split: {STRATEGIES}. Nothing is written; `package` with the same options writes the bundles."),
     replicate: Optional[float] = typer.Option(None, "--replicate", min=0.0, max=1.0, help="With --strategy channel: plan with the model's first layers computed whole on every device, up to this fraction of the model's compute extra per device, as `package --replicate` does; also lists every prefix that could be replicated and its cost."),
+    tile_until: Optional[str] = TileUntilOpt,
+    rest: Optional[str] = RestOpt,
 ) -> None:
     """Show what would go where, and why: stages, devices, compute, bytes crossing, estimated times."""
 
@@ -90,7 +96,7 @@ def plan_cmd(
         p = _packager()
         shapes, _ = _shapes(input_shape, inputs)
         planned = p.plan(model, cluster, strategy=strategy, objective=objective, input_shapes=shapes,
-                         **_options(replicate=replicate))
+                         **_options(replicate=replicate, tile_until=tile_until, rest=rest))
         if plot and not hasattr(planned, "plot"):
             raise PlanningError(f"--plot draws a pipeline's timeline; for a {strategy} split, use `package --report report.html`.")
         if plot:
@@ -124,6 +130,8 @@ def package_cmd(
     replicate: Optional[float] = typer.Option(None, "--replicate", min=0.0, max=1.0, help="With --strategy channel: every device computes its own copy of the model's first layers (stem, first blocks), so those high-resolution activations never cross the link; the longest prefix that costs each device at most this fraction of the model's compute beyond its share (0.05 = 5 %). Exact. With --comm-budget it needs --method lowrank, and the budget stays a fraction of the original dense split. docs/sparse.md."),
     holdout: Optional[float] = typer.Option(None, "--holdout", min=0.0, max=0.9, help=f"With --calibration: the share of the calibration samples (the last ones, at least one) that RePurpose does not see; the report measures fidelity on them. Default {DEFAULT_HOLDOUT}. 0 restructures on all samples, and fidelity is then measured on those same samples. The bundles do not depend on --report, only on this."),
     report: Optional[Path] = typer.Option(None, "--report", help="Also write a report as one self-contained HTML file: bytes crossing devices per split layer (or per cut) and in total, dense vs used; compute and parameter bytes per device; routes; plots; and fidelity: the bundles run chained in this process against the original model, on the held-out calibration samples (with --calibration), else on --inputs, else on one random input (seed 0). See docs/report.md."),
+    tile_until: Optional[str] = TileUntilOpt,
+    rest: Optional[str] = RestOpt,
 ) -> None:
     """Plan the split and write one bundle per device: manifest.json and its sub-models."""
 
@@ -139,7 +147,8 @@ def package_cmd(
                             inputs=feeds, wire_codec=wire_codec, report=report,
                             progress=lambda s: prog.update(task, description=s),
                             **_options(partition=partition, calibration=calibration, comm_budget=comm_budget,
-                                       method=method, replicate=replicate, holdout=holdout))
+                                       method=method, replicate=replicate, holdout=holdout,
+                                       tile_until=tile_until, rest=rest))
         if as_json:
             d = res.to_dict()
             if report is not None:

@@ -333,3 +333,28 @@ def test_the_rest_as_a_pipeline_is_exact(n, tmp_path):
     got = LocalCluster.from_dist(tmp_path / "dist").run({"x": x})
     assert float(np.abs(got["y"] - _run(tile_net(h=48, w=32), {"x": x})["y"]).max()) <= 1e-5
     assert res.planned.to_dict()["rest_pipeline"][0]["device"] == stages[0].device
+
+
+def test_cli_flags_tile_until_and_rest(tmp_path):
+    """`--tile-until` and `--rest` reach the strategy from `plan` (and are refused for another one)."""
+    import json
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from edgepart.cli import app
+
+    path = tmp_path / "tile_net.onnx"
+    onnx.save(tile_net(h=48, w=32), str(path))
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(
+        {"devices": [{"name": f"dev{i}", "gflops": g} for i, g in enumerate((20, 10, 30))]}))
+    base = ["plan", str(path), "-c", str(tmp_path / "c.yaml")]
+    r = CliRunner().invoke(app, [*base, "--strategy", "spatial", "--tile-until", "leaky", "--rest", "pipeline", "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)
+    assert d["fused"]["until"] in ("leaky", "r0"), d["fused"]
+    assert d["rest"]["as"] == "pipeline" and d["rest"]["stages"], d["rest"]
+    r = CliRunner().invoke(app, [*base, "--rest", "pipeline"])
+    assert r.exit_code != 0 and "--rest applies to --strategy spatial only" in r.output, r.output
+    r = CliRunner().invoke(app, [*base, "--strategy", "spatial", "--tile-until", "no_such_node"])
+    assert r.exit_code != 0 and "no_such_node" in r.output and "Traceback" not in r.output, r.output

@@ -94,7 +94,11 @@ class SpatialPlanned:
             "model": {"nodes": g.n, "mflops": 2 * g.total_macs / 1e6, "param_mb": g.total_param_bytes / MIB},
             "fused": {"image": pre.image, "until": pre.until, "nodes": len(pre.nodes), "image_rows": pre.image_rows,
                       "rows": pre.until_rows, "mflops": sp.prefix_flops / 1e6},
-            "gather": sp.gather, "rest": {"nodes": len(pre.rest), "mflops": sp.rest_flops / 1e6, "compute_ms": sp.rest_ms},
+            "gather": sp.gather,
+            "rest": {"nodes": len(pre.rest), "mflops": sp.rest_flops / 1e6, "compute_ms": sp.rest_ms,
+                     "as": "pipeline" if self.rest is not None else "gather",
+                     "stages": [{"device": st.device, "mflops": st.flops / 1e6, "compute_ms": st.compute_ms}
+                                for st in self.rest.pipeline.stages] if self.rest is not None else []},
             "strips": [{"device": s.device, "rows": list(s.rows), "input_rows": list(s.input_rows),
                         "halo_rows": self.halo(s), "mflops": s.flops / 1e6, "compute_ms": s.compute_ms,
                         "in_bytes": s.in_bytes, "out_bytes": s.out_bytes} for s in sp.strips],
