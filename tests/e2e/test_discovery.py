@@ -140,7 +140,7 @@ class TestTwoPlans:
 
     def test_discover_json_lists_roles_plans_and_health(self, two_plans):
         a = two_plans["a"][0].plan.plan_id
-        everyone, only_a = discover_json(["--wait-s", "2"], ["--wait-s", "2", "--plan", a])
+        everyone, only_a = discover_json(["--wait-s", "4"], ["--wait-s", "4", "--plan", a])
         for res, procs, _ in two_plans.values():
             rows = [r for r in everyone if r["plan_id"] == res.plan.plan_id]
             assert sorted(r["role"] for r in rows) == ["dev0", "dev1", "dev2"], rows
@@ -156,7 +156,7 @@ class TestTwoPlans:
         both = {pa.endpoints["dev1"], extra.endpoints["dev1"]}
 
         def dup_rows():
-            (found,) = discover_json(["--wait-s", "1.5", "--plan", a.plan.plan_id])
+            (found,) = discover_json(["--wait-s", "4", "--plan", a.plan.plan_id])
             rows = [r for r in found if r["role"] == "dev1"]
             return rows if len(rows) == 2 else None
 
