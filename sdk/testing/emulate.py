@@ -6,6 +6,11 @@
 
 With `hosts={device: netns.Host}` each agent runs inside its own network namespace instead.
 Each process gets its own process group; stop() ends them all (SIGTERM, then SIGKILL).
+
+With `cpu_cap={device: fraction}` (or one fraction for all), or `gflops={device: GFLOP/s}` with
+`core_gflops` (one core's measured speed on the model), each agent runs in a CPU cgroup of its own
+that lets it use that share of one core (cpucap.py): as slow as the device it stands for. The
+groups are made on start and removed on stop, also when start fails.
 """
 
 from __future__ import annotations
@@ -36,9 +41,12 @@ def _die_with_parent() -> None:
 
 
 class AgentProcess:
-    def __init__(self, bundle: Path, argv: list[str], host=None, env: Mapping[str, str] | None = None):
+    def __init__(self, bundle: Path, argv: list[str], host=None, env: Mapping[str, str] | None = None,
+                 cpu_fraction: float | None = None):
         self.bundle, self.argv, self.host, self.env = bundle, argv, host, env
         self.device = bundle.name
+        self.cpu_fraction = cpu_fraction
+        self.cap = None  # cpucap.CpuCap while it runs capped
         self.proc: subprocess.Popen | None = None
         self.lines: list[str] = []
         self.endpoint = ""
@@ -49,8 +57,19 @@ class AgentProcess:
         self.lines, self.endpoint = [], ""
         self._got.clear()
         self._ready.clear()
+        preexec = _die_with_parent
+        if self.cpu_fraction is not None:
+            from edgepart.testing.cpucap import CpuCap
+
+            if self.cap is None:
+                self.cap = CpuCap.create(self.device, self.cpu_fraction)
+            cap = self.cap
+
+            def preexec() -> None:  # in the child, before exec: capped from its first instruction
+                _die_with_parent()
+                cap.enter()
         kw = dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                  env={**os.environ, "PYTHONUNBUFFERED": "1", **(self.env or {})}, preexec_fn=_die_with_parent)
+                  env={**os.environ, "PYTHONUNBUFFERED": "1", **(self.env or {})}, preexec_fn=preexec)
         self.proc = self.host.popen(self.argv, **kw) if self.host is not None else subprocess.Popen(self.argv, **kw)
         threading.Thread(target=self._read, args=(self.proc,), daemon=True, name=f"edgepart-log-{self.device}").start()
 
@@ -88,15 +107,24 @@ class AgentProcess:
                 pass
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        if self.proc is None:
-            return
-        self.signal(signal.SIGTERM)
         try:
-            self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.signal(signal.SIGKILL)
-            self.proc.wait(timeout_s)
-        self.proc = None
+            if self.proc is None:
+                return
+            self.signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.signal(signal.SIGKILL)
+                self.proc.wait(timeout_s)
+            self.proc = None
+        finally:
+            self.uncap()
+
+    def uncap(self) -> None:
+        """Remove its CPU cgroup (whatever still runs in it goes back to the parent group)."""
+        if self.cap is not None:
+            cap, self.cap = self.cap, None
+            cap.remove()
 
 
 class AgentProcesses:
@@ -105,8 +133,11 @@ class AgentProcesses:
     def __init__(self, dist: Path | str, *, interface: str | None = "127.0.0.1", hosts: Mapping[str, object] | None = None,
                  threads: int = 1, cpus: Mapping[str, int] | None = None, ports: Mapping[str, int] | None = None,
                  peers: Mapping[str, Sequence[str]] | None = None, extra: Sequence[str] = (),
-                 env: Mapping[str, str] | None = None, devices: Sequence[str] | None = None):
+                 env: Mapping[str, str] | None = None, devices: Sequence[str] | None = None,
+                 cpu_cap: float | Mapping[str, float] | None = None, gflops: Mapping[str, float] | None = None,
+                 core_gflops: float | None = None):
         self.dist = Path(dist)
+        caps = _caps(cpu_cap, gflops, core_gflops)
         bundles = sorted(p for p in self.dist.iterdir() if is_bundle(p)) if self.dist.is_dir() else []
         if devices is not None:  # the others run elsewhere (an embedded Agent, another machine)
             bundles = [b for b in bundles if b.name in devices]
@@ -126,7 +157,7 @@ class AgentProcesses:
             argv += list(extra)
             if cpus and b.name in cpus:
                 argv = ["taskset", "-c", str(cpus[b.name]), *argv]
-            self.agents[b.name] = AgentProcess(b, argv, host, env)
+            self.agents[b.name] = AgentProcess(b, argv, host, env, caps(b.name))
 
     def start(self, timeout_s: float = 60.0) -> "AgentProcesses":
         try:
@@ -150,6 +181,11 @@ class AgentProcesses:
     def endpoints(self) -> dict[str, str]:
         return {d: a.endpoint for d, a in self.agents.items()}
 
+    @property
+    def cgroups(self) -> dict[str, Path]:
+        """Each capped agent's CPU cgroup folder, while it runs."""
+        return {d: a.cap.path for d, a in self.agents.items() if a.cap is not None}
+
     def kill(self, device: str, sig: int = signal.SIGKILL) -> None:
         a = self.agents[device]
         a.signal(sig)
@@ -164,11 +200,36 @@ class AgentProcesses:
         return a.wait_started(timeout_s)
 
     def stop(self) -> None:
+        errors = []
         for a in self.agents.values():
-            a.stop()
+            try:
+                a.stop()
+            except Exception as e:  # noqa: BLE001 - stop the others, then say what failed
+                errors.append(e)
+        if errors:
+            raise errors[0]
 
     def __enter__(self) -> "AgentProcesses":
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _caps(cpu_cap, gflops, core_gflops):
+    """device -> its share of one core, or None: from fractions, or from target speeds and a core's."""
+    if cpu_cap is not None and gflops is not None:
+        raise ValueError("give cpu_cap (fractions of a core) or gflops with core_gflops, not both")
+    if gflops is not None:
+        if core_gflops is None:
+            raise ValueError("gflops= caps need core_gflops=: one core's measured speed on the model "
+                             "(packager/calibrate.py, measure_device)")
+        from edgepart.testing.cpucap import fraction_for
+
+        frac = {d: fraction_for(g, core_gflops) for d, g in gflops.items()}
+        return frac.get
+    if cpu_cap is None:
+        return lambda device: None
+    if isinstance(cpu_cap, (int, float)):
+        return lambda device: float(cpu_cap)
+    return dict(cpu_cap).get
