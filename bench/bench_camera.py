@@ -274,7 +274,7 @@ def main() -> None:
     ap.add_argument("--rate-mbit", type=float, default=100.0)
     a = ap.parse_args()
     only = set(a.only.split(","))
-    data: dict = {"hw": HW, "cpus": os.cpu_count(), "quick": a.quick}
+    data: dict = {"hw": HW, "cpus": os.cpu_count(), "quick": a.quick, "loadavg_before": os.getloadavg()}
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         if "loopback" in only:
@@ -301,6 +301,9 @@ def main() -> None:
             if "skipped" in data["lan"]:
                 console.print(f"lan skipped: {data['lan']['skipped']}")
     data["seconds"] = time.time() - t0
+    data["loadavg_after"] = os.getloadavg()  # others' work on the machine meanwhile (the 1-minute figure first)
+    console.print(f"load average before {data['loadavg_before'][0]:.1f}, after {data['loadavg_after'][0]:.1f} "
+                  f"(this run's own processes included)")
     p = save("camera", data)
     plot(data, RESULTS / "camera.png")
     console.print(f"wrote {p} and {RESULTS / 'camera.png'}")
