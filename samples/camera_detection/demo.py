@@ -95,14 +95,26 @@ def bundles_of(dist: Path) -> dict:
     return found
 
 
+def _testing():
+    """edgepart.testing (the emulation harness and the reference models): a source checkout's part,
+    not in the wheel (docs/architecture.md, "The testing part")."""
+    try:
+        from edgepart.testing import emulate, zoo
+    except ImportError as e:
+        raise DemoError(f"--local needs a source checkout of edgepart with the models extra (`make setup`): "
+                        f"edgepart.testing cannot be imported here ({e.name or e}). On a cluster of real "
+                        f"devices, package the model and use --bundle (see --help).") from None
+    return emulate, zoo
+
+
 def package_local(n: int, hw: tuple[int, int], out: Path | None = None) -> Path:
     """RetinaFace packaged for n equal emulated devices (device-a, device-b, ...) at input size hw,
     objective throughput (a stream of frames), the default pipeline strategy; in `out` (a private
     plan: a model name no other run shares), else cached under ~/.cache/edgepart/bundles."""
     import edgepart
     import edgepart.packager as packager
-    from edgepart.testing import zoo
 
+    _, zoo = _testing()
     H, W = hw
     model = zoo.retinaface(progress=True)
     name = f"retinaface-mobilenet0.25-{H}x{W}"
@@ -144,11 +156,10 @@ def entry_device(bundles: dict) -> str:
 def start_local(dist: Path, exclude: tuple[str, ...] = (), ready: bool = True):
     """One `edgepart run` per bundle (but `exclude`) on loopback, each with 1 thread pinned to a core of
     its own (they share cores when there are fewer than devices)."""
-    from edgepart.testing.emulate import AgentProcesses
-
+    emulate, _ = _testing()
     cores = sorted(os.sched_getaffinity(0))
     devs = sorted(p.name for p in Path(dist).iterdir() if (p / "manifest.json").is_file())
-    procs = AgentProcesses(dist, interface="127.0.0.1", threads=1, devices=[d for d in devs if d not in exclude],
+    procs = emulate.AgentProcesses(dist, interface="127.0.0.1", threads=1, devices=[d for d in devs if d not in exclude],
                            cpus={d: cores[i % len(cores)] for i, d in enumerate(devs)})
     procs.start(60)
     try:
