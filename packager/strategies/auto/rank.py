@@ -44,12 +44,17 @@ class Candidate:
         return f"{self.throughput_per_s:,.1f} req/s"
 
 
+def _tie(score: float) -> float:
+    """Scores within a relative 1e-6 of each other are a tie (the estimates' own rounding differs)."""
+    return round(math.log(score), 6) if score > 0 else -math.inf
+
+
 def rank(candidates: tuple[Candidate, ...] | list[Candidate], objective: str) -> tuple[Candidate, ...]:
     """Those that plan, best first for the objective (ties keep the given order: the simpler
     first), then those that cannot, in the given order."""
     order = {id(c): i for i, c in enumerate(candidates)}
     ok = sorted((c for c in candidates if c.ok and math.isfinite(c.score(objective))),
-                key=lambda c: (round(c.score(objective), 4), order[id(c)]))  # 0.1 µs: rounding noise ties
+                key=lambda c: (_tie(c.score(objective)), order[id(c)]))
     done = {id(c) for c in ok}
     return tuple(ok) + tuple(c for c in candidates if id(c) not in done)
 
@@ -65,7 +70,7 @@ def reason(ranked: tuple[Candidate, ...], objective: str) -> str:
         return f"{w.name} is the only candidate that plans this model ({what} {w.figure(objective)})"
     nxt = ok[1]
     ratio = nxt.score(objective) / w.score(objective) if w.score(objective) > 0 else math.inf
-    close = " (a tie: the simpler wins)" if round(nxt.score(objective), 4) == round(w.score(objective), 4) else ""
+    close = " (a tie: the simpler wins)" if _tie(nxt.score(objective)) == _tie(w.score(objective)) else ""
     why = f"{w.name} wins on {what}: {w.figure(objective)} against {nxt.figure(objective)} for {nxt.name}, the next " \
           f"best ({ratio:.2f}x){close}"
     if len(w.devices) == 1:

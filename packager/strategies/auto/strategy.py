@@ -71,6 +71,14 @@ class AutoPlanned:
     def throughput_per_s(self) -> float:
         return self.winner.throughput_per_s
 
+    def plot(self, path):
+        """The winner's picture (`plan --plot`), where its strategy draws one (the pipeline)."""
+        w = self.winner
+        if not hasattr(w.planned, "plot"):
+            raise PlanningError(f"--plot draws a pipeline's timeline; auto picked {w.name} (--strategy {w.strategy}), "
+                                f"which has none: use `package --report report.html`.")
+        return w.planned.plot(path)
+
     def to_dict(self) -> dict:
         w = self.winner
         return {
