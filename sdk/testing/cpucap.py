@@ -4,7 +4,7 @@ This machine's cores are 10 to 100 times a Raspberry Pi's; an emulated device ca
 of a core (or to a target GFLOP/s, through a core's measured speed on the model) computes at about
 the device's speed, so compute weighs against the links as it will on the real cluster.
 
-    cap = CpuCap.create("dev1", 0.25)        # a child group, 25 ms of CPU every 100 ms
+    cap = CpuCap.create("dev1", 0.25)        # a child group, 2.5 ms of CPU every 10 ms
     Popen(argv, preexec_fn=cap.enter)        # the child joins the group before it runs the command
     cap.remove()                             # its processes back to the parent group, the group gone
 
@@ -25,8 +25,11 @@ from pathlib import Path
 
 from edgepart.errors import EdgepartError
 
-PERIOD_US = 100_000  # the period the quota is a share of: 100 ms, the kernel's default
-MIN_QUOTA_US = 1_000  # the kernel's smallest quota
+# The period the quota is a share of: 10 ms, not the kernel's default 100 ms, so a request of some
+# tens of ms is slowed evenly (with 100 ms it may run at full speed for its quota, then wait out the
+# period); longer where the quota would fall under the kernel's smallest, 1 ms.
+PERIOD_US = 10_000
+MIN_QUOTA_US = 1_000
 ROOT = Path("/sys/fs/cgroup")
 PREFIX = "edgepart"
 _counter = itertools.count()
@@ -86,7 +89,8 @@ class CpuCap:
         version, parent = cpu_hierarchy()
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", device)[:40]
         path = parent / f"{PREFIX}-{os.getpid():x}-{next(_counter)}-{safe}"
-        quota = max(MIN_QUOTA_US, int(round(fraction * PERIOD_US)))
+        period = max(PERIOD_US, int(-(-MIN_QUOTA_US // fraction)))
+        quota = max(MIN_QUOTA_US, int(round(fraction * period)))
         try:
             if version == 2:
                 _enable_cpu_controller(parent)
@@ -97,10 +101,10 @@ class CpuCap:
         cap = cls(device, fraction, path, version)
         try:
             if version == 1:
-                (path / "cpu.cfs_period_us").write_text(str(PERIOD_US))
+                (path / "cpu.cfs_period_us").write_text(str(period))
                 (path / "cpu.cfs_quota_us").write_text(str(quota))
             else:
-                (path / "cpu.max").write_text(f"{quota} {PERIOD_US}")
+                (path / "cpu.max").write_text(f"{quota} {period}")
         except OSError as e:
             cap.remove()
             raise CgroupError(f"cannot set the CPU quota of {path} ({e.strerror or e})") from None

@@ -119,11 +119,18 @@ def test_a_group_is_made_with_its_quota_and_removed():
     try:
         assert cap.path.is_dir() and "/" not in cap.path.name
         if cap.version == 1:
-            assert int((cap.path / "cpu.cfs_quota_us").read_text()) == 30_000
+            assert int((cap.path / "cpu.cfs_quota_us").read_text()) == 3_000
             assert int((cap.path / "cpu.cfs_period_us").read_text()) == cpucap.PERIOD_US
         else:
-            assert (cap.path / "cpu.max").read_text().split() == ["30000", str(cpucap.PERIOD_US)]
+            assert (cap.path / "cpu.max").read_text().split() == ["3000", str(cpucap.PERIOD_US)]
     finally:
         cap.remove()
     assert not cap.path.exists()
     cap.remove()  # twice is fine
+    small = cpucap.CpuCap.create("slow", 0.02)  # 1 ms (the smallest quota) every 50 ms
+    try:
+        if small.version == 1:
+            assert int((small.path / "cpu.cfs_quota_us").read_text()) == 1_000
+            assert int((small.path / "cpu.cfs_period_us").read_text()) == 50_000
+    finally:
+        small.remove()
