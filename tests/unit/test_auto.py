@@ -91,6 +91,8 @@ def test_fast_and_slow_device_latency_gives_the_fast_one(efficientnet):
     assert auto.winner.devices == ("fast",), auto.reason
     pipe = next(c for c in auto.ranking if c.name == "pipeline")
     assert pipe.devices == ("fast",) and [x.device for x in pipe.planned.pipeline.left_out] == ["slow"]
+    row = next(r for r in auto.to_dict()["ranking"] if r["candidate"] == "pipeline")
+    assert row["left_out"] and row["left_out"][0].startswith("left out slow: with it, latency")
 
 
 def test_a_candidate_that_cannot_plan_is_listed_with_its_reason():

@@ -86,7 +86,7 @@ class AutoPlanned:
             "winner_options": dict(w.options), "winner_devices": list(w.devices), "reason": self.reason,
             "ranking": [{"rank": i + 1, "candidate": c.name, "strategy": c.strategy, "options": dict(c.options),
                          "devices": list(c.devices), "latency_ms": c.latency_ms, "throughput_per_s": c.throughput_per_s,
-                         "score_ms": c.score(self.objective)}
+                         "score_ms": c.score(self.objective), "left_out": _left_out(c, self.objective)}
                         for i, c in enumerate(x for x in self.ranking if x.ok)],
             "cannot_plan": [{"candidate": c.name, "strategy": c.strategy, "why": c.why_not}
                             for c in self.ranking if not c.ok],
@@ -109,6 +109,8 @@ class AutoPlanned:
                       "back on the default link (the pipeline's own figure leaves those out; auto adds them); req/s: "
                       "streamed, the slowest device or link.", soft_wrap=True)
         for c in self.ranking:
+            for why in _left_out(c, self.objective):
+                console.print(f"  {escape(c.name)}: {escape(why)}", soft_wrap=True)
             if not c.ok:
                 console.print(f"  {escape(c.name)} cannot plan: {escape(c.why_not)}", soft_wrap=True)
         w = self.winner
@@ -144,6 +146,12 @@ def _estimates(planned) -> tuple[float, float]:
     """(latency with the caller's inputs and outputs, throughput) from a Planned value's own figures."""
     lat = float(planned.latency_ms) + float(getattr(planned, "caller_io_ms", 0.0))
     return lat, float(planned.throughput_per_s)
+
+
+def _left_out(c: Candidate, objective: str) -> list[str]:
+    """Why the candidate leaves devices of the cluster out (the pipeline's `left_out`, docs/planning.md)."""
+    pp = getattr(c.planned, "pipeline", None)
+    return [x.why(objective) for x in getattr(pp, "left_out", ())]
 
 
 def _devices(planned, cluster: Cluster) -> tuple[str, ...]:
