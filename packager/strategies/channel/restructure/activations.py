@@ -208,14 +208,17 @@ class Samples:
 
 def collect(model: onnx.ModelProto, calib: Mapping[str, np.ndarray], layers: Sequence[Layer],
             idx: Mapping[str, np.ndarray], want_x: bool = True, want_y: bool = True,
-            batch_size: int = 64, batch_bytes: int = 256 << 20) -> dict[str, Samples]:
-    """Run `model` on the calibration inputs in batches and keep each layer's sampled positions."""
-    names = list(dict.fromkeys([L.x for L in layers if want_x] + [L.y for L in layers if want_y]))
-    per_sample = sum(L.in_bytes for L in layers if want_x) + sum(L.out_bytes for L in layers if want_y)
+            batch_size: int = 64, batch_bytes: int = 256 << 20, x_of: set[str] | None = None) -> dict[str, Samples]:
+    """Run `model` on the calibration inputs in batches and keep each layer's sampled positions.
+    `x_of`: with want_x, the layers (by node) whose inputs are kept (default: all of them)."""
+    xs_of = [L for L in layers if want_x and (x_of is None or L.node in x_of)]
+    names = list(dict.fromkeys([L.x for L in xs_of] + [L.y for L in layers if want_y]))
+    per_sample = sum(L.in_bytes for L in xs_of) + sum(L.out_bytes for L in layers if want_y)
     batch_size = int(max(1, min(batch_size, batch_bytes // max(per_sample, 1))))
     sess = _session(model, names)
     n = len(next(iter(calib.values())))
-    out = {L.node: Samples(sq=np.zeros(L.in_channels) if want_x else None) for L in layers}
+    keep_x = {L.node for L in xs_of}
+    out = {L.node: Samples(sq=np.zeros(L.in_channels) if L.node in keep_x else None) for L in layers}
     parts: dict[str, tuple[list, list]] = {L.node: ([], []) for L in layers}
     for b0 in range(0, n, batch_size):
         b1 = min(n, b0 + batch_size)
@@ -224,7 +227,7 @@ def collect(model: onnx.ModelProto, calib: Mapping[str, np.ndarray], layers: Seq
             ix = idx[L.node]
             lo, hi = np.searchsorted(ix, [b0 * L.per_sample, b1 * L.per_sample])
             local = ix[lo:hi] - b0 * L.per_sample
-            if want_x:
+            if L.node in keep_x:
                 x = vals[L.x]
                 parts[L.node][0].append(L.patches(x, local).astype(np.float32))
                 out[L.node].sq += L.channel_sq(x)

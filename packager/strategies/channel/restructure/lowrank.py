@@ -193,8 +193,11 @@ def lowrank(model: onnx.ModelProto, calib: Mapping[str, np.ndarray], n_devices: 
     wts = {L.node: get_weights(original, L)[0][:, :, 0] for L in flat}
     items = []  # (gain per byte, group index, pair, rank)
     energies: dict[tuple[int, int, int], tuple[np.ndarray, float]] = {}  # (energies, the rows' total)
+    # every group's samples in one pass over the calibration inputs: one session, not one per group
+    # (MiniLM has dozens of groups, and building a session costs more than running it)
+    firsts = {g[0].node for _, g in groups}
+    got = collect(original, calib, flat, idx, want_x=True, want_y=True, batch_size=batch_size, x_of=firsts)
     for gi, (x, g) in enumerate(groups):
-        got = collect(original, calib, g, idx, batch_size=batch_size)
         X = got[g[0].node].X[:, :, 0].astype(np.float64)
         for L in g:
             ys[L.node] = got[L.node].Y
@@ -204,7 +207,8 @@ def lowrank(model: onnx.ModelProto, calib: Mapping[str, np.ndarray], n_devices: 
             _, e = _projection(X[:, cols], Wt)
             energies[(gi, k, j)] = (e, float(Wt.shape[1]))  # each normalised row carries energy ~1 per sample
             items += [(float(ei) / bpc, gi, k, j) for ei in e]
-        del got, X
+        del X
+    del got
     rank = _allocate(items, energies, groups, target, allocation)
 
     # pass 2: restructure group by group, refitting on the restructured model's own inputs
