@@ -53,6 +53,12 @@ def cpu_s(pid: int) -> float:
     return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def self_cpu_s() -> float:
+    """CPU seconds this process has used so far, all its threads."""
+    t = os.times()
+    return t.user + t.system
+
+
 def bench_overhead(dist: Path, rounds: int, n_lat: int, n_stream: int) -> dict:
     import edgepart
     from edgepart.agent import Agent
@@ -159,8 +165,22 @@ def bench_plain(dist: Path, rounds: int, n_lat: int, n_stream: int, threads: int
     procs = AgentProcesses(dist, interface="127.0.0.1", threads=threads, cpus={"device-a": 0, "device-b": 1}).start()
     procs.wait_ready(30)
     sess = edgepart.InferenceSession(dist, interface="127.0.0.1", timeout_s=30)
-    keys = ("bare_ms", "agents_ms", "bare2_ms", "bare_tput", "agents_tput", "bare2_tput")
+    keys = ("bare_ms", "agents_ms", "bare2_ms", "bare_tput", "agents_tput", "bare2_tput",
+            "bare_app_cpu", "bare_s0_cpu", "bare_s1_cpu", "agents_app_cpu", "agents_s0_cpu", "agents_s1_cpu")
     res: dict[str, list] = {k: [] for k in keys}
+    pids = {"agents": (procs.agents["device-a"].proc.pid, procs.agents["device-b"].proc.pid),
+            "bare": (bare[1].pid, bare[0].pid)}
+
+    def with_cpu(what: str, stream) -> float:
+        """Run a streamed block; record each process's CPU ms per request (the app's, each stage's):
+        what the throughput gap costs in work, which the machine's load does not move much."""
+        s0, s1 = pids[what]
+        before = (self_cpu_s(), cpu_s(s0), cpu_s(s1))
+        tput = stream()
+        after = (self_cpu_s(), cpu_s(s0), cpu_s(s1))
+        for k, b, a in zip(("app", "s0", "s1"), before, after):
+            res[f"{what}_{k}_cpu"].append((a - b) * 1e3 / n_stream)
+        return tput
 
     def stream_agents() -> float:
         t0 = time.perf_counter()
@@ -174,8 +194,8 @@ def bench_plain(dist: Path, rounds: int, n_lat: int, n_stream: int, threads: int
             res["bare_ms"].append(median_ms(lambda: app3.one(x), n_lat))
             res["agents_ms"].append(median_ms(lambda: sess.run(None, {"input": x}), n_lat))
             res["bare2_ms"].append(median_ms(lambda: head2.one(x), n_lat))
-            res["bare_tput"].append(app3.stream(x, n_stream))
-            res["agents_tput"].append(stream_agents())
+            res["bare_tput"].append(with_cpu("bare", lambda: app3.stream(x, n_stream)))
+            res["agents_tput"].append(with_cpu("agents", stream_agents))
             res["bare2_tput"].append(head2.stream(x, n_stream))
         line = next(x for x in procs.agents["device-a"].lines if x.startswith("edgepart-agent device="))
         agent_threads = int(line.split("threads=")[1].split()[0])
@@ -301,11 +321,17 @@ def main() -> None:
                 out["plain"][label] = m
                 t = Table(title=f"the plain path ({label}): 2 `edgepart run`, the app in its own process",
                           title_justify="left")
-                for c in ("", "latency ms", "img/s"):
+                for c in ("", "latency ms", "img/s", "CPU ms/img: app", "stage 0", "core 0 (app + stage 0)", "core 1"):
                     t.add_column(c, justify="right")
-                t.add_row("bare, same shape (app + 2 stages)", f"{m['bare_ms']:.2f}", f"{m['bare_tput']:.1f}")
-                t.add_row(f"edgepart ({m['agent_threads']} thread/agent)", f"{m['agents_ms']:.2f}", f"{m['agents_tput']:.1f}")
-                t.add_row("bare 2-process, stage 0 drives", f"{m['bare2_ms']:.2f}", f"{m['bare2_tput']:.1f}")
+
+                def cpu(what):
+                    app, s0, s1 = (m[f"{what}_{k}_cpu"] for k in ("app", "s0", "s1"))
+                    return f"{app:.2f}", f"{s0:.2f}", f"{app + s0:.2f}", f"{s1:.2f}"
+
+                t.add_row("bare, same shape (app + 2 stages)", f"{m['bare_ms']:.2f}", f"{m['bare_tput']:.1f}", *cpu("bare"))
+                t.add_row(f"edgepart ({m['agent_threads']} thread/agent)", f"{m['agents_ms']:.2f}", f"{m['agents_tput']:.1f}",
+                          *cpu("agents"))
+                t.add_row("bare 2-process, stage 0 drives", f"{m['bare2_ms']:.2f}", f"{m['bare2_tput']:.1f}", "", "", "", "")
                 console.print(t)
                 console.print(f"vs bare of the same shape: latency {m['latency_over_bare_ms']:+.3f} ms (goal <= +0.3), "
                               f"throughput {m['throughput_vs_bare']:.3f}x (goal >= 0.95); vs the 2-process pipe: "
