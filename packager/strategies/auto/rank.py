@@ -68,7 +68,12 @@ def reason(ranked: tuple[Candidate, ...], objective: str) -> str:
     what = "latency" if objective == "latency" else "throughput"
     if len(ok) == 1:
         return f"{w.name} is the only candidate that plans this model ({what} {w.figure(objective)})"
-    nxt = ok[1]
+    # the next best that is another plan (not the winner's own plan under another name: the pipeline
+    # that leaves every other device out is the one-device plan)
+    others = [c for c in ok[1:] if not (c.devices == w.devices and _tie(c.score(objective)) == _tie(w.score(objective)))]
+    if not others:
+        return f"{w.name} wins on {what}: {w.figure(objective)}; every other candidate that plans is the same plan"
+    nxt = others[0]
     ratio = nxt.score(objective) / w.score(objective) if w.score(objective) > 0 else math.inf
     close = " (a tie: the simpler wins)" if _tie(nxt.score(objective)) == _tie(w.score(objective)) else ""
     why = f"{w.name} wins on {what}: {w.figure(objective)} against {nxt.figure(objective)} for {nxt.name}, the next " \
