@@ -196,7 +196,7 @@ def lowrank(model: onnx.ModelProto, calib: Mapping[str, np.ndarray], n_devices: 
     # every group's samples in one pass over the calibration inputs: one session, not one per group
     # (MiniLM has dozens of groups, and building a session costs more than running it)
     firsts = {g[0].node for _, g in groups}
-    got = collect(original, calib, flat, idx, want_x=True, want_y=True, batch_size=batch_size, x_of=firsts)
+    got = collect(original, calib, flat, idx, want_x=True, want_y=True, batch_size=batch_size, x_of=firsts) if flat else {}
     for gi, (x, g) in enumerate(groups):
         X = got[g[0].node].X[:, :, 0].astype(np.float64)
         for L in g:
