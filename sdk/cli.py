@@ -68,6 +68,7 @@ class _StrategyHelp(TyperCommand):
 
 
 TileUntilOpt = typer.Option(None, "--tile-until", help="With --strategy spatial: the node (or tensor) that ends the fused prefix split by image rows; its output is gathered. Default: the cost model's choice. docs/spatial.md.")
+LeaveOutOpt = typer.Option(None, "--leave-out", help="With --strategy pipeline: a device that only makes the objective worse gets no stage and no bundle (the plan names it, with the objective with it and without). Always on under --strategy auto. docs/planning.md.")
 RestOpt = typer.Option(None, "--rest", help="With --strategy spatial: what runs the model after the strips: `gather` (the default: the fastest device joins them and runs the rest) or `pipeline` (the rest split into a pipeline over every device).")
 
 
@@ -89,6 +90,7 @@ def plan_cmd(
     replicate: Optional[float] = typer.Option(None, "--replicate", min=0.0, max=1.0, help="With --strategy channel: plan with the model's first layers computed whole on every device, up to this fraction of the model's compute extra per device, as `package --replicate` does; also lists every prefix that could be replicated and its cost."),
     tile_until: Optional[str] = TileUntilOpt,
     rest: Optional[str] = RestOpt,
+    leave_out: Optional[bool] = LeaveOutOpt,
 ) -> None:
     """Show what would go where, and why: stages, devices, compute, bytes crossing, estimated times."""
 
@@ -96,7 +98,7 @@ def plan_cmd(
         p = _packager()
         shapes, _ = _shapes(input_shape, inputs)
         planned = p.plan(model, cluster, strategy=strategy, objective=objective, input_shapes=shapes,
-                         **_options(replicate=replicate, tile_until=tile_until, rest=rest))
+                         **_options(replicate=replicate, tile_until=tile_until, rest=rest, leave_out=leave_out))
         if plot and not hasattr(planned, "plot"):
             raise PlanningError(f"--plot draws a pipeline's timeline; for a {strategy} split, use `package --report report.html`.")
         if plot:
@@ -132,6 +134,7 @@ def package_cmd(
     report: Optional[Path] = typer.Option(None, "--report", help="Also write a report as one self-contained HTML file: bytes crossing devices per split layer (or per cut) and in total, dense vs used; compute and parameter bytes per device; routes; plots; and fidelity: the bundles run chained in this process against the original model, on the held-out calibration samples (with --calibration), else on --inputs, else on one random input (seed 0). See docs/report.md."),
     tile_until: Optional[str] = TileUntilOpt,
     rest: Optional[str] = RestOpt,
+    leave_out: Optional[bool] = LeaveOutOpt,
 ) -> None:
     """Plan the split and write one bundle per device: manifest.json and its sub-models."""
 
@@ -148,7 +151,7 @@ def package_cmd(
                             progress=lambda s: prog.update(task, description=s),
                             **_options(partition=partition, calibration=calibration, comm_budget=comm_budget,
                                        method=method, replicate=replicate, holdout=holdout,
-                                       tile_until=tile_until, rest=rest))
+                                       tile_until=tile_until, rest=rest, leave_out=leave_out))
         if as_json:
             d = res.to_dict()
             if report is not None:

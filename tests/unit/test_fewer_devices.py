@@ -121,3 +121,24 @@ def test_a_left_out_device_gets_no_bundle_and_the_split_is_exact(tmp_path):
 
     v = verify(tmp_path / "dist", path, random_inputs(res.plan.inputs, seed=0), 1e-5)
     assert v.ok, v.max_abs_diff
+
+
+@pytest.mark.models
+def test_leave_out_from_the_command_line(efficientnet, tmp_path):
+    """`plan --leave-out` gives the fast device alone and says why the slow one is out; without the
+    flag every device keeps a stage; another strategy refuses the flag by name."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from edgepart.cli import app
+
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"devices": [{"name": "fast", "gflops": 60}, {"name": "slow", "gflops": 6}],
+                                                     "links": {"default": {"bandwidth_mbps": 50}}}))
+    base = ["plan", str(efficientnet), "-c", str(tmp_path / "c.yaml"), "--input-shape", "input=1x3x224x224"]
+    r = CliRunner().invoke(app, [*base, "--leave-out"], env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    assert "left out slow: with it, latency" in r.output, r.output
+    r = CliRunner().invoke(app, base, env={"COLUMNS": "200"})
+    assert r.exit_code == 0 and "left out" not in r.output, r.output
+    r = CliRunner().invoke(app, [*base, "--leave-out", "--strategy", "channel"], env={"COLUMNS": "200"})
+    assert r.exit_code != 0 and "--leave-out applies to --strategy pipeline" in r.output, r.output
