@@ -276,6 +276,30 @@ def test_a_pool_rounding_up_is_refused_by_name():
         _plan(m, 2, "ceil_pool")
 
 
+def test_a_pool_rounding_up_in_width_only_is_refused_too():
+    # 16 rows divide evenly, 11 columns do not: the strips' pools lose ceil_mode, so W would shrink
+    m = _small([helper.make_node("MaxPool", ["x"], ["y"], name="ceil_w", kernel_shape=[2, 2], strides=[2, 2],
+                                 ceil_mode=1)], [], h=16, w=11)
+    with pytest.raises(PlanningError, match=r"'ceil_w' \(MaxPool\) rounds its output size up"):
+        _plan(m, 2, "ceil_w")
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_pads_sharing_one_initializer_and_numeric_tensor_names_are_exact(n):
+    """Two Pads reading one pads constant (optimisers merge equal constants) get a pads initializer
+    each per strip; tensors named "1", "2" (older PyTorch exports) do not collide with the crops."""
+    rng = np.random.default_rng(5)
+    pads = numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], dtype=np.int64), "pads")
+    m = _small([helper.make_node("Pad", ["x", "pads"], ["1"], name="pad_a", mode="constant"),
+                helper.make_node("Conv", ["1", "W"], ["2"], name="conv_a"),
+                helper.make_node("Pad", ["2", "pads"], ["3"], name="pad_b", mode="constant"),
+                helper.make_node("Conv", ["3", "W2"], ["y"], name="conv_b")],
+               [pads, _w(rng, "W", (4, 2, 3, 3)), _w(rng, "W2", (4, 4, 3, 3))], h=17, w=9)
+    x = rng.standard_normal((1, 2, 17, 9)).astype(np.float32)
+    g, sp = _plan(m, n, "conv_b")
+    assert float(np.abs(_chain(m, g, sp, {"x": x})["y"] - _run(m, {"x": x})["y"]).max()) <= 1e-5
+
+
 def test_a_global_first_layer_is_not_spatial():
     m = _small([helper.make_node("GlobalAveragePool", ["x"], ["y"], name="gap")], [], out_shape=[1, 2, 1, 1])
     with pytest.raises(PlanningError, match=r"first layer 'gap' \(GlobalAveragePool\) is not spatial"):

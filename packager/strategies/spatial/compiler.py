@@ -77,7 +77,7 @@ def strip_model(model: onnx.ModelProto, graph: Graph, sp: SpatialPlan, k: int, s
                 key = (src, nr.needs)
                 if key not in crops:
                     crops[key] = f"{src}__s{k}_rows{nr.needs[0]}_{nr.needs[1]}"
-                    n, i = _slice(name, crops[key], nr.needs[0] - lo, nr.needs[1] - lo, f"/spatial/s{k}/{len(crops)}", opset)
+                    n, i = _slice(name, crops[key], nr.needs[0] - lo, nr.needs[1] - lo, f"/spatial/s{k}/crop{len(crops)}", opset)
                     nodes.append(n)
                     inits += i
                 name = crops[key]
@@ -88,7 +88,7 @@ def strip_model(model: onnx.ModelProto, graph: Graph, sp: SpatialPlan, k: int, s
             made = rule.made_from(nr.needs)
             full = f"{out}__s{k}_made"
             new, extra = rewrite(proto, rule, 0, 0, ins, full, f"/spatial/s{k}", consts, shapes)
-            n, i = _slice(full, target, nr.makes[0] - made[0], nr.makes[1] - made[0], f"/spatial/s{k}/{out}", opset)
+            n, i = _slice(full, target, nr.makes[0] - made[0], nr.makes[1] - made[0], f"/spatial/s{k}/resized/{out}", opset)
             nodes += [new, n]
             inits += extra + i
         else:

@@ -115,9 +115,11 @@ def _rule(nd: onnx.NodeProto, name: str, shapes: dict[str, tuple[int, ...]], con
             k, kw = (int(v) for v in at["kernel_shape"])
         s = int(at.get("strides", [1, 1])[0])
         d = int(at.get("dilations", [1, 1])[0])
-        top, _, bottom, _ = explicit_pads(at, h_in, int(in_shape[3]), k, kw, s, int(at.get("strides", [1, 1])[1]), d,
-                                          int(at.get("dilations", [1, 1])[1]))
-        if (h_in + top + bottom - (k - 1) * d - 1) // s + 1 != h_out:
+        sw, dw, w_in = int(at.get("strides", [1, 1])[1]), int(at.get("dilations", [1, 1])[1]), int(in_shape[3])
+        top, left, bottom, right = explicit_pads(at, h_in, w_in, k, kw, s, sw, d, dw)
+        # the strips' nodes lose ceil_mode (their pads make H exact), so W must not need it either
+        if ((h_in + top + bottom - (k - 1) * d - 1) // s + 1 != h_out
+                or (w_in + left + right - (kw - 1) * dw - 1) // sw + 1 != int(out_shape[3])):
             raise PlanningError(f"Node {name!r} ({op}) rounds its output size up (ceil_mode) past the padded input; "
                                 f"the spatial split cannot tile it exactly. End the fused prefix before it.")
         r = Rule(name, op, "window", h_in, h_out, k, s, d, top, sp)
@@ -231,7 +233,7 @@ def rewrite(nd: onnx.NodeProto, rule: Rule, pad_top: int, pad_bottom: int, input
             del new.attribute[:]
             new.attribute.extend(keep + [helper.make_attribute("pads", pads)])
         else:
-            pname = f"{nd.input[1]}{tag}"
+            pname = f"{nd.name or rule.node}{tag}/pads"  # per node: Pads may share one pads initializer
             inits.append(numpy_helper.from_array(np.array(pads, dtype=np.int64), pname))
             new.input[1] = pname
     elif rule.op == "Resize":
