@@ -138,8 +138,13 @@ def package_local(n: int, hw: tuple[int, int], out: Path | None = None) -> Path:
     try:
         packager.package(str(model), str(cluster), out=tmp, objective="throughput",
                          input_shapes={detector.INPUT: (1, 3, H, W)}, model_name=name)
-    except edgepart.EdgepartError as e:
-        raise DemoError(f"packaging RetinaFace for {n} devices failed: {e}") from None
+    except BaseException as e:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)  # a half-written package is never left beside the cache
+        if isinstance(e, edgepart.EdgepartError):
+            raise DemoError(f"packaging RetinaFace for {n} devices failed: {e}") from None
+        raise
     import shutil
 
     shutil.rmtree(out, ignore_errors=True)

@@ -18,6 +18,7 @@ itself when the agent is back.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import threading
 import time
 from dataclasses import dataclass, field
@@ -187,7 +188,7 @@ class Stream:
         except edgepart.PeerError as e:
             c.failed += 1
             return self._failed(f, t, "peer", str(e))
-        except TimeoutError:
+        except (TimeoutError, concurrent.futures.TimeoutError):  # (one class from Python 3.11 on)
             c.late += 1
             return self._failed(f, t, "deadline", f"frame {f.index} was not answered")
         faces = detector.postprocess(got, self.hw, lb, score_threshold=self.score_threshold)

@@ -143,6 +143,11 @@ class AgentProcesses:
             bundles = [b for b in bundles if b.name in devices]
         if not bundles:
             raise PeerError(f"{dist} holds no bundles; package a model first.")
+        unknown = sorted((set(cpu_cap if isinstance(cpu_cap, Mapping) else ()) | set(gflops or ()))
+                         - {b.name for b in bundles})
+        if unknown:  # a misspelt device would run uncapped and skew whatever is measured
+            raise ValueError(f"CPU caps name {', '.join(unknown)}, not a bundle under {dist} "
+                             f"({', '.join(b.name for b in bundles)})")
         self.agents: dict[str, AgentProcess] = {}
         for b in bundles:
             host = (hosts or {}).get(b.name)

@@ -213,8 +213,8 @@ def test_a_device_vanishes_and_returns(reference, tmp_path, agents, sessions):
     frames, want = reference
     dist = _package(2, tmp_path)
     procs = agents(dist, threads=1)
-    sess = sessions(dist, timeout_s=2)
-    st = stream.Stream(sess, hw=HW, in_flight=3, deadline_s=2.0)
+    sess = sessions(dist, timeout_s=5)
+    st = stream.Stream(sess, hw=HW, in_flight=3, deadline_s=5.0)  # ~25x a frame's time: a busy machine is not a failure
     victim = sorted(procs.agents)[1]
 
     class Loop(Replay):
@@ -268,7 +268,8 @@ def test_demo_local_headless_writes_frames_and_a_summary(tmp_path):
     (counted), the others are answered in order and written with their overlay, and a summary."""
     n = 150
     out = tmp_path / "out"
-    r = _demo("--local", 2, "--headless", "--frames", n, "--fps", 250, "--save", out, "--local-dir", tmp_path / "dist")
+    r = _demo("--local", 2, "--headless", "--frames", n, "--fps", 250, "--save", out, "--local-dir", tmp_path / "dist",
+              "--deadline-ms", 20000)  # no frame is late on a busy machine either: lateness is not what this checks
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     s = json.loads((out / "summary.json").read_text())
     assert s["frames_read"] == n
