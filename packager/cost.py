@@ -34,6 +34,14 @@ def busy_ms(nbytes, link: Link):
     return nbytes * 8 / (link.bandwidth_mbps * 1e6) * 1e3
 
 
+def caller_io_ms(graph: Graph, cluster: Cluster) -> float:
+    """The model's inputs sent from the caller and its outputs sent back, on the cluster's default
+    link: both transfers and their latencies (docs/planning.md, "Choosing the split")."""
+    link = cluster.default_link
+    io = sum(graph.tensor_bytes.get(t.name, 0) for t in graph.inputs + graph.outputs)
+    return float(busy_ms(io, link) + 2 * link.latency_ms)
+
+
 def critical_path_ms(steps, routes, sizes: dict[str, int], cluster: Cluster) -> float:
     """One request's latency through compiled steps (each with `device`, `name`, `inputs`, `outputs`
     and `estimated_ms`): each step waits for its device's previous step and its inputs' arrival."""

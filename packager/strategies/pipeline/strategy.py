@@ -83,11 +83,9 @@ class PipelinePlanned:
         """The model's inputs sent to the first stage and its outputs back, on the default link: the
         pipeline's latency leaves them out (docs/planning.md, "Known approximations"); the other
         strategies count them, so `--strategy auto` adds this to compare like with like."""
-        from edgepart.packager.cost import busy_ms
+        from edgepart.packager.cost import caller_io_ms
 
-        g, link = self.graph, self.cluster.default_link
-        io = sum(g.tensor_bytes.get(t.name, 0) for t in g.inputs + g.outputs)
-        return float(busy_ms(io, link) + 2 * link.latency_ms)
+        return caller_io_ms(self.graph, self.cluster)
 
     def show(self, console, title: str) -> None:
         pp, g = self.pipeline, self.graph

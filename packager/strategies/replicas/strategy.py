@@ -21,7 +21,7 @@ from edgepart.plan import CALLER, RULES, Alternatives, Codec, Route
 
 from edgepart.packager.check.report import DeviceRow, PackageReport, RouteRow
 from edgepart.packager.cluster import Cluster
-from edgepart.packager.cost import busy_ms, compute_ms
+from edgepart.packager.cost import caller_io_ms, compute_ms
 from edgepart.packager.model.graph import Graph
 from edgepart.packager.strategies.base import Job, Packaged
 
@@ -99,11 +99,9 @@ class ReplicasStrategy:
                                 f"{', '.join(small)} has less memory (memory_mb in the cluster file). Use --strategy "
                                 f"pipeline or channel to split it instead.")
         flops = 2.0 * graph.total_macs
-        io = sum(graph.tensor_bytes.get(t.name, 0) for t in graph.inputs + graph.outputs)
-        link = job.cluster.default_link
         return ReplicasPlanned(model, graph, job.cluster, rule,
                                tuple((d.name, round(compute_ms(flops, d.gflops), 6)) for d in job.cluster.devices),
-                               round(busy_ms(io, link) + 2 * link.latency_ms, 6))
+                               round(caller_io_ms(graph, job.cluster), 6))
 
     def package(self, job: Job, out: Path, *, report: bool = False) -> Packaged:
         from edgepart.packager.bundles import StepModel, model_plan, write_bundles

@@ -22,7 +22,7 @@ from onnx import numpy_helper
 from edgepart.errors import PlanningError
 
 from edgepart.packager.cluster import Cluster
-from edgepart.packager.cost import CostModel, busy_ms, compute_ms
+from edgepart.packager.cost import CostModel, busy_ms, caller_io_ms, compute_ms
 from edgepart.packager.model.graph import Graph
 from edgepart.packager.strategies.spatial.halo import Rows, Rule, rule_for
 
@@ -345,8 +345,7 @@ def _evaluate(graph: Graph, cluster: Cluster, prefix: Prefix, gather: str, shape
             lk = cluster.link(gather, s.device)
             t += busy_ms(s.in_bytes, lk) + busy_ms(s.out_bytes, lk) + 2 * lk.latency_ms
         finish.append(t)
-    io = busy_ms(sum(graph.tensor_bytes.get(x.name, 0) for x in graph.inputs + graph.outputs), cluster.default_link)
-    latency = max(finish) + rest_ms + io + 2 * cluster.default_link.latency_ms
+    latency = max(finish) + rest_ms + caller_io_ms(graph, cluster)
     whole = int(cm.stage_memory_bytes(0, graph.n))
     prefix_flops = float(sum(2.0 * graph.nodes[i].macs for i in prefix.nodes))
     return SpatialPlan(prefix, tuple(strips), gather, rest_flops, round(rest_ms, 6), rest_w, int(rest_peak),

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import onnx
 
 from edgepart.packager.cluster import Cluster
-from edgepart.packager.cost import busy_ms
+from edgepart.packager.cost import busy_ms, caller_io_ms
 from edgepart.packager.model.graph import Graph
 from edgepart.packager.strategies.pipeline.planner import PipelinePlan
 from edgepart.packager.strategies.spatial.planner import SpatialPlan, fixed_shapes
@@ -59,7 +59,6 @@ def plan_rest(model: onnx.ModelProto, graph: Graph, cluster: Cluster, sp: Spatia
         if s.device != first:
             t += busy_ms(s.out_bytes, cluster.link(s.device, first)) + cluster.link(s.device, first).latency_ms
         finish.append(t)
-    io = busy_ms(sum(graph.tensor_bytes.get(x.name, 0) for x in graph.inputs + graph.outputs), cluster.default_link)
-    latency = max(finish) + pp.latency_ms + io + 2 * cluster.default_link.latency_ms
+    latency = max(finish) + pp.latency_ms + caller_io_ms(graph, cluster)
     return RestPipeline(gm, g, pp, round(float(latency), 6))
 
