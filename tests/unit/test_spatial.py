@@ -382,3 +382,21 @@ def test_cli_flags_tile_until_and_rest(tmp_path):
     assert r.exit_code != 0 and "--rest applies to --strategy spatial only" in r.output, r.output
     r = CliRunner().invoke(app, [*base, "--strategy", "spatial", "--tile-until", "no_such_node"])
     assert r.exit_code != 0 and "no_such_node" in r.output and "Traceback" not in r.output, r.output
+
+
+@pytest.mark.models
+def test_the_rest_as_a_pipeline_needs_no_device_to_hold_all_of_it():
+    """With rest="pipeline", the gathering device need not hold the whole rest (its stage is what it
+    holds); with rest="gather" the same cluster is refused by name. Every device's strip plus its
+    stage fits its memory_mb."""
+    import edgepart.packager as p
+    from edgepart.packager.cluster import cluster_from_dict
+    from edgepart.testing import zoo
+
+    m = zoo.efficientnet_lite0()
+    cl = cluster_from_dict({"devices": [{"name": n, "gflops": g, "memory_mb": 21} for n, g in (("a", 20), ("b", 10), ("c", 30))]})
+    shapes = {"input": (1, 3, 224, 224)}
+    with pytest.raises(PlanningError, match=r"c needs .* MiB for its part"):
+        p.plan(m, cl, strategy="spatial", objective="throughput", input_shapes=shapes, rest="gather")
+    planned = p.plan(m, cl, strategy="spatial", objective="throughput", input_shapes=shapes, rest="pipeline")
+    assert all(total <= 21 * 2**20 for _, _, _, total in planned.memory()), planned.memory()

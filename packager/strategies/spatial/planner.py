@@ -93,8 +93,8 @@ class SpatialPlan:
             peak = max(peak, self.rest_peak_bytes)
         return int(w), int(peak)
 
-    def memory_bytes(self, device: str) -> int:
-        return sum(self.memory(device))
+    def memory_bytes(self, device: str, with_rest: bool = True) -> int:
+        return sum(self.memory(device, with_rest))
 
 
 def fixed_shapes(model: onnx.ModelProto, graph: Graph) -> dict[str, tuple[int, ...]]:
@@ -246,9 +246,13 @@ def strip_rows(graph: Graph, prefix: Prefix, rows: Rows) -> tuple[dict[str, Rows
     return need, per[::-1]
 
 
-def plan_spatial(model: onnx.ModelProto, graph: Graph, cluster: Cluster, tile_until: str | None = None) -> SpatialPlan:
+def plan_spatial(model: onnx.ModelProto, graph: Graph, cluster: Cluster, tile_until: str | None = None,
+                 rest: str = "gather") -> SpatialPlan:
     """The spatial plan: the fused prefix (`tile_until` names its last node or tensor; else the cost
-    model's choice), each device's strip and halo, and the estimates."""
+    model's choice), each device's strip and halo, and the estimates. `rest`: "gather" (the gathering
+    device must hold the rest too) or "pipeline" (the rest is planned after, and its stages'
+    memory checked with the strips then: rest.py)."""
+    with_rest = rest == "gather"
     shapes = fixed_shapes(model, graph)
     consts = constants(model)
     rules, images = _rules(model, graph, shapes, consts)
@@ -280,9 +284,9 @@ def plan_spatial(model: onnx.ModelProto, graph: Graph, cluster: Cluster, tile_un
             raise PlanningError("No layer of this model can end a fused prefix: every cut after a spatial layer "
                                 "is crossed by a branch, or has fewer rows than devices.")
     plans = [_evaluate(graph, cluster, p, gather, shapes) for p in cands]
-    fits = [sp for sp in plans if not _too_small(sp, cluster)]
+    fits = [sp for sp in plans if not _too_small(sp, cluster, with_rest)]
     if not fits:
-        d, need = _too_small(plans[0], cluster)[0]
+        d, need = _too_small(plans[0], cluster, with_rest)[0]
         raise PlanningError(f"{d} needs {need / 2**20:,.1f} MiB for its part of the spatial split (weights and peak "
                             f"activations) and has {cluster.device(d).memory_mb:,.0f} MiB (memory_mb in the cluster "
                             f"file). Cut earlier, or use --strategy pipeline or channel.")
@@ -293,9 +297,10 @@ def plan_spatial(model: onnx.ModelProto, graph: Graph, cluster: Cluster, tile_un
     return dataclasses.replace(best, candidates=tuple((sp.prefix.until, round(sp.latency_ms, 6)) for sp in plans))
 
 
-def _too_small(sp: SpatialPlan, cluster: Cluster) -> list[tuple[str, int]]:
+def _too_small(sp: SpatialPlan, cluster: Cluster, with_rest: bool = True) -> list[tuple[str, int]]:
     """The devices (and what they need) whose memory cannot hold their part of `sp`."""
-    return [(d.name, sp.memory_bytes(d.name)) for d in cluster.devices if sp.memory_bytes(d.name) > d.memory_bytes]
+    return [(d.name, sp.memory_bytes(d.name, with_rest)) for d in cluster.devices
+            if sp.memory_bytes(d.name, with_rest) > d.memory_bytes]
 
 
 def _tensor_named(graph: Graph, name: str) -> str:

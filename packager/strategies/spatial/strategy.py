@@ -172,13 +172,21 @@ class SpatialStrategy:
             from edgepart.errors import PlanningError
 
             raise PlanningError(f"Unknown rest {rest!r}; choose {' or '.join(f'`{r}`' for r in REST)}.")
-        sp = plan_spatial(model, graph, job.cluster, job.option("tile_until"))
+        sp = plan_spatial(model, graph, job.cluster, job.option("tile_until"), rest)
         rp = None
         if rest == "pipeline":
             from edgepart.packager.strategies.spatial.rest import plan_rest
 
             rp = plan_rest(model, graph, job.cluster, sp, job.objective)
-        return SpatialPlanned(model, graph, job.cluster, sp, rp)
+        planned = SpatialPlanned(model, graph, job.cluster, sp, rp)
+        for d, w, p, total in planned.memory():  # a strip and a stage of the rest on one device
+            if total > job.cluster.device(d).memory_bytes:
+                from edgepart.errors import PlanningError
+
+                raise PlanningError(f"{d} needs {total / MIB:,.1f} MiB for its strip and its stage of the rest (weights "
+                                    f"and peak activations) and has {job.cluster.device(d).memory_mb:,.0f} MiB "
+                                    f"(memory_mb in the cluster file). Use --rest gather, or cut earlier (--tile-until).")
+        return planned
 
     def package(self, job: Job, out: Path, *, report: bool = False) -> Packaged:
         from edgepart.packager.check.report import DeviceRow, PackageReport, RouteRow, fidelity_without_calibration
