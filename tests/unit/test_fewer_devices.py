@@ -142,3 +142,20 @@ def test_leave_out_from_the_command_line(efficientnet, tmp_path):
     assert r.exit_code == 0 and "left out" not in r.output, r.output
     r = CliRunner().invoke(app, [*base, "--leave-out", "--strategy", "channel"], env={"COLUMNS": "200"})
     assert r.exit_code != 0 and "--leave-out applies to --strategy pipeline" in r.output, r.output
+
+
+def test_more_devices_than_nodes_leaves_the_extra_ones_out():
+    """A 3-node model on 5 devices: refused without leave_out (every device needs a node), planned
+    with it on at most 3, the others named as left out because no plan that uses them fits."""
+    from edgepart.errors import PlanningError
+
+    g = analyse(random_model(4, 3, dag=False))
+    assert g.n == 3
+    cl = cluster({f"d{i}": 10.0 + i for i in range(5)}, mbps=1000.0)
+    with pytest.raises(PlanningError, match="at most 3"):
+        plan_pipeline(g, cl, "latency")
+    pp = plan_pipeline(g, cl, "latency", leave_out=True)
+    assert 1 <= len(pp.devices) <= 3 and len(pp.left_out) == 5 - len(pp.devices)
+    # no worse than the fastest device alone, a plan it could have picked
+    assert pp.latency_ms <= plan_pipeline(g, cluster({"d4": 14.0}, mbps=1000.0), "latency").latency_ms * (1 + 1e-9)
+    assert all(x.device not in pp.devices for x in pp.left_out)

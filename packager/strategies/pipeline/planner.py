@@ -130,7 +130,7 @@ def plan_pipeline(graph: Graph, cluster: Cluster, objective: str = "latency", *,
     N, n = len(names), graph.n
     if N > MAX_DEVICES:
         raise PlanningError(f"The pipeline planner handles up to {MAX_DEVICES} devices; the cluster has {N}.")
-    if N > n:
+    if N > n and not leave_out:  # (with leave_out, the devices past the model's nodes are left out)
         raise PlanningError(
             f"The cluster has {N} devices but the model has only {n} compute node(s){_few_nodes(graph)}, so at "
             f"most {n} stage(s) and {n - 1} useful cut point(s): every device must get at least one node. "
@@ -138,7 +138,7 @@ def plan_pipeline(graph: Graph, cluster: Cluster, objective: str = "latency", *,
         )
     cost = CostModel(graph, cluster)
     blocked = blocked_cuts(graph)
-    if blocked and n - 1 - len(blocked) < N - 1:
+    if blocked and n - 1 - len(blocked) < N - 1 and not leave_out:
         raise PlanningError(_why_too_few_cuts(graph, N, blocked))
     no_cut = np.zeros(n + 1, dtype=bool)
     no_cut[list(blocked)] = True
