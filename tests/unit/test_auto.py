@@ -157,3 +157,17 @@ def test_package_auto_runs_through_agents_exactly(objective, tmp_path):
                 want = ref.run(None, feeds)
                 for g, w in zip(got, want):
                     assert float(np.max(np.abs(np.asarray(g) - w))) <= 1e-5
+
+
+def test_ties_are_within_a_relative_1e_6_of_the_best_and_go_to_the_simpler():
+    """Two estimates a hair apart are a tie wherever they fall (no rounding bins): the candidate listed
+    first (the simpler) wins; one 1e-4 apart is not a tie."""
+    from edgepart.packager.strategies.auto.rank import Candidate, rank
+
+    for base in (10.0, 10.0000005, 123.4567895):  # wherever a bin edge of log-rounding would fall
+        simple = Candidate("one device", "pipeline", devices=("a",), latency_ms=base * (1 + 4e-7))
+        split = Candidate("pipeline", "pipeline", devices=("a", "b"), latency_ms=base * (1 - 4e-7))
+        slower = Candidate("channel", "channel", devices=("a", "b"), latency_ms=base * 1.001)
+        assert [c.name for c in rank([simple, split, slower], "latency")][:2] == ["one device", "pipeline"], base
+    faster = Candidate("pipeline", "pipeline", devices=("a", "b"), latency_ms=10.0 * (1 - 1e-4))
+    assert rank([Candidate("one device", "pipeline", devices=("a",), latency_ms=10.0), faster], "latency")[0] is faster

@@ -44,17 +44,27 @@ class Candidate:
         return f"{self.throughput_per_s:,.1f} req/s"
 
 
-def _tie(score: float) -> float:
-    """Scores within a relative 1e-6 of each other are a tie (the estimates' own rounding differs)."""
-    return round(math.log(score), 6) if score > 0 else -math.inf
+TIE = 1e-6  # scores within this relative distance are a tie (the estimates' own rounding differs)
+
+
+def _tie(a: float, b: float) -> bool:
+    return abs(a - b) <= TIE * max(abs(a), abs(b))
 
 
 def rank(candidates: tuple[Candidate, ...] | list[Candidate], objective: str) -> tuple[Candidate, ...]:
-    """Those that plan, best first for the objective (ties keep the given order: the simpler
-    first), then those that cannot, in the given order."""
+    """Those that plan, best first for the objective (lower score first; scores within a relative
+    1e-6 of the best left are a tie, and ties keep the given order: the simpler first), then those
+    that cannot, in the given order."""
     order = {id(c): i for i, c in enumerate(candidates)}
-    ok = sorted((c for c in candidates if c.ok and math.isfinite(c.score(objective))),
-                key=lambda c: (_tie(c.score(objective)), order[id(c)]))
+    left = sorted((c for c in candidates if c.ok and math.isfinite(c.score(objective))),
+                  key=lambda c: (c.score(objective), order[id(c)]))
+    ok: list[Candidate] = []
+    while left:
+        head = left[0].score(objective)
+        group = [c for c in left if _tie(c.score(objective), head)]
+        ok += sorted(group, key=lambda c: order[id(c)])
+        taken = {id(c) for c in group}
+        left = [c for c in left if id(c) not in taken]
     done = {id(c) for c in ok}
     return tuple(ok) + tuple(c for c in candidates if id(c) not in done)
 
@@ -70,12 +80,12 @@ def reason(ranked: tuple[Candidate, ...], objective: str) -> str:
         return f"{w.name} is the only candidate that plans this model ({what} {w.figure(objective)})"
     # the next best that is another plan (not the winner's own plan under another name: the pipeline
     # that leaves every other device out is the one-device plan)
-    others = [c for c in ok[1:] if not (c.devices == w.devices and _tie(c.score(objective)) == _tie(w.score(objective)))]
+    others = [c for c in ok[1:] if not (c.devices == w.devices and _tie(c.score(objective), w.score(objective)))]
     if not others:
         return f"{w.name} wins on {what}: {w.figure(objective)}; every other candidate that plans is the same plan"
     nxt = others[0]
     ratio = nxt.score(objective) / w.score(objective) if w.score(objective) > 0 else math.inf
-    close = " (a tie: the simpler wins)" if _tie(nxt.score(objective)) == _tie(w.score(objective)) else ""
+    close = " (a tie: the simpler wins)" if _tie(nxt.score(objective), w.score(objective)) else ""
     why = f"{w.name} wins on {what}: {w.figure(objective)} against {nxt.figure(objective)} for {nxt.name}, the next " \
           f"best ({ratio:.2f}x){close}"
     if len(w.devices) == 1:
