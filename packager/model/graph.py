@@ -10,7 +10,7 @@ symbolic input dimensions are fixed; where inference cannot tell a tensor's size
 run on zeros measures it. Symbolic shapes of the original model are kept for emitting stages, so
 emitted sub-models still run at other batch and sequence sizes. A `dim_value` of 0 or less (how
 PaddlePaddle and other converters write a dynamic axis) is a symbolic dimension, as onnxruntime
-reads it (docs/planning.md, "Shapes").
+reads it (docs/planning.md, "Graph analysis", Shapes).
 """
 
 from __future__ import annotations

@@ -124,7 +124,7 @@ def fixed_shapes(model: onnx.ModelProto, graph: Graph) -> dict[str, tuple[int, .
         if t.HasField("shape") and all(d.HasField("dim_value") and d.dim_value > 0 for d in t.shape.dim):
             out[vi.name] = tuple(int(d.dim_value) for d in t.shape.dim)
     missing = [t for nd in graph.nodes for t in nd.outputs if t and t not in out]
-    if missing:  # as the analysis does (docs/planning.md, "Shapes"): one run on zeros measures them
+    if missing:  # as the analysis does (docs/planning.md, "Graph analysis", Shapes): one run on zeros measures them
         from edgepart.packager.model import probe
 
         feeds = {}
