@@ -17,6 +17,7 @@ Needs write access to the cgroup tree (root); `CpuCap.create` says so clearly wh
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import re
@@ -96,8 +97,11 @@ class CpuCap:
                 _enable_cpu_controller(parent)
             path.mkdir()
         except OSError as e:
-            raise CgroupError(f"cannot make a CPU cgroup under {parent} ({e.strerror or e}): capping an emulated "
-                              f"device's CPU needs write access to the cgroup tree (run as root)") from None
+            why = ("cgroup v2 lets a group with processes in it give no controller to its children: run in a "
+                   "delegated leaf group or a container of its own" if e.errno == errno.EBUSY else
+                   "capping an emulated device's CPU needs write access to the cgroup tree (run as root; in a "
+                   "container, with its own cgroup namespace)")
+            raise CgroupError(f"cannot make a CPU cgroup under {parent} ({e.strerror or e}): {why}") from None
         cap = cls(device, fraction, path, version)
         try:
             if version == 1:

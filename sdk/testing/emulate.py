@@ -59,9 +59,10 @@ class AgentProcess:
         self._ready.clear()
         preexec = _die_with_parent
         if self.cpu_fraction is not None:
-            from edgepart.testing.cpucap import CpuCap
+            from edgepart.testing.cpucap import CpuCap, cleanup_stale
 
             if self.cap is None:
+                cleanup_stale()  # groups a killed run left behind (their creator is gone)
                 self.cap = CpuCap.create(self.device, self.cpu_fraction)
             cap = self.cap
 
