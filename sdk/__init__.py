@@ -10,6 +10,7 @@ from .bundle import Bundle, load_bundle
 from .errors import (
     BundleError,
     ClusterError,
+    ConversionError,
     DeadlineExceeded,
     EdgepartError,
     InputsError,
@@ -18,6 +19,7 @@ from .errors import (
     ModelError,
     PeerError,
     PlanningError,
+    ProviderError,
     WireError,
 )
 from .plan import Codec, Plan, Route, Step, TensorSpec
@@ -43,6 +45,7 @@ __all__ = [
     "BundleError",
     "ClusterError",
     "Codec",
+    "ConversionError",
     "DeadlineExceeded",
     "EdgepartError",
     "InferenceSession",
@@ -53,6 +56,7 @@ __all__ = [
     "PeerError",
     "Plan",
     "PlanningError",
+    "ProviderError",
     "Route",
     "Step",
     "TensorSpec",

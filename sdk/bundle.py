@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BundleError
-from .plan import SCHEMA_VERSION, Plan, Step
+from .plan import READS, SCHEMA_VERSION, Plan, Step
 
 MANIFEST = "manifest.json"
 FORMAT = "edgepart-bundle"
@@ -57,7 +57,7 @@ def manifest_for(plan: Plan, device: str) -> dict[str, Any]:
         files.update(step.files())
     return {
         "format": FORMAT,
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": plan.written_version,
         "device": device,
         "plan_id": plan.plan_id,
         "files": files,
@@ -96,11 +96,11 @@ def load_bundle(path: Path | str, *, verify_files: bool = True) -> Bundle:
     if not isinstance(m, dict) or m.get("format") != FORMAT:
         raise BundleError(f"{mpath} is not an edgepart manifest (no \"format\": \"{FORMAT}\").")
     version = m.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if type(version) is not int or version not in READS:
         newer = isinstance(version, int) and version > SCHEMA_VERSION
         raise BundleError(
-            f"The bundle {path} has schema version {version!r}, but this edgepart reads version "
-            f"{SCHEMA_VERSION}. "
+            f"The bundle {path} has schema version {version!r}, but this edgepart reads versions "
+            f"{', '.join(map(str, READS))}. "
             + (
                 "It was written by a newer edgepart: upgrade edgepart on this device."
                 if newer

@@ -7,6 +7,8 @@
     ├── ClusterError              cluster.yaml is malformed or names something unknown
     ├── PlanningError             no valid plan exists (too many devices, too little memory)
     ├── BundleError               a bundle is missing, modified, or of another schema or plan
+    ├── ConversionError           a step does not convert to TFLite, or its TFLite twin disagrees
+    ├── ProviderError             an execution provider asked for is not in this onnxruntime build
     ├── WireError                 a network message is malformed (dropped, never fatal to an agent)
     ├── PeerError                 a peer is missing, vanished, or did not answer in time
     │   └── DeadlineExceeded      a request was not answered within its deadline
@@ -44,6 +46,20 @@ class PlanningError(EdgepartError):
 
 class BundleError(EdgepartError):
     """A bundle is missing, modified, or does not match this version or plan."""
+
+
+class ConversionError(EdgepartError):
+    """A step cannot be converted to another runtime's format (TFLite), or the converted file does
+    not compute what the original does. `step` names it; `operator` is the operator that stopped the
+    converter, where one did ("" otherwise), so `--format auto` can fall back and say why."""
+
+    def __init__(self, message: str, *, step: str = "", operator: str = "") -> None:
+        super().__init__(message)
+        self.step, self.operator = step, operator
+
+
+class ProviderError(EdgepartError):
+    """An execution provider asked for by name is not in this onnxruntime build."""
 
 
 class WireError(EdgepartError):

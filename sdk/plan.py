@@ -7,7 +7,9 @@ tuple of routes, each one tensor travelling from a producer (a device, or the ca
 included, so two bundles agree on a plan id exactly when they were packaged together.
 
 The JSON form is documented in docs/bundle-format.md; bump SCHEMA_VERSION on any change that an
-older reader would misread, and give new fields defaults.
+older reader would misread, and give new fields defaults. A plan is written with the oldest version
+that holds it: all-ONNX plans stay version 1 (older edgeparts read them, their ids are unchanged);
+a plan with a TFLite step is version 2, which an edgepart without LiteRT support refuses by name.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from typing import Any
 
 from .errors import BundleError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # the newest version this edgepart reads and writes
+READS = (1, 2)
+RUNTIMES = ("onnx", "tflite")
 CALLER = "@caller"  # the pseudo-device that feeds model inputs and receives model outputs
 
 Dim = int | str  # a concrete size, or a symbolic name kept from the original model
@@ -69,8 +73,26 @@ class Route:
 
 
 @dataclass(frozen=True)
+class TensorIO:
+    """How one of a TFLite step's tensors meets the plan (docs/tflite.md): the plan's tensor `name`
+    (its ONNX name, as it travels on the wire), the TFLite signature's name for it, `key`, and the
+    axes permutation `perm` with tflite_tensor = plan_tensor.transpose(perm) (empty: the same
+    layout). The wire always carries the plan's layout; the step's runner transposes at its edge."""
+
+    name: str
+    key: str
+    perm: tuple[int, ...] = ()
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> "TensorIO":
+        return TensorIO(d["name"], d["key"], tuple(int(a) for a in d.get("perm", ())))
+
+
+@dataclass(frozen=True)
 class Step:
-    """One sub-model run on one device; its file lives in that device's bundle."""
+    """One sub-model run on one device; its file lives in that device's bundle. `runtime` says
+    what runs the file: "onnx" (onnxruntime) or "tflite" (LiteRT), whose `io` maps the plan's
+    tensors to the TFLite signature's."""
 
     name: str
     device: str
@@ -81,6 +103,8 @@ class Step:
     data_files: tuple[tuple[str, str], ...] = ()  # (external-data file, sha256)
     nodes: int = 0
     estimated_ms: float = 0.0
+    runtime: str = "onnx"
+    io: tuple[TensorIO, ...] = ()
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "Step":
@@ -94,6 +118,8 @@ class Step:
             data_files=tuple((f, h) for f, h in d.get("data_files", [])),
             nodes=d.get("nodes", 0),
             estimated_ms=d.get("estimated_ms", 0.0),
+            runtime=d.get("runtime", "onnx"),
+            io=tuple(TensorIO.from_dict(t) for t in d.get("io", ())),
         )
 
     def files(self) -> dict[str, str]:
@@ -176,12 +202,17 @@ class Plan:
     routes: tuple[Route, ...]
     objective: str = "latency"
     estimates: tuple[tuple[str, float], ...] = ()
-    schema_version: int = SCHEMA_VERSION
+    schema_version: int = 1  # at least this; to_dict writes what the steps need (see the module's doc)
     alternatives: tuple[Alternatives, ...] = ()
     hints: Hints = field(default_factory=Hints)
 
     def __post_init__(self) -> None:
         names = {d.name for d in self.devices}
+        for s in self.steps:
+            if s.runtime not in RUNTIMES or (s.runtime == "tflite") != bool(s.io):
+                raise BundleError(f"Step {s.name} names runtime {s.runtime!r} with {len(s.io)} TFLite tensor maps "
+                                  f"(this edgepart runs {', '.join(RUNTIMES)}; a TFLite step maps every tensor). "
+                                  f"Package the model again with this edgepart.")
         h = self.hints
         if (h.entry and h.entry not in names) or (h.exit and h.exit not in names) or (h.entry_step and not h.entry):
             raise BundleError(f"The plan's hints {h} name devices it does not have. Package the model again.")
@@ -217,6 +248,10 @@ class Plan:
     # -- serialisation --------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         d = _plain(asdict(self))
+        d["schema_version"] = self.written_version
+        for st in d["steps"]:
+            if st["runtime"] == "onnx":  # written only for TFLite steps: ONNX plans keep their ids
+                del st["runtime"], st["io"]
         for dev in d["devices"]:
             if not dev["threads"]:  # written only when set: plans without it keep their ids
                 del dev["threads"]
@@ -228,6 +263,11 @@ class Plan:
             d["hints"] = {k: v for k, v in d["hints"].items() if v}
         return d
 
+    @property
+    def written_version(self) -> int:
+        """The schema version this plan is written with: the oldest that holds it."""
+        return max(self.schema_version, 2 if any(s.runtime != "onnx" for s in self.steps) else 1)
+
     def alternatives_of(self, device: str) -> Alternatives | None:
         """The group of alternative devices `device` belongs to, if any."""
         return next((g for g in self.alternatives if device in g.devices), None)
@@ -238,12 +278,14 @@ class Plan:
             raise BundleError(f"The plan is malformed (a JSON {type(d).__name__}, not an object). The manifest was "
                               f"edited or truncated; package the model again.")
         version = d.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if type(version) is not int or version not in READS:
             raise BundleError(
-                f"This plan has schema version {version!r}, but this edgepart reads version "
-                f"{SCHEMA_VERSION}. Package the model again with this edgepart, or install the "
+                f"This plan has schema version {version!r}, but this edgepart reads versions "
+                f"{', '.join(map(str, READS))}. Package the model again with this edgepart, or install the "
                 f"edgepart version that wrote it on every device."
             )
+        if version < 2 and any(isinstance(s, dict) and s.get("runtime", "onnx") != "onnx" for s in d.get("steps", [])):
+            raise BundleError("The plan has TFLite steps but schema version 1. The manifest was edited; package the model again.")
         try:
             return Plan(
                 strategy=d["strategy"],
@@ -291,6 +333,9 @@ __all__ = [
     "DeviceSpec",
     "Plan",
     "Route",
+    "READS",
+    "RUNTIMES",
     "Step",
+    "TensorIO",
     "TensorSpec",
 ]

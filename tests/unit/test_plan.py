@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from edgepart.errors import BundleError
-from edgepart.plan import CALLER, SCHEMA_VERSION, Codec, DeviceSpec, Hints, Plan, Route, Step, TensorSpec
+from edgepart.plan import CALLER, SCHEMA_VERSION, Codec, DeviceSpec, Hints, Plan, Route, Step, TensorIO, TensorSpec
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -77,11 +77,29 @@ def test_plan_id_is_a_short_stable_hash():
 
 def test_schema_version_is_written_and_checked():
     d = make_plan().to_dict()
-    assert d["schema_version"] == SCHEMA_VERSION
-    for other in (SCHEMA_VERSION - 1, SCHEMA_VERSION + 1, None, "1"):
+    assert d["schema_version"] == 1  # all ONNX: the oldest version that holds it
+    for other in (0, SCHEMA_VERSION + 1, None, "1", True):
         bad = dict(d, schema_version=other)
         with pytest.raises(BundleError, match="schema version"):
             Plan.from_dict(bad)
+
+
+def test_a_tflite_step_round_trips_as_version_2_and_version_1_refuses_it():
+    plan = make_plan()
+    io = (TensorIO("h", "serving_h", (0, 2, 3, 1)), TensorIO("n", "serving_n"), TensorIO("y", "Identity"))
+    st = dataclasses.replace(plan.steps[1], model_file="stage1.tflite", data_files=(), runtime="tflite", io=io)
+    tfl = dataclasses.replace(plan, steps=(plan.steps[0], st))
+    d = tfl.to_dict()
+    assert d["schema_version"] == 2 and d["steps"][1]["runtime"] == "tflite" and "runtime" not in d["steps"][0]
+    back = round_trip(tfl)
+    assert back == dataclasses.replace(tfl, schema_version=2) and back.plan_id == tfl.plan_id
+    assert back.steps[1].io[0].perm == (0, 2, 3, 1) and back.steps[1].io[1].perm == ()
+    with pytest.raises(BundleError, match="TFLite steps but schema version 1"):
+        Plan.from_dict(dict(d, schema_version=1))
+    with pytest.raises(BundleError, match="runtime 'tflite' with 0 TFLite tensor maps"):
+        dataclasses.replace(tfl, steps=(plan.steps[0], dataclasses.replace(st, io=())))
+    with pytest.raises(BundleError, match="runtime 'litert'"):
+        dataclasses.replace(tfl, steps=(plan.steps[0], dataclasses.replace(st, runtime="litert")))
 
 
 @pytest.mark.parametrize("key", ["strategy", "inputs", "steps", "routes", "devices", "model_sha256"])
