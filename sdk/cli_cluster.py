@@ -28,6 +28,9 @@ def run_cmd(
     port: int = typer.Option(0, "--port", "-p", help="TCP port for ZeroMQ; 0 picks a free one (announced over mDNS). Give a fixed port when peers use --peer."),
     peer: Optional[list[str]] = PeerOpt,
     threads: int = typer.Option(0, "--threads", help="onnxruntime threads for this device's steps, one pool shared by all of them; 0: the cores this process may use (its CPU affinity and cgroup CPU quota), or the device's `threads` in cluster.yaml."),
+    providers: str = typer.Option("auto", "--providers", help="What runs the ONNX steps: auto (the default) takes, of what this onnxruntime build has, TensorRT, then CUDA, then ACL, then XNNPACK, then CPU, unless cluster.yaml names this device's providers; or a comma-separated list (tensorrt, cuda, acl, xnnpack, openvino, coreml, cpu, ...), each of which must be in this build. CPU is always the last fallback."),
+    gpu: int = typer.Option(0, "--gpu", help="The GPU the CUDA or TensorRT provider uses (its device id)."),
+    fp16: bool = typer.Option(False, "--fp16", help="Let TensorRT build float16 engines: faster on a Jetson, answers no longer bit-equal to the model's."),
     ready_timeout_s: float = typer.Option(0.0, "--ready-timeout-s", help="Exit with an error if the peers this device sends to are not all found within this many seconds; 0 waits forever."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every link change and dropped message."),
 ) -> None:
@@ -45,13 +48,16 @@ def run_cmd(
 
         async def main():
             core = await AgentCore(b, interface=interface, port=port, peers=tuple(peer or ()), threads=threads,
-                                   shared_pool=True).start()
+                                   shared_pool=True, providers=providers, device_id=gpu, fp16=fp16).start()
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
             # one machine-readable line, for scripts and the test harness
-            print(f"edgepart-agent device={b.device} plan={b.plan_id} threads={core.threads} endpoint={core.endpoint}", flush=True)
+            # (the endpoint stays last: scripts take the rest of the line)
+            print(f"edgepart-agent device={b.device} plan={b.plan_id} threads={core.threads} "
+                  f"runtime={'+'.join(core.runtimes)} providers={','.join(core.providers.short)} "
+                  f"endpoint={core.endpoint}", flush=True)
             try:
                 waited = 0.0
                 while not stop.is_set():
@@ -107,7 +113,8 @@ def discover_cmd(
             rows.append({"role": a.role, "plan_id": a.plan_id, "endpoint": a.endpoint, "healthy": rtt is not None,
                          "rtt_ms": rtt, "duplicate": (a.plan_id, a.role) in dups,
                          "ready": st.ready if st else None, "missing_peers": list(st.missing) if st else [],
-                         "threads": st.threads if st else None, "threads_from": st.threads_from if st else ""})
+                         "threads": st.threads if st else None, "threads_from": st.threads_from if st else "",
+                         "runtimes": list(st.runtimes) if st else [], "providers": list(st.providers) if st else []})
         rows.sort(key=lambda r: (r["plan_id"], r["role"]))
         if as_json:
             print(json.dumps(rows, indent=1))
@@ -117,7 +124,7 @@ def discover_cmd(
                           f"Same network (--interface)? Where multicast is blocked, agents need --peer.")
             return
         t = Table(title=f"edgepart agents ({len(rows)})", title_justify="left")
-        for c in ("plan", "role", "endpoint", "health", "threads"):
+        for c in ("plan", "role", "endpoint", "health", "threads", "runtime", "providers"):
             t.add_column(c)
         for r in rows:
             h = f"[green]ok[/] {r['rtt_ms']:.1f} ms" if r["healthy"] else "[red]not answering[/]"
@@ -126,7 +133,8 @@ def discover_cmd(
             if r["duplicate"]:
                 h += " [yellow](duplicate role!)[/]"
             th = f"{r['threads']} ({r['threads_from']})" if r["threads"] else "-"
-            t.add_row(r["plan_id"], r["role"], r["endpoint"], h, th)
+            t.add_row(r["plan_id"], r["role"], r["endpoint"], h, th, "+".join(r["runtimes"]) or "-",
+                      ", ".join(r["providers"]) or "-")
         console.print(t)
 
     _run(body)

@@ -16,7 +16,7 @@ import numpy as np
 from .bundle import Bundle, load_dist
 from .errors import BundleError
 from .plan import Plan
-from .runtime import make_session
+from .runtime import choose, make_step_session
 from .wire import roundtrip
 
 
@@ -39,8 +39,8 @@ class LocalCluster:
         sessions = {}
         for st in plan.steps:
             b = bundles[st.device]
-            prov = next(d.providers for d in plan.devices if d.name == st.device)
-            sessions[st.name] = make_session(b.file(st.model_file), prov, threads)
+            prov = choose("auto", next(d.providers for d in plan.devices if d.name == st.device))
+            sessions[st.name] = make_step_session(b.file(st.model_file), st, prov, threads)
         return cls(plan, sessions)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -1,8 +1,14 @@
-"""onnxruntime sessions for steps: execution-provider choice and session creation.
+"""Sessions for steps: execution-provider choice, and one session per step on its runtime.
 
-The cluster lists each device's provider preference (CUDA or TensorRT on a Jetson, ACL/XNNPACK on
-a phone or Pi, CPU elsewhere). At run time the agent takes the preferred providers this onnxruntime
-build actually has, in the preferred order, and always ends with the CPU provider as a fallback.
+Providers (docs/agents.md, "Execution providers"): `edgepart run --providers auto`, the default,
+takes from what this onnxruntime build offers TensorRT, then CUDA, then the ARM providers (ACL,
+XNNPACK), then CPU; where cluster.yaml names a device's providers, auto keeps that preference
+instead (those this build lacks are skipped and said). A list given by name is taken as it is, and
+a provider this build lacks stops the agent at start with what to install. CPU always comes last:
+onnxruntime runs there whatever a faster provider cannot. TensorRT keeps its engines in a cache
+folder beside the bundle, so a restart does not build them again.
+
+A step whose plan says `runtime: tflite` runs on LiteRT instead (litert.py, docs/tflite.md).
 
 Threads (docs/agents.md, "Threads"): a device's steps share one budget, the cores the process may
 use (cpus.py), never the machine's core count. A process that runs only edgepart's sessions
@@ -15,15 +21,40 @@ steps that are not running do not burn the cores the running one needs.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from .cpus import cpu_budget
-from .errors import BundleError
+from .errors import BundleError, ProviderError
 
 log = logging.getLogger("edgepart")
 
 CPU = "CPUExecutionProvider"
+TENSORRT, CUDA = "TensorrtExecutionProvider", "CUDAExecutionProvider"
+ACL, XNNPACK = "ACLExecutionProvider", "XnnpackExecutionProvider"
+# `--providers auto`: the fastest a build may offer first
+AUTO_ORDER = (TENSORRT, CUDA, ACL, XNNPACK, CPU)
+# the names `--providers` takes, and onnxruntime's for them
+SHORT_NAMES = {
+    "tensorrt": TENSORRT, "trt": TENSORRT, "cuda": CUDA, "rocm": "ROCMExecutionProvider",
+    "migraphx": "MIGraphXExecutionProvider", "acl": ACL, "armnn": "ArmNNExecutionProvider",
+    "xnnpack": XNNPACK, "nnapi": "NnapiExecutionProvider", "coreml": "CoreMLExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider", "dnnl": "DnnlExecutionProvider", "qnn": "QNNExecutionProvider",
+    "dml": "DmlExecutionProvider", "cpu": CPU,
+}
+# what to install where a provider asked for by name is missing
+INSTALL = {
+    TENSORRT: "onnxruntime-gpu built with TensorRT, and TensorRT itself (on a Jetson: NVIDIA's JetPack onnxruntime-gpu wheel)",
+    CUDA: "onnxruntime-gpu with a matching CUDA and cuDNN (on a Jetson: NVIDIA's JetPack onnxruntime-gpu wheel)",
+    ACL: "an onnxruntime built with --use_acl (the Arm Compute Library)",
+    XNNPACK: "an onnxruntime built with --use_xnnpack (onnxruntime's Android and iOS packages have it)",
+    "ROCMExecutionProvider": "onnxruntime-rocm",
+    "OpenVINOExecutionProvider": "onnxruntime-openvino",
+    "DmlExecutionProvider": "onnxruntime-directml",
+    "QNNExecutionProvider": "onnxruntime-qnn",
+    "CoreMLExecutionProvider": "onnxruntime on macOS or iOS",
+}
 
 _shared_threads = 0  # the size of onnxruntime's process-wide pool, once use_shared_pool set it
 
@@ -36,6 +67,85 @@ def choose_providers(preferred: Sequence[str], available: Iterable[str]) -> list
     if missing:
         log.info("execution providers not in this onnxruntime build, skipped: %s", ", ".join(missing))
     return chosen + [CPU]
+
+
+@dataclass(frozen=True)
+class Providers:
+    """What runs a device's ONNX steps: onnxruntime providers in order, each with its options,
+    and where the choice came from ("auto", "cluster.yaml", "--providers")."""
+
+    names: tuple[str, ...] = (CPU,)
+    options: tuple[tuple[tuple[str, str], ...], ...] = ((),)
+    source: str = "auto"
+
+    def for_onnxruntime(self) -> tuple[list[str], list[dict[str, str]]]:
+        return list(self.names), [dict(o) for o in self.options]
+
+    @property
+    def short(self) -> tuple[str, ...]:
+        """The names without onnxruntime's suffix (CUDA, CPU), for status lines and tables."""
+        return tuple(n.removesuffix("ExecutionProvider") for n in self.names)
+
+
+def parse_providers(text: str | Sequence[str]) -> tuple[str, ...]:
+    """`auto`, or a list of providers (comma-separated, short or onnxruntime names) as onnxruntime
+    names; an unknown name is a ProviderError that lists the known ones."""
+    items = [t.strip() for t in (text.split(",") if isinstance(text, str) else text) if t.strip()]
+    if not items or items == ["auto"]:
+        return ("auto",)
+    out = []
+    for t in items:
+        full = SHORT_NAMES.get(t.lower(), t if t.endswith("ExecutionProvider") else "")
+        if not full or t.lower() == "auto":
+            raise ProviderError(f"--providers {t!r} is not a provider edgepart knows. Give auto, or a comma-separated "
+                                f"list of: {', '.join(dict.fromkeys(SHORT_NAMES))} (or onnxruntime's full names).")
+        out.append(full)
+    return tuple(dict.fromkeys(out))
+
+
+def choose(requested: str | Sequence[str] = "auto", planned: Sequence[str] = (), available: Iterable[str] | None = None,
+           *, cache_dir: Path | None = None, threads: int = 0, device_id: int = 0, fp16: bool = False) -> Providers:
+    """The providers for a device's ONNX steps (see the module's doc for the rule), with options:
+    the GPU's `device_id`; TensorRT's engine and timing caches under `cache_dir` and `fp16` (off:
+    the answers stay those of the model); XNNPACK's own pool of `threads`."""
+    if available is None:
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+    have = list(available)
+    asked = parse_providers(requested)
+    if asked != ("auto",):
+        lacking = [p for p in asked if p not in have]
+        if lacking:
+            p = lacking[0]
+            raise ProviderError(
+                f"--providers asks for {p}, but this onnxruntime build has only "
+                f"{', '.join(x.removesuffix('ExecutionProvider') for x in have)}. Install "
+                f"{INSTALL.get(p, 'an onnxruntime build that has it')} (and remove the plain onnxruntime "
+                f"package, which hides it), or run with --providers auto.")
+        names, source = [p for p in asked if p != CPU], "--providers"
+    elif tuple(planned) and tuple(planned) != (CPU,):
+        names, source = choose_providers(planned, have)[:-1], "cluster.yaml"
+    else:
+        names, source = [p for p in AUTO_ORDER if p in have and p != CPU], "auto"
+    names.append(CPU)
+    return Providers(tuple(names), tuple(tuple(sorted(_options(p, cache_dir, threads, device_id, fp16).items()))
+                                         for p in names), source)
+
+
+def _options(p: str, cache_dir: Path | None, threads: int, device_id: int, fp16: bool) -> dict[str, str]:
+    if p == TENSORRT:
+        o = {"device_id": str(device_id), "trt_fp16_enable": str(fp16)}
+        if cache_dir is not None:
+            trt = Path(cache_dir) / "tensorrt"
+            o.update(trt_engine_cache_enable="True", trt_engine_cache_path=str(trt),
+                     trt_timing_cache_enable="True", trt_timing_cache_path=str(trt))
+        return o
+    if p in (CUDA, "ROCMExecutionProvider", "MIGraphXExecutionProvider"):
+        return {"device_id": str(device_id)}
+    if p == XNNPACK and threads > 0:
+        return {"intra_op_num_threads": str(threads)}
+    return {}
 
 
 def session_threads(requested: int = 0, planned: int = 0) -> tuple[int, str]:
@@ -75,7 +185,19 @@ def shared_pool_threads() -> int:
     return _shared_threads
 
 
-def make_session(path: Path | str, providers: Sequence[str] = (CPU,), threads: int = 0, *, spin: bool = True):
+def make_step_session(path: Path | str, step: Any, providers: Providers | Sequence[str] = (CPU,), threads: int = 0,
+                      *, spin: bool = True):
+    """The session for one step of a plan, on the runtime the plan gives it: onnxruntime, or LiteRT
+    for a TFLite step (its inputs and outputs in the plan's layout either way)."""
+    if getattr(step, "runtime", "onnx") == "tflite":
+        from .litert import make_tflite_session
+
+        return make_tflite_session(path, step.io, threads)
+    return make_session(path, providers, threads, spin=spin)
+
+
+def make_session(path: Path | str | bytes, providers: Providers | Sequence[str] = (CPU,), threads: int = 0, *,
+                 spin: bool = True):
     """An onnxruntime InferenceSession for one step file, with a clear error if it cannot load.
     `threads`: its intra-op pool (0: onnxruntime's default), unless the process shares one pool;
     `spin=False`: pool threads sleep when idle (for a device whose other steps run in between)."""
@@ -90,11 +212,24 @@ def make_session(path: Path | str, providers: Sequence[str] = (CPU,), threads: i
     if not spin:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.log_severity_level = 3
-    chosen = choose_providers(providers, ort.get_available_providers())
+    if isinstance(providers, Providers):
+        chosen, options = providers.for_onnxruntime()
+        for o in options:  # TensorRT writes its engines there
+            if "trt_engine_cache_path" in o:
+                Path(o["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
+    else:
+        chosen = choose_providers(providers, ort.get_available_providers())
+        options = [{} for _ in chosen]
     try:
-        return ort.InferenceSession(str(path), so, providers=chosen)
+        return ort.InferenceSession(path if isinstance(path, bytes) else str(path), so, providers=chosen,
+                                    provider_options=options)
     except Exception as e:  # onnxruntime raises its own untyped errors
         msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        gpu = [c for c in chosen if c != CPU]
+        if gpu and ("provider" in msg.lower() or "cuda" in msg.lower() or "tensorrt" in msg.lower()):
+            raise ProviderError(
+                f"onnxruntime could not start {', '.join(gpu)} for {path}: {msg}. Check the drivers and "
+                f"libraries that provider needs, or run with --providers cpu.") from None
         raise BundleError(
             f"onnxruntime cannot load {path}: {msg}. The file may be corrupt or need a newer "
             f"onnxruntime; check `pip show onnxruntime` on this device."

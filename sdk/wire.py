@@ -93,15 +93,19 @@ class Header:
 class Status:
     """What an agent says of itself in its `hello` and `pong` replies: whether it is linked to every
     peer it sends to (a session sends nothing until all are: docs/agents.md, "Ready"), who is still
-    missing, and the onnxruntime threads it runs with and why."""
+    missing, the threads it runs with and why, the runtimes of its steps (onnx, tflite) and the
+    onnxruntime providers it uses, fastest first."""
 
     ready: bool
     missing: tuple[str, ...] = ()
     threads: int = 0
     threads_from: str = ""
+    runtimes: tuple[str, ...] = ()
+    providers: tuple[str, ...] = ()
 
     def encode(self) -> str:
-        d = {"ready": self.ready, "missing": list(self.missing), "threads": self.threads, "from": self.threads_from}
+        d = {"ready": self.ready, "missing": list(self.missing), "threads": self.threads, "from": self.threads_from,
+             "rt": list(self.runtimes), "prov": list(self.providers)}
         text = json.dumps(d, separators=(",", ":"))
         while len(text) > 4 * MAX_NAME and d["missing"]:  # many missing peers: name fewer
             d["missing"] = d["missing"][: len(d["missing"]) // 2]
@@ -118,10 +122,11 @@ class Status:
         if not isinstance(d, dict) or not isinstance(d.get("ready"), bool):
             return None
         missing, threads, src = d.get("missing", []), d.get("threads", 0), d.get("from", "")
-        if (not isinstance(missing, list) or not all(isinstance(m, str) for m in missing)
+        rt, prov = d.get("rt", []), d.get("prov", [])
+        if (not all(isinstance(x, list) and all(isinstance(m, str) for m in x) for x in (missing, rt, prov))
                 or not isinstance(threads, int) or isinstance(threads, bool) or not isinstance(src, str)):
             return None
-        return Status(d["ready"], tuple(missing), max(threads, 0), src)
+        return Status(d["ready"], tuple(missing), max(threads, 0), src, tuple(rt), tuple(prov))
 
 
 def tensor_frames(header: Header, arrays: dict[str, np.ndarray], codecs: dict[str, Codec] | None = None) -> list:

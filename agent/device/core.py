@@ -30,7 +30,7 @@ from edgepart import aio
 from edgepart.bundle import Bundle, load_bundle
 from edgepart.errors import PeerError, WireError
 from edgepart.plan import CALLER
-from edgepart.runtime import session_threads, use_shared_pool
+from edgepart.runtime import choose, session_threads, use_shared_pool
 from edgepart.wire import Header, Status, arrays, decode, roundtrip, tensor_frames
 
 from ..net import inproc
@@ -45,7 +45,8 @@ class AgentCore:
     """The agent. `await start()`, then it serves until `await stop()`."""
 
     def __init__(self, bundle: Bundle, *, interface: str | None = None, port: int = 0,
-                 peers: tuple[str, ...] = (), threads: int = 0, announce: bool = True, shared_pool: bool = False):
+                 peers: tuple[str, ...] = (), threads: int = 0, announce: bool = True, shared_pool: bool = False,
+                 providers: str | tuple[str, ...] = "auto", device_id: int = 0, fp16: bool = False):
         self.bundle = bundle
         self.shared_pool = shared_pool  # one onnxruntime pool for the process (only `edgepart run`: runtime.py)
         self.plan = bundle.plan
@@ -56,6 +57,12 @@ class AgentCore:
         # one budget for all of this device's sessions (docs/agents.md, "Threads")
         planned = next((d.threads for d in self.plan.devices if d.name == self.device), 0)
         self.threads, self.threads_from = session_threads(threads, planned)
+        # what runs the ONNX steps; a provider asked for by name that this build lacks stops the
+        # agent here, before it announces itself (docs/agents.md, "Execution providers")
+        spec = next((d.providers for d in self.plan.devices if d.name == self.device), ())
+        self.providers = choose(providers, spec, cache_dir=bundle.path / ".cache", threads=self.threads,
+                                device_id=device_id, fp16=fp16)
+        self.runtimes = tuple(sorted({s.runtime for s in bundle.steps}))
         self.announce = announce
         self.endpoint = ""
         self.dropped = 0
@@ -104,7 +111,7 @@ class AgentCore:
         self.endpoint = f"tcp://{host}:{self.port}"
         if self.shared_pool:
             use_shared_pool(self.threads)
-        self.executor = Executor(self.bundle, self._send, self._fail, self.threads)
+        self.executor = Executor(self.bundle, self._send, self._fail, self.threads, self.providers)
         try:
             await asyncio.get_running_loop().run_in_executor(None, self.executor.load)
         except BaseException:
@@ -127,8 +134,9 @@ class AgentCore:
         await self.discovery.start()
         if self.announce:
             await self.discovery.announce(self.device, self.plan.plan_id, self.interface or "0.0.0.0", self.port)
-        log.info("agent %s of plan %s listening on %s, %d onnxruntime thread(s) from %s", self.device,
-                 self.plan.plan_id, self.endpoint, self.threads, self.threads_from)
+        log.info("agent %s of plan %s listening on %s, %d thread(s) from %s, runtime %s, providers %s (%s)",
+                 self.device, self.plan.plan_id, self.endpoint, self.threads, self.threads_from,
+                 "+".join(self.runtimes), ", ".join(self.providers.short), self.providers.source)
         return self
 
     async def stop(self) -> None:
@@ -151,7 +159,7 @@ class AgentCore:
     def status(self) -> Status:
         """Whether this agent is linked to every peer it sends to, and its threads (any thread)."""
         missing = tuple(sorted(self.missing_roles()))
-        return Status(not missing, missing, self.threads, self.threads_from)
+        return Status(not missing, missing, self.threads, self.threads_from, self.runtimes, self.providers.short)
 
     async def wait_ready(self, timeout_s: float) -> bool:
         """Wait until every peer this device sends to is linked; False on timeout."""
@@ -373,9 +381,11 @@ class Agent:
     """
 
     def __init__(self, bundle: Bundle | str | Path, *, interface: str | None = None, port: int = 0,
-                 peers: tuple[str, ...] = (), threads: int = 0, announce: bool = True):
+                 peers: tuple[str, ...] = (), threads: int = 0, announce: bool = True,
+                 providers: str | tuple[str, ...] = "auto"):
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
-        self._kw = dict(interface=interface, port=port, peers=tuple(peers), threads=threads, announce=announce)
+        self._kw = dict(interface=interface, port=port, peers=tuple(peers), threads=threads, announce=announce,
+                        providers=providers)
         self.core: AgentCore | None = None
 
     @property

@@ -23,7 +23,7 @@ import numpy as np
 from edgepart.bundle import Bundle
 from edgepart.errors import PeerError
 from edgepart.plan import Route, Step
-from edgepart.runtime import make_session, shared_pool_threads
+from edgepart.runtime import Providers, choose, make_step_session, shared_pool_threads
 
 from ..net.choose import Chooser
 
@@ -47,12 +47,12 @@ class Request:
 
 
 class Executor:
-    def __init__(self, bundle: Bundle, send: Sender, fail: Failer, threads: int = 0):
+    def __init__(self, bundle: Bundle, send: Sender, fail: Failer, threads: int = 0, providers: Providers | None = None):
         self.bundle = bundle
         self.device = bundle.device
         self.steps: tuple[Step, ...] = bundle.steps
         plan = bundle.plan
-        self.providers = next(d.providers for d in plan.devices if d.name == self.device)
+        self.providers = providers or choose("auto", next(d.providers for d in plan.devices if d.name == self.device))
         self.threads = threads
         self.sessions: dict[str, object] = {}
         self.local_inputs = {i.name for s in self.steps for i in s.inputs}
@@ -86,12 +86,13 @@ class Executor:
         self._next_expiry = 0.0
 
     def load(self) -> None:
-        """Create the onnxruntime sessions."""
+        """Create the steps' sessions (onnxruntime, or LiteRT for a TFLite step)."""
         # several steps take turns on one budget: an idle pool must not spin on the cores the
         # running step needs (docs/agents.md, "Threads")
         spin = len(self.steps) == 1 or shared_pool_threads() > 0
         for s in self.steps:
-            self.sessions[s.name] = make_session(self.bundle.file(s.model_file), self.providers, self.threads, spin=spin)
+            self.sessions[s.name] = make_step_session(self.bundle.file(s.model_file), s, self.providers, self.threads,
+                                                      spin=spin)
 
     def accepts(self, tensor: str, sender: str) -> bool:
         return sender in self.expected.get(tensor, ())

@@ -13,6 +13,7 @@ import pytest
 
 import edgepart
 from edgepart.inputs import load_npz, save_npz
+from edgepart.runtime import choose
 
 import graphs
 from e2e_helpers import (PY, agent_output, assert_same, finish, model_file, ns_client, read_line,
@@ -92,6 +93,9 @@ def test_static_peers_when_multicast_is_blocked(packaged, tmp_path, lan, agents)
     assert failed["t_fail"] - failed["t_go"] < 2 + 10, "the failed discovery must end near its timeout"
 
 
+AUTO_PROVIDERS = choose("auto").short
+
+
 def discover_json(*arg_lists: list[str], timeout_s: float = 30) -> list[list[dict]]:
     """`edgepart discover --interface 127.0.0.1 --json ARGS`, one run per argument list, all at once."""
     procs = [subprocess.Popen([PY, "-m", "edgepart", "discover", "--interface", "127.0.0.1", "--json", *args],
@@ -148,6 +152,8 @@ class TestTwoPlans:
                 assert r["healthy"] is True and isinstance(r["rtt_ms"], float) and r["rtt_ms"] >= 0, r
                 assert r["duplicate"] is False, r
                 assert r["endpoint"] == procs.endpoints[r["role"]], (r, procs.endpoints)
+                # what runs its steps: ONNX here, on the providers auto takes from this onnxruntime build
+                assert r["runtimes"] == ["onnx"] and r["providers"] == list(AUTO_PROVIDERS), r
         assert {r["plan_id"] for r in only_a} == {a} and len(only_a) == 3, only_a
 
     def test_duplicate_role_is_reported_and_answers_stay_right(self, two_plans, agents):
