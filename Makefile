@@ -15,10 +15,8 @@ $(STAMP): pyproject.toml
 	@command -v ip >/dev/null 2>&1 && command -v tc >/dev/null 2>&1 || \
 	  { (apt-get update -qq && apt-get install -y -qq iproute2) >/dev/null 2>&1 || echo "note: iproute2 (ip, tc) not installed; namespace tests will say so"; }
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	# torch pinned first: an unpinned torch pulls a multi-GB CUDA build
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[packager,models,camera,dev]"
+	# the one install script, which the device image (Dockerfile) runs too
+	scripts/install.sh $(PY) packager,models,camera,litert,dev --editable
 	touch $(STAMP)
 
 demo: setup

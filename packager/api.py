@@ -14,6 +14,7 @@ strategies that do.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -56,9 +57,13 @@ def package(model: str | Path | onnx.ModelProto, cluster: str | Path | Cluster, 
             strategy: str = "pipeline", objective: str = "latency",
             input_shapes: Mapping[str, tuple[int, ...]] | None = None, inputs: Mapping[str, Any] | None = None,
             wire_codec: str = "dense", report: str | Path | None = None, model_name: str | None = None,
-            progress: Callable[[str], None] | None = None, **options: Any) -> base.Packaged:
+            progress: Callable[[str], None] | None = None, format: str = "onnx", tflite_precision: str = "float32",
+            **options: Any) -> base.Packaged:
     """Plan the split and write one bundle per device under `out` (dist/<device>/). With `report`,
     also measure the split's fidelity and write the report there as one HTML file (docs/report.md).
+
+    `format`: onnx, tflite (every device's steps converted to TFLite) or auto (the devices whose
+    cluster.yaml says `runtime: tflite`); `tflite_precision`: float32, float16 or int8 (docs/tflite.md).
 
     `inputs`: example inputs (a mapping of model input names to arrays); their shapes fix symbolic
     dimensions, and the report measures fidelity on them. `input_shapes` fixes them by name."""
@@ -68,7 +73,14 @@ def package(model: str | Path | onnx.ModelProto, cluster: str | Path | Cluster, 
         check_writable(report)
     s, job = _job(model, cluster, strategy, objective, input_shapes, inputs, wire_codec, options, progress,
                   model_name)
+    from edgepart.packager.formats import check_format, convert_bundles
+
+    check_format(format, tflite_precision)  # a wrong flag fails before anything is planned
     res = s.package(job, Path(out), report=report is not None)
+    if format != "onnx":
+        new_plan, conv = convert_bundles(res.plan, res.bundle_dirs, job.cluster, fmt=format,
+                                         precision=tflite_precision, feeds=job.feeds, progress=progress)
+        res = dataclasses.replace(res, plan=new_plan, conversions=conv)
     if report is not None and res.report is not None:
         from edgepart.packager.check.report_html import write_html
 

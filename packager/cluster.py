@@ -33,6 +33,7 @@ class Device:
     memory_mb: float
     providers: tuple[str, ...] = DEFAULT_PROVIDERS
     threads: int = 0  # onnxruntime threads its agent uses; 0: what the process may use (docs/agents.md)
+    runtime: str = "onnx"  # what its steps are written for: onnx, or tflite (LiteRT; docs/tflite.md)
 
     @property
     def memory_bytes(self) -> float:
@@ -91,7 +92,7 @@ def cluster_from_dict(data: Any, source: str = "cluster") -> Cluster:
         where = f"{source}: devices[{i}]"
         if not isinstance(d, dict) or "name" not in d:
             raise ClusterError(f"{where} must be a mapping with at least 'name'.")
-        _no_unknown(d, {"name", "gflops", "speed", "memory_mb", "providers", "threads"}, where)
+        _no_unknown(d, {"name", "gflops", "speed", "memory_mb", "providers", "threads", "runtime"}, where)
         name = str(d["name"])
         if "gflops" in d and "speed" in d:
             raise ClusterError(f"{where} ({name}) gives both 'gflops' and 'speed'; give one.")
@@ -111,7 +112,10 @@ def cluster_from_dict(data: Any, source: str = "cluster") -> Cluster:
         if not isinstance(threads, int) or isinstance(threads, bool) or threads < 0:
             raise ClusterError(f"{where}.threads must be a whole number of threads (0 or leave it out: the "
                                f"cores the agent's process may use).")
-        devices.append(Device(name, gflops, mem, tuple(prov), threads))
+        runtime = d.get("runtime", "onnx")
+        if runtime not in ("onnx", "tflite"):
+            raise ClusterError(f"{where}.runtime is {runtime!r}: give onnx (onnxruntime) or tflite (LiteRT).")
+        devices.append(Device(name, gflops, mem, tuple(prov), threads, runtime))
     names = [d.name for d in devices]
     dup = {n for n in names if names.count(n) > 1}
     if dup:

@@ -135,6 +135,8 @@ def package_cmd(
     tile_until: Optional[str] = TileUntilOpt,
     rest: Optional[str] = RestOpt,
     leave_out: Optional[bool] = LeaveOutOpt,
+    fmt: str = typer.Option("onnx", "--format", help="The steps' file format: onnx (every device runs onnxruntime); tflite (every step converted to TFLite, run with LiteRT; a step that does not convert stops packaging); auto (the devices whose cluster.yaml says `runtime: tflite` get TFLite steps, and a step that does not convert stays ONNX, with the operator that stopped it said). Every converted step is checked against its ONNX original. The first conversion creates the converter's own environment under ~/.cache/edgepart (a one-time download of TensorFlow). docs/tflite.md."),
+    tflite_precision: str = typer.Option("float32", "--tflite-precision", help="With --format tflite or auto: float32 (the model's answers to rounding), float16 (half the file), or int8 (a quarter; calibrated on --inputs, which then should hold a batch of real samples)."),
 ) -> None:
     """Plan the split and write one bundle per device: manifest.json and its sub-models."""
 
@@ -148,7 +150,8 @@ def package_cmd(
             task = prog.add_task("analysing and planning", total=None)
             res = p.package(model, cluster, out=out, strategy=strategy, objective=objective, input_shapes=shapes,
                             inputs=feeds, wire_codec=wire_codec, report=report,
-                            progress=lambda s: prog.update(task, description=s),
+                            progress=lambda s: prog.update(task, description=s), format=fmt,
+                            tflite_precision=tflite_precision,
                             **_options(partition=partition, calibration=calibration, comm_budget=comm_budget,
                                        method=method, replicate=replicate, holdout=holdout,
                                        tile_until=tile_until, rest=rest, leave_out=leave_out))
@@ -162,7 +165,12 @@ def package_cmd(
         console.print(f"plan id [bold]{res.plan.plan_id}[/]; bundles:")
         for d, path in res.bundle_dirs.items():
             n = len(res.plan.steps_of(d))
-            console.print(f"  {path}   ({n} step{'s' if n != 1 else ''}) → copy to {d}, then `edgepart run {path}`")
+            rt = "+".join(sorted({s.runtime for s in res.plan.steps_of(d)})) or "-"
+            console.print(f"  {path}   ({n} step{'s' if n != 1 else ''}, {rt}) → copy to {d}, then `edgepart run {path}`")
+        for c in res.conversions:
+            if c.runtime == "onnx":
+                console.print(f"  [yellow]{c.step} on {c.device} stays ONNX[/]: it does not convert to TFLite ({escape(c.reason)})",
+                              soft_wrap=True)
         if res.report is not None:
             _print_report(res.report, report)
 

@@ -73,6 +73,7 @@ class Packaged:
     planned: Planned
     report: Any = None  # edgepart.packager.check.report.PackageReport when a report was asked for
     details: Any = None  # the strategy's own result (e.g. the channel program, RePurpose's report)
+    conversions: tuple = ()  # edgepart.packager.formats.Converted: steps meant for TFLite (--format)
 
     def to_dict(self) -> dict:
         d = self.planned.to_dict()
@@ -81,6 +82,10 @@ class Packaged:
         d["bundles"] = {k: str(v) for k, v in self.bundle_dirs.items()}
         if self.report is not None:
             d["summary"] = self.report.summary()
+        if self.conversions:
+            d["formats"] = [{"step": c.step, "device": c.device, "runtime": c.runtime,
+                             "max_abs_diff": c.max_abs_diff, "stays_onnx_because": c.reason or None}
+                            for c in self.conversions]
         return d
 
 
