@@ -34,6 +34,13 @@ class Device:
     providers: tuple[str, ...] = DEFAULT_PROVIDERS
     threads: int = 0  # onnxruntime threads its agent uses; 0: what the process may use (docs/agents.md)
     runtime: str = "onnx"  # what its steps are written for: onnx, or tflite (LiteRT; docs/tflite.md)
+    # measured GFLOP/s per operator kind (edgepart.profile.KINDS), from its `profile:` (docs/profile.md);
+    # empty: every node at `gflops`
+    speeds: tuple[tuple[str, float], ...] = ()
+
+    def speed_of(self, kind: str) -> float:
+        """GFLOP/s for nodes of `kind`: the profile's figure where it measured that kind, else `gflops`."""
+        return next((v for k, v in self.speeds if k == kind), self.gflops)
 
     @property
     def memory_bytes(self) -> float:
@@ -76,10 +83,29 @@ def load_cluster(path: str | Path) -> Cluster:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         what = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ClusterError(f"{path} is not valid YAML{where}: {what}. Fix it; docs/cluster.md has an example.") from None
-    return cluster_from_dict(data, source=str(path))
+    return cluster_from_dict(data, source=str(path), base=path.parent)
 
 
-def cluster_from_dict(data: Any, source: str = "cluster") -> Cluster:
+def _profile(ref: Any, base: Path | None, where: str):
+    from edgepart.errors import BundleError
+    from edgepart.profile import Profile
+
+    if not isinstance(ref, str):
+        raise ClusterError(f"{where}.profile must be the path of a profile file (`edgepart profile --out FILE`).")
+    path = Path(ref) if Path(ref).is_absolute() or base is None else base / ref
+    if not path.is_file():
+        raise ClusterError(f"{where}.profile: {path} does not exist. Run `edgepart profile --out {Path(ref).name}` "
+                           f"on that device and copy the file beside cluster.yaml.")
+    try:
+        return Profile.from_dict(yaml.safe_load(path.read_text()), str(path))
+    except yaml.YAMLError as e:
+        raise ClusterError(f"{where}.profile: {path} is not valid YAML ({str(e).splitlines()[0]}).") from None
+    except BundleError as e:
+        raise ClusterError(f"{where}.profile: {e}") from None
+
+
+def cluster_from_dict(data: Any, source: str = "cluster", base: Path | None = None) -> Cluster:
+    """`base`: the folder that relative `profile:` paths are read from (cluster.yaml's)."""
     if not isinstance(data, dict):
         raise ClusterError(f"{source}: expected a mapping with 'devices' and 'links'.")
     _no_unknown(data, {"devices", "links", "reference_gflops"}, source)
@@ -92,17 +118,22 @@ def cluster_from_dict(data: Any, source: str = "cluster") -> Cluster:
         where = f"{source}: devices[{i}]"
         if not isinstance(d, dict) or "name" not in d:
             raise ClusterError(f"{where} must be a mapping with at least 'name'.")
-        _no_unknown(d, {"name", "gflops", "speed", "memory_mb", "providers", "threads", "runtime"}, where)
+        _no_unknown(d, {"name", "gflops", "speed", "memory_mb", "providers", "threads", "runtime", "profile"}, where)
         name = str(d["name"])
         if "gflops" in d and "speed" in d:
             raise ClusterError(f"{where} ({name}) gives both 'gflops' and 'speed'; give one.")
+        prof = _profile(d["profile"], base, where) if "profile" in d else None
         if "gflops" in d:
             gflops = _number(d["gflops"], f"{where}.gflops")
         elif "speed" in d:
             gflops = _number(d["speed"], f"{where}.speed") * ref
+        elif prof is not None:
+            gflops = prof.gflops
         else:
-            raise ClusterError(f"{where} ({name}) needs 'gflops' (measured GFLOP/s) or 'speed' (relative).")
-        mem = _number(d.get("memory_mb", 1 << 20), f"{where}.memory_mb")
+            raise ClusterError(f"{where} ({name}) needs 'gflops' (measured GFLOP/s), 'speed' (relative) or "
+                               f"'profile' (a file `edgepart profile` wrote on the device).")
+        mem_default = prof.memory_available_mb if prof is not None and prof.memory_available_mb > 0 else 1 << 20
+        mem = _number(d.get("memory_mb", mem_default), f"{where}.memory_mb")
         prov = d.get("providers", list(DEFAULT_PROVIDERS))
         if isinstance(prov, str):
             prov = [prov]
@@ -115,7 +146,7 @@ def cluster_from_dict(data: Any, source: str = "cluster") -> Cluster:
         runtime = d.get("runtime", "onnx")
         if runtime not in ("onnx", "tflite"):
             raise ClusterError(f"{where}.runtime is {runtime!r}: give onnx (onnxruntime) or tflite (LiteRT).")
-        devices.append(Device(name, gflops, mem, tuple(prov), threads, runtime))
+        devices.append(Device(name, gflops, mem, tuple(prov), threads, runtime, prof.speeds if prof else ()))
     names = [d.name for d in devices]
     dup = {n for n in names if names.count(n) > 1}
     if dup:

@@ -7,7 +7,10 @@ how much memory a stage needs.
                     latency overlaps with the next requests, bandwidth does not)
     stage memory  = bytes of the parameters it holds + the largest working set of one of its nodes
 
-Later issues feed it measured profiles; planners only ever ask it these questions. The formulas
+A device with a measured profile (`profile:` in cluster.yaml, docs/profile.md) computes each node at
+its operator kind's measured speed (conv, depthwise, pointwise, matmul, other) instead of one GFLOP/s
+for all, in the pipeline planner's prefix sums; the other strategies use the profile's overall
+figure. Planners only ever ask it these questions. The formulas
 are the functions below; CostModel applies them to a graph's cuts for the pipeline planner, and
 `critical_path_ms` to any strategy's compiled steps and routes.
 """
@@ -78,6 +81,7 @@ class CostModel:
         self.cluster = cluster
         macs = np.array([nd.macs for nd in graph.nodes], dtype=np.float64)
         self.prefix_flops = np.concatenate([[0.0], np.cumsum(2.0 * macs)])
+        self._prefix_ms: dict[str, np.ndarray] = {}  # per profiled device (compute_prefix_ms)
         self.work_bytes = np.array(
             [sum(graph.tensor_bytes.get(t, 0) for t in nd.inputs + nd.outputs) for nd in graph.nodes],
             dtype=np.float64,
@@ -97,8 +101,17 @@ class CostModel:
 
     # -- the same, vectorised for planners -------------------------------------------------------
     def compute_prefix_ms(self, device: str) -> np.ndarray:
-        """[n+1] cumulative compute time of nodes[:i] on `device`, in ms."""
-        return compute_ms(self.prefix_flops, self.cluster.device(device).gflops)
+        """[n+1] cumulative compute time of nodes[:i] on `device`, in ms: each node at its kind's
+        measured speed where the device has a profile (docs/profile.md), else at its GFLOP/s."""
+        dev = self.cluster.device(device)
+        if not dev.speeds:
+            return compute_ms(self.prefix_flops, dev.gflops)
+        cached = self._prefix_ms.get(device)
+        if cached is None:
+            speed = np.array([dev.speed_of(nd.kind) for nd in self.graph.nodes], dtype=np.float64)
+            per_node = 2.0 * np.array([nd.macs for nd in self.graph.nodes], dtype=np.float64) / (speed * 1e9) * 1e3
+            cached = self._prefix_ms[device] = np.concatenate([[0.0], np.cumsum(per_node)])
+        return cached
 
     def transfer_vector_ms(self, src: str, dst: str, with_latency: bool = True) -> np.ndarray:
         """[n+1] time to send what crosses cut i from `src` to `dst`, in ms (without the link's

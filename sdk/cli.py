@@ -275,7 +275,7 @@ def verify_cmd(
     _run(body)
 
 
-from . import cli_cluster, cli_demo  # noqa: E402,F401  (they register their commands on `app`)
+from . import cli_cluster, cli_demo, cli_profile  # noqa: E402,F401  (they register their commands on `app`)
 
 
 def main() -> None:

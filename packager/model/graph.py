@@ -26,6 +26,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edgepart.errors import InputShapeError, ModelError
+from edgepart.profile import op_kind
 from edgepart.plan import TensorSpec
 
 log = logging.getLogger("edgepart")
@@ -45,6 +46,7 @@ class Node:
     constants: tuple[str, ...]  # initializers and Constant outputs it reads
     macs: int
     param_bytes: int  # bytes of the initializers it reads
+    kind: str = "other"  # its operator kind, as device profiles time them (edgepart.profile.op_kind)
 
 
 @dataclass(frozen=True, eq=False)
@@ -212,7 +214,8 @@ def analyse(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | N
     const_shapes = {i.name: tuple(i.dims) for i in g.initializer}
     nodes = [
         Node(n.index, n.name, n.op_type, n.inputs, n.outputs, n.constants,
-             _macs(order[n.index], shape_of, const_shapes, tensor_bytes), n.param_bytes)
+             _macs(order[n.index], shape_of, const_shapes, tensor_bytes), n.param_bytes,
+             _kind(order[n.index], shape_of, const_shapes))
         for n in nodes
     ]
 
@@ -511,6 +514,17 @@ def _macs(nd: onnx.NodeProto, shape_of, const_shapes, tensor_bytes) -> int:
         k = next((list(a.ints) for a in nd.attribute if a.name == "kernel_shape"), [1])
         return out_elems * int(np.prod(k))
     return out_elems
+
+
+def _kind(nd: onnx.NodeProto, shape_of, const_shapes) -> str:
+    """The node's operator kind for device profiles (docs/profile.md)."""
+    w = x = None
+    if nd.op_type in ("Conv", "ConvInteger", "QLinearConv"):
+        w_at = 3 if nd.op_type == "QLinearConv" else 1
+        if len(nd.input) > w_at:
+            w = const_shapes.get(nd.input[w_at]) or shape_of.get(nd.input[w_at])
+        x = shape_of.get(nd.input[0]) if nd.input else None
+    return op_kind(nd.op_type, w, x[1] if x is not None and len(x) > 1 else None)
 
 
 def first_line(e: BaseException) -> str:

@@ -1,0 +1,288 @@
+"""Device profiles: how fast this device really is, measured on the runtime it will use
+(docs/profile.md).
+
+`edgepart profile` runs on the device. It times the bundle's own steps (or a model, or without
+either the representative set below) with the providers and thread budget the agent would use,
+and onnxruntime's per-node profiler splits the time by operator kind:
+
+    conv        a dense convolution (a kernel wider than 1x1, one group)
+    depthwise   one group per channel: few multiply-accumulates per byte, memory-bound
+    pointwise   a 1x1 convolution
+    matmul      MatMul, Gemm (attention and fully connected layers)
+    other       everything else (element-wise, pooling, normalisation): priced per output element
+
+Each kind's speed is 2 x its multiply-accumulates / its time, the multiply-accumulates counted as
+the packager's cost model counts them (the same `node_macs` serves both), so the planner can give
+each node the time its kind takes on that device instead of one GFLOP/s figure for all: depthwise
+convolutions and attention are not FLOP-bound. It also records the memory available and the round
+trip to peers that are up (`--peer`).
+
+The profile is a YAML file (schema below, `PROFILE_VERSION`) that cluster.yaml names per device
+(`profile: pi-b.yaml`); the packager reads it (packager/cluster.py). Nothing here imports onnx: it
+runs on a device's small install.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .errors import BundleError
+
+PROFILE_VERSION = 1
+KINDS = ("conv", "depthwise", "pointwise", "matmul", "other")
+
+_CONV = ("Conv", "FusedConv", "NhwcFusedConv", "QLinearConv", "ConvInteger")
+_MATMUL = ("MatMul", "Gemm", "FusedMatMul", "FusedGemm", "MatMulInteger", "QLinearMatMul")
+
+
+def op_kind(op_type: str, weight_shape: Sequence[int] | None = None, in_channels: int | None = None) -> str:
+    """The kind of a node (see the module's doc) from its operator and, for a convolution, its
+    weight's shape [M, C/group, kh, kw] and its input's channels C."""
+    if op_type in _MATMUL:
+        return "matmul"
+    if op_type in _CONV and weight_shape is not None and len(weight_shape) >= 3:
+        kernel = int(np.prod(weight_shape[2:]))
+        if kernel == 1:
+            return "pointwise"
+        if weight_shape[1] == 1 and (in_channels is None or in_channels > 1):
+            return "depthwise"
+        return "conv"
+    return "other"
+
+
+def node_macs(op_type: str, in_shapes: Sequence[Sequence[int] | None], out_shape: Sequence[int] | None) -> int:
+    """Multiply-accumulates of one node as the cost model counts them: a convolution's output
+    elements x its weight's fan-in, a matrix product's output elements x its inner size, one per
+    output element for everything else."""
+    out = int(np.prod(out_shape)) if out_shape is not None else 0
+    w = in_shapes[1] if len(in_shapes) > 1 else None
+    if op_type in _CONV and w is not None and len(w) >= 2:
+        return out * int(np.prod(w[1:]))
+    a = in_shapes[0] if in_shapes else None
+    if op_type in _MATMUL and a is not None and len(a) >= 1:
+        return out * int(a[-1])
+    return out
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What `edgepart profile` measured on one device."""
+
+    device: str
+    runtime: str  # "onnxruntime 1.20.1" (and LiteRT's, where TFLite steps were timed)
+    providers: tuple[str, ...]
+    threads: int
+    gflops: float  # the whole measured mix: 2 x MACs / time
+    speeds: tuple[tuple[str, float], ...]  # (kind, GFLOP/s) for the kinds it saw
+    memory_available_mb: float
+    steps_ms: tuple[tuple[str, float], ...] = ()  # each step's median, with --bundle
+    peers: tuple[tuple[str, float], ...] = ()  # (endpoint, round trip ms) of the peers that answered
+    source: str = ""  # what was timed: a bundle, a model, or the representative set
+    cpu: str = ""
+    version: int = PROFILE_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "edgepart-profile", "version": self.version, "device": self.device, "cpu": self.cpu,
+                "runtime": self.runtime, "providers": list(self.providers), "threads": self.threads,
+                "source": self.source, "gflops": round(self.gflops, 4),
+                "speeds_gflops": {k: round(v, 4) for k, v in self.speeds},
+                "memory_available_mb": round(self.memory_available_mb, 1),
+                "steps_ms": {k: round(v, 4) for k, v in self.steps_ms},
+                "peers_rtt_ms": {k: round(v, 4) for k, v in self.peers}}
+
+    def to_yaml(self) -> str:
+        """The profile as YAML, written without a YAML library (a device has none): JSON's quoted
+        strings and numbers are YAML's too."""
+        lines = []
+        for k, v in self.to_dict().items():
+            if isinstance(v, dict):
+                lines.append(f"{k}:" + (" {}" if not v else ""))
+                lines += [f"  {json.dumps(str(kk))}: {json.dumps(vv)}" for kk, vv in v.items()]
+            else:
+                lines.append(f"{k}: {json.dumps(v)}")
+        return "\n".join(lines) + "\n"
+
+    @staticmethod
+    def from_dict(d: Any, source: str = "profile") -> "Profile":
+        if not isinstance(d, dict) or d.get("kind") != "edgepart-profile":
+            raise BundleError(f"{source} is not an edgepart profile (no `kind: edgepart-profile`). "
+                              f"Write one with `edgepart profile --out FILE` on the device.")
+        if d.get("version") != PROFILE_VERSION:
+            raise BundleError(f"{source} is a profile of version {d.get('version')!r}; this edgepart reads version "
+                              f"{PROFILE_VERSION}. Run `edgepart profile` again with this edgepart.")
+        try:
+            speeds = {str(k): float(v) for k, v in (d.get("speeds_gflops") or {}).items()}
+            p = Profile(str(d["device"]), str(d.get("runtime", "")), tuple(d.get("providers", ())),
+                        int(d.get("threads", 0)), float(d["gflops"]), tuple(sorted(speeds.items())),
+                        float(d.get("memory_available_mb", 0.0)),
+                        tuple((str(k), float(v)) for k, v in (d.get("steps_ms") or {}).items()),
+                        tuple((str(k), float(v)) for k, v in (d.get("peers_rtt_ms") or {}).items()),
+                        str(d.get("source", "")), str(d.get("cpu", "")))
+        except (KeyError, TypeError, ValueError) as e:
+            raise BundleError(f"{source} is a malformed profile ({type(e).__name__}: {e}). Run `edgepart profile` "
+                              f"again.") from None
+        bad = [k for k, v in p.speeds if k not in KINDS or not v > 0] + ([] if p.gflops > 0 else ["gflops"])
+        if bad:
+            raise BundleError(f"{source}: speeds must be positive GFLOP/s of the kinds {', '.join(KINDS)}; "
+                              f"{', '.join(bad)} is not.")
+        return p
+
+
+@dataclass
+class _Tally:
+    macs: dict[str, float] = field(default_factory=lambda: dict.fromkeys(KINDS, 0.0))
+    us: dict[str, float] = field(default_factory=lambda: dict.fromkeys(KINDS, 0.0))
+
+
+def _shapes(entries: Any) -> list[list[int] | None]:
+    """onnxruntime's `input_type_shape` / `output_type_shape`: [{"float": [dims]}, ...]."""
+    out = []
+    for e in entries or []:
+        dims = next(iter(e.values()), None) if isinstance(e, dict) and e else None
+        out.append([int(x) for x in dims] if isinstance(dims, list) else None)
+    return out
+
+
+def tally_trace(trace_file: str | Path, tally: _Tally) -> None:
+    """Add the node events of one onnxruntime profiler trace to `tally`, by kind."""
+    for ev in json.loads(Path(trace_file).read_text()):
+        if ev.get("cat") != "Node" or not str(ev.get("name", "")).endswith("_kernel_time"):
+            continue
+        args = ev.get("args", {})
+        op = str(args.get("op_name", ""))
+        ins, outs = _shapes(args.get("input_type_shape")), _shapes(args.get("output_type_shape"))
+        w = ins[1] if len(ins) > 1 else None
+        c = ins[0][1] if ins and ins[0] is not None and len(ins[0]) > 1 else None
+        kind = op_kind(op, w, c)
+        tally.macs[kind] += node_macs(op, ins, outs[0] if outs else None)
+        tally.us[kind] += float(ev.get("dur", 0))
+
+
+def memory_available_mb() -> float:
+    """MemAvailable, or the cgroup's memory limit where that is smaller."""
+    avail = float("inf")
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                avail = int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    for f in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            v = Path(f).read_text().strip()
+            if v.isdigit():
+                avail = min(avail, int(v) / 2**20)
+        except OSError:
+            continue
+    return avail if avail != float("inf") else 0.0
+
+
+def _feeds(inputs) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    out = {}
+    for i in inputs:
+        shape = [d if isinstance(d, int) and d > 0 else 1 for d in i.shape]
+        kind = str(getattr(i, "type", getattr(i, "dtype", "float")))
+        if "float" in kind:
+            dt = np.float16 if "16" in kind else np.float32
+            out[i.name] = rng.standard_normal(shape).astype(dt)
+        else:
+            dt = np.int64 if "64" in kind else np.int32
+            out[i.name] = np.zeros(shape, dt)
+    return out
+
+
+def time_onnx(path: str | Path, providers, threads: int, seconds: float, tally: _Tally) -> float:
+    """Run one ONNX file for about `seconds` (after a warm-up) with onnxruntime's profiler on; add
+    its node times to `tally`; return the median run in ms."""
+    import onnxruntime as ort
+
+    names, options = providers.for_onnxruntime()
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = max(1, threads)
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    with tempfile.TemporaryDirectory() as tmp:
+        so.enable_profiling = True
+        so.profile_file_prefix = str(Path(tmp) / "trace")
+        try:
+            sess = ort.InferenceSession(str(path), so, providers=names, provider_options=options)
+        except Exception as e:  # onnxruntime's own untyped errors
+            raise BundleError(f"onnxruntime cannot load {path}: {str(e).strip().splitlines()[0][:200]}") from None
+        feeds = _feeds(sess.get_inputs())
+        for _ in range(3):
+            sess.run(None, feeds)
+        ts = []
+        t_end = time.perf_counter() + seconds
+        while len(ts) < 5 or (time.perf_counter() < t_end and len(ts) < 10000):
+            t = time.perf_counter()
+            sess.run(None, feeds)
+            ts.append((time.perf_counter() - t) * 1e3)
+        trace = sess.end_profiling()
+        warm = _Tally()
+        tally_trace(trace, warm)
+        # the warm-up runs are in the trace too: scale the totals to the timed runs only
+        frac = len(ts) / (len(ts) + 3)
+        for k in KINDS:
+            tally.macs[k] += warm.macs[k] * frac
+            tally.us[k] += warm.us[k] * frac
+    return statistics.median(ts)
+
+
+def measure(files: Sequence[tuple[str, str | Path]], *, providers, threads: int, seconds: float = 2.0,
+            device: str = "", source: str = "", progress: Callable[[str], None] | None = None,
+            tflite: Callable[[str], float] | None = None) -> Profile:
+    """Time each (name, ONNX file) and sum up the kinds. `tflite(name)` times a TFLite step (its
+    median ms; it adds to steps_ms, not to the kinds, which onnxruntime's profiler measures)."""
+    import onnxruntime as ort
+
+    tally, steps = _Tally(), []
+    for name, path in files:
+        if progress:
+            progress(f"timing {name}")
+        if tflite is not None and str(path).endswith(".tflite"):
+            steps.append((name, tflite(name)))
+            continue
+        steps.append((name, time_onnx(path, providers, threads, seconds / max(1, len(files)), tally)))
+    total_macs, total_us = sum(tally.macs.values()), sum(tally.us.values())
+    if total_us <= 0:
+        raise BundleError("Nothing was timed: the files hold no node onnxruntime could profile.")
+    speeds = tuple((k, 2 * tally.macs[k] / (tally.us[k] * 1e-6) / 1e9) for k in KINDS
+                   if tally.us[k] > 0 and tally.macs[k] > 0)
+    return Profile(device or platform.node(), f"onnxruntime {ort.__version__}", tuple(providers.short), threads,
+                   2 * total_macs / (total_us * 1e-6) / 1e9, speeds, memory_available_mb(), tuple(steps), (),
+                   source, _cpu_name())
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def representative_set() -> list[tuple[str, Path]]:
+    """The models timed when neither a bundle nor a model is given: one per kind, shipped with
+    edgepart (data/profile/, written by docs/profile.md's recipe)."""
+    folder = Path(__file__).parent / "data" / "profile"
+    files = sorted(folder.glob("*.onnx"))
+    if not files:
+        raise BundleError(f"The representative set is missing from {folder}; give --bundle or --model.")
+    return [(f.stem, f) for f in files]
+
+
+__all__ = ["KINDS", "PROFILE_VERSION", "Profile", "measure", "memory_available_mb", "node_macs", "op_kind",
+           "representative_set", "tally_trace"]

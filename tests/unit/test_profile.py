@@ -1,0 +1,145 @@
+"""Device profiles (docs/profile.md): `edgepart profile` on a model, a bundle and the shipped set;
+the device counts multiply-accumulates per kind exactly as the packager's cost model does; a
+profile named in cluster.yaml gives the device its speeds, and the pipeline cost model prices each
+node at its kind's speed; bad profiles are clear errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import yaml
+
+from edgepart.errors import ClusterError
+from edgepart.profile import KINDS, Profile, _Tally, tally_trace
+
+pytestmark = pytest.mark.timeout(300)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _profile_cmd(tmp_path, *args) -> dict:
+    out = tmp_path / "p.yaml"
+    r = subprocess.run([sys.executable, "-m", "edgepart", "profile", "-o", str(out), "--seconds", "0.5", "--threads",
+                        "1", *map(str, args)], capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    return yaml.safe_load(out.read_text())
+
+
+@pytest.mark.models
+def test_the_device_counts_macs_per_kind_as_the_cost_model_does(efficientnet_lite0_path, tmp_path):
+    """One run of EfficientNet-Lite0 under onnxruntime's profiler (fused nodes and all): the
+    multiply-accumulates it counts per kind, from the shapes onnxruntime reports, are the ones the
+    packager's analysis gives the model's nodes of that kind."""
+    from edgepart.packager.model.graph import analyse
+
+    g = analyse(onnx.load(str(efficientnet_lite0_path)), {"input": (1, 3, 224, 224)})
+    want = defaultdict(int)
+    for nd in g.nodes:
+        want[nd.kind] += nd.macs
+    assert want["depthwise"] > 0 and want["pointwise"] > 0 and want["conv"] > 0 and want["matmul"] > 0
+    so = ort.SessionOptions()
+    so.enable_profiling, so.profile_file_prefix, so.intra_op_num_threads = True, str(tmp_path / "t"), 1
+    s = ort.InferenceSession(str(efficientnet_lite0_path), so, providers=["CPUExecutionProvider"])
+    s.run(None, {"input": np.zeros((1, 3, 224, 224), np.float32)})
+    t = _Tally()
+    tally_trace(s.end_profiling(), t)
+    for k in ("conv", "depthwise", "pointwise", "matmul"):
+        assert t.macs[k] == want[k], (k, t.macs[k], want[k])
+    assert all(t.us[k] > 0 for k in ("conv", "depthwise", "pointwise", "matmul"))
+
+
+def test_profile_of_the_shipped_set_reads_back_into_a_cluster(tmp_path):
+    d = _profile_cmd(tmp_path, "--name", "pi-b")
+    assert d["kind"] == "edgepart-profile" and d["device"] == "pi-b" and d["source"] == "representative set"
+    assert set(d["speeds_gflops"]) == set(KINDS) and all(v > 0 for v in d["speeds_gflops"].values())
+    assert d["threads"] == 1 and d["providers"][-1] == "CPU" and d["memory_available_mb"] > 0
+    from edgepart.packager.cluster import load_cluster
+
+    (tmp_path / "c.yaml").write_text("devices:\n  - {name: pi-b, profile: p.yaml}\n  - {name: lap, gflops: 50}\n"
+                                     "links:\n  default: {bandwidth_mbps: 100, latency_ms: 1}\n")
+    c = load_cluster(tmp_path / "c.yaml")
+    pi = c.device("pi-b")
+    assert pi.gflops == pytest.approx(d["gflops"]) and pi.memory_mb == pytest.approx(d["memory_available_mb"])
+    assert dict(pi.speeds) == pytest.approx(d["speeds_gflops"])
+    assert pi.speed_of("depthwise") == pytest.approx(d["speeds_gflops"]["depthwise"])
+    assert c.device("lap").speeds == () and c.device("lap").speed_of("conv") == 50
+
+
+def test_a_profiled_device_prices_each_node_at_its_kind(tmp_path):
+    """The pipeline cost model: a profiled device's node takes 2 x MACs / its kind's speed; a
+    device without a profile keeps one GFLOP/s for all (the same figures as before profiles)."""
+    from edgepart.packager.cluster import cluster_from_dict
+    from edgepart.packager.cost import CostModel, compute_ms
+    from edgepart.packager.model.graph import analyse
+    from edgepart.packager.profile_set import models
+
+    m = models()["depthwise"]
+    g = analyse(m)
+    prof = Profile("pi", "onnxruntime", ("CPU",), 1, 10.0, (("depthwise", 2.0), ("other", 1.0)), 512.0)
+    (tmp_path / "pi.yaml").write_text(prof.to_yaml())
+    c = cluster_from_dict({"devices": [{"name": "pi", "profile": "pi.yaml"}, {"name": "lap", "gflops": 10}],
+                           "links": {"default": {"bandwidth_mbps": 100}}}, base=tmp_path)
+    cm = CostModel(g, c)
+    n = len(g.nodes)
+    assert all(nd.kind == "depthwise" for nd in g.nodes)
+    assert cm.compute_ms("pi", 0, n) == pytest.approx(sum(2 * nd.macs for nd in g.nodes) / 2e9 * 1e3)
+    assert cm.compute_ms("lap", 0, n) == pytest.approx(float(compute_ms(cm.prefix_flops[-1], 10.0)))
+    assert cm.compute_ms("pi", 0, n) == pytest.approx(5 * cm.compute_ms("lap", 0, n))
+
+
+def test_profile_of_a_model_and_of_a_bundle(tmp_path):
+    from edgepart.packager import package
+    from edgepart.packager.profile_set import models
+
+    path = tmp_path / "pw.onnx"
+    onnx.save(models()["pointwise"], str(path))
+    d = _profile_cmd(tmp_path, "--model", path)
+    # (onnxruntime adds layout reorders of its own: "other")
+    assert d["source"] == "model pw.onnx" and "pointwise" in d["speeds_gflops"] and set(d["speeds_gflops"]) <= {"pointwise", "other"}
+    assert list(d["steps_ms"]) == ["pw"] and d["steps_ms"]["pw"] > 0
+    (tmp_path / "c.yaml").write_text("devices:\n  - {name: a, gflops: 10}\n  - {name: b, gflops: 10}\n"
+                                     "links:\n  default: {bandwidth_mbps: 1000, latency_ms: 0.1}\n")
+    res = package(path, tmp_path / "c.yaml", out=tmp_path / "dist")
+    d = _profile_cmd(tmp_path, "--bundle", res.bundle_dirs["b"])
+    assert d["device"] == "b" and d["source"] == f"bundle b of plan {res.plan.plan_id}"
+    assert list(d["steps_ms"]) == [s.name for s in res.plan.steps_of("b")]
+
+
+def test_the_shipped_set_is_what_its_recipe_writes(tmp_path):
+    from edgepart.packager.profile_set import write
+
+    for p in write(tmp_path):
+        shipped = REPO / "sdk" / "data" / "profile" / p.name
+        assert shipped.read_bytes() == p.read_bytes(), f"{shipped} is stale: run python -m edgepart.packager.profile_set"
+    assert sorted(p.stem for p in (REPO / "sdk" / "data" / "profile").glob("*.onnx")) == sorted(KINDS)
+
+
+def test_bad_profiles_are_clear_cluster_errors(tmp_path):
+    from edgepart.packager.cluster import cluster_from_dict
+
+    def cluster(ref):
+        return cluster_from_dict({"devices": [{"name": "pi", "profile": ref}], "links": {"default": {"bandwidth_mbps": 1}}},
+                                 "c.yaml", base=tmp_path)
+
+    good = Profile("pi", "ort", ("CPU",), 1, 5.0, (("conv", 4.0),), 100.0).to_dict()
+    cases = {"missing.yaml": "does not exist. Run `edgepart profile",
+             "notprofile.yaml": "not an edgepart profile",
+             "newer.yaml": "profile of version 2",
+             "badkind.yaml": "speeds must be positive GFLOP/s of the kinds",
+             "badyaml.yaml": "not valid YAML"}
+    (tmp_path / "notprofile.yaml").write_text("devices: []\n")
+    (tmp_path / "newer.yaml").write_text(yaml.safe_dump(dict(good, version=2)))
+    (tmp_path / "badkind.yaml").write_text(yaml.safe_dump(dict(good, speeds_gflops={"gpu": 3.0})))
+    (tmp_path / "badyaml.yaml").write_text("kind: [unclosed\n")
+    for ref, needle in cases.items():
+        with pytest.raises(ClusterError, match=needle.replace("(", r"\(").replace("`", ".")):
+            cluster(ref)
+    with pytest.raises(ClusterError, match="path of a profile file"):
+        cluster(3)
