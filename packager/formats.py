@@ -69,14 +69,15 @@ def tflite_devices(plan: Plan, cluster, fmt: str) -> set[str]:
 
 
 def step_activations(plan: Plan, dirs: Mapping[str, Path], feeds: Mapping[str, np.ndarray] | None,
-                     seed: int = 0) -> dict[str, np.ndarray]:
-    """Every tensor of one request through the ONNX steps: the model's example inputs (or a seeded
-    random one) run step by step, in the order their inputs become available."""
+                     seed: int = 0, sample: int = 0) -> dict[str, np.ndarray]:
+    """Every tensor of one request through the ONNX steps: sample `sample` of the model's example
+    inputs (or a seeded random one) run step by step, in the order their inputs become available."""
     rng = np.random.default_rng(seed)
     tensors: dict[str, np.ndarray] = {}
     for t in plan.inputs:
         if feeds and t.name in feeds:
-            tensors[t.name] = np.asarray(feeds[t.name])[:1] if np.ndim(feeds[t.name]) else np.asarray(feeds[t.name])
+            x = np.asarray(feeds[t.name])
+            tensors[t.name] = x[sample:sample + 1] if x.ndim else x
             continue
         shape = [d if isinstance(d, int) else 1 for d in t.shape]
         tensors[t.name] = (rng.standard_normal(shape).astype(t.dtype) if t.dtype.startswith("float")
@@ -106,6 +107,11 @@ def convert_bundles(plan: Plan, dirs: Mapping[str, Path], cluster, *, fmt: str =
     from edgepart.packager.tflite import check_step, convert_step  # pulls the converter's environment
 
     acts = step_activations(plan, dirs, feeds)
+    calib: dict[str, np.ndarray] = {}
+    if precision == "int8":  # int8's ranges come from a batch of real samples where the user gave them
+        n = min(16, min((len(np.asarray(v)) for v in (feeds or {}).values() if np.ndim(v)), default=1))
+        more = [step_activations(plan, dirs, feeds, sample=i) for i in range(1, n)]
+        calib = {k: np.concatenate([v] + [m[k] for m in more]) for k, v in acts.items()}
     staging = Path(tempfile.mkdtemp(prefix=".edgepart-tflite-", dir=Path(next(iter(dirs.values()))).parent))
     try:
         new_steps, results, moves = [], [], []
@@ -120,11 +126,11 @@ def convert_bundles(plan: Plan, dirs: Mapping[str, Path], cluster, *, fmt: str =
             try:
                 out_dir = staging / st.device / st.name
                 out_dir.mkdir(parents=True)
-                tfl, io = convert_step(src, out_dir, precision=precision,
-                                       calibration=sample if precision == "int8" else None)
+                tfl, io = convert_step(src, out_dir, precision=precision, step=st.name, progress=progress,
+                                       calibration={k: calib[k] for k in sample} if calib else sample)
                 want = {o.name: acts[o.name] for o in st.outputs}
                 scale = max([1.0] + [float(np.max(np.abs(v))) for v in want.values() if np.size(v)])
-                diff = check_step(src, tfl, io, [sample], TOLERANCE[precision] * scale)
+                diff = check_step(src, tfl, io, [sample], TOLERANCE[precision] * scale, step=st.name)
             except ConversionError as e:
                 if fmt == "tflite":
                     raise ConversionError(f"{st.name} (on {st.device}) does not convert to TFLite: {e}",
