@@ -16,6 +16,7 @@ A shape like 1x8x8x8 allows both; the numbers decide, never a guess.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
 import re
@@ -30,7 +31,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import onnx
 
-from edgepart.errors import ConversionError
+from edgepart.errors import BundleError, ConversionError
 from edgepart.plan import TensorIO
 
 from . import env as _env
@@ -38,10 +39,6 @@ from . import env as _env
 log = logging.getLogger("edgepart")
 
 PRECISIONS = ("float32", "float16", "int8")
-# the file onnx2tf writes for each precision (int8: integer weights and activations, float inputs
-# and outputs, so the wire keeps its float tensors)
-_OUTPUT_FILE = {"float32": "{stem}_float32.tflite", "float16": "{stem}_float16.tflite",
-                "int8": "{stem}_integer_quant.tflite"}
 # what onnx2tf reads from its working folder instead of downloading it (onnx2tf's
 # download_test_image_data): 20 images, 128x128 RGB, NHWC, in [0, 1)
 _SAMPLE_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"
@@ -79,25 +76,27 @@ def convert_step(onnx_path: Path | str, out_dir: Path | str, *, precision: str =
         prepared = work / "step.onnx"
         ready = _prepare(model, shapes)
         np.save(work / _SAMPLE_FILE, np.random.default_rng(0).random((20, 128, 128, 3), dtype=np.float32))
-        cmd = _env.onnx2tf_command(env) + ["-i", str(prepared), "-o", str(work / "out"), "-osd"]
+        job = {"onnx": str(prepared), "work": str(work / "out"), "out": str(work / "step.tflite"),
+               "precision": precision, "calibration": {}}
         if precision == "int8":
-            cmd += ["-oiqt", "-qt", "per-channel"]
             for i, name in enumerate(in_names):
                 data = np.asarray(calibration[name], dtype=np.float32)
                 perm = _channels_last(data.ndim)  # onnx2tf's layout for the input (docs/tflite.md, "int8")
                 np.save(work / f"calib{i}.npy", data.transpose(perm) if perm else data)
-                cmd += ["-cind", f"x{i}", str(work / f"calib{i}.npy"), "0", "1"]
+                job["calibration"][f"x{i}"] = str(work / f"calib{i}.npy")
         # the log stays beside the step's file only where the conversion fails (_failure)
         log_path = work / f"{onnx_path.stem}.onnx2tf.log"
+        produced = Path(job["out"])
         # onnxsim (onnx2tf's first pass) folds an output that is constant once the shapes are fixed
-        # and onnx2tf then drops it; without onnxsim (-nuo) it keeps constant outputs
-        for extra in ([], ["-nuo"]):
+        # and onnx2tf then drops it; without onnxsim it keeps constant outputs
+        for use_onnxsim in (True, False):
             shutil.rmtree(work / "out", ignore_errors=True)
+            produced.unlink(missing_ok=True)
             onnx.save(ready, str(prepared))  # again: onnx2tf writes its simplified model over its input
-            _run(cmd + extra, work, env, log_path, timeout_s, step)
-            produced = work / "out" / _OUTPUT_FILE[precision].format(stem="step")
+            (work / "job.json").write_text(json.dumps({**job, "use_onnxsim": use_onnxsim}))
+            _run(_env.driver_command(env, work / "job.json"), work, env, log_path, timeout_s, step, model)
             if not produced.is_file():
-                raise _failure(step, log_path, f"onnx2tf finished but wrote no {produced.name}")
+                raise _failure(step, log_path, "the converter finished but wrote no TFLite file")
             if len(_tflite_shapes(produced)[1]) >= len(out_names):
                 break
             log.info("onnx2tf dropped a constant output of %s; converting again without onnxsim", step)
@@ -172,7 +171,8 @@ def _channels_last(rank: int) -> tuple[int, ...]:
 
 # -- running onnx2tf -----------------------------------------------------------------------------------
 
-def _run(cmd: list[str], cwd: Path, env: Path, log_path: Path, timeout_s: float, step: str) -> None:
+def _run(cmd: list[str], cwd: Path, env: Path, log_path: Path, timeout_s: float, step: str,
+         model: onnx.ModelProto) -> None:
     with open(log_path, "w") as out:
         out.write(f"$ {' '.join(cmd)}\n")
         out.flush()
@@ -183,40 +183,48 @@ def _run(cmd: list[str], cwd: Path, env: Path, log_path: Path, timeout_s: float,
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)  # its own session: TensorFlow's helpers go with it
             proc.wait()
-            raise _failure(step, log_path, f"onnx2tf took longer than {timeout_s:.0f} s and was stopped") from None
+            raise _failure(step, log_path, f"onnx2tf took longer than {timeout_s:.0f} s and was stopped",
+                           model) from None
     if rc != 0:
-        raise _failure(step, log_path, f"onnx2tf failed (exit status {rc})")
+        raise _failure(step, log_path, f"onnx2tf failed (exit status {rc})", model)
 
 
-_OP_LINE = re.compile(r"onnx_op_type\S*:\s*(?:\x1b\[[0-9;]*m)*\s*(\S+?)(?:\x1b\[[0-9;]*m)*\s+"
-                      r"(?:\x1b\[[0-9;]*m)*onnx_op_name\S*:\s*(?:\x1b\[[0-9;]*m)*\s*(\S+)")
+_OP_LINE = re.compile(r"onnx_op_type: (\S+)\s+onnx_op_name: (\S+)")  # onnx2tf's line per operator
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-def failed_operator(log_text: str) -> tuple[str, str]:
-    """The ONNX operator (type, node name) that stopped onnx2tf, from its log; ("", "") where it
-    did not stop at one (it failed before the graph, or in TensorFlow's own TFLite converter)."""
+def failed_operator(log_text: str, model: onnx.ModelProto | None = None) -> tuple[str, str]:
+    """The ONNX operator (type, node name) that stopped onnx2tf, from its log (and the step's model,
+    where the log names only the node); ("", "") where it did not stop at one (it failed before the
+    graph, or in TensorFlow's TFLite converter)."""
     text = _ANSI.sub("", log_text)
-    err = text.find("ERROR: onnx_op_name:")
-    if err < 0:
-        m = re.search(r"(\w+) OP is not yet implemented|No module named 'onnx2tf\.ops\.(\w+)'", text)
-        return ((m.group(1) or m.group(2)), "") if m else ("", "")
+    m = re.search(r"(\w+) OP is not yet implemented|No module named 'onnx2tf\.ops\.(\w+)'", text)
+    if m:
+        return (m.group(1) or m.group(2)), ""
+    err = re.search(r"ERROR: onnx_op_name: (\S+)", text)
+    if not err:
+        return "", ""
+    node = re.sub(r"^wa/", "/", err.group(1))  # onnx2tf's spelling of a name that starts with "/"
+    types = {n.name: n.op_type for n in model.graph.node} if model is not None else {}
+    if node in types:
+        return types[node], node
     last = None
-    for m in _OP_LINE.finditer(text, 0, err):
-        last = m
-    return (last.group(1), last.group(2)) if last else ("", "")
+    for last in _OP_LINE.finditer(text, 0, err.start()):
+        pass
+    return (last.group(1), last.group(2)) if last else ("", node)
 
 
-def _failure(step: str, log_path: Path, what: str) -> ConversionError:
+def _failure(step: str, log_path: Path, what: str, model: onnx.ModelProto | None = None) -> ConversionError:
     """The error for a failed conversion; the log is moved out of the working folder, beside it."""
     try:
         text = log_path.read_text(errors="replace")
         log_path = Path(shutil.move(str(log_path), log_path.parent.parent / log_path.name))
     except OSError:
         text = ""
-    op, node = failed_operator(text)
+    op, node = failed_operator(text, model)
     lines = [s for s in _ANSI.sub("", text).splitlines() if s.strip()][-12:]
-    at = f" at the ONNX operator {op} (node {node})" if op and node else f" at the ONNX operator {op}" if op else ""
+    at = (f" at the ONNX operator {op} (node {node})" if op and node else f" at the ONNX operator {op}" if op
+          else f" at the node {node}" if node else "")
     return ConversionError(
         f"Step {step} does not convert to TFLite: {what}{at}. The converter's log is {log_path}; its last "
         f"lines:\n" + "\n".join("  " + s for s in lines) + "\nRun this step on onnxruntime instead"
@@ -237,7 +245,12 @@ def find_io(onnx_path: Path, tflite: Path, in_names: Sequence[str], out_names: S
     from edgepart.runtime import make_session
 
     in_keys = {n: f"x{i}" for i, n in enumerate(in_names)}
-    tfl_in, tfl_out = _tflite_shapes(tflite)
+    try:
+        tfl_in, tfl_out = _tflite_shapes(tflite)
+        make_tflite_session(tflite, [TensorIO(k, k) for k in [*tfl_in, *tfl_out]], threads=1)
+    except (BundleError, ValueError, RuntimeError) as e:
+        raise ConversionError(f"Step {step}: the converted file does not load on LiteRT ({e}). Run this step on "
+                              f"onnxruntime.", step=step) from None
     feeds = _sample(onnx_path, in_names, shapes, calibration)
     ref = dict(zip(out_names, make_session(onnx_path, threads=1).run(list(out_names), feeds)))
     in_options = {}
@@ -259,6 +272,11 @@ def find_io(onnx_path: Path, tflite: Path, in_names: Sequence[str], out_names: S
             best = (worst, perms, match)
     assert best is not None
     worst, perms, match = best
+    got_types = _tflite_types(tflite)
+    for n, r in ref.items():  # the runner cannot cast outputs back: the plan's dtype must come out
+        if got_types[match[n][0]] != r.dtype:
+            raise ConversionError(f"Step {step}: TFLite gives {n!r} as {got_types[match[n][0]]}, the ONNX step as "
+                                  f"{r.dtype}. Run this step on onnxruntime.", step=step)
     if worst > _LAYOUT_RTOL[precision]:
         raise ConversionError(f"Step {step}: the TFLite file's outputs match onnxruntime's in no layout (relative "
                               f"error {worst:.3g} at best); onnx2tf converted it wrongly. Run this step on "
@@ -319,6 +337,14 @@ def _tflite_shapes(tflite: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, 
     runner = _interpreter_class()(model_path=str(tflite)).get_signature_runner()
     return tuple({k: tuple(int(s) for s in v["shape"]) for k, v in d.items()}  # type: ignore[return-value]
                  for d in (runner.get_input_details(), runner.get_output_details()))
+
+
+def _tflite_types(tflite: Path) -> dict[str, np.dtype]:
+    """The signature's outputs, by key, with their element types."""
+    from edgepart.litert import _interpreter_class
+
+    runner = _interpreter_class()(model_path=str(tflite)).get_signature_runner()
+    return {k: np.dtype(v["dtype"]) for k, v in runner.get_output_details().items()}
 
 
 def _sample(onnx_path: Path, in_names: Sequence[str], shapes: Mapping[str, tuple[int, ...]],

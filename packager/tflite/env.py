@@ -178,9 +178,10 @@ def _tail(path: Path, lines: int = 15) -> str:
     return "\n".join("  " + s for s in text[-lines:])
 
 
-def onnx2tf_command(env: Path) -> list[str]:
-    """The converter's command line, in that environment."""
-    return [str(_bin(env, "onnx2tf"))]
+def driver_command(env: Path, job: Path) -> list[str]:
+    """The converter's command line in that environment: _driver.py (onnx2tf, then TensorFlow's
+    TFLite converter) on a job file. -I: nothing from the caller's environment or this folder."""
+    return [str(_bin(env, "python")), "-I", str(Path(__file__).with_name("_driver.py")), str(job)]
 
 
 def converter_environ(env: Path) -> dict[str, str]:

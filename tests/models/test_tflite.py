@@ -143,6 +143,19 @@ def test_middle_stage_float16_converts_and_stays_close(effnet, converter):
     assert tfl.stat().st_size < 0.6 * (effnet["step"].stat().st_size)  # half-size weights
 
 
+def test_middle_stage_int8_calibrated_on_real_activations(effnet, converter):
+    calib = {MIDDLE_IN: np.concatenate([f[MIDDLE_IN] for f in effnet["samples"]])}
+    t0 = time.monotonic()
+    tfl, io = convert_step(effnet["step"], effnet["dir"] / "i8", precision="int8", calibration=calib)
+    took = time.monotonic() - t0
+    assert [t.perm for t in io] == [(0, 2, 3, 1), (0, 2, 3, 1)]
+    scale = max(float(np.max(np.abs(make_session(effnet["step"]).run(None, f)[0]))) for f in effnet["samples"])
+    d = check_step(effnet["step"], tfl, io, effnet["samples"], 0.1 * scale)
+    print(f"int8: converted in {took:.1f} s, max abs diff {d:.3g} (outputs up to {scale:.3g}); "
+          f"{tfl.stat().st_size} bytes")
+    assert tfl.stat().st_size < 0.35 * effnet["step"].stat().st_size  # quarter-size weights
+
+
 @pytest.mark.parametrize("name", ["odd", "cube"])
 def test_layouts_are_found_by_the_numbers_not_guessed(tiny, name):
     path, tfl, io = tiny[name]
