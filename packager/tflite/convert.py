@@ -132,20 +132,26 @@ def _prepare(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> o
     m = onnx.ModelProto()
     m.CopyFrom(model)
     g = m.graph
-    rename = {t.name: f"x{i}" for i, t in enumerate(g.input)}
+    new = {f"x{i}" for i in range(len(g.input))} | {f"y{j}" for j in range(len(g.output))}
+    edge = {t.name for t in (*g.input, *g.output)}
+    inner = {x for n in g.node for x in (*n.input, *n.output)} | {t.name for t in g.initializer}
+    rename = {x: f"{x}_inner" for x in inner & new if x not in edge}  # a tensor inside already named x0
+    rename |= {t.name: f"x{i}" for i, t in enumerate(g.input)}
     produced = {o for n in g.node for o in n.output}
     for j, t in enumerate(g.output):
         if t.name not in produced or t.name in rename:  # an input or constant passed straight through
-            g.node.append(onnx.helper.make_node("Identity", [rename.get(t.name, t.name)], [f"y{j}"]))
+            g.node.append(onnx.helper.make_node("Identity", [t.name], [f"y{j}_"]))
+            rename[f"y{j}_"] = f"y{j}"
         else:
             rename[t.name] = f"y{j}"
         t.name = f"y{j}"
         t.type.tensor_type.ClearField("shape")
     _rename(g, rename)
+    for t in g.initializer:
+        t.name = rename.get(t.name, t.name)
     for t, orig in zip(g.input, model.graph.input):
         t.name = rename[orig.name]
-        dims = t.type.tensor_type.shape.dim
-        for d, v in zip(dims, shapes[orig.name]):
+        for d, v in zip(t.type.tensor_type.shape.dim, shapes[orig.name]):
             d.Clear()
             d.dim_value = int(v)
     del g.value_info[:]  # symbolic shapes from the whole model: inferred again from the static inputs
@@ -363,6 +369,6 @@ def _sample(onnx_path: Path, in_names: Sequence[str], shapes: Mapping[str, tuple
             feeds[n] = rng.standard_normal(shapes[n]).astype(types[n])
         elif types[n] == np.bool_:
             feeds[n] = rng.random(shapes[n]) < 0.5
-        else:
-            feeds[n] = rng.integers(0, 2, shapes[n]).astype(types[n])
+        else:  # integers: ones (a batch size, a count or an index that is valid for any axis of size > 1)
+            feeds[n] = np.ones(shapes[n], dtype=types[n])
     return feeds
