@@ -226,6 +226,17 @@ def test_the_check_catches_a_file_of_another_step(tiny):
     assert e.value.step == "stage1" and "'y'" in str(e.value) and "tolerance" in str(e.value)
 
 
+def test_a_conversion_past_its_deadline_is_stopped(tiny, tmp_path):
+    path = tiny["cube"][0]
+    t0 = time.monotonic()
+    with pytest.raises(ConversionError, match="longer than 2 s") as e:
+        convert_step(path, tmp_path, timeout_s=2)  # TensorFlow alone takes longer to import
+    assert time.monotonic() - t0 < 30 and e.value.step == "cube"
+    assert (tmp_path / "cube.onnx2tf.log").is_file() and not list(tmp_path.glob("*.tflite"))
+    left = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True).stdout.split()  # its job file
+    assert not left, f"converter processes left running: {left}"
+
+
 def test_unknown_precision_and_int8_without_samples_are_refused(tiny, tmp_path):
     path = tiny["cube"][0]
     with pytest.raises(ConversionError, match="precision"):
