@@ -1,6 +1,7 @@
 """The converter's pure parts (docs/tflite.md), without the converter's environment: the step as
 prepared for onnx2tf, the layouts a shape allows, and the operator read from a converter log. The
-conversions themselves are in tests/models/test_tflite.py."""
+conversions themselves are in tests/models/test_tflite.py (a module of another name: pytest
+collects the suite as one namespace)."""
 
 from __future__ import annotations
 
