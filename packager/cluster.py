@@ -39,7 +39,11 @@ class Device:
     speeds: tuple[tuple[str, float], ...] = ()
 
     def speed_of(self, kind: str) -> float:
-        """GFLOP/s for nodes of `kind`: the profile's figure where it measured that kind, else `gflops`."""
+        """GFLOP/s for nodes of `kind`: the profile's figure where it measured that kind, else
+        `gflops`; a node fused into the one before it is free on a profiled device (its time is in
+        that node's figure: docs/profile.md)."""
+        if kind == "fused" and self.speeds:
+            return float("inf")
         return next((v for k, v in self.speeds if k == kind), self.gflops)
 
     @property

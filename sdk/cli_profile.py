@@ -71,6 +71,8 @@ def profile_cmd(
                       f"{', '.join(p.providers)}, {p.threads} thread(s)), {p.memory_available_mb:,.0f} MB available")
         for k, v in p.speeds:
             console.print(f"  {k:<10} {v:8.2f} GFLOP/s")
+        for why in p.skipped:
+            err_console.print(f"[yellow]not timed[/] {why}", soft_wrap=True)
         for k, v in p.peers:
             console.print(f"  peer {k}: round trip {v:.3f} ms")
         console.print(f"profile written to [bold]{out}[/]; in cluster.yaml: `- {{name: {p.device}, profile: {out.name}}}`")

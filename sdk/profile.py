@@ -25,7 +25,7 @@ runs on a device's small install.
 from __future__ import annotations
 
 import json
-import os
+import logging
 import platform
 import statistics
 import tempfile
@@ -38,11 +38,19 @@ import numpy as np
 
 from .errors import BundleError
 
+log = logging.getLogger("edgepart")
+
 PROFILE_VERSION = 1
 KINDS = ("conv", "depthwise", "pointwise", "matmul", "other")
 
 _CONV = ("Conv", "FusedConv", "NhwcFusedConv", "QLinearConv", "ConvInteger")
 _MATMUL = ("MatMul", "Gemm", "FusedMatMul", "FusedGemm", "MatMulInteger", "QLinearMatMul")
+_REDUCE = ("GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceSum", "ReduceMax")
+COMPUTE_KINDS = ("conv", "depthwise", "pointwise", "matmul")
+# element-wise work that onnxruntime fuses into the convolution or product before it (and a Pad into
+# the convolution after it): its time is in that node's kind, so the planner prices such a node at
+# nothing on a profiled device (packager/model/graph.py marks it "fused")
+FUSABLE = ("Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Add", "BatchNormalization")
 
 
 def op_kind(op_type: str, weight_shape: Sequence[int] | None = None, in_channels: int | None = None) -> str:
@@ -65,6 +73,8 @@ def node_macs(op_type: str, in_shapes: Sequence[Sequence[int] | None], out_shape
     elements x its weight's fan-in, a matrix product's output elements x its inner size, one per
     output element for everything else."""
     out = int(np.prod(out_shape)) if out_shape is not None else 0
+    if op_type in _REDUCE and in_shapes and in_shapes[0] is not None:
+        return int(np.prod(in_shapes[0]))  # a reduction reads every input element
     w = in_shapes[1] if len(in_shapes) > 1 else None
     if op_type in _CONV and w is not None and len(w) >= 2:
         return out * int(np.prod(w[1:]))
@@ -90,6 +100,7 @@ class Profile:
     source: str = ""  # what was timed: a bundle, a model, or the representative set
     cpu: str = ""
     version: int = PROFILE_VERSION
+    skipped: tuple[str, ...] = field(default=(), compare=False)  # steps not timed, and why (not written)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "edgepart-profile", "version": self.version, "device": self.device, "cpu": self.cpu,
@@ -198,7 +209,7 @@ def _feeds(inputs) -> dict[str, np.ndarray]:
             out[i.name] = rng.standard_normal(shape).astype(dt)
         else:
             dt = np.int64 if "64" in kind else np.int32
-            out[i.name] = np.zeros(shape, dt)
+            out[i.name] = np.ones(shape, dt)  # integer inputs are mostly sizes and indices: 0 would empty a shape
     return out
 
 
@@ -220,8 +231,13 @@ def time_onnx(path: str | Path, providers, threads: int, seconds: float, tally: 
         except Exception as e:  # onnxruntime's own untyped errors
             raise BundleError(f"onnxruntime cannot load {path}: {str(e).strip().splitlines()[0][:200]}") from None
         feeds = _feeds(sess.get_inputs())
-        for _ in range(3):
-            sess.run(None, feeds)
+        try:
+            for _ in range(3):
+                sess.run(None, feeds)
+        except Exception as e:  # onnxruntime's own untyped errors
+            raise BundleError(f"{path} does not run on inputs made up from its shapes "
+                              f"({str(e).strip().splitlines()[0][:200]}); profile the whole model (--model) or "
+                              f"the representative set instead.") from None
         ts = []
         t_end = time.perf_counter() + seconds
         while len(ts) < 5 or (time.perf_counter() < t_end and len(ts) < 10000):
@@ -246,22 +262,27 @@ def measure(files: Sequence[tuple[str, str | Path]], *, providers, threads: int,
     median ms; it adds to steps_ms, not to the kinds, which onnxruntime's profiler measures)."""
     import onnxruntime as ort
 
-    tally, steps = _Tally(), []
+    tally, steps, skipped = _Tally(), [], []
     for name, path in files:
         if progress:
             progress(f"timing {name}")
         if tflite is not None and str(path).endswith(".tflite"):
             steps.append((name, tflite(name)))
             continue
-        steps.append((name, time_onnx(path, providers, threads, seconds / max(1, len(files)), tally)))
+        try:
+            steps.append((name, time_onnx(path, providers, threads, seconds / max(1, len(files)), tally)))
+        except BundleError as e:  # a step whose inputs cannot be made up from its shapes: the others still count
+            skipped.append(f"{name}: {e}")
+            log.warning("not timed: %s", skipped[-1])
     total_macs, total_us = sum(tally.macs.values()), sum(tally.us.values())
     if total_us <= 0:
-        raise BundleError("Nothing was timed: the files hold no node onnxruntime could profile.")
+        raise BundleError("Nothing was timed" + (f" ({'; '.join(skipped)})" if skipped else
+                                                 ": the files hold no node onnxruntime could profile") + ".")
     speeds = tuple((k, 2 * tally.macs[k] / (tally.us[k] * 1e-6) / 1e9) for k in KINDS
                    if tally.us[k] > 0 and tally.macs[k] > 0)
     return Profile(device or platform.node(), f"onnxruntime {ort.__version__}", tuple(providers.short), threads,
                    2 * total_macs / (total_us * 1e-6) / 1e9, speeds, memory_available_mb(), tuple(steps), (),
-                   source, _cpu_name())
+                   source, _cpu_name(), skipped=tuple(skipped))
 
 
 def _cpu_name() -> str:

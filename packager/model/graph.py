@@ -26,7 +26,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edgepart.errors import InputShapeError, ModelError
-from edgepart.profile import op_kind
+from edgepart.profile import COMPUTE_KINDS, FUSABLE, op_kind
 from edgepart.plan import TensorSpec
 
 log = logging.getLogger("edgepart")
@@ -218,6 +218,7 @@ def analyse(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | N
              _kind(order[n.index], shape_of, const_shapes))
         for n in nodes
     ]
+    nodes = _mark_fused(nodes)
 
     outputs = []
     for o in g.output:
@@ -525,6 +526,31 @@ def _kind(nd: onnx.NodeProto, shape_of, const_shapes) -> str:
             w = const_shapes.get(nd.input[w_at]) or shape_of.get(nd.input[w_at])
         x = shape_of.get(nd.input[0]) if nd.input else None
     return op_kind(nd.op_type, w, x[1] if x is not None and len(x) > 1 else None)
+
+
+def _mark_fused(nodes: list[Node]) -> list[Node]:
+    """Kind "fused" for the nodes onnxruntime folds into a convolution or product (edgepart.profile's
+    FUSABLE after one, through a chain of such nodes; a Pad whose only reader is a convolution): a
+    device profile measured their time as part of that node (docs/profile.md)."""
+    import dataclasses
+
+    kind_of: dict[str, str] = {}
+    readers: dict[str, list[Node]] = {}
+    for nd in nodes:
+        for t in nd.inputs:
+            readers.setdefault(t, []).append(nd)
+    out = []
+    for nd in nodes:
+        k = nd.kind
+        if nd.op_type in FUSABLE and nd.inputs and kind_of.get(nd.inputs[0]) in COMPUTE_KINDS + ("fused",):
+            k = "fused"
+        elif nd.op_type == "Pad" and nd.outputs and [r.kind for r in readers.get(nd.outputs[0], [])] in (
+                ["conv"], ["depthwise"], ["pointwise"]):
+            k = "fused"
+        for o in nd.outputs:
+            kind_of[o] = k
+        out.append(nd if k == nd.kind else dataclasses.replace(nd, kind=k))
+    return out
 
 
 def first_line(e: BaseException) -> str:
