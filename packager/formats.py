@@ -132,9 +132,12 @@ def convert_bundles(plan: Plan, dirs: Mapping[str, Path], cluster, *, fmt: str =
                 scale = max([1.0] + [float(np.max(np.abs(v))) for v in want.values() if np.size(v)])
                 diff = check_step(src, tfl, io, [sample], TOLERANCE[precision] * scale, step=st.name)
             except ConversionError as e:
+                e = _keep_log(e, staging, dirs[st.device])
                 if fmt == "tflite":
-                    raise ConversionError(f"{st.name} (on {st.device}) does not convert to TFLite: {e}",
-                                          step=st.name, operator=e.operator) from None
+                    raise ConversionError(
+                        f"{st.name} (on {st.device}) does not convert to TFLite, so nothing was converted: the "
+                        f"bundles stay ONNX. Package with --format auto (and `runtime: tflite` on the devices that "
+                        f"want it) to keep such a step ONNX. {e}", step=st.name, operator=e.operator) from None
                 why = f"operator {e.operator}" if e.operator else str(e).splitlines()[0][:200]
                 log.warning("%s on %s stays ONNX: it does not convert to TFLite (%s)", st.name, st.device, why)
                 if progress:
@@ -158,6 +161,18 @@ def convert_bundles(plan: Plan, dirs: Mapping[str, Path], cluster, *, fmt: str =
         return new_plan, tuple(results)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _keep_log(e: ConversionError, staging: Path, bundle_dir: Path) -> ConversionError:
+    """The converter's log out of the staging folder (removed at the end) into the device's bundle
+    folder, and the error naming it there."""
+    msg = str(e)
+    for log in staging.rglob("*.onnx2tf.log"):
+        if str(log) in msg:
+            kept = bundle_dir / log.name
+            shutil.copy2(log, kept)
+            msg = msg.replace(str(log), str(kept))
+    return ConversionError(msg, step=e.step, operator=e.operator)
 
 
 __all__ = ["FORMATS", "PRECISIONS", "Converted", "check_format", "convert_bundles", "step_activations", "tflite_devices"]

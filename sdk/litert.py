@@ -12,8 +12,12 @@ numpy<2, is the fallback for devices that have only it.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
+import logging
+import os
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -21,6 +25,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .errors import BundleError, MissingExtraError
+
+log = logging.getLogger("edgepart")
 
 _PACKAGES = (("ai-edge-litert", "ai_edge_litert.interpreter"), ("tflite-runtime", "tflite_runtime.interpreter"))
 
@@ -34,6 +40,32 @@ def litert_runtime() -> str | None:
         except (ImportError, ValueError):
             continue
     return None
+
+
+@contextlib.contextmanager
+def _delegate_notice_to_debug():
+    """LiteRT's C++ side writes "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." straight to
+    the process's stderr for every interpreter (no setting turns it off). Catch what fd 2 receives
+    meanwhile: that notice goes to the debug log, anything else back to stderr, so nothing is lost."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr to redirect
+        yield
+        return
+    with tempfile.TemporaryFile() as tmp:
+        try:
+            os.dup2(tmp.fileno(), 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            text = tmp.read().decode(errors="replace")
+            for line in text.splitlines(keepends=True):
+                if line.startswith("INFO: Created TensorFlow Lite"):
+                    log.debug("%s", line.strip())
+                else:
+                    os.write(2, line.encode())
 
 
 def _interpreter_class() -> type:
@@ -83,6 +115,20 @@ class TFLiteSession:
             raise BundleError(f"The plan maps no tensor to the inputs {sorted(missing)} of the TFLite step "
                               f"{self.path}; package again.")
         self._lock = threading.Lock()
+        self._warm_up(in_details)
+
+    def _warm_up(self, details: Mapping[str, Any]) -> None:
+        """One run on made-up inputs at load: LiteRT creates its XNNPACK delegate on the first run
+        (and says so on stderr, caught here), so the first request does not pay for it."""
+        feeds = {}
+        for key, d in details.items():
+            dt = np.dtype(d["dtype"])
+            feeds[key] = (np.zeros if dt.kind == "f" else np.ones)(tuple(int(x) for x in d["shape"]), dt)
+        try:
+            with _delegate_notice_to_debug():
+                self._runner(**feeds)
+        except (ValueError, RuntimeError) as e:  # made-up inputs may not fit (a size read from an input)
+            log.debug("TFLite step %s: no warm-up run (%s)", self.path.name, e)
 
     @property
     def input_names(self) -> list[str]:

@@ -81,7 +81,7 @@ def convert_step(onnx_path: Path | str, out_dir: Path | str, *, precision: str =
         if precision == "int8":
             for i, name in enumerate(in_names):
                 data = np.asarray(calibration[name], dtype=np.float32)
-                perm = _channels_last(data.ndim)  # onnx2tf's layout for the input (docs/tflite.md, "int8")
+                perm = _channels_last(data.ndim)  # onnx2tf's layout for the input (docs/tflite.md, "Precisions")
                 np.save(work / f"calib{i}.npy", data.transpose(perm) if perm else data)
                 job["calibration"][f"x{i}"] = str(work / f"calib{i}.npy")
         # the log stays beside the step's file only where the conversion fails (_failure)
@@ -228,12 +228,14 @@ def _failure(step: str, log_path: Path, what: str, model: onnx.ModelProto | None
     except OSError:
         text = ""
     op, node = failed_operator(text, model)
-    lines = [s for s in _ANSI.sub("", text).splitlines() if s.strip()][-12:]
+    # the log's own lines, not the frames of a traceback inside onnx2tf or TensorFlow (those stay in the log)
+    lines = [s.strip() for s in _ANSI.sub("", text).splitlines()
+             if s.strip() and not s[:1].isspace() and not s.startswith("Traceback")][-3:]
     at = (f" at the ONNX operator {op} (node {node})" if op and node else f" at the ONNX operator {op}" if op
           else f" at the node {node}" if node else "")
     return ConversionError(
-        f"Step {step} does not convert to TFLite: {what}{at}. The converter's log is {log_path}; its last "
-        f"lines:\n" + "\n".join("  " + s for s in lines) + "\nRun this step on onnxruntime instead"
+        f"Step {step} does not convert to TFLite: {what}{at}. The converter's log is {log_path}; it ends: "
+        + " | ".join(s[:300] for s in lines) + ". Run this step on onnxruntime instead"
         + (f", or change the model so that it has no {op}." if op else "."),
         step=step, operator=op)
 

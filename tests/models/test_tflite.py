@@ -202,7 +202,7 @@ def test_an_operator_onnx2tf_cannot_convert_is_named(converter, tmp_path):
         convert_step(path, tmp_path / "out", step="stage7")
     assert e.value.step == "stage7" and e.value.operator == "CastLike"
     msg = str(e.value)
-    assert "CastLike" in msg and "last lines" in msg and "Traceback" not in msg.splitlines()[0]
+    assert "CastLike" in msg and "it ends: " in msg and "Traceback" not in msg and len(msg.splitlines()) == 1
     log = tmp_path / "out" / "castlike.onnx2tf.log"
     assert log.is_file() and str(log) in msg
     assert not list((tmp_path / "out").glob("*.tflite")) and not list((tmp_path / "out").glob(".*"))
@@ -352,3 +352,47 @@ def test_a_lock_held_too_long_is_an_error_not_a_hang(own_cache, monkeypatch):
         with pytest.raises(ConversionError, match="Another process"):
             env.converter_env()
         assert time.monotonic() - t0 < 10
+
+
+def _castlike_pipeline(tmp_path: Path, runtime: str) -> tuple[Path, Path]:
+    """A 2-stage model whose last stage holds CastLike (no onnx2tf converter), and its cluster."""
+    nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Neg", ["a"], ["b"]),
+             helper.make_node("Relu", ["b"], ["c"]), helper.make_node("CastLike", ["c", "t"], ["y"])]
+    g = helper.make_graph(nodes, "castlike2", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 6, 5])],
+                          [helper.make_tensor_value_info("y", TensorProto.DOUBLE, [1, 4, 6, 5])],
+                          [onnx.numpy_helper.from_array(np.zeros(1, np.float64), "t")])
+    model = tmp_path / "castlike2.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(model))
+    cluster = tmp_path / "c.yaml"
+    cluster.write_text(f"devices:\n  - {{name: a, gflops: 10, runtime: {runtime}}}\n"
+                       f"  - {{name: b, gflops: 10, runtime: {runtime}}}\nlinks:\n  default: {{bandwidth_mbps: 1000}}\n")
+    return model, cluster
+
+
+def test_package_format_tflite_names_the_step_and_operator_and_auto_falls_back(converter, tmp_path):
+    """`edgepart package --format tflite`: one clear error naming the step and the operator, the
+    bundles left ONNX; `--format auto`: that step stays ONNX, the other converts, and it says why."""
+    model, cluster = _castlike_pipeline(tmp_path, "tflite")
+    r = subprocess.run([sys.executable, "-m", "edgepart", "package", str(model), "-c", str(cluster), "-o",
+                        str(tmp_path / "dist"), "--format", "tflite", "--objective", "throughput"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    err = r.stderr.strip()
+    assert err.startswith("error:") and "does not convert to TFLite" in err and "CastLike" in err, err
+    assert "--format auto" in err and "stage" in err
+    from edgepart.bundle import load_dist
+
+    assert all(s.runtime == "onnx" for b in load_dist(tmp_path / "dist").values() for s in b.steps)
+
+    r = subprocess.run([sys.executable, "-m", "edgepart", "package", str(model), "-c", str(cluster), "-o",
+                        str(tmp_path / "dist2"), "--format", "auto", "--objective", "throughput", "--json"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    import json
+
+    formats = {f["step"]: f for f in json.loads(r.stdout)["formats"]}
+    assert sorted(f["runtime"] for f in formats.values()) == ["onnx", "tflite"], formats
+    stays = next(f for f in formats.values() if f["runtime"] == "onnx")
+    assert stays["stays_onnx_because"] == "operator CastLike"
+    plan = next(iter(load_dist(tmp_path / "dist2").values())).plan
+    assert {s.name: s.runtime for s in plan.steps} == {k: f["runtime"] for k, f in formats.items()}

@@ -18,11 +18,15 @@ def _declared(reqs: list[str]) -> set[str]:
     return {re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0].strip().lower().replace("_", "-") for r in reqs}
 
 
-def _imports(folder: Path) -> dict[str, set[str]]:
+# runs inside the TFLite converter's own environment, whose pins (packager/tflite/env.py) it imports from
+CONVERTER_ENV_FILES = {REPO / "packager" / "tflite" / "_driver.py"}
+
+
+def _imports(folder: Path, files: set[Path] | None = None) -> dict[str, set[str]]:
     """Top-level third-party module -> the files that import it (imports inside functions included)."""
     out: dict[str, set[str]] = {}
-    for f in folder.rglob("*.py"):
-        if "testing" in f.relative_to(REPO).parts:
+    for f in sorted(files) if files is not None else folder.rglob("*.py"):
+        if "testing" in f.relative_to(REPO).parts or (files is None and f in CONVERTER_ENV_FILES):
             continue
         for node in ast.walk(ast.parse(f.read_text(), str(f))):
             names = []
@@ -57,3 +61,12 @@ def test_every_import_is_declared_where_it_is_needed():
         if _distribution(mod) not in workstation:
             problems.append(f"{mod} ({_distribution(mod)}), imported by {sorted(files)}, is in no packager install")
     assert not problems, "\n".join(problems)
+
+
+def test_the_converter_driver_imports_only_what_its_environment_pins():
+    from edgepart.packager.tflite.env import PINNED
+
+    pinned = _declared(list(PINNED))
+    dist_of = {"onnx2tf": "onnx2tf", "tensorflow": "tensorflow-cpu", "numpy": "numpy", "onnx": "onnx"}
+    for mod, files in _imports(REPO, CONVERTER_ENV_FILES).items():
+        assert dist_of.get(mod, mod) in pinned, f"{mod}, imported by {sorted(files)}, is not pinned in env.py"
