@@ -11,9 +11,12 @@ The flow, one sub-package per part:
     cluster.py    cluster.yaml: devices and links
     cost.py       the cost model: the one place with time formulas (compute, transfer, memory)
     calibrate.py  measure a device's speed (and the loopback link) for the cost model, on this machine
-    strategies/   every way of splitting, behind one protocol and a registry: pipeline, channel, replicas
+    strategies/   every way of splitting, behind one protocol and a registry: pipeline, channel, replicas, spatial, auto
     wire_codecs.py the codec policy: how each float activation travels between devices
     bundles.py    write any strategy's steps and manifests, staged then moved into place
+    formats.py    --format: convert the steps of the devices that run TFLite, after any strategy
+    tflite/       ONNX step -> TFLite file: onnx2tf in an environment of its own, the layout perms, the check
+    profile_set.py the representative set `edgepart profile` times (shipped in sdk/data/profile/)
     check/        verify a split against the model; the report of a package run (JSON, HTML)
     api.py        package() and plan()
 """
