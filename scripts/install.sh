@@ -20,31 +20,36 @@ EDITABLE=${3:-}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 [ "$EXTRAS" = "--editable" ] && { EXTRAS=""; EDITABLE="--editable"; }
 
+# the requirements, read before anything is installed: an unknown extra or a pyproject this cannot
+# read stops here, with nothing changed (scripts/dependencies.py needs only the standard library, so
+# it runs on Python 3.10, which has no tomllib)
+if ! DEPS_TEXT=$("$PY" "$ROOT/scripts/dependencies.py" "$ROOT/pyproject.toml" "$EXTRAS"); then
+  echo "install.sh: cannot read edgepart's dependencies from $ROOT/pyproject.toml (the line above says why); nothing was installed" >&2
+  exit 1
+fi
+DEPS=()
+while IFS= read -r line; do
+  if [ -n "$line" ]; then DEPS+=("$line"); fi
+done <<EOF_DEPS
+$DEPS_TEXT
+EOF_DEPS
+
 "$PY" -m pip install -q --upgrade pip
 case ",$EXTRAS," in
   # torch pinned first: an unpinned torch pulls a multi-GB CUDA build
   *,models,*) "$PY" -m pip install -q torch==2.13.0 ;;
 esac
 TARGET="$ROOT${EXTRAS:+[$EXTRAS]}"
+# arrays that may be empty are expanded as ${A[@]+"${A[@]}"}: bash 3.2 (macOS) under `set -u`
+# calls "${A[@]}" of an empty array an unbound variable
 MODE=()
-[ "$EDITABLE" = "--editable" ] && MODE=(-e)
+if [ "$EDITABLE" = "--editable" ]; then MODE=(-e); fi
 if [ -n "${EDGEPART_ONNXRUNTIME:-}" ]; then
   "$PY" -m pip install -q "$EDGEPART_ONNXRUNTIME"
   # edgepart itself without its dependencies, then every dependency but onnxruntime
-  "$PY" -m pip install -q --no-deps "${MODE[@]}" "$ROOT"
-  mapfile -t DEPS < <("$PY" - "$ROOT/pyproject.toml" "$EXTRAS" <<'PYEOF'
-import re, sys, tomllib
-project = tomllib.load(open(sys.argv[1], "rb"))["project"]
-reqs = list(project["dependencies"])
-for extra in filter(None, sys.argv[2].split(",")):
-    reqs += project["optional-dependencies"][extra]
-for r in reqs:
-    if re.match(r"onnxruntime\b", r) is None:
-        print(r)
-PYEOF
-)
-  [ ${#DEPS[@]} -eq 0 ] || "$PY" -m pip install -q "${DEPS[@]}"
+  "$PY" -m pip install -q --no-deps ${MODE[@]+"${MODE[@]}"} "$ROOT"
+  if [ ${#DEPS[@]} -gt 0 ]; then "$PY" -m pip install -q ${DEPS[@]+"${DEPS[@]}"}; fi
 else
-  "$PY" -m pip install -q "${MODE[@]}" "$TARGET"
+  "$PY" -m pip install -q ${MODE[@]+"${MODE[@]}"} "$TARGET"
 fi
 "$PY" -c "import edgepart, onnxruntime; print('edgepart', edgepart.__version__, 'installed; onnxruntime', onnxruntime.__version__, 'providers', ', '.join(onnxruntime.get_available_providers()))"
