@@ -3,10 +3,12 @@
 #
 #   # a Pi, a phone-class arm64 board or an x86-64 PC (CPU, XNNPACK through LiteRT for TFLite steps)
 #   docker build -t edgepart-agent .
-#   # a Jetson (JetPack 6): L4T base and NVIDIA's onnxruntime-gpu wheel for it (CUDA, TensorRT)
+#   # a Jetson (JetPack 6): L4T base and NVIDIA's onnxruntime-gpu wheel for it (CUDA, TensorRT), the
+#   # wheel first put in the checkout's wheels/ folder, which the image copies
+#   cp ~/Downloads/onnxruntime_gpu-1.20.0-cp310-cp310-linux_aarch64.whl wheels/
 #   docker build -t edgepart-agent:jetson \
 #     --build-arg BASE=nvcr.io/nvidia/l4t-jetpack:r36.4.0 \
-#     --build-arg ONNXRUNTIME=/wheels/onnxruntime_gpu-1.20.0-cp310-cp310-linux_aarch64.whl .
+#     --build-arg ONNXRUNTIME=wheels/onnxruntime_gpu-1.20.0-cp310-cp310-linux_aarch64.whl .
 #
 #   docker run --rm --network host --cpuset-cpus 0-3 -v $PWD/dist/pi-b:/bundle edgepart-agent /bundle
 #   docker run --rm --network host --runtime nvidia -v $PWD/dist/jetson-a:/bundle edgepart-agent:jetson /bundle
@@ -17,8 +19,9 @@
 ARG BASE=python:3.11-slim
 FROM ${BASE}
 
-# a pip requirement or a wheel path inside the build context: the onnxruntime build to use instead of
-# PyPI's (onnxruntime-gpu, the JetPack wheel); empty for PyPI's onnxruntime
+# the onnxruntime build to use instead of PyPI's (onnxruntime-gpu, the JetPack wheel): a pip
+# requirement, or a wheel file in the checkout's wheels/ folder given as wheels/<file>.whl (the folder
+# is copied below; it holds only .gitkeep otherwise); empty for PyPI's onnxruntime
 ARG ONNXRUNTIME=""
 # extras beside the device install: litert runs TFLite steps
 ARG EXTRAS=litert
@@ -32,8 +35,10 @@ COPY sdk sdk
 COPY agent agent
 COPY packager packager
 COPY scripts scripts
+COPY wheels wheels
 RUN EDGEPART_ONNXRUNTIME="${ONNXRUNTIME}" PIP_BREAK_SYSTEM_PACKAGES=1 PIP_NO_CACHE_DIR=1 \
-    scripts/install.sh python3 "${EXTRAS}"
+    scripts/install.sh python3 "${EXTRAS}" \
+    && rm -rf wheels
 
 ENTRYPOINT ["edgepart", "run"]
 CMD ["--help"]
