@@ -202,18 +202,20 @@ def test_missing_sub_model(dist, files):
     assert_clean_error(invoke("inspect", bundle), f"missing {f.name}", "Copy the whole bundle folder again")
 
 
-@pytest.mark.parametrize("delta, needle", [(-1, "package the model again"), (+1, "upgrade edgepart")])
-def test_other_schema(dist, files, delta, needle):
-    from edgepart.plan import SCHEMA_VERSION
+@pytest.mark.parametrize("older, needle", [(True, "package the model again"), (False, "upgrade edgepart")])
+def test_other_schema(dist, files, older, needle):
+    from edgepart.plan import READS, SCHEMA_VERSION
 
+    # A version this edgepart does not read: older than the oldest it reads, or newer than its own.
+    version = min(READS) - 1 if older else SCHEMA_VERSION + 1
     for b in dist.iterdir():
         m = json.loads((b / "manifest.json").read_text())
-        m["schema_version"] = SCHEMA_VERSION + delta
+        m["schema_version"] = version
         (b / "manifest.json").write_text(json.dumps(m))
     bundle = sorted(dist.iterdir())[0]
-    other = "upgrade" if delta < 0 else "package the model again"
+    other = "upgrade" if older else "package the model again"
     for args in (["inspect", bundle], ["verify", dist, "-m", files / "residual.onnx"]):
-        err = assert_clean_error(invoke(*args), f"schema version {SCHEMA_VERSION + delta}", needle)
+        err = assert_clean_error(invoke(*args), f"schema version {version}", needle)
         assert other not in err
 
 
