@@ -66,7 +66,11 @@ def profile_cmd(
             if peer:
                 pr.update(task, description="round trips to peers")
                 p = _with_peers(p, list(peer), b.plan_id if bundle is not None else "@profile")
-        out.write_text(p.to_yaml())
+        try:
+            out.write_text(p.to_yaml())
+        except OSError as e:
+            raise BundleError(f"Cannot write the profile to {out}: {e.strerror or e}. "
+                              f"Give --out a path in a folder this user may write to.") from None
         console.print(f"[bold]{p.device}[/]: {p.gflops:.2f} GFLOP/s on {source} ({p.runtime}, "
                       f"{', '.join(p.providers)}, {p.threads} thread(s)), {p.memory_available_mb:,.0f} MB available")
         for k, v in p.speeds:
@@ -107,14 +111,10 @@ def _tflite_timer(b, steps, threads: int, seconds: float):
 def _with_peers(p, peers: list[str], plan_id: str):
     import dataclasses
 
-    from .cli_cluster import _ping
+    from .cli_cluster import _round_trips
 
     async def rtts(endpoint: str) -> float | None:
-        got = []
-        for _ in range(10):
-            ms, _st = await _ping(endpoint, plan_id)
-            if ms is not None:
-                got.append(ms)
+        got = await _round_trips(endpoint, plan_id, 10)
         return statistics.median(got) if got else None
 
     found = []

@@ -530,7 +530,7 @@ def _kind(nd: onnx.NodeProto, shape_of, const_shapes) -> str:
 
 def _mark_fused(nodes: list[Node]) -> list[Node]:
     """Kind "fused" for the nodes onnxruntime folds into a convolution or product (edgepart.profile's
-    FUSABLE after one, through a chain of such nodes; a Pad whose only reader is a convolution): a
+    FUSABLE after one, through a chain of such nodes, each the sole reader of what it follows; a Pad whose only reader is a convolution): a
     device profile measured their time as part of that node (docs/profile.md)."""
     import dataclasses
 
@@ -542,7 +542,10 @@ def _mark_fused(nodes: list[Node]) -> list[Node]:
     out = []
     for nd in nodes:
         k = nd.kind
-        if nd.op_type in FUSABLE and nd.inputs and kind_of.get(nd.inputs[0]) in COMPUTE_KINDS + ("fused",):
+        # onnxruntime fuses only when this node is the producer's sole reader: a convolution whose
+        # output also feeds another node must write it out, so the activation after it runs alone.
+        if (nd.op_type in FUSABLE and nd.inputs and kind_of.get(nd.inputs[0]) in COMPUTE_KINDS + ("fused",)
+                and len(readers.get(nd.inputs[0], [])) == 1):
             k = "fused"
         elif nd.op_type == "Pad" and nd.outputs and [r.kind for r in readers.get(nd.outputs[0], [])] in (
                 ["conv"], ["depthwise"], ["pointwise"]):

@@ -143,3 +143,33 @@ def test_bad_profiles_are_clear_cluster_errors(tmp_path):
             cluster(ref)
     with pytest.raises(ClusterError, match="path of a profile file"):
         cluster(3)
+
+
+def _conv_relu(shared: bool) -> onnx.ModelProto:
+    """x -> Conv -> Relu -> y; with `shared`, the convolution's output is also added to Relu's."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((4, 4, 3, 3), np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"])]
+    nodes.append(helper.make_node("Add", ["r", "c"], ["y"]) if shared else helper.make_node("Identity", ["r"], ["y"]))
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], [w])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_an_activation_is_fused_only_when_it_is_the_convolutions_sole_reader():
+    """onnxruntime folds Relu into the Conv before it only when nothing else reads the Conv's output;
+    the packager prices it the same way (free where fused, `other` where it runs alone)."""
+    from edgepart.packager.model.graph import analyse
+
+    kinds = {nd.op_type: nd.kind for nd in analyse(_conv_relu(shared=False)).nodes}
+    assert kinds["Conv"] == "conv" and kinds["Relu"] == "fused"
+    kinds = {nd.op_type: nd.kind for nd in analyse(_conv_relu(shared=True)).nodes}
+    assert kinds["Conv"] == "conv" and kinds["Relu"] == "other"
+
+
+def test_an_unwritable_out_is_a_clear_error(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "edgepart", "profile", "-o", str(tmp_path / "no" / "such" / "p.yaml"),
+                        "--seconds", "0.2", "--threads", "1"], capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert r.returncode != 0 and "Traceback" not in r.stderr + r.stdout
+    assert "Cannot write the profile" in r.stderr + r.stdout, r.stderr[-2000:]
