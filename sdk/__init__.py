@@ -20,6 +20,7 @@ from .errors import (
     PeerError,
     PlanningError,
     ProviderError,
+    SourcesError,
     WireError,
 )
 from .plan import Codec, Plan, Route, Step, TensorSpec
@@ -58,6 +59,7 @@ __all__ = [
     "PlanningError",
     "ProviderError",
     "Route",
+    "SourcesError",
     "Step",
     "TensorSpec",
     "WireError",

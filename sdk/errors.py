@@ -6,6 +6,7 @@
     ├── InputsError               inputs.npz cannot be read or does not match the model
     ├── ClusterError              cluster.yaml is malformed or names something unknown
     ├── PlanningError             no valid plan exists (too many devices, too little memory)
+    ├── SourcesError              sources.yaml is malformed or names a device the cluster lacks
     ├── BundleError               a bundle is missing, modified, or of another schema or plan
     ├── ConversionError           a step does not convert to TFLite, or its TFLite twin disagrees
     ├── ProviderError             an execution provider asked for is not in this onnxruntime build
@@ -42,6 +43,10 @@ class ClusterError(EdgepartError):
 
 class PlanningError(EdgepartError):
     """No plan satisfies the cluster's constraints."""
+
+
+class SourcesError(EdgepartError):
+    """The data sources (sources.yaml: docs/priority.md) are malformed or name an unknown device."""
 
 
 class BundleError(EdgepartError):

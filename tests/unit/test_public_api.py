@@ -35,6 +35,7 @@ PUBLIC = [
     "PlanningError",
     "ProviderError",
     "Route",
+    "SourcesError",
     "Step",
     "TensorSpec",
     "WireError",
