@@ -1,0 +1,72 @@
+"""The priority-aware allocator (packager/priority.py, docs/priority.md) on EfficientNet-Lite0's real
+costs: where each source's layers run, against the priority-blind baseline and local-only."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from edgepart.sources import sources_from_dict
+
+from edgepart.packager.cluster import cluster_from_dict
+from edgepart.packager.priority import allocate, allocate_all
+
+pytestmark = pytest.mark.models
+
+
+@pytest.fixture(scope="module")
+def graph():
+    from edgepart.packager.model.fold import fold_constants
+    from edgepart.packager.model.graph import analyse, load_model
+    from edgepart.testing import zoo
+
+    return analyse(fold_constants(load_model(zoo.efficientnet_lite0())), {"input": (1, 3, 224, 224)})
+
+
+def contended(rate: float):
+    """Three cameras on slow devices and one fast helper beside two slow ones: the fast one is wanted by all."""
+    devs = [{"name": n, "gflops": g} for n, g in
+            (("cam0", 10), ("cam1", 10), ("cam2", 10), ("fast", 120), ("h1", 15), ("h2", 15))]
+    cl = cluster_from_dict({"devices": devs, "links": {"default": {"bandwidth_mbps": 200, "latency_ms": 1}}})
+    srcs = sources_from_dict({"sources": [
+        {"name": "door", "device": "cam0", "priority": 10, "rate_hz": rate},
+        {"name": "yard", "device": "cam1", "priority": 3, "rate_hz": rate},
+        {"name": "lot", "device": "cam2", "priority": 1, "rate_hz": rate}]})
+    return cl, srcs
+
+
+def test_local_only_runs_everything_at_home_with_the_cost_models_figures(graph):
+    cl, srcs = contended(1.0)
+    a = allocate(graph, cl, srcs, "local")
+    whole = 2 * graph.total_macs / 10e9 * 1e3  # ms on a 10 GFLOP/s device
+    for p in a.placements:
+        assert p.cut == graph.n and p.helpers == () and p.transfer_ms == 0 and p.remote_ms == 0
+        assert p.local_ms == pytest.approx(whole, rel=1e-6)
+        assert whole < p.expected_ms < whole * 1.1  # 1 frame/s: a little waiting
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        a.placements[0].cut = 3  # type: ignore[misc]
+
+
+def test_under_load_priority_favours_the_urgent_source_and_local_only_cannot_keep_up(graph):
+    cl, srcs = contended(14.0)  # 14 frames/s on a device that takes ~79 ms a frame: rho 1.1 at home
+    res = allocate_all(graph, cl, srcs)
+    assert all(p.expected_ms == float("inf") for p in res["local"].placements)
+    pri, blind = res["priority"], res["blind"]
+    for a in (pri, blind):
+        assert all(p.cut < graph.n and p.helpers and p.expected_ms < 1000 for p in a.placements)
+        assert all(p.helpers[0] != p.device and len(set(p.helpers)) == len(p.helpers) for p in a.placements)
+    assert pri.get("door").helpers[0] == "fast"
+    assert pri.get("door").expected_ms <= blind.get("door").expected_ms
+    # expected latencies are ordered by priority when priorities count
+    assert pri.get("door").expected_ms <= pri.get("yard").expected_ms <= pri.get("lot").expected_ms
+    d = json.loads(json.dumps(pri.to_dict()))
+    assert d["mode"] == "priority" and [s["source"] for s in d["sources"]] == ["door", "yard", "lot"]
+    assert max(d["utilisation"].values()) < 1
+
+
+def test_an_unknown_mode_is_refused(graph):
+    cl, srcs = contended(1.0)
+    with pytest.raises(ValueError, match="priority, blind, local"):
+        allocate(graph, cl, srcs, "fastest")
