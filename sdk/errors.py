@@ -9,7 +9,7 @@
     ├── SourcesError              sources.yaml is malformed or names a device the cluster lacks
     ├── BundleError               a bundle is missing, modified, or of another schema or plan
     ├── ConversionError           a step does not convert to TFLite, or its TFLite twin disagrees
-    ├── ProviderError             an execution provider asked for is not in this onnxruntime build
+    ├── ProviderError             an execution provider asked for by name is not in this build, or did not start
     ├── WireError                 a network message is malformed (dropped, never fatal to an agent)
     ├── PeerError                 a peer is missing, vanished, or did not answer in time
     │   └── DeadlineExceeded      a request was not answered within its deadline
@@ -64,7 +64,8 @@ class ConversionError(EdgepartError):
 
 
 class ProviderError(EdgepartError):
-    """An execution provider asked for by name is not in this onnxruntime build."""
+    """An execution provider asked for by name is not in this onnxruntime build, or onnxruntime did
+    not start it (its libraries or driver did not load) and would run on the others."""
 
 
 class WireError(EdgepartError):

@@ -1,7 +1,10 @@
 """Run a whole plan in one process, steps chained in order: for `verify`, tests and the demo.
 
 This is what the cluster computes, without the network: each step runs as soon as the tensors it
-needs exist, exactly as the agents will run it.
+needs exist, exactly as the agents will run it. Each device's steps run on the providers its plan
+names (`plan_providers`: CPU unless cluster.yaml named others, those this build lacks skipped),
+never on an accelerator this machine happens to have: `verify` and reports check the plan's
+numbers, not this machine's (docs/agents.md, "Execution providers").
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import numpy as np
 from .bundle import Bundle, load_dist
 from .errors import BundleError
 from .plan import Plan
-from .runtime import choose, make_step_session
+from .runtime import Providers, make_step_session, plan_providers
 from .wire import roundtrip
 
 
@@ -26,6 +29,7 @@ class LocalCluster:
 
     plan: Plan
     sessions: dict[str, object]
+    providers: dict[str, Providers] = field(default_factory=dict)  # per device, what its ONNX steps run on
     step_ms: dict[str, list[float]] = field(default_factory=dict)
 
     @classmethod
@@ -37,11 +41,11 @@ class LocalCluster:
     def from_bundles(cls, bundles: Mapping[str, Bundle], threads: int = 0) -> "LocalCluster":
         plan = next(iter(bundles.values())).plan
         sessions = {}
+        providers = {d.name: plan_providers(d.providers) for d in plan.devices}
         for st in plan.steps:
             b = bundles[st.device]
-            prov = choose("auto", next(d.providers for d in plan.devices if d.name == st.device))
-            sessions[st.name] = make_step_session(b.file(st.model_file), st, prov, threads)
-        return cls(plan, sessions)
+            sessions[st.name] = make_step_session(b.file(st.model_file), st, providers[st.device], threads)
+        return cls(plan, sessions, providers)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """All model outputs, by name, for one set of model inputs."""

@@ -6,7 +6,14 @@ XNNPACK), then CPU; where cluster.yaml names a device's providers, auto keeps th
 instead (those this build lacks are skipped and said). A list given by name is taken as it is, and
 a provider this build lacks stops the agent at start with what to install. CPU always comes last:
 onnxruntime runs there whatever a faster provider cannot. TensorRT keeps its engines in a cache
-folder beside the bundle, so a restart does not build them again.
+folder beside the bundle, so a restart does not build them again. `verify` and reports (local.py)
+take the plan's providers as they are (`plan_providers`): CPU unless cluster.yaml named others,
+never an accelerator the plan did not ask for.
+
+onnxruntime drops a provider that does not start (a library or driver missing) and runs on CPU
+without a word, so every session's providers are compared with those asked for (`make_session`):
+under a list given by name that is a ProviderError; otherwise a warning, and the agent reports the
+providers its sessions really got (`Providers.started`).
 
 A step whose plan says `runtime: tflite` runs on LiteRT instead (litert.py, docs/tflite.md).
 
@@ -86,6 +93,13 @@ class Providers:
         """The names without onnxruntime's suffix (CUDA, CPU), for status lines and tables."""
         return tuple(n.removesuffix("ExecutionProvider") for n in self.names)
 
+    def started(self, got: Iterable[str]) -> "Providers":
+        """These providers less those no session really got (`got`: what the sessions'
+        get_providers() said), so status lines and `edgepart discover` show what runs the steps."""
+        have = set(got) | {CPU}
+        keep = [i for i, n in enumerate(self.names) if n in have]
+        return Providers(tuple(self.names[i] for i in keep), tuple(self.options[i] for i in keep), self.source)
+
 
 def parse_providers(text: str | Sequence[str]) -> tuple[str, ...]:
     """`auto`, or a list of providers (comma-separated, short or onnxruntime names) as onnxruntime
@@ -103,6 +117,22 @@ def parse_providers(text: str | Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
+def _full_name(p: str) -> str:
+    return SHORT_NAMES.get(p.lower(), p)
+
+
+def plan_providers(planned: Sequence[str] = (), available: Iterable[str] | None = None) -> Providers:
+    """The providers a plan names for a device, those this build has, in order, CPU last; CPU alone
+    where it names none. No accelerator the plan did not name: `verify` and reports run the plan as
+    packaged (docs/agents.md, "Execution providers"), not on whatever this machine offers."""
+    if available is None:
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+    names = choose_providers([_full_name(p) for p in planned], available)
+    return Providers(tuple(names), tuple(() for _ in names), "plan")
+
+
 def choose(requested: str | Sequence[str] = "auto", planned: Sequence[str] = (), available: Iterable[str] | None = None,
            *, cache_dir: Path | None = None, threads: int = 0, device_id: int = 0, fp16: bool = False) -> Providers:
     """The providers for a device's ONNX steps (see the module's doc for the rule), with options:
@@ -113,6 +143,7 @@ def choose(requested: str | Sequence[str] = "auto", planned: Sequence[str] = (),
 
         available = ort.get_available_providers()
     have = list(available)
+    planned = tuple(_full_name(p) for p in planned)  # bundles written before cluster.yaml's names were checked
     asked = parse_providers(requested)
     if asked != ("auto",):
         lacking = [p for p in asked if p not in have]
@@ -217,11 +248,13 @@ def make_session(path: Path | str | bytes, providers: Providers | Sequence[str] 
         for o in options:  # TensorRT writes its engines there
             if "trt_engine_cache_path" in o:
                 Path(o["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
+        strict = providers.source == "--providers"
     else:
         chosen = choose_providers(providers, ort.get_available_providers())
         options = [{} for _ in chosen]
+        strict = False
     try:
-        return ort.InferenceSession(path if isinstance(path, bytes) else str(path), so, providers=chosen,
+        sess = ort.InferenceSession(path if isinstance(path, bytes) else str(path), so, providers=chosen,
                                     provider_options=options)
     except Exception as e:  # onnxruntime raises its own untyped errors
         msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
@@ -234,3 +267,36 @@ def make_session(path: Path | str | bytes, providers: Providers | Sequence[str] 
             f"onnxruntime cannot load {path}: {msg}. The file may be corrupt or need a newer "
             f"onnxruntime; check `pip show onnxruntime` on this device."
         ) from None
+    refused = _check_started(sess.get_providers(), chosen, strict, path)
+    if refused is not None:
+        del sess  # its threads go now, not when the traceback does
+        raise refused
+    return sess
+
+
+_fallbacks_said: set[tuple[str, ...]] = set()  # (folder, missing providers...) already warned about
+
+
+def _check_started(got: Sequence[str], asked: Sequence[str], strict: bool,
+                   path: Path | str | bytes) -> ProviderError | None:
+    """onnxruntime drops a provider that does not start and runs on the others without an error:
+    compare what the session got with what was asked. Under `--providers` that stops the agent
+    (the ProviderError returned); otherwise a warning, once per bundle folder."""
+    missing = [p for p in asked if p not in got]
+    if not missing:
+        return None
+    short = ", ".join(p.removesuffix("ExecutionProvider") for p in missing)
+    ran = ", ".join(p.removesuffix("ExecutionProvider") for p in got)
+    where = "a model in memory" if isinstance(path, bytes) else str(path)
+    if strict:
+        return ProviderError(
+            f"--providers asks for {short}, but onnxruntime did not start it for {where} and would run on "
+            f"{ran} instead: the libraries or driver it needs did not load (onnxruntime's log on stderr "
+            f"says which). It needs {'; '.join(INSTALL.get(p, 'an onnxruntime build that has ' + p) for p in missing)}, "
+            f"with a driver that matches; or run with --providers auto to run on what starts.")
+    key = (str(Path(where).parent) if not isinstance(path, bytes) else "", *missing)
+    if key not in _fallbacks_said:
+        _fallbacks_said.add(key)
+        log.warning("onnxruntime did not start %s for %s (not in this build, or the libraries or driver it "
+                    "needs did not load): the steps there run on %s", short, where, ran)
+    return None

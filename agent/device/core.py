@@ -30,7 +30,7 @@ from edgepart import aio
 from edgepart.bundle import Bundle, load_bundle
 from edgepart.errors import PeerError, WireError
 from edgepart.plan import CALLER
-from edgepart.runtime import choose, session_threads, use_shared_pool
+from edgepart.runtime import Providers, choose, session_threads, use_shared_pool
 from edgepart.wire import Header, Status, arrays, decode, roundtrip, tensor_frames
 
 from ..net import inproc
@@ -46,7 +46,7 @@ class AgentCore:
 
     def __init__(self, bundle: Bundle, *, interface: str | None = None, port: int = 0,
                  peers: tuple[str, ...] = (), threads: int = 0, announce: bool = True, shared_pool: bool = False,
-                 providers: str | tuple[str, ...] = "auto", device_id: int = 0, fp16: bool = False):
+                 providers: str | tuple[str, ...] | Providers = "auto", device_id: int = 0, fp16: bool = False):
         self.bundle = bundle
         self.shared_pool = shared_pool  # one onnxruntime pool for the process (only `edgepart run`: runtime.py)
         self.plan = bundle.plan
@@ -58,10 +58,12 @@ class AgentCore:
         planned = next((d.threads for d in self.plan.devices if d.name == self.device), 0)
         self.threads, self.threads_from = session_threads(threads, planned)
         # what runs the ONNX steps; a provider asked for by name that this build lacks stops the
-        # agent here, before it announces itself (docs/agents.md, "Execution providers")
+        # agent here, before it announces itself (docs/agents.md, "Execution providers"); one that is
+        # there but does not start stops it in start(), when its sessions are made. A Providers value
+        # (an app that chose already) is taken as it is.
         spec = next((d.providers for d in self.plan.devices if d.name == self.device), ())
-        self.providers = choose(providers, spec, cache_dir=bundle.path / ".cache", threads=self.threads,
-                                device_id=device_id, fp16=fp16)
+        self.providers = providers if isinstance(providers, Providers) else choose(
+            providers, spec, cache_dir=bundle.path / ".cache", threads=self.threads, device_id=device_id, fp16=fp16)
         self.runtimes = tuple(sorted({s.runtime for s in bundle.steps}))
         self.announce = announce
         self.endpoint = ""
@@ -117,6 +119,7 @@ class AgentCore:
         except BaseException:
             self.ctx.destroy(linger=0)
             raise
+        self.providers = self.executor.providers  # what the sessions really got, not what was asked
         self.waker = Waker()
         self.links = Links(self.ctx, f"{self.device}:{secrets.token_hex(4)}".encode(), self.plan.plan_id,
                            self.device, on_message=self._on_answer)
@@ -382,7 +385,7 @@ class Agent:
 
     def __init__(self, bundle: Bundle | str | Path, *, interface: str | None = None, port: int = 0,
                  peers: tuple[str, ...] = (), threads: int = 0, announce: bool = True,
-                 providers: str | tuple[str, ...] = "auto"):
+                 providers: str | tuple[str, ...] | Providers = "auto"):
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         self._kw = dict(interface=interface, port=port, peers=tuple(peers), threads=threads, announce=announce,
                         providers=providers)

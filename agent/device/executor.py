@@ -93,6 +93,11 @@ class Executor:
         for s in self.steps:
             self.sessions[s.name] = make_step_session(self.bundle.file(s.model_file), s, self.providers, self.threads,
                                                       spin=spin)
+        # what the ONNX sessions really got: onnxruntime drops a provider that does not start, and the
+        # status and `edgepart discover` must say so (docs/agents.md, "Execution providers")
+        got = [p for sess in self.sessions.values() if hasattr(sess, "get_providers") for p in sess.get_providers()]
+        if got:
+            self.providers = self.providers.started(got)
 
     def accepts(self, tensor: str, sender: str) -> bool:
         return sender in self.expected.get(tensor, ())

@@ -5,15 +5,19 @@ role are reported; `edgepart discover --json` lists roles, plans and health."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 import subprocess
 import time
 
 import pytest
 
+import onnxruntime as ort
+
 import edgepart
+from edgepart import ProviderError
 from edgepart.inputs import load_npz, save_npz
-from edgepart.runtime import choose
+from edgepart.runtime import CPU, CUDA, TENSORRT, Providers, choose
 
 import graphs
 from e2e_helpers import (PY, agent_output, assert_same, finish, model_file, ns_client, read_line,
@@ -155,6 +159,31 @@ class TestTwoPlans:
                 # what runs its steps: ONNX here, on the providers auto takes from this onnxruntime build
                 assert r["runtimes"] == ["onnx"] and r["providers"] == list(AUTO_PROVIDERS), r
         assert {r["plan_id"] for r in only_a} == {a} and len(only_a) == 3, only_a
+
+
+# a provider onnxruntime knows and this build lacks: asked for, onnxruntime leaves it out of the
+# session and runs on CPU without an error, as it does where CUDA's libraries fail to load
+ABSENT = next(p for p in (CUDA, TENSORRT, "MIGraphXExecutionProvider", "ROCMExecutionProvider")
+              if p not in ort.get_available_providers())
+
+
+@pytest.mark.filterwarnings("ignore:Specified provider")  # onnxruntime's own word, a Python warning only
+def test_discover_shows_the_providers_the_sessions_really_got(packaged, caplog):
+    """An agent asked for a provider that does not start serves on CPU under auto, says so, and
+    its status (what `edgepart discover` shows) names CPU, not what was asked; under a list given
+    by name it does not start at all."""
+    res = packaged(graphs.residual(), 2, tag="-fallback")
+    short = ABSENT.removesuffix("ExecutionProvider")
+    asked = Providers((ABSENT, CPU), ((), ()), "auto")
+    with caplog.at_level(logging.WARNING, "edgepart"), \
+            edgepart.Agent(res.out_dir / "dev0", interface="127.0.0.1", threads=1, providers=asked) as agent:
+        assert agent.core.status().providers == ("CPU",)
+        (rows,) = discover_json(["--wait-s", "3", "--plan", res.plan.plan_id])
+        assert [(r["role"], r["providers"]) for r in rows] == [("dev0", ["CPU"])], rows
+    assert f"did not start {short}" in caplog.text
+    strict = Providers((ABSENT, CPU), ((), ()), "--providers")
+    with pytest.raises(ProviderError, match=f"--providers asks for {short}.*--providers auto"):
+        edgepart.Agent(res.out_dir / "dev0", interface="127.0.0.1", threads=1, providers=strict).start()
 
     def test_duplicate_role_is_reported_and_answers_stay_right(self, two_plans, agents):
         a, pa, sa = two_plans["a"]

@@ -1,9 +1,12 @@
 """Execution providers (docs/agents.md, "Execution providers"): the auto order over what onnxruntime
 really reports, a cluster's preference kept, a provider asked for by name that this build lacks
-refused at start with what to install, and the options each provider gets."""
+refused at start with what to install, a provider that onnxruntime leaves out of a session refused
+under a list and said under auto, the plan's providers alone for `verify`, and the options each
+provider gets."""
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +17,9 @@ import onnxruntime as ort
 import pytest
 
 from edgepart import ProviderError
-from edgepart.runtime import AUTO_ORDER, CPU, CUDA, TENSORRT, XNNPACK, choose, make_session, parse_providers
+from edgepart.local import LocalCluster
+from edgepart.runtime import (AUTO_ORDER, CPU, CUDA, TENSORRT, XNNPACK, Providers, choose, make_session,
+                              parse_providers, plan_providers)
 
 import graphs
 
@@ -22,6 +27,9 @@ pytestmark = pytest.mark.timeout(120)
 
 AVAILABLE = ort.get_available_providers()  # this build's, as onnxruntime reports them
 ALL = ort.get_all_providers()  # every provider onnxruntime knows of, in any build
+# a provider onnxruntime knows and this build lacks: asked for, onnxruntime leaves it out of the
+# session and runs on CPU without an error, as it does where a GPU provider's libraries fail to load
+ABSENT = next(p for p in (CUDA, TENSORRT, "MIGraphXExecutionProvider", "ROCMExecutionProvider") if p not in AVAILABLE)
 
 
 def test_auto_on_this_build_takes_the_fastest_it_has_and_ends_with_cpu():
@@ -111,3 +119,68 @@ def test_edgepart_run_with_a_missing_provider_stops_at_start_with_what_to_instal
     assert r.returncode != 0
     assert "Traceback" not in r.stderr and "onnxruntime-gpu" in r.stderr, r.stderr
     assert "edgepart-agent device=" not in r.stdout, "it must stop before it serves"
+
+
+def _model(tmp_path):
+    path = tmp_path / "m.onnx"
+    onnx.save(graphs.residual(), str(path))
+    return path
+
+
+@pytest.mark.filterwarnings("ignore:Specified provider")  # onnxruntime's own word, a Python warning only
+def test_a_provider_the_session_did_not_get_is_a_provider_error_under_a_list(tmp_path):
+    """onnxruntime itself says nothing (a warning at most) and runs on CPU: edgepart compares."""
+    path = _model(tmp_path)
+    short = ABSENT.removesuffix("ExecutionProvider")
+    assert ort.InferenceSession(str(path), providers=[ABSENT, CPU]).get_providers() == [CPU], \
+        "onnxruntime falls back by itself: the case this test is about"
+    with pytest.raises(ProviderError, match=f"--providers asks for {short}.*did not start.*--providers auto") as e:
+        make_session(path, Providers((ABSENT, CPU), ((), ()), "--providers"))
+    assert str(path) in str(e.value)
+
+
+@pytest.mark.filterwarnings("ignore:Specified provider")
+def test_a_provider_the_session_did_not_get_is_a_warning_under_auto_and_the_session_runs(tmp_path, caplog):
+    path = _model(tmp_path)
+    with caplog.at_level(logging.WARNING, "edgepart"):
+        sess = make_session(path, Providers((ABSENT, CPU), ((), ()), "auto"))
+        make_session(path, Providers((ABSENT, CPU), ((), ()), "cluster.yaml"))  # said once per folder
+    assert sess.get_providers() == [CPU]
+    said = [r for r in caplog.records if "did not start" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.WARNING
+    assert ABSENT.removesuffix("ExecutionProvider") in said[0].getMessage()
+    # what the agent then reports: the providers its sessions really got
+    got = Providers((ABSENT, CPU), ((("device_id", "0"),), ()), "auto").started(sess.get_providers())
+    assert got.names == (CPU,) and got.options == ((),) and got.source == "auto"
+
+
+def test_the_plans_providers_alone_never_an_accelerator_it_did_not_name():
+    """`verify` and reports (LocalCluster) run what the plan says: CPU where it names nothing else,
+    even on a build that offers every accelerator (where auto would take TensorRT)."""
+    assert choose("auto", (CPU,), ALL).names[0] == TENSORRT, "auto would reach for the accelerator"
+    assert plan_providers((CPU,), ALL).names == (CPU,)
+    assert plan_providers((), ALL).names == (CPU,)
+    assert plan_providers((CUDA, CPU), ALL).names == (CUDA, CPU)
+    assert plan_providers(("cuda",), ALL).names == (CUDA, CPU), "a short name, as an older bundle may hold"
+    assert plan_providers((CUDA, CPU), [CPU]).names == (CPU,), "one this build lacks is skipped"
+    assert plan_providers((CPU,)).source == "plan"
+
+
+def test_local_cluster_runs_each_device_on_its_plans_providers(tmp_path):
+    from edgepart.packager import package
+
+    model = _model(tmp_path)
+    (tmp_path / "c.yaml").write_text("devices:\n  - {name: a, gflops: 10, providers: [cuda, cpu]}\n"
+                                     "  - {name: b, gflops: 10}\n"
+                                     "links:\n  default: {bandwidth_mbps: 1000, latency_ms: 0.1}\n")
+    package(model, tmp_path / "c.yaml", out=tmp_path / "dist")
+    lc = LocalCluster.from_dist(tmp_path / "dist")
+    assert lc.providers["b"].names == (CPU,)
+    assert lc.providers["a"].names == tuple(p for p in (CUDA,) if p in AVAILABLE) + (CPU,)
+    for st in lc.plan.steps:
+        assert lc.sessions[st.name].get_providers() == list(lc.providers[st.device].names)
+    sess = ort.InferenceSession(str(model), providers=[CPU])
+    feeds = {i.name: np.ones([d if isinstance(d, int) else 1 for d in i.shape], np.float32) for i in sess.get_inputs()}
+    for a, b in zip(lc.run(feeds).values(), sess.run(None, feeds)):
+        np.testing.assert_allclose(a, b, atol=1e-5)  # exact on CPU; device a may run CUDA where there is one
+
