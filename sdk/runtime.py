@@ -6,9 +6,10 @@ XNNPACK), then CPU; where cluster.yaml names a device's providers, auto keeps th
 instead (those this build lacks are skipped and said). A list given by name is taken as it is, and
 a provider this build lacks stops the agent at start with what to install. CPU always comes last:
 onnxruntime runs there whatever a faster provider cannot. TensorRT keeps its engines in a cache
-folder beside the bundle, so a restart does not build them again. `verify` and reports (local.py)
-take the plan's providers as they are (`plan_providers`): CPU unless cluster.yaml named others,
-never an accelerator the plan did not ask for.
+folder beside the bundle, so a restart does not build them again (under ~/.cache/edgepart where the
+bundle folder is read-only). `verify` and reports (local.py) take the plan's providers as they are
+(`plan_providers`): CPU unless cluster.yaml named others, never an accelerator the plan did not
+ask for.
 
 onnxruntime drops a provider that does not start (a library or driver missing) and runs on CPU
 without a word, so every session's providers are compared with those asked for (`make_session`):
@@ -27,7 +28,9 @@ steps that are not running do not burn the cores the running one needs.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -167,8 +170,8 @@ def choose(requested: str | Sequence[str] = "auto", planned: Sequence[str] = (),
 def _options(p: str, cache_dir: Path | None, threads: int, device_id: int, fp16: bool) -> dict[str, str]:
     if p == TENSORRT:
         o = {"device_id": str(device_id), "trt_fp16_enable": str(fp16)}
-        if cache_dir is not None:
-            trt = Path(cache_dir) / "tensorrt"
+        trt = tensorrt_cache(cache_dir) if cache_dir is not None else None
+        if trt is not None:
             o.update(trt_engine_cache_enable="True", trt_engine_cache_path=str(trt),
                      trt_timing_cache_enable="True", trt_timing_cache_path=str(trt))
         return o
@@ -177,6 +180,35 @@ def _options(p: str, cache_dir: Path | None, threads: int, device_id: int, fp16:
     if p == XNNPACK and threads > 0:
         return {"intra_op_num_threads": str(threads)}
     return {}
+
+
+def tensorrt_cache(cache_dir: Path | str) -> Path | None:
+    """Where TensorRT keeps its engines for a bundle: `cache_dir`/tensorrt (in the bundle folder),
+    else, where that cannot be written (a read-only bundle), a folder of its own under
+    ~/.cache/edgepart/tensorrt; None (no cache: engines are built at every start) where neither
+    can. Said in the log either way (docs/agents.md, "Execution providers")."""
+    want = Path(cache_dir) / "tensorrt"
+    try:
+        key = hashlib.sha256(str(Path(cache_dir).resolve()).encode()).hexdigest()[:16]
+        fallback: Path | None = Path.home() / ".cache" / "edgepart" / "tensorrt" / key
+    except (OSError, RuntimeError):  # no home folder
+        fallback = None
+    why = ""
+    for d in (want, fallback):
+        if d is None:
+            continue
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            if os.access(d, os.W_OK):
+                if d != want:
+                    log.warning("TensorRT cannot keep its engines in %s (%s): they go to %s", want, why, d)
+                return d
+            why = why or "not writable"
+        except OSError as e:
+            why = why or (e.strerror or type(e).__name__)
+    log.warning("TensorRT cannot keep its engines in %s (%s) nor under ~/.cache/edgepart: no engine cache, "
+                "so each start builds them again", want, why)
+    return None
 
 
 def session_threads(requested: int = 0, planned: int = 0) -> tuple[int, str]:
@@ -247,7 +279,15 @@ def make_session(path: Path | str | bytes, providers: Providers | Sequence[str] 
         chosen, options = providers.for_onnxruntime()
         for o in options:  # TensorRT writes its engines there
             if "trt_engine_cache_path" in o:
-                Path(o["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
+                try:
+                    Path(o["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
+                except OSError as e:
+                    log.warning("TensorRT cannot keep its engines in %s (%s): no engine cache",
+                                o["trt_engine_cache_path"], e.strerror or type(e).__name__)
+                    for k in ("trt_engine_cache_enable", "trt_timing_cache_enable"):
+                        o[k] = "False"
+                    for k in ("trt_engine_cache_path", "trt_timing_cache_path"):
+                        o.pop(k, None)
         strict = providers.source == "--providers"
     else:
         chosen = choose_providers(providers, ort.get_available_providers())

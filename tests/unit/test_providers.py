@@ -2,7 +2,7 @@
 really reports, a cluster's preference kept, a provider asked for by name that this build lacks
 refused at start with what to install, a provider that onnxruntime leaves out of a session refused
 under a list and said under auto, the plan's providers alone for `verify`, and the options each
-provider gets."""
+provider gets (TensorRT's engine cache where the bundle is read-only included)."""
 
 from __future__ import annotations
 
@@ -184,3 +184,29 @@ def test_local_cluster_runs_each_device_on_its_plans_providers(tmp_path):
     for a, b in zip(lc.run(feeds).values(), sess.run(None, feeds)):
         np.testing.assert_allclose(a, b, atol=1e-5)  # exact on CPU; device a may run CUDA where there is one
 
+
+def test_tensorrt_engines_go_under_home_where_the_bundle_folder_cannot_be_written(tmp_path, monkeypatch, caplog):
+    """A read-only bundle (here its `.cache` is a file, so no folder can be made there: the same
+    OSError a read-only mount gives, which root, running the tests, would not get from a mode)."""
+    bundle = tmp_path / "dev0"
+    bundle.mkdir()
+    (bundle / ".cache").write_text("not a folder")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    with caplog.at_level(logging.WARNING, "edgepart"):
+        opts = choose("tensorrt", (), [TENSORRT, CPU], cache_dir=bundle / ".cache").for_onnxruntime()[1][0]
+    trt = Path(opts["trt_engine_cache_path"])
+    assert trt.is_dir() and trt.is_relative_to(tmp_path / "home" / ".cache" / "edgepart" / "tensorrt")
+    assert opts["trt_timing_cache_path"] == str(trt) and opts["trt_engine_cache_enable"] == "True"
+    assert "cannot keep its engines" in caplog.text and str(trt) in caplog.text
+    # the same bundle gets the same folder on its next start (its engines are reused)
+    again = choose("tensorrt", (), [TENSORRT, CPU], cache_dir=bundle / ".cache").for_onnxruntime()[1][0]
+    assert again["trt_engine_cache_path"] == str(trt)
+    # and where no folder can be made at all: no cache, said, and no traceback
+    (tmp_path / "home2").mkdir()
+    (tmp_path / "home2" / ".cache").write_text("not a folder either")
+    monkeypatch.setenv("HOME", str(tmp_path / "home2"))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, "edgepart"):
+        opts = choose("tensorrt", (), [TENSORRT, CPU], cache_dir=bundle / ".cache").for_onnxruntime()[1][0]
+    assert "trt_engine_cache_path" not in opts and "trt_engine_cache_enable" not in opts
+    assert "no engine cache" in caplog.text
