@@ -42,25 +42,40 @@ def litert_runtime() -> str | None:
     return None
 
 
+# fd 2 is the process's, not a thread's: two sessions loading at once would each save the other's
+# redirection as "the" stderr and restore it, leaving stderr pointing at a deleted temporary file
+_stderr_lock = threading.Lock()
+
+
 @contextlib.contextmanager
 def _delegate_notice_to_debug():
     """LiteRT's C++ side writes "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." straight to
     the process's stderr for every interpreter (no setting turns it off). Catch what fd 2 receives
-    meanwhile: that notice goes to the debug log, anything else back to stderr, so nothing is lost."""
-    try:
-        saved = os.dup(2)
-    except OSError:  # no stderr to redirect
-        yield
-        return
-    with tempfile.TemporaryFile() as tmp:
+    meanwhile: that notice goes to the debug log, anything else back to stderr, so nothing is lost.
+    One thread at a time (`_stderr_lock`), and fd 2 is restored whatever happens inside."""
+    with _stderr_lock:
+        try:
+            saved = os.dup(2)
+        except OSError:  # no stderr to redirect
+            yield
+            return
+        try:
+            tmp = tempfile.TemporaryFile()
+        except OSError:  # nowhere to catch it: let the notice through
+            os.close(saved)
+            yield
+            return
         try:
             os.dup2(tmp.fileno(), 2)
             yield
         finally:
             os.dup2(saved, 2)
             os.close(saved)
-            tmp.seek(0)
-            text = tmp.read().decode(errors="replace")
+            try:
+                tmp.seek(0)
+                text = tmp.read().decode(errors="replace")
+            finally:
+                tmp.close()
             for line in text.splitlines(keepends=True):
                 if line.startswith("INFO: Created TensorFlow Lite"):
                     log.debug("%s", line.strip())
