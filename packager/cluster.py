@@ -10,7 +10,9 @@
 
 A device gives `gflops` (measured effective GFLOP/s) or `speed` (relative to `reference_gflops`,
 default 10). `memory_mb` is what the model may use there. Unknown keys are an error, so a typo
-does not silently fall back to a default.
+does not silently fall back to a default. So is an unknown provider: `providers` takes the names
+`edgepart run --providers` does (cuda, tensorrt, cpu, ... or onnxruntime's full names), written
+into the plan as onnxruntime's names (docs/cluster.md).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 import yaml
 
 from edgepart.errors import ClusterError
+from edgepart.runtime import SHORT_NAMES
 
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
 
@@ -138,11 +141,7 @@ def cluster_from_dict(data: Any, source: str = "cluster", base: Path | None = No
                                f"'profile' (a file `edgepart profile` wrote on the device).")
         mem_default = prof.memory_available_mb if prof is not None and prof.memory_available_mb > 0 else 1 << 20
         mem = _number(d.get("memory_mb", mem_default), f"{where}.memory_mb")
-        prov = d.get("providers", list(DEFAULT_PROVIDERS))
-        if isinstance(prov, str):
-            prov = [prov]
-        if not isinstance(prov, list) or not all(isinstance(p, str) for p in prov):
-            raise ClusterError(f"{where}.providers must be a list of onnxruntime provider names.")
+        prov = _providers(d.get("providers", list(DEFAULT_PROVIDERS)), f"{where}.providers")
         threads = d.get("threads", 0)
         if not isinstance(threads, int) or isinstance(threads, bool) or threads < 0:
             raise ClusterError(f"{where}.threads must be a whole number of threads (0 or leave it out: the "
@@ -150,7 +149,7 @@ def cluster_from_dict(data: Any, source: str = "cluster", base: Path | None = No
         runtime = d.get("runtime", "onnx")
         if runtime not in ("onnx", "tflite"):
             raise ClusterError(f"{where}.runtime is {runtime!r}: give onnx (onnxruntime) or tflite (LiteRT).")
-        devices.append(Device(name, gflops, mem, tuple(prov), threads, runtime, prof.speeds if prof else ()))
+        devices.append(Device(name, gflops, mem, prov, threads, runtime, prof.speeds if prof else ()))
     names = [d.name for d in devices]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
@@ -171,6 +170,37 @@ def cluster_from_dict(data: Any, source: str = "cluster", base: Path | None = No
                 raise ClusterError(f"{where} names {x!r}, which is not a device ({', '.join(names)}).")
         pairs.append((a, b, _link({k: v for k, v in p.items() if k != "between"}, where)))
     return Cluster(tuple(devices), default, tuple(pairs))
+
+
+def _providers(prov: Any, where: str) -> tuple[str, ...]:
+    """A device's providers as onnxruntime names, in order: short names (cuda, tensorrt, cpu, ...) as
+    `--providers` takes them, full names in any case; `auto` (or an empty list) is no preference. An
+    unknown name is an error: the agent would skip it without a word (docs/agents.md)."""
+    if isinstance(prov, str):
+        prov = [prov]
+    if not isinstance(prov, list) or not all(isinstance(p, str) for p in prov):
+        raise ClusterError(f"{where} must be a list of execution providers (cuda, tensorrt, cpu, ...).")
+    full = {n.lower(): n for n in (*SHORT_NAMES.values(), *_onnxruntime_providers())}
+    asked = [p.strip() for p in prov if p.strip()]
+    if [p.lower() for p in asked] in ([], ["auto"]):
+        return DEFAULT_PROVIDERS
+    names = [SHORT_NAMES.get(p.lower(), full.get(p.lower())) for p in asked]  # --providers' table (edgepart.runtime)
+    unknown = [p for p, n in zip(asked, names) if n is None]
+    if unknown:
+        raise ClusterError(f"{where} names {', '.join(map(repr, unknown))}, which edgepart does not know as an "
+                           f"execution provider. Give {', '.join(dict.fromkeys(SHORT_NAMES))}, or onnxruntime's "
+                           f"full names (CUDAExecutionProvider, ...); or leave it out (no preference).")
+    return tuple(dict.fromkeys(n for n in names if n is not None))
+
+
+def _onnxruntime_providers() -> tuple[str, ...]:
+    """Every provider onnxruntime knows of (in any build), where it is installed here."""
+    try:
+        import onnxruntime as ort
+
+        return tuple(ort.get_all_providers())
+    except ImportError:
+        return ()
 
 
 def _link(d: Any, where: str) -> Link:

@@ -248,3 +248,26 @@ def test_the_packager_reads_the_hints_off_the_routes():
     assert fast_path_hints(plan.steps, fed_back) == Hints("jetson", "", "pi")
     second = rep(plan.steps[1], name="stage2", device="jetson")
     assert fast_path_hints((*plan.steps, second), plan.routes) == Hints("jetson", "", "pi")
+
+
+def test_cluster_providers_take_short_names_and_refuse_unknown_ones():
+    """cluster.yaml's providers are read with `--providers`' names (edgepart.runtime.SHORT_NAMES) and
+    written into the plan as onnxruntime's, so the agent's auto keeps the preference; an unknown
+    name is refused, not skipped without a word."""
+    from edgepart.errors import ClusterError
+    from edgepart.packager.cluster import cluster_from_dict
+
+    def providers(p):
+        return cluster_from_dict({"devices": [{"name": "a", "gflops": 5, "providers": p}]}).devices[0].providers
+
+    assert providers(["cuda", "cpu"]) == ("CUDAExecutionProvider", "CPUExecutionProvider")
+    assert providers("tensorrt") == ("TensorrtExecutionProvider",)
+    assert providers(["xnnpack", "ACL"]) == ("XnnpackExecutionProvider", "ACLExecutionProvider")
+    assert providers(["CUDAExecutionProvider", "cuda"]) == ("CUDAExecutionProvider",)
+    assert providers(["cudaexecutionprovider"]) == ("CUDAExecutionProvider",)
+    assert providers(["auto"]) == providers([]) == ("CPUExecutionProvider",)  # no preference
+    for bad in (["gpu"], ["cuda", "auto"], ["CudaExecProvider"], ["FooExecutionProvider"]):
+        with pytest.raises(ClusterError, match=r"devices\[0\]\.providers names .*does not know.*tensorrt, trt, cuda"):
+            providers(bad)
+    with pytest.raises(ClusterError, match="must be a list of execution providers"):
+        providers(3)
