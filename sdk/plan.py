@@ -40,7 +40,7 @@ class TensorSpec:
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "TensorSpec":
-        return TensorSpec(name=d["name"], dtype=d["dtype"], shape=tuple(d["shape"]))
+        return TensorSpec(name=_str(d["name"]), dtype=_str(d["dtype"]), shape=tuple(_dim(x) for x in _list(d["shape"])))
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class Codec:
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "Codec":
-        return Codec(kind=d["kind"], params=tuple((k, _freeze(v)) for k, v in d.get("params", [])))
+        return Codec(kind=_str(d["kind"]), params=tuple((_str(k), _freeze(v)) for k, v in _list(d.get("params", []))))
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ class Route:
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "Route":
-        return Route(d["tensor"], d["src"], d["dst"], Codec.from_dict(d.get("codec", {"kind": "dense"})))
+        return Route(_str(d["tensor"]), _str(d["src"]), _str(d["dst"]), Codec.from_dict(d.get("codec", {"kind": "dense"})))
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ class TensorIO:
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "TensorIO":
-        return TensorIO(d["name"], d["key"], tuple(int(a) for a in d.get("perm", ())))
+        return TensorIO(_str(d["name"]), _str(d["key"]), tuple(_int(a) for a in _list(d.get("perm", []))))
 
 
 @dataclass(frozen=True)
@@ -109,17 +109,17 @@ class Step:
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "Step":
         return Step(
-            name=d["name"],
-            device=d["device"],
-            model_file=d["model_file"],
-            sha256=d["sha256"],
-            inputs=tuple(TensorSpec.from_dict(t) for t in d["inputs"]),
-            outputs=tuple(TensorSpec.from_dict(t) for t in d["outputs"]),
-            data_files=tuple((f, h) for f, h in d.get("data_files", [])),
-            nodes=d.get("nodes", 0),
-            estimated_ms=d.get("estimated_ms", 0.0),
-            runtime=d.get("runtime", "onnx"),
-            io=tuple(TensorIO.from_dict(t) for t in d.get("io", ())),
+            name=_str(d["name"]),
+            device=_str(d["device"]),
+            model_file=_str(d["model_file"]),
+            sha256=_str(d["sha256"]),
+            inputs=tuple(TensorSpec.from_dict(t) for t in _list(d["inputs"])),
+            outputs=tuple(TensorSpec.from_dict(t) for t in _list(d["outputs"])),
+            data_files=tuple((_str(f), _str(h)) for f, h in _list(d.get("data_files", []))),
+            nodes=_int(d.get("nodes", 0)),
+            estimated_ms=_num(d.get("estimated_ms", 0.0)),
+            runtime=_str(d.get("runtime", "onnx")),
+            io=tuple(TensorIO.from_dict(t) for t in _list(d.get("io", []))),
         )
 
     def files(self) -> dict[str, str]:
@@ -138,8 +138,9 @@ class DeviceSpec:
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "DeviceSpec":
-        return DeviceSpec(name=d["name"], providers=tuple(d.get("providers", ("CPUExecutionProvider",))),
-                          threads=int(d.get("threads", 0)))
+        return DeviceSpec(name=_str(d["name"]),
+                          providers=tuple(_str(p) for p in _list(d.get("providers", ["CPUExecutionProvider"]))),
+                          threads=_int(d.get("threads", 0)))
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,8 @@ class Hints:
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "Hints":
-        return Hints(entry=d.get("entry", ""), entry_step=d.get("entry_step", ""), exit=d.get("exit", ""))
+        return Hints(entry=_str(d.get("entry", "")), entry_step=_str(d.get("entry_step", "")),
+                     exit=_str(d.get("exit", "")))
 
 
 RULES = ("round-robin", "least-outstanding")
@@ -185,7 +187,7 @@ class Alternatives:
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "Alternatives":
-        return Alternatives(tuple(d["devices"]), d.get("rule", "round-robin"))
+        return Alternatives(tuple(_str(x) for x in _list(d["devices"])), _str(d.get("rule", "round-robin")))
 
 
 @dataclass(frozen=True)
@@ -284,29 +286,69 @@ class Plan:
                 f"{', '.join(map(str, READS))}. Package the model again with this edgepart, or install the "
                 f"edgepart version that wrote it on every device."
             )
-        if version < 2 and any(isinstance(s, dict) and s.get("runtime", "onnx") != "onnx" for s in d.get("steps", [])):
-            raise BundleError("The plan has TFLite steps but schema version 1. The manifest was edited; package the model again.")
+        # everything past the version is inside the try: a manifest edited or truncated anywhere is
+        # one clear BundleError, never a KeyError or TypeError from deep in here (docs/bundle-format.md)
         try:
+            if version < 2 and any(_get(s, "runtime", "onnx") != "onnx" for s in _list(d.get("steps", []))):
+                raise BundleError("The plan has TFLite steps but schema version 1. The manifest was edited; "
+                                  "package the model again.")
             return Plan(
-                strategy=d["strategy"],
-                model_name=d["model_name"],
-                model_sha256=d["model_sha256"],
-                inputs=tuple(TensorSpec.from_dict(t) for t in d["inputs"]),
-                outputs=tuple(TensorSpec.from_dict(t) for t in d["outputs"]),
-                devices=tuple(DeviceSpec.from_dict(x) for x in d["devices"]),
-                steps=tuple(Step.from_dict(s) for s in d["steps"]),
-                routes=tuple(Route.from_dict(r) for r in d["routes"]),
-                objective=d.get("objective", "latency"),
-                estimates=tuple((k, float(v)) for k, v in d.get("estimates", [])),
+                strategy=_str(d["strategy"]),
+                model_name=_str(d["model_name"]),
+                model_sha256=_str(d["model_sha256"]),
+                inputs=tuple(TensorSpec.from_dict(t) for t in _list(d["inputs"])),
+                outputs=tuple(TensorSpec.from_dict(t) for t in _list(d["outputs"])),
+                devices=tuple(DeviceSpec.from_dict(x) for x in _list(d["devices"])),
+                steps=tuple(Step.from_dict(s) for s in _list(d["steps"])),
+                routes=tuple(Route.from_dict(r) for r in _list(d["routes"])),
+                objective=_str(d.get("objective", "latency")),
+                estimates=tuple((_str(k), _num(v)) for k, v in _list(d.get("estimates", []))),
                 schema_version=version,
-                alternatives=tuple(Alternatives.from_dict(g) for g in d.get("alternatives", [])),
+                alternatives=tuple(Alternatives.from_dict(g) for g in _list(d.get("alternatives", []))),
                 hints=Hints.from_dict(d.get("hints", {})),
             )
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            what = f"no {e}" if isinstance(e, KeyError) else str(e)
             raise BundleError(
-                f"The plan is malformed ({type(e).__name__}: {e}). The manifest was edited or "
+                f"The plan is malformed ({type(e).__name__}: {what}). The manifest was edited or "
                 f"truncated; package the model again."
             ) from None
+
+
+# Readers for the JSON form: a value of the wrong kind is a TypeError, which from_dict turns into a
+# BundleError (a string where a list belongs would otherwise be read letter by letter).
+def _str(x: Any) -> str:
+    if not isinstance(x, str):
+        raise TypeError(f"expected a string, found {x!r:.60}")
+    return x
+
+
+def _int(x: Any) -> int:
+    if type(x) is not int:
+        raise TypeError(f"expected a whole number, found {x!r:.60}")
+    return x
+
+
+def _num(x: Any) -> float:
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        raise TypeError(f"expected a number, found {x!r:.60}")
+    return float(x)
+
+
+def _dim(x: Any) -> Dim:
+    return x if isinstance(x, str) else _int(x)
+
+
+def _list(x: Any) -> list:
+    if not isinstance(x, list):
+        raise TypeError(f"expected a list, found {x!r:.60}")
+    return x
+
+
+def _get(d: Any, key: str, default: Any) -> Any:
+    if not isinstance(d, dict):
+        raise TypeError(f"expected an object, found {d!r:.60}")
+    return d.get(key, default)
 
 
 def _plain(x: Any) -> Any:

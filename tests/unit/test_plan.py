@@ -250,6 +250,72 @@ def test_the_packager_reads_the_hints_off_the_routes():
     assert fast_path_hints((*plan.steps, second), plan.routes) == Hints("jetson", "", "pi")
 
 
+def _paths(x, at=()):
+    """Every place in a JSON value: (path of keys and indices, value)."""
+    yield at, x
+    if isinstance(x, dict):
+        for k, v in x.items():
+            yield from _paths(v, at + (k,))
+    elif isinstance(x, list):
+        for i, v in enumerate(x):
+            yield from _paths(v, at + (i,))
+
+
+def _replaced(d, path, value):
+    d = json.loads(json.dumps(d))
+    *parents, last = path
+    holder = d
+    for k in parents:
+        holder = holder[k]
+    if value is _DELETE:
+        del holder[last]
+    else:
+        holder[last] = value
+    return d
+
+
+_DELETE = object()
+
+
+@pytest.mark.parametrize("written", ["onnx", "tflite"])
+def test_every_malformed_manifest_is_a_bundle_error(written):
+    """Whatever part of the plan is replaced by a value of another kind, or removed, reading it
+    gives a Plan or a BundleError: never a KeyError, TypeError or AttributeError traceback (the
+    schema version's own check included: a version-1 plan with malformed steps)."""
+    plan = make_plan()
+    if written == "tflite":
+        st = plan.steps[1]
+        plan = dataclasses.replace(plan, steps=(plan.steps[0], dataclasses.replace(
+            st, model_file="stage1.tflite", runtime="tflite",
+            io=(TensorIO("h", "h_0", (0, 2, 3, 1)), TensorIO("n", "n_0"), TensorIO("y", "y_0")))))
+    d = plan.to_dict()
+    strange = [None, 7, 1.5, True, "x", [], [1], {}, {"a": 1}]
+    tried = 0
+    for path, _ in list(_paths(d)):
+        if not path:
+            continue
+        for value in [*strange, _DELETE]:
+            bad = _replaced(d, path, value)
+            try:
+                back = Plan.from_dict(bad)
+            except BundleError:
+                continue
+            finally:
+                tried += 1
+            # it read: then what it read has the kinds the rest of edgepart relies on
+            assert all(isinstance(v, str) for s in back.steps for v in (s.name, s.device, s.model_file, s.sha256)), path
+            assert all(isinstance(x.name, str) for x in back.devices), path
+            back.plan_id  # and it hashes
+    assert tried > 1000
+    for top in (None, [], "plan", 3):
+        with pytest.raises(BundleError):
+            Plan.from_dict(top)
+    v1 = _replaced(d, ("schema_version",), 1)
+    for steps in (3, "stage0", None, {"name": "stage0"}, [3], ["stage0"]):
+        with pytest.raises(BundleError, match="malformed|TFLite steps but schema version 1"):
+            Plan.from_dict(_replaced(v1, ("steps",), steps))
+
+
 def test_cluster_providers_take_short_names_and_refuse_unknown_ones():
     """cluster.yaml's providers are read with `--providers`' names (edgepart.runtime.SHORT_NAMES) and
     written into the plan as onnxruntime's, so the agent's auto keeps the preference; an unknown
