@@ -6,7 +6,7 @@ onnx2tf's command line would also write a SavedModel (half of its time on Effici
 needed only by its own int8 path) and allows TensorFlow's Flex ops, which LiteRT does not run: here
 only TFLite's builtin operators are allowed, so such a step fails at conversion, not on the device.
 
-    python _driver.py job.json      job: {"onnx", "out", "precision", "use_onnxsim", "calibration": {key: npy}}
+    python _driver.py job.json      job: {"onnx", "out", "precision", "use_onnxsim", "calibration": {key: npy of samples, one a row}}
 """
 
 import json
@@ -25,6 +25,9 @@ def main() -> None:
         not_use_onnxsim=not job["use_onnxsim"],
         disable_model_save=True,  # the Keras model only: the TFLite file is written below
         verbosity="debug",  # each operator as it converts: the log names the one a failure stops at
+        # TFLite has no builtin Erf (GELU's in exported transformers): onnx2tf's polynomial in its
+        # place (Abramowitz and Stegun 7.1.26, absolute error under 1.5e-7), checked like any step
+        replace_to_pseudo_operators=["erf"],
     )
     if model is None:
         sys.exit("onnx2tf returned no model")
@@ -35,12 +38,14 @@ def main() -> None:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
     elif precision == "int8":
+        # each file: one sample of its input per row (a tensor without a batch axis: one row, the
+        # same in every sample)
         data = {k: np.load(v) for k, v in job["calibration"].items()}
-        n = min(len(v) for v in data.values())
+        n = max(len(v) for v in data.values())
 
         def samples():
             for i in range(n):
-                yield {k: v[i:i + 1].astype(np.float32) for k, v in data.items()}
+                yield {k: v[i % len(v)].astype(np.float32) for k, v in data.items()}
 
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = samples

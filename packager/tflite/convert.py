@@ -35,6 +35,7 @@ from edgepart.errors import BundleError, ConversionError
 from edgepart.plan import TensorIO
 
 from . import env as _env
+from .check import runtime_errors, runtime_failure
 
 log = logging.getLogger("edgepart")
 
@@ -56,7 +57,7 @@ def convert_step(onnx_path: Path | str, out_dir: Path | str, *, precision: str =
     ONNX input, then output, to its TFLite signature key and layout perm. `calibration`: arrays by
     input name, a batch of samples along axis 0 for int8 (and the first sample fixes symbolic
     dimensions). Raises ConversionError naming the step, and the operator that stopped onnx2tf."""
-    onnx_path, out_dir = Path(onnx_path), Path(out_dir)
+    onnx_path, out_dir = Path(onnx_path).resolve(), Path(out_dir).resolve()  # onnx2tf runs in its own folder
     step = step or onnx_path.stem
     if precision not in PRECISIONS:
         raise ConversionError(f"Unknown TFLite precision {precision!r} for step {step}; use one of "
@@ -79,10 +80,14 @@ def convert_step(onnx_path: Path | str, out_dir: Path | str, *, precision: str =
         job = {"onnx": str(prepared), "work": str(work / "out"), "out": str(work / "step.tflite"),
                "precision": precision, "calibration": {}}
         if precision == "int8":
+            dims = _dims(model)
             for i, name in enumerate(in_names):
                 data = np.asarray(calibration[name], dtype=np.float32)
-                perm = _channels_last(data.ndim)  # onnx2tf's layout for the input (docs/tflite.md, "Precisions")
-                np.save(work / f"calib{i}.npy", data.transpose(perm) if perm else data)
+                # one sample per row of the file: a batch axis cut into samples of batch 1, a tensor
+                # without one (a fixed batch of 2, a 0-d tensor) as the one sample it is
+                rows = data[:, None] if _batch_axis(dims[name]) and data.ndim == len(dims[name]) else data[None]
+                perm = _channels_last(rows.ndim - 1)  # onnx2tf's layout for the input (docs/tflite.md, "Precisions")
+                np.save(work / f"calib{i}.npy", rows.transpose((0, *(a + 1 for a in perm))) if perm else rows)
                 job["calibration"][f"x{i}"] = str(work / f"calib{i}.npy")
         # the log stays beside the step's file only where the conversion fails (_failure)
         log_path = work / f"{onnx_path.stem}.onnx2tf.log"
@@ -103,21 +108,38 @@ def convert_step(onnx_path: Path | str, out_dir: Path | str, *, precision: str =
         tflite = out_dir / f"{onnx_path.stem}.tflite"
         shutil.move(str(produced), tflite)
     log.info("converted %s to TFLite (%s) in %.1f s", step, precision, time.monotonic() - t0)
-    io = find_io(onnx_path, tflite, in_names, out_names, shapes, precision, step, calibration)
+    try:
+        io = find_io(onnx_path, tflite, in_names, out_names, shapes, precision, step, calibration)
+    except runtime_errors() as e:  # LiteRT or onnxruntime refusing to run the step on the sample
+        raise runtime_failure(step, "running the converted file to find its layouts", e) from None
     return tflite, io
 
 
 # -- preparing the step ------------------------------------------------------------------------------
 
+def _dims(model: onnx.ModelProto) -> dict[str, list[int | None]]:
+    """Each input's dimensions, None where symbolic."""
+    return {i.name: [d.dim_value if d.HasField("dim_value") else None for d in i.type.tensor_type.shape.dim]
+            for i in model.graph.input}
+
+
+def _batch_axis(dims: Sequence[int | None]) -> bool:
+    """Whether an input's first axis is a batch, along which calibration data holds samples: symbolic,
+    or 1. A fixed size above 1 is part of the tensor, and a 0-d input has no axis to cut."""
+    return bool(dims) and dims[0] in (None, 1)
+
+
 def _input_shapes(model: onnx.ModelProto, calibration: Mapping[str, np.ndarray] | None,
                   step: str) -> dict[str, tuple[int, ...]]:
-    """Every input's concrete shape: the calibration sample's where given, else symbolic dims as 1."""
+    """Every input's concrete shape: the first calibration sample's where given (its batch axis cut to
+    1, `_batch_axis`), else symbolic dims as 1."""
     shapes = {}
+    all_dims = _dims(model)
     for i in model.graph.input:
-        dims = [d.dim_value if d.HasField("dim_value") else None for d in i.type.tensor_type.shape.dim]
+        dims = all_dims[i.name]
         if calibration is not None and i.name in calibration:
             sample = np.asarray(calibration[i.name])
-            got = (1, *sample.shape[1:]) if sample.ndim == len(dims) and sample.ndim > 0 else sample.shape
+            got = (1, *sample.shape[1:]) if _batch_axis(dims) and sample.ndim == len(dims) else sample.shape
             if len(got) != len(dims) or any(d is not None and d != g for d, g in zip(dims, got)):
                 raise ConversionError(f"The calibration sample for {i.name!r} of step {step} has shape "
                                       f"{sample.shape}, the step takes {dims}.", step=step)
@@ -182,17 +204,29 @@ def _run(cmd: list[str], cwd: Path, env: Path, log_path: Path, timeout_s: float,
     with open(log_path, "w") as out:
         out.write(f"$ {' '.join(cmd)}\n")
         out.flush()
+        # its own session, so its own process group: TensorFlow's helpers go with it when it is killed
         proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=_env.converter_environ(env), start_new_session=True)
         try:
             rc = proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # its own session: TensorFlow's helpers go with it
-            proc.wait()
+            _kill_group(proc)
             raise _failure(step, log_path, f"onnx2tf took longer than {timeout_s:.0f} s and was stopped",
                            model) from None
+        except BaseException:  # Ctrl-C (KeyboardInterrupt), SystemExit, ...: no converter left running
+            _kill_group(proc)
+            raise
     if rc != 0:
         raise _failure(step, log_path, f"onnx2tf failed (exit status {rc})", model)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """Kill the converter's process group (its session) and reap it; the group may be gone already."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
 
 
 _OP_LINE = re.compile(r"onnx_op_type: (\S+)\s+onnx_op_name: (\S+)")  # onnx2tf's line per operator
@@ -361,12 +395,14 @@ def _sample(onnx_path: Path, in_names: Sequence[str], shapes: Mapping[str, tuple
     no transposition of it looks like another (a constant or symmetric sample would hide a layout)."""
     model = onnx.load(str(onnx_path), load_external_data=False)
     types = {i.name: onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type) for i in model.graph.input}
+    dims = _dims(model)
     rng = np.random.default_rng(1234)
     feeds = {}
     for n in in_names:
         if calibration is not None and n in calibration:
             x = np.asarray(calibration[n])
-            feeds[n] = np.ascontiguousarray(x[:1] if x.ndim == len(shapes[n]) and x.ndim else x, dtype=types[n])
+            first = x[:1] if _batch_axis(dims[n]) and x.ndim == len(shapes[n]) else x
+            feeds[n] = np.ascontiguousarray(first, dtype=types[n])
         elif np.issubdtype(types[n], np.floating):
             feeds[n] = rng.standard_normal(shapes[n]).astype(types[n])
         elif types[n] == np.bool_:

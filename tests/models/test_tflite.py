@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -235,6 +236,64 @@ def test_a_conversion_past_its_deadline_is_stopped(tiny, tmp_path):
     assert (tmp_path / "cube.onnx2tf.log").is_file() and not list(tmp_path.glob("*.tflite"))
     left = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True).stdout.split()  # its job file
     assert not left, f"converter processes left running: {left}"
+
+
+def test_an_interrupted_conversion_leaves_no_converter_running(tiny, tmp_path):
+    """Ctrl-C in the packager while onnx2tf runs: the converter (in a session of its own, so the
+    terminal's SIGINT never reaches it) is killed with its process group, and the interrupt goes on."""
+    out = tmp_path / "out"
+    code = ("import os, sys\nfrom edgepart.packager.tflite import convert_step\n"
+            "convert_step(sys.argv[1], os.environ['OUT_DIR'])\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tiny["cube"][0])], env={**os.environ, "OUT_DIR": str(out)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not subprocess.run(["pgrep", "-f", str(out)], capture_output=True).stdout.split():  # its job file
+            assert proc.poll() is None and time.monotonic() < deadline, "the converter never started"
+            time.sleep(0.2)
+        time.sleep(1)  # well inside onnx2tf (TensorFlow alone takes seconds to import)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode != 0 and "KeyboardInterrupt" in err, err[-2000:]
+    left = subprocess.run(["pgrep", "-f", str(out)], capture_output=True, text=True).stdout.split()
+    assert not left, f"converter processes left running: {left}"
+
+
+def test_a_step_with_a_fixed_batch_of_2_converts_and_checks_whole(converter, tmp_path):
+    """A step whose input has a fixed batch of 2: its sample is the whole tensor (no axis cut to one
+    sample), float32 and int8 alike."""
+    rng = np.random.default_rng(0)
+    w = onnx.numpy_helper.from_array(rng.standard_normal((4, 6)).astype(np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])]
+    g = helper.make_graph(nodes, "fixed2", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 6])], [w])
+    path = tmp_path / "fixed2.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+    x = rng.standard_normal((2, 4)).astype(np.float32)
+    for precision, tolerance in (("float32", 1e-4), ("int8", 0.15)):
+        tfl, io = convert_step(path, tmp_path / precision, precision=precision, calibration={"x": x})
+        assert check_step(path, tfl, io, [{"x": x}], tolerance * max(1.0, float(np.abs(x).sum()))) <= 0.5
+
+
+def test_what_a_runtime_raises_in_the_check_is_a_conversion_error_naming_the_step(tiny):
+    """onnxruntime's own error classes, LiteRT's RuntimeError and the runner's BundleError: each one
+    paragraph naming the step and the runtime, so --format auto keeps such a step ONNX."""
+    path, tfl, io = tiny["odd"]
+    x = np.random.default_rng(0).standard_normal((1, 3, 10, 7)).astype(np.float32)
+    cases = [
+        (io, {"x": x.astype(np.float64)}, "running the ONNX step on onnxruntime"),  # onnxruntime's InvalidArgument
+        ((TensorIO("x", "x0", ()), *io[1:]), {"x": x}, "running the TFLite step on LiteRT"),  # NCHW into an NHWC conv
+        ((TensorIO("x", "nokey"), *io[1:]), {"x": x}, "loading the TFLite step on LiteRT"),  # BundleError
+    ]
+    for bad_io, feeds, doing in cases:
+        with pytest.raises(ConversionError) as e:
+            check_step(path, tfl, bad_io, [feeds], 1.0, step="stage1")
+        assert e.value.step == "stage1" and str(e.value).startswith(f"Step stage1: {doing}"), str(e.value)
+        assert "\n" not in str(e.value)
 
 
 def test_unknown_precision_and_int8_without_samples_are_refused(tiny, tmp_path):
