@@ -73,9 +73,11 @@ def package(model: str | Path | onnx.ModelProto, cluster: str | Path | Cluster, 
         check_writable(report)
     s, job = _job(model, cluster, strategy, objective, input_shapes, inputs, wire_codec, options, progress,
                   model_name)
-    from edgepart.packager.formats import check_format, convert_bundles
+    from edgepart.packager.formats import check_format, convert_bundles, require_litert, wants_tflite
 
     check_format(format, tflite_precision)  # a wrong flag fails before anything is planned
+    if wants_tflite(job.cluster, format):
+        require_litert()  # and so does a packager that could not check a converted step
     res = s.package(job, Path(out), report=report is not None)
     if format != "onnx":
         new_plan, conv = convert_bundles(res.plan, res.bundle_dirs, job.cluster, fmt=format,

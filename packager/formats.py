@@ -11,7 +11,8 @@ Strategy-free: it works on the written plan's steps, whatever made them. Every c
 checked against its ONNX original on the activations it will really see (the model's example
 inputs run through the ONNX steps, or a seeded random input), and the wire keeps the plan's
 layout: a step's `io` maps its tensors to the TFLite signature with the axes permutation at its
-edge (edgepart.plan.TensorIO). Nothing changes in `dist/` until every conversion has passed.
+edge (edgepart.plan.TensorIO). Nothing changes in `dist/` until every conversion has passed, and
+then no bundle is ever left with neither its ONNX step nor its TFLite one (`rewrite`).
 """
 
 from __future__ import annotations
@@ -22,13 +23,13 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
 from edgepart.bundle import sha256_file, write_manifest
 from edgepart.errors import ConversionError
-from edgepart.plan import Plan
+from edgepart.plan import Plan, Step, TensorSpec
 from edgepart.runtime import make_session
 
 log = logging.getLogger("edgepart")
@@ -68,18 +69,40 @@ def tflite_devices(plan: Plan, cluster, fmt: str) -> set[str]:
     return {d.name for d in cluster.devices if getattr(d, "runtime", "onnx") == "tflite"}
 
 
+def batched(spec: TensorSpec) -> bool:
+    """Whether a tensor's first axis is a batch of samples: its size is symbolic in the plan (a
+    fixed size, 1 included, is part of the tensor; a 0-d tensor has no batch axis)."""
+    return bool(spec.shape) and not (isinstance(spec.shape[0], int) and spec.shape[0] > 0)
+
+
+def samples_in(plan: Plan, feeds: Mapping[str, np.ndarray] | None) -> int:
+    """How many samples the model's example inputs hold: the shortest batch among the inputs that
+    have a batch axis (1 where none has)."""
+    sizes = [len(np.asarray(feeds[t.name])) for t in plan.inputs
+             if feeds and t.name in feeds and batched(t) and np.ndim(feeds[t.name])]
+    return max(1, min(sizes, default=1))
+
+
+def wants_tflite(cluster, fmt: str) -> bool:
+    """Whether `fmt` converts any step of a plan on `cluster` (known before planning)."""
+    check_format(fmt)
+    return fmt == "tflite" or (fmt == "auto" and any(getattr(d, "runtime", "onnx") == "tflite" for d in cluster.devices))
+
+
 def step_activations(plan: Plan, dirs: Mapping[str, Path], feeds: Mapping[str, np.ndarray] | None,
                      seed: int = 0, sample: int = 0) -> dict[str, np.ndarray]:
     """Every tensor of one request through the ONNX steps: sample `sample` of the model's example
-    inputs (or a seeded random one) run step by step, in the order their inputs become available."""
+    inputs (or a seeded random one) run step by step, in the order their inputs become available.
+    Only an input with a batch axis (`batched`) is cut to that one sample; any other (a fixed batch
+    of 2, no batch axis at all) is the same whole tensor in every sample."""
     rng = np.random.default_rng(seed)
     tensors: dict[str, np.ndarray] = {}
     for t in plan.inputs:
         if feeds and t.name in feeds:
             x = np.asarray(feeds[t.name])
-            tensors[t.name] = x[sample:sample + 1] if x.ndim else x
+            tensors[t.name] = x[sample:sample + 1] if batched(t) and x.ndim and len(x) > sample else x
             continue
-        shape = [d if isinstance(d, int) else 1 for d in t.shape]
+        shape = [d if isinstance(d, int) and d > 0 else 1 for d in t.shape]
         tensors[t.name] = (rng.standard_normal(shape).astype(t.dtype) if t.dtype.startswith("float")
                            else np.zeros(shape, t.dtype))
     pending = list(plan.steps)
@@ -95,6 +118,18 @@ def step_activations(plan: Plan, dirs: Mapping[str, Path], feeds: Mapping[str, n
     return tensors
 
 
+def require_litert() -> None:
+    """ConversionError, before any conversion, where this Python has no LiteRT: every converted step
+    is checked on it, and a conversion takes minutes."""
+    from edgepart.litert import litert_runtime
+
+    if litert_runtime() is None:
+        raise ConversionError('Converting steps to TFLite needs LiteRT in the packager\'s Python, to check each '
+                              'converted step against its ONNX original, and neither ai-edge-litert nor '
+                              'tflite-runtime imports. Install it with:  pip install "edgepart[litert]"  (or '
+                              'package with --format onnx).')
+
+
 def convert_bundles(plan: Plan, dirs: Mapping[str, Path], cluster, *, fmt: str = "onnx", precision: str = "float32",
                     feeds: Mapping[str, np.ndarray] | None = None,
                     progress: Callable[[str], None] | None = None) -> tuple[Plan, tuple[Converted, ...]]:
@@ -104,14 +139,18 @@ def convert_bundles(plan: Plan, dirs: Mapping[str, Path], cluster, *, fmt: str =
     check_format(fmt, precision)
     if not targets:
         return plan, ()
-    from edgepart.packager.tflite import check_step, convert_step  # pulls the converter's environment
+    require_litert()  # before minutes of conversion, not after them
+    from edgepart.packager.tflite import check_step, convert_step, runtime_errors, runtime_failure
 
     acts = step_activations(plan, dirs, feeds)
     calib: dict[str, np.ndarray] = {}
     if precision == "int8":  # int8's ranges come from a batch of real samples where the user gave them
-        n = min(16, min((len(np.asarray(v)) for v in (feeds or {}).values() if np.ndim(v)), default=1))
+        n = min(16, samples_in(plan, feeds))
         more = [step_activations(plan, dirs, feeds, sample=i) for i in range(1, n)]
-        calib = {k: np.concatenate([v] + [m[k] for m in more]) for k, v in acts.items()}
+        specs = {t.name: t for st in plan.steps for t in st.inputs}
+        # samples along the batch axis; a tensor without one is the same in every sample: once
+        calib = {k: np.concatenate([v] + [m[k] for m in more]) if k in specs and batched(specs[k]) else v
+                 for k, v in acts.items()}
     staging = Path(tempfile.mkdtemp(prefix=".edgepart-tflite-", dir=Path(next(iter(dirs.values()))).parent))
     try:
         new_steps, results, moves = [], [], []
@@ -126,11 +165,14 @@ def convert_bundles(plan: Plan, dirs: Mapping[str, Path], cluster, *, fmt: str =
             try:
                 out_dir = staging / st.device / st.name
                 out_dir.mkdir(parents=True)
-                tfl, io = convert_step(src, out_dir, precision=precision, step=st.name, progress=progress,
-                                       calibration={k: calib[k] for k in sample} if calib else sample)
-                want = {o.name: acts[o.name] for o in st.outputs}
-                scale = max([1.0] + [float(np.max(np.abs(v))) for v in want.values() if np.size(v)])
-                diff = check_step(src, tfl, io, [sample], TOLERANCE[precision] * scale, step=st.name)
+                try:
+                    tfl, io = convert_step(src, out_dir, precision=precision, step=st.name, progress=progress,
+                                           calibration={k: calib[k] for k in sample} if calib else sample)
+                    want = {o.name: acts[o.name] for o in st.outputs}
+                    scale = max([1.0] + [float(np.max(np.abs(v))) for v in want.values() if np.size(v)])
+                    diff = check_step(src, tfl, io, [sample], TOLERANCE[precision] * scale, step=st.name)
+                except runtime_errors() as e:  # LiteRT or onnxruntime on the converted step: it does not convert
+                    raise runtime_failure(st.name, "checking the converted step", e) from None
             except ConversionError as e:
                 e = _keep_log(e, staging, dirs[st.device])
                 if fmt == "tflite":
@@ -151,16 +193,44 @@ def convert_bundles(plan: Plan, dirs: Mapping[str, Path], cluster, *, fmt: str =
                                                  runtime="tflite", io=tuple(io)))
             results.append(Converted(st.name, st.device, "tflite", diff))
         new_plan = dataclasses.replace(plan, steps=tuple(new_steps))
-        # every check passed: now change dist/ (files first, then every device's manifest: the plan id changed)
-        for st, tfl, target in moves:
-            shutil.copy2(tfl, target)
-            for f in st.files():
-                (dirs[st.device] / f).unlink(missing_ok=True)
-        for d, path in dirs.items():
-            write_manifest(path, new_plan, d)
+        rewrite(plan, new_plan, dirs, moves)
         return new_plan, tuple(results)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def rewrite(old: Plan, new: Plan, dirs: Mapping[str, Path], moves: Sequence[tuple[Step, Path, Path]]) -> None:
+    """Change dist/ from `old` to `new` once every check passed, in an order that never leaves a bundle
+    with neither its ONNX step nor its TFLite one: the new files copied in, then every device's
+    manifest written (the plan id changed), and only then the replaced ONNX files removed. A failure
+    before the last part puts the bundles back as they were (ONNX) and is a ConversionError."""
+    copied: list[Path] = []
+    written: list[str] = []
+    try:
+        for st, tfl, target in moves:
+            shutil.copy2(tfl, target)
+            copied.append(target)
+        for d, path in dirs.items():
+            written.append(d)
+            write_manifest(path, new, d)
+    except OSError as e:
+        for d in written:  # the old manifests back: their files were never removed
+            try:
+                write_manifest(dirs[d], old, d)
+            except OSError:
+                log.warning("could not restore the manifest of %s", d)
+        for target in copied:
+            target.unlink(missing_ok=True)
+        raise ConversionError(f"Writing the TFLite steps into the bundles failed ({e}); the bundles are left "
+                              f"as they were (ONNX). Free the space or fix the permissions, and package again.") from None
+    keep = {(st.device, f) for st in new.steps for f in st.files()}
+    for st, _, _ in moves:
+        for f in st.files():
+            if (st.device, f) not in keep:
+                try:
+                    (dirs[st.device] / f).unlink(missing_ok=True)
+                except OSError as e:  # a file left over, not a broken bundle
+                    log.warning("could not remove %s of %s after converting it: %s", f, st.device, e)
 
 
 def _keep_log(e: ConversionError, staging: Path, bundle_dir: Path) -> ConversionError:
@@ -175,4 +245,6 @@ def _keep_log(e: ConversionError, staging: Path, bundle_dir: Path) -> Conversion
     return ConversionError(msg, step=e.step, operator=e.operator)
 
 
-__all__ = ["FORMATS", "PRECISIONS", "Converted", "check_format", "convert_bundles", "step_activations", "tflite_devices"]
+__all__ = ["FORMATS", "PRECISIONS", "Converted", "batched", "check_format", "convert_bundles", "require_litert",
+           "rewrite", "samples_in", "step_activations", "tflite_devices",
+           "wants_tflite"]
