@@ -241,6 +241,10 @@ def failed_operator(log_text: str, model: onnx.ModelProto | None = None) -> tupl
     m = re.search(r"(\w+) OP is not yet implemented|No module named 'onnx2tf\.ops\.(\w+)'", text)
     if m:
         return (m.group(1) or m.group(2)), ""
+    # TensorFlow's TFLite converter: a TF operator with no TFLite builtin (named as in ONNX, mostly)
+    m = re.search(r"'tf\.(\w+)' op is neither a custom op nor a flex op", text)
+    if m:
+        return m.group(1), ""
     err = re.search(r"ERROR: onnx_op_name: (\S+)", text)
     if not err:
         return "", ""
@@ -263,8 +267,9 @@ def _failure(step: str, log_path: Path, what: str, model: onnx.ModelProto | None
         text = ""
     op, node = failed_operator(text, model)
     # the log's own lines, not the frames of a traceback inside onnx2tf or TensorFlow (those stay in the log)
+    # (nor TensorFlow's MLIR dump: its lines are locations, operations and the function's braces)
     lines = [s.strip() for s in _ANSI.sub("", text).splitlines()
-             if s.strip() and not s[:1].isspace() and not s.startswith("Traceback")][-3:]
+             if s.strip() and not s[:1].isspace() and not s.startswith(("Traceback", "loc(", '"func.', "%", "}", "<unknown>"))][-3:]
     at = (f" at the ONNX operator {op} (node {node})" if op and node else f" at the ONNX operator {op}" if op
           else f" at the node {node}" if node else "")
     return ConversionError(

@@ -60,3 +60,21 @@ def test_the_operator_is_read_from_the_log():
     step = helper.make_model(helper.make_graph([node], "g", [], []))
     assert failed_operator(per_op, step) == ("Concat", "/Concat")  # "wa/" is onnx2tf's spelling of "/"
     assert failed_operator("ValueError: the TFLite converter failed\n") == ("", "")
+    # TensorFlow's converter refusing an operator TFLite has no builtin for (before Erf was replaced)
+    no_builtin = ('loc(callsite(callsite(fused["Erf:", callsite("model/tf.math.erf/Erf"))): error: '
+                  "'tf.Erf' op is neither a custom op nor a flex op\nerror: failed while converting: 'main':\n")
+    assert failed_operator(no_builtin) == ("Erf", "")
+
+
+def test_a_failure_message_leaves_out_the_converters_mlir_dump(tmp_path):
+    from edgepart.packager.tflite.convert import _failure
+
+    work = tmp_path / "work"
+    work.mkdir()
+    log = work / "s.onnx2tf.log"
+    log.write_text("INFO: converting\nloc(fused[...]): error: 'tf.Erf' op is neither a custom op nor a flex op\n"
+                   "error: failed while converting: 'main':\n\"func.func\"() <{arg_attrs = [{x}]}> ({\n"
+                   "  %0 = \"tfl.mul\"(%1, %2)\n%3 = x\n}) : () -> ()\n<unknown>:0: note: see current operation\n")
+    e = _failure("stage1", log, "onnx2tf failed")
+    assert "at the ONNX operator Erf" in str(e) and e.operator == "Erf"
+    assert "func.func" not in str(e) and "tfl.mul" not in str(e) and "failed while converting" in str(e)
