@@ -117,7 +117,8 @@ def _waits(items: list[tuple[int, float, float, Any]], by_priority: bool) -> tup
     rho = sum(r * s for _, _, r, s in items)
     w0 = sum(r * s * s / 2.0 for _, _, r, s in items)
     out: dict[int, Any] = {}
-    for owner, w, _, _ in items:
+    for owner, w, r_own, s_own in items:
+        own = r_own * s_own
         if by_priority:
             above = sum(r * s for _, ww, r, s in items if ww > w)
             at = sum(r * s for _, ww, r, s in items if ww >= w)
@@ -125,7 +126,10 @@ def _waits(items: list[tuple[int, float, float, Any]], by_priority: bool) -> tup
             above, at = 0.0, rho
         denom = (1.0 - above) * (1.0 - at)
         ok = np.logical_and(np.asarray(above) < 1.0, np.asarray(at) < 1.0)
-        out[owner] = np.where(ok, w0 / np.where(ok, denom, 1.0), _OVER * (1.0 + np.asarray(at)))
+        # past capacity the penalty grows with the owner's own load there, not with the load of the work
+        # served before it: work of a higher weight on a server that is full for a lower one does not make
+        # the lower one's figure worse (it is unbounded either way), so the search keeps that work fast
+        out[owner] = np.where(ok, w0 / np.where(ok, denom, 1.0), _OVER * (1.0 + np.asarray(own)))
     return out, rho
 
 

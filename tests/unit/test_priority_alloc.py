@@ -70,3 +70,22 @@ def test_an_unknown_mode_is_refused(graph):
     cl, srcs = contended(1.0)
     with pytest.raises(ValueError, match="priority, blind, local"):
         allocate(graph, cl, srcs, "fastest")
+
+
+def test_past_capacity_the_urgent_source_stays_fast_and_the_low_one_takes_the_overload(graph):
+    """Two cameras whose work together exceeds the cluster's: someone is over capacity whatever the
+    allocation. The low-priority source takes it; the urgent one keeps a finite, short latency, no worse
+    than the priority-blind baseline's (the penalty past capacity grows with a source's own load on a
+    full server, not with the work served before it, so it never pushes the urgent work back home)."""
+    devs = [{"name": n, "gflops": g} for n, g in (("door-cam", 10), ("yard-cam", 10), ("jetson", 40), ("pi", 10))]
+    cl = cluster_from_dict({"devices": devs, "links": {"default": {"bandwidth_mbps": 1000, "latency_ms": 0.5}}})
+    rate = 0.9 * 40e9 / (2 * graph.total_macs)  # 90 % of the jetson's frames/s, from each camera
+    srcs = sources_from_dict({"sources": [
+        {"name": "door", "device": "door-cam", "priority": 10, "rate_hz": rate},
+        {"name": "yard", "device": "yard-cam", "priority": 1, "rate_hz": rate}]})
+    res = allocate_all(graph, cl, srcs)
+    pri, blind = res["priority"], res["blind"]
+    assert pri.get("yard").expected_ms == float("inf")
+    door = pri.get("door")
+    assert door.cut < graph.n and door.expected_ms < 150
+    assert door.expected_ms <= blind.get("door").expected_ms
