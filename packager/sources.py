@@ -19,11 +19,20 @@ from edgepart.packager.cluster import Cluster
 def load_sources(path: str | Path, cluster: Cluster | None = None) -> Sources:
     """The sources of `path`; with `cluster`, every source's device must be one of its devices."""
     path = Path(path)
+    if path.is_dir():
+        raise SourcesError(f"{path} is a folder, not a sources file. Give the sources.yaml in it (see "
+                           f"docs/priority.md) with --sources.")
     if not path.is_file():
         raise SourcesError(f"{path} does not exist. Write a sources.yaml (see docs/priority.md) and pass it "
                            f"with --sources.")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise SourcesError(f"Cannot read {path}: {e.strerror or e}. Give a sources.yaml you can read "
+                           f"with --sources.") from None
+    except UnicodeDecodeError:
+        raise SourcesError(f"{path} is not a text file (not UTF-8). Give a sources.yaml (see "
+                           f"docs/priority.md) with --sources.") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

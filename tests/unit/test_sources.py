@@ -82,3 +82,20 @@ def test_a_missing_file_says_what_to_write(tmp_path):
 def test_without_a_cluster_devices_are_not_checked(tmp_path):
     srcs = load_sources(write(tmp_path, "sources: [{name: a, device: anywhere, priority: 1, rate_hz: 1}]\n"))
     assert srcs.get("a").device == "anywhere"
+
+
+def test_a_path_that_cannot_be_read_is_a_sources_error_not_a_traceback(tmp_path, monkeypatch):
+    with pytest.raises(SourcesError, match="is a folder, not a sources file"):
+        load_sources(tmp_path, CLUSTER)
+    binary = tmp_path / "frame.jpg"
+    binary.write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\xfe\xff")
+    with pytest.raises(SourcesError, match="is not a text file"):
+        load_sources(binary, CLUSTER)
+    p = write(tmp_path, GOOD)
+
+    def denied(self, *a, **k):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(type(p), "read_text", denied)
+    with pytest.raises(SourcesError, match="Cannot read .*Permission denied"):
+        load_sources(p, CLUSTER)
