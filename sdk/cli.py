@@ -77,6 +77,36 @@ def _options(**kw) -> dict:
     return {k: v for k, v in kw.items() if v is not None}
 
 
+def _check_sources_options(sources: Optional[Path], simulate: Optional[float], strategy: str) -> None:
+    """--sources and --simulate make sense together and with the pipeline strategy only: say so before any work."""
+    if simulate is not None and sources is None:
+        raise PlanningError("--simulate runs the allocation of several sources; give the sources too, "
+                            "--sources sources.yaml (docs/priority.md).")
+    if simulate is not None and not (simulate > 0 and simulate < float("inf")):
+        raise PlanningError(f"--simulate takes a number of simulated seconds above 0, e.g. --simulate 30; got {simulate:g}.")
+    if sources is not None and strategy != "pipeline":
+        raise PlanningError(f"--sources does not apply to --strategy {strategy}: it places each source's first layers on "
+                            f"its own device and the rest on one helper, which is a pipeline cut. Leave out --strategy "
+                            f"(pipeline is the default) to plan with sources.")
+
+
+def _check_plot_path(path: Path) -> None:
+    """Fail before any work when --plot cannot become a file."""
+    if path.is_dir():
+        raise PlanningError(f"--plot {path} is a folder. Give a file name, e.g. --plot {path / 'plan.png'}.")
+    if not path.parent.is_dir():
+        raise PlanningError(f"Cannot write the picture to {path}: the folder {path.parent} does not exist. "
+                            f"Create it or give --plot a path in an existing folder.")
+
+
+def _write_plot(planned, path: Path) -> None:
+    try:
+        planned.plot(path)
+    except OSError as e:
+        raise PlanningError(f"Cannot write the picture to {path}: {e.strerror or e}. Give --plot a path you can "
+                            f"write to.") from None
+
+
 @app.command("plan", cls=_StrategyHelp)
 def plan_cmd(
     model: Path = typer.Argument(..., help="The trained model, an .onnx file."),
@@ -91,23 +121,46 @@ def plan_cmd(
     tile_until: Optional[str] = TileUntilOpt,
     rest: Optional[str] = RestOpt,
     leave_out: Optional[bool] = LeaveOutOpt,
+    sources: Optional[Path] = typer.Option(None, "--sources", help="sources.yaml: the cameras (or other sources) sharing the cluster, each with its device, priority, rate and optional deadline. Also shows, per source, where its layers run and its expected latency under the priority-aware allocation, the priority-blind baseline and local-only (a table, a \"sources\" key in --json; with --plot, the picture is these latencies as grouped bars). Pipeline only. docs/priority.md."),
+    simulate: Optional[float] = typer.Option(None, "--simulate", help="With --sources: also run each allocation in the discrete-event simulator for this many simulated seconds (seed 0) and show per source the mean, p50, p95, p99 latency, throughput and deadline misses beside the expected figures."),
 ) -> None:
     """Show what would go where, and why: stages, devices, compute, bytes crossing, estimated times."""
 
     def body():
         p = _packager()
+        _check_sources_options(sources, simulate, strategy)
+        if plot:
+            _check_plot_path(plot)
         shapes, _ = _shapes(input_shape, inputs)
-        planned = p.plan(model, cluster, strategy=strategy, objective=objective, input_shapes=shapes,
+        cl = cluster
+        srcs = None
+        if sources is not None:  # the sources file is checked against the cluster before anything is planned
+            from edgepart.packager.cluster import load_cluster
+            from edgepart.packager.sources import load_sources
+
+            cl = load_cluster(cluster)
+            srcs = load_sources(sources, cl)
+        planned = p.plan(model, cl, strategy=strategy, objective=objective, input_shapes=shapes,
                          **_options(replicate=replicate, tile_until=tile_until, rest=rest, leave_out=leave_out))
         if plot and not hasattr(planned, "plot"):
             raise PlanningError(f"--plot draws a pipeline's timeline; for a {strategy} split, use `package --report report.html`.")
+        by_source = None
+        if srcs is not None:
+            from edgepart.packager.priority_plan import plan_sources
+
+            by_source = plan_sources(planned.graph, planned.cluster, srcs, simulate_s=simulate)
         if plot:
-            planned.plot(plot)
+            _write_plot(by_source if by_source is not None else planned, plot)
         if as_json:
-            print(json.dumps(planned.to_dict(), indent=1))
+            d = planned.to_dict()
+            if by_source is not None:
+                d["sources"] = by_source.to_dict()
+            print(json.dumps(d, indent=1))
             return
         n = len(planned.cluster.devices)
         planned.show(console, f"{strategy} plan for {model.name} on {n} devices")
+        if by_source is not None:
+            by_source.show(console)
         if plot:
             console.print(f"picture written to {plot}")
 
