@@ -156,8 +156,7 @@ class SourcesPlanned:
         """Two tables (the figures, then where the layers run), the busiest servers and the sentence; with a
         simulation, its table. Narrow enough for an 80-column terminal."""
         n = self.n_nodes
-        t = _table(f"{len(self.sources)} sources, expected latency in ms: priority-aware allocation (aware), "
-                   f"priority-blind baseline (blind), local-only (local); deadline met: yes or no in each")
+        t = _table(f"{len(self.sources)} sources: expected latency, ms")
         for col in ("source", "device", "priority", "rate/s", "deadline", "aware", "blind", "local",
                     "deadline met"):
             t.add_column(col, justify="left" if col in ("source", "device", "deadline met") else "right")
@@ -170,7 +169,9 @@ class SourcesPlanned:
                       *(_ms(self.expected(m, src.name)) for m in MODES), met)
         console.print()
         console.print(t)
-        w = _table(f"where each source's {n} layers run (here: on its own device; local-only: all {n} here)")
+        console.print("aware: the priority-aware allocation; blind: the priority-blind baseline; local: local-only "
+                      "(docs/priority.md). deadline met: yes or no under each, in that order.", soft_wrap=True)
+        w = _table(f"where each source's {n} layers run (here: its own device)")
         for col in ("source", "aware", "blind"):
             w.add_column(col)
         for src in self.sources:
@@ -178,6 +179,7 @@ class SourcesPlanned:
                                           for m in ("priority", "blind")))
         console.print()
         console.print(w)
+        console.print()
         busiest = "; ".join(f"{LABELS[m]} {escape(a.utilisation[0][0])} {a.utilisation[0][1]:.2f}"
                             for m, a in self.allocations.items() if a.utilisation)
         console.print(f"busiest server (utilisation; 1 or more is over capacity): {busiest}", soft_wrap=True)
@@ -186,8 +188,7 @@ class SourcesPlanned:
             self.show_simulated(console)
 
     def show_simulated(self, console) -> None:
-        t = _table(f"simulated {self.simulate_s:g} s (Poisson arrivals, seed {self.seed}, the rule of docs/priority.md; "
-                   f"the first 10 % not counted): latency in ms")
+        t = _table(f"simulated {self.simulate_s:g} s: latency, ms")
         for col in ("source", "alloc", "expected", "mean", "p50", "p95", "p99", "done/s", "misses", "refused",
                     "left"):
             t.add_column(col, justify="left" if col in ("source", "alloc") else "right")
@@ -204,9 +205,10 @@ class SourcesPlanned:
         console.print(t)
         total = sum(r.requests for r in self.simulated.values())
         wall = sum(r.wall_s for r in self.simulated.values())
-        console.print(f"done/s: answered per second (the rates are above); misses: answered after the deadline; "
-                      f"refused: at once, the deadline being out of reach; left: unfinished at the end. "
-                      f"{total:,} simulated requests in {wall:.2f} s of wall time.", soft_wrap=True)
+        console.print(f"Poisson arrivals at each source's rate, seed {self.seed}, the rule of docs/priority.md; the first "
+                      f"10 % not counted. done/s: answered per second; misses: answered after the deadline; refused: "
+                      f"at once, the deadline being out of reach; left: unfinished at the end. {total:,} simulated "
+                      f"requests in {wall:.2f} s of wall time.", soft_wrap=True)
 
     def plot(self, path: Path | str) -> Path:
         """Expected latency per source, one bar per allocation (log scale; the simulated mean as a dot when
