@@ -107,6 +107,9 @@ def _profile(ref: Any, base: Path | None, where: str):
         return Profile.from_dict(yaml.safe_load(path.read_text()), str(path))
     except yaml.YAMLError as e:
         raise ClusterError(f"{where}.profile: {path} is not valid YAML ({str(e).splitlines()[0]}).") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ClusterError(f"{where}.profile: {path} cannot be read ({e}). Copy the file `edgepart profile` "
+                           f"wrote beside cluster.yaml again.") from None
     except BundleError as e:
         raise ClusterError(f"{where}.profile: {e}") from None
 
@@ -120,7 +123,7 @@ def cluster_from_dict(data: Any, source: str = "cluster", base: Path | None = No
     raw = data.get("devices")
     if not isinstance(raw, list) or not raw:
         raise ClusterError(f"{source}: 'devices' must be a non-empty list of {{name, gflops, memory_mb}}.")
-    devices = []
+    devices, measured = [], []
     for i, d in enumerate(raw):
         where = f"{source}: devices[{i}]"
         if not isinstance(d, dict) or "name" not in d:
@@ -150,6 +153,8 @@ def cluster_from_dict(data: Any, source: str = "cluster", base: Path | None = No
         if runtime not in ("onnx", "tflite"):
             raise ClusterError(f"{where}.runtime is {runtime!r}: give onnx (onnxruntime) or tflite (LiteRT).")
         devices.append(Device(name, gflops, mem, prov, threads, runtime, prof.speeds if prof else ()))
+        if prof is not None:
+            measured += [(name, q) for q in prof.peers]
     names = [d.name for d in devices]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
@@ -169,7 +174,25 @@ def cluster_from_dict(data: Any, source: str = "cluster", base: Path | None = No
             if x not in names:
                 raise ClusterError(f"{where} names {x!r}, which is not a device ({', '.join(names)}).")
         pairs.append((a, b, _link({k: v for k, v in p.items() if k != "between"}, where)))
-    return Cluster(tuple(devices), default, tuple(pairs))
+    return Cluster(tuple(devices), default, tuple(pairs) + _measured_pairs(measured, pairs, names, default))
+
+
+def _measured_pairs(measured: list, pairs: list, names: list[str], default: Link) -> tuple:
+    """Links that profiles measured (docs/profile.md, "Peers"), for the pairs that `links.pairs`
+    does not give: latency half the round trip, the measured bandwidth (the default link's where a
+    profile has none); measured from both ends, the slower figures. A peer not in the cluster is
+    left out."""
+    given = {frozenset((a, b)) for a, b, _ in pairs}
+    got: dict[frozenset, Link] = {}
+    for name, q in measured:
+        key = frozenset((name, q.device))
+        if q.device not in names or q.device == name or key in given:
+            continue
+        link = Link(q.bandwidth_mbps or default.bandwidth_mbps, q.rtt_ms / 2)
+        old = got.get(key)
+        got[key] = link if old is None else Link(min(old.bandwidth_mbps, link.bandwidth_mbps),
+                                                 max(old.latency_ms, link.latency_ms))
+    return tuple((*sorted(k), v) for k, v in sorted(got.items(), key=lambda kv: sorted(kv[0])))
 
 
 def _providers(prov: Any, where: str) -> tuple[str, ...]:

@@ -166,36 +166,6 @@ async def _ping(endpoint: str, plan_id: str, timeout_s: float = 1.0) -> tuple[fl
         ctx.term()
 
 
-async def _round_trips(endpoint: str, plan_id: str, n: int, timeout_s: float = 1.0) -> list[float]:
-    """`n` ping round trips in ms over one connection, after an untimed first ping that opens it (so
-    the figures are the link's, not TCP's handshake); fewer if the agent stops answering."""
-    import zmq
-    import zmq.asyncio
-
-    from .wire import Header, decode
-
-    ctx = zmq.asyncio.Context()
-    s = ctx.socket(zmq.DEALER)
-    s.setsockopt(zmq.LINGER, 0)
-    got: list[float] = []
-    try:
-        s.connect(endpoint)
-        for i in range(n + 1):
-            t0 = time.perf_counter()
-            await s.send(Header("ping", plan_id, "@discover").encode())
-            frames = await asyncio.wait_for(s.recv_multipart(), timeout_s)
-            if decode(frames)[0].kind != "pong":
-                break
-            if i:
-                got.append((time.perf_counter() - t0) * 1e3)
-    except Exception:  # unreachable, garbage, timeout: what was measured stands
-        pass
-    finally:
-        s.close(0)
-        ctx.term()
-    return got
-
-
 @app.command("infer")
 def infer_cmd(
     dist: Path = typer.Argument(..., help="The dist/ folder, or any one bundle of the plan (only its plan is read)."),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import statistics
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -64,7 +65,7 @@ def profile_cmd(
             p = measure(files, providers=prov, threads=n_threads, seconds=seconds, device=device, source=source,
                         progress=lambda s: pr.update(task, description=s), tflite=tflite)
             if peer:
-                pr.update(task, description="round trips to peers")
+                pr.update(task, description="round trips and bandwidth to peers")
                 p = _with_peers(p, list(peer), b.plan_id if bundle is not None else "@profile")
         try:
             out.write_text(p.to_yaml())
@@ -77,8 +78,9 @@ def profile_cmd(
             console.print(f"  {k:<10} {v:8.2f} GFLOP/s")
         for why in p.skipped:
             err_console.print(f"[yellow]not timed[/] {why}", soft_wrap=True)
-        for k, v in p.peers:
-            console.print(f"  peer {k}: round trip {v:.3f} ms")
+        for q in p.peers:
+            bw = f"{q.bandwidth_mbps:,.0f} Mbit/s" if q.bandwidth_mbps else "bandwidth not measured"
+            console.print(f"  peer {q.device} ({q.endpoint}): round trip {q.rtt_ms:.3f} ms, {bw}")
         console.print(f"profile written to [bold]{out}[/]; in cluster.yaml: `- {{name: {p.device}, profile: {out.name}}}`")
 
     _run(body)
@@ -108,21 +110,72 @@ def _tflite_timer(b, steps, threads: int, seconds: float):
     return run
 
 
+# A ping's payload grows from 256 KiB by 4x until it adds this much time over an empty ping (or
+# reaches MAX_PROBE_BYTES): long enough to time a link's bandwidth, short on a slow one (docs/profile.md)
+PROBE_MS = 20.0
+MAX_PROBE_BYTES = 16 << 20
+
+
+async def link_figures(endpoint: str, plan_id: str, pings: int = 10, timeout_s: float = 1.0
+                       ) -> tuple[str, list[float], float | None]:
+    """(the peer's device name, `pings` round trips in ms, bandwidth in Mbit/s or None) over one
+    connection, opened by an untimed first ping. Bandwidth: an agent answers a ping whatever frames
+    follow its header, so a ping carrying N bytes takes N / bandwidth longer than an empty one (the
+    pong is small). Fewer figures, or none, where the agent stops answering."""
+    import zmq
+    import zmq.asyncio
+
+    from .wire import Header, decode
+
+    ctx = zmq.asyncio.Context()
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    name, rtts, mbps = "", [], None
+
+    async def ping(payload: bytes | None, wait_s: float) -> float:
+        nonlocal name
+        t0 = time.perf_counter()
+        await s.send_multipart([Header("ping", plan_id, "@discover").encode(), *([payload] if payload else [])])
+        h, _ = decode(await asyncio.wait_for(s.recv_multipart(), wait_s))
+        if h.kind != "pong":
+            raise ValueError(f"answered {h.kind}")
+        name = h.sender
+        return (time.perf_counter() - t0) * 1e3
+
+    try:
+        s.connect(endpoint)
+        await ping(None, timeout_s)
+        for _ in range(pings):
+            rtts.append(await ping(None, timeout_s))
+        base, size = statistics.median(rtts), 256 << 10
+        while True:
+            payload = bytes(size)
+            extra = statistics.median([await ping(payload, timeout_s + size * 8 / 1e6) for _ in range(3)]) - base
+            if extra >= PROBE_MS or size >= MAX_PROBE_BYTES:
+                break
+            size *= 4
+        mbps = size * 8 / 1e6 / (extra / 1e3) if extra > 0 else None
+    except Exception:  # unreachable, garbage, timeout: what was measured stands
+        pass
+    finally:
+        s.close(0)
+        ctx.term()
+    return name, rtts, mbps
+
+
 def _with_peers(p, peers: list[str], plan_id: str):
     import dataclasses
 
-    from .cli_cluster import _round_trips
-
-    async def rtts(endpoint: str) -> float | None:
-        got = await _round_trips(endpoint, plan_id, 10)
-        return statistics.median(got) if got else None
+    from .profile import PeerLink
 
     found = []
     for hp in peers:
         ep = hp if hp.startswith("tcp://") else f"tcp://{hp}"
-        ms = asyncio.run(rtts(ep))
-        if ms is None:
+        name, rtts, mbps = asyncio.run(link_figures(ep, plan_id))
+        if not rtts:
             err_console.print(f"[yellow]peer {hp} did not answer: not in the profile[/]")
+        elif any(q.device == name for q in found):
+            err_console.print(f"[yellow]peer {hp} is {name} again: measured once[/]")
         else:
-            found.append((hp, ms))
+            found.append(PeerLink(name, ep, statistics.median(rtts), mbps))
     return dataclasses.replace(p, peers=tuple(found))

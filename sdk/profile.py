@@ -15,7 +15,7 @@ Each kind's speed is 2 x its multiply-accumulates / its time, the multiply-accum
 the packager's cost model counts them (the same `node_macs` serves both), so the planner can give
 each node the time its kind takes on that device instead of one GFLOP/s figure for all: depthwise
 convolutions and attention are not FLOP-bound. It also records the memory available and the round
-trip to peers that are up (`--peer`).
+trip and bandwidth to peers that are up (`--peer`).
 
 The profile is a YAML file (schema below, `PROFILE_VERSION`) that cluster.yaml names per device
 (`profile: pi-b.yaml`); the packager reads it (packager/cluster.py). Nothing here imports onnx: it
@@ -85,6 +85,22 @@ def node_macs(op_type: str, in_shapes: Sequence[Sequence[int] | None], out_shape
 
 
 @dataclass(frozen=True)
+class PeerLink:
+    """The link to one peer as measured from this device (docs/profile.md, "Peers")."""
+
+    device: str  # the peer's device name, as its agent says of itself
+    endpoint: str
+    rtt_ms: float  # median round trip of a ping
+    bandwidth_mbps: float | None = None  # from the extra time a large ping takes; None: not measured
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"endpoint": self.endpoint, "rtt_ms": round(self.rtt_ms, 4)}
+        if self.bandwidth_mbps is not None:
+            d["bandwidth_mbps"] = round(self.bandwidth_mbps, 2)
+        return d
+
+
+@dataclass(frozen=True)
 class Profile:
     """What `edgepart profile` measured on one device."""
 
@@ -96,7 +112,7 @@ class Profile:
     speeds: tuple[tuple[str, float], ...]  # (kind, GFLOP/s) for the kinds it saw
     memory_available_mb: float
     steps_ms: tuple[tuple[str, float], ...] = ()  # each step's median, with --bundle
-    peers: tuple[tuple[str, float], ...] = ()  # (endpoint, round trip ms) of the peers that answered
+    peers: tuple[PeerLink, ...] = ()  # the peers that answered, by device name
     source: str = ""  # what was timed: a bundle, a model, or the representative set
     cpu: str = ""
     version: int = PROFILE_VERSION
@@ -109,7 +125,7 @@ class Profile:
                 "speeds_gflops": {k: round(v, 4) for k, v in self.speeds},
                 "memory_available_mb": round(self.memory_available_mb, 1),
                 "steps_ms": {k: round(v, 4) for k, v in self.steps_ms},
-                "peers_rtt_ms": {k: round(v, 4) for k, v in self.peers}}
+                "peers": {p.device: p.to_dict() for p in self.peers}}
 
     def to_yaml(self) -> str:
         """The profile as YAML, written without a YAML library (a device has none): JSON's quoted
@@ -118,7 +134,7 @@ class Profile:
         for k, v in self.to_dict().items():
             if isinstance(v, dict):
                 lines.append(f"{k}:" + (" {}" if not v else ""))
-                lines += [f"  {json.dumps(str(kk))}: {json.dumps(vv)}" for kk, vv in v.items()]
+                lines += [f"  {json.dumps(str(kk))}: {json.dumps(vv)}" for kk, vv in v.items()]  # (a map: YAML's flow form)
             else:
                 lines.append(f"{k}: {json.dumps(v)}")
         return "\n".join(lines) + "\n"
@@ -137,16 +153,25 @@ class Profile:
                         int(d.get("threads", 0)), float(d["gflops"]), tuple(sorted(speeds.items())),
                         float(d.get("memory_available_mb", 0.0)),
                         tuple((str(k), float(v)) for k, v in (d.get("steps_ms") or {}).items()),
-                        tuple((str(k), float(v)) for k, v in (d.get("peers_rtt_ms") or {}).items()),
+                        tuple(_peer(str(k), v) for k, v in (d.get("peers") or {}).items()),
                         str(d.get("source", "")), str(d.get("cpu", "")))
         except (KeyError, TypeError, ValueError) as e:
             raise BundleError(f"{source} is a malformed profile ({type(e).__name__}: {e}). Run `edgepart profile` "
                               f"again.") from None
         bad = [k for k, v in p.speeds if k not in KINDS or not v > 0] + ([] if p.gflops > 0 else ["gflops"])
+        bad += [f"peers.{q.device}" for q in p.peers
+                if not q.rtt_ms >= 0 or (q.bandwidth_mbps is not None and not q.bandwidth_mbps > 0)]
         if bad:
             raise BundleError(f"{source}: speeds must be positive GFLOP/s of the kinds {', '.join(KINDS)}; "
                               f"{', '.join(bad)} is not.")
         return p
+
+
+def _peer(device: str, d: Any) -> PeerLink:
+    if not isinstance(d, dict):
+        raise TypeError(f"peers.{device} must be a map of endpoint, rtt_ms and bandwidth_mbps")
+    bw = d.get("bandwidth_mbps")
+    return PeerLink(device, str(d.get("endpoint", "")), float(d["rtt_ms"]), None if bw is None else float(bw))
 
 
 @dataclass
@@ -305,5 +330,5 @@ def representative_set() -> list[tuple[str, Path]]:
     return [(f.stem, f) for f in files]
 
 
-__all__ = ["KINDS", "PROFILE_VERSION", "Profile", "measure", "memory_available_mb", "node_macs", "op_kind",
+__all__ = ["KINDS", "PROFILE_VERSION", "PeerLink", "Profile", "measure", "memory_available_mb", "node_macs", "op_kind",
            "representative_set", "tally_trace"]

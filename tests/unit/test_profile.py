@@ -133,11 +133,17 @@ def test_bad_profiles_are_clear_cluster_errors(tmp_path):
              "notprofile.yaml": "not an edgepart profile",
              "newer.yaml": "profile of version 2",
              "badkind.yaml": "speeds must be positive GFLOP/s of the kinds",
-             "badyaml.yaml": "not valid YAML"}
+             "badyaml.yaml": "not valid YAML",
+             "badpeer.yaml": "malformed profile",
+             "negpeer.yaml": "peers.b is not",
+             "binary.yaml": "cannot be read"}
     (tmp_path / "notprofile.yaml").write_text("devices: []\n")
     (tmp_path / "newer.yaml").write_text(yaml.safe_dump(dict(good, version=2)))
     (tmp_path / "badkind.yaml").write_text(yaml.safe_dump(dict(good, speeds_gflops={"gpu": 3.0})))
     (tmp_path / "badyaml.yaml").write_text("kind: [unclosed\n")
+    (tmp_path / "badpeer.yaml").write_text(yaml.safe_dump(dict(good, peers={"b": 3.0})))
+    (tmp_path / "negpeer.yaml").write_text(yaml.safe_dump(dict(good, peers={"b": {"rtt_ms": 1, "bandwidth_mbps": -2}})))
+    (tmp_path / "binary.yaml").write_bytes(b"\xff\xfe\x00kind")
     for ref, needle in cases.items():
         with pytest.raises(ClusterError, match=needle.replace("(", r"\(").replace("`", ".")):
             cluster(ref)
@@ -173,3 +179,33 @@ def test_an_unwritable_out_is_a_clear_error(tmp_path):
                         "--seconds", "0.2", "--threads", "1"], capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert r.returncode != 0 and "Traceback" not in r.stderr + r.stdout
     assert "Cannot write the profile" in r.stderr + r.stdout, r.stderr[-2000:]
+
+
+def test_measured_links_fill_the_pairs_cluster_yaml_leaves_out(tmp_path):
+    """docs/profile.md, "Peers": a profile's peer becomes the link between the two devices (latency
+    half the round trip); measured from both ends the slower figures count; `links.pairs` wins; a
+    peer outside the cluster is left out; a profile without bandwidth keeps the default's."""
+    from edgepart.packager.cluster import cluster_from_dict
+    from edgepart.profile import PeerLink
+
+    def prof(name, *peers):
+        p = Profile(name, "ort", ("CPU",), 1, 5.0, (("conv", 4.0),), 100.0, peers=peers)
+        (tmp_path / f"{name}.yaml").write_text(p.to_yaml())
+        return f"{name}.yaml"
+
+    a = prof("a", PeerLink("b", "tcp://10.0.0.2:5555", 4.0, 80.0), PeerLink("c", "tcp://10.0.0.3:5555", 2.0),
+             PeerLink("zz", "tcp://10.0.0.9:5555", 1.0, 5.0))
+    b = prof("b", PeerLink("a", "tcp://10.0.0.1:5555", 6.0, 100.0), PeerLink("c", "tcp://10.0.0.3:5555", 1.0, 50.0))
+    doc = {"devices": [{"name": "a", "profile": a}, {"name": "b", "profile": b}, {"name": "c", "gflops": 3}],
+           "links": {"default": {"bandwidth_mbps": 20, "latency_ms": 9},
+                     "pairs": [{"between": ["c", "b"], "bandwidth_mbps": 7, "latency_ms": 3}]}}
+    c = cluster_from_dict(doc, "c.yaml", base=tmp_path)
+    ab = c.link("b", "a")
+    assert (ab.bandwidth_mbps, ab.latency_ms) == (80.0, 3.0)  # the slower of both ends' figures
+    ac = c.link("a", "c")
+    assert (ac.bandwidth_mbps, ac.latency_ms) == (20.0, 1.0)  # no bandwidth measured: the default's
+    bc = c.link("b", "c")
+    assert (bc.bandwidth_mbps, bc.latency_ms) == (7.0, 3.0)  # cluster.yaml's pair wins
+    assert all("zz" not in (x, y) for x, y, _ in c.pair_links)
+    back = Profile.from_dict(yaml.safe_load((tmp_path / "a.yaml").read_text()))
+    assert back.peers[0] == PeerLink("b", "tcp://10.0.0.2:5555", 4.0, 80.0) and back.peers[1].bandwidth_mbps is None
