@@ -20,6 +20,7 @@ from typing import Any, Callable, Mapping
 
 import onnx
 
+from edgepart.packager import seal
 from edgepart.packager.cluster import Cluster, load_cluster
 from edgepart.packager.strategies import base
 
@@ -58,7 +59,7 @@ def package(model: str | Path | onnx.ModelProto, cluster: str | Path | Cluster, 
             input_shapes: Mapping[str, tuple[int, ...]] | None = None, inputs: Mapping[str, Any] | None = None,
             wire_codec: str = "dense", report: str | Path | None = None, model_name: str | None = None,
             progress: Callable[[str], None] | None = None, format: str = "onnx", tflite_precision: str = "float32",
-            **options: Any) -> base.Packaged:
+            insecure: bool = False, signing_key: str | Path | None = None, **options: Any) -> base.Packaged:
     """Plan the split and write one bundle per device under `out` (dist/<device>/). With `report`,
     also measure the split's fidelity and write the report there as one HTML file (docs/report.md).
 
@@ -66,7 +67,11 @@ def package(model: str | Path | onnx.ModelProto, cluster: str | Path | Cluster, 
     cluster.yaml says `runtime: tflite`); `tflite_precision`: float32, float16 or int8 (docs/tflite.md).
 
     `inputs`: example inputs (a mapping of model input names to arrays); their shapes fix symbolic
-    dimensions, and the report measures fidelity on them. `input_shapes` fixes them by name."""
+    dimensions, and the report measures fidelity on them. `input_shapes` fixes them by name.
+
+    Every bundle gets its device's link key and every manifest is signed (docs/bundle-format.md,
+    "Keys"): `insecure` writes no link keys (plaintext links); `signing_key` is a key file to sign
+    with instead of this workstation's own."""
     if report is not None:
         from edgepart.packager.check.report import check_writable
 
@@ -76,6 +81,10 @@ def package(model: str | Path | onnx.ModelProto, cluster: str | Path | Cluster, 
     from edgepart.packager.formats import check_format, convert_bundles, require_litert, wants_tflite
 
     check_format(format, tflite_precision)  # a wrong flag fails before anything is planned
+    if signing_key is not None:  # ... and so does an unreadable signing key
+        from edgepart.signing import load_or_create_signing_key
+
+        load_or_create_signing_key(Path(signing_key))
     if wants_tflite(job.cluster, format):
         require_litert()  # and so does a packager that could not check a converted step
     res = s.package(job, Path(out), report=report is not None)
@@ -83,6 +92,8 @@ def package(model: str | Path | onnx.ModelProto, cluster: str | Path | Cluster, 
         new_plan, conv = convert_bundles(res.plan, res.bundle_dirs, job.cluster, fmt=format,
                                          precision=tflite_precision, feeds=job.feeds, progress=progress)
         res = dataclasses.replace(res, plan=new_plan, conversions=conv)
+    seal.apply(Path(out), res.bundle_dirs, res.plan,
+               seal.Sealing(insecure, Path(signing_key) if signing_key is not None else None))
     if report is not None and res.report is not None:
         from edgepart.packager.check.report_html import write_html
 

@@ -1,5 +1,5 @@
-"""Write bundles: every step's sub-model into its device's folder, then every device's manifest,
-staged in a temporary folder and moved into place, so a failure never leaves half a `dist/`.
+"""Write bundles: every step's sub-model into its device's folder, then every device's key and signed
+manifest (seal.py), staged in a temporary folder and moved into place, so a failure never leaves half a `dist/`.
 
 Every strategy ends here: it hands over its steps (sub-models still in memory) and a function that
 builds the plan once the files' hashes are known.
@@ -15,10 +15,12 @@ from typing import Callable, Sequence
 
 import onnx
 
-from edgepart.bundle import sha256_file, write_manifest
+from edgepart.bundle import sha256_file
 from edgepart.errors import BundleError
+from edgepart.keys import CLIENT_KEY_SUFFIX
 from edgepart.plan import CALLER, DeviceSpec, Hints, Plan, Route, Step, TensorSpec
 
+from edgepart.packager import seal
 from edgepart.packager.model import submodel as emit
 
 
@@ -82,7 +84,8 @@ def write_bundles(step_models: Sequence[StepModel], make_plan: Callable[[list[St
     """Write the steps and manifests into `out_dir/<device>/`; returns the plan and the folders."""
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
-        stale = [p for p in out_dir.iterdir() if not (p / "manifest.json").is_file()]
+        stale = [p for p in out_dir.iterdir() if not (p / "manifest.json").is_file()
+                 and not (p.is_file() and p.name.endswith(CLIENT_KEY_SUFFIX))]  # the clients' keys (seal.py)
         if stale:
             raise BundleError(f"{out_dir} exists and holds things that are not edgepart bundles "
                               f"({stale[0].name}, ...). Give an empty or new folder with -o.")
@@ -100,9 +103,7 @@ def write_bundles(step_models: Sequence[StepModel], make_plan: Callable[[list[St
                               data_files=tuple((f.name, sha256_file(f)) for f in files[1:]),
                               nodes=sm.nodes, estimated_ms=sm.estimated_ms))
         plan = make_plan(steps)
-        for d in plan.device_names():
-            (staging / d).mkdir(parents=True, exist_ok=True)
-            write_manifest(staging / d, plan, d)
+        clients = seal.seal(staging, out_dir, plan)  # link keys and signed manifests
         out_dir.mkdir(parents=True, exist_ok=True)
         dirs = {}
         for d in plan.device_names():
@@ -114,6 +115,7 @@ def write_bundles(step_models: Sequence[StepModel], make_plan: Callable[[list[St
         for old in out_dir.iterdir():  # bundles of devices no longer in the cluster would confuse `run`
             if old.name not in dirs and (old / "manifest.json").is_file():
                 shutil.rmtree(old)
+        seal.write_clients(out_dir, clients)
         return plan, dirs
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -27,7 +27,8 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from edgepart.bundle import sha256_file, write_manifest
+from edgepart.bundle import sha256_file
+from edgepart.packager.seal import reseal
 from edgepart.errors import ConversionError
 from edgepart.plan import Plan, Step, TensorSpec
 from edgepart.runtime import make_session
@@ -212,11 +213,11 @@ def rewrite(old: Plan, new: Plan, dirs: Mapping[str, Path], moves: Sequence[tupl
             copied.append(target)
         for d, path in dirs.items():
             written.append(d)
-            write_manifest(path, new, d)
+            reseal({d: path}, new)
     except OSError as e:
         for d in written:  # the old manifests back: their files were never removed
             try:
-                write_manifest(dirs[d], old, d)
+                reseal({d: dirs[d]}, old)
             except OSError:
                 log.warning("could not restore the manifest of %s", d)
         for target in copied:

@@ -13,10 +13,12 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from .errors import BundleError
+from .keys import DEVICE_KEY, KeyPair, Keys, read_keypair
 from .plan import READS, SCHEMA_VERSION, Plan, Step
+from .signing import verify_manifest
 
 MANIFEST = "manifest.json"
 FORMAT = "edgepart-bundle"
@@ -29,6 +31,7 @@ class Bundle:
     path: Path
     device: str
     plan: Plan
+    keys: Keys = Keys()  # the plan's public link keys (empty: packaged --insecure); sdk/keys.py
 
     @property
     def plan_id(self) -> str:
@@ -41,6 +44,14 @@ class Bundle:
     def file(self, name: str) -> Path:
         return self.path / name
 
+    def device_keypair(self) -> KeyPair:
+        """This device's own link keypair (`device.key`, 0600), checked against the manifest."""
+        kp = read_keypair(self.path / DEVICE_KEY)
+        if self.keys.devices.get(self.device) != kp.public:
+            raise BundleError(f"{self.path / DEVICE_KEY} is not {self.device}'s key in this plan (another "
+                              f"packaging's?). Copy the whole bundle folder again.")
+        return kp
+
 
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
@@ -50,8 +61,8 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def manifest_for(plan: Plan, device: str) -> dict[str, Any]:
-    """The manifest of `device`'s bundle in `plan`."""
+def manifest_for(plan: Plan, device: str, keys: Keys = Keys()) -> dict[str, Any]:
+    """The manifest of `device`'s bundle in `plan`, with the plan's public link keys."""
     files: dict[str, str] = {}
     for step in plan.steps_of(device):
         files.update(step.files())
@@ -61,15 +72,15 @@ def manifest_for(plan: Plan, device: str) -> dict[str, Any]:
         "device": device,
         "plan_id": plan.plan_id,
         "files": files,
-        "keys": {},
+        "keys": keys.to_dict(),
         "plan": plan.to_dict(),
     }
 
 
-def write_manifest(bundle_dir: Path, plan: Plan, device: str) -> Path:
+def write_manifest(bundle_dir: Path, plan: Plan, device: str, keys: Keys = Keys()) -> Path:
     """Write `device`'s manifest into `bundle_dir` (its step files must already be there)."""
     path = Path(bundle_dir) / MANIFEST
-    path.write_text(json.dumps(manifest_for(plan, device), indent=1, sort_keys=True) + "\n")
+    path.write_text(json.dumps(manifest_for(plan, device, keys), indent=1, sort_keys=True) + "\n")
     return path
 
 
@@ -77,8 +88,10 @@ def is_bundle(path: Path | str) -> bool:
     return (Path(path) / MANIFEST).is_file()
 
 
-def load_bundle(path: Path | str, *, verify_files: bool = True) -> Bundle:
-    """Load one device's bundle folder, checking schema, plan id and every file's sha256."""
+def load_bundle(path: Path | str, *, verify_files: bool = True, trusted: Iterable[str] = ()) -> Bundle:
+    """Load one device's bundle folder, checking schema, signature and signer (`trusted`: signers'
+    public keys to trust besides this machine's store; docs/bundle-format.md, "Signature"), plan id
+    and every file's sha256."""
     path = Path(path)
     mpath = path / MANIFEST
     if not mpath.is_file():
@@ -107,6 +120,7 @@ def load_bundle(path: Path | str, *, verify_files: bool = True) -> Bundle:
                 else "It was written by an older edgepart: package the model again with this one."
             )
         )
+    verify_manifest(m, mpath, trusted)
     plan = Plan.from_dict(m.get("plan", {}))
     device = m.get("device")
     if device not in plan.device_names():
@@ -130,17 +144,21 @@ def load_bundle(path: Path | str, *, verify_files: bool = True) -> Bundle:
                     f"{f} was modified: its sha256 is {actual[:12]}…, the manifest expects {digest[:12]}…. "
                     f"Copy the bundle again from the workstation, or package the model again."
                 )
-    return Bundle(path=path, device=device, plan=plan)
+    keys = Keys.from_dict(m.get("keys"), mpath)
+    if keys.secure and set(keys.devices) != set(plan.device_names()):
+        raise BundleError(f"{mpath}: its keys name other devices than its plan. Copy the bundle again, or package again.")
+    return Bundle(path=path, device=device, plan=plan, keys=keys)
 
 
-def load_dist(dist: Path | str, *, verify_files: bool = True) -> dict[str, Bundle]:
+def load_dist(dist: Path | str, *, verify_files: bool = True, trusted: Iterable[str] = ()) -> dict[str, Bundle]:
     """Load every bundle under a `dist/` folder and check they all belong to one plan."""
     dist = Path(dist)
     if is_bundle(dist):
         raise BundleError(f"{dist} is one device's bundle; this needs the folder that holds all of them (its parent).")
     if not dist.is_dir():
         raise BundleError(f"{dist} does not exist. Write it with `edgepart package MODEL --cluster CLUSTER -o {dist}`.")
-    bundles = {b.device: b for b in (load_bundle(p, verify_files=verify_files) for p in sorted(dist.iterdir()) if is_bundle(p))}
+    bundles = {b.device: b for b in (load_bundle(p, verify_files=verify_files, trusted=trusted)
+                                     for p in sorted(dist.iterdir()) if is_bundle(p))}
     if not bundles:
         raise BundleError(f"{dist} holds no bundles (no sub-folder with a {MANIFEST}).")
     ids = {b.plan_id for b in bundles.values()}
@@ -148,6 +166,9 @@ def load_dist(dist: Path | str, *, verify_files: bool = True) -> dict[str, Bundl
         by_id = ", ".join(f"{d}: {b.plan_id}" for d, b in sorted(bundles.items()))
         raise BundleError(f"The bundles in {dist} come from different plans ({by_id}). Package again into an empty folder.")
     plan = next(iter(bundles.values())).plan
+    if any(b.keys != next(iter(bundles.values())).keys for b in bundles.values()):
+        raise BundleError(f"The bundles in {dist} hold different link keys (some were copied from another packaging "
+                          f"of the same plan, or a client was added to some only). Copy them all again from one dist/.")
     missing = set(plan.device_names()) - set(bundles)
     if missing:
         raise BundleError(f"{dist} lacks the bundles of {', '.join(sorted(missing))} from its plan.")

@@ -190,8 +190,11 @@ def package_cmd(
     leave_out: Optional[bool] = LeaveOutOpt,
     fmt: str = typer.Option("onnx", "--format", help="The steps' file format: onnx (every device runs onnxruntime); tflite (every step converted to TFLite, run with LiteRT; a step that does not convert stops packaging); auto (the devices whose cluster.yaml says `runtime: tflite` get TFLite steps, and a step that does not convert stays ONNX, with the operator that stopped it said). Every converted step is checked against its ONNX original. The first conversion creates the converter's own environment under ~/.cache/edgepart (a one-time download of TensorFlow). docs/tflite.md."),
     tflite_precision: str = typer.Option("float32", "--tflite-precision", help="With --format tflite or auto: float32 (the model's answers to rounding), float16 (half the file), or int8 (a quarter; calibrated on --inputs, which then should hold a batch of real samples)."),
+    insecure: bool = typer.Option(False, "--insecure", help="Write no link keys: the devices' links are plaintext and unauthenticated, and every `edgepart run` and session must say --insecure too. Only for a network you trust completely. docs/agents.md, \"Encryption\"."),
+    signing_key: Optional[Path] = typer.Option(None, "--signing-key", help="Sign the manifests with this Ed25519 key file (made if missing) instead of this workstation's own (~/.config/edgepart/signing.key). Devices trust the first signer they see; `edgepart keys trust` adds one. docs/bundle-format.md, \"Signature\"."),
 ) -> None:
-    """Plan the split and write one bundle per device: manifest.json and its sub-models."""
+    """Plan the split and write one bundle per device: manifest.json, its sub-models and the device's
+    link key (dist/<device>/device.key), plus the app's key (dist/app.key); manifests are signed."""
 
     def body():
         from rich.progress import Progress, SpinnerColumn, TextColumn
@@ -204,7 +207,7 @@ def package_cmd(
             res = p.package(model, cluster, out=out, strategy=strategy, objective=objective, input_shapes=shapes,
                             inputs=feeds, wire_codec=wire_codec, report=report,
                             progress=lambda s: prog.update(task, description=s), format=fmt,
-                            tflite_precision=tflite_precision,
+                            tflite_precision=tflite_precision, insecure=insecure, signing_key=signing_key,
                             **_options(partition=partition, calibration=calibration, comm_budget=comm_budget,
                                        method=method, replicate=replicate, holdout=holdout,
                                        tile_until=tile_until, rest=rest, leave_out=leave_out))
@@ -220,6 +223,11 @@ def package_cmd(
             n = len(res.plan.steps_of(d))
             rt = "+".join(sorted({s.runtime for s in res.plan.steps_of(d)})) or "-"
             console.print(f"  {path}   ({n} step{'s' if n != 1 else ''}, {rt}) → copy to {d}, then `edgepart run {path}`")
+        if insecure:
+            err_console.print("[bold red]--insecure[/]: these bundles hold no link keys; their links are plaintext "
+                              "and any process on the network can talk to the agents.")
+        else:
+            console.print(f"  {out / 'app.key'}   the app's key (0600): keep it with whoever calls the cluster")
         for c in res.conversions:
             if c.runtime == "onnx":
                 console.print(f"  [yellow]{c.step} on {c.device} stays ONNX[/]: it does not convert to TFLite ({escape(c.reason)})",
@@ -328,7 +336,7 @@ def verify_cmd(
     _run(body)
 
 
-from . import cli_cluster, cli_demo, cli_profile  # noqa: E402,F401  (they register their commands on `app`)
+from . import cli_cluster, cli_demo, cli_keys, cli_profile  # noqa: E402,F401  (they register their commands on `app`)
 
 
 def main() -> None:

@@ -19,6 +19,8 @@ from .errors import PeerError
 
 InterfaceOpt = typer.Option(None, "--interface", "-i", help="IP address of the network interface to use for mDNS and ZeroMQ (for example 192.168.1.20); 127.0.0.1 keeps a whole cluster on loopback. Default: all interfaces.")
 PeerOpt = typer.Option(None, "--peer", help="A peer agent's HOST:PORT, for networks where multicast (mDNS) is blocked. Repeatable.")
+KeyOpt = typer.Option(None, "--key", help="The client key to talk to the cluster with (default: app.key beside the bundles, as `edgepart package` writes it; `edgepart keys add-client` makes others).")
+InsecureOpt = typer.Option(False, "--insecure", help="Plaintext, unauthenticated links, for agents started with --insecure (bundles packaged with --insecure need it). Only on a network you trust completely.")
 
 
 @app.command("run")
@@ -33,8 +35,10 @@ def run_cmd(
     fp16: bool = typer.Option(False, "--fp16", help="Let TensorRT build float16 engines: faster on a Jetson, answers no longer bit-equal to the model's."),
     ready_timeout_s: float = typer.Option(0.0, "--ready-timeout-s", help="Exit with an error if the peers this device sends to are not all found within this many seconds; 0 waits forever."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every link change and dropped message."),
+    insecure: bool = typer.Option(False, "--insecure", help="Serve plaintext, unauthenticated links: any process on the network may talk to this agent. Needed for bundles packaged with --insecure; peers and sessions must say --insecure too. docs/agents.md, \"Encryption\"."),
 ) -> None:
-    """Serve this device's part of the plan: announce it, find the peers, execute requests until Ctrl-C."""
+    """Serve this device's part of the plan: announce it, find the peers, execute requests until Ctrl-C.
+    Links are encrypted and authenticated with the plan's keys (CURVE) unless --insecure."""
 
     def body():
         from edgepart.agent import AgentCore
@@ -48,7 +52,8 @@ def run_cmd(
 
         async def main():
             core = await AgentCore(b, interface=interface, port=port, peers=tuple(peer or ()), threads=threads,
-                                   shared_pool=True, providers=providers, device_id=gpu, fp16=fp16).start()
+                                   shared_pool=True, providers=providers, device_id=gpu, fp16=fp16,
+                                   insecure=insecure).start()
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -57,7 +62,7 @@ def run_cmd(
             # (the endpoint stays last: scripts take the rest of the line)
             print(f"edgepart-agent device={b.device} plan={b.plan_id} threads={core.threads} "
                   f"runtime={'+'.join(core.runtimes)} providers={','.join(core.providers.short)} "
-                  f"endpoint={core.endpoint}", flush=True)
+                  f"links={'curve' if core.credentials.secure else 'PLAINTEXT'} endpoint={core.endpoint}", flush=True)
             try:
                 waited = 0.0
                 while not stop.is_set():
@@ -90,11 +95,25 @@ def discover_cmd(
     wait_s: float = typer.Option(2.0, "--wait-s", help="How long to listen for announcements."),
     plan: Optional[str] = typer.Option(None, "--plan", help="Show only agents of this plan id."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON list instead of a table."),
+    dist: Optional[list[Path]] = typer.Option(None, "--dist", help="The dist/ folder (or one bundle) of a plan: its agents' links are encrypted, and its app key lets discover ask them how they are. Repeatable, one per plan. Without it, only agents started with --insecure are asked."),
+    key: Optional[Path] = KeyOpt,
 ) -> None:
     """List the agents out there: device role, plan id, endpoint, and whether each answers (healthy)."""
 
     def body():
         from edgepart.agent.net.discovery import Discovery
+
+        from .session import session_credentials
+
+        mine = dict(session_credentials(d, key) for d in dist or ())
+        creds = {p.plan_id: c for p, c in mine.items()}
+
+        def ask(a):
+            if not a.secure:
+                return _ping(a.endpoint, a.plan_id)
+            if a.plan_id in creds:
+                return _ping(a.endpoint, a.plan_id, creds[a.plan_id], a.role)
+            return _unasked()
 
         async def main():
             d = Discovery(interface, plan)
@@ -102,7 +121,7 @@ def discover_cmd(
             try:
                 await asyncio.sleep(wait_s)
                 found = list(d.found.values())
-                health = await asyncio.gather(*(_ping(a.endpoint, a.plan_id) for a in found))
+                health = await asyncio.gather(*(ask(a) for a in found))
                 return found, health, d.duplicates()
             finally:
                 await d.close()
@@ -110,11 +129,15 @@ def discover_cmd(
         found, health, dups = asyncio.run(main())
         rows = []
         for a, (rtt, st) in zip(found, health):
-            rows.append({"role": a.role, "plan_id": a.plan_id, "endpoint": a.endpoint, "healthy": rtt is not None,
+            rows.append({"role": a.role, "plan_id": a.plan_id, "endpoint": a.endpoint,
+                         "healthy": None if rtt == UNASKED else rtt is not None, "encrypted": a.secure,
                          "rtt_ms": rtt, "duplicate": (a.plan_id, a.role) in dups,
                          "ready": st.ready if st else None, "missing_peers": list(st.missing) if st else [],
                          "threads": st.threads if st else None, "threads_from": st.threads_from if st else "",
                          "runtimes": list(st.runtimes) if st else [], "providers": list(st.providers) if st else []})
+        for r in rows:
+            if r["healthy"] is None:
+                r["rtt_ms"] = None
         rows.sort(key=lambda r: (r["plan_id"], r["role"]))
         if as_json:
             print(json.dumps(rows, indent=1))
@@ -127,7 +150,8 @@ def discover_cmd(
         for c in ("plan", "role", "endpoint", "health", "threads", "runtime", "providers"):
             t.add_column(c)
         for r in rows:
-            h = f"[green]ok[/] {r['rtt_ms']:.1f} ms" if r["healthy"] else "[red]not answering[/]"
+            h = ("[dim]encrypted: give --dist[/]" if r["healthy"] is None
+                 else f"[green]ok[/] {r['rtt_ms']:.1f} ms" if r["healthy"] else "[red]not answering[/]")
             if r["healthy"] and r["ready"] is False:
                 h += f" [yellow](not linked to {', '.join(r['missing_peers']) or 'its peers'})[/]"
             if r["duplicate"]:
@@ -140,16 +164,29 @@ def discover_cmd(
     _run(body)
 
 
-async def _ping(endpoint: str, plan_id: str, timeout_s: float = 1.0) -> tuple[float | None, "Status | None"]:
-    """(round trip in ms, what the agent says of itself), or (None, None) if it does not answer."""
+UNASKED = -1.0  # an encrypted agent of a plan whose keys discover was not given
+
+
+async def _unasked() -> tuple[float, None]:
+    return UNASKED, None
+
+
+async def _ping(endpoint: str, plan_id: str, credentials=None, role: str = "",
+                timeout_s: float = 1.0) -> tuple[float | None, "Status | None"]:
+    """(round trip in ms, what the agent says of itself), or (None, None) if it does not answer.
+    `credentials` (the plan's keys) and `role` for an agent whose links are encrypted."""
     import zmq
     import zmq.asyncio
+
+    from edgepart.agent.net.link import secure_client
 
     from .wire import Header, Status, decode
 
     ctx = zmq.asyncio.Context()
     s = ctx.socket(zmq.DEALER)
     s.setsockopt(zmq.LINGER, 0)
+    if credentials is not None:
+        secure_client(s, credentials, role)
     try:
         s.connect(endpoint)
         t0 = time.perf_counter()
@@ -175,6 +212,8 @@ def infer_cmd(
     discover_timeout_s: float = typer.Option(10.0, "--discover-timeout-s", help="How long to look for the agents."),
     interface: Optional[str] = InterfaceOpt,
     peer: Optional[list[str]] = PeerOpt,
+    key: Optional[Path] = KeyOpt,
+    insecure: bool = InsecureOpt,
 ) -> None:
     """Send one request to the running cluster and write its outputs to an .npz."""
 
@@ -184,7 +223,7 @@ def infer_cmd(
 
         feeds = load_npz(inputs)
         with InferenceSession(dist, interface=interface, peers=tuple(peer or ()), timeout_s=timeout_s,
-                              discover_timeout_s=discover_timeout_s) as sess:
+                              discover_timeout_s=discover_timeout_s, key=key, insecure=insecure) as sess:
             t0 = time.perf_counter()
             res = sess.submit(feeds).result(timeout_s + 5)
             ms = (time.perf_counter() - t0) * 1e3

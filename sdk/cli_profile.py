@@ -21,7 +21,7 @@ def profile_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="The profile to write (YAML); name it in cluster.yaml as this device's `profile:`."),
     bundle: Optional[Path] = typer.Option(None, "--bundle", help="Time this device's own steps (dist/<device>): the speeds come from the model's own operator mix."),
     model: Optional[Path] = typer.Option(None, "--model", help="Time this ONNX model (fixed input sizes) instead: the whole model on this device."),
-    peer: Optional[list[str]] = typer.Option(None, "--peer", help="A running agent's HOST:PORT to measure the round trip to. Repeatable."),
+    peer: Optional[list[str]] = typer.Option(None, "--peer", help="A running agent's HOST:PORT to measure the round trip and bandwidth to. Repeatable. Agents of a plan answer only its keys: give --bundle (this device's, which holds its key), or the agents run --insecure."),
     providers: str = typer.Option("auto", "--providers", help="As for `edgepart run`: what runs the ONNX steps."),
     threads: int = typer.Option(0, "--threads", help="As for `edgepart run`: 0 is the cores this process may use."),
     seconds: float = typer.Option(3.0, "--seconds", min=0.1, help="How long to time, in all."),
@@ -66,7 +66,12 @@ def profile_cmd(
                         progress=lambda s: pr.update(task, description=s), tflite=tflite)
             if peer:
                 pr.update(task, description="round trips and bandwidth to peers")
-                p = _with_peers(p, list(peer), b.plan_id if bundle is not None else "@profile")
+                creds = None
+                if bundle is not None and b.keys.secure:  # this device's key: its peers accept it
+                    from .keys import Credentials
+
+                    creds = Credentials(b.device_keypair(), b.keys)
+                p = _with_peers(p, list(peer), b.plan_id if bundle is not None else "@profile", creds)
         try:
             out.write_text(p.to_yaml())
         except OSError as e:
@@ -116,21 +121,33 @@ PROBE_MS = 20.0
 MAX_PROBE_BYTES = 16 << 20
 
 
-async def link_figures(endpoint: str, plan_id: str, pings: int = 10, timeout_s: float = 1.0
-                       ) -> tuple[str, list[float], float | None]:
+async def link_figures(endpoint: str, plan_id: str, pings: int = 10, timeout_s: float = 1.0,
+                       credentials=None) -> tuple[str, list[float], float | None]:
     """(the peer's device name, `pings` round trips in ms, bandwidth in Mbit/s or None) over one
     connection, opened by an untimed first ping. Bandwidth: an agent answers a ping whatever frames
     follow its header, so a ping carrying N bytes takes N / bandwidth longer than an empty one (the
-    pong is small). Fewer figures, or none, where the agent stops answering."""
+    pong is small). Fewer figures, or none, where the agent stops answering. `credentials` (this
+    device's keys, from its bundle) for encrypted agents: which device listens at `endpoint` is not
+    known, so each device's key of the plan is tried in turn (docs/agents.md, "Encryption")."""
     import zmq
     import zmq.asyncio
+
+    from edgepart.agent.net.link import secure_client
 
     from .wire import Header, decode
 
     ctx = zmq.asyncio.Context()
-    s = ctx.socket(zmq.DEALER)
-    s.setsockopt(zmq.LINGER, 0)
+    roles = [""] if credentials is None or not credentials.secure else sorted(credentials.keys.devices)
+    s = None
     name, rtts, mbps = "", [], None
+
+    def open_as(role: str):
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        if role:
+            secure_client(sock, credentials, role)
+        sock.connect(endpoint)
+        return sock
 
     async def ping(payload: bytes | None, wait_s: float) -> float:
         nonlocal name
@@ -143,8 +160,16 @@ async def link_figures(endpoint: str, plan_id: str, pings: int = 10, timeout_s: 
         return (time.perf_counter() - t0) * 1e3
 
     try:
-        s.connect(endpoint)
-        await ping(None, timeout_s)
+        for role in roles:  # the first ping, untimed, finds the key the agent there holds
+            s = open_as(role)
+            try:
+                await ping(None, timeout_s)
+                break
+            except Exception:
+                s.close(0)
+                s = None
+        if s is None:
+            return name, rtts, mbps
         for _ in range(pings):
             rtts.append(await ping(None, timeout_s))
         base, size = statistics.median(rtts), 256 << 10
@@ -158,12 +183,13 @@ async def link_figures(endpoint: str, plan_id: str, pings: int = 10, timeout_s: 
     except Exception:  # unreachable, garbage, timeout: what was measured stands
         pass
     finally:
-        s.close(0)
+        if s is not None:
+            s.close(0)
         ctx.term()
     return name, rtts, mbps
 
 
-def _with_peers(p, peers: list[str], plan_id: str):
+def _with_peers(p, peers: list[str], plan_id: str, credentials=None):
     import dataclasses
 
     from .profile import PeerLink
@@ -171,7 +197,7 @@ def _with_peers(p, peers: list[str], plan_id: str):
     found = []
     for hp in peers:
         ep = hp if hp.startswith("tcp://") else f"tcp://{hp}"
-        name, rtts, mbps = asyncio.run(link_figures(ep, plan_id))
+        name, rtts, mbps = asyncio.run(link_figures(ep, plan_id, credentials=credentials))
         if not rtts:
             err_console.print(f"[yellow]peer {hp} did not answer: not in the profile[/]")
         elif any(q.device == name for q in found):

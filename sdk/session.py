@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -20,8 +21,11 @@ import numpy as np
 
 from . import aio
 from .bundle import Bundle, is_bundle, load_bundle, load_dist
-from .errors import EdgepartError, PeerError
+from .errors import BundleError, EdgepartError, PeerError
+from .keys import DEVICE_KEY, Credentials, Keys, client_key_path, read_keypair
 from .plan import Plan, TensorSpec
+
+log = logging.getLogger("edgepart")
 
 
 class NodeArg:
@@ -36,27 +40,64 @@ class NodeArg:
 
 
 def plan_of(path: str | Path | Plan | Bundle) -> Plan:
+    return _read(path)[0]
+
+
+def _read(path: str | Path | Plan | Bundle) -> tuple[Plan, Keys, Path | None, Path | None]:
+    """(plan, its public link keys, the dist/ folder, the bundle folder given) of what a session is given."""
     if isinstance(path, Plan):
-        return path
-    if isinstance(path, Bundle):
-        return path.plan
-    p = Path(path)
-    if is_bundle(p):
-        return load_bundle(p, verify_files=False).plan
-    return next(iter(load_dist(p, verify_files=False).values())).plan
+        return path, Keys(), None, None
+    b = path if isinstance(path, Bundle) else load_bundle(path, verify_files=False) if is_bundle(path) else None
+    if b is not None:
+        return b.plan, b.keys, b.path.parent, b.path
+    first = next(iter(load_dist(path, verify_files=False).values()))
+    return first.plan, first.keys, Path(path), None
+
+
+def session_credentials(path: str | Path | Plan | Bundle, key: str | Path | None = None,
+                        insecure: bool = False) -> tuple[Plan, Credentials]:
+    """The plan and the keys a session talks to it with (docs/agents.md, "Encryption"): `key`, else
+    the app's key beside the bundles (dist/app.key), else the device's own key when given one bundle
+    (an app on that device)."""
+    plan, keys, dist, bundle = _read(path)
+    if insecure:
+        log.warning("this session runs --insecure: its links are plaintext and unauthenticated")
+        return plan, Credentials(None, Keys())
+    if isinstance(path, Plan):
+        raise BundleError("A session given a Plan has no link keys: give the dist/ folder (or one bundle) with "
+                          "the app's key beside it, or insecure=True for agents started with --insecure.")
+    if not keys.secure:
+        raise BundleError(f"The bundles of {path} were packaged with --insecure (no link keys): open the session "
+                          f"with insecure=True (`--insecure`), or package again without --insecure.")
+    candidates = [Path(key)] if key is not None else [
+        p for p in (client_key_path(dist) if dist else None, bundle / DEVICE_KEY if bundle else None) if p is not None]
+    found = next((p for p in candidates if p.exists()), None)
+    if found is None:
+        raise BundleError(f"No key to talk to plan {plan.plan_id} with: {candidates[0]} is missing. Copy app.key "
+                          f"from the workstation's dist/ folder there, or give key= (`--key`); "
+                          f"`edgepart keys add-client DIST --name NAME` makes a key for another app.")
+    me = read_keypair(found)
+    if me.public not in keys.allowed():
+        raise BundleError(f"{found} is not a key of plan {plan.plan_id}: its agents would refuse it. Use the "
+                          f"app.key packaged with these bundles, or add this client with `edgepart keys add-client`.")
+    return plan, Credentials(me, keys)
 
 
 class InferenceSession:
-    """A session over a whole cluster; `path` is the dist/ folder, any one bundle, or a Plan."""
+    """A session over a whole cluster; `path` is the dist/ folder or any one bundle. Its links are
+    encrypted with the app's key beside the bundles (dist/app.key) or `key`; `insecure` only for
+    agents started with --insecure (docs/agents.md, "Encryption")."""
 
     def __init__(self, path: str | Path | Plan | Bundle, *, interface: str | None = None,
-                 peers: Sequence[str] = (), timeout_s: float = 10.0, discover_timeout_s: float = 10.0):
+                 peers: Sequence[str] = (), timeout_s: float = 10.0, discover_timeout_s: float = 10.0,
+                 key: str | Path | None = None, insecure: bool = False):
         from edgepart.agent.app import ClusterClient  # the network side: pyzmq, zeroconf
 
-        self.plan = plan_of(path)
+        self.plan, credentials = session_credentials(path, key, insecure)
         self.timeout_s = timeout_s
         aio.acquire()
-        client = ClusterClient(self.plan, interface=interface, peers=tuple(peers), discover_timeout_s=discover_timeout_s)
+        client = ClusterClient(self.plan, interface=interface, peers=tuple(peers), discover_timeout_s=discover_timeout_s,
+                               credentials=credentials)
         try:
             aio.call(client.start(), discover_timeout_s + 10)
         except BaseException:

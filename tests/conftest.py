@@ -4,10 +4,17 @@ tests that need them are skipped, not failed."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Callable
 
 import pytest
+
+# Signing keys and the trust store of bundle signers (edgepart.signing) live in a folder of this run,
+# not the developer's ~/.config/edgepart; agents started by tests inherit it.
+_CONFIG = os.environ.setdefault("EDGEPART_CONFIG_DIR", tempfile.mkdtemp(prefix="edgepart-config-"))
 
 
 def _model(make_name: str) -> Callable[[], Path]:
@@ -50,3 +57,8 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("seed spread (median and worst over seeds)")
         for line in lines:
             terminalreporter.write_line(line)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if Path(_CONFIG).name.startswith("edgepart-config-"):
+        shutil.rmtree(_CONFIG, ignore_errors=True)

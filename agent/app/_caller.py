@@ -26,7 +26,7 @@ from edgepart.errors import DeadlineExceeded, PeerError, WireError
 from edgepart.plan import CALLER, Codec
 from edgepart.wire import Header, arrays, decode, tensor_frames, zero_copy_pays
 
-from ..net.link import Links, tune
+from ..net.link import Links, secure_client, tune
 
 log = logging.getLogger("edgepart")
 
@@ -130,6 +130,7 @@ class CallerPath:
                 if have is not None:
                     have[1].close(0)
                 sock = self.ctx.socket(zmq.DEALER)
+                secure_client(sock, self.links.keys, role)  # the device's key pinned (docs/agents.md, "Encryption")
                 sock.setsockopt(zmq.IDENTITY, s.identity)
                 tune(sock)
                 sock.setsockopt(zmq.IMMEDIATE, 1)  # queue only on a live connection

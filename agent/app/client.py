@@ -29,6 +29,7 @@ import zmq
 
 from edgepart.errors import DeadlineExceeded, InputsError, PeerError, WireError
 from edgepart.inputs import check_feeds
+from edgepart.keys import Credentials, Keys
 from edgepart.plan import CALLER, Plan
 from edgepart.wire import MAX_TTL_MS, Header, arrays, roundtrip, tensor_frames
 
@@ -57,8 +58,9 @@ class Pending:
 
 class ClusterClient:
     def __init__(self, plan: Plan, *, interface: str | None = None, peers: tuple[str, ...] = (),
-                 discover_timeout_s: float = 10.0):
+                 discover_timeout_s: float = 10.0, credentials: Credentials = Credentials(None, Keys())):
         self.plan = plan
+        self.credentials = credentials  # the app's keypair and the plan's public keys (net/secure.py)
         self.interface = interface
         self.static_peers = tuple(parse_peer(p) for p in peers)
         self.discover_timeout_s = discover_timeout_s
@@ -91,7 +93,8 @@ class ClusterClient:
     async def start(self) -> "ClusterClient":
         self.ctx = zmq.Context()
         self.waker = Waker()
-        self.links = Links(self.ctx, self.identity, self.plan.plan_id, CALLER, self._on_message, self._on_down)
+        self.links = Links(self.ctx, self.identity, self.plan.plan_id, CALLER, self._on_message, self._on_down,
+                           keys=self.credentials)
         self.links.want_status = True  # ready means every device linked to its peers (docs/agents.md, "Ready")
         for ep in self.static_peers:
             self.links.post(self.waker, "connect", ep, static=True)
@@ -107,7 +110,13 @@ class ClusterClient:
         if not ok:
             missing = sorted(self.missing_roles())
             unlinked = {r: st.missing for r, st in self.links.statuses().items() if not st.ready}
+            refused = self._refused(missing)
             await self.close()
+            if missing and refused:
+                raise PeerError(f"The agents of {', '.join(missing)} of plan {self.plan.plan_id} were found but no "
+                                f"encrypted link could be made within {self.discover_timeout_s:g} s: {refused}. "
+                                f"Start the agents and the session the same way (both with the plan's keys, or "
+                                f"both --insecure), with bundles and app.key from one packaging.")
             if missing:
                 raise PeerError(
                     f"No agent answered for {', '.join(missing)} of plan {self.plan.plan_id} within "
@@ -125,6 +134,16 @@ class ClusterClient:
 
     def missing_roles(self) -> set[str]:
         return self.roles - self.links.roles_up()
+
+    def _refused(self, missing: list[str]) -> str:
+        """Why the links to found agents failed, in words ("" when none failed): a handshake the
+        monitor saw fail, or an announcement that says the agent encrypts (or not) unlike this end."""
+        mine = self.credentials.secure
+        unlike = sorted({a.role for a in list(self.discovery.found.values()) if a.role in missing and a.secure != mine})
+        if unlike:  # what the agents announce says it all
+            return (f"{', '.join(unlike)} {'encrypt' if mine is False else 'run --insecure (plaintext)'}, "
+                    f"this session {'runs --insecure' if not mine else 'encrypts'}")
+        return "; ".join(sorted(set(self.links.refusals().values())))
 
     async def close(self) -> None:
         inproc.unregister_client(self.identity)

@@ -27,7 +27,7 @@ from edgepart.plan import CALLER, Codec, Step
 from edgepart.wire import Header, arrays, decode, roundtrip, tensor_frames, zero_copy_pays
 
 from ..net import inproc
-from ..net.link import Links, tune
+from ..net.link import Links, secure_client, tune
 from .executor import Executor
 
 log = logging.getLogger("edgepart")
@@ -138,6 +138,7 @@ class DirectRuns:
                     d.sock = None
                 d.identity = f"{self.device}:direct:{secrets.token_hex(4)}".encode()
                 sock = self.ctx.socket(zmq.DEALER)
+                secure_client(sock, self.links.keys, dst)  # the peer's key pinned (docs/agents.md, "Encryption")
                 sock.setsockopt(zmq.IDENTITY, d.identity)
                 tune(sock)
                 sock.setsockopt(zmq.IMMEDIATE, 1)  # only on a live connection: a dead peer refuses

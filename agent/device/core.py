@@ -28,7 +28,8 @@ import zmq
 
 from edgepart import aio
 from edgepart.bundle import Bundle, load_bundle
-from edgepart.errors import PeerError, WireError
+from edgepart.errors import BundleError, PeerError, WireError
+from edgepart.keys import Credentials, Keys
 from edgepart.plan import CALLER
 from edgepart.runtime import Providers, choose, session_threads, use_shared_pool
 from edgepart.wire import Header, Status, arrays, decode, roundtrip, tensor_frames
@@ -36,18 +37,34 @@ from edgepart.wire import Header, Status, arrays, decode, roundtrip, tensor_fram
 from ..net import inproc
 from ..net.discovery import Announcement, Discovery
 from ..net.link import HWM, POLL_MS, Links, Waker, WarnOnce, parse_peer, route_codecs, stop_io_thread, tune
+from ..net.secure import Guard
 from ._direct import DirectRuns
 from .executor import Executor, Key
 
 log = logging.getLogger("edgepart")
+
+def agent_credentials(bundle: Bundle, insecure: bool) -> Credentials:
+    """This agent's keys (docs/agents.md, "Encryption"): its own keypair and its plan's public keys,
+    or none under --insecure, which a bundle packaged --insecure requires."""
+    if not bundle.keys.secure and not insecure:
+        raise BundleError(f"The bundle {bundle.path} was packaged with --insecure: it holds no link keys. Start "
+                          f"it with `edgepart run --insecure` (plaintext links, any process on the network may "
+                          f"talk to it), or package again without --insecure.")
+    if insecure:
+        log.warning("agent %s runs --insecure: its links are plaintext and unauthenticated", bundle.device)
+        return Credentials(None, Keys())
+    return Credentials(bundle.device_keypair(), bundle.keys)
+
 
 class AgentCore:
     """The agent. `await start()`, then it serves until `await stop()`."""
 
     def __init__(self, bundle: Bundle, *, interface: str | None = None, port: int = 0,
                  peers: tuple[str, ...] = (), threads: int = 0, announce: bool = True, shared_pool: bool = False,
-                 providers: str | tuple[str, ...] | Providers = "auto", device_id: int = 0, fp16: bool = False):
+                 providers: str | tuple[str, ...] | Providers = "auto", device_id: int = 0, fp16: bool = False,
+                 insecure: bool = False):
         self.bundle = bundle
+        self.credentials = agent_credentials(bundle, insecure)
         self.shared_pool = shared_pool  # one onnxruntime pool for the process (only `edgepart run`: runtime.py)
         self.plan = bundle.plan
         self.device = bundle.device
@@ -101,6 +118,7 @@ class AgentCore:
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         tune(self.router)
         self.router.setsockopt(zmq.MAXMSGSIZE, 1 << 30)
+        self.guard = Guard(self.credentials, self.ctx, self.router, self.device)  # CURVE server, before bind
         host = self.interface or "0.0.0.0"
         try:
             if self.port:
@@ -108,6 +126,7 @@ class AgentCore:
             else:
                 self.port = self.router.bind_to_random_port(f"tcp://{host}")
         except zmq.ZMQError as e:
+            self.guard.close()
             self.ctx.destroy(linger=0)
             raise PeerError(f"cannot listen on {host}:{self.port or 'any'} ({e}). Pick another --port or --interface.") from None
         self.endpoint = f"tcp://{host}:{self.port}"
@@ -117,12 +136,13 @@ class AgentCore:
         try:
             await asyncio.get_running_loop().run_in_executor(None, self.executor.load)
         except BaseException:
+            self.guard.close()
             self.ctx.destroy(linger=0)
             raise
         self.providers = self.executor.providers  # what the sessions really got, not what was asked
         self.waker = Waker()
         self.links = Links(self.ctx, f"{self.device}:{secrets.token_hex(4)}".encode(), self.plan.plan_id,
-                           self.device, on_message=self._on_answer)
+                           self.device, on_message=self._on_answer, keys=self.credentials)
         for ep in self.static_peers:
             self.links.post(self.waker, "connect", ep, static=True)
         hints = self.plan.hints
@@ -136,7 +156,8 @@ class AgentCore:
         self.discovery = Discovery(self.interface, self.plan.plan_id, self._on_discovered)
         await self.discovery.start()
         if self.announce:
-            await self.discovery.announce(self.device, self.plan.plan_id, self.interface or "0.0.0.0", self.port)
+            await self.discovery.announce(self.device, self.plan.plan_id, self.interface or "0.0.0.0", self.port,
+                                          secure=self.credentials.secure)
         log.info("agent %s of plan %s listening on %s, %d thread(s) from %s, runtime %s, providers %s (%s)",
                  self.device, self.plan.plan_id, self.endpoint, self.threads, self.threads_from,
                  "+".join(self.runtimes), ", ".join(self.providers.short), self.providers.source)
@@ -148,6 +169,7 @@ class AgentCore:
         if self.direct is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.direct.close)
         await self.discovery.close()
+        await asyncio.get_running_loop().run_in_executor(None, self.guard.close)
         await stop_io_thread(self._stop, self.waker, self._thread, self.ctx)
 
     async def __aenter__(self) -> "AgentCore":

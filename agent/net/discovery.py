@@ -3,6 +3,7 @@
 Each agent registers `<role>-<plan id>-<nonce>._edgepart._tcp.local.` with TXT records
 
     plan=<plan id>  role=<device name>  proto=<wire protocol version>  port=<ZeroMQ port>
+    sec=curve|none  (whether its links are encrypted: a hint for error messages, never trust)
 
 and browses the same type. Agents of another plan or protocol version are ignored with one log
 line each; two live agents claiming one role of one plan are reported as a duplicate, not merged.
@@ -38,6 +39,7 @@ class Announcement:
     plan_id: str
     protocol: int
     endpoint: str  # tcp://ip:port
+    secure: bool = True  # it says it encrypts its links (sec=curve); older agents say nothing
 
     @property
     def compatible(self) -> bool:
@@ -65,11 +67,12 @@ class Discovery:
         self._zc = AsyncZeroconf(ip_version=IPVersion.V4Only, **kw)
         self._browser = AsyncServiceBrowser(self._zc.zeroconf, SERVICE, handlers=[self._on_state])
 
-    async def announce(self, role: str, plan_id: str, host: str, port: int) -> str:
+    async def announce(self, role: str, plan_id: str, host: str, port: int, secure: bool = True) -> str:
         """Register this agent; returns its instance name."""
         assert self._zc is not None, "start() first"
         name = f"{_label(role)}-{plan_id}-{secrets.token_hex(3)}.{SERVICE}"
-        props = {"plan": plan_id, "role": role, "proto": str(PROTOCOL_VERSION), "port": str(port)}
+        props = {"plan": plan_id, "role": role, "proto": str(PROTOCOL_VERSION), "port": str(port),
+                 "sec": "curve" if secure else "none"}
         addrs = [socket.inet_aton(a) for a in _host_addresses(host)]
         self._info = AsyncServiceInfo(SERVICE, name, addresses=addrs, port=port, properties=props,
                                       server=f"{name.split('.')[0]}.local.")
@@ -115,7 +118,7 @@ class Discovery:
         addrs = info.parsed_addresses(IPVersion.V4Only)
         try:
             ann = Announcement(name, props["role"], props["plan"], int(props["proto"]),
-                               f"tcp://{addrs[0]}:{int(props.get('port', info.port))}")
+                               f"tcp://{addrs[0]}:{int(props.get('port', info.port))}", props.get("sec") != "none")
         except (KeyError, ValueError, IndexError):
             self._ignore(name, "its TXT records are not an edgepart agent's")
             return

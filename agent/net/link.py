@@ -32,6 +32,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from edgepart.errors import PeerError, WireError
+from edgepart.keys import Credentials, Keys
 from edgepart.plan import Codec, Plan
 from edgepart.wire import Header, Status, decode, zero_copy_pays
 
@@ -80,7 +81,34 @@ HEARTBEAT_IVL_MS = 500
 HEARTBEAT_TIMEOUT_MS = 2000
 FORGET_AFTER_S = 30.0  # a discovered endpoint down this long is closed (static peers are kept)
 ASK_STATUS_S = 0.05  # a peer up but not yet linked to its own peers is asked again this often
-_MONITOR_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+_HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                     | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+_MONITOR_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | _HANDSHAKE_FAILED
+
+
+def _refusal(event: int, role: str, secure: bool) -> str:
+    """Why a handshake failed, in words for an error message."""
+    if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        return f"{role or 'the agent'} refused this end's key (it runs another plan's bundle, or this key is not in its plan)"
+    if secure:
+        return (f"the handshake with {role or 'the agent'} failed: it runs --insecure, or holds another key "
+                f"than this plan gives it (another packaging's bundle)")
+    return f"the handshake with {role or 'the agent'} failed: it encrypts its links (start this end without --insecure)"
+
+
+def secure_client(sock: zmq.Socket, keys: Credentials, role: str) -> bool:
+    """Make `sock` a CURVE client of `role` (call before connect): its keys pinned, so an
+    announcement is a hint, never trust (docs/agents.md, "Encryption"). False when `role` has no
+    key in the plan (the socket must not be used); True, plaintext, under --insecure."""
+    if not keys.secure:
+        return True
+    server = keys.server_key(role)
+    if server is None:
+        return False
+    sock.curve_secretkey = keys.me.secret.encode()
+    sock.curve_publickey = keys.me.public.encode()
+    sock.curve_serverkey = server.encode()
+    return True
 
 
 class Waker:
@@ -196,6 +224,8 @@ class Peer:
     down_since: float = field(default_factory=time.monotonic)
     status: Status | None = None  # what it last said of itself (want_status only)
     asked: float = 0.0  # when it was last asked
+    probe: bool = False  # a static endpoint tried with `role`'s key (see Links.connect)
+    refused: str = ""  # why its last handshake failed, if it did
 
     @property
     def ready(self) -> bool:
@@ -210,8 +240,10 @@ class Links:
     """DEALER links by endpoint, addressed by role once `hello` told the role. One thread owns it."""
 
     def __init__(self, ctx: zmq.Context, identity: bytes, plan_id: str, me: str, on_message: OnMessage,
-                 on_down: Callable[[str], None] | None = None):
+                 on_down: Callable[[str], None] | None = None, keys: Credentials = Credentials(None, Keys())):
         self.ctx, self.identity, self.plan_id, self.me = ctx, identity, plan_id, me
+        self.keys = keys  # this end's keypair and the plan's public keys (secure.py); none: --insecure
+        self.probes: dict[str, list[Peer]] = {}  # static endpoints whose device is not known yet
         self.on_message, self.on_down = on_message, on_down
         self.by_endpoint: dict[str, Peer] = {}
         self.by_socket: dict[zmq.Socket, Peer] = {}
@@ -269,10 +301,27 @@ class Links:
                 if p is not None and not p.static:
                     self.disconnect(ep)
 
-    def connect(self, endpoint: str, role: str = "", static: bool = False) -> Peer:
+    def connect(self, endpoint: str, role: str = "", static: bool = False) -> Peer | None:
         if endpoint in self.by_endpoint:
             return self.by_endpoint[endpoint]
+        if self.keys.secure and not role:
+            # a static peer: which device listens there shows only when a handshake with its key
+            # succeeds, so every key of the plan is tried at once and the one that works is kept
+            if endpoint not in self.probes:
+                self.probes[endpoint] = [p for r in sorted(self.keys.keys.devices) if r != self.me
+                                         for p in [self._open(endpoint, r, static, probe=True)] if p is not None]
+            return None
+        p = self._open(endpoint, role, static)
+        if p is not None:
+            self.by_endpoint[endpoint] = p
+        return p
+
+    def _open(self, endpoint: str, role: str, static: bool, probe: bool = False) -> Peer | None:
         s = self.ctx.socket(zmq.DEALER)
+        if not secure_client(s, self.keys, role):
+            s.close(0)
+            self._warn_once(f"nokey:{role}", f"not connecting to {endpoint}: {role!r} has no key in plan {self.plan_id}")
+            return None
         s.setsockopt(zmq.IDENTITY, self.identity)
         tune(s)
         s.setsockopt(zmq.IMMEDIATE, 1)  # queue only on live connections: a dead peer refuses, not buffers
@@ -280,8 +329,7 @@ class Links:
         s.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
         mon = s.get_monitor_socket(_MONITOR_EVENTS)
         s.connect(endpoint)
-        p = Peer(endpoint, s, mon, role, static)
-        self.by_endpoint[endpoint] = p
+        p = Peer(endpoint, s, mon, role, static, probe=probe)
         self.by_socket[s] = p
         self.by_monitor[mon] = p
         self.poller.register(s, zmq.POLLIN)
@@ -289,9 +337,17 @@ class Links:
         return p
 
     def disconnect(self, endpoint: str) -> None:
+        for probe in self.probes.pop(endpoint, []):
+            self._close(probe)
         p = self.by_endpoint.pop(endpoint, None)
         if p is None:
             return
+        self._close(p)
+        if p.up:
+            p.up = False
+            self._publish(p.role, down=True)
+
+    def _close(self, p: Peer) -> None:
         self.by_socket.pop(p.sock, None)
         self.by_monitor.pop(p.monitor, None)
         for s in (p.sock, p.monitor):
@@ -306,9 +362,10 @@ class Links:
             pass
         p.monitor.close(0)
         p.sock.close(0)
-        if p.up:
-            p.up = False
-            self._publish(p.role, down=True)
+
+    def refusals(self) -> dict[str, str]:
+        """Endpoints whose last handshake failed, and why (any thread; for error messages)."""
+        return {p.endpoint: p.refused for p in list(self.by_socket.values()) if p.refused and not p.up}
 
     def get(self, role: str) -> Peer | None:
         """The live link to `role`, if any; with duplicates, the one up the longest."""
@@ -355,7 +412,7 @@ class Links:
                 self.disconnect(p.endpoint)
 
     def close(self) -> None:
-        for ep in list(self.by_endpoint):
+        for ep in list(self.by_endpoint) + list(self.probes):
             self.disconnect(ep)
 
     # -- internals ---------------------------------------------------------------------------------
@@ -414,11 +471,15 @@ class Links:
             except zmq.ZMQError:
                 return
             if ev["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                p.connected = True
+                p.connected, p.refused = True, ""
+                if p.probe:
+                    self._found(p)
                 try:
                     p.sock.send(Header("hello", self.plan_id, self.me).encode(), zmq.NOBLOCK)
                 except zmq.Again:
                     pass
+            elif ev["event"] & _HANDSHAKE_FAILED:
+                p.refused = _refusal(ev["event"], p.role, self.keys.secure)
             elif ev["event"] == zmq.EVENT_DISCONNECTED:
                 p.connected = False
                 p.down_since = time.monotonic()
@@ -426,6 +487,14 @@ class Links:
                     p.up = False
                     log.warning("link down: %s at %s", p.role, p.endpoint)
                     self._publish(p.role, down=True)
+
+    def _found(self, p: Peer) -> None:
+        """A static endpoint's handshake with `p.role`'s key succeeded: that device is there."""
+        for other in self.probes.pop(p.endpoint, []):
+            if other is not p:
+                self._close(other)
+        p.probe = False
+        self.by_endpoint[p.endpoint] = p
 
     def _publish(self, role: str, down: bool) -> None:
         with self.changed:

@@ -15,6 +15,8 @@ import pytest
 
 from cli_helpers import assert_clean_error, invoke
 
+from edgepart.bundle import is_bundle
+
 pytestmark = pytest.mark.timeout(120)
 
 EXE = Path(sys.executable).parent / "edgepart"  # the console script of the interpreter running the tests
@@ -208,11 +210,11 @@ def test_other_schema(dist, files, older, needle):
 
     # A version this edgepart does not read: older than the oldest it reads, or newer than its own.
     version = min(READS) - 1 if older else SCHEMA_VERSION + 1
-    for b in dist.iterdir():
+    for b in filter(is_bundle, dist.iterdir()):
         m = json.loads((b / "manifest.json").read_text())
         m["schema_version"] = version
         (b / "manifest.json").write_text(json.dumps(m))
-    bundle = sorted(dist.iterdir())[0]
+    bundle = sorted(filter(is_bundle, dist.iterdir()))[0]
     other = "upgrade" if older else "package the model again"
     for args in (["inspect", bundle], ["verify", dist, "-m", files / "residual.onnx"]):
         err = assert_clean_error(invoke(*args), f"schema version {version}", needle)
@@ -220,20 +222,25 @@ def test_other_schema(dist, files, older, needle):
 
 
 def test_edited_manifest(dist):
-    bundle = sorted(dist.iterdir())[0]
+    from edgepart.signing import load_or_create_signing_key, sign_manifest
+
+    bundle = sorted(filter(is_bundle, dist.iterdir()))[0]
     m = json.loads((bundle / "manifest.json").read_text())
     m["plan"]["objective"] = "latency" if m["plan"]["objective"] != "latency" else "throughput"
     (bundle / "manifest.json").write_text(json.dumps(m))
+    assert_clean_error(invoke("inspect", bundle), "modified after signing")
+    # signed again (by someone holding the workstation's key): the plan no longer hashes to its id
+    (bundle / "manifest.json").write_text(json.dumps(sign_manifest(m, load_or_create_signing_key())))
     assert_clean_error(invoke("inspect", bundle), "the manifest was edited")
 
 
 def test_inspect_of_dist_folder_names_the_bundles(dist):
-    names = ", ".join(sorted(p.name for p in dist.iterdir()))
+    names = ", ".join(sorted(p.name for p in dist.iterdir() if is_bundle(p)))
     assert_clean_error(invoke("inspect", dist), "not an edgepart bundle", names, "name one of them")
 
 
 def test_verify_of_one_bundle_asks_for_the_parent(dist, files):
-    bundle = sorted(dist.iterdir())[0]
+    bundle = sorted(filter(is_bundle, dist.iterdir()))[0]
     assert_clean_error(invoke("verify", bundle, "-m", files / "residual.onnx"), "one device's bundle", "parent")
 
 

@@ -97,7 +97,7 @@ def test_package_json(files, tmp_path):
 
 def test_inspect_json_and_table(packaged):
     routes_in, routes_out = set(), set()
-    for bundle in sorted(packaged.iterdir()):
+    for bundle in sorted(p for p in packaged.iterdir() if p.is_dir()):
         res = invoke("inspect", bundle, "--json")
         assert res.exit_code == 0, res.output
         d = json.loads(res.stdout)

@@ -17,11 +17,20 @@ from cli_helpers import assert_clean_error, invoke
 
 
 def _tree(dist: Path) -> dict[str, str]:
-    """Every file under dist/ with its sha256."""
+    """Every file under dist/ with its sha256; the link keys, made new by every packaging, only by
+    name, and each manifest without its keys and signature (docs/bundle-format.md, "Keys")."""
     import hashlib
+    import json
 
-    return {str(f.relative_to(dist)): hashlib.sha256(f.read_bytes()).hexdigest()
-            for f in sorted(dist.rglob("*")) if f.is_file()}
+    def digest(f: Path) -> str:
+        if f.name.endswith(".key"):
+            return "a key"
+        if f.name == "manifest.json":
+            m = {k: v for k, v in json.loads(f.read_text()).items() if k not in ("keys", "signature")}
+            return hashlib.sha256(json.dumps(m, sort_keys=True).encode()).hexdigest()
+        return hashlib.sha256(f.read_bytes()).hexdigest()
+
+    return {str(f.relative_to(dist)): digest(f) for f in sorted(dist.rglob("*")) if f.is_file()}
 
 
 @pytest.mark.parametrize("strategy", ["pipeline", "channel"])

@@ -194,11 +194,11 @@ def read_line(proc: subprocess.Popen, timeout_s: float) -> str:
 
 def ns_client(host, *, dist: Path, interface: str, inputs: Sequence[Path] = (), outputs: Sequence[Path] = (),
               peers: Sequence[str] = (), wait_go: bool = False, timeout_s: float = 20,
-              discover_timeout_s: float = 10) -> subprocess.Popen:
+              discover_timeout_s: float = 10, insecure: bool = False) -> subprocess.Popen:
     """Start tests/e2e/ns_client.py inside `host`: an InferenceSession on the LAN, outputs to .npz."""
     args = {"dist": str(dist), "interface": interface, "peers": list(peers), "inputs": list(map(str, inputs)),
             "outputs": list(map(str, outputs)), "wait_go": wait_go, "timeout_s": timeout_s,
-            "discover_timeout_s": discover_timeout_s}
+            "discover_timeout_s": discover_timeout_s, "insecure": insecure}
     return host.popen([PY, str(HERE / "ns_client.py"), json.dumps(args)], stdin=subprocess.PIPE,
                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -248,6 +248,20 @@ def agent_output(procs, device: str | None = None) -> str:
 
 
 # -- raw wire messages ---------------------------------------------------------------------------------
+
+def keyed_dealer(ctx, dist: Path, device: str):
+    """A raw DEALER with the app's key from `dist` and `device`'s key pinned (not yet connected):
+    what an authenticated client sends reaches the agent's request handling."""
+    import zmq
+
+    from edgepart.agent.net.link import secure_client
+    from edgepart.session import session_credentials
+
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    assert secure_client(s, session_credentials(dist)[1], device)
+    return s
+
 
 def header(**fields) -> bytes:
     return msgpack.packb(fields, use_bin_type=True)

@@ -29,7 +29,8 @@ def main() -> None:
     try:
         with edgepart.InferenceSession(args["dist"], interface=args["interface"], peers=args["peers"],
                                        timeout_s=args["timeout_s"],
-                                       discover_timeout_s=args["discover_timeout_s"]) as sess:
+                                       discover_timeout_s=args["discover_timeout_s"],
+                                       insecure=args.get("insecure", False)) as sess:
             t_found = time.time()
             for inp, outp in zip(args["inputs"], args["outputs"]):
                 res = sess.submit(load_npz(inp)).result(args["timeout_s"] + 5)

@@ -148,7 +148,11 @@ class TestTwoPlans:
 
     def test_discover_json_lists_roles_plans_and_health(self, two_plans):
         a = two_plans["a"][0].plan.plan_id
-        everyone, only_a = discover_json(["--wait-s", "4"], ["--wait-s", "4", "--plan", a])
+        keys = [x for res, _, _ in two_plans.values() for x in ("--dist", str(res.out_dir))]
+        everyone, only_a, unkeyed = discover_json(["--wait-s", "4", *keys], ["--wait-s", "4", "--plan", a, *keys],
+                                                  ["--wait-s", "4", "--plan", a])
+        # without the plan's keys, its encrypted agents are listed but not asked
+        assert len(unkeyed) == 3 and all(r["healthy"] is None and r["encrypted"] for r in unkeyed), unkeyed
         for res, procs, _ in two_plans.values():
             rows = [r for r in everyone if r["plan_id"] == res.plan.plan_id]
             assert sorted(r["role"] for r in rows) == ["dev0", "dev1", "dev2"], rows
@@ -178,7 +182,7 @@ def test_discover_shows_the_providers_the_sessions_really_got(packaged, caplog):
     with caplog.at_level(logging.WARNING, "edgepart"), \
             edgepart.Agent(res.out_dir / "dev0", interface="127.0.0.1", threads=1, providers=asked) as agent:
         assert agent.core.status().providers == ("CPU",)
-        (rows,) = discover_json(["--wait-s", "3", "--plan", res.plan.plan_id])
+        (rows,) = discover_json(["--wait-s", "3", "--plan", res.plan.plan_id, "--dist", str(res.out_dir)])
         assert [(r["role"], r["providers"]) for r in rows] == [("dev0", ["CPU"])], rows
     assert f"did not start {short}" in caplog.text
     strict = Providers((ABSENT, CPU), ((), ()), "--providers")
@@ -191,7 +195,7 @@ def test_discover_shows_the_providers_the_sessions_really_got(packaged, caplog):
         both = {pa.endpoints["dev1"], extra.endpoints["dev1"]}
 
         def dup_rows():
-            (found,) = discover_json(["--wait-s", "4", "--plan", a.plan.plan_id])
+            (found,) = discover_json(["--wait-s", "4", "--plan", a.plan.plan_id, "--dist", str(a.out_dir)])
             rows = [r for r in found if r["role"] == "dev1"]
             return rows if len(rows) == 2 else None
 

@@ -134,11 +134,15 @@ class ScriptedDev1:
     what a real agent would not send: an error for a request, a malformed result, an answer to a
     request nobody sent. It answers hello like an agent, so the links come up."""
 
-    def __init__(self, plan_id: str, script: list[str]):
+    def __init__(self, plan_id: str, script: list[str], bundle=None):
         self.plan_id, self.script, self.seen = plan_id, list(script), []
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        if bundle is not None:  # dev1's own key, so dev0's link (which pins it) comes up
+            kp = edgepart.load_bundle(bundle).device_keypair()
+            self.sock.curve_server = True
+            self.sock.curve_secretkey, self.sock.curve_publickey = kp.secret.encode(), kp.public.encode()
         self.port = self.sock.bind_to_random_port("tcp://127.0.0.1")
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._serve, daemon=True)
@@ -185,7 +189,7 @@ def test_relayed_errors_and_malformed_answers_fail_their_request_typed(tmp_path,
     error fails it with dev1's words, a malformed result fails it as malformed, an answer to a
     request nobody sent is dropped; the requests around them are answered."""
     res = package_with_cuts(encoder_model(WIDTH, 0, through_first=True), tmp_path, (4,))
-    dev1 = ScriptedDev1(res.plan.plan_id, ["good", "error", "malformed", "stranger", "good"])
+    dev1 = ScriptedDev1(res.plan.plan_id, ["good", "error", "malformed", "stranger", "good"], res.out_dir / "dev1")
     try:
         peer = f"127.0.0.1:{dev1.port}"
         with edgepart.Agent(res.out_dir / "dev0", interface="127.0.0.1", threads=1, peers=(peer,), announce=False) as agent:

@@ -18,7 +18,8 @@ import zmq
 import edgepart
 
 import graphs
-from e2e_helpers import agent_output, assert_same, first_success, header, model_file, reference, seeded_feeds, tensor_message
+from e2e_helpers import (agent_output, assert_same, first_success, header, keyed_dealer, model_file, reference, seeded_feeds,
+                         tensor_message)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -317,7 +318,7 @@ class TestMalformedAndBadInputs:
         try:
             for t in targets:
                 for k in range(2):  # two forgers per agent, each with an identity of its own
-                    s = ctx.socket(zmq.DEALER)
+                    s = keyed_dealer(ctx, res.out_dir, t.device)  # an authenticated forger: the app's own key
                     s.setsockopt(zmq.IDENTITY, f"forger-{t.device}-{k}".encode())
                     s.setsockopt(zmq.LINGER, 0)
                     s.connect(t.endpoint)
@@ -423,8 +424,7 @@ def test_unhashable_header_field_is_dropped(field, packaged, agents, sessions):
         "dtype is a map": lambda: t.with_entry(1, entry(t, dtype={"float32": 1})),
     }[field]()
     ctx = zmq.Context()
-    s = ctx.socket(zmq.DEALER)
-    s.setsockopt(zmq.LINGER, 0)
+    s = keyed_dealer(ctx, res.out_dir, t.device)
     try:
         s.connect(t.endpoint)
         assert send_all(s, frames)
@@ -445,8 +445,7 @@ def test_partial_requests_cannot_wedge_an_agent(packaged, agents, sessions):
     want = reference(model_file(res.out_dir), feeds)
     t = Target(res.plan, step.device, procs.endpoints[step.device])
     ctx = zmq.Context()
-    s = ctx.socket(zmq.DEALER)
-    s.setsockopt(zmq.LINGER, 0)
+    s = keyed_dealer(ctx, res.out_dir, t.device)
     try:
         s.connect(t.endpoint)
         for rid in range(1, 301):  # one tensor of two, never the other

@@ -65,8 +65,9 @@ def test_profile_measures_a_shaped_links_bandwidth(packaged, agents, lan, tmp_pa
     procs = agents(dist, hosts=dict(zip(res.plan.device_names(), net.hosts[:2])))
     out = tmp_path / "p.yaml"
     peers = [a for ep in procs.endpoints.values() for a in ("--peer", ep.removeprefix("tcp://"))]
-    r = edgepart_cli("profile", "-o", out, "--seconds", "0.2", "--threads", "1", "--name", "dev9", *peers,
-                     timeout_s=240, host=net.hosts[2])
+    # --bundle: the agents answer only their plan's keys, and the bundle holds one (dev0's)
+    r = edgepart_cli("profile", "-o", out, "--bundle", res.bundle_dirs["dev0"], "--seconds", "0.2", "--threads", "1",
+                     "--name", "dev9", *peers, timeout_s=240, host=net.hosts[2])
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
     got = yaml.safe_load(out.read_text())["peers"]
     print(f"\nmeasured over {LINK_MBIT} Mbit/s links:", got)

@@ -86,7 +86,7 @@ def test_default_threads_follow_the_affinity(tmp_path):
             line = next(x for x in procs.agents["dev0"].lines if x.startswith("edgepart-agent device="))
             assert f"threads={len(cpus.split(','))} " in line and " runtime=onnx providers=" in line, line
             out = subprocess.run([PY, "-m", "edgepart", "discover", "--interface", "127.0.0.1", "--plan",
-                                  res.plan.plan_id, "--json", "--wait-s", "4"], capture_output=True, text=True, timeout=60)
+                                  res.plan.plan_id, "--dist", str(res.out_dir), "--json", "--wait-s", "4"], capture_output=True, text=True, timeout=60)
             rows = {r["role"]: r for r in json.loads(out.stdout)}
             assert rows["dev0"]["threads"] == len(cpus.split(",")), rows
             assert "affinity" in rows["dev0"]["threads_from"] and rows["dev0"]["ready"] is True, rows

@@ -13,6 +13,8 @@ import pytest
 
 from edgepart import Bundle, BundleError, load_bundle
 from edgepart.bundle import FORMAT, MANIFEST, is_bundle, load_dist, manifest_for
+from edgepart.keys import DEVICE_KEY, read_keypair
+from edgepart.signing import load_or_create_signing_key, sign_manifest
 from edgepart.local import LocalCluster
 from edgepart.plan import READS, SCHEMA_VERSION
 from edgepart.packager.cluster import cluster_from_dict
@@ -59,6 +61,8 @@ def _manifest(bundle: Path) -> dict:
 
 
 def _write_manifest(bundle: Path, m: dict) -> None:
+    """An edited manifest, signed again by the workstation (so loading reaches the check under test)."""
+    m = sign_manifest(m, load_or_create_signing_key())
     (bundle / MANIFEST).write_text(json.dumps(m, indent=1, sort_keys=True))
 
 
@@ -66,19 +70,21 @@ def _write_manifest(bundle: Path, m: dict) -> None:
 
 def test_each_bundle_holds_its_manifest_and_its_sub_models_only(packaged):
     out, res = packaged
-    assert sorted(p.name for p in out.iterdir()) == sorted(DEVICES)
+    assert sorted(p.name for p in out.iterdir()) == sorted([*DEVICES, "app.key"])
     for d in DEVICES:
         b = load_bundle(out / d)
         assert isinstance(b, Bundle)
         assert b.device == d and b.plan == res.plan and b.plan_id == res.plan.plan_id
         files = {f for st in b.steps for f in st.files()}
-        assert sorted(p.name for p in (out / d).iterdir()) == sorted(files | {MANIFEST})
+        assert sorted(p.name for p in (out / d).iterdir()) == sorted(files | {MANIFEST, DEVICE_KEY})
         m = _manifest(out / d)
         assert m["format"] == FORMAT and m["schema_version"] == 1  # all-ONNX plans are written as version 1
         assert m["device"] == d and m["plan_id"] == res.plan.plan_id
         assert m["files"] == {f: h for st in b.steps for f, h in st.files().items()}
-        assert m["keys"] == {}
-        assert m == json.loads(json.dumps(manifest_for(res.plan, d)))
+        assert set(m["keys"]["devices"]) == set(DEVICES) and set(m["keys"]["clients"]) == {"app"}
+        assert m["signature"]["scheme"] == "ed25519"
+        unsigned = {k: v for k, v in m.items() if k != "signature"}
+        assert unsigned == json.loads(json.dumps(manifest_for(res.plan, d, b.keys)))
         assert b.file(b.steps[0].model_file) == out / d / b.steps[0].model_file
 
 
@@ -226,9 +232,13 @@ def test_package_refuses_a_folder_with_other_things(tmp_path):
 def test_package_again_replaces_old_bundles(tmp_path):
     out = tmp_path / "dist"
     _package(out)
+    app_key = (out / "app.key").read_text()
     res = _package(out, gflops=(1.0, 2.0), cuts=(5,))  # fewer devices now
-    assert sorted(p.name for p in out.iterdir()) == ["alpha", "beta"]
-    assert {b.plan_id for b in load_dist(out).values()} == {res.plan.plan_id}
+    assert sorted(p.name for p in out.iterdir()) == ["alpha", "app.key", "beta"]
+    assert (out / "app.key").read_text() == app_key  # the app's key survives packaging again
+    bundles = load_dist(out)
+    assert {b.plan_id for b in bundles.values()} == {res.plan.plan_id}
+    assert set(bundles["alpha"].keys.clients.values()) == {read_keypair(out / "app.key").public}
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".edgepart-")]  # staging cleaned up
 
 
@@ -270,3 +280,55 @@ def test_manifest_plan_that_is_not_an_object(dist):
     _write_manifest(dist / "alpha", m)
     with pytest.raises(BundleError, match="malformed"):
         load_bundle(dist / "alpha")
+
+
+# -- signatures and link keys (docs/bundle-format.md, "Keys" and "Signature") --------------------------------
+
+def test_a_flipped_byte_in_the_manifest_is_refused(dist):
+    path = dist / "alpha" / MANIFEST
+    text = path.read_text()
+    i = text.index('"nodes": ') + len('"nodes": ')
+    path.write_text(text[:i] + str((int(text[i]) + 1) % 10) + text[i + 1:])  # one digit of the plan
+    with pytest.raises(BundleError, match=r"alpha/manifest\.json.*modified after signing"):
+        load_bundle(dist / "alpha")
+
+
+def test_a_bundle_signed_by_another_key_is_refused(dist, tmp_path, monkeypatch):
+    from nacl.signing import SigningKey
+
+    from edgepart.signing import fingerprint, public_hex
+
+    other = SigningKey.generate()
+    m = sign_manifest(_manifest(dist / "alpha"), other)
+    (dist / "alpha" / MANIFEST).write_text(json.dumps(m))
+    with pytest.raises(BundleError, match=fingerprint(public_hex(other))) as e:
+        load_bundle(dist / "alpha")
+    assert "edgepart keys trust" in str(e.value) and other.encode().hex() not in str(e.value)
+    assert load_bundle(dist / "alpha", trusted=[public_hex(other)]).device == "alpha"  # --trust
+
+
+def test_device_keys_are_private_and_must_match_the_manifest(dist, packaged):
+    b = load_bundle(dist / "alpha")
+    assert (dist / "alpha" / DEVICE_KEY).stat().st_mode & 0o777 == 0o600
+    assert (dist / "app.key").stat().st_mode & 0o777 == 0o600
+    assert b.device_keypair().public == b.keys.devices["alpha"]
+    assert b.device_keypair().secret not in repr(b.device_keypair())  # a secret never shows in a log line
+    (dist / "alpha" / DEVICE_KEY).chmod(0o644)
+    with pytest.raises(BundleError, match="chmod 600"):
+        b.device_keypair()
+    (dist / "alpha" / DEVICE_KEY).chmod(0o600)
+    shutil.copy2(dist / "beta" / DEVICE_KEY, dist / "alpha" / DEVICE_KEY)
+    with pytest.raises(BundleError, match="not alpha's key"):
+        b.device_keypair()
+
+
+def test_add_client_signs_the_manifests_again_and_keeps_the_plan(dist):
+    from edgepart.packager.seal import add_client
+
+    before = load_dist(dist)
+    path, new = add_client(dist, "cam2")
+    after = load_dist(dist)
+    assert new and path == dist / "cam2.key" and path.stat().st_mode & 0o777 == 0o600
+    assert {b.plan_id for b in after.values()} == {b.plan_id for b in before.values()}
+    assert all(b.keys.clients["cam2"] == read_keypair(path).public for b in after.values())
+    assert all(b.keys.devices == before[d].keys.devices for d, b in after.items())
