@@ -365,7 +365,13 @@ class Links:
 
     def refusals(self) -> dict[str, str]:
         """Endpoints whose last handshake failed, and why (any thread; for error messages)."""
-        return {p.endpoint: p.refused for p in list(self.by_socket.values()) if p.refused and not p.up}
+        for _ in range(3):  # the owning thread may change the dict while this copies it
+            try:
+                peers = list(self.by_socket.values())
+                break
+            except RuntimeError:
+                peers = []
+        return {p.endpoint: p.refused for p in peers if p.refused and not p.up}
 
     def get(self, role: str) -> Peer | None:
         """The live link to `role`, if any; with duplicates, the one up the longest."""
