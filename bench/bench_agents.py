@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, efficientnet_block8_split, image, median_ms, save  # noqa: E402
+from common import REPO, cpu_s, efficientnet_block8_split, image, median_ms, save, self_cpu_s  # noqa: E402
 
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
@@ -47,16 +47,6 @@ def pin(core: int) -> None:
     os.sched_setaffinity(0, {core})
 
 
-def cpu_s(pid: int) -> float:
-    """CPU seconds a process has used so far, all its threads (from /proc)."""
-    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def self_cpu_s() -> float:
-    """CPU seconds this process has used so far, all its threads."""
-    t = os.times()
-    return t.user + t.system
 
 
 def bench_overhead(dist: Path, rounds: int, n_lat: int, n_stream: int) -> dict:

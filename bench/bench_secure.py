@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import image, median_ms, save, wire_model  # noqa: E402
+from common import cpu_s, image, median_ms, save, self_cpu_s, wire_model  # noqa: E402
 
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
@@ -55,15 +55,6 @@ def unpin() -> None:
     os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
 
 
-def cpu_s(pid: int) -> float:
-    """CPU seconds a process has used so far, all its threads (from /proc)."""
-    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def self_cpu_s() -> float:
-    t = os.times()
-    return t.user + t.system
 
 
 def order(r: int) -> tuple[str, str]:

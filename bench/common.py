@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import statistics
 
 import time
@@ -111,3 +112,15 @@ def package_one(model_path: Path, out_dir: Path, input_shapes: dict, device: str
     graph = analyse(model, input_shapes)
     cluster = cluster_from_dict({"devices": [{"name": device, "gflops": 10}]})
     package(model, graph, cluster, plan_pipeline(graph, cluster), out_dir, model_name=Path(model_path).stem)
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds a process has used so far, all its threads (from /proc)."""
+    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def self_cpu_s() -> float:
+    """CPU seconds this process has used so far, all its threads."""
+    t = os.times()
+    return t.user + t.system
