@@ -36,6 +36,7 @@ def run_cmd(
     ready_timeout_s: float = typer.Option(0.0, "--ready-timeout-s", help="Exit with an error if the peers this device sends to are not all found within this many seconds; 0 waits forever."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every link change and dropped message."),
     insecure: bool = typer.Option(False, "--insecure", help="Serve plaintext, unauthenticated links: any process on the network may talk to this agent. Needed for bundles packaged with --insecure; peers and sessions must say --insecure too. docs/agents.md, \"Encryption\"."),
+    inflight_mb: int = typer.Option(1024, "--inflight-mb", min=1, help="MiB of received tensors this agent holds for requests in flight; past it (or past 3/4 of it from one sender) requests are turned away as busy. docs/agents.md, \"Admission\"."),
 ) -> None:
     """Serve this device's part of the plan: announce it, find the peers, execute requests until Ctrl-C.
     Links are encrypted and authenticated with the plan's keys (CURVE) unless --insecure."""
@@ -53,7 +54,7 @@ def run_cmd(
         async def main():
             core = await AgentCore(b, interface=interface, port=port, peers=tuple(peer or ()), threads=threads,
                                    shared_pool=True, providers=providers, device_id=gpu, fp16=fp16,
-                                   insecure=insecure).start()
+                                   insecure=insecure, inflight_mb=inflight_mb).start()
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):

@@ -17,6 +17,7 @@ import concurrent.futures
 import heapq
 import itertools
 import logging
+import math
 import queue
 import secrets
 import threading
@@ -37,8 +38,9 @@ from edgepart.wire import Header, Status, arrays, decode, roundtrip, tensor_fram
 from ..net import inproc
 from ..net.discovery import Announcement, Discovery
 from ..net.link import HWM, POLL_MS, Links, Waker, WarnOnce, parse_peer, route_codecs, stop_io_thread, tune
-from ..net.secure import Guard
+from ..net.secure import Guard, who
 from ._direct import DirectRuns
+from .admission import MAX_HELD_MB, Admission
 from .executor import Executor, Key
 
 log = logging.getLogger("edgepart")
@@ -62,8 +64,9 @@ class AgentCore:
     def __init__(self, bundle: Bundle, *, interface: str | None = None, port: int = 0,
                  peers: tuple[str, ...] = (), threads: int = 0, announce: bool = True, shared_pool: bool = False,
                  providers: str | tuple[str, ...] | Providers = "auto", device_id: int = 0, fp16: bool = False,
-                 insecure: bool = False):
+                 insecure: bool = False, inflight_mb: int = MAX_HELD_MB):
         self.bundle = bundle
+        self.inflight_mb = inflight_mb
         self.credentials = agent_credentials(bundle, insecure)
         self.shared_pool = shared_pool  # one onnxruntime pool for the process (only `edgepart run`: runtime.py)
         self.plan = bundle.plan
@@ -132,7 +135,8 @@ class AgentCore:
         self.endpoint = f"tcp://{host}:{self.port}"
         if self.shared_pool:
             use_shared_pool(self.threads)
-        self.executor = Executor(self.bundle, self._send, self._fail, self.threads, self.providers)
+        self.executor = Executor(self.bundle, self._send, self._fail, self.threads, self.providers,
+                                 Admission(held_bytes=self.inflight_mb << 20))
         try:
             await asyncio.get_running_loop().run_in_executor(None, self.executor.load)
         except BaseException:
@@ -245,7 +249,7 @@ class AgentCore:
             h = None
             try:
                 h, payload = decode(frames[1:])
-                self._handle(ident, h, payload)
+                self._handle(ident, h, payload, self._sender_of(frames[1], h))
             except WireError as e:
                 self._drop(ident, str(e))
                 if h is not None and h.kind == "tensor" and h.client and h.plan_id == self.plan.plan_id:
@@ -264,18 +268,46 @@ class AgentCore:
             try:
                 for name, a in arrs.items():
                     self._check(sender, name, a.dtype.name, a.shape)
-                if self.executor.full and key not in self.executor.requests:
-                    self._fail(key, f"{self.device} is busy: {len(self.executor.requests)} requests in flight")
+                src, nbytes = self._local_sender(sender, key), sum(a.nbytes for a in arrs.values())
+                if (why := self.executor.refusal(key, src, nbytes)) is not None:
+                    self._refuse(key, why)
                     continue
                 if relay and self.relays and key not in self._relay_out:
                     wire, deadline = next(self._relay_ids), time.monotonic() + ttl_ms / 1e3
                     self._relay_out[key], self._relay_in[wire] = wire, (key, deadline)
                     heapq.heappush(self._relay_deadlines, (deadline, wire))
-                self.executor.deliver(key, arrs, ttl_ms)
+                self.executor.deliver(key, arrs, ttl_ms, src, nbytes)
             except WireError as e:
                 self._fail(key, f"{self.device} rejected the inputs: {e}")
 
-    def _handle(self, ident: bytes, h: Header, payload: list) -> None:
+    def _sender_of(self, frame: zmq.Frame, h: Header) -> str:
+        """Who sent `h`, the name its requests are bounded by (docs/agents.md, "Admission"): the
+        device or app the connection's key belongs to, which must be the one the header names (a
+        device's key cannot speak for another device); under --insecure, the name it gives."""
+        if not self.credentials.secure:
+            return self._local_sender(h.sender, (h.client, 0))
+        try:
+            name, device = who(frame.get("User-Id"))
+        except zmq.ZMQError:  # (every CURVE connection has one: the ZAP handler named it)
+            raise WireError("a message on a connection without a key's name") from None
+        if h.kind == "tensor" and h.sender != (name if device else CALLER):  # (pings may say "@discover")
+            raise WireError(f"a message sent with {'device' if device else 'app'} {name}'s key says it comes from {h.sender!r}")
+        return name if device else f"app {name}"
+
+    @staticmethod
+    def _local_sender(sender: str, key: Key) -> str:
+        """The name a sender without a key is bounded by: a device's, or one per caller's session."""
+        return sender if sender != CALLER else f"app {key[0].hex()[:16]}"
+
+    def _refuse(self, key: Key, why: str) -> None:
+        """Turn away a message for `key` (admission.py): a request it would start, or the one it belongs to."""
+        why = f"{self.device} is busy: {why}"
+        if key in self.executor.requests:
+            self.executor.fail_request(key, why)
+        else:
+            self._fail(key, why)
+
+    def _handle(self, ident: bytes, h: Header, payload: list, sender: str) -> None:
         if h.kind in ("ping", "hello"):
             if h.plan_id != self.plan.plan_id and h.kind == "hello":
                 self._drop(ident, f"hello from plan {h.plan_id}, this agent runs {self.plan.plan_id}")
@@ -292,12 +324,14 @@ class AgentCore:
         if h.ttl_ms <= 0:
             raise WireError("tensor message without a deadline (ttl)")
         key = (h.client, h.request_id)
-        if self.executor.full and key not in self.executor.requests:
+        # what its tensors take once decoded, as the header declares them (wire.py checks they do)
+        nbytes = sum(math.prod(t.shape) * np.dtype(t.dtype).itemsize for t in h.tensors)
+        if (why := self.executor.refusal(key, sender, nbytes)) is not None:
             # never stop reading (that would stall the requests already held, and heartbeats):
-            # turn new requests away instead; the caller keeps fewer in flight
-            self._fail(key, f"{self.device} is busy: {len(self.executor.requests)} requests in flight; send fewer at once")
+            # turn requests away instead; the caller keeps fewer in flight
+            self._refuse(key, why)
             return
-        self.executor.deliver(key, arrays(h, payload), h.ttl_ms)
+        self.executor.deliver(key, arrays(h, payload), h.ttl_ms, sender, nbytes)
 
     def _check(self, sender: str, name: str, dtype: str, shape: tuple) -> None:
         if not self.executor.accepts(name, sender):

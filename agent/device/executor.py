@@ -3,7 +3,8 @@
 It knows nothing of strategies. For each request it collects the tensors that arrive (from the
 caller, a peer, or a local step), runs every step whose inputs are all present, and hands each
 output to the routes the plan gives it, one message per destination. A request that outlives its
-deadline is dropped with an error to its caller; the number of requests held at once is bounded.
+deadline is dropped with an error to its caller; what it holds at once is bounded, in all and per
+sender (admission.py).
 
 It runs on the agent's data thread (agent.py), which owns the sockets: receive, compute, send, with
 no hand-off between threads on the way (measured: a hand-off costs 0.1-0.2 ms on one core, more
@@ -26,10 +27,9 @@ from edgepart.plan import Route, Step
 from edgepart.runtime import Providers, choose, make_step_session, shared_pool_threads
 
 from ..net.choose import Chooser
+from .admission import Admission
 
 log = logging.getLogger("edgepart")
-
-MAX_IN_FLIGHT = 256
 
 Key = tuple[bytes, int]  # (client id, request id)
 # send(destination, key, {tensor: array}, deadline); raises on failure
@@ -44,10 +44,13 @@ class Request:
     ready: list[int] = field(default_factory=list)  # a heap of steps whose inputs are all here
     tensors: dict[str, np.ndarray] = field(default_factory=dict)
     done: int = 0
+    owner: str = ""  # the sender whose message started it here (admission.py)
+    held: dict[str, int] = field(default_factory=dict)  # bytes received for it, by sender
 
 
 class Executor:
-    def __init__(self, bundle: Bundle, send: Sender, fail: Failer, threads: int = 0, providers: Providers | None = None):
+    def __init__(self, bundle: Bundle, send: Sender, fail: Failer, threads: int = 0, providers: Providers | None = None,
+                 admission: Admission | None = None):
         self.bundle = bundle
         self.device = bundle.device
         self.steps: tuple[Step, ...] = bundle.steps
@@ -81,6 +84,7 @@ class Executor:
         self.send, self.fail = send, fail
         self.chooser = Chooser(plan)  # where outputs go to one of several alternative devices
         self.requests: dict[Key, Request] = {}
+        self.admission = admission or Admission()
         self.completed = 0
         self.failed = 0
         self._next_expiry = 0.0
@@ -102,15 +106,25 @@ class Executor:
     def accepts(self, tensor: str, sender: str) -> bool:
         return sender in self.expected.get(tensor, ())
 
-    @property
-    def full(self) -> bool:
-        return len(self.requests) >= MAX_IN_FLIGHT
+    def refusal(self, key: Key, sender: str, nbytes: int) -> str | None:
+        """Why `nbytes` of tensors from `sender` for request `key` must be turned away (this agent
+        holds too much, or that sender does), or None."""
+        return self.admission.refusal(sender, key not in self.requests, nbytes)
 
-    def deliver(self, key: Key, arrays: dict[str, np.ndarray], ttl_ms: float) -> None:
-        """Tensors for request `key` arrived; run whatever became runnable."""
+    def deliver(self, key: Key, arrays: dict[str, np.ndarray], ttl_ms: float, sender: str = "",
+                nbytes: int | None = None) -> None:
+        """Tensors for request `key` from `sender` arrived (admitted: `refusal` said None); run
+        whatever became runnable."""
+        if nbytes is None:
+            nbytes = sum(a.nbytes for a in arrays.values())
         req = self.requests.get(key)
-        if req is None:
-            req = self.requests[key] = Request(time.monotonic() + ttl_ms / 1e3, list(self._n_inputs), list(self._no_inputs))
+        new = req is None
+        if new:
+            req = self.requests[key] = Request(time.monotonic() + ttl_ms / 1e3, list(self._n_inputs),
+                                               list(self._no_inputs), owner=sender)
+        self.admission.take(sender, new, nbytes)
+        if nbytes:
+            req.held[sender] = req.held.get(sender, 0) + nbytes
         self._arrived(req, arrays)
         self._run_ready(key, req)
 
@@ -128,6 +142,7 @@ class Executor:
         while req.ready and self.requests.get(key) is req:
             self._run_step(key, req, heapq.heappop(req.ready))
         if req.done == len(self.steps) and self.requests.pop(key, None) is not None:
+            self.admission.give_back(req.owner, req.held)
             self.completed += 1
             if self.chooser:
                 self.chooser.done(key)
@@ -180,8 +195,10 @@ class Executor:
 
     def fail_request(self, key: Key, why: str) -> None:
         """Drop request `key` (if held) and tell its caller why."""
-        if self.requests.pop(key, None) is None:
+        req = self.requests.pop(key, None)
+        if req is None:
             return
+        self.admission.give_back(req.owner, req.held)
         if self.chooser:
             self.chooser.done(key)
         self.failed += 1

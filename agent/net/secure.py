@@ -7,7 +7,9 @@ device it means (docs/agents.md, "Encryption").
 ZeroMQ asks the ZAP handler (RFC 27) about every CURVE handshake on a server socket; ours answers
 from the set of public keys in the bundle's manifest, on a thread of its own so a long step on the
 data plane never delays a handshake. A sender without an accepted key never completes its handshake,
-so none of its bytes reach the request table. The same thread watches the ROUTER's handshake
+so none of its bytes reach the request table; an accepted one is named (`who`: the device or client
+its key belongs to) on every message it sends, which the agent checks against the name the message
+gives and bounds per sender (docs/agents.md, "Admission"). The same thread watches the ROUTER's handshake
 failures (a plaintext client meeting a CURVE agent) and logs each kind once. A `Credentials` without a
 keypair (--insecure) leaves sockets plaintext.
 """
@@ -27,6 +29,7 @@ from .link import WarnOnce
 log = logging.getLogger("edgepart")
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
+DEVICE, CLIENT = "device:", "client:"  # how the ZAP handler names a key's owner (its User-Id)
 _FAILURES = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
              | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
 
@@ -36,7 +39,10 @@ class Guard:
 
     def __init__(self, credentials: Credentials, ctx: zmq.Context, router: zmq.Socket, name: str):
         self.credentials = credentials
-        self.allowed = credentials.keys.allowed()
+        keys = credentials.keys
+        # public key -> the name every message on its connection carries (zmq's User-Id)
+        self.names = {**{k: f"{CLIENT}{n}" for n, k in keys.clients.items()},
+                      **{k: f"{DEVICE}{n}" for n, k in keys.devices.items()}}
         self.refused = 0  # handshakes refused (a wrong key, or plaintext against CURVE)
         self._warn = WarnOnce(limit=256)
         self._stop = threading.Event()
@@ -92,13 +98,15 @@ class Guard:
             self._zap.send_multipart([b"1.0", msg[1] if len(msg) > 1 else b"", b"500", b"malformed ZAP request", b"", b""])
             return
         rid, address, mechanism = msg[1], msg[3].decode(errors="replace"), msg[5]
-        ok = mechanism == b"CURVE" and len(msg) >= 7 and z85.encode(msg[6]).decode() in self.allowed
+        name = self.names.get(z85.encode(msg[6]).decode()) if mechanism == b"CURVE" and len(msg) >= 7 else None
+        ok = name is not None
         if not ok:
             self.refused += 1
             self._warn(f"key:{address}", "refused a connection from %s: its key is not one of this plan's "
                        "(another plan's bundle, or an app without the plan's key: docs/agents.md, \"Encryption\")",
                        address)
-        self._zap.send_multipart([b"1.0", rid, b"200" if ok else b"400", b"OK" if ok else b"unknown key", b"", b""])
+        self._zap.send_multipart([b"1.0", rid, b"200" if ok else b"400", b"OK" if ok else b"unknown key",
+                                  name.encode() if ok else b"", b""])
 
     def _failure(self) -> None:
         from zmq.utils.monitor import recv_monitor_message
@@ -110,3 +118,10 @@ class Guard:
         # INFO, once: a static peer trying the plan's keys in turn fails here on purpose (link.py)
         (log.debug if self.refused > 1 else log.info)("a connection failed its handshake: not encrypted with this plan's keys (a peer started "
                  "with --insecure, an older edgepart, or a static peer trying another device's key)")
+
+
+def who(user_id: str) -> tuple[str, bool]:
+    """(the name, is it a device) of a key's owner, from the User-Id the ZAP handler gave it."""
+    if user_id.startswith(DEVICE):
+        return user_id[len(DEVICE):], True
+    return user_id[len(CLIENT):], False

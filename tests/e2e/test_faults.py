@@ -434,24 +434,3 @@ def test_unhashable_header_field_is_dropped(field, packaged, agents, sessions):
     finally:
         s.close(0)
         ctx.term()
-
-
-def test_partial_requests_cannot_wedge_an_agent(packaged, agents, sessions):
-    res = packaged(graphs.residual(), 3)
-    step = next(s for s in res.plan.steps if len(s.inputs) >= 2)  # the skip connection meets here
-    procs = agents(res.out_dir)
-    sess = sessions(res.out_dir, timeout_s=3)
-    feeds = seeded_feeds(res.plan, 0)
-    want = reference(model_file(res.out_dir), feeds)
-    t = Target(res.plan, step.device, procs.endpoints[step.device])
-    ctx = zmq.Context()
-    s = keyed_dealer(ctx, res.out_dir, t.device)
-    try:
-        s.connect(t.endpoint)
-        for rid in range(1, 301):  # one tensor of two, never the other
-            assert send_all(s, t.good(rid, ttl=1e8)), f"the agent stopped taking messages after {rid - 1}"
-        time.sleep(0.5)
-        assert_same(sess.submit(feeds).result(5), want, "a real request after 300 half requests")
-    finally:
-        s.close(0)
-        ctx.term()
