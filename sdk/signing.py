@@ -15,6 +15,7 @@ Device-side safe: imports the standard library, PyNaCl and edgepart.errors only.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -28,6 +29,11 @@ from nacl.exceptions import CryptoError
 from nacl.signing import SigningKey, VerifyKey
 
 from .errors import BundleError
+
+try:
+    import fcntl
+except ImportError:  # (Windows: no advisory locks; the trust store is then written without one)
+    fcntl = None
 
 SCHEME = "ed25519"
 KEY_FILE = "signing.key"
@@ -169,12 +175,14 @@ def verify_manifest(manifest: dict[str, Any], where: Path, trusted: Iterable[str
     keys = {_check_hex(t, "The trusted key") for t in trusted} | set(store)
     if signer in keys:
         return signer
-    if not keys and pin:
-        trust(signer, f"first seen in {where}")
+    if not keys and pin and _trust_first(signer, f"first seen in {where}"):
         log.warning("trusting bundle signer %s on first use (it signed %s), as SSH does a new host; "
                     "%s now lists it and bundles signed by other keys will be refused. Check the "
                     "fingerprint against `edgepart keys signer` on the workstation.",
                     fingerprint(signer), where, trust_store_path())
+        return signer
+    keys |= set(trusted_signers())  # (another process may have trusted a first signer meanwhile)
+    if signer in keys:
         return signer
     fps = ", ".join(sorted(fingerprint(k) for k in keys)) or "no key"
     raise BundleError(
@@ -205,6 +213,18 @@ def trusted_signers() -> dict[str, str]:
 def trust(hex_key: str, name: str = "") -> bool:
     """Add a signer to this machine's trust store; False when it was there already."""
     h = _check_hex(hex_key, "The key")
+    with _store_lock():
+        return _add(h, name)
+
+
+def _trust_first(hex_key: str, name: str) -> bool:
+    """Trust `hex_key` if the store is still empty (two agents starting at once on a new device must
+    not both trust a first signer of their own); False when another process filled it first."""
+    with _store_lock():
+        return not trusted_signers() and _add(hex_key, name)
+
+
+def _add(h: str, name: str) -> bool:
     if h in trusted_signers():
         return False
     path = trust_store_path()
@@ -213,6 +233,20 @@ def trust(hex_key: str, name: str = "") -> bool:
         old += "\n"
     _write_atomic(path, old + f"{h} {' '.join(name.split())}".rstrip() + "\n")
     return True
+
+
+@contextlib.contextmanager
+def _store_lock():
+    """The trust store's read-check-write, one process at a time (an advisory lock beside it)."""
+    path = trust_store_path()
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path.with_name(f"{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -370,3 +370,42 @@ def test_keys_from_a_real_process(cfg):
     assert pub == public_hex(load_or_create_signing_key())
     out = subprocess.run([*cmd, "trusted"], env=env, capture_output=True, text=True, timeout=30, check=True)
     assert pub in out.stdout
+
+
+_RACER = """
+import json, sys
+from pathlib import Path
+from edgepart.errors import BundleError
+from edgepart.signing import verify_manifest
+m = json.loads(Path(sys.argv[1]).read_text())
+sys.stdin.readline()  # all start together
+try:
+    print("trusted" if verify_manifest(m, Path(sys.argv[1])) else "?")
+except BundleError:
+    print("refused")
+"""
+
+
+def test_processes_racing_on_a_new_device_trust_one_first_signer(tmp_path, cfg):
+    """Agents of several bundles starting at once on a fresh device, each signed by another key:
+    one signer is trusted on first use, every other is refused (the store's read-check-write is
+    one process at a time)."""
+    n = 6
+    paths = []
+    for i in range(n):
+        d = tmp_path / f"b{i}"
+        d.mkdir()
+        paths.append(d / MANIFEST)
+        paths[-1].write_text(json.dumps(sign_manifest(manifest(), SigningKey.generate())))
+    procs = [subprocess.Popen([sys.executable, "-c", _RACER, str(p)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True) for p in paths]
+    try:
+        for p in procs:
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        said = [p.communicate(timeout=60)[0].strip() for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert sorted(said) == ["refused"] * (n - 1) + ["trusted"], said
+    assert len(trusted_signers()) == 1
