@@ -55,6 +55,7 @@ _UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 _MODES = ("affine", "symmetric")
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _INT8_MAX_ABS = _FLOAT32_MAX / 4  # |offset| + 255 * scale stays finite in float32, with room to spare
+_FLOAT16_FINITE = 65519.0  # float16 rounds anything below 65520 to a finite value (its max is 65504)
 
 
 @dataclass(frozen=True)
@@ -343,9 +344,14 @@ def _decode_int8(buf: memoryview, params: Mapping, dtype: np.dtype, shape: tuple
     scale = np.frombuffer(buf, dtype=np.float32, count=c)
     off = np.frombuffer(buf, dtype=np.float32, count=c, offset=head) if mode == "affine" else np.zeros(1, np.float32)
     with np.errstate(all="ignore"):  # nan and inf fail the test below; overflow is what it looks for
-        top = np.abs(off.astype(np.float64)) + scale.astype(np.float64) * (255 if mode == "affine" else 127)
-        if c and not ((scale >= 0).all() and (top <= _FLOAT32_MAX).all()):
-            raise WireError("int8: scales must be non-negative and scales and offsets finite, within float32's range")
+        off64, span = off.astype(np.float64), scale.astype(np.float64) * (255 if mode == "affine" else 127)
+        if dtype == np.float16:  # decoded in float32, then cast: the values, from off to off + span
+            # (symmetric: -span to span), must stay within float16's range
+            top, limit = np.maximum(np.abs(off64), np.abs(off64 + span)), _FLOAT16_FINITE
+        else:
+            top, limit = np.abs(off64) + span, _FLOAT32_MAX
+        if c and not ((scale >= 0).all() and (top <= limit).all()):
+            raise WireError(f"int8: scales must be non-negative and scales and offsets finite, within {dtype.name}'s range")
     q = np.frombuffer(buf, dtype=np.int8 if mode == "symmetric" else np.uint8, count=count,
                       offset=head * (2 if mode == "affine" else 1)).reshape(pre, c, post)
     out = np.empty((pre, c, post), dtype=np.float32)

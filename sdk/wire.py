@@ -117,7 +117,7 @@ class Status:
         """The status in a reply's message; None where there is none or it is malformed."""
         try:
             d = json.loads(message) if message else None
-        except ValueError:
+        except (ValueError, RecursionError):  # malformed, or nested deeper than the parser goes
             return None
         if not isinstance(d, dict) or not isinstance(d.get("ready"), bool):
             return None
@@ -178,8 +178,8 @@ def decode(frames: Sequence[Any]) -> tuple[Header, list[memoryview]]:
     if len(frames) > MAX_FRAMES:
         raise WireError(f"too many frames ({len(frames)} > {MAX_FRAMES})")
     raw = _buf(frames[0])
-    if len(raw) > MAX_HEADER_BYTES:
-        raise WireError(f"header too large ({len(raw)} bytes)")
+    if raw.nbytes > MAX_HEADER_BYTES:  # (bytes, not items: an in-process caller may hand a typed buffer)
+        raise WireError(f"header too large ({raw.nbytes} bytes)")
     try:
         d = msgpack.unpackb(raw, raw=False, strict_map_key=True, max_bin_len=MAX_NAME,
                             max_str_len=4 * MAX_NAME, max_array_len=MAX_NDIM * 4, max_map_len=64)
@@ -229,9 +229,11 @@ def arrays(h: Header, payload: list[memoryview]) -> dict[str, np.ndarray]:
     """The arrays of a tensor message, by name, decoded and validated (dense: a view, no copy)."""
     out = {}
     for t, buf in zip(h.tensors, payload):
-        if t.codec == "dense" and not t.codec_params and t.dtype != "bool" and buf.ndim == 1 and buf.itemsize == 1:
+        if (t.codec == "dense" and not t.codec_params and t.dtype != "bool" and buf.ndim == 1 and buf.itemsize == 1
+                and buf.c_contiguous):
             # the common case, kept short: codecs.decode's checks for a dense frame (the header's
-            # dtype and shape were checked by decode; bool needs its values checked, so it goes there)
+            # dtype and shape were checked by decode; bool needs its values checked, so it goes there;
+            # so does a strided buffer an in-process caller may hand over, which the codec path refuses)
             dt = np.dtype(t.dtype)
             count = 1
             for d in t.shape:
