@@ -20,12 +20,12 @@ from typing import Any, Callable, Mapping
 
 import onnx
 
-from edgepart.packager import seal
+from edgepart.packager import seal, standby
 from edgepart.packager.cluster import Cluster, load_cluster
 from edgepart.packager.strategies import base
 
 def _job(model, cluster, strategy: str, objective: str, input_shapes, inputs, wire_codec: str, options: dict,
-         progress, model_name: str | None) -> tuple[base.Strategy, base.Job]:
+         progress, model_name: str | None, primary_only: bool = True) -> tuple[base.Strategy, base.Job]:
     from edgepart.inputs import shapes_of
 
     from edgepart.packager.model.graph import load_model
@@ -37,6 +37,9 @@ def _job(model, cluster, strategy: str, objective: str, input_shapes, inputs, wi
     else:
         m, name = load_model(model), model_name or Path(model).stem
     cl = cluster if isinstance(cluster, Cluster) else load_cluster(cluster)
+    # standby devices are in no primary plan: it is planned over the others, exactly as a cluster
+    # without spares (packager/standby.py); `package` keeps the whole cluster for the fallback plans
+    cl = standby.primary_cluster(cl) if primary_only else cl
     feeds = dict(inputs or {})
     shapes = {**shapes_of(feeds), **{k: tuple(v) for k, v in (input_shapes or {}).items()}}
     return s, base.Job(m, name, cl, shapes, objective, wire_codec, {k: v for k, v in options.items() if v is not None},
@@ -48,7 +51,7 @@ def plan(model: str | Path | onnx.ModelProto, cluster: str | Path | Cluster, *, 
          inputs: Mapping[str, Any] | None = None, wire_codec: str = "dense", model_name: str | None = None,
          progress: Callable[[str], None] | None = None, **options: Any) -> base.Planned:
     """What would go where, and why, with nothing written: the strategy's figures (`to_dict()`,
-    `show(console, title)`)."""
+    `show(console, title)`). Of the primary plan: standby devices are left out (docs/failover.md)."""
     s, job = _job(model, cluster, strategy, objective, input_shapes, inputs, wire_codec, options, progress,
                   model_name)
     return s.plan(job)
@@ -71,13 +74,18 @@ def package(model: str | Path | onnx.ModelProto, cluster: str | Path | Cluster, 
 
     Every bundle gets its device's link key and every manifest is signed (docs/bundle-format.md,
     "Keys"): `insecure` writes no link keys (plaintext links); `signing_key` is a key file to sign
-    with instead of this workstation's own."""
+    with instead of this workstation's own.
+
+    Where the cluster marks devices `standby: true`, the primary plan is planned over the others and
+    a fallback plan is compiled for each primary device's failure (`Packaged.fallbacks`; their bundles
+    in dist/<device>/fallback/<failed device>/; docs/failover.md)."""
     if report is not None:
         from edgepart.packager.check.report import check_writable
 
         check_writable(report)
     s, job = _job(model, cluster, strategy, objective, input_shapes, inputs, wire_codec, options, progress,
-                  model_name)
+                  model_name, primary_only=False)
+    full, job = job.cluster, dataclasses.replace(job, cluster=standby.primary_cluster(job.cluster))
     from edgepart.packager.formats import check_format, convert_bundles, require_litert, wants_tflite
 
     check_format(format, tflite_precision)  # a wrong flag fails before anything is planned
@@ -85,15 +93,29 @@ def package(model: str | Path | onnx.ModelProto, cluster: str | Path | Cluster, 
         from edgepart.signing import load_or_create_signing_key
 
         load_or_create_signing_key(Path(signing_key))
-    if wants_tflite(job.cluster, format):
+    if wants_tflite(full, format):
         require_litert()  # and so does a packager that could not check a converted step
-    res = s.package(job, Path(out), report=report is not None)
-    if format != "onnx":
-        new_plan, conv = convert_bundles(res.plan, res.bundle_dirs, job.cluster, fmt=format,
+
+    def convert(res: base.Packaged, cl: Cluster) -> base.Packaged:
+        if format == "onnx":
+            return res
+        new_plan, conv = convert_bundles(res.plan, res.bundle_dirs, cl, fmt=format,
                                          precision=tflite_precision, feeds=job.feeds, progress=progress)
-        res = dataclasses.replace(res, plan=new_plan, conversions=conv)
-    seal.apply(Path(out), res.bundle_dirs, res.plan,
-               seal.Sealing(insecure, Path(signing_key) if signing_key is not None else None))
+        return dataclasses.replace(res, plan=new_plan, conversions=conv)
+
+    sealing = seal.Sealing(insecure, Path(signing_key) if signing_key is not None else None)
+    # the fallback plans first, into a scratch folder: one that cannot be planned stops packaging
+    # before dist/ is touched
+    fallbacks = standby.package_fallbacks(s, job, full, Path(out), convert) if standby.spares(full) else None
+    try:
+        res = convert(s.package(job, Path(out), report=report is not None), job.cluster)
+    except BaseException:
+        if fallbacks is not None:
+            fallbacks.discard()
+        raise
+    if fallbacks is not None:  # with the primary packaging's keys (before --insecure drops them)
+        res = dataclasses.replace(res, fallbacks=tuple(standby.install(fallbacks, Path(out), sealing)))
+    seal.apply(Path(out), res.bundle_dirs, res.plan, sealing)
     if report is not None and res.report is not None:
         from edgepart.packager.check.report_html import write_html
 

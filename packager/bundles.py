@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 import onnx
 
-from edgepart.bundle import sha256_file
+from edgepart.bundle import is_device_folder, sha256_file
 from edgepart.errors import BundleError
 from edgepart.keys import CLIENT_KEY_SUFFIX
 from edgepart.plan import CALLER, DeviceSpec, Hints, Plan, Route, Step, TensorSpec
@@ -84,7 +84,7 @@ def write_bundles(step_models: Sequence[StepModel], make_plan: Callable[[list[St
     """Write the steps and manifests into `out_dir/<device>/`; returns the plan and the folders."""
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
-        stale = [p for p in out_dir.iterdir() if not (p / "manifest.json").is_file()
+        stale = [p for p in out_dir.iterdir() if not is_device_folder(p)  # (a standby device's: fallbacks only)
                  and not (p.is_file() and p.name.endswith(CLIENT_KEY_SUFFIX))]  # the clients' keys (seal.py)
         if stale:
             raise BundleError(f"{out_dir} exists and holds things that are not edgepart bundles "
@@ -113,7 +113,7 @@ def write_bundles(step_models: Sequence[StepModel], make_plan: Callable[[list[St
             shutil.move(str(staging / d), target)
             dirs[d] = target
         for old in out_dir.iterdir():  # bundles of devices no longer in the cluster would confuse `run`
-            if old.name not in dirs and (old / "manifest.json").is_file():
+            if old.name not in dirs and is_device_folder(old):  # (a spare's folder is written again: standby.py)
                 shutil.rmtree(old)
         seal.write_clients(out_dir, clients)
         return plan, dirs

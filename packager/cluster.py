@@ -40,6 +40,9 @@ class Device:
     # measured GFLOP/s per operator kind (edgepart.profile.KINDS), from its `profile:` (docs/profile.md);
     # empty: every node at `gflops`
     speeds: tuple[tuple[str, float], ...] = ()
+    # a spare: in no primary plan, only in the fallback plans compiled for when a device fails
+    # (docs/failover.md); the primary plan is planned over the other devices alone
+    standby: bool = False
 
     def speed_of(self, kind: str) -> float:
         """GFLOP/s for nodes of `kind`: the profile's figure where it measured that kind, else
@@ -128,7 +131,8 @@ def cluster_from_dict(data: Any, source: str = "cluster", base: Path | None = No
         where = f"{source}: devices[{i}]"
         if not isinstance(d, dict) or "name" not in d:
             raise ClusterError(f"{where} must be a mapping with at least 'name'.")
-        _no_unknown(d, {"name", "gflops", "speed", "memory_mb", "providers", "threads", "runtime", "profile"}, where)
+        _no_unknown(d, {"name", "gflops", "speed", "memory_mb", "providers", "threads", "runtime", "profile", "standby"},
+                    where)
         name = str(d["name"])
         if "gflops" in d and "speed" in d:
             raise ClusterError(f"{where} ({name}) gives both 'gflops' and 'speed'; give one.")
@@ -152,10 +156,16 @@ def cluster_from_dict(data: Any, source: str = "cluster", base: Path | None = No
         runtime = d.get("runtime", "onnx")
         if runtime not in ("onnx", "tflite"):
             raise ClusterError(f"{where}.runtime is {runtime!r}: give onnx (onnxruntime) or tflite (LiteRT).")
-        devices.append(Device(name, gflops, mem, prov, threads, runtime, prof.speeds if prof else ()))
+        standby = d.get("standby", False)
+        if not isinstance(standby, bool):
+            raise ClusterError(f"{where}.standby must be true or false (true: a spare device, docs/failover.md).")
+        devices.append(Device(name, gflops, mem, prov, threads, runtime, prof.speeds if prof else (), standby))
         if prof is not None:
             measured += [(name, q) for q in prof.peers]
     names = [d.name for d in devices]
+    if all(d.standby for d in devices):
+        raise ClusterError(f"{source}: every device is marked standby; the primary plan needs at least one device "
+                           f"without `standby: true` (docs/failover.md).")
     dup = {n for n in names if names.count(n) > 1}
     if dup:
         raise ClusterError(f"{source}: device names must be unique; repeated: {', '.join(sorted(dup))}.")

@@ -98,7 +98,7 @@ def add_client(dist: Path, name: str, sealing: Sealing = Sealing()) -> tuple[Pat
     """A new client keypair `dist/<name>.key` whose public key every bundle of `dist` accepts (the
     manifests rewritten and signed again; the models untouched). Returns the key file and whether
     it is new (an existing one is added again, not replaced)."""
-    from edgepart.bundle import load_dist
+    from edgepart.bundle import load_dist, load_fallbacks
 
     bundles = load_dist(dist, verify_files=False)
     plan = next(iter(bundles.values())).plan
@@ -116,6 +116,9 @@ def add_client(dist: Path, name: str, sealing: Sealing = Sealing()) -> tuple[Pat
     keys = keys.with_client(name, kp.public)
     for d, b in bundles.items():
         write_manifest(b.path, plan, d, keys, sealing)
+    for group in load_fallbacks(dist, verify_files=False).values():  # the fallback plans take it too (docs/failover.md)
+        for d, b in group.items():
+            write_manifest(b.path, b.plan, d, b.keys.with_client(name, kp.public), sealing)
     return path, new
 
 

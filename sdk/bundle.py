@@ -5,6 +5,10 @@
 
 Loading verifies the schema version, that the manifest's plan hashes to its plan id, and the sha256
 of every file, and says exactly what is wrong when something does not match.
+
+A device's folder may also hold, under `fallback/<device>/`, its bundles of the fallback plans the
+packager compiled for when that device fails (docs/failover.md, docs/bundle-format.md "Fallback
+plans"); a standby device's folder holds only those. Each is an ordinary bundle.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from .signing import verify_manifest
 
 MANIFEST = "manifest.json"
 FORMAT = "edgepart-bundle"
+FALLBACKS = "fallback"  # dist/<device>/fallback/<the device it replaces>/: a fallback plan's bundle
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,58 @@ def is_bundle(path: Path | str) -> bool:
     return (Path(path) / MANIFEST).is_file()
 
 
+def fallback_dirs(device_dir: Path | str) -> dict[str, Path]:
+    """The fallback plans' bundles in a device's folder: {the device each plan does without: its bundle
+    folder} (docs/bundle-format.md, "Fallback plans"); {} for a folder without any (an older packaging)."""
+    root = Path(device_dir) / FALLBACKS
+    if not root.is_dir():
+        return {}
+    return {p.name: p for p in sorted(root.iterdir()) if p.is_dir() and is_bundle(p)}
+
+
+def is_device_folder(path: Path | str) -> bool:
+    """A device's folder in a dist/: its bundle of the primary plan, fallback bundles, or both (a
+    standby device's folder holds fallback bundles only)."""
+    return is_bundle(path) or bool(fallback_dirs(path))
+
+
+def load_fallbacks(dist: Path | str, *, verify_files: bool = True, trusted: Iterable[str] = (),
+                   complete: bool = True) -> dict[str, dict[str, Bundle]]:
+    """Every fallback plan under a `dist/` folder: {the device it does without: {device: its bundle}},
+    each checked as `load_dist` checks the primary plan (one plan id, one set of keys, every device
+    of it there, the device it does without not among them). {} where none was packaged.
+    `complete=False` (a session, which needs only the plans) does not ask for every device's bundle."""
+    dist = Path(dist)
+    groups: dict[str, dict[str, Bundle]] = {}
+    if not dist.is_dir():
+        return groups
+    for ddir in sorted(dist.iterdir()):
+        if not ddir.is_dir():
+            continue
+        for without, path in fallback_dirs(ddir).items():
+            b = load_bundle(path, verify_files=verify_files, trusted=trusted)
+            if b.device != ddir.name:
+                raise BundleError(f"{path} is {b.device}'s bundle, in {ddir.name}'s folder. Copy the folders "
+                                  f"again from the workstation's dist/.")
+            groups.setdefault(without, {})[b.device] = b
+    for without, bundles in groups.items():
+        where = f"the fallback plans in {dist}/*/{FALLBACKS}/{without}"
+        plans = {b.plan_id for b in bundles.values()}
+        if len(plans) > 1:
+            raise BundleError(f"{where} come from different packagings ({', '.join(sorted(plans))}). Package again "
+                              f"into an empty folder and copy every device's folder.")
+        plan = next(iter(bundles.values())).plan
+        if without in plan.device_names():
+            raise BundleError(f"{where}: the plan names {without}, the device it should do without. Package again.")
+        if any(b.keys != next(iter(bundles.values())).keys for b in bundles.values()):
+            raise BundleError(f"{where} hold different link keys. Copy them all again from one dist/.")
+        missing = set(plan.device_names()) - set(bundles)
+        if missing and complete:
+            raise BundleError(f"{where} lack the bundles of {', '.join(sorted(missing))}. Copy every device's folder "
+                              f"(the standby devices' too) from the workstation's dist/.")
+    return groups
+
+
 def load_bundle(path: Path | str, *, verify_files: bool = True, trusted: Iterable[str] = ()) -> Bundle:
     """Load one device's bundle folder, checking schema, signature and signer (`trusted`: signers'
     public keys to trust besides this machine's store; docs/bundle-format.md, "Signature"), plan id
@@ -96,7 +153,10 @@ def load_bundle(path: Path | str, *, verify_files: bool = True, trusted: Iterabl
     mpath = path / MANIFEST
     if not mpath.is_file():
         hint = ""
-        if path.is_dir() and any(is_bundle(p) for p in path.iterdir() if p.is_dir()):
+        if fallback_dirs(path):
+            hint = (f" It holds only fallback bundles ({', '.join(fallback_dirs(path))}): a standby device's "
+                    f"folder, which `edgepart run` serves (docs/failover.md).")
+        elif path.is_dir() and any(is_bundle(p) for p in path.iterdir() if p.is_dir()):
             hint = f" It holds bundle folders ({', '.join(sorted(p.name for p in path.iterdir() if is_bundle(p)))}); name one of them."
         raise BundleError(
             f"{path} is not an edgepart bundle: it has no {MANIFEST}.{hint} "

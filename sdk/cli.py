@@ -25,7 +25,7 @@ from .errors import PlanningError
 ObjectiveOpt = typer.Option("latency", "--objective", help="What the planner minimises: `latency` (one request end to end) or `throughput` (slowest stage or link when pipelined).")
 InputShapeOpt = typer.Option(None, "--input-shape", help="Concrete size of a symbolic input, NAME=1x3x224x224. Repeatable. Needed for every input with a symbolic (dynamic) dimension, unless --inputs gives example inputs.")
 InputsOpt = typer.Option(None, "--inputs", help="An .npz mapping model input names to arrays; their shapes fix symbolic dimensions for planning.")
-ClusterOpt = typer.Option(..., "--cluster", "-c", help="cluster.yaml: devices (name, gflops or speed, memory_mb, providers) and links (bandwidth_mbps, latency_ms). See docs/cluster.md.")
+ClusterOpt = typer.Option(..., "--cluster", "-c", help="cluster.yaml: devices (name, gflops or speed, memory_mb, providers; `standby: true` for a spare, docs/failover.md) and links (bandwidth_mbps, latency_ms). See docs/cluster.md.")
 
 
 def _shapes(input_shape: Optional[list[str]], inputs: Optional[Path]) -> tuple[dict, dict]:
@@ -124,7 +124,9 @@ def plan_cmd(
     sources: Optional[Path] = typer.Option(None, "--sources", help="sources.yaml: the cameras (or other sources) sharing the cluster, each with its device, priority, rate and optional deadline. Also shows, per source, where its layers run and its expected latency under the priority-aware allocation, the priority-blind baseline and local-only (a table, a \"sources\" key in --json; with --plot, the picture is these latencies as grouped bars). Pipeline only. docs/priority.md."),
     simulate: Optional[float] = typer.Option(None, "--simulate", help="With --sources: also run each allocation in the discrete-event simulator for this many simulated seconds (seed 0) and show per source the mean, p50, p95, p99 latency, throughput and deadline misses beside the expected figures."),
 ) -> None:
-    """Show what would go where, and why: stages, devices, compute, bytes crossing, estimated times."""
+    """Show what would go where, and why: stages, devices, compute, bytes crossing, estimated times.
+    Standby devices (cluster.yaml `standby: true`) are left out; the fallback plans `package` would
+    compile for them are listed (docs/failover.md)."""
 
     def body():
         p = _packager()
@@ -151,20 +153,40 @@ def plan_cmd(
             by_source = plan_sources(planned.graph, planned.cluster, srcs, simulate_s=simulate)
         if plot:
             _write_plot(by_source if by_source is not None else planned, plot)
+        fallbacks = _fallback_clusters(cl)
         if as_json:
             d = planned.to_dict()
             if by_source is not None:
                 d["sources"] = by_source.to_dict()
+            if fallbacks:
+                d["fallback_plans"] = [{"without": f.without, "devices": list(f.devices)} for f in fallbacks]
             print(json.dumps(d, indent=1))
             return
         n = len(planned.cluster.devices)
         planned.show(console, f"{strategy} plan for {model.name} on {n} devices")
+        if fallbacks:
+            console.print(f"standby: {', '.join(d for d in fallbacks[0].devices if d not in planned_names(planned))}; "
+                          f"`package` also compiles {len(fallbacks)} fallback plans (docs/failover.md):", soft_wrap=True)
+            for f in fallbacks:
+                console.print(f"  for when {f.without} fails: over {', '.join(f.devices)}", soft_wrap=True)
         if by_source is not None:
             by_source.show(console)
         if plot:
             console.print(f"picture written to {plot}")
 
     _run(body)
+
+
+def _fallback_clusters(cluster):
+    """The fallback plans `package` compiles for this cluster's standby devices (docs/failover.md)."""
+    from edgepart.packager import standby
+    from edgepart.packager.cluster import Cluster, load_cluster
+
+    return standby.fallback_clusters(cluster if isinstance(cluster, Cluster) else load_cluster(cluster))
+
+
+def planned_names(planned) -> set[str]:
+    return {d.name for d in planned.cluster.devices}
 
 
 @app.command("package", cls=_StrategyHelp)
@@ -194,7 +216,9 @@ def package_cmd(
     signing_key: Optional[Path] = typer.Option(None, "--signing-key", help="Sign the manifests with this Ed25519 key file (made if missing) instead of this workstation's own (~/.config/edgepart/signing.key). Devices trust the first signer they see; `edgepart keys trust` adds one. docs/bundle-format.md, \"Signature\"."),
 ) -> None:
     """Plan the split and write one bundle per device: manifest.json, its sub-models and the device's
-    link key (dist/<device>/device.key), plus the app's key (dist/app.key); manifests are signed."""
+    link key (dist/<device>/device.key), plus the app's key (dist/app.key); manifests are signed.
+    Devices marked `standby: true` in cluster.yaml are spares: the plan leaves them out, and a
+    fallback plan is compiled for each other device's failure (dist/<device>/fallback/; docs/failover.md)."""
 
     def body():
         from rich.progress import Progress, SpinnerColumn, TextColumn
@@ -223,6 +247,8 @@ def package_cmd(
             n = len(res.plan.steps_of(d))
             rt = "+".join(sorted({s.runtime for s in res.plan.steps_of(d)})) or "-"
             console.print(f"  {path}   ({n} step{'s' if n != 1 else ''}, {rt}) → copy to {d}, then `edgepart run {path}`")
+        if res.fallbacks:
+            _print_fallbacks(res, out)
         if insecure:
             err_console.print("[bold red]--insecure[/]: these bundles hold no link keys; their links are plaintext "
                               "and any process on the network can talk to the agents.")
@@ -236,6 +262,22 @@ def package_cmd(
             _print_report(res.report, report)
 
     _run(body)
+
+
+def _print_fallbacks(res, out: Path) -> None:
+    """Which fallback plans were made, and the standby devices' folders (docs/failover.md)."""
+    console.print(f"fallback plans ({len(res.fallbacks)}), each served warm beside the primary plan; a session "
+                  f"switches to one when its device stops answering (docs/failover.md):", soft_wrap=True)
+    for f in res.fallbacks:
+        est = dict(f.plan.estimates)
+        lat = f", est. {est['latency_ms']:.3f} ms per request" if "latency_ms" in est else ""
+        console.print(f"  for when {f.without} fails: plan [bold]{f.plan.plan_id}[/] over "
+                      f"{', '.join(f.plan.device_names())}{lat}; bundles in <device>/fallback/{f.without}/",
+                      soft_wrap=True)
+    spares = sorted({d for f in res.fallbacks for d in f.plan.device_names()} - set(res.plan.device_names()))
+    for d in spares:
+        console.print(f"  {out / d}   (standby: fallbacks only) → copy to {d}, then `edgepart run {out / d}`",
+                      soft_wrap=True)
 
 
 def _print_report(rep, path: Path) -> None:

@@ -25,9 +25,9 @@ InsecureOpt = typer.Option(False, "--insecure", help="Plaintext, unauthenticated
 
 @app.command("run")
 def run_cmd(
-    bundle: Path = typer.Argument(..., help="This device's bundle folder (dist/<device>), copied from the workstation."),
+    bundle: Path = typer.Argument(..., help="This device's folder (dist/<device>), copied from the workstation: its bundle and, where the cluster has standby devices, its bundles of the fallback plans (dist/<device>/fallback/), all served at once. A standby device's folder holds only fallbacks. docs/failover.md."),
     interface: Optional[str] = InterfaceOpt,
-    port: int = typer.Option(0, "--port", "-p", help="TCP port for ZeroMQ; 0 picks a free one (announced over mDNS). Give a fixed port when peers use --peer."),
+    port: int = typer.Option(0, "--port", "-p", help="TCP port for ZeroMQ; 0 picks a free one (announced over mDNS). Give a fixed port when peers use --peer. The fallback plans a folder also holds listen on the ports after it, in order."),
     peer: Optional[list[str]] = PeerOpt,
     threads: int = typer.Option(0, "--threads", help="onnxruntime threads for this device's steps, one pool shared by all of them; 0: the cores this process may use (its CPU affinity and cgroup CPU quota), or the device's `threads` in cluster.yaml."),
     providers: str = typer.Option("auto", "--providers", help="What runs the ONNX steps: auto (the default) takes, of what this onnxruntime build has, TensorRT, then CUDA, then ACL, then XNNPACK, then CPU, unless cluster.yaml names this device's providers; or a comma-separated list (tensorrt, cuda, acl, xnnpack, openvino, coreml, cpu, ...), each of which must be in this build. CPU is always the last fallback."),
@@ -39,48 +39,68 @@ def run_cmd(
     inflight_mb: int = typer.Option(1024, "--inflight-mb", min=1, help="MiB of received tensors this agent holds for requests in flight; past it (or past 3/4 of it from one sender) requests are turned away as busy. docs/agents.md, \"Admission\"."),
 ) -> None:
     """Serve this device's part of the plan: announce it, find the peers, execute requests until Ctrl-C.
+    Its fallback plans (standby devices, docs/failover.md) are served warm beside it.
     Links are encrypted and authenticated with the plan's keys (CURVE) unless --insecure."""
 
     def body():
-        from edgepart.agent import AgentCore
         from edgepart.agent.device.heap import keep_large_buffers
-
-        from .bundle import load_bundle
+        from edgepart.agent.device.standby import DeviceAgents, load_folder
 
         logging.getLogger("edgepart").setLevel(logging.DEBUG if verbose else logging.INFO)
         keep_large_buffers()  # tensors arrive by the megabyte: no page faults per message
-        b = load_bundle(bundle)
+        # the primary plan's bundle and, warm beside it, the fallback plans' (docs/failover.md)
+        served = load_folder(bundle)
+        device = served[0].bundle.device
 
         async def main():
-            core = await AgentCore(b, interface=interface, port=port, peers=tuple(peer or ()), threads=threads,
-                                   shared_pool=True, providers=providers, device_id=gpu, fp16=fp16,
-                                   insecure=insecure, inflight_mb=inflight_mb).start()
+            agents = await DeviceAgents(served, interface=interface, port=port, peers=tuple(peer or ()),
+                                        threads=threads, shared_pool=True, providers=providers, device_id=gpu,
+                                        fp16=fp16, insecure=insecure, inflight_mb=inflight_mb).start()
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
-            # one machine-readable line, for scripts and the test harness
-            # (the endpoint stays last: scripts take the rest of the line)
-            print(f"edgepart-agent device={b.device} plan={b.plan_id} threads={core.threads} "
-                  f"runtime={'+'.join(core.runtimes)} providers={','.join(core.providers.short)} "
-                  f"links={'curve' if core.credentials.secure else 'PLAINTEXT'} endpoint={core.endpoint}", flush=True)
+            # one machine-readable line per plan served, for scripts and the test harness (the
+            # endpoint stays last: scripts take the rest of the line); the first is `edgepart-agent
+            # device=...`, the primary plan's where there is one, the others `edgepart-agent also ...`
+            for i, (s, core) in enumerate(zip(served, agents.cores)):
+                serves = f" fallback-for={s.without}" if s.without else ""
+                print(f"edgepart-agent {'also ' if i else ''}device={device} plan={core.plan.plan_id} "
+                      f"threads={core.threads} runtime={'+'.join(core.runtimes)} "
+                      f"providers={','.join(core.providers.short)} "
+                      f"links={'curve' if core.credentials.secure else 'PLAINTEXT'}{serves} endpoint={core.endpoint}",
+                      flush=True)
             try:
                 waited = 0.0
+                essential = agents.essential()  # the primary plan's core (a standby device's: all)
                 while not stop.is_set():
-                    missing = core.missing_roles()
+                    missing = agents.missing(essential)
                     if not missing:
-                        print(f"edgepart-agent ready device={b.device}", flush=True)
+                        print(f"edgepart-agent ready device={device}", flush=True)
                         break
                     if ready_timeout_s and waited >= ready_timeout_s:
                         raise PeerError(
-                            f"{b.device} did not find {', '.join(sorted(missing))} of plan {b.plan_id} within "
-                            f"{ready_timeout_s:g} s. Start `edgepart run` on those devices; pick the network with "
-                            f"--interface; where multicast is blocked, use --peer HOST:PORT.")
-                    await core.wait_ready(0.5)
+                            f"{device} did not find "
+                            + "; ".join(f"{', '.join(sorted(m))} of plan {pid}" for pid, m in sorted(missing.items()))
+                            + f" within {ready_timeout_s:g} s. Start `edgepart run` on those devices (the standby "
+                            f"devices' too, where the plan has fallbacks); pick the network with --interface; where "
+                            f"multicast is blocked, use --peer HOST:PORT.")
+                    await agents.wait_ready(0.5, essential)
                     waited += 0.5
-                await stop.wait()
+                # each fallback plan says when it is ready too (one whose spare is not running never is)
+                waiting = {s.without: core for s, core in agents.fallbacks()}
+                while not stop.is_set():
+                    for without, core in list(waiting.items()):
+                        if not core.missing_roles():
+                            print(f"edgepart-agent ready device={device} fallback-for={without} "
+                                  f"plan={core.plan.plan_id}", flush=True)
+                            del waiting[without]
+                    try:
+                        await asyncio.wait_for(stop.wait(), 0.5 if waiting else None)
+                    except asyncio.TimeoutError:
+                        pass
             finally:
-                await core.stop()
+                await agents.stop()
 
         try:
             asyncio.run(main())

@@ -20,7 +20,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from . import aio
-from .bundle import Bundle, is_bundle, load_bundle, load_dist
+from .bundle import Bundle, is_bundle, load_bundle, load_dist, load_fallbacks
 from .errors import BundleError, EdgepartError, PeerError
 from .keys import DEVICE_KEY, Credentials, Keys, client_key_path, read_keypair
 from .plan import Plan, TensorSpec
@@ -83,6 +83,28 @@ def session_credentials(path: str | Path | Plan | Bundle, key: str | Path | None
     return plan, Credentials(me, keys)
 
 
+def session_fallbacks(path: str | Path | Plan | Bundle, credentials: Credentials,
+                      insecure: bool = False) -> dict[str, tuple[Plan, Credentials]]:
+    """The fallback plans packaged with the session's plan (docs/failover.md), by the device each does
+    without, with the keys this session talks to each with: {} where there are none (a plan given as
+    a value, an older packaging, a cluster without standby devices). A fallback plan whose keys do not
+    take this session's key is left out, with a warning."""
+    if isinstance(path, Plan):
+        return {}
+    dist = (path.path.parent if isinstance(path, Bundle) else Path(path).parent if is_bundle(path) else Path(path))
+    out: dict[str, tuple[Plan, Credentials]] = {}
+    for without, bundles in load_fallbacks(dist, verify_files=False, complete=False).items():
+        b = next(iter(bundles.values()))
+        if insecure:
+            out[without] = (b.plan, Credentials(None, Keys()))
+        elif credentials.me is not None and credentials.me.public in b.keys.allowed():
+            out[without] = (b.plan, Credentials(credentials.me, b.keys))
+        else:
+            log.warning("the fallback plan %s (for when %s fails) does not take this session's key: left out. "
+                        "Copy the fallback folders and app.key from one packaging.", b.plan_id, without)
+    return out
+
+
 class InferenceSession:
     """A session over a whole cluster; `path` is the dist/ folder or any one bundle. Its links are
     encrypted with the app's key beside the bundles (dist/app.key) or `key`; `insecure` only for
@@ -91,19 +113,22 @@ class InferenceSession:
     def __init__(self, path: str | Path | Plan | Bundle, *, interface: str | None = None,
                  peers: Sequence[str] = (), timeout_s: float = 10.0, discover_timeout_s: float = 10.0,
                  key: str | Path | None = None, insecure: bool = False):
-        from edgepart.agent.app import ClusterClient  # the network side: pyzmq, zeroconf
+        from edgepart.agent.app import ClusterClient, FailoverClient  # the network side: pyzmq, zeroconf
 
         self.plan, credentials = session_credentials(path, key, insecure)
         self.timeout_s = timeout_s
+        # with fallback plans (standby devices), requests go to the one that does without a failed
+        # device, each retried there once (docs/failover.md); without, a failure is a PeerError at once
+        fallbacks = session_fallbacks(path, credentials, insecure)
         aio.acquire()
-        client = ClusterClient(self.plan, interface=interface, peers=tuple(peers), discover_timeout_s=discover_timeout_s,
-                               credentials=credentials)
+        kw = dict(interface=interface, peers=tuple(peers), discover_timeout_s=discover_timeout_s, credentials=credentials)
+        client = FailoverClient(self.plan, fallbacks, **kw) if fallbacks else ClusterClient(self.plan, **kw)
         try:
             aio.call(client.start(), discover_timeout_s + 10)
         except BaseException:
             aio.release()
             raise
-        self._client: "ClusterClient | None" = client
+        self._client: "ClusterClient | FailoverClient | None" = client
 
     # -- onnxruntime-like -----------------------------------------------------------------------
     def get_inputs(self) -> list[NodeArg]:
@@ -132,6 +157,20 @@ class InferenceSession:
         """`run` for async code: awaits without blocking the caller's event loop."""
         res = await asyncio.wrap_future(self.submit(input_feed, timeout_s=timeout_s))
         return self._select(output_names, res)
+
+    @property
+    def fallbacks(self) -> dict[str, str]:
+        """{device: the plan id of the fallback plan for when it fails}, as packaged (docs/failover.md)."""
+        fb = getattr(self._client, "fallbacks", None) or {}
+        return {d: c.plan.plan_id for d, c in fb.items()}
+
+    @property
+    def active_plan_id(self) -> str:
+        """The plan requests go to now: the primary plan's id, or a fallback plan's after a failure."""
+        c = self._client
+        if c is None or not hasattr(c, "current"):
+            return self.plan.plan_id
+        return c.current().plan.plan_id
 
     def _select(self, names: Sequence[str] | None, res: dict[str, np.ndarray]) -> list[np.ndarray]:
         names = list(names) if names else [o.name for o in self.plan.outputs]

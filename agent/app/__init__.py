@@ -2,5 +2,6 @@
 deadlines"). It reaches an agent in its own process only through edgepart.agent.net.inproc."""
 
 from .client import ClusterClient
+from .failover import FailoverClient
 
-__all__ = ["ClusterClient"]
+__all__ = ["ClusterClient", "FailoverClient"]

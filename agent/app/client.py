@@ -90,7 +90,10 @@ class ClusterClient:
         self._io_ident = 0  # the I/O thread's id, once it runs
         self._sending = False  # the I/O thread is in _send_outbox (no recursion through failures)
 
-    async def start(self) -> "ClusterClient":
+    async def start(self, wait: bool = True) -> "ClusterClient":
+        """Open the links and look for the plan's agents; with `wait`, wait until every device is
+        ready (or raise the PeerError that says who is missing, closed). Without it, return at once:
+        `ready()` says when (a fallback plan's client, agent/app/failover.py)."""
         self.ctx = zmq.Context()
         self.waker = Waker()
         self.links = Links(self.ctx, self.identity, self.plan.plan_id, CALLER, self._on_message, self._on_down,
@@ -105,32 +108,43 @@ class ClusterClient:
         inproc.register_client(self.identity, self)
         self.discovery = Discovery(self.interface, self.plan.plan_id, self._on_discovered)
         await self.discovery.start()
+        if not wait:
+            return self
         ok = await asyncio.get_running_loop().run_in_executor(
             None, self.links.wait_roles, self.roles, self.discover_timeout_s, True)
         if not ok:
-            missing = sorted(self.missing_roles())
-            unlinked = {r: st.missing for r, st in self.links.statuses().items() if not st.ready}
-            refused = self._refused(missing)
+            err = self.not_ready_error()
             await self.close()
-            if missing and refused:
-                raise PeerError(f"The agents of {', '.join(missing)} of plan {self.plan.plan_id} were found but no "
-                                f"encrypted link could be made within {self.discover_timeout_s:g} s: {refused}. "
-                                f"Start the agents and the session the same way (both with the plan's keys, or "
-                                f"both --insecure), with bundles and app.key from one packaging.")
-            if missing:
-                raise PeerError(
-                    f"No agent answered for {', '.join(missing)} of plan {self.plan.plan_id} within "
-                    f"{self.discover_timeout_s:g} s. Start `edgepart run dist/<device>` on each device (same "
-                    f"plan id: package once, copy each bundle); pick the network with --interface; where "
-                    f"multicast is blocked, name the agents with --peer HOST:PORT."
-                )
-            raise PeerError(
-                f"The agents of plan {self.plan.plan_id} answered, but within {self.discover_timeout_s:g} s "
-                + "; ".join(f"{r} did not reach {', '.join(m) or 'all its peers'}" for r, m in sorted(unlinked.items()))
-                + ". Those agents cannot see each other: start every device's `edgepart run` on one network "
-                f"(--interface), or name the peers with --peer HOST:PORT where multicast is blocked."
-            )
+            raise err
         return self
+
+    def ready(self) -> bool:
+        """Every device of the plan is up and linked to the peers it sends to (any thread)."""
+        return self.roles <= self.links.roles_ready()
+
+    def not_ready_error(self) -> PeerError:
+        """Why the plan is not ready, in words: who is missing, refused, or not linked to its peers."""
+        missing = sorted(self.missing_roles())
+        unlinked = {r: st.missing for r, st in self.links.statuses().items() if not st.ready}
+        refused = self._refused(missing)
+        if missing and refused:
+            return PeerError(f"The agents of {', '.join(missing)} of plan {self.plan.plan_id} were found but no "
+                             f"encrypted link could be made within {self.discover_timeout_s:g} s: {refused}. "
+                             f"Start the agents and the session the same way (both with the plan's keys, or "
+                             f"both --insecure), with bundles and app.key from one packaging.")
+        if missing:
+            return PeerError(
+                f"No agent answered for {', '.join(missing)} of plan {self.plan.plan_id} within "
+                f"{self.discover_timeout_s:g} s. Start `edgepart run dist/<device>` on each device (same "
+                f"plan id: package once, copy each bundle); pick the network with --interface; where "
+                f"multicast is blocked, name the agents with --peer HOST:PORT."
+            )
+        return PeerError(
+            f"The agents of plan {self.plan.plan_id} answered, but within {self.discover_timeout_s:g} s "
+            + "; ".join(f"{r} did not reach {', '.join(m) or 'all its peers'}" for r, m in sorted(unlinked.items()))
+            + ". Those agents cannot see each other: start every device's `edgepart run` on one network "
+            f"(--interface), or name the peers with --peer HOST:PORT where multicast is blocked."
+        )
 
     def missing_roles(self) -> set[str]:
         return self.roles - self.links.roles_up()

@@ -268,6 +268,10 @@ class Links:
     def roles_up(self) -> frozenset[str]:
         return self._roles_up
 
+    def roles_ready(self) -> frozenset[str]:
+        """The roles whose live link is ready: up, and linked to their own peers (want_status only)."""
+        return self._roles_ready
+
     def endpoint_up(self, role: str) -> str | None:
         """The endpoint of `role`'s live link, if any (any thread may ask)."""
         return self._up_endpoints.get(role)

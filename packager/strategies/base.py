@@ -63,6 +63,21 @@ class Planned(Protocol):
 
 
 @dataclass(frozen=True)
+class FallbackPlan:
+    """A fallback plan `package` compiled for when the device `without` fails (docs/failover.md): the
+    plan, over the other primaries and the spares, and each of its devices' bundle folders
+    (dist/<device>/fallback/<without>/)."""
+
+    without: str
+    plan: Plan
+    bundle_dirs: dict[str, Path]
+
+    def to_dict(self) -> dict:
+        return {"without": self.without, "plan_id": self.plan.plan_id, "devices": list(self.plan.device_names()),
+                "estimates": dict(self.plan.estimates), "bundles": {k: str(v) for k, v in self.bundle_dirs.items()}}
+
+
+@dataclass(frozen=True)
 class Packaged:
     """What `package` wrote: the plan, each device's bundle folder, and the strategy's own figures
     (`planned`) and report (when asked for)."""
@@ -74,6 +89,7 @@ class Packaged:
     report: Any = None  # edgepart.packager.check.report.PackageReport when a report was asked for
     details: Any = None  # the strategy's own result (e.g. the channel program, RePurpose's report)
     conversions: tuple = ()  # edgepart.packager.formats.Converted: steps meant for TFLite (--format)
+    fallbacks: tuple[FallbackPlan, ...] = ()  # one per primary device, where cluster.yaml names spares
 
     def to_dict(self) -> dict:
         d = self.planned.to_dict()
@@ -86,6 +102,8 @@ class Packaged:
             d["formats"] = [{"step": c.step, "device": c.device, "runtime": c.runtime,
                              "max_abs_diff": c.max_abs_diff, "stays_onnx_because": c.reason or None}
                             for c in self.conversions]
+        if self.fallbacks:
+            d["fallbacks"] = [f.to_dict() for f in self.fallbacks]
         return d
 
 

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from edgepart.bundle import is_bundle
+from edgepart.bundle import is_device_folder
 from edgepart.errors import PeerError
 
 
@@ -139,7 +139,8 @@ class AgentProcesses:
                  core_gflops: float | None = None):
         self.dist = Path(dist)
         caps = _caps(cpu_cap, gflops, core_gflops)
-        bundles = sorted(p for p in self.dist.iterdir() if is_bundle(p)) if self.dist.is_dir() else []
+        # every device's folder, a standby device's (fallback bundles only: docs/failover.md) too
+        bundles = sorted(p for p in self.dist.iterdir() if is_device_folder(p)) if self.dist.is_dir() else []
         if devices is not None:  # the others run elsewhere (an embedded Agent, another machine)
             bundles = [b for b in bundles if b.name in devices]
         if not bundles:
