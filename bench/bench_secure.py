@@ -8,15 +8,19 @@ pipeline     EfficientNet-Lite0 split after block 8 over 2 devices, both `edgepa
              in flight via submit). The model is packaged twice, under two model names so the two plans
              have different plan ids and both clusters run at once without seeing each other: one sealed
              as `edgepart package` does by default (CURVE keys), one sealed Sealing(insecure=True) and run
-             with --insecure. Goals: latency CURVE - insecure <= 0.2 ms, throughput CURVE / insecure >= 0.95.
+             with --insecure. Three sessions: on the CURVE cluster as an app on device-a's host reaches it
+             (its local socket, docs/agents.md "On one host": the default for an app beside its first
+             stage), on the CURVE cluster as an app on another host does (EDGEPART_LOCAL_IPC=0: CURVE on
+             TCP), and on the --insecure cluster. Goals, each CURVE session against --insecure: latency
+             <= +0.2 ms, throughput >= 0.95x.
 wire         raw pyzmq DEALER (this process, core 0) <-> ROUTER (a process on core 1) on loopback, 8 MB
              messages, plaintext vs CURVE (keys from zmq.curve_keypair(), no ZAP): MB/s up (DEALER ->
              ROUTER, then one ack) and down (one request, then the ROUTER sends them all).
 agents-wire  8 MB float32 tensors one way into an `edgepart run` agent (core 1) from a session (core 0),
-             CURVE vs --insecure (the agent does an O(1) Slice on the frame and answers one float).
+             the same three sessions (the agent does an O(1) Slice on the frame and answers one float).
 
-Every comparison runs in rounds, the two sides interleaved and the order flipped each round
-(CURVE, insecure | insecure, CURVE | ...) so a shared, noisy machine hits both alike; the figures are
+Every comparison runs in rounds, the sides interleaved and their order rotated each round, so a
+shared, noisy machine hits them alike; the figures are
 medians over rounds, with the spread (min..max of the round figures). Results: bench/results/secure.json.
 """
 
@@ -42,7 +46,11 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 console = Console()
-SIDES = ("curve", "insecure")
+SIDES = ("curve", "insecure")  # the two clusters
+# the sessions compared: the app on device-a's host (CURVE cluster, its local socket: docs/agents.md,
+# "On one host"), the app on another host (the same cluster over CURVE on TCP), and --insecure
+SESSIONS = ("curve", "curve-tcp", "insecure")
+LABELS = {"curve": "CURVE, app on the host", "curve-tcp": "CURVE, app elsewhere", "insecure": "--insecure"}
 LAT_GOAL_MS = 0.2
 TPUT_GOAL = 0.95
 
@@ -57,9 +65,12 @@ def unpin() -> None:
 
 
 
-def order(r: int) -> tuple[str, str]:
-    """The two sides in round r: CURVE first in even rounds, insecure first in odd ones."""
-    return SIDES if r % 2 == 0 else SIDES[::-1]
+def order(r: int, sides: tuple[str, ...] = SIDES) -> tuple[str, ...]:
+    """The sides in round r, each round rotated by one and every other one reversed, so none is
+    always first or last."""
+    k = r % len(sides)
+    rot = sides[k:] + sides[:k]
+    return rot if r % 2 == 0 else rot[::-1]
 
 
 def spread(v: list[float], fmt: str = ".2f") -> str:
@@ -121,6 +132,14 @@ def start_clusters(stack: ExitStack, dists: dict, cpus: dict, devices=None, time
                                          insecure=side == "insecure")
         stack.callback(sess.close)
         out[side] = (procs, sess)
+        if side == "curve":  # the same cluster, as an app on another host reaches it
+            os.environ["EDGEPART_LOCAL_IPC"] = "0"
+            try:
+                tcp = edgepart.InferenceSession(dists[side], interface="127.0.0.1", timeout_s=timeout_s)
+            finally:
+                del os.environ["EDGEPART_LOCAL_IPC"]
+            stack.callback(tcp.close)
+            out["curve-tcp"] = (procs, tcp)
     return out
 
 
@@ -148,13 +167,13 @@ def bench_pipeline(tmp: Path, rounds: int, n_lat: int, n_stream: int) -> dict:
     cut = block8_cut(analyse(load_model(path), shapes))
     pk = package_pair(path, shapes, tmp, "efficientnet-lite0-block8", ("device-a", "device-b"), cut)
     x = {"input": image()}
-    res: dict[str, dict[str, list]] = {s: {k: [] for k in ("ms", "tput", "app_cpu", "s0_cpu", "s1_cpu")} for s in SIDES}
+    res: dict[str, dict[str, list]] = {s: {k: [] for k in ("ms", "tput", "app_cpu", "s0_cpu", "s1_cpu")} for s in SESSIONS}
     pin(0)  # the app shares device-a's core, as bench_agents' plain path
     try:
         with ExitStack() as stack:
             cl = start_clusters(stack, pk["dists"], {"device-a": 0, "device-b": 1})
             ref = None
-            for side in SIDES:  # warm both, and check they compute the same thing
+            for side in SESSIONS:  # warm each, and check they compute the same thing
                 sess = cl[side][1]
                 for _ in range(5):
                     y = sess.run(None, x)[0]
@@ -162,10 +181,10 @@ def bench_pipeline(tmp: Path, rounds: int, n_lat: int, n_stream: int) -> dict:
                 ref = y if ref is None else ref
                 assert np.allclose(y, ref, atol=1e-5), "the two clusters disagree"
             for r in range(rounds):
-                for side in order(r):
+                for side in order(r, SESSIONS):
                     sess = cl[side][1]
                     res[side]["ms"].append(median_ms(lambda: sess.run(None, x), n_lat, warmup=3))
-                for side in order(r):
+                for side in order(r, SESSIONS):
                     procs, sess = cl[side]
                     pa, pb = procs.agents["device-a"].proc.pid, procs.agents["device-b"].proc.pid
                     before = (self_cpu_s(), cpu_s(pa), cpu_s(pb))
@@ -174,19 +193,20 @@ def bench_pipeline(tmp: Path, rounds: int, n_lat: int, n_stream: int) -> dict:
                     for k, b, a in zip(("app_cpu", "s0_cpu", "s1_cpu"), before, after):
                         res[side][k].append((a - b) * 1e3 / n_stream)
                 console.print(f"  pipeline round {r + 1}/{rounds}: " + ", ".join(
-                    f"{s} {res[s]['ms'][-1]:.2f} ms {res[s]['tput'][-1]:.1f} img/s" for s in SIDES))
+                    f"{s} {res[s]['ms'][-1]:.2f} ms {res[s]['tput'][-1]:.1f} img/s" for s in SESSIONS))
     finally:
         unpin()
     m: dict = {"cut": cut, "plan_ids": pk["plan_ids"], "n_lat": n_lat, "n_stream": n_stream, "in_flight": 8, "rounds": res}
-    for s in SIDES:
+    for s in SESSIONS:
         for k, v in res[s].items():
             m[f"{s}_{k}"] = statistics.median(v)
-    m["latency_diff_ms"] = m["curve_ms"] - m["insecure_ms"]
-    m["latency_diff_paired_ms"] = statistics.median(c - p for c, p in zip(res["curve"]["ms"], res["insecure"]["ms"]))
-    m["throughput_ratio"] = m["curve_tput"] / m["insecure_tput"]
-    m["throughput_ratio_paired"] = statistics.median(c / p for c, p in zip(res["curve"]["tput"], res["insecure"]["tput"]))
-    m["latency_goal_met"] = m["latency_diff_ms"] <= LAT_GOAL_MS
-    m["throughput_goal_met"] = m["throughput_ratio"] >= TPUT_GOAL
+    for s, tag in (("curve", ""), ("curve-tcp", "_tcp")):  # each CURVE session against --insecure
+        m[f"latency_diff{tag}_ms"] = m[f"{s}_ms"] - m["insecure_ms"]
+        m[f"latency_diff{tag}_paired_ms"] = statistics.median(c - p for c, p in zip(res[s]["ms"], res["insecure"]["ms"]))
+        m[f"throughput_ratio{tag}"] = m[f"{s}_tput"] / m["insecure_tput"]
+        m[f"throughput_ratio{tag}_paired"] = statistics.median(c / p for c, p in zip(res[s]["tput"], res["insecure"]["tput"]))
+        m[f"latency_goal{tag}_met"] = m[f"latency_diff{tag}_ms"] <= LAT_GOAL_MS
+        m[f"throughput_goal{tag}_met"] = m[f"throughput_ratio{tag}"] >= TPUT_GOAL
     return m
 
 
@@ -312,16 +332,16 @@ def bench_agents_wire(tmp: Path, rounds: int, n: int, mb: int = 8) -> dict:
     nf = mb * 1024 * 1024 // 4
     pk = package_pair(wire_model(tmp / f"wire{mb}.onnx", nf), {"x": (nf,)}, tmp, f"wire{mb}", ("device-b",))
     x = {"x": np.random.default_rng(0).standard_normal(nf).astype(np.float32)}
-    res: dict[str, list] = {s: [] for s in SIDES}
+    res: dict[str, list] = {s: [] for s in SESSIONS}
     pin(0)
     try:
         with ExitStack() as stack:
             cl = start_clusters(stack, pk["dists"], {"device-b": 1}, timeout_s=120)
-            for side in SIDES:
+            for side in SESSIONS:
                 for _ in range(3):
                     cl[side][1].run(None, x)
             for r in range(rounds):
-                for side in order(r):
+                for side in order(r, SESSIONS):
                     sess = cl[side][1]
                     t0 = time.perf_counter()
                     futs = [sess.submit(x) for _ in range(n)]
@@ -331,9 +351,10 @@ def bench_agents_wire(tmp: Path, rounds: int, n: int, mb: int = 8) -> dict:
     finally:
         unpin()
     m: dict = {"size_bytes": x["x"].nbytes, "messages": n, "plan_ids": pk["plan_ids"], "rounds": res}
-    for s in SIDES:
+    for s in SESSIONS:
         m[f"{s}_MBps"] = statistics.median(res[s])
     m["ratio"] = m["curve_MBps"] / m["insecure_MBps"]
+    m["ratio_tcp"] = m["curve-tcp_MBps"] / m["insecure_MBps"]
     return m
 
 
@@ -368,14 +389,16 @@ def main() -> None:
             for c in ("", f"latency ms (median of {n_lat})", f"img/s ({n_stream}, 8 in flight)",
                       "CPU ms/img: app", "device-a", "device-b"):
                 t.add_column(c, justify="right")
-            for s in SIDES:
-                t.add_row("CURVE (default)" if s == "curve" else "--insecure", spread(r[s]["ms"]), spread(r[s]["tput"], ".1f"),
+            for s in SESSIONS:
+                t.add_row(LABELS[s], spread(r[s]["ms"]), spread(r[s]["tput"], ".1f"),
                           f"{m[f'{s}_app_cpu']:.2f}", f"{m[f'{s}_s0_cpu']:.2f}", f"{m[f'{s}_s1_cpu']:.2f}")
             console.print(t)
-            console.print(f"latency CURVE - insecure: {m['latency_diff_ms']:+.3f} ms (paired per round: "
-                          f"{m['latency_diff_paired_ms']:+.3f}); goal <= +{LAT_GOAL_MS} ms: {yes(m['latency_goal_met'])}")
-            console.print(f"throughput CURVE / insecure: {m['throughput_ratio']:.3f}x (paired per round: "
-                          f"{m['throughput_ratio_paired']:.3f}x); goal >= {TPUT_GOAL}: {yes(m['throughput_goal_met'])}")
+            for s, tag in (("curve", ""), ("curve-tcp", "_tcp")):
+                console.print(f"{LABELS[s]}: latency - insecure {m[f'latency_diff{tag}_ms']:+.3f} ms (paired per round: "
+                              f"{m[f'latency_diff{tag}_paired_ms']:+.3f}), goal <= +{LAT_GOAL_MS} ms: "
+                              f"{yes(m[f'latency_goal{tag}_met'])}; throughput / insecure {m[f'throughput_ratio{tag}']:.3f}x "
+                              f"(paired {m[f'throughput_ratio{tag}_paired']:.3f}x), goal >= {TPUT_GOAL}: "
+                              f"{yes(m[f'throughput_goal{tag}_met'])}")
         if "wire" in only:
             w = bench_wire(rounds, n_wire)
             out["wire"] = w
@@ -392,10 +415,10 @@ def main() -> None:
             out["agents_wire"] = g
             t = Table(title=f"8 MB float32 into an `edgepart run` agent (core 1) from a session (core 0), {n_wire} "
                             f"per figure; MB/s median (min..max) of {rounds} rounds", title_justify="left")
-            for c in ("", "--insecure MB/s", "CURVE MB/s", "CURVE / insecure"):
+            for c in ("session -> agent", "MB/s", "/ insecure"):
                 t.add_column(c, justify="right")
-            t.add_row("session -> agent", spread(g["rounds"]["insecure"], ".0f"), spread(g["rounds"]["curve"], ".0f"),
-                      f"{g['ratio']:.3f}")
+            for s, ratio in (("insecure", 1.0), ("curve", g["ratio"]), ("curve-tcp", g["ratio_tcp"])):
+                t.add_row(LABELS[s], spread(g["rounds"][s], ".0f"), f"{ratio:.3f}")
             console.print(t)
     out["loadavg_after"] = os.getloadavg()
     out["seconds"] = time.perf_counter() - t_start

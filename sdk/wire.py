@@ -102,10 +102,11 @@ class Status:
     threads_from: str = ""
     runtimes: tuple[str, ...] = ()
     providers: tuple[str, ...] = ()
+    key: str = ""  # its public link key (Z85): a session on its local socket checks it (docs/agents.md, "On one host")
 
     def encode(self) -> str:
         d = {"ready": self.ready, "missing": list(self.missing), "threads": self.threads, "from": self.threads_from,
-             "rt": list(self.runtimes), "prov": list(self.providers)}
+             "rt": list(self.runtimes), "prov": list(self.providers), **({"key": self.key} if self.key else {})}
         text = json.dumps(d, separators=(",", ":"))
         while len(text) > 4 * MAX_NAME and d["missing"]:  # many missing peers: name fewer
             d["missing"] = d["missing"][: len(d["missing"]) // 2]
@@ -122,11 +123,12 @@ class Status:
         if not isinstance(d, dict) or not isinstance(d.get("ready"), bool):
             return None
         missing, threads, src = d.get("missing", []), d.get("threads", 0), d.get("from", "")
-        rt, prov = d.get("rt", []), d.get("prov", [])
+        rt, prov, key = d.get("rt", []), d.get("prov", []), d.get("key", "")
         if (not all(isinstance(x, list) and all(isinstance(m, str) for m in x) for x in (missing, rt, prov))
-                or not isinstance(threads, int) or isinstance(threads, bool) or not isinstance(src, str)):
+                or not isinstance(threads, int) or isinstance(threads, bool) or not isinstance(src, str)
+                or not isinstance(key, str)):
             return None
-        return Status(d["ready"], tuple(missing), max(threads, 0), src, tuple(rt), tuple(prov))
+        return Status(d["ready"], tuple(missing), max(threads, 0), src, tuple(rt), tuple(prov), key[:64])
 
 
 def tensor_frames(header: Header, arrays: dict[str, np.ndarray], codecs: dict[str, Codec] | None = None) -> list:

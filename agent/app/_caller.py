@@ -130,7 +130,7 @@ class CallerPath:
                 if have is not None:
                     have[1].close(0)
                 sock = self.ctx.socket(zmq.DEALER)
-                secure_client(sock, self.links.keys, role)  # the device's key pinned (docs/agents.md, "Encryption")
+                secure_client(sock, self.links.keys, role, ep)  # the device's key pinned (docs/agents.md, "Encryption")
                 sock.setsockopt(zmq.IDENTITY, s.identity)
                 tune(sock)
                 sock.setsockopt(zmq.IMMEDIATE, 1)  # queue only on a live connection

@@ -87,6 +87,7 @@ class AgentCore:
         self.runtimes = tuple(sorted({s.runtime for s in bundle.steps}))
         self.announce = announce
         self.endpoint = ""
+        self.ipc = ""  # the local socket's path, for apps on this host
         self.dropped = 0
         self._warn_once = WarnOnce()
         self.needed_roles = {r.dst for r in self.plan.routes_from(self.device) if r.dst != CALLER}
@@ -133,6 +134,7 @@ class AgentCore:
             self.ctx.destroy(linger=0)
             raise PeerError(f"cannot listen on {host}:{self.port or 'any'} ({e}). Pick another --port or --interface.") from None
         self.endpoint = f"tcp://{host}:{self.port}"
+        self.ipc = self.guard.bind_local(self.plan.plan_id, self.device)  # apps on this host (net/local.py)
         if self.shared_pool:
             use_shared_pool(self.threads)
         self.executor = Executor(self.bundle, self._send, self._fail, self.threads, self.providers,
@@ -161,7 +163,7 @@ class AgentCore:
         await self.discovery.start()
         if self.announce:
             await self.discovery.announce(self.device, self.plan.plan_id, self.interface or "0.0.0.0", self.port,
-                                          secure=self.credentials.secure)
+                                          secure=self.credentials.secure, ipc=self.ipc)
         log.info("agent %s of plan %s listening on %s, %d thread(s) from %s, runtime %s, providers %s (%s)",
                  self.device, self.plan.plan_id, self.endpoint, self.threads, self.threads_from,
                  "+".join(self.runtimes), ", ".join(self.providers.short), self.providers.source)
@@ -188,7 +190,8 @@ class AgentCore:
     def status(self) -> Status:
         """Whether this agent is linked to every peer it sends to, and its threads (any thread)."""
         missing = tuple(sorted(self.missing_roles()))
-        return Status(not missing, missing, self.threads, self.threads_from, self.runtimes, self.providers.short)
+        key = self.credentials.me.public if self.credentials.secure else ""
+        return Status(not missing, missing, self.threads, self.threads_from, self.runtimes, self.providers.short, key)
 
     async def wait_ready(self, timeout_s: float) -> bool:
         """Wait until every peer this device sends to is linked; False on timeout."""
@@ -287,9 +290,12 @@ class AgentCore:
         if not self.credentials.secure:
             return self._local_sender(h.sender, (h.client, 0))
         try:
-            name, device = who(frame.get("User-Id"))
-        except zmq.ZMQError:  # (every CURVE connection has one: the ZAP handler named it)
-            raise WireError("a message on a connection without a key's name") from None
+            name, kind = who(frame.get("User-Id"))
+        except zmq.ZMQError:  # (every connection has one: the ZAP handler named it)
+            raise WireError("a message on a connection the ZAP handler did not name") from None
+        if kind == "local":  # a process of this user on this host (agent/net/local.py): it could read the keys
+            return self._local_sender(h.sender, (h.client, 0))
+        device = kind == "device"
         if h.kind == "tensor" and h.sender != (name if device else CALLER):  # (pings may say "@discover")
             raise WireError(f"a message sent with {'device' if device else 'app'} {name}'s key says it comes from {h.sender!r}")
         return name if device else f"app {name}"

@@ -4,6 +4,7 @@ Each agent registers `<role>-<plan id>-<nonce>._edgepart._tcp.local.` with TXT r
 
     plan=<plan id>  role=<device name>  proto=<wire protocol version>  port=<ZeroMQ port>
     sec=curve|none  (whether its links are encrypted: a hint for error messages, never trust)
+    ipc=<path>      (its Unix socket for apps on its host, when it encrypts: local.py)
 
 and browses the same type. Agents of another plan or protocol version are ignored with one log
 line each; two live agents claiming one role of one plan are reported as a duplicate, not merged.
@@ -25,6 +26,8 @@ from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZerocon
 
 from edgepart.wire import PROTOCOL_VERSION
 
+from .local import reach
+
 log = logging.getLogger("edgepart")
 
 SERVICE = "_edgepart._tcp.local."
@@ -40,6 +43,7 @@ class Announcement:
     protocol: int
     endpoint: str  # tcp://ip:port
     secure: bool = True  # it says it encrypts its links (sec=curve); older agents say nothing
+    ipc: str = ""  # its Unix socket for apps on its host (agent/net/local.py), if any
 
     @property
     def compatible(self) -> bool:
@@ -50,8 +54,9 @@ class Discovery:
     """Announce (optionally) and browse `_edgepart._tcp`; call `on_change(announcement, present)`."""
 
     def __init__(self, interface: str | None = None, plan_id: str | None = None,
-                 on_change: Callable[[Announcement, bool], None] | None = None):
+                 on_change: Callable[[Announcement, bool], None] | None = None, local: bool = False):
         self.interface = interface
+        self.local = local  # an app's: an agent on this host is reached on its Unix socket (local.py)
         self.plan_id = plan_id  # None: report every plan (for `edgepart discover`)
         self.on_change = on_change
         self.found: dict[str, Announcement] = {}
@@ -67,12 +72,12 @@ class Discovery:
         self._zc = AsyncZeroconf(ip_version=IPVersion.V4Only, **kw)
         self._browser = AsyncServiceBrowser(self._zc.zeroconf, SERVICE, handlers=[self._on_state])
 
-    async def announce(self, role: str, plan_id: str, host: str, port: int, secure: bool = True) -> str:
+    async def announce(self, role: str, plan_id: str, host: str, port: int, secure: bool = True, ipc: str = "") -> str:
         """Register this agent; returns its instance name."""
         assert self._zc is not None, "start() first"
         name = f"{_label(role)}-{plan_id}-{secrets.token_hex(3)}.{SERVICE}"
         props = {"plan": plan_id, "role": role, "proto": str(PROTOCOL_VERSION), "port": str(port),
-                 "sec": "curve" if secure else "none"}
+                 "sec": "curve" if secure else "none", **({"ipc": ipc} if ipc else {})}
         addrs = [socket.inet_aton(a) for a in _host_addresses(host)]
         self._info = AsyncServiceInfo(SERVICE, name, addresses=addrs, port=port, properties=props,
                                       server=f"{name.split('.')[0]}.local.")
@@ -117,8 +122,10 @@ class Discovery:
         props = {k.decode(errors="replace"): (v or b"").decode(errors="replace") for k, v in info.properties.items()}
         addrs = info.parsed_addresses(IPVersion.V4Only)
         try:
+            endpoint = f"tcp://{addrs[0]}:{int(props.get('port', info.port))}"
+            ipc = props.get("ipc", "")
             ann = Announcement(name, props["role"], props["plan"], int(props["proto"]),
-                               f"tcp://{addrs[0]}:{int(props.get('port', info.port))}", props.get("sec") != "none")
+                               reach(endpoint, ipc) if self.local else endpoint, props.get("sec") != "none", ipc)
         except (KeyError, ValueError, IndexError):
             self._ignore(name, "its TXT records are not an edgepart agent's")
             return

@@ -36,6 +36,8 @@ from edgepart.keys import Credentials, Keys
 from edgepart.plan import Codec, Plan
 from edgepart.wire import Header, Status, decode, zero_copy_pays
 
+from .local import IPC
+
 log = logging.getLogger("edgepart")
 
 
@@ -96,11 +98,12 @@ def _refusal(event: int, role: str, secure: bool) -> str:
     return f"the handshake with {role or 'the agent'} failed: it encrypts its links (start this end without --insecure)"
 
 
-def secure_client(sock: zmq.Socket, keys: Credentials, role: str) -> bool:
+def secure_client(sock: zmq.Socket, keys: Credentials, role: str, endpoint: str = "") -> bool:
     """Make `sock` a CURVE client of `role` (call before connect): its keys pinned, so an
     announcement is a hint, never trust (docs/agents.md, "Encryption"). False when `role` has no
-    key in the plan (the socket must not be used); True, plaintext, under --insecure."""
-    if not keys.secure:
+    key in the plan (the socket must not be used); True, plaintext, under --insecure and for an
+    agent's local socket on this host (`endpoint` ipc://, local.py)."""
+    if not keys.secure or endpoint.startswith(IPC):
         return True
     server = keys.server_key(role)
     if server is None:
@@ -322,7 +325,7 @@ class Links:
 
     def _open(self, endpoint: str, role: str, static: bool, probe: bool = False) -> Peer | None:
         s = self.ctx.socket(zmq.DEALER)
-        if not secure_client(s, self.keys, role):
+        if not secure_client(s, self.keys, role, endpoint):
             s.close(0)
             self._warn_once(f"nokey:{role}", f"not connecting to {endpoint}: {role!r} has no key in plan {self.plan_id}")
             return None
@@ -453,6 +456,8 @@ class Links:
             return
         if p.role and p.role != h.sender:
             log.warning("%s says it is %r, discovery said %r", p.endpoint, h.sender, p.role)
+        if p.endpoint.startswith(IPC) and self.keys.secure and not self._same_key(p, h):
+            return
         p.role = h.sender
         was = p.ready
         if self.want_status:
@@ -463,6 +468,18 @@ class Links:
             self._publish(p.role, down=False)
         elif p.ready != was:
             self._publish(p.role, down=False)
+
+    def _same_key(self, p: Peer, h: Header) -> bool:
+        """An agent on its local socket (no CURVE there: local.py) must say it holds the key this plan
+        gives its role, as CURVE would have checked: another packaging's bundle on this host is not
+        linked, and the session says why."""
+        st = Status.decode(h.message)
+        if st is not None and st.key and st.key == self.keys.server_key(h.sender):
+            return True
+        p.refused = (f"{h.sender} on this host holds another key than this plan gives it (another packaging's "
+                     f"bundle)")
+        self._warn_once(f"key:{p.endpoint}", f"not linking to {p.endpoint}: {p.refused}")
+        return False
 
     def _status(self, p: Peer, h: Header) -> None:
         if not self.want_status or not p.up or h.plan_id != self.plan_id:

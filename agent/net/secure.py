@@ -25,11 +25,12 @@ from zmq.utils import z85
 from edgepart.keys import Credentials
 
 from .link import WarnOnce
+from .local import IPC, ipc_path, peer_uid_ok
 
 log = logging.getLogger("edgepart")
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
-DEVICE, CLIENT = "device:", "client:"  # how the ZAP handler names a key's owner (its User-Id)
+DEVICE, CLIENT, LOCAL = "device:", "client:", "local:"  # how the ZAP handler names a connection (its User-Id)
 _FAILURES = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
              | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
 
@@ -61,6 +62,23 @@ class Guard:
         self._router = router
         self._thread = threading.Thread(target=self._serve, name=f"edgepart-zap-{name}", daemon=True)
         self._thread.start()
+
+    def bind_local(self, plan_id: str, device: str) -> str:
+        """Bind the ROUTER also on a Unix socket for apps on this host, plaintext (no CURVE) and
+        open to this user and root only (agent/net/local.py); its path, or "" when there is none."""
+        path = ipc_path(plan_id, device) if self.credentials.secure else None
+        if path is None:
+            return ""
+        r = self._router
+        r.curve_server = False  # (libzmq takes a listener's mechanism from the options at bind)
+        try:
+            r.bind(f"{IPC}{path}")
+        except zmq.ZMQError as e:
+            log.debug("no local socket at %s: %s", path, e)
+            return ""
+        finally:
+            r.curve_server = True
+        return str(path)
 
     def close(self) -> None:
         """Stop the handler (before the context is destroyed)."""
@@ -98,9 +116,19 @@ class Guard:
             self._zap.send_multipart([b"1.0", msg[1] if len(msg) > 1 else b"", b"500", b"malformed ZAP request", b"", b""])
             return
         rid, address, mechanism = msg[1], msg[3].decode(errors="replace"), msg[5]
-        name = self.names.get(z85.encode(msg[6]).decode()) if mechanism == b"CURVE" and len(msg) >= 7 else None
+        if mechanism == b"CURVE" and len(msg) >= 7:
+            name = self.names.get(z85.encode(msg[6]).decode())
+        elif mechanism == b"NULL" and peer_uid_ok(address):  # the local socket (the TCP one is CURVE only)
+            name = f"{LOCAL}{address.rsplit(':', 1)[-1]}"
+        else:
+            name = None
         ok = name is not None
-        if not ok:
+        if not ok and mechanism == b"NULL":
+            self.refused += 1
+            self._warn(f"local:{address}", "refused a local connection from uid %s (pid %s): only this agent's "
+                       "user and root may use its local socket (docs/agents.md, \"On one host\")",
+                       *(address.split(":")[1:4:2] if address.count(":") == 3 else ("?", "?")))
+        elif not ok:
             self.refused += 1
             self._warn(f"key:{address}", "refused a connection from %s: its key is not one of this plan's "
                        "(another plan's bundle, or an app without the plan's key: docs/agents.md, \"Encryption\")",
@@ -120,8 +148,10 @@ class Guard:
                  "with --insecure, an older edgepart, or a static peer trying another device's key)")
 
 
-def who(user_id: str) -> tuple[str, bool]:
-    """(the name, is it a device) of a key's owner, from the User-Id the ZAP handler gave it."""
-    if user_id.startswith(DEVICE):
-        return user_id[len(DEVICE):], True
-    return user_id[len(CLIENT):], False
+def who(user_id: str) -> tuple[str, str]:
+    """(the name, its kind: "device", "client" or "local") of a connection's owner, from the User-Id
+    the ZAP handler gave it (a local one is named by its process id)."""
+    for prefix in (DEVICE, CLIENT, LOCAL):
+        if user_id.startswith(prefix):
+            return user_id[len(prefix):], prefix[:-1]
+    return user_id, "unknown"
