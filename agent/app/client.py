@@ -106,8 +106,9 @@ class ClusterClient:
         self.caller = CallerPath(self.ctx, self.links, self.plan.plan_id, self.roles, self.inputs_by_dst,
                                  self.answer_names, self.codecs)
         inproc.register_client(self.identity, self)
-        # local=True: an agent on this host is reached on its Unix socket (agent/net/local.py)
-        self.discovery = Discovery(self.interface, self.plan.plan_id, self._on_discovered, local=True)
+        # an agent on this host is reached on its Unix socket (agent/net/local.py); not under --insecure
+        self.discovery = Discovery(self.interface, self.plan.plan_id, self._on_discovered,
+                                   local=self.credentials.secure)
         await self.discovery.start()
         if not wait:
             return self

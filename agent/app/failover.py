@@ -47,6 +47,16 @@ FALLBACK_WAIT_S = 3.0  # after the primary plan is ready, how long start() waits
 TICK_S = 0.01  # the parked requests are looked at this often
 
 
+# what an agent says of a request it turned away or could not compute: its answer, on any plan
+_NOT_A_LINK = ("is busy", "rejected", "refused a message", "failed:")
+
+
+def _a_link_failed(e: BaseException) -> bool:
+    """Whether a request's error may be a device gone (worth a wait for the fallback plan), not an
+    agent's answer that another plan would repeat (busy, bad inputs, a step that failed)."""
+    return not any(w in str(e) for w in _NOT_A_LINK)
+
+
 @dataclass
 class _Parked:
     outer: concurrent.futures.Future
@@ -88,7 +98,10 @@ class FailoverClient:
     async def start(self) -> "FailoverClient":
         """Open every plan's links at once; ready when the primary plan is (or, with one of its
         devices missing, that device's fallback plan is), within discover_timeout_s."""
-        await asyncio.gather(*(c.start(wait=False) for c in self._clients()))
+        got = await asyncio.gather(*(c.start(wait=False) for c in self._clients()), return_exceptions=True)
+        if err := next((g for g in got if isinstance(g, BaseException)), None):
+            await asyncio.gather(*(c.close() for c in self._clients()), return_exceptions=True)
+            raise err
         self._thread = threading.Thread(target=self._watch, name="edgepart-failover", daemon=True)
         self._thread.start()
         t0 = time.monotonic()
@@ -189,12 +202,13 @@ class FailoverClient:
             return
         if self._resend(outer, feeds, deadline, tried):
             return
-        if self._worth_waiting(tried):  # no plan to go to yet: this session's links may not have seen the death
+        if _a_link_failed(e) and self._worth_waiting(tried):  # no plan to go to yet: this session's links may not have seen the death
             until = min(time.monotonic() + GRACE_S, deadline)
             with self._lock:
-                self._parked.append(_Parked(outer, feeds, deadline, tried, e, until))
-        else:
-            self._settle(outer, error=e)
+                if not self._stop.is_set():  # (close() drains the parked under this lock, after setting stop)
+                    self._parked.append(_Parked(outer, feeds, deadline, tried, e, until))
+                    return
+        self._settle(outer, error=e)
 
     def _worth_waiting(self, tried: ClusterClient) -> bool:
         """A request failed on the primary plan while this session's own links still see all of its
@@ -266,6 +280,6 @@ class FailoverClient:
                 if other is not c and left > 0 and not self._stop.is_set():
                     self.retried += 1
                     return other.run(feeds, left)
-                if time.monotonic() >= until or not self._worth_waiting(c):
+                if time.monotonic() >= until or not _a_link_failed(e) or not self._worth_waiting(c):
                     raise e
                 time.sleep(TICK_S)

@@ -22,7 +22,8 @@ SENDER_SHARE = 0.75  # the most of either that one sender may hold
 
 
 class Admission:
-    def __init__(self, slots: int = MAX_IN_FLIGHT, held_bytes: int = MAX_HELD_MB << 20, share: float = SENDER_SHARE):
+    def __init__(self, slots: int = MAX_IN_FLIGHT, held_bytes: int = MAX_HELD_MB << 20, share: float = SENDER_SHARE,
+                 whole: str = ""):
         if slots < 1 or held_bytes < 1 or not 0 < share <= 1:
             raise ValueError(f"admission bounds must be positive (slots {slots}, bytes {held_bytes}, share {share})")
         self.slots, self.bytes = slots, held_bytes
@@ -32,7 +33,8 @@ class Admission:
         self.bytes_of: Counter[str] = Counter()
         self.held_slots = 0
         self.held_bytes = 0
-        self.refused: Counter[str] = Counter()  # messages turned away, by sender
+        self.whole = whole  # a sender bounded by the totals only: the one device a later stage hears from
+        self.refused: Counter[str] = Counter()  # messages turned away, by sender (the first 1,024 senders)
 
     def refusal(self, sender: str, new: bool, nbytes: int) -> str | None:
         """Why a message of `nbytes` from `sender` (starting a request when `new`) must be turned
@@ -40,16 +42,16 @@ class Admission:
         why = None
         if new and self.held_slots >= self.slots:
             why = f"{self.held_slots} requests in flight, the most it holds; send fewer at once"
-        elif new and self.slots_of[sender] >= self.sender_slots:
+        elif new and self.slots_of[sender] >= self.sender_slots and sender != self.whole:
             why = (f"{sender} holds {self.slots_of[sender]} of its {self.held_slots} requests in flight, "
                    f"the most one sender may ({self.sender_slots} of {self.slots})")
         elif self.held_bytes + nbytes > self.bytes:
             why = (f"it holds {_mib(self.held_bytes)} for requests in flight and {_mib(nbytes)} more would "
                    f"pass its {_mib(self.bytes)} (edgepart run --inflight-mb)")
-        elif self.bytes_of[sender] + nbytes > self.sender_bytes:
+        elif self.bytes_of[sender] + nbytes > self.sender_bytes and sender != self.whole:
             why = (f"{sender} holds {_mib(self.bytes_of[sender])} of its tensors, and {_mib(nbytes)} more "
-                   f"would pass the most one sender may ({_mib(self.sender_bytes)})")
-        if why is not None:
+                   f"would pass the most one sender may ({_mib(self.sender_bytes)}: 3/4 of edgepart run --inflight-mb)")
+        if why is not None and (sender in self.refused or len(self.refused) < 1024):
             self.refused[sender] += 1
         return why
 

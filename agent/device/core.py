@@ -137,8 +137,12 @@ class AgentCore:
         self.ipc = self.guard.bind_local(self.plan.plan_id, self.device)  # apps on this host (net/local.py)
         if self.shared_pool:
             use_shared_pool(self.threads)
+        # a device that only one other device sends to (a later pipeline stage) serves that one
+        # with all it has: its share would only cap the requests of every app behind it
+        senders = {r.src for r in self.plan.routes_to(self.device)}
+        sole = next(iter(senders)) if len(senders) == 1 and CALLER not in senders else ""
         self.executor = Executor(self.bundle, self._send, self._fail, self.threads, self.providers,
-                                 Admission(held_bytes=self.inflight_mb << 20))
+                                 Admission(held_bytes=self.inflight_mb << 20, whole=sole))
         try:
             await asyncio.get_running_loop().run_in_executor(None, self.executor.load)
         except BaseException:
@@ -252,7 +256,15 @@ class AgentCore:
             h = None
             try:
                 h, payload = decode(frames[1:])
-                self._handle(ident, h, payload, self._sender_of(frames[1], h))
+                try:
+                    sender = self._sender_of(frames[1], h)
+                except WireError as e:  # a key speaking for another: answer that connection alone
+                    self._drop(ident, str(e))
+                    self._reply(ident, [Header("error", self.plan.plan_id, self.device, request_id=h.request_id,
+                                               client=h.client, message=f"{self.device} refused a message: {e}").encode()],
+                                time.monotonic() + 5.0)
+                    continue
+                self._handle(ident, h, payload, sender)
             except WireError as e:
                 self._drop(ident, str(e))
                 if h is not None and h.kind == "tensor" and h.client and h.plan_id == self.plan.plan_id:
@@ -286,7 +298,8 @@ class AgentCore:
     def _sender_of(self, frame: zmq.Frame, h: Header) -> str:
         """Who sent `h`, the name its requests are bounded by (docs/agents.md, "Admission"): the
         device or app the connection's key belongs to, which must be the one the header names (a
-        device's key cannot speak for another device); under --insecure, the name it gives."""
+        device's key speaks for that device, or for an app on it, never for another device); a
+        process on this host's local socket, by its pid; under --insecure, the name it gives."""
         if not self.credentials.secure:
             return self._local_sender(h.sender, (h.client, 0))
         try:
@@ -294,16 +307,16 @@ class AgentCore:
         except zmq.ZMQError:  # (every connection has one: the ZAP handler named it)
             raise WireError("a message on a connection the ZAP handler did not name") from None
         if kind == "local":  # a process of this user on this host (agent/net/local.py): it could read the keys
-            return self._local_sender(h.sender, (h.client, 0))
+            return f"app pid {name}" if h.sender == CALLER else h.sender
         device = kind == "device"
-        if h.kind == "tensor" and h.sender != (name if device else CALLER):  # (pings may say "@discover")
+        if h.kind == "tensor" and h.sender not in ((name, CALLER) if device else (CALLER,)):  # (pings: "@discover")
             raise WireError(f"a message sent with {'device' if device else 'app'} {name}'s key says it comes from {h.sender!r}")
-        return name if device else f"app {name}"
+        return name if device and h.sender == name else f"app {name}"
 
     @staticmethod
     def _local_sender(sender: str, key: Key) -> str:
         """The name a sender without a key is bounded by: a device's, or one per caller's session."""
-        return sender if sender != CALLER else f"app {key[0].hex()[:16]}"
+        return sender if sender != CALLER else f"app {key[0].decode('ascii', 'replace')}"
 
     def _refuse(self, key: Key, why: str) -> None:
         """Turn away a message for `key` (admission.py): a request it would start, or the one it belongs to."""

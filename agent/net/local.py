@@ -25,19 +25,33 @@ IPC = "ipc://"
 _MAX_PATH = 100  # a Unix socket's path is at most 107 bytes
 
 
+def _folders() -> list[Path]:
+    """Where this user's agents put their sockets: under $XDG_RUNTIME_DIR where it is set, else the
+    temp folder (an agent run as a service and an app in a login shell may see either)."""
+    name = f"edgepart-{os.getuid()}"
+    bases = [os.environ.get("XDG_RUNTIME_DIR"), tempfile.gettempdir()]
+    return list(dict.fromkeys(Path(b) / name for b in bases if b))
+
+
+def _private(d: Path) -> bool:
+    """A real folder (not a link), this user's, that no one else may enter."""
+    try:
+        st = d.lstat()
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077
+
+
 def ipc_dir() -> Path | None:
     """This user's folder for agents' sockets (made 0700), or None where it cannot be trusted."""
-    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
-    d = Path(base) / f"edgepart-{os.getuid()}"
+    d = _folders()[0]
     try:
         d.mkdir(mode=0o700, exist_ok=True)
-        st = d.lstat()
     except OSError as e:
-        log.debug("no local socket folder: %s", e)
+        log.info("no local socket for apps on this host (%s): they will use encrypted TCP", e)
         return None
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
-        log.warning("%s is not a private folder of this user (mode %o, owner %d): apps on this host will use "
-                    "encrypted TCP", d, stat.S_IMODE(st.st_mode), st.st_uid)
+    if not _private(d):
+        log.warning("%s is not a private folder of this user: apps on this host will use encrypted TCP", d)
         return None
     return d
 
@@ -50,7 +64,10 @@ def ipc_path(plan_id: str, device: str) -> Path | None:
     _sweep(d)
     label = "".join(c if c.isalnum() or c == "-" else "-" for c in device)[:40]
     path = d / f"{plan_id[:16]}-{label}-{os.getpid()}.sock"
-    return path if len(str(path)) <= _MAX_PATH else None
+    if len(str(path)) > _MAX_PATH:
+        log.info("no local socket for apps on this host: %s is longer than a Unix socket's path may be", path)
+        return None
+    return path
 
 
 def _sweep(d: Path) -> None:
@@ -86,11 +103,12 @@ def reach(tcp_endpoint: str, ipc: str) -> str:
     (its address is this host's and its socket is in this user's folder), else its TCP endpoint."""
     if not ipc or os.environ.get("EDGEPART_LOCAL_IPC", "1") == "0":
         return tcp_endpoint
-    d = ipc_dir()
     path = Path(ipc)
     host = tcp_endpoint[len("tcp://"):].rpartition(":")[0]
     try:
-        ok = d is not None and path.parent == d and stat.S_ISSOCK(path.stat().st_mode) and is_local_address(host)
+        # only in this user's own folders: an announcement must not point the app at another socket
+        ok = (path.parent in _folders() and _private(path.parent) and stat.S_ISSOCK(path.lstat().st_mode)
+              and is_local_address(host))
     except OSError:
         ok = False
     return f"{IPC}{path}" if ok else tcp_endpoint

@@ -130,3 +130,15 @@ def test_a_key_speaks_only_for_its_owner(two_clients, agents, sessions):
         real_requests_answered(res, sessions, 4)
     finally:
         ctx.destroy(0)
+
+
+def test_an_app_on_a_device_with_only_its_bundle_is_served_over_tcp(packaged, agents, sessions, monkeypatch):
+    """An app given one bundle and no app.key talks with that device's own key (docs/agents.md,
+    "Encryption"): its requests say they come from the caller, which that key may (bounded as
+    "app dev0"), also over TCP to the other devices."""
+    res = packaged(graphs.two_in_two_out(), 2)
+    agents(res.out_dir)
+    monkeypatch.setenv("EDGEPART_LOCAL_IPC", "0")  # (no local socket: every link is CURVE on TCP)
+    sess = sessions(res.out_dir / "dev0", key=res.out_dir / "dev0" / "device.key", timeout_s=10)
+    feeds = seeded_feeds(res.plan, 3)
+    assert_same(sess.submit(feeds).result(15), reference(model_file(res.out_dir), feeds), "with dev0's key")

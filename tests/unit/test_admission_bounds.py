@@ -27,7 +27,7 @@ def test_one_sender_holds_at_most_its_share_of_the_slots():
 def test_bytes_are_bounded_in_all_and_per_sender():
     adm = Admission(slots=100, held_bytes=4 << 20, share=0.75)
     adm.take("cam2", True, 3 << 20)
-    assert "would pass the most one sender may (3 MiB)" in adm.refusal("cam2", False, 1)
+    assert "would pass the most one sender may (3 MiB: 3/4 of edgepart run --inflight-mb)" in adm.refusal("cam2", False, 1)
     assert adm.refusal("app", True, 1 << 20) is None
     adm.take("app", True, 1 << 20)
     assert "would pass its 4 MiB" in adm.refusal("dev0", True, 1)
@@ -41,6 +41,23 @@ def test_give_back_forgets_senders_that_hold_nothing():
         adm.give_back(f"s{i}", {f"s{i}": 60, "dev0": 40})
     assert (adm.held_slots, adm.held_bytes) == (0, 0)
     assert not adm.slots_of and not adm.bytes_of  # nothing remembered of 1,000 senders
+
+
+def test_the_one_device_a_later_stage_hears_from_has_it_all():
+    adm = Admission(slots=8, held_bytes=1 << 20, whole="dev0")
+    for _ in range(8):
+        assert adm.refusal("dev0", True, 1 << 10) is None
+        adm.take("dev0", True, 1 << 10)
+    assert "8 requests in flight" in adm.refusal("dev0", True, 1)  # the totals still hold
+    assert "8 requests in flight" in adm.refusal("mallory", True, 1)
+
+
+def test_refusals_are_counted_for_a_bounded_number_of_senders():
+    adm = Admission(slots=1, held_bytes=1 << 20)
+    adm.take("dev0", True, 0)
+    for i in range(5000):
+        assert adm.refusal(f"s{i}", True, 0) is not None
+    assert len(adm.refused) == 1024
 
 
 @pytest.mark.parametrize("kw", [dict(slots=0), dict(held_bytes=0), dict(share=0), dict(share=1.5)])
