@@ -263,6 +263,20 @@ def keyed_dealer(ctx, dist: Path, device: str):
     return s
 
 
+def send_all(sock, frames: list, timeout_s: float = 2.0) -> bool:
+    """Send `frames` without blocking for more than `timeout_s`; False when the peer would not take them."""
+    import zmq
+
+    try:
+        sock.send_multipart(frames, flags=zmq.NOBLOCK)
+        return True
+    except zmq.Again:
+        if sock.poll(int(timeout_s * 1e3), zmq.POLLOUT):
+            sock.send_multipart(frames, flags=zmq.NOBLOCK)
+            return True
+        return False
+
+
 def header(**fields) -> bytes:
     return msgpack.packb(fields, use_bin_type=True)
 

@@ -19,7 +19,7 @@ import edgepart
 
 import graphs
 from e2e_helpers import (agent_output, assert_same, first_success, header, keyed_dealer, model_file, reference, seeded_feeds,
-                         tensor_message)
+                         send_all, tensor_message)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -268,17 +268,6 @@ def bad_messages(t: Target, rng: np.random.Generator) -> dict[str, callable]:
         "a sender that may not send it": lambda: t.good(rid(), s="mallory"),
         "valid tensor but no ttl": lambda: t.good(rid(), ttl=None),
     }
-
-
-def send_all(sock: zmq.Socket, frames: list, timeout_s: float = 2.0) -> bool:
-    try:
-        sock.send_multipart(frames, flags=zmq.NOBLOCK)
-        return True
-    except zmq.Again:
-        if sock.poll(int(timeout_s * 1e3), zmq.POLLOUT):
-            sock.send_multipart(frames, flags=zmq.NOBLOCK)
-            return True
-        return False
 
 
 def drain(sock: zmq.Socket) -> int:

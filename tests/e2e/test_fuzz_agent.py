@@ -24,7 +24,7 @@ import zmq
 from hypothesis import HealthCheck, Phase, given, seed, settings
 
 import graphs
-from e2e_helpers import agent_output, assert_same, header, keyed_dealer, model_file, reference, seeded_feeds
+from e2e_helpers import agent_output, assert_same, header, keyed_dealer, model_file, reference, seeded_feeds, send_all
 from wirefuzz import Mutator, Target, check, messages
 
 FUZZ_S = float(os.environ.get("EDGEPART_FUZZ_SECONDS", "30"))
@@ -34,17 +34,6 @@ BATCH = 150  # examples per hypothesis run, one run per agent per round
 FAST = 5  # messages of the fast generator sent after each hypothesis example
 REAL_EVERY = 100  # a real request after every so many fuzzed messages
 MAX_ROUNDS = 10_000
-
-
-def send_all(sock: zmq.Socket, frames: list, timeout_s: float = 2.0) -> bool:
-    try:
-        sock.send_multipart(frames, flags=zmq.NOBLOCK)
-        return True
-    except zmq.Again:
-        if sock.poll(int(timeout_s * 1e3), zmq.POLLOUT):
-            sock.send_multipart(frames, flags=zmq.NOBLOCK)
-            return True
-        return False
 
 
 def drain(sock: zmq.Socket, limit: int = 10_000) -> int:
