@@ -15,6 +15,7 @@ strategies that do.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -23,6 +24,9 @@ import onnx
 from edgepart.packager import seal, standby
 from edgepart.packager.cluster import Cluster, load_cluster
 from edgepart.packager.strategies import base
+
+log = logging.getLogger("edgepart")
+
 
 def _job(model, cluster, strategy: str, objective: str, input_shapes, inputs, wire_codec: str, options: dict,
          progress, model_name: str | None, primary_only: bool = True) -> tuple[base.Strategy, base.Job]:
@@ -115,6 +119,14 @@ def package(model: str | Path | onnx.ModelProto, cluster: str | Path | Cluster, 
         raise
     if fallbacks is not None:  # with the primary packaging's keys (before --insecure drops them)
         res = dataclasses.replace(res, fallbacks=tuple(standby.install(fallbacks, Path(out), sealing)))
+        held: dict[str, dict[str, int]] = {}
+        for d, folder in res.bundle_dirs.items():
+            held.setdefault(d, {})["primary"] = standby.bundle_bytes(folder)
+        for fb in res.fallbacks:
+            for d, folder in fb.bundle_dirs.items():
+                held.setdefault(d, {})[f"without {fb.without}"] = standby.bundle_bytes(folder)
+        for warning in standby.over_memory(full, held):
+            log.warning(warning)
     seal.apply(Path(out), res.bundle_dirs, res.plan, sealing)
     if report is not None and res.report is not None:
         from edgepart.packager.check.report_html import write_html

@@ -85,6 +85,28 @@ def plan_keys(plan: Plan, keypairs: Mapping[str, KeyPair], clients: Mapping[str,
     return Keys({d: keypairs[d].public for d in plan.device_names()}, clients)
 
 
+def over_memory(cluster: Cluster, held: Mapping[str, Mapping[str, int]]) -> list[str]:
+    """What to say of each device whose plans, all served at once (agent/device/standby.py), hold
+    more model bytes than its `memory_mb`: `held` is {device: {plan label: bytes}}. Each plan was
+    planned within the device's memory; their sum is not (docs/failover.md, "Limits")."""
+    out = []
+    for d in cluster.devices:
+        plans = held.get(d.name, {})
+        total = sum(plans.values())
+        if len(plans) > 1 and total > d.memory_bytes:
+            parts = ", ".join(f"{label} {n / 2**20:.1f} MB" for label, n in plans.items())
+            out.append(f"{d.name} serves {len(plans)} plans at once ({parts}): {total / 2**20:.1f} MB of steps, more "
+                       f"than its memory_mb {d.memory_mb:g}. Give it more memory_mb if it has it, or fewer "
+                       f"devices a fallback on it (docs/failover.md).")
+    return out
+
+
+def bundle_bytes(folder: Path) -> int:
+    """The bytes of a bundle's step files (what its agent loads), not counting a nested fallback/."""
+    return sum(p.stat().st_size for p in Path(folder).iterdir()
+               if p.is_file() and p.name not in ("manifest.json", DEVICE_KEY))
+
+
 # -- writing ---------------------------------------------------------------------------------------------
 
 @dataclass

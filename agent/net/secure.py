@@ -55,6 +55,9 @@ class Guard:
         self._zap.setsockopt(zmq.LINGER, 0)
         self._zap.bind(ZAP_ENDPOINT)
         router.zap_domain = b"edgepart"
+        # fail closed: with no handler bound (this one stopped first at shutdown), libzmq would
+        # otherwise accept every handshake
+        router.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
         router.curve_server = True
         router.curve_secretkey = credentials.me.secret.encode()
         router.curve_publickey = credentials.me.public.encode()

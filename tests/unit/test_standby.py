@@ -181,3 +181,24 @@ def test_a_client_added_later_is_taken_by_the_fallback_plans_too(tmp_path):
     kiosk = read_keypair(path).public
     assert new and all(b.keys.clients["kiosk"] == kiosk for b in load_dist(res.out_dir).values())
     assert all(b.keys.clients["kiosk"] == kiosk for g in load_fallbacks(res.out_dir).values() for b in g.values())
+
+
+def test_devices_whose_plans_together_pass_their_memory_are_named(with_spare):
+    """Each plan is planned within memory_mb; the packager warns where the plans a device serves at
+    once (its primary and fallback bundles, all loaded) pass it together."""
+    held: dict[str, dict[str, int]] = {}
+    for d, folder in with_spare.bundle_dirs.items():
+        held.setdefault(d, {})["primary"] = standby.bundle_bytes(folder)
+    for f in with_spare.fallbacks:
+        for d, folder in f.bundle_dirs.items():
+            held.setdefault(d, {})[f"without {f.without}"] = standby.bundle_bytes(folder)
+    assert all(n > 0 for plans in held.values() for n in plans.values())
+    assert set(held["spare"]) == {"without a", "without b", "without c"}
+    # memory that holds the largest plan of all on its own: the devices whose plans together pass it are named
+    mb = max(n for plans in held.values() for n in plans.values()) / 2**20
+    want = [d for d in ("a", "b", "c", "spare") if sum(held[d].values()) > mb * 2**20]
+    assert want, held
+    said = standby.over_memory(cluster_from_dict(cluster_doc(memory_mb=mb)), held)
+    assert [w.split()[0] for w in said] == want
+    assert f"serves {len(held[want[0]])} plans at once" in said[0] and "more than its memory_mb" in said[0]
+    assert standby.over_memory(cluster_from_dict(cluster_doc(memory_mb=1024)), held) == []
