@@ -119,13 +119,7 @@ def package(model: str | Path | onnx.ModelProto, cluster: str | Path | Cluster, 
         raise
     if fallbacks is not None:  # with the primary packaging's keys (before --insecure drops them)
         res = dataclasses.replace(res, fallbacks=tuple(standby.install(fallbacks, Path(out), sealing)))
-        held: dict[str, dict[str, int]] = {}
-        for d, folder in res.bundle_dirs.items():
-            held.setdefault(d, {})["primary"] = standby.bundle_bytes(folder)
-        for fb in res.fallbacks:
-            for d, folder in fb.bundle_dirs.items():
-                held.setdefault(d, {})[f"without {fb.without}"] = standby.bundle_bytes(folder)
-        for warning in standby.over_memory(full, held):
+        for warning in standby.over_memory(full, standby.held_bytes(res.bundle_dirs, res.fallbacks)):
             log.warning(warning)
     seal.apply(Path(out), res.bundle_dirs, res.plan, sealing)
     if report is not None and res.report is not None:

@@ -101,6 +101,18 @@ def over_memory(cluster: Cluster, held: Mapping[str, Mapping[str, int]]) -> list
     return out
 
 
+def held_bytes(bundle_dirs: Mapping[str, Path], fallbacks) -> dict[str, dict[str, int]]:
+    """{device: {plan label: bytes of its step files}} over a packaging's primary bundles and its
+    fallback plans (`base.FallbackPlan`s): what each device loads at once, for `over_memory`."""
+    held: dict[str, dict[str, int]] = {}
+    for d, folder in bundle_dirs.items():
+        held.setdefault(d, {})["primary"] = bundle_bytes(folder)
+    for fb in fallbacks:
+        for d, folder in fb.bundle_dirs.items():
+            held.setdefault(d, {})[f"without {fb.without}"] = bundle_bytes(folder)
+    return held
+
+
 def bundle_bytes(folder: Path) -> int:
     """The bytes of a bundle's step files (what its agent loads), not counting a nested fallback/."""
     return sum(p.stat().st_size for p in Path(folder).iterdir()

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+from edgepart.plan import CALLER, Plan
+
 MAX_IN_FLIGHT = 256  # requests an agent holds at once
 MAX_HELD_MB = 1024  # MiB of received tensors an agent holds for them (edgepart run --inflight-mb)
 SENDER_SHARE = 0.75  # the most of either that one sender may hold
@@ -70,6 +72,14 @@ class Admission:
         for sender, n in held.items():
             self.held_bytes -= n
             _less(self.bytes_of, sender, n)
+
+
+def sole_upstream(plan: Plan, device: str) -> str:
+    """The one device that alone sends to `device` (a later pipeline stage), or "": that device may
+    use all of `device`'s slots and bytes, since a share would only cap the requests of every app
+    behind it."""
+    senders = {r.src for r in plan.routes_to(device)}
+    return next(iter(senders)) if len(senders) == 1 and CALLER not in senders else ""
 
 
 def _mib(n: int) -> str:

@@ -40,7 +40,7 @@ from ..net.discovery import Announcement, Discovery
 from ..net.link import HWM, POLL_MS, Links, Waker, WarnOnce, parse_peer, route_codecs, stop_io_thread, tune
 from ..net.secure import Guard, who
 from ._direct import DirectRuns
-from .admission import MAX_HELD_MB, Admission
+from .admission import MAX_HELD_MB, Admission, sole_upstream
 from .executor import Executor, Key
 
 log = logging.getLogger("edgepart")
@@ -137,12 +137,9 @@ class AgentCore:
         self.ipc = self.guard.bind_local(self.plan.plan_id, self.device)  # apps on this host (net/local.py)
         if self.shared_pool:
             use_shared_pool(self.threads)
-        # a device that only one other device sends to (a later pipeline stage) serves that one
-        # with all it has: its share would only cap the requests of every app behind it
-        senders = {r.src for r in self.plan.routes_to(self.device)}
-        sole = next(iter(senders)) if len(senders) == 1 and CALLER not in senders else ""
         self.executor = Executor(self.bundle, self._send, self._fail, self.threads, self.providers,
-                                 Admission(held_bytes=self.inflight_mb << 20, whole=sole))
+                                 Admission(held_bytes=self.inflight_mb << 20,
+                                           whole=sole_upstream(self.plan, self.device)))
         try:
             await asyncio.get_running_loop().run_in_executor(None, self.executor.load)
         except BaseException:

@@ -107,7 +107,7 @@ class Guard:
         finally:
             try:
                 self._router.disable_monitor()
-            except zmq.ZMQError:
+            except zmq.ZMQError:  # (the ROUTER is the data thread's: only its monitor is stopped here)
                 pass
             self._mon.close(0)
             self._zap.close(0)

@@ -64,3 +64,17 @@ def test_refusals_are_counted_for_a_bounded_number_of_senders():
 def test_bounds_must_be_positive(kw):
     with pytest.raises(ValueError):
         Admission(**kw)
+
+
+def test_a_later_stage_names_its_one_upstream_device():
+    from edgepart.agent.device.admission import sole_upstream
+    from edgepart.plan import CALLER, DeviceSpec, Plan, Route, Step, TensorSpec
+
+    x, h, y = TensorSpec("x", "float32", (1, 8)), TensorSpec("h", "float32", (1, 8)), TensorSpec("y", "float32", (1, 8))
+    plan = Plan(strategy="pipeline", model_name="net", model_sha256="ab" * 32, inputs=(x,), outputs=(y,),
+                devices=(DeviceSpec("a"), DeviceSpec("b")),
+                steps=(Step("stage0", "a", "stage0.onnx", "11" * 32, (x,), (h,)),
+                       Step("stage1", "b", "stage1.onnx", "22" * 32, (h,), (y,))),
+                routes=(Route("x", CALLER, "a"), Route("h", "a", "b"), Route("y", "b", CALLER)))
+    assert sole_upstream(plan, "b") == "a"  # every app's requests reach b through a
+    assert sole_upstream(plan, "a") == ""  # the apps send to a themselves

@@ -186,12 +186,7 @@ def test_a_client_added_later_is_taken_by_the_fallback_plans_too(tmp_path):
 def test_devices_whose_plans_together_pass_their_memory_are_named(with_spare):
     """Each plan is planned within memory_mb; the packager warns where the plans a device serves at
     once (its primary and fallback bundles, all loaded) pass it together."""
-    held: dict[str, dict[str, int]] = {}
-    for d, folder in with_spare.bundle_dirs.items():
-        held.setdefault(d, {})["primary"] = standby.bundle_bytes(folder)
-    for f in with_spare.fallbacks:
-        for d, folder in f.bundle_dirs.items():
-            held.setdefault(d, {})[f"without {f.without}"] = standby.bundle_bytes(folder)
+    held = standby.held_bytes(with_spare.bundle_dirs, with_spare.fallbacks)
     assert all(n > 0 for plans in held.values() for n in plans.values())
     assert set(held["spare"]) == {"without a", "without b", "without c"}
     # memory that holds the largest plan of all on its own: the devices whose plans together pass it are named
