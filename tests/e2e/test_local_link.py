@@ -67,7 +67,8 @@ def test_another_user_reaching_the_socket_gets_nothing(packaged, agents):
     res = packaged(graphs.residual(), 2)
     procs = agents(res.out_dir)
     entry = res.plan.steps[0].device
-    path = next(ipc_dir().glob(f"{res.plan.plan_id[:16]}-{entry}-*.sock"))
+    pid = procs.agents[entry].proc.pid  # this agent's socket, not one another test's agent of the same plan left
+    path = next(ipc_dir().glob(f"{res.plan.plan_id[:16]}-{entry}-{pid}.sock"))
     # a folder left open by mistake: the uid check still holds
     folder_mode = stat.S_IMODE(path.parent.stat().st_mode)
     os.chmod(path.parent, 0o711)
@@ -77,7 +78,7 @@ def test_another_user_reaching_the_socket_gets_nothing(packaged, agents):
         r = subprocess.run([sys.executable, "-c", _OTHER_USER, f"ipc://{path}", *[f.hex() for f in frames]],
                            capture_output=True, text=True, timeout=30)
         assert r.stdout.strip() == "nothing", r.stdout + r.stderr
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 15
         while "refused a local connection from uid 4321" not in agent_output(procs, entry) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert "refused a local connection from uid 4321" in agent_output(procs, entry)
