@@ -8,7 +8,10 @@ speed (a CPU cgroup per agent, sdk/testing/cpucap.py: --pi-gflops over this core
 on the model), and the link on loopback or shaped to --rate Mbit/s (netns.EmulatedLan: the caller
 on a host of its own, dev0 and dev1 on theirs, tc tbf each way). For each setting the cluster says
 what the setting is (each device's GFLOP/s: this core's measured speed, or --pi-gflops; the link:
-loopback as measured, or --rate with 0.2 ms), auto ranks every candidate by its own estimate, every
+loopback as agents see it, or --rate with 0.2 ms; the fixed costs per step and per message,
+docs/planning.md "Fixed costs": measured through two agents by packager/calibrate.py, with the agents
+capped like the devices for the Pi-like settings; --fixed nominal|none for cost.py's nominal
+figures or none), auto ranks every candidate by its own estimate, every
 candidate that plans is packaged (the same plan once) and run: `edgepart run` per device, pinned
 to its core, 1 thread, the caller a separate process (bench/auto_client.py) on core 0; the median
 of -n requests one at a time.
@@ -42,13 +45,18 @@ CLIENT = REPO / "bench" / "auto_client.py"
 SHAPES = {"input": (1, 3, 224, 224)}
 
 
-def cluster_for(gflops: float, bandwidth_mbps: float, latency_ms: float):
+def cluster_for(gflops: float, bandwidth_mbps: float, latency_ms: float, step_ms: float | None = None,
+                message_ms: float | None = None):
+    """Two devices and their link; `step_ms` / `message_ms`: the fixed costs (docs/planning.md, "Fixed
+    costs"; None: cost.py's nominal figures)."""
     from edgepart.packager.cluster import cluster_from_dict
 
-    return cluster_from_dict({"devices": [{"name": f"dev{i}", "gflops": round(gflops, 4), "memory_mb": 4096}
+    step = {} if step_ms is None else {"step_ms": round(step_ms, 4)}
+    msg = {} if message_ms is None else {"message_ms": round(message_ms, 4)}
+    return cluster_from_dict({"devices": [{"name": f"dev{i}", "gflops": round(gflops, 4), "memory_mb": 4096, **step}
                                           for i in range(2)],
                               "links": {"default": {"bandwidth_mbps": round(bandwidth_mbps, 3),
-                                                    "latency_ms": round(latency_ms, 4)}}})
+                                                    "latency_ms": round(latency_ms, 4), **msg}}})
 
 
 def run_candidates(model_path: Path, cluster, objective: str, work: Path) -> tuple[object, list[dict]]:
@@ -112,6 +120,18 @@ def measure(rows: list[dict], feeds: dict, ref: list, n: int, fraction: float | 
         r["measured_ms"], r["max_abs_diff"] = done[r["plan_id"]] = (lat, diff)
 
 
+def _cap(pids, fraction: float) -> list:
+    """Each of `pids` in a CPU cgroup of its own, capped to `fraction` of a core."""
+    from edgepart.testing.cpucap import CpuCap
+
+    caps = []
+    for i, pid in enumerate(pids):
+        cap = CpuCap.create(f"fixed{i}", fraction)
+        cap.add(pid)
+        caps.append(cap)
+    return caps
+
+
 def verdict(rows: list[dict]) -> dict:
     pick = next(r for r in rows if r["auto_pick"])
     best = min(rows, key=lambda r: r["measured_ms"])
@@ -128,11 +148,16 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=10, help="requests timed per candidate (median)")
     ap.add_argument("--objective", default="latency", choices=("latency", "throughput"))
     ap.add_argument("--skip-netns", action="store_true", help="loopback only")
+    ap.add_argument("--fixed", default="measured", choices=("measured", "nominal", "none"),
+                    help="the fixed costs per step and per message in the clusters (docs/planning.md, \"Fixed costs\"): "
+                         "measured here through two agents (packager/calibrate.py), cost.py's nominal figures, or none "
+                         "(0: the cost model before them)")
+    ap.add_argument("--only", default="", help="run only the settings whose 'link, speed' contains this (e.g. 'loopback, full')")
     a = ap.parse_args()
 
     import onnxruntime as ort
 
-    from edgepart.packager.calibrate import measure_device, measure_loopback
+    from edgepart.packager.calibrate import measure_device, measure_fixed_costs, measure_loopback
     from edgepart.testing import netns, zoo
 
     model_path = zoo.efficientnet_lite0()
@@ -143,9 +168,22 @@ def main() -> None:
     core = max(measure_device(str(model_path), feeds, threads=1, cpus={1}).gflops for _ in range(3))
     loop = measure_loopback()
     frac = a.pi_gflops / core
+    fixed = measure_fixed_costs(cpus=(0, 1)) if a.fixed == "measured" else None
+    step_ms, message_ms = (fixed.step_ms, fixed.message_ms) if fixed is not None else (None, None)
+    if a.fixed == "none":
+        step_ms, message_ms = 0.0, 0.0
+    # the loopback link as agents see it: their bandwidth (measured with the fixed costs), raw ZeroMQ's latency
+    loop_bw = fixed.bandwidth_mbps if fixed is not None else loop.bandwidth_mbps
     console.print(f"this machine's core: {core:.1f} GFLOP/s on EfficientNet-Lite0 (1 thread); loopback "
                   f"{loop.bandwidth_mbps:,.0f} Mbit/s, {loop.latency_ms:.3f} ms; a Pi-like device: {a.pi_gflops:g} GFLOP/s "
                   f"= {frac:.3f} of a core (CPU cgroup)")
+    if fixed is not None:
+        console.print(f"fixed costs, measured through two agents: {fixed.step_ms:.3f} ms per step, {fixed.message_ms:.3f} ms "
+                      f"per message (one hop {fixed.hop_ms:.3f} ms: chain of {fixed.hops} hops {fixed.chain.median_ms:.2f} ms, "
+                      f"alone {fixed.solo.median_ms:.2f} ms); {fixed.bandwidth_mbps:,.0f} Mbit/s between agents on "
+                      f"loopback (a Pi-like device's: measured again with the agents capped)")
+    else:
+        console.print(f"fixed costs: {a.fixed}")
     settings = [("loopback", "full core"), ("loopback", "pi-like")]
     why = netns.available()
     if a.skip_netns or why:
@@ -154,11 +192,27 @@ def main() -> None:
     else:
         settings += [(f"{a.rate:g} Mbit/s", "full core"), (f"{a.rate:g} Mbit/s", "pi-like")]
     results = []
+    capped, caps = None, []  # the fixed costs measured with the agents capped (Pi-like settings)
+    settings = [st for st in settings if a.only in f"{st[0]}, {st[1]}"]
     for link, speed in settings:
         t0 = time.perf_counter()
         shaped = link != "loopback"
-        bw, lat = (a.rate, 0.2) if shaped else (loop.bandwidth_mbps, loop.latency_ms)
-        cl = cluster_for(core if speed == "full core" else a.pi_gflops, bw, lat)
+        # a capped device runs its agent's own work capped too: its fixed costs and the bandwidth between
+        # its agents are measured with the agents capped as the devices are (once per cap)
+        step, msg, bw_agents = step_ms, message_ms, loop_bw
+        if speed != "full core" and fixed is not None:
+            if capped is None:
+                capped = measure_fixed_costs(cpus=(0, 1), runs=20, started=lambda pids: caps.extend(_cap(pids, frac)))
+                for cap in caps:
+                    cap.remove()
+                console.print(f"fixed costs with the agents capped to {frac:.3f} of a core: {capped.step_ms:.3f} ms per "
+                              f"step (uncapped: this process), {capped.message_ms:.3f} ms per message (one hop "
+                              f"{capped.hop_ms:.3f} ms); {capped.bandwidth_mbps:,.0f} Mbit/s between agents")
+            # the step's own part of a hop is onnxruntime's run, timed uncapped here: over the cap on the device
+            step = capped.step_ms / frac
+            msg, bw_agents = max(capped.hop_ms - step, 0.0), capped.bandwidth_mbps
+        bw, lat = (a.rate, 0.2) if shaped else (bw_agents, loop.latency_ms)
+        cl = cluster_for(core if speed == "full core" else a.pi_gflops, bw, lat, step, msg)
         with tempfile.TemporaryDirectory() as tmp:
             auto, rows = run_candidates(model_path, cl, a.objective, Path(tmp))
             fraction = None if speed == "full core" else frac
@@ -187,7 +241,12 @@ def main() -> None:
         ok = "yes" if v["pick_is_best"] else ("within 10 %" if v["within_10pct"] else "NO")
         console.print(f"  auto picked {v['pick']} ({v['pick_ms']:.2f} ms measured); measured best {v['best']} "
                       f"({v['best_ms']:.2f} ms): pick is the best: {ok}  [{time.perf_counter() - t0:.0f} s]")
-    console.print(f"wrote {save('auto', {'core_gflops': core, 'pi_gflops': a.pi_gflops, 'cap_fraction': frac, 'rate_mbit': a.rate, 'objective': a.objective, 'settings': results})}")
+    fixed_d = ({"step_ms": fixed.step_ms, "message_ms": fixed.message_ms, "hop_ms": fixed.hop_ms, "hops": fixed.hops,
+                "chain_ms": fixed.chain.median_ms, "solo_ms": fixed.solo.median_ms, "bandwidth_mbps": fixed.bandwidth_mbps,
+                "capped": None if capped is None else {"step_ms": capped.step_ms, "message_ms": capped.message_ms,
+                                                       "hop_ms": capped.hop_ms, "bandwidth_mbps": capped.bandwidth_mbps}}
+               if fixed is not None else a.fixed)
+    console.print(f"wrote {save('auto', {'core_gflops': core, 'pi_gflops': a.pi_gflops, 'cap_fraction': frac, 'rate_mbit': a.rate, 'objective': a.objective, 'fixed': fixed_d, 'settings': results})}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
     speed = measure_device(model, feeds, threads=1, cpus={0})   # Speed(gflops=..., timing=...)
     speed = measure_cores(model, feeds, [0, 1])                 # one core, measured on each in turn
     link = measure_loopback()                                   # Link(bandwidth_mbps=..., latency_ms=...)
-    cluster = calibrated(cluster, {"device-a": speed.gflops}, link)
+    fixed = measure_fixed_costs(cpus=(0, 1))                    # Fixed(step_ms=..., message_ms=...)
+    cluster = calibrated(cluster, {"device-a": speed.gflops}, link, fixed)
     times = time_stages(["dist/a/stage0.onnx", "dist/b/stage1.onnx"], feeds, cpus=[{0}, {1}])
 
 The cost model (cost.py; docs/planning.md) prices a stage at its FLOPs over the device's effective
@@ -27,7 +28,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -222,11 +223,158 @@ def measure_loopback(size_bytes: int = 1 << 19, messages: int = 40, pings: int =
     return link
 
 
-def calibrated(cluster: Cluster, gflops: Mapping[str, float] | float, link: Link | None = None) -> Cluster:
+def calibrated(cluster: Cluster, gflops: Mapping[str, float] | float, link: Link | None = None,
+               fixed: "Fixed | None" = None) -> Cluster:
     """`cluster` with the measured speeds (one figure for all devices, or device -> GFLOP/s) and,
-    given `link`, that link between every pair of devices."""
+    given `link`, that link between every pair of devices; given `fixed`, its per-step cost on every
+    device and its per-message cost on the link (or on every link of `cluster`)."""
     devices = tuple(dataclasses.replace(d, gflops=float(gflops if isinstance(gflops, (int, float)) else gflops.get(d.name, d.gflops)))
                     for d in cluster.devices)
+    if fixed is not None:
+        devices = tuple(dataclasses.replace(d, step_ms=fixed.step_ms) for d in devices)
+        link = dataclasses.replace(link, message_ms=fixed.message_ms) if link is not None else None
+        cluster = dataclasses.replace(cluster, default_link=dataclasses.replace(cluster.default_link, message_ms=fixed.message_ms),
+                                      pair_links=tuple((a, b, dataclasses.replace(lk, message_ms=fixed.message_ms))
+                                                       for a, b, lk in cluster.pair_links))
     if link is None:
         return dataclasses.replace(cluster, devices=devices)
     return dataclasses.replace(cluster, devices=devices, default_link=link, pair_links=())
+
+
+@dataclass(frozen=True)
+class Fixed:
+    """The fixed costs the cost model adds per step and per message (docs/planning.md, "Fixed costs"),
+    and the bandwidth between two agents, measured through real agents on this machine, with what
+    they were derived from."""
+    step_ms: float  # one onnxruntime step of one tiny op, in this process
+    message_ms: float  # the rest of one hop between two agents with a tiny tensor, per message
+    hop_ms: float  # one hop with a tiny tensor: (chain - alone) / hops
+    bandwidth_mbps: float  # what a hop's extra time with `big_bytes` says of the bytes between agents
+    solo: Timing  # caller -> A -> caller, tiny tensor
+    chain: Timing  # caller -> A -> B -> A -> ... -> caller, tiny tensor
+    hops: int
+    big_bytes: int = 0
+
+    def link(self, latency_ms: float) -> Link:
+        """The link between two agents of this machine as the cost model should see it: the agents'
+        bandwidth, `latency_ms` (measure_loopback's), this message cost."""
+        return Link(self.bandwidth_mbps, latency_ms, self.message_ms)
+
+
+def _tiny_plan(out: Path, devices: Sequence[str], tag: str, elements: int = 256) -> Path:
+    """A plan that sends a small tensor caller -> devices[0] -> devices[1] -> ... -> caller, one
+    cheap op (Neg) per step: its time is the agents' fixed costs, not compute. Written from the
+    packager's own parts, as a strategy writes one."""
+    from onnx import TensorProto, helper
+
+    from edgepart.plan import CALLER, Route, TensorSpec
+
+    from edgepart.packager.bundles import StepModel, model_plan, write_bundles
+    from edgepart.packager.cluster import Device
+    from edgepart.packager.model.graph import analyse
+
+    shape = [1, elements]
+    vi = lambda n: helper.make_tensor_value_info(n, TensorProto.FLOAT, shape)  # noqa: E731
+    ops = lambda i, o: helper.make_model(  # noqa: E731
+        helper.make_graph([helper.make_node("Neg", [i], [o])], "fixed", [vi(i)], [vi(o)]),
+        opset_imports=[helper.make_opsetid("", 17)])
+    graph = analyse(ops("x", "y"))
+    names = [f"t{k}" for k in range(len(devices) - 1)]
+    ins, outs = ["x", *names], [*names, "y"]
+    steps = [StepModel(f"step{k}@{d}", d, f"step{k}.onnx", ops(i, o), (TensorSpec(i, "float32", tuple(shape)),),
+                       (TensorSpec(o, "float32", tuple(shape)),), 1, 0.0)
+             for k, (d, i, o) in enumerate(zip(devices, ins, outs))]
+    srcs, dsts = [CALLER, *devices], [*devices, CALLER]
+    routes = [Route(t, a, b) for t, a, b in zip(ins + ["y"], srcs, dsts)]
+    cluster = Cluster(tuple(Device(d, 10.0, 1024) for d in dict.fromkeys(devices)), Link(1000.0, 0.1))
+    write_bundles(steps, lambda st: model_plan("pipeline", graph, cluster, st, routes, f"edgepart-fixed-{tag}", "latency",
+                                               ()), out)
+    return out
+
+
+def _agents(dist: Path, cpus: Sequence[int]) -> list:
+    """`edgepart run` for every device folder of `dist`, on loopback, 1 thread, device k on cpus[k]."""
+    import subprocess
+    import sys
+
+    procs = []
+    for k, b in enumerate(sorted(p for p in dist.iterdir() if (p / "manifest.json").is_file())):
+        argv = [sys.executable, "-m", "edgepart", "run", str(b), "--threads", "1", "--interface", "127.0.0.1"]
+        if hasattr(os, "sched_setaffinity") and cpus:
+            argv = ["taskset", "-c", str(cpus[k % len(cpus)]), *argv]
+        procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                      start_new_session=True))
+    return procs
+
+
+def measure_fixed_costs(cpus: Sequence[int] = (0, 1), *, hops: int = 8, runs: int = 40, blocks: int = 5,
+                        big_bytes: int = 1 << 20, timeout_s: float = 60.0,
+                        started: Callable[[Sequence[int]], None] | None = None) -> Fixed:
+    """The fixed costs of a step and of a message between agents on this machine (docs/planning.md,
+    "Fixed costs"). Two agents (`edgepart run`, 1 thread, pinned to `cpus`) and this process as the
+    caller time a tensor through caller -> A -> caller and through caller -> A -> B -> A ... -> caller
+    with `hops` hops between the agents, in alternating blocks; one hop (a step and a message) is the
+    difference over `hops`. A step is onnxruntime's run of one tiny op, timed here; the message is the
+    rest of a hop with a tiny tensor (receiving, decoding, handing over, framing, sending). The same
+    with a tensor of `big_bytes` gives the bandwidth between agents: its extra time per hop, less
+    its step's, is what the bytes took (agents move fewer bytes per second than raw ZeroMQ, which
+    measure_loopback times: docs/agents.md, "Measured"). `started(pids)` is called with the agents'
+    process ids once they answer (a benchmark caps their CPU there, as its devices' are)."""
+    import tempfile
+
+    import edgepart
+
+    sizes = (256, max(big_bytes // 4, 256))
+    chain = ["a", *(["b", "a"] * (hops // 2)), *(["b"] if hops % 2 else [])]
+    times: dict[tuple[int, str], list[float]] = {}
+    with tempfile.TemporaryDirectory(prefix="edgepart-fixed-") as tmp:
+        tag = f"{os.getpid()}-{time.monotonic_ns()}"
+        plans = {(n, kind): _tiny_plan(Path(tmp) / f"{kind}{n}", devs, f"{kind}{n}-{tag}", n)
+                 for n in sizes for kind, devs in (("solo", ["a"]), ("chain", chain))}
+        procs = [pr for dist in plans.values() for pr in _agents(dist, cpus)]
+        try:
+            sessions = {k: edgepart.InferenceSession(d, interface="127.0.0.1", timeout_s=timeout_s)
+                        for k, d in plans.items()}
+            if started is not None:  # once they answer: their start-up ran at full speed
+                started([pr.pid for pr in procs])
+            feeds = {n: {"x": np.ones((1, n), np.float32)} for n in sizes}
+            with pinned(cpus[:1] if cpus else None):
+                for (n, _), s in sessions.items():
+                    for _ in range(10):  # warm up: links, sessions
+                        s.run(None, feeds[n])
+                for _ in range(blocks):
+                    for (n, kind), s in sessions.items():
+                        out = times.setdefault((n, kind), [])
+                        for _ in range(max(runs // blocks, 1)):
+                            t0 = time.perf_counter()
+                            s.run(None, feeds[n])
+                            out.append((time.perf_counter() - t0) * 1e3)
+            for s in sessions.values():
+                s.close()
+        finally:
+            for pr in procs:
+                pr.terminate()
+            for pr in procs:
+                try:
+                    pr.wait(10)
+                except Exception:  # noqa: BLE001 - a process that will not stop is killed
+                    pr.kill()
+    step = {n: time_session(session(_tiny_model(n)), feeds[n], runs=100, warmup=10, cpus=cpus[:1] if cpus else None)
+            for n in sizes}
+    t = {k: Timing.of(v) for k, v in times.items()}
+    hop = {n: max((t[(n, "chain")].median_ms - t[(n, "solo")].median_ms) / hops, 0.0) for n in sizes}
+    small, big = sizes
+    byte_ms = max(hop[big] - hop[small] - (step[big].median_ms - step[small].median_ms), 1e-6)
+    fixed = Fixed(step[small].median_ms, max(hop[small] - step[small].median_ms, 0.0), hop[small],
+                  (big - small) * 4 * 8 / (byte_ms * 1e-3) / 1e6, t[(small, "solo")], t[(small, "chain")], hops, big * 4)
+    log.info("fixed costs: %.3f ms per step, %.3f ms per message (one hop %.3f ms); between agents %.0f Mbit/s",
+             fixed.step_ms, fixed.message_ms, fixed.hop_ms, fixed.bandwidth_mbps)
+    return fixed
+
+
+def _tiny_model(elements: int = 256) -> onnx.ModelProto:
+    from onnx import TensorProto, helper
+
+    vi = lambda n: helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, elements])  # noqa: E731
+    return helper.make_model(helper.make_graph([helper.make_node("Neg", ["x"], ["y"])], "step", [vi("x")], [vi("y")]),
+                             opset_imports=[helper.make_opsetid("", 17)])

@@ -43,6 +43,9 @@ class Device:
     # a spare: in no primary plan, only in the fallback plans compiled for when a device fails
     # (docs/failover.md); the primary plan is planned over the other devices alone
     standby: bool = False
+    # the fixed cost of running one step in its agent, in ms, measured (`edgepart profile`,
+    # packager/calibrate.py); None: cost.py's nominal figure (docs/planning.md, "Fixed costs")
+    step_ms: float | None = None
 
     def speed_of(self, kind: str) -> float:
         """GFLOP/s for nodes of `kind`: the profile's figure where it measured that kind, else
@@ -61,6 +64,9 @@ class Device:
 class Link:
     bandwidth_mbps: float
     latency_ms: float = 0.0
+    # the fixed cost of one message on it beyond bytes / bandwidth + latency, in ms, measured
+    # (packager/calibrate.py); None: cost.py's nominal figure (docs/planning.md, "Fixed costs")
+    message_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -131,7 +137,8 @@ def cluster_from_dict(data: Any, source: str = "cluster", base: Path | None = No
         where = f"{source}: devices[{i}]"
         if not isinstance(d, dict) or "name" not in d:
             raise ClusterError(f"{where} must be a mapping with at least 'name'.")
-        _no_unknown(d, {"name", "gflops", "speed", "memory_mb", "providers", "threads", "runtime", "profile", "standby"},
+        _no_unknown(d, {"name", "gflops", "speed", "memory_mb", "providers", "threads", "runtime", "profile", "standby",
+                                "step_ms"},
                     where)
         name = str(d["name"])
         if "gflops" in d and "speed" in d:
@@ -159,7 +166,9 @@ def cluster_from_dict(data: Any, source: str = "cluster", base: Path | None = No
         standby = d.get("standby", False)
         if not isinstance(standby, bool):
             raise ClusterError(f"{where}.standby must be true or false (true: a spare device, docs/failover.md).")
-        devices.append(Device(name, gflops, mem, prov, threads, runtime, prof.speeds if prof else (), standby))
+        step = d.get("step_ms", getattr(prof, "step_ms", None))  # cluster.yaml wins over the profile
+        step = None if step is None else _number(step, f"{where}.step_ms", allow_zero=True)
+        devices.append(Device(name, gflops, mem, prov, threads, runtime, prof.speeds if prof else (), standby, step))
         if prof is not None:
             measured += [(name, q) for q in prof.peers]
     names = [d.name for d in devices]
@@ -239,9 +248,11 @@ def _onnxruntime_providers() -> tuple[str, ...]:
 def _link(d: Any, where: str) -> Link:
     if not isinstance(d, dict) or "bandwidth_mbps" not in d:
         raise ClusterError(f"{where} needs 'bandwidth_mbps' (and optionally 'latency_ms').")
-    _no_unknown(d, {"bandwidth_mbps", "latency_ms"}, where)
+    _no_unknown(d, {"bandwidth_mbps", "latency_ms", "message_ms"}, where)
+    msg = d.get("message_ms")
     return Link(_number(d["bandwidth_mbps"], f"{where}.bandwidth_mbps"),
-                _number(d.get("latency_ms", 0.0), f"{where}.latency_ms", allow_zero=True))
+                _number(d.get("latency_ms", 0.0), f"{where}.latency_ms", allow_zero=True),
+                None if msg is None else _number(msg, f"{where}.message_ms", allow_zero=True))
 
 
 def _number(v: Any, where: str, allow_zero: bool = False) -> float:

@@ -6,6 +6,9 @@ how much memory a stage needs.
     link busy     = bytes crossing the cut * 8 / link Mbit/s   (what limits a pipelined stream:
                     latency overlaps with the next requests, bandwidth does not)
     stage memory  = bytes of the parameters it holds + the largest working set of one of its nodes
+    fixed costs   = steps * step_ms(device) + messages * message_ms(link)   (docs/planning.md,
+                    "Fixed costs"): what an agent spends running one step and handling one message,
+                    whatever their size; measured by packager/calibrate.py, or nominal
 
 A device with a measured profile (`profile:` in cluster.yaml, docs/profile.md) computes each node at
 its operator kind's measured speed (conv, depthwise, pointwise, matmul, other) instead of one GFLOP/s
@@ -18,13 +21,22 @@ are the functions below; CostModel applies them to a graph's cuts for the pipeli
 from __future__ import annotations
 
 from collections import Counter, deque
+from typing import Mapping, Sequence
 
 import numpy as np
 
 from edgepart.plan import CALLER
 
-from edgepart.packager.cluster import Cluster, Link
+from edgepart.packager.cluster import Cluster, Device, Link
 from edgepart.packager.model.graph import Graph
+
+# Nominal fixed costs (docs/planning.md, "Fixed costs"), for a device or link that gives none: one
+# step run by an agent (onnxruntime's call and the executor's bookkeeping) and one message between
+# agents beyond bytes / bandwidth + latency (the header, the sockets, the receiving thread).
+# packager/calibrate.py measures 0.005-0.01 ms per one-op step and 0.2-0.3 ms per message on a
+# desktop core; a real step of many nodes costs more than a one-op one, a slower device more again.
+STEP_MS = 0.15
+MESSAGE_MS = 0.3
 
 
 def compute_ms(flops, gflops: float):
@@ -37,6 +49,61 @@ def busy_ms(nbytes, link: Link):
     return nbytes * 8 / (link.bandwidth_mbps * 1e6) * 1e3
 
 
+def step_ms(device: Device) -> float:
+    """The fixed cost of one step on `device`, in ms: its measured figure, else the nominal one."""
+    return STEP_MS if device.step_ms is None else float(device.step_ms)
+
+
+def message_ms(link: Link) -> float:
+    """The fixed cost of one message on `link`, in ms, beyond its bytes and latency: its measured
+    figure, else the nominal one."""
+    return MESSAGE_MS if link.message_ms is None else float(link.message_ms)
+
+
+def fixed_ms(cluster: Cluster, steps: Mapping[str, int] | None = None,
+             messages: Mapping[tuple[str, str], int] | None = None) -> float:
+    """The fixed costs of `steps` (device -> how many) and `messages` ((src, dst) -> how many; the
+    caller is CALLER, on the default link), added up: one request's where nothing overlaps."""
+    t = sum(n * step_ms(cluster.device(d)) for d, n in (steps or {}).items())
+    return float(t + sum(n * message_ms(_link(cluster, s, d)) for (s, d), n in (messages or {}).items()))
+
+
+def chain_fixed_ms(cluster: Cluster, devices: Sequence[str]) -> float:
+    """The fixed costs of one request through a chain of one step per device (a pipeline, one
+    device): every step, the message between each two, the caller's inputs in and outputs back."""
+    msgs = Counter(zip((CALLER, *devices), (*devices, CALLER)))
+    return fixed_ms(cluster, Counter(devices), msgs)
+
+
+def _link(cluster: Cluster, src: str, dst: str) -> Link:
+    return cluster.default_link if CALLER in (src, dst) else cluster.link(src, dst)
+
+
+def pipeline_ms(cluster: Cluster, stages) -> tuple[float, float]:
+    """(latency, period) of a pipeline's stages (each with `device`, `compute_ms`, `send_ms` and
+    `link_busy_ms`, in order) with the fixed costs (docs/planning.md, "Fixed costs"): every step and
+    message of one request on its latency; each stage's step on its device, each cut's message on
+    its link, for the period (the slowest of them)."""
+    devices = [s.device for s in stages]
+    latency = sum(s.compute_ms + s.send_ms for s in stages) + chain_fixed_ms(cluster, devices)
+    busy = [s.compute_ms + step_ms(cluster.device(s.device)) for s in stages]
+    busy += [s.link_busy_ms + message_ms(cluster.link(s.device, nxt.device)) for s, nxt in zip(stages, stages[1:])]
+    return float(latency), float(max(busy, default=0.0))
+
+
+def fork_join_fixed_ms(cluster: Cluster, head: str, branches: Sequence[str], tail: Sequence[str]) -> float:
+    """The fixed costs of one request that enters at `head` (one step there), forks to one step on
+    each of `branches` (a message there from `head` and one on to `tail[0]` where the devices
+    differ; the branches run at once), then runs one step on each device of `tail` in turn and
+    goes back to the caller: a spatial split (docs/spatial.md), on the latency's critical path."""
+    join = tail[0] if tail else head
+    fork = max((step_ms(cluster.device(b)) + (message_ms(cluster.link(head, b)) if b != head else 0.0)
+                + (message_ms(cluster.link(b, join)) if b != join else 0.0) for b in branches), default=0.0)
+    chain = fixed_ms(cluster, Counter(tail), Counter(zip(tail, tail[1:])))
+    io = 2 * message_ms(cluster.default_link)
+    return float(io + step_ms(cluster.device(head)) + fork + chain)
+
+
 def caller_io_ms(graph: Graph, cluster: Cluster) -> float:
     """The model's inputs sent from the caller and its outputs sent back, on the cluster's default
     link: both transfers and their latencies (docs/planning.md, "Choosing the split")."""
@@ -45,9 +112,11 @@ def caller_io_ms(graph: Graph, cluster: Cluster) -> float:
     return float(busy_ms(io, link) + 2 * link.latency_ms)
 
 
-def critical_path_ms(steps, routes, sizes: dict[str, int], cluster: Cluster) -> float:
+def critical_path_ms(steps, routes, sizes: dict[str, int], cluster: Cluster, *, fixed: bool = False) -> float:
     """One request's latency through compiled steps (each with `device`, `name`, `inputs`, `outputs`
-    and `estimated_ms`): each step waits for its device's previous step and its inputs' arrival."""
+    and `estimated_ms`): each step waits for its device's previous step and its inputs' arrival.
+    With `fixed`, each step also costs its device's step_ms and each input from a peer or the caller
+    its link's message_ms (docs/planning.md, "Fixed costs")."""
     from collections import defaultdict
 
     made_by = {o.name: st for st in steps for o in st.outputs}
@@ -64,15 +133,17 @@ def critical_path_ms(steps, routes, sizes: dict[str, int], cluster: Cluster) -> 
             if i.name in made_by and made_by[i.name].device != st.device:
                 link = cluster.link(made_by[i.name].device, st.device)
                 t = finish[made_by[i.name].name] + busy_ms(sizes[i.name], link) + link.latency_ms
+                t += message_ms(link) if fixed else 0.0
             elif src == CALLER:
                 link = cluster.default_link
-                t = busy_ms(sizes[i.name], link) + link.latency_ms
+                t = busy_ms(sizes[i.name], link) + link.latency_ms + (message_ms(link) if fixed else 0.0)
             else:
                 t = finish.get(made_by[i.name].name, 0.0) if i.name in made_by else 0.0
             start = max(start, t)
-        finish[st.name] = start + st.estimated_ms
+        finish[st.name] = start + st.estimated_ms + (step_ms(cluster.device(st.device)) if fixed else 0.0)
         dev_free[st.device] = finish[st.name]
-    return round(max(finish.values(), default=0.0), 6)
+    back = message_ms(cluster.default_link) if fixed and any(r.dst == CALLER for r in routes) else 0.0
+    return round(max(finish.values(), default=0.0) + back, 6)
 
 
 class CostModel:

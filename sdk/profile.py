@@ -117,6 +117,10 @@ class Profile:
     cpu: str = ""
     version: int = PROFILE_VERSION
     skipped: tuple[str, ...] = field(default=(), compare=False)  # steps not timed, and why (not written)
+    # the fixed cost of one step beyond its compute, in ms: of the files timed, the least a median run took
+    # beyond its nodes' kernel time (the packager's step_ms for this device; docs/planning.md, "Fixed
+    # costs"); None: not measured (an older profile)
+    step_ms: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "edgepart-profile", "version": self.version, "device": self.device, "cpu": self.cpu,
@@ -125,7 +129,8 @@ class Profile:
                 "speeds_gflops": {k: round(v, 4) for k, v in self.speeds},
                 "memory_available_mb": round(self.memory_available_mb, 1),
                 "steps_ms": {k: round(v, 4) for k, v in self.steps_ms},
-                "peers": {p.device: p.to_dict() for p in self.peers}}
+                "peers": {p.device: p.to_dict() for p in self.peers},
+                **({} if self.step_ms is None else {"step_ms": round(self.step_ms, 5)})}
 
     def to_yaml(self) -> str:
         """The profile as YAML, written without a YAML library (a device has none): JSON's quoted
@@ -154,11 +159,13 @@ class Profile:
                         float(d.get("memory_available_mb", 0.0)),
                         tuple((str(k), float(v)) for k, v in (d.get("steps_ms") or {}).items()),
                         tuple(_peer(str(k), v) for k, v in (d.get("peers") or {}).items()),
-                        str(d.get("source", "")), str(d.get("cpu", "")))
+                        str(d.get("source", "")), str(d.get("cpu", "")),
+                        step_ms=None if d.get("step_ms") is None else float(d["step_ms"]))
         except (KeyError, TypeError, ValueError) as e:
             raise BundleError(f"{source} is a malformed profile ({type(e).__name__}: {e}). Run `edgepart profile` "
                               f"again.") from None
         bad = [k for k, v in p.speeds if k not in KINDS or not v > 0] + ([] if p.gflops > 0 else ["gflops"])
+        bad += [] if p.step_ms is None or p.step_ms >= 0 else ["step_ms"]
         bad += [f"peers.{q.device}" for q in p.peers
                 if not q.rtt_ms >= 0 or (q.bandwidth_mbps is not None and not q.bandwidth_mbps > 0)]
         if bad:
@@ -178,6 +185,7 @@ def _peer(device: str, d: Any) -> PeerLink:
 class _Tally:
     macs: dict[str, float] = field(default_factory=lambda: dict.fromkeys(KINDS, 0.0))
     us: dict[str, float] = field(default_factory=lambda: dict.fromkeys(KINDS, 0.0))
+    fixed_ms: list[float] = field(default_factory=list)  # per file: a median run less its kernels' time
 
 
 def _shapes(entries: Any) -> list[list[int] | None]:
@@ -277,6 +285,8 @@ def time_onnx(path: str | Path, providers, threads: int, seconds: float, tally: 
         for k in KINDS:
             tally.macs[k] += warm.macs[k] * frac
             tally.us[k] += warm.us[k] * frac
+        # a run's time beyond its nodes' kernels: the fixed cost of a step (docs/planning.md, "Fixed costs")
+        tally.fixed_ms.append(statistics.median(ts) - sum(warm.us.values()) / (len(ts) + 3) / 1e3)
     return statistics.median(ts)
 
 
@@ -307,7 +317,9 @@ def measure(files: Sequence[tuple[str, str | Path]], *, providers, threads: int,
                    if tally.us[k] > 0 and tally.macs[k] > 0)
     return Profile(device or platform.node(), f"onnxruntime {ort.__version__}", tuple(providers.short), threads,
                    2 * total_macs / (total_us * 1e-6) / 1e9, speeds, memory_available_mb(), tuple(steps), (),
-                   source, _cpu_name(), skipped=tuple(skipped))
+                   source, _cpu_name(), skipped=tuple(skipped),
+                   step_ms=max(min(tally.fixed_ms), 0.0) if tally.fixed_ms else None)
+
 
 
 def _cpu_name() -> str:

@@ -4,8 +4,9 @@ and package the best for the objective (docs/planning.md, "Choosing the split").
 The candidates: the best single device (the pipeline planner on that device alone), the pipeline
 (devices that only make it worse left out), replicas, the dense channel split and the channel
 split with its first layers replicated, and the spatial split gathering or pipelining the rest.
-Every figure is the candidate strategy's own (its Planned value's `latency_ms` and
-`throughput_per_s`, from cost.py); the pipeline's latency leaves out the caller's inputs and
+Every figure is the candidate strategy's own (its Planned value's `latency_with_fixed_ms` and
+`throughput_with_fixed_per_s`, from cost.py: compute, transfer and the fixed costs of its steps and
+messages, docs/planning.md "Fixed costs"); the pipeline's latency leaves out the caller's inputs and
 outputs, which the others count, so they are added to it here (`caller_io_ms`). A candidate that
 cannot plan this model is listed with its reason.
 """
@@ -143,9 +144,10 @@ class AutoStrategy:
 
 
 def _estimates(planned) -> tuple[float, float]:
-    """(latency with the caller's inputs and outputs, throughput) from a Planned value's own figures."""
-    lat = float(planned.latency_ms) + float(getattr(planned, "caller_io_ms", 0.0))
-    return lat, float(planned.throughput_per_s)
+    """(latency with the caller's inputs and outputs, throughput) from a Planned value's own figures,
+    each with the fixed costs of its steps and messages (docs/planning.md, "Fixed costs")."""
+    lat = float(getattr(planned, "latency_with_fixed_ms", planned.latency_ms)) + float(getattr(planned, "caller_io_ms", 0.0))
+    return lat, float(getattr(planned, "throughput_with_fixed_per_s", planned.throughput_per_s))
 
 
 def _left_out(c: Candidate, objective: str) -> list[str]:

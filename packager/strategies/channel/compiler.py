@@ -22,7 +22,7 @@ exactly the channels its receiver needs, cut out by a Gather inside the sender's
 from __future__ import annotations
 
 import dataclasses
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
@@ -66,6 +66,11 @@ class ChannelReport:
     param_bytes: tuple[tuple[str, int], ...] = ()  # per device: bytes of the weights it holds
     macs: tuple[tuple[str, int], ...] = ()  # per device: multiply-accumulates per inference
     devices: tuple[str, ...] = ()  # Decision.device indexes these
+    # with the fixed costs of steps and messages (docs/planning.md, "Fixed costs"): the critical path,
+    # and per device its steps, per directed link its messages (one per step and peer it sends to)
+    latency_fixed_ms: float = 0.0
+    steps: tuple[tuple[str, int], ...] = ()
+    messages: tuple[tuple[str, str, int], ...] = ()
 
     @property
     def cross_device_bytes(self) -> int:
@@ -78,7 +83,8 @@ class ChannelReport:
     def to_dict(self) -> dict:
         return {
             "cross_device_bytes": self.cross_device_bytes, "caller_bytes": self.caller_bytes,
-            "latency_ms": self.latency_ms, "notes": list(self.notes),
+            "latency_ms": self.latency_ms, "latency_with_fixed_ms": self.latency_fixed_ms,
+            "steps": dict(self.steps), "messages": [list(m) for m in self.messages], "notes": list(self.notes),
             "routes": [r.__dict__ for r in self.routes],
             "decisions": [{"node": n, "op": op, "kind": d.kind, "note": d.note,
                            "device": self.devices[d.device] if 0 <= d.device < len(self.devices) else None,
@@ -263,8 +269,14 @@ def compile_channel(model: onnx.ModelProto, graph: Graph, cluster: Cluster,
     macs = {d: 0.0 for d in devices}
     for op in em.ops:
         macs[devices[op.device]] += op.macs
+    made_by = {o.name: st.name for st in steps for o in st.outputs}
+    msgs = Counter((r.src, r.dst) for r in {(made_by.get(r.tensor), r.src, r.dst): r for r in routes
+                                            if CALLER not in (r.src, r.dst)}.values())
     report = ChannelReport(rows, decisions, layer_bytes(lay), lay.notes, critical_path_ms(steps, routes, sizes, cluster),
-                           tuple(params.items()), tuple((d, int(round(m))) for d, m in macs.items()), tuple(devices))
+                           tuple(params.items()), tuple((d, int(round(m))) for d, m in macs.items()), tuple(devices),
+                           critical_path_ms(steps, routes, sizes, cluster, fixed=True),
+                           tuple(Counter(st.device for st in steps).items()),
+                           tuple((a, b, n) for (a, b), n in msgs.items()))
     return ChannelProgram(lay, tuple(steps), tuple(routes), report)
 
 

@@ -59,24 +59,44 @@ class ChannelPlanned:
         return self.report.latency_ms
 
     @property
+    def latency_with_fixed_ms(self) -> float:
+        """The critical path with the fixed costs of its steps and messages (docs/planning.md, "Fixed
+        costs"); the plan records it without them (`latency_ms`)."""
+        return self.report.latency_fixed_ms or self.report.latency_ms
+
+    @property
     def period_ms(self) -> float:
         """Streamed, the busiest device or directed link (cost.py's compute_ms and busy_ms): the
         slowest of them bounds one result every period_ms (docs/planning.md, "Objectives")."""
-        from edgepart.packager.cost import busy_ms, compute_ms
-        from edgepart.plan import CALLER
-
-        macs = dict(self.report.macs)
-        busy = [float(compute_ms(2.0 * macs.get(d.name, 0), d.gflops)) for d in self.cluster.devices]
-        sent: dict[tuple[str, str], int] = {}
-        for r in self.report.routes:
-            if CALLER not in (r.src, r.dst):
-                sent[(r.src, r.dst)] = sent.get((r.src, r.dst), 0) + r.size_bytes
-        busy += [float(busy_ms(b, self.cluster.link(s, d))) for (s, d), b in sent.items()]
-        return max(busy, default=0.0)
+        return self._period(False)
 
     @property
     def throughput_per_s(self) -> float:
         return 1e3 / self.period_ms if self.period_ms > 0 else float("inf")
+
+    @property
+    def throughput_with_fixed_per_s(self) -> float:
+        """Streamed, with each device's steps and each directed link's messages at their fixed costs
+        (docs/planning.md, "Fixed costs")."""
+        period = self._period(True)
+        return 1e3 / period if period > 0 else float("inf")
+
+    def _period(self, fixed: bool) -> float:
+        from edgepart.packager.cost import busy_ms, compute_ms, fixed_ms
+        from edgepart.plan import CALLER
+
+        on = 1.0 if fixed else 0.0
+        macs, steps = dict(self.report.macs), dict(self.report.steps)
+        msgs = {(a, b): n for a, b, n in self.report.messages}
+        busy = [float(compute_ms(2.0 * macs.get(d.name, 0), d.gflops)) + on * fixed_ms(self.cluster, {d.name: steps.get(d.name, 0)})
+                for d in self.cluster.devices]
+        sent: dict[tuple[str, str], int] = {}
+        for r in self.report.routes:
+            if CALLER not in (r.src, r.dst):
+                sent[(r.src, r.dst)] = sent.get((r.src, r.dst), 0) + r.size_bytes
+        busy += [float(busy_ms(b, self.cluster.link(s, d))) + on * fixed_ms(self.cluster, messages={(s, d): msgs.get((s, d), 0)})
+                 for (s, d), b in sent.items()]
+        return max(busy, default=0.0)
 
     def to_dict(self) -> dict:
         return {"strategy": "channel", "report": self.report.to_dict(),
@@ -91,7 +111,9 @@ class ChannelPlanned:
                       f"{' (the original model)' if dense is not None else ''}, used {rep.layers.used_bytes:,}, "
                       f"sent {rep.layers.sent_bytes:,}"
                       f"{f' with partial sums in {partial} layers' if partial else ''}); estimated latency "
-                      f"[bold]{rep.latency_ms:.3f} ms[/]", soft_wrap=True)
+                      f"[bold]{rep.latency_ms:.3f} ms[/] ({self.latency_with_fixed_ms:.3f} ms with the fixed costs of "
+                      f"{sum(n for _, n in rep.steps)} steps and {sum(n for *_, n in rep.messages)} messages between "
+                      f"devices)", soft_wrap=True)
         macs, params = dict(rep.macs), dict(rep.param_bytes)
         for dev in cl.devices:
             console.print(f"  {dev.name}: {macs.get(dev.name, 0) / 1e6:,.1f} M MACs, "

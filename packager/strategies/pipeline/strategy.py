@@ -44,6 +44,9 @@ class PipelinePlanned:
             "latency_ms": pp.latency_ms,
             "period_ms": pp.period_ms,
             "throughput_per_s": pp.throughput_per_s,
+            # with the fixed costs of steps and messages (docs/planning.md, "Fixed costs"): what auto ranks
+            "latency_with_fixed_ms": self.latency_with_fixed_ms,
+            "period_with_fixed_ms": self.period_with_fixed_ms,
             "planning_s": self.planning_s,
             "model": {"nodes": g.n, "mflops": 2 * g.total_macs / 1e6, "param_mb": g.total_param_bytes / MIB},
             "stages": [
@@ -79,6 +82,25 @@ class PipelinePlanned:
         return self.pipeline.throughput_per_s
 
     @property
+    def latency_with_fixed_ms(self) -> float:
+        """One request through the stages with the fixed costs of its steps and messages (cost.py's
+        pipeline_ms; docs/planning.md, "Fixed costs"); the plan's own figure leaves them out."""
+        from edgepart.packager.cost import pipeline_ms
+
+        return pipeline_ms(self.cluster, self.pipeline.stages)[0]
+
+    @property
+    def period_with_fixed_ms(self) -> float:
+        """The slowest stage or link with the fixed costs (cost.py's pipeline_ms)."""
+        from edgepart.packager.cost import pipeline_ms
+
+        return pipeline_ms(self.cluster, self.pipeline.stages)[1]
+
+    @property
+    def throughput_with_fixed_per_s(self) -> float:
+        return 1e3 / self.period_with_fixed_ms if self.period_with_fixed_ms > 0 else float("inf")
+
+    @property
     def caller_io_ms(self) -> float:
         """The model's inputs sent to the first stage and its outputs back, on the default link: the
         pipeline's latency leaves them out (docs/planning.md, "Known approximations"); the other
@@ -110,6 +132,8 @@ class PipelinePlanned:
             f"[bold]{pp.throughput_per_s:.1f} req/s[/] (slowest stage or link {pp.period_ms:.3f} ms); "
             f"objective {pp.objective}; planned in {self.planning_s * 1e3:.0f} ms."
         )
+        console.print(f"with the fixed costs of steps and messages: latency {self.latency_with_fixed_ms:.3f} ms, slowest "
+                      f"stage or link {self.period_with_fixed_ms:.3f} ms (docs/planning.md, \"Fixed costs\").", soft_wrap=True)
 
     def plot(self, path: Path | str) -> Path:
         """One request's timeline and the bytes crossing every cut, as a PNG."""

@@ -51,10 +51,27 @@ class ReplicasPlanned:
         """Streamed: every device busy at once, each at its own rate."""
         return sum(1e3 / ms for _, ms in self.device_ms if ms > 0)
 
+    @property
+    def latency_with_fixed_ms(self) -> float:
+        """`latency_ms` with the fixed costs of the request's step and its two messages (cost.py;
+        docs/planning.md, "Fixed costs")."""
+        from edgepart.packager.cost import chain_fixed_ms
+
+        return min(ms + chain_fixed_ms(self.cluster, [d]) for d, ms in self.device_ms) + self.io_ms
+
+    @property
+    def throughput_with_fixed_per_s(self) -> float:
+        """`throughput_per_s` with each device's step per request (cost.py's fixed_ms)."""
+        from edgepart.packager.cost import fixed_ms
+
+        per = [ms + fixed_ms(self.cluster, {d: 1}) for d, ms in self.device_ms]
+        return sum(1e3 / ms for ms in per if ms > 0)
+
     def to_dict(self) -> dict:
         g = self.graph
         return {"strategy": "replicas", "rule": self.rule, "latency_ms": self.latency_ms,
-                "throughput_per_s": self.throughput_per_s,
+                "throughput_per_s": self.throughput_per_s, "latency_with_fixed_ms": self.latency_with_fixed_ms,
+                "throughput_with_fixed_per_s": self.throughput_with_fixed_per_s,
                 "model": {"nodes": g.n, "mflops": 2 * g.total_macs / 1e6, "param_mb": g.total_param_bytes / MIB},
                 "devices": [{"device": d, "compute_ms": ms, "throughput_per_s": 1e3 / ms if ms > 0 else None}
                             for d, ms in self.device_ms],

@@ -42,27 +42,57 @@ class SpatialPlanned:
         return self.rest.latency_ms if self.rest is not None else self.spatial.latency_ms
 
     @property
+    def latency_with_fixed_ms(self) -> float:
+        """`latency_ms` with the fixed costs of the request's steps and messages (cost.py's
+        fork_join_fixed_ms: the tiles step, the strips at once, the rest; docs/planning.md, "Fixed
+        costs")."""
+        from edgepart.packager.cost import fork_join_fixed_ms
+
+        sp = self.spatial
+        tail = [st.device for st in self.rest.pipeline.stages] if self.rest is not None else [sp.gather]
+        return self.latency_ms + fork_join_fixed_ms(self.cluster, sp.gather, [s.device for s in sp.strips], tail)
+
+    @property
     def period_ms(self) -> float:
         """Streamed, the busiest device (its strip and its share of the rest) or link (a strip's image
         rows one way, its rows of T the other; with rest="pipeline" also the rest's links), in
         cost.py's terms: one result every period_ms (docs/planning.md, "Objectives")."""
-        from edgepart.packager.cost import busy_ms
-
-        sp, cl = self.spatial, self.cluster
-        busy = [s.compute_ms + self.rest_share(s.device)[1] for s in sp.strips]
-        first = self.rest.pipeline.stages[0].device if self.rest is not None else sp.gather
-        for s in sp.strips:
-            if s.device != sp.gather:
-                busy.append(float(busy_ms(s.in_bytes, cl.link(sp.gather, s.device))))
-            if s.device != first:
-                busy.append(float(busy_ms(s.out_bytes, cl.link(s.device, first))))
-        if self.rest is not None:
-            busy += [st.link_busy_ms for st in self.rest.pipeline.stages]
-        return max(busy, default=0.0)
+        return self._period(False)
 
     @property
     def throughput_per_s(self) -> float:
         return 1e3 / self.period_ms if self.period_ms > 0 else float("inf")
+
+    @property
+    def throughput_with_fixed_per_s(self) -> float:
+        """Streamed, with each device's steps and each link's messages at their fixed costs
+        (docs/planning.md, "Fixed costs")."""
+        period = self._period(True)
+        return 1e3 / period if period > 0 else float("inf")
+
+    def _period(self, fixed: bool) -> float:
+        from edgepart.packager.cost import busy_ms, fixed_ms
+
+        sp, cl = self.spatial, self.cluster
+        stages = self.rest.pipeline.stages if self.rest is not None else ()
+        # with `fixed`: each device's steps (its strip, the tiles on the gathering device, its part of
+        # the rest) and each link's message per request
+        on = 1.0 if fixed else 0.0
+        steps = {s.device: 1 + (s.device == sp.gather) + (self.rest is None and s.device == sp.gather)
+                 + sum(st.device == s.device for st in stages) for s in sp.strips}
+        busy = [s.compute_ms + self.rest_share(s.device)[1] + on * fixed_ms(cl, {s.device: steps[s.device]})
+                for s in sp.strips]
+        first = stages[0].device if stages else sp.gather
+        for s in sp.strips:
+            if s.device != sp.gather:
+                busy.append(float(busy_ms(s.in_bytes, cl.link(sp.gather, s.device)))
+                            + on * fixed_ms(cl, messages={(sp.gather, s.device): 1}))
+            if s.device != first:
+                busy.append(float(busy_ms(s.out_bytes, cl.link(s.device, first)))
+                            + on * fixed_ms(cl, messages={(s.device, first): 1}))
+        busy += [st.link_busy_ms + on * fixed_ms(cl, messages={(st.device, nxt.device): 1})
+                 for st, nxt in zip(stages, stages[1:])]
+        return max(busy, default=0.0)
 
     def memory(self) -> list[tuple[str, int, int, int]]:
         """Per device: (device, weight bytes, peak activation bytes, total), its strip and, on the
@@ -90,7 +120,7 @@ class SpatialPlanned:
         pre = sp.prefix
         mem = {d: (w, p, t) for d, w, p, t in self.memory()}
         return {
-            "strategy": "spatial", "latency_ms": self.latency_ms,
+            "strategy": "spatial", "latency_ms": self.latency_ms, "latency_with_fixed_ms": self.latency_with_fixed_ms,
             "model": {"nodes": g.n, "mflops": 2 * g.total_macs / 1e6, "param_mb": g.total_param_bytes / MIB},
             "fused": {"image": pre.image, "until": pre.until, "nodes": len(pre.nodes), "image_rows": pre.image_rows,
                       "rows": pre.until_rows, "mflops": sp.prefix_flops / 1e6},
