@@ -66,7 +66,8 @@ def package(model: str | Path | onnx.ModelProto, cluster: str | Path | Cluster, 
             input_shapes: Mapping[str, tuple[int, ...]] | None = None, inputs: Mapping[str, Any] | None = None,
             wire_codec: str = "dense", report: str | Path | None = None, model_name: str | None = None,
             progress: Callable[[str], None] | None = None, format: str = "onnx", tflite_precision: str = "float32",
-            insecure: bool = False, signing_key: str | Path | None = None, **options: Any) -> base.Packaged:
+            insecure: bool = False, signing_key: str | Path | None = None, sources: Any = None,
+            schedule: str = "priority", **options: Any) -> base.Packaged:
     """Plan the split and write one bundle per device under `out` (dist/<device>/). With `report`,
     also measure the split's fidelity and write the report there as one HTML file (docs/report.md).
 
@@ -82,7 +83,12 @@ def package(model: str | Path | onnx.ModelProto, cluster: str | Path | Cluster, 
 
     Where the cluster marks devices `standby: true`, the primary plan is planned over the others and
     a fallback plan is compiled for each primary device's failure (`Packaged.fallbacks`; their bundles
-    in dist/<device>/fallback/<failed device>/; docs/failover.md)."""
+    in dist/<device>/fallback/<failed device>/; docs/failover.md).
+
+    `sources` (a sources.yaml path or `edgepart.sources.Sources`): several sources share the cluster;
+    each source's layers are placed by the allocator under `schedule` (`priority`, the priority-blind
+    baseline `blind`, or `local`) and the one plan carries them all, with the queue rule its agents
+    apply (docs/priority.md, "Plans with sources"). Pipeline only."""
     if report is not None:
         from edgepart.packager.check.report import check_writable
 
@@ -90,6 +96,7 @@ def package(model: str | Path | onnx.ModelProto, cluster: str | Path | Cluster, 
     s, job = _job(model, cluster, strategy, objective, input_shapes, inputs, wire_codec, options, progress,
                   model_name, primary_only=False)
     full, job = job.cluster, dataclasses.replace(job, cluster=standby.primary_cluster(job.cluster))
+    srcs = _sources(sources, strategy, full, options) if sources is not None else None
     from edgepart.packager.formats import check_format, convert_bundles, require_litert, wants_tflite
 
     check_format(format, tflite_precision)  # a wrong flag fails before anything is planned
@@ -112,7 +119,12 @@ def package(model: str | Path | onnx.ModelProto, cluster: str | Path | Cluster, 
     # before dist/ is touched
     fallbacks = standby.package_fallbacks(s, job, full, Path(out), convert) if standby.spares(full) else None
     try:
-        res = convert(s.package(job, Path(out), report=report is not None), job.cluster)
+        if srcs is not None:
+            from edgepart.packager.lanes import package_lanes
+
+            res = convert(package_lanes(job, srcs, schedule, Path(out)), job.cluster)
+        else:
+            res = convert(s.package(job, Path(out), report=report is not None), job.cluster)
     except BaseException:
         if fallbacks is not None:
             fallbacks.discard()
@@ -127,6 +139,28 @@ def package(model: str | Path | onnx.ModelProto, cluster: str | Path | Cluster, 
 
         write_html(res.report, report)
     return res
+
+
+def _sources(sources: Any, strategy: str, cluster: Cluster, options: dict):
+    """The sources to package with, checked against the cluster and the other options."""
+    from edgepart.errors import PlanningError
+    from edgepart.sources import Sources
+
+    from edgepart.packager.sources import load_sources
+
+    if strategy != "pipeline" or any(v for v in options.values()):
+        raise PlanningError(f"--sources applies to the pipeline strategy without options (each source's first layers "
+                            f"on its own device, the rest on a helper), not to --strategy {strategy}"
+                            f"{' with ' + ', '.join(k for k, v in options.items() if v) if options else ''}.")
+    if standby.spares(cluster):
+        raise PlanningError("--sources with standby devices is not supported yet: mark no device `standby: true`, "
+                            "or package without --sources (docs/priority.md).")
+    if isinstance(sources, Sources):
+        missing = [x.device for x in sources if x.device not in {d.name for d in cluster.devices}]
+        if missing:
+            raise PlanningError(f"A source sits on {missing[0]!r}, which is not a device of the cluster.")
+        return sources
+    return load_sources(sources, cluster)
 
 
 __all__ = ["package", "plan"]

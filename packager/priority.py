@@ -183,8 +183,10 @@ def _better(a: float, b: float) -> bool:
 
 
 def allocate(graph: Graph, cluster: Cluster, sources: Sources, mode: str = "priority", *,
-             alternatives: int = 3, rounds: int = 4, costs: StageCosts | None = None) -> Allocation:
-    """Each source's cut and helpers for `mode` (priority, blind or local), with expected latencies."""
+             alternatives: int = 3, rounds: int = 4, costs: StageCosts | None = None,
+             min_cut: int = 0) -> Allocation:
+    """Each source's cut and helpers for `mode` (priority, blind or local), with expected latencies.
+    `min_cut`: the fewest nodes a source's own device runs (1 for a plan: packager/lanes.py)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
     costs = costs or StageCosts(graph, cluster)
@@ -204,7 +206,9 @@ def allocate(graph: Graph, cluster: Cluster, sources: Sources, mode: str = "prio
                 if h == srcs[i].device:
                     ks = np.array([n])
                 else:
-                    ks = cuts[cuts < n]
+                    ks = cuts[(cuts < n) & (cuts >= min_cut)]
+                    if not len(ks):
+                        continue
                 trial = dict(alloc)
                 trial[i] = (ks, h)
                 obj, _, _ = _evaluate(costs, srcs, trial, by_priority, weighted)

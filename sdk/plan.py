@@ -9,7 +9,9 @@ included, so two bundles agree on a plan id exactly when they were packaged toge
 The JSON form is documented in docs/bundle-format.md; bump SCHEMA_VERSION on any change that an
 older reader would misread, and give new fields defaults. A plan is written with the oldest version
 that holds it: all-ONNX plans stay version 1 (older edgeparts read them, their ids are unchanged);
-a plan with a TFLite step is version 2, which an edgepart without LiteRT support refuses by name.
+a plan with a TFLite step is version 2, which an edgepart without LiteRT support refuses by name;
+a plan with sources (lanes: docs/priority.md, "Plans with sources") is version 3, since an older
+agent would run every source's steps for every request.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from typing import Any
 
 from .errors import BundleError
 
-SCHEMA_VERSION = 2  # the newest version this edgepart reads and writes
-READS = (1, 2)
+SCHEMA_VERSION = 3  # the newest version this edgepart reads and writes
+READS = (1, 2, 3)
 RUNTIMES = ("onnx", "tflite")
 CALLER = "@caller"  # the pseudo-device that feeds model inputs and receives model outputs
 
@@ -66,10 +68,12 @@ class Route:
     src: str
     dst: str
     codec: Codec = field(default_factory=Codec)
+    source: str = ""  # in a plan with lanes: the one source whose requests take it ("": every request)
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "Route":
-        return Route(_str(d["tensor"]), _str(d["src"]), _str(d["dst"]), Codec.from_dict(d.get("codec", {"kind": "dense"})))
+        return Route(_str(d["tensor"]), _str(d["src"]), _str(d["dst"]), Codec.from_dict(d.get("codec", {"kind": "dense"})),
+                     _str(d.get("source", "")))
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,7 @@ class Step:
     estimated_ms: float = 0.0
     runtime: str = "onnx"
     io: tuple[TensorIO, ...] = ()
+    source: str = ""  # in a plan with lanes: the one source whose requests run it ("": every request)
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "Step":
@@ -120,6 +125,7 @@ class Step:
             estimated_ms=_num(d.get("estimated_ms", 0.0)),
             runtime=_str(d.get("runtime", "onnx")),
             io=tuple(TensorIO.from_dict(t) for t in _list(d.get("io", []))),
+            source=_str(d.get("source", "")),
         )
 
     def files(self) -> dict[str, str]:
@@ -168,7 +174,7 @@ class Hints:
                      exit=_str(d.get("exit", "")))
 
 
-RULES = ("round-robin", "least-outstanding")
+RULES = ("round-robin", "least-outstanding", "priority")
 
 
 @dataclass(frozen=True)
@@ -180,14 +186,72 @@ class Alternatives:
 
     `round-robin` takes them in turn; `least-outstanding` takes the one with the fewest requests the
     sender has sent it and not yet seen answered (the caller sees every answer; a device sending on
-    counts until its own part of the request is done)."""
+    counts until its own part of the request is done); `priority` takes the one of least
+    cost_ms + the work queued there ahead of the request + the sender's claims on it (the rule of
+    edgepart.schedule, docs/priority.md), where `costs_ms` gives the packager's estimate of sending
+    the part there and computing it, one per device in the same order.
+
+    `source`: in a plan with lanes, the source whose requests pick among these ("": every request).
+    A device may be in several groups of different sources, in one group per source only."""
 
     devices: tuple[str, ...]
     rule: str = "round-robin"
+    source: str = ""
+    costs_ms: tuple[float, ...] = ()
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "Alternatives":
-        return Alternatives(tuple(_str(x) for x in _list(d["devices"])), _str(d.get("rule", "round-robin")))
+        return Alternatives(tuple(_str(x) for x in _list(d["devices"])), _str(d.get("rule", "round-robin")),
+                            _str(d.get("source", "")), tuple(_num(c) for c in _list(d.get("costs_ms", []))))
+
+
+LANE_RULES = ("priority", "fifo")
+
+
+@dataclass(frozen=True)
+class Lane:
+    """One source's requests through the plan (docs/priority.md, "Plans with sources"): where they
+    start, how much they matter, how often they come, the deadline they must meet ("0": none), and the
+    packager's estimate of their latency. A request of this source runs the steps and takes the
+    routes and alternatives whose `source` is its name or empty."""
+
+    source: str
+    device: str
+    priority: float
+    rate_hz: float
+    deadline_ms: float = 0.0
+    expected_ms: float = 0.0
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> "Lane":
+        return Lane(_str(d["source"]), _str(d["device"]), _num(d["priority"]), _num(d["rate_hz"]),
+                    _num(d.get("deadline_ms", 0.0)), _num(d.get("expected_ms", 0.0)))
+
+
+@dataclass(frozen=True)
+class Lanes:
+    """The plan's sources and how agents order the work of their requests: `priority` (highest
+    effective priority first, aging by `aging_ms`: edgepart.schedule) or `fifo` (by arrival, the
+    priority-blind baseline). Empty: a plan without sources, whose requests carry none."""
+
+    lanes: tuple[Lane, ...] = ()
+    rule: str = "priority"
+    aging_ms: float = 100.0
+
+    def __bool__(self) -> bool:
+        return bool(self.lanes)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(ln.source for ln in self.lanes)
+
+    def get(self, source: str) -> Lane | None:
+        return next((ln for ln in self.lanes if ln.source == source), None)
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> "Lanes":
+        return Lanes(tuple(Lane.from_dict(x) for x in _list(d.get("lanes", []))), _str(d.get("rule", "priority")),
+                     _num(d.get("aging_ms", 100.0)))
 
 
 @dataclass(frozen=True)
@@ -207,6 +271,7 @@ class Plan:
     schema_version: int = 1  # at least this; to_dict writes what the steps need (see the module's doc)
     alternatives: tuple[Alternatives, ...] = ()
     hints: Hints = field(default_factory=Hints)
+    lanes: Lanes = field(default_factory=Lanes)
 
     def __post_init__(self) -> None:
         names = {d.name for d in self.devices}
@@ -218,15 +283,34 @@ class Plan:
         h = self.hints
         if (h.entry and h.entry not in names) or (h.exit and h.exit not in names) or (h.entry_step and not h.entry):
             raise BundleError(f"The plan's hints {h} name devices it does not have. Package the model again.")
-        seen: set[str] = set()
+        seen: dict[str, set[str]] = {}  # source -> devices in one of its groups
         for g in self.alternatives:
             if g.rule not in RULES:
                 raise BundleError(f"The plan picks among {', '.join(g.devices)} by an unknown rule {g.rule!r} "
                                   f"(this edgepart knows {', '.join(RULES)}). Package again with this edgepart.")
-            if len(g.devices) < 2 or not set(g.devices) <= names or seen & set(g.devices):
+            taken = seen.setdefault(g.source, set())
+            if (len(g.devices) < 2 or not set(g.devices) <= names or taken & set(g.devices)
+                    or (g.costs_ms and len(g.costs_ms) != len(g.devices))):
                 raise BundleError(f"The plan's alternatives {list(g.devices)} are malformed: at least two of its "
                                   f"devices, each in one group only. Package the model again.")
-            seen |= set(g.devices)
+            taken |= set(g.devices)
+        self._check_lanes(names)
+
+    def _check_lanes(self, names: set[str]) -> None:
+        lanes = self.lanes
+        tagged = ({s.source for s in self.steps} | {r.source for r in self.routes}
+                  | {g.source for g in self.alternatives}) - {""}
+        known = set(lanes.names)
+        bad = ("" if lanes.rule in LANE_RULES else f"an unknown rule {lanes.rule!r}") or (
+            f"parts of sources it does not list ({', '.join(sorted(tagged - known))})" if tagged - known else "") or (
+            f"a source on a device it does not have" if any(ln.device not in names for ln in lanes.lanes) else "") or (
+            "a source twice" if len(known) != len(lanes.lanes) else "") or (
+            "a priority, rate or aging that is not positive" if any(
+                not (ln.priority > 0 and ln.rate_hz > 0 and ln.deadline_ms >= 0) for ln in lanes.lanes)
+            or not lanes.aging_ms > 0 else "")
+        if bad:
+            raise BundleError(f"The plan's sources are malformed: {bad}. Package the model again with this edgepart "
+                              f"(docs/priority.md).")
 
     # -- derived ------------------------------------------------------------------------------
     @cached_property
@@ -247,6 +331,31 @@ class Plan:
     def routes_to(self, dst: str) -> tuple[Route, ...]:
         return tuple(r for r in self.routes if r.dst == dst)
 
+    def require_no_lanes(self, who: str) -> None:
+        """Agents and sessions of this edgepart do not yet apply the scheduling rule: a plan with
+        sources is refused by name rather than run wrong (every source's steps for every request)."""
+        if self.lanes:
+            raise BundleError(f"Plan {self.plan_id} serves sources ({', '.join(self.lanes.names)}): {who} of this "
+                              f"edgepart cannot run a plan with sources yet (docs/priority.md, \"Plans with sources\"). "
+                              f"Package the model without sources to run it.")
+
+    def lane(self, source: str) -> "Plan":
+        """What the requests of `source` see of a plan with lanes: its steps, routes and alternatives
+        (those of that source and those of every source), untagged, as a plan without sources.
+        The view's own plan id is not the plan's: agents and sessions keep using the plan's
+        (docs/priority.md, "Plans with sources")."""
+        if self.lanes.get(source) is None:
+            raise BundleError(f"The plan has no source {source!r}; its sources are "
+                              f"{', '.join(self.lanes.names) or 'none'}.")
+        import dataclasses
+
+        mine = ("", source)
+        return dataclasses.replace(
+            self, steps=tuple(dataclasses.replace(s, source="") for s in self.steps if s.source in mine),
+            routes=tuple(dataclasses.replace(r, source="") for r in self.routes if r.source in mine),
+            alternatives=tuple(dataclasses.replace(g, source="") for g in self.alternatives if g.source in mine),
+            hints=Hints(), lanes=Lanes())
+
     # -- serialisation --------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         d = _plain(asdict(self))
@@ -254,6 +363,18 @@ class Plan:
         for st in d["steps"]:
             if st["runtime"] == "onnx":  # written only for TFLite steps: ONNX plans keep their ids
                 del st["runtime"], st["io"]
+            if not st["source"]:  # and only plans with sources write them (the same below)
+                del st["source"]
+        for r in d["routes"]:
+            if not r["source"]:
+                del r["source"]
+        for g in d["alternatives"]:
+            if not g["source"]:
+                del g["source"]
+            if not g["costs_ms"]:
+                del g["costs_ms"]
+        if not self.lanes:
+            del d["lanes"]
         for dev in d["devices"]:
             if not dev["threads"]:  # written only when set: plans without it keep their ids
                 del dev["threads"]
@@ -268,7 +389,7 @@ class Plan:
     @property
     def written_version(self) -> int:
         """The schema version this plan is written with: the oldest that holds it."""
-        return max(self.schema_version, 2 if any(s.runtime != "onnx" for s in self.steps) else 1)
+        return max(self.schema_version, 3 if self.lanes else 2 if any(s.runtime != "onnx" for s in self.steps) else 1)
 
     def alternatives_of(self, device: str) -> Alternatives | None:
         """The group of alternative devices `device` belongs to, if any."""
@@ -292,6 +413,9 @@ class Plan:
             if version < 2 and any(_get(s, "runtime", "onnx") != "onnx" for s in _list(d.get("steps", []))):
                 raise BundleError("The plan has TFLite steps but schema version 1. The manifest was edited; "
                                   "package the model again.")
+            if version < 3 and "lanes" in d:
+                raise BundleError(f"The plan has sources but schema version {version}. The manifest was edited; "
+                                  f"package the model again.")
             return Plan(
                 strategy=_str(d["strategy"]),
                 model_name=_str(d["model_name"]),
@@ -306,6 +430,7 @@ class Plan:
                 schema_version=version,
                 alternatives=tuple(Alternatives.from_dict(g) for g in _list(d.get("alternatives", []))),
                 hints=Hints.from_dict(d.get("hints", {})),
+                lanes=Lanes.from_dict(d.get("lanes", {})),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             what = f"no {e}" if isinstance(e, KeyError) else str(e)
@@ -373,6 +498,9 @@ __all__ = [
     "SCHEMA_VERSION",
     "Codec",
     "DeviceSpec",
+    "LANE_RULES",
+    "Lane",
+    "Lanes",
     "Plan",
     "Route",
     "READS",

@@ -18,6 +18,8 @@ Header keys (short, since a header rides on every request):
     r    request id (int, >= 0)            c    client id (bytes) the results go back to
     ts   tensors: a list, one per payload frame, of [name, dtype, shape, codec, codec params]
     ttl  milliseconds left before the request's deadline (float)
+    src  the request's source, in a plan with sources (str; docs/priority.md, "Plans with sources")
+    age  milliseconds since the request was made, when this message left (float; with src)
     m    message (str): an error's text; in `hello` and `pong` replies an agent's Status (JSON)
 """
 
@@ -70,6 +72,8 @@ class Header:
     ttl_ms: float = 0.0
     message: str = ""
     version: int = PROTOCOL_VERSION
+    source: str = ""
+    age_ms: float = 0.0
 
     def encode(self, tensors: list | None = None) -> bytes:
         """The msgpack header; `tensors` are ready-made wire entries to put in place of `self.tensors`."""
@@ -86,6 +90,9 @@ class Header:
             d["ttl"] = float(self.ttl_ms)
         if self.message:
             d["m"] = self.message
+        if self.source:
+            d["src"] = self.source
+            d["age"] = float(self.age_ms)
         return msgpack.packb(d, use_bin_type=True)
 
 
@@ -103,10 +110,19 @@ class Status:
     runtimes: tuple[str, ...] = ()
     providers: tuple[str, ...] = ()
     key: str = ""  # its public link key (Z85): a session on its local socket checks it (docs/agents.md, "On one host")
+    # in a plan with sources: the work queued there, in the order it will be served, as
+    # (weight, age ms, work ms) per task; peers choose among their alternatives with it (docs/priority.md)
+    queue: tuple[tuple[float, float, float], ...] = ()
+
+    MAX_QUEUE = 40  # entries said; the rest is summed into the last (it fits the message)
 
     def encode(self) -> str:
         d = {"ready": self.ready, "missing": list(self.missing), "threads": self.threads, "from": self.threads_from,
              "rt": list(self.runtimes), "prov": list(self.providers), **({"key": self.key} if self.key else {})}
+        if self.queue:
+            q = [list(t) for t in self.queue[: self.MAX_QUEUE]]
+            q[-1][2] += sum(t[2] for t in self.queue[self.MAX_QUEUE:])
+            d["q"] = [[round(w, 3), round(a, 2), round(m, 3)] for w, a, m in q]
         text = json.dumps(d, separators=(",", ":"))
         while len(text) > 4 * MAX_NAME and d["missing"]:  # many missing peers: name fewer
             d["missing"] = d["missing"][: len(d["missing"]) // 2]
@@ -128,7 +144,13 @@ class Status:
                 or not isinstance(threads, int) or isinstance(threads, bool) or not isinstance(src, str)
                 or not isinstance(key, str)):
             return None
-        return Status(d["ready"], tuple(missing), max(threads, 0), src, tuple(rt), tuple(prov), key[:64])
+        q = d.get("q", [])
+        if not (isinstance(q, list) and len(q) <= Status.MAX_QUEUE and all(
+                isinstance(t, list) and len(t) == 3 and all(
+                    isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x < 1e9 for x in t) for t in q)):
+            q = []  # malformed: said nothing of its queue
+        return Status(d["ready"], tuple(missing), max(threads, 0), src, tuple(rt), tuple(prov), key[:64],
+                      tuple((float(w), float(a), float(m)) for w, a, m in q))
 
 
 def tensor_frames(header: Header, arrays: dict[str, np.ndarray], codecs: dict[str, Codec] | None = None) -> list:
@@ -198,6 +220,7 @@ def decode(frames: Sequence[Any]) -> tuple[Header, list[memoryview]]:
     plan_id, sender = _str(d, "p", 64), _str(d, "s", MAX_NAME)
     request_id, client, ttl_ms = _int(d, "r"), _bytes(d, "c"), _float(d, "ttl")
     message = _str(d, "m", 4 * MAX_NAME) if "m" in d else ""
+    source, age_ms = _str(d, "src", MAX_NAME), _float(d, "age")
     payload = [_buf(f) for f in frames[1:]]
     tensors: tuple[TensorHeader, ...] = ()
     if kind == "tensor":
@@ -207,7 +230,8 @@ def decode(frames: Sequence[Any]) -> tuple[Header, list[memoryview]]:
         tensors = tuple(_tensor_header(t) for t in ts)
         if len({t.name for t in tensors}) != len(tensors):
             raise WireError("a tensor name appears twice in one message")
-    return Header(kind, plan_id, sender, request_id, client, tensors, ttl_ms, message), payload
+    return Header(kind, plan_id, sender, request_id, client, tensors, ttl_ms, message, PROTOCOL_VERSION, source,
+                  age_ms), payload
 
 
 def _tensor_header(t: Any) -> TensorHeader:

@@ -59,6 +59,7 @@ class Pending:
 class ClusterClient:
     def __init__(self, plan: Plan, *, interface: str | None = None, peers: tuple[str, ...] = (),
                  discover_timeout_s: float = 10.0, credentials: Credentials = Credentials(None, Keys())):
+        plan.require_no_lanes("a session")
         self.plan = plan
         self.credentials = credentials  # the app's keypair and the plan's public keys (net/secure.py)
         self.interface = interface

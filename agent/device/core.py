@@ -65,6 +65,7 @@ class AgentCore:
                  peers: tuple[str, ...] = (), threads: int = 0, announce: bool = True, shared_pool: bool = False,
                  providers: str | tuple[str, ...] | Providers = "auto", device_id: int = 0, fp16: bool = False,
                  insecure: bool = False, inflight_mb: int = MAX_HELD_MB):
+        bundle.plan.require_no_lanes("the agent")
         self.bundle = bundle
         self.inflight_mb = inflight_mb
         self.credentials = agent_credentials(bundle, insecure)

@@ -10,23 +10,48 @@ knows which strategy made the plan (docs/architecture.md, "Alternatives").
     chooser.done(key)                                       # the request's answer came (or it failed)
 
 `round-robin` takes the group's devices in turn. `least-outstanding` takes the one with the fewest
-requests this sender picked it for and has not yet marked done (ties: the plan's order). Each
-request keeps its pick for all the tensors it sends into the group.
+requests this sender picked it for and has not yet marked done (ties: the plan's order). `priority`
+takes the one of least  cost + work queued there ahead of this request + this sender's claims on it
+(edgepart.schedule, docs/priority.md): the cost is the packager's (the group's `costs_ms`), the queue
+what that device last said of itself (`figures`), and a claim is a request sent there that its last
+report did not yet count (the RTC/CTC idea: senders choosing at once do not all pick one idle
+device). Each request keeps its pick for all the tensors it sends into the group.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Hashable, Iterable
+import time
+from typing import Callable, Hashable, Iterable
 
 from edgepart.plan import Alternatives, Plan
+from edgepart.schedule import DEFAULT_AGING_MS, Option, choose
+
+# what a device last said of its queue: ((weight, age ms, work ms) per task in serving order, the time
+# (monotonic) of the request it answered, the time it came); None: nothing yet
+Figures = Callable[[str], "tuple[tuple[tuple[float, float, float], ...], float, float] | None"]
+
+
+def ahead_ms(queue: Iterable[tuple[float, float, float]], elapsed_ms: float, weight: float, age_ms: float,
+             aging_ms: float | None) -> float:
+    """The work of a reported queue that a task of `weight` and `age_ms` would wait behind, `elapsed_ms`
+    after the report: under priority order (aging_ms given), each task of key -age - aging*weight at or
+    below the task's own (edgepart.schedule.queue_key, counted from now); under FIFO (None), all of it."""
+    if aging_ms is None:
+        return sum(w for _, _, w in queue)
+    mine = -age_ms - aging_ms * weight
+    return sum(work for wt, age, work in queue if -(age + elapsed_ms) - aging_ms * wt <= mine)
 
 
 class Chooser:
     """One sender's choices among the plan's alternative devices (thread-safe)."""
 
-    def __init__(self, plan: Plan):
+    def __init__(self, plan: Plan, figures: Figures | None = None, aging_ms: float | None = DEFAULT_AGING_MS):
         self.groups = plan.alternatives
+        self.figures = figures  # the `priority` rule's live figures (None: costs and claims only)
+        self.aging_ms = aging_ms  # the queues' order: priority with this aging, or FIFO (None)
+        self._claims: dict[str, dict[Hashable, tuple[float, float]]] = {}  # device -> request -> (sent, ms)
+        self._task: tuple[float, float] = (1.0, 0.0)  # the request being picked for: (weight, age ms)
         self._group_of = {d: i for i, g in enumerate(self.groups) for d in g.devices}
         self._turn = [0] * len(self.groups)
         self._outstanding: dict[str, int] = {d: 0 for g in self.groups for d in g.devices}
@@ -37,13 +62,16 @@ class Chooser:
     def __bool__(self) -> bool:
         return bool(self.groups)
 
-    def pick(self, key: Hashable, dsts: Iterable[str]) -> list[str]:
-        """`dsts` with every group of alternatives in it narrowed to the one device this request uses."""
+    def pick(self, key: Hashable, dsts: Iterable[str], task: tuple[float, float] = (1.0, 0.0)) -> list[str]:
+        """`dsts` with every group of alternatives in it narrowed to the one device this request uses.
+        `task`: the request's (weight, age ms), for the `priority` rule."""
         dsts = list(dsts)
         if not self.groups or not any(d in self._group_of for d in dsts):
             return dsts
         out: list[str] = []
         with self._lock:
+            self._task = task
+            self._key = key
             chosen = self._picked.setdefault(key, {})
             for d in dsts:
                 g = self._group_of.get(d)
@@ -63,6 +91,7 @@ class Chooser:
         with self._lock:
             for d in self._picked.pop(key, {}).values():
                 self._outstanding[d] -= 1
+                self._claims.get(d, {}).pop(key, None)
 
     def passed_over(self, key: Hashable) -> set[str]:
         """The devices of the groups this request picked from that it did not pick: a request does
@@ -80,9 +109,32 @@ class Chooser:
         order = [d for d in group.devices if d in candidates] or list(group.devices)
         if group.rule == "least-outstanding":
             return min(order, key=lambda d: (self._outstanding[d], order.index(d)))
+        if group.rule == "priority":
+            return self._by_priority(group, order)
         i = self._turn[g]
         self._turn[g] = i + 1
         return order[i % len(order)]
 
 
-__all__ = ["Chooser"]
+    def _by_priority(self, group: Alternatives, order: list[str]) -> str:
+        weight, age = self._task
+        now = time.monotonic()
+        cost = dict(zip(group.devices, group.costs_ms)) if group.costs_ms else {}
+        options = []
+        for d in order:
+            claims = self._claims.setdefault(d, {})
+            queued = 0.0
+            said = self.figures(d) if self.figures is not None else None
+            if said is not None:
+                q, basis, came = said
+                for k in [k for k, (sent, _) in claims.items() if sent < basis]:
+                    del claims[k]  # its report counted it already
+                queued = ahead_ms(q, (now - came) * 1e3, weight, age, self.aging_ms)
+            own = sum(ms for _, ms in claims.values())
+            options.append(Option(d, 0.0, cost.get(d, 0.0), queued + own))
+        pick = choose(options, age, weight).device
+        self._claims.setdefault(pick, {})[self._key] = (now, cost.get(pick, 0.0))
+        return pick
+
+
+__all__ = ["Chooser", "ahead_ms"]
