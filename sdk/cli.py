@@ -214,6 +214,8 @@ def package_cmd(
     tflite_precision: str = typer.Option("float32", "--tflite-precision", help="With --format tflite or auto: float32 (the model's answers to rounding), float16 (half the file), or int8 (a quarter; calibrated on --inputs, which then should hold a batch of real samples)."),
     insecure: bool = typer.Option(False, "--insecure", help="Write no link keys: the devices' links are plaintext and unauthenticated, and every `edgepart run` and session must say --insecure too. Only for a network you trust completely. docs/agents.md, \"Encryption\"."),
     signing_key: Optional[Path] = typer.Option(None, "--signing-key", help="Sign the manifests with this Ed25519 key file (made if missing) instead of this workstation's own (~/.config/edgepart/signing.key). Devices trust the first signer they see; `edgepart keys trust` adds one. docs/bundle-format.md, \"Signature\"."),
+    sources: Optional[Path] = typer.Option(None, "--sources", help="sources.yaml: the cameras (or other sources) sharing the cluster, each with its device, priority, rate and optional deadline. Compiles one plan for all of them: each source's first layers on its own device, the rest on helpers its agent picks among at run time (docs/priority.md, \"Plans with sources\"). Pipeline only. Agents of this edgepart do not serve such plans yet."),
+    schedule: Optional[str] = typer.Option(None, "--schedule", help="With --sources: `priority` (the default: placed and queued by priority), `blind` (the priority-blind baseline: placed without priorities, FIFO queues) or `local` (every source's whole model on its own device)."),
 ) -> None:
     """Plan the split and write one bundle per device: manifest.json, its sub-models and the device's
     link key (dist/<device>/device.key), plus the app's key (dist/app.key); manifests are signed.
@@ -224,6 +226,9 @@ def package_cmd(
         from rich.progress import Progress, SpinnerColumn, TextColumn
 
         p = _packager()
+        _check_sources_options(sources, None, strategy)
+        if schedule is not None and sources is None:
+            raise PlanningError("--schedule places several sources; give them too, --sources sources.yaml (docs/priority.md).")
         shapes, feeds = _shapes(input_shape, inputs)
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=err_console, transient=True,
                       disable=as_json) as prog:
@@ -232,6 +237,7 @@ def package_cmd(
                             inputs=feeds, wire_codec=wire_codec, report=report,
                             progress=lambda s: prog.update(task, description=s), format=fmt,
                             tflite_precision=tflite_precision, insecure=insecure, signing_key=signing_key,
+                            **_options(sources=sources, schedule=schedule),
                             **_options(partition=partition, calibration=calibration, comm_budget=comm_budget,
                                        method=method, replicate=replicate, holdout=holdout,
                                        tile_until=tile_until, rest=rest, leave_out=leave_out))
@@ -260,6 +266,9 @@ def package_cmd(
                               soft_wrap=True)
         if res.report is not None:
             _print_report(res.report, report)
+        if res.plan.lanes:
+            err_console.print("[yellow]note[/]: agents of this edgepart do not serve plans with sources yet (they "
+                              "say so at start); docs/priority.md, \"What is not built yet\".", soft_wrap=True)
 
     _run(body)
 

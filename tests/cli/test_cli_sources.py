@@ -204,3 +204,44 @@ def test_unreadable_sources_paths_and_a_lone_simulate_are_clean_errors(small, tm
     (d / "good.yaml").write_text(GOOD3)
     assert_clean_error(invoke("plan", model, "-c", cl, "--sources", d / "good.yaml", "--plot",
                               tmp_path / "missing" / "p.png"), "folder", "does not exist")
+
+
+# -- `package --sources` (docs/priority.md, "Plans with sources") ------------------------------------------
+
+@pytest.mark.parametrize("schedule, rule", [(None, "priority"), ("blind", "fifo"), ("local", "fifo")])
+def test_package_with_sources_writes_one_plan_with_a_lane_per_source(small, tmp_path, schedule, rule):
+    from edgepart.bundle import load_bundle
+
+    model, d = small
+    (d / "good.yaml").write_text(GOOD3)
+    extra = ("--schedule", schedule) if schedule else ()
+    res = invoke("package", model, "-c", d / "cluster.yaml", "--sources", d / "good.yaml", *extra, "-o",
+                 tmp_path / "dist", "--insecure", "--json")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["sources"]["mode"] == (schedule or "priority") and out["sources"]["rule"] == rule
+    plan = load_bundle(tmp_path / "dist" / "alpha").plan
+    assert plan.plan_id == out["plan_id"] and plan.lanes.names == ("door", "yard") and plan.lanes.rule == rule
+    assert {s.source for s in plan.steps} == {"door", "yard"}
+    for ln in plan.lanes.lanes:  # each source's inputs go to its own device, which runs its first layers
+        view = plan.lane(ln.source)
+        assert {r.dst for r in view.routes_from("@caller")} == {ln.device}
+        assert any(s.device == ln.device for s in view.steps)
+    res = invoke("package", model, "-c", d / "cluster.yaml", "--sources", d / "good.yaml", "-o", tmp_path / "d2",
+                 "--insecure")
+    assert res.exit_code == 0, res.output
+    assert "door" in res.stdout and "do not serve plans with sources yet" in " ".join(res.stderr.split())
+
+
+def test_package_sources_options_are_clean_errors(small, tmp_path):
+    model, d = small
+    (d / "good.yaml").write_text(GOOD3)
+    cl = d / "cluster.yaml"
+    assert_clean_error(invoke("package", model, "-c", cl, "--schedule", "blind", "-o", tmp_path / "a"),
+                       "--schedule places several sources", "--sources")
+    assert_clean_error(invoke("package", model, "-c", cl, "--sources", d / "good.yaml", "--schedule", "fast", "-o",
+                              tmp_path / "b"), "--schedule must be one of", "priority, blind, local")
+    assert_clean_error(invoke("package", model, "-c", cl, "--sources", d / "good.yaml", "--strategy", "channel", "-o",
+                              tmp_path / "c"), "--sources does not apply to --strategy channel")
+    assert_clean_error(invoke("package", model, "-c", cl, "--sources", tmp_path / "nope.yaml", "-o", tmp_path / "e"),
+                       "does not exist")
