@@ -5,7 +5,8 @@ agents apply the scheduling rule (docs/priority.md, "Plans with sources").
 
 For each source the allocator (priority.py) gives a cut k and helpers: the source's device runs
 nodes[0:k] (its "head"), each helper may run nodes[k:] (a "tail" per helper) and sends the outputs
-to the caller. The head's outputs go to the helpers as a group of alternatives with the rule
+to the caller. The caller sends to the source's device only: a model input that a tail reads too is
+passed on from there, so one agent picks the helper for everything a request sends into its group. The head's outputs go to the helpers as a group of alternatives with the rule
 `priority`: the head's agent picks one per request from the live figures (edgepart.schedule). Cut k = n
 is the whole model at home (a plan's k is at least 1: each source's own device runs its first
 layers, as PA-MDI does; compile_lanes also takes k = 0, the caller sending to the helpers). Every step,
@@ -99,6 +100,12 @@ def compile_lanes(graph: Graph, alloc: Allocation, sources: Sources, costs: Stag
             ins, _ = graph.stage_io(a, b)
             for t in ins:
                 src = producer[t]
+                if src == CALLER and p.cut > 0 and dev != p.device:
+                    # a model input the tail reads too goes on from the source's device, which picks
+                    # the helper for the whole request: the caller sends to its own device only
+                    src = p.device
+                    if not any(r.tensor == t and r.src == CALLER and r.dst == p.device and r.source == s for r in routes):
+                        routes.append(Route(t, CALLER, p.device, Codec(), s))
                 if src != dev:
                     routes.append(Route(t, src, dev, Codec(), s))
         for o in graph.outputs:

@@ -27,12 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from edgepart.schedule import DEFAULT_AGING_MS, Claims, Option, TaskQueue, admit, choose, queue_key
+from edgepart.schedule import DEFAULT_AGING_MS, RULES, Claims, Option, TaskQueue, admit, choose, task_key
 from edgepart.sources import Sources
 
 from edgepart.packager.priority import Allocation, StageCosts
-
-RULES = ("priority", "fifo")
 
 
 @dataclass(frozen=True)
@@ -137,7 +135,7 @@ def simulate(costs: StageCosts, sources: Sources, allocation: Allocation, *, dur
     requests = 0
 
     def key_of(i: int, born: float, now: float) -> float:
-        return queue_key(srcs[i].priority, born, aging_ms) if by_priority else now
+        return task_key(rule, srcs[i].priority, born, now, aging_ms)
 
     def backlog(d: str, now: float, key: float | None) -> float:
         b = max(0.0, busy_until[d] - now) if current[d] is not None else 0.0

@@ -214,7 +214,7 @@ def package_cmd(
     tflite_precision: str = typer.Option("float32", "--tflite-precision", help="With --format tflite or auto: float32 (the model's answers to rounding), float16 (half the file), or int8 (a quarter; calibrated on --inputs, which then should hold a batch of real samples)."),
     insecure: bool = typer.Option(False, "--insecure", help="Write no link keys: the devices' links are plaintext and unauthenticated, and every `edgepart run` and session must say --insecure too. Only for a network you trust completely. docs/agents.md, \"Encryption\"."),
     signing_key: Optional[Path] = typer.Option(None, "--signing-key", help="Sign the manifests with this Ed25519 key file (made if missing) instead of this workstation's own (~/.config/edgepart/signing.key). Devices trust the first signer they see; `edgepart keys trust` adds one. docs/bundle-format.md, \"Signature\"."),
-    sources: Optional[Path] = typer.Option(None, "--sources", help="sources.yaml: the cameras (or other sources) sharing the cluster, each with its device, priority, rate and optional deadline. Compiles one plan for all of them: each source's first layers on its own device, the rest on helpers its agent picks among at run time (docs/priority.md, \"Plans with sources\"). Pipeline only. Agents of this edgepart do not serve such plans yet."),
+    sources: Optional[Path] = typer.Option(None, "--sources", help="sources.yaml: the cameras (or other sources) sharing the cluster, each with its device, priority, rate and optional deadline. Compiles one plan for all of them: each source's first layers on its own device, the rest on helpers its agent picks among at run time (docs/priority.md, \"Plans with sources\"). Pipeline only. Each source's app then names its source (InferenceSession(dist, source=NAME), `infer --source`)."),
     schedule: Optional[str] = typer.Option(None, "--schedule", help="With --sources: `priority` (the default: placed and queued by priority), `blind` (the priority-blind baseline: placed without priorities, FIFO queues) or `local` (every source's whole model on its own device)."),
 ) -> None:
     """Plan the split and write one bundle per device: manifest.json, its sub-models and the device's
@@ -267,8 +267,9 @@ def package_cmd(
         if res.report is not None:
             _print_report(res.report, report)
         if res.plan.lanes:
-            err_console.print("[yellow]note[/]: agents of this edgepart do not serve plans with sources yet (they "
-                              "say so at start); docs/priority.md, \"What is not built yet\".", soft_wrap=True)
+            names = ", ".join(res.plan.lanes.names)
+            console.print(f"  each source's app names its source: InferenceSession(dist, source=NAME), or "
+                          f"`edgepart infer --source NAME` ({names})", soft_wrap=True)
 
     _run(body)
 

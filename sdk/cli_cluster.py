@@ -235,6 +235,7 @@ def infer_cmd(
     peer: Optional[list[str]] = PeerOpt,
     key: Optional[Path] = KeyOpt,
     insecure: bool = InsecureOpt,
+    source: Optional[str] = typer.Option(None, "--source", help="In a plan with sources (package --sources): whose request this is, one of the sources.yaml names. Its requests take that source's lane, in its priority (docs/priority.md)."),
 ) -> None:
     """Send one request to the running cluster and write its outputs to an .npz."""
 
@@ -244,7 +245,7 @@ def infer_cmd(
 
         feeds = load_npz(inputs)
         with InferenceSession(dist, interface=interface, peers=tuple(peer or ()), timeout_s=timeout_s,
-                              discover_timeout_s=discover_timeout_s, key=key, insecure=insecure) as sess:
+                              discover_timeout_s=discover_timeout_s, key=key, insecure=insecure, source=source) as sess:
             t0 = time.perf_counter()
             res = sess.submit(feeds).result(timeout_s + 5)
             ms = (time.perf_counter() - t0) * 1e3

@@ -331,18 +331,10 @@ class Plan:
     def routes_to(self, dst: str) -> tuple[Route, ...]:
         return tuple(r for r in self.routes if r.dst == dst)
 
-    def require_no_lanes(self, who: str) -> None:
-        """Agents and sessions of this edgepart do not yet apply the scheduling rule: a plan with
-        sources is refused by name rather than run wrong (every source's steps for every request)."""
-        if self.lanes:
-            raise BundleError(f"Plan {self.plan_id} serves sources ({', '.join(self.lanes.names)}): {who} of this "
-                              f"edgepart cannot run a plan with sources yet (docs/priority.md, \"Plans with sources\"). "
-                              f"Package the model without sources to run it.")
-
     def lane(self, source: str) -> "Plan":
         """What the requests of `source` see of a plan with lanes: its steps, routes and alternatives
         (those of that source and those of every source), untagged, as a plan without sources.
-        The view's own plan id is not the plan's: agents and sessions keep using the plan's
+        The view keeps the plan's id: a session of the source talks to the plan's agents under it
         (docs/priority.md, "Plans with sources")."""
         if self.lanes.get(source) is None:
             raise BundleError(f"The plan has no source {source!r}; its sources are "
@@ -350,11 +342,13 @@ class Plan:
         import dataclasses
 
         mine = ("", source)
-        return dataclasses.replace(
+        view = dataclasses.replace(
             self, steps=tuple(dataclasses.replace(s, source="") for s in self.steps if s.source in mine),
             routes=tuple(dataclasses.replace(r, source="") for r in self.routes if r.source in mine),
             alternatives=tuple(dataclasses.replace(g, source="") for g in self.alternatives if g.source in mine),
             hints=Hints(), lanes=Lanes())
+        view.__dict__["plan_id"] = self.plan_id  # (a cached property: set, not computed from the view)
+        return view
 
     # -- serialisation --------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """The scheduling rule of priority-aware model-distributed inference, in one place (docs/priority.md).
 
 Pure: no clock, no sockets, no threads. The simulator (`edgepart.packager.sim`) applies it now, and
-agents will apply the same functions over their live figures later. Four parts:
+the agents (edgepart.agent.device.executor) apply the same functions over their live figures. Four parts:
 
     device choice   among the devices the plan allows for a task's next stage, the one with the least
                     score = (comm_ms + age_ms + compute_ms + backlog_ms) / weight           (PA-MDI)
@@ -48,6 +48,15 @@ def queue_key(weight: float, born_ms: float, aging_ms: float = DEFAULT_AGING_MS)
     return born_ms - aging_ms * weight
 
 
+RULES = ("priority", "fifo")
+
+
+def task_key(rule: str, weight: float, born_ms: float, now_ms: float, aging_ms: float = DEFAULT_AGING_MS) -> float:
+    """A task's place in a device's queue under the plan's rule: `priority`, queue_key (weight and
+    age); `fifo` (the priority-blind baseline, local-only), its arrival at the device, `now_ms`."""
+    return queue_key(weight, born_ms, aging_ms) if rule == "priority" else now_ms
+
+
 class TaskQueue:
     """The tasks waiting on one device, served in key order (ties: the earlier pushed), with the work
     they hold, so the backlog ahead of a task of any key can be told."""
@@ -71,6 +80,10 @@ class TaskQueue:
         if not self._heap:
             self.work_ms = 0.0  # no drift from float sums
         return key, work, task
+
+    def in_order(self) -> list[tuple[float, float, Any]]:
+        """(key, work_ms, task) of every queued task, in the order they will be served."""
+        return [(k, w, t) for k, _, w, t in sorted(self._heap, key=lambda e: (e[0], e[1]))]
 
     def ahead_ms(self, key: float | None = None) -> float:
         """The queued work that a task of `key` would wait behind (None: all of it, as FIFO would)."""
@@ -184,4 +197,4 @@ def expected_ms(stage_options: Iterable[Sequence[Option]], age_ms: float = 0.0) 
 
 
 __all__ = ["DEFAULT_AGING_MS", "Claims", "Option", "TaskQueue", "admit", "check_admission", "choose",
-           "choose_and_claim", "effective_priority", "expected_ms", "finish_ms", "queue_key", "score"]
+           "choose_and_claim", "effective_priority", "expected_ms", "finish_ms", "queue_key", "score", "task_key", "RULES"]

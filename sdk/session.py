@@ -108,21 +108,26 @@ def session_fallbacks(path: str | Path | Plan | Bundle, credentials: Credentials
 class InferenceSession:
     """A session over a whole cluster; `path` is the dist/ folder or any one bundle. Its links are
     encrypted with the app's key beside the bundles (dist/app.key) or `key`; `insecure` only for
-    agents started with --insecure (docs/agents.md, "Encryption")."""
+    agents started with --insecure (docs/agents.md, "Encryption"). A plan with sources needs
+    `source`: whose requests this session sends (docs/priority.md, "Plans with sources")."""
 
     def __init__(self, path: str | Path | Plan | Bundle, *, interface: str | None = None,
                  peers: Sequence[str] = (), timeout_s: float = 10.0, discover_timeout_s: float = 10.0,
-                 key: str | Path | None = None, insecure: bool = False):
+                 key: str | Path | None = None, insecure: bool = False, source: str | None = None):
         from edgepart.agent.app import ClusterClient, FailoverClient  # the network side: pyzmq, zeroconf
+        from edgepart.agent.app.client import source_view
 
         self.plan, credentials = session_credentials(path, key, insecure)
+        self.source = source or ""
+        source_view(self.plan, self.source)  # a plan with sources needs one of them, a plan without none
         self.timeout_s = timeout_s
         # with fallback plans (standby devices), requests go to the one that does without a failed
         # device, each retried there once (docs/failover.md); without, a failure is a PeerError at once
         fallbacks = session_fallbacks(path, credentials, insecure)
         aio.acquire()
         kw = dict(interface=interface, peers=tuple(peers), discover_timeout_s=discover_timeout_s, credentials=credentials)
-        client = FailoverClient(self.plan, fallbacks, **kw) if fallbacks else ClusterClient(self.plan, **kw)
+        client = (FailoverClient(self.plan, fallbacks, **kw) if fallbacks
+                  else ClusterClient(self.plan, source=self.source, **kw))
         try:
             aio.call(client.start(), discover_timeout_s + 10)
         except BaseException:

@@ -33,11 +33,21 @@ import msgpack
 import numpy as np
 
 from . import codecs as tcodecs  # (not `codecs`: that is a stdlib module)
-from .errors import WireError
+from .errors import DeadlineExceeded, PeerError, WireError
 from .plan import Codec
 
 PROTOCOL_VERSION = 1
 KINDS = frozenset({"tensor", "error", "ping", "pong", "hello"})
+# an `error` message that starts with this says the request's deadline is out of reach (an agent
+# refused it at once: docs/priority.md, "Admission"); the caller raises DeadlineExceeded, not PeerError
+DEADLINE_MARK = "deadline: "
+
+
+def error_of(message: str) -> tuple[type[PeerError], str]:
+    """What a caller raises for an agent's `error` message, and its text without the mark."""
+    if message.startswith(DEADLINE_MARK):
+        return DeadlineExceeded, message[len(DEADLINE_MARK):]
+    return PeerError, message
 DTYPES = tcodecs.DTYPES
 MAX_HEADER_BYTES = 64 * 1024
 MAX_PAYLOAD_BYTES = tcodecs.MAX_DECODED_BYTES

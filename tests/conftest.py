@@ -38,6 +38,22 @@ minilm_path = pytest.fixture(scope="session", name="minilm_path")(_model("minilm
 ppocr_det_path = pytest.fixture(scope="session", name="ppocr_det_path")(_model("ppocr_det"))
 
 
+@pytest.fixture(scope="session")
+def cameras_cluster() -> str:
+    """cluster.yaml of the tests of several sources (docs/priority.md): two cameras of 10 GFLOP/s, a
+    40 GFLOP/s helper and a 10 GFLOP/s one. EfficientNet-Lite0 (0.8 GFLOP) at 25 frames/s from each
+    camera keeps the fast helper busy (rho ~0.75), where the order of its queue matters."""
+    return """\
+devices:
+  - {name: door-cam, gflops: 10}
+  - {name: yard-cam, gflops: 10}
+  - {name: jetson, gflops: 40}
+  - {name: pi, gflops: 10}
+links:
+  default: {bandwidth_mbps: 1000, latency_ms: 0.5}
+"""
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Say the seed of the random test order (pytest-randomly), so a failing order can be rerun
     with `-p randomly --randomly-seed=N`; -q hides the header where the plugin says it."""

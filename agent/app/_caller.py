@@ -24,7 +24,7 @@ import zmq
 
 from edgepart.errors import DeadlineExceeded, PeerError, WireError
 from edgepart.plan import CALLER, Codec
-from edgepart.wire import Header, arrays, decode, tensor_frames, zero_copy_pays
+from edgepart.wire import Header, arrays, decode, error_of, tensor_frames, zero_copy_pays
 
 from ..net.link import Links, secure_client, tune
 
@@ -47,8 +47,9 @@ class CallerPath:
     """The pool of callers' sockets of one client, and the request that runs on them."""
 
     def __init__(self, ctx: zmq.Context, links: Links, plan_id: str, roles: set[str], inputs_by_dst: Mapping[str, list[str]],
-                 answer_names: Mapping[str, frozenset[str]], codecs: Mapping[str, dict[str, Codec]]):
+                 answer_names: Mapping[str, frozenset[str]], codecs: Mapping[str, dict[str, Codec]], source: str = ""):
         self.ctx, self.links, self.plan_id = ctx, links, plan_id
+        self.source = source  # the requests' source, in a plan with sources (docs/priority.md)
         self.inputs_by_dst = dict(inputs_by_dst)
         self.answer_names = dict(answer_names)
         self.codecs = codecs
@@ -61,7 +62,8 @@ class CallerPath:
         self.runs = 0  # requests sent from callers' threads (a diagnostic: counted without a lock)
 
     def run(self, rid: int, feeds: Mapping[str, np.ndarray], deadline: float, closed: threading.Event,
-            dsts: Iterable[str] | None = None, answering: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+            dsts: Iterable[str] | None = None, answering: Iterable[str] | None = None,
+            born: float = 0.0) -> dict[str, np.ndarray]:
         """Send request `rid`'s inputs from this thread and gather every device's answer here.
         `dsts` / `answering`: the devices this request goes to and hears from, where the plan has
         alternatives (agent/net/choose.py picked them); all of them otherwise."""
@@ -79,7 +81,8 @@ class CallerPath:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise DeadlineExceeded(f"request {rid} passed its deadline before it was sent")
-                h = Header("tensor", self.plan_id, CALLER, request_id=rid, client=s.identity, ttl_ms=left * 1e3)
+                h = Header("tensor", self.plan_id, CALLER, request_id=rid, client=s.identity, ttl_ms=left * 1e3,
+                           source=self.source, age_ms=(time.monotonic() - born) * 1e3 if self.source else 0.0)
                 frames = tensor_frames(h, {n: feeds[n] for n in names}, self.codecs.get(dst))
                 self._send(s, dst, eps, frames, deadline, closed)
             self.runs += 1
@@ -200,7 +203,8 @@ class CallerPath:
                 log.debug("skipped a %s message for request %s from %s on a caller's socket", h.kind, h.request_id, role)
                 return
             if h.kind == "error":
-                raise PeerError(h.message)
+                cause, why = error_of(h.message)
+                raise cause(why)
             arrs = arrays(h, payload)
         except WireError as e:
             raise PeerError(f"{role} sent a malformed answer to request {rid}: {e}") from None

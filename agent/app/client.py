@@ -27,11 +27,11 @@ from typing import Mapping
 import numpy as np
 import zmq
 
-from edgepart.errors import DeadlineExceeded, InputsError, PeerError, WireError
+from edgepart.errors import BundleError, DeadlineExceeded, InputsError, PeerError, WireError
 from edgepart.inputs import check_feeds
 from edgepart.keys import Credentials, Keys
 from edgepart.plan import CALLER, Plan
-from edgepart.wire import MAX_TTL_MS, Header, arrays, roundtrip, tensor_frames
+from edgepart.wire import MAX_TTL_MS, Header, arrays, error_of, roundtrip, tensor_frames
 
 from ..net import inproc
 from ..net.choose import Chooser
@@ -53,19 +53,39 @@ class Pending:
     deadline: float
     timeout_s: float
     feeds: dict[str, np.ndarray] | None = None  # until sent
+    born: float = 0.0  # time.monotonic() when it was made (its age rides in the header: plans with sources)
     outputs: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def source_view(plan: Plan, source: str) -> Plan:
+    """What a session of `source` sees of `plan`: the plan itself where it has no sources (and no
+    source is given), else its lane (docs/priority.md, "Plans with sources"). BundleError otherwise."""
+    if not plan.lanes and not source:
+        return plan
+    if not plan.lanes:
+        raise BundleError(f"Plan {plan.plan_id} serves no sources: open the session without source= "
+                          f"(`--source`), or package the model with --sources.")
+    if not source:
+        raise BundleError(f"Plan {plan.plan_id} serves the sources {', '.join(plan.lanes.names)}: open the session "
+                          f"with source=NAME (`--source NAME`) to say whose requests it sends (docs/priority.md).")
+    return plan.lane(source)
 
 
 class ClusterClient:
     def __init__(self, plan: Plan, *, interface: str | None = None, peers: tuple[str, ...] = (),
-                 discover_timeout_s: float = 10.0, credentials: Credentials = Credentials(None, Keys())):
-        plan.require_no_lanes("a session")
+                 discover_timeout_s: float = 10.0, credentials: Credentials = Credentials(None, Keys()),
+                 source: str = ""):
+        # a plan with sources: this session's requests are `source`'s, and see its lane only (the
+        # plan id stays the plan's: docs/priority.md, "Plans with sources")
+        plan = source_view(plan, source)
+        self.source = source
         self.plan = plan
         self.credentials = credentials  # the app's keypair and the plan's public keys (net/secure.py)
         self.interface = interface
         self.static_peers = tuple(parse_peer(p) for p in peers)
         self.discover_timeout_s = discover_timeout_s
-        self.roles = set(plan.device_names())  # all of them: any one vanishing fails what is in flight
+        # all of them (or the lane's): any one vanishing fails what is in flight
+        self.roles = {s.device for s in plan.steps} if source else set(plan.device_names())
         self.outputs = [o.name for o in plan.outputs]
         self.inputs_by_dst: dict[str, list[str]] = {}
         for r in plan.routes_from(CALLER):
@@ -105,7 +125,7 @@ class ClusterClient:
         self._thread = threading.Thread(target=self._io, name="edgepart-client", daemon=True)
         self._thread.start()
         self.caller = CallerPath(self.ctx, self.links, self.plan.plan_id, self.roles, self.inputs_by_dst,
-                                 self.answer_names, self.codecs)
+                                 self.answer_names, self.codecs, self.source)
         inproc.register_client(self.identity, self)
         # an agent on this host is reached on its Unix socket (agent/net/local.py); not under --insecure
         self.discovery = Discovery(self.interface, self.plan.plan_id, self._on_discovered,
@@ -208,12 +228,14 @@ class ClusterClient:
             raise DeadlineExceeded(f"no answer within {timeout_s:g} s") from None
 
     def _run_on_caller(self, feeds: Mapping[str, np.ndarray], timeout_s: float) -> dict[str, np.ndarray]:
+        born = time.monotonic()
+
         def call(rid, feeds, deadline):
             if not self.chooser:
-                return self.caller.run(rid, feeds, deadline, self._stop)
+                return self.caller.run(rid, feeds, deadline, self._stop, born=born)
             try:  # the same pick for the inputs and for who answers (agent/net/choose.py)
                 return self.caller.run(rid, feeds, deadline, self._stop, self.chooser.pick(rid, self.inputs_by_dst),
-                                       self.chooser.pick(rid, self.answer_names))
+                                       self.chooser.pick(rid, self.answer_names), born=born)
             finally:
                 self.chooser.done(rid)
 
@@ -280,7 +302,8 @@ class ClusterClient:
         fut.set_running_or_notify_cancel()
         with self._lock:
             rid = next(self._ids)
-            p = self.pending[rid] = Pending(fut, set(self.roles), time.monotonic() + timeout_s, timeout_s, feeds)
+            now = time.monotonic()
+            p = self.pending[rid] = Pending(fut, set(self.roles), now + timeout_s, timeout_s, feeds, born=now)
             heapq.heappush(self._deadlines, (p.deadline, rid))
             self.backlog.append(rid)
         self._dispatch()
@@ -299,7 +322,9 @@ class ClusterClient:
                     continue  # expired or failed while it waited
                 feeds, p.feeds = p.feeds, None
                 self.in_flight += 1
-            ttl_ms = max(p.deadline - time.monotonic(), 0.001) * 1e3
+            now = time.monotonic()
+            ttl_ms = max(p.deadline - now, 0.001) * 1e3
+            age_ms = (now - p.born) * 1e3 if self.source else 0.0
             dsts = self.inputs_by_dst
             if self.chooser:
                 dsts = self.chooser.pick(rid, self.inputs_by_dst)
@@ -310,9 +335,9 @@ class ClusterClient:
                 local = self.paths.local(dst)
                 if local is not None:  # (to the entry, its answers may come back through it)
                     local.deliver_local(CALLER, (self.identity, rid), roundtrip(arrs, self.codecs.get(dst)), ttl_ms,
-                                        relay=self.paths.relay)
+                                        relay=self.paths.relay, source=self.source, age_ms=age_ms)
                 else:
-                    self.outbox.put((rid, dst, arrs, p.deadline))
+                    self.outbox.put((rid, dst, arrs, p.deadline, p.born))
                     remote = True
         if remote:
             if threading.get_ident() != self._io_ident:
@@ -391,18 +416,20 @@ class ClusterClient:
     def _send_queued(self) -> None:
         while True:
             try:
-                rid, dst, arrs, deadline = self.outbox.get_nowait()
+                rid, dst, arrs, deadline, born = self.outbox.get_nowait()
             except queue.Empty:
                 return
             if rid not in self.pending:
                 continue
-            left = deadline - time.monotonic()
+            now = time.monotonic()
+            left = deadline - now
             p = self.links.get(dst)
             if p is None:
                 self.on_error(rid, f"{dst} is not reachable now (it stopped answering); restart `edgepart run` "
                                    f"there, the session reconnects by itself")
                 continue
-            h = Header("tensor", self.plan.plan_id, CALLER, request_id=rid, client=self.identity, ttl_ms=max(left, 0.001) * 1e3)
+            h = Header("tensor", self.plan.plan_id, CALLER, request_id=rid, client=self.identity, ttl_ms=max(left, 0.001) * 1e3,
+                       source=self.source, age_ms=(now - born) * 1e3 if self.source else 0.0)
             self.links.outbox.send(p.sock, tensor_frames(h, arrs, self.codecs.get(dst)), deadline, lambda why, rid=rid, dst=dst:
                                    self.on_error(rid, f"{dst} did not take the inputs: {why}", cause=DeadlineExceeded))
 
@@ -425,7 +452,7 @@ class ClusterClient:
 
     def _on_message(self, peer, h: Header, payload: list) -> None:
         if h.kind == "error":
-            self.on_error(h.request_id, h.message)
+            self.on_error(h.request_id, *reversed(error_of(h.message)))
         elif h.kind == "tensor":
             try:
                 got = arrays(h, payload)

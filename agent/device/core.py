@@ -7,7 +7,8 @@ Two planes. The control plane runs on asyncio: mDNS announce and browse (zerocon
 data plane which peers exist. The data plane is one thread that owns the ZeroMQ sockets — a bound
 ROUTER and a DEALER per peer — and the executor: it receives, validates, computes (onnxruntime
 releases the GIL) and sends with no hand-off between threads on the way. A malformed message is
-logged and dropped; the agent keeps serving.
+logged and dropped; the agent keeps serving. In a plan with sources the data plane runs one queued
+step per turn and follows the queues of the helpers it may send to (docs/priority.md, "Agents").
 """
 
 from __future__ import annotations
@@ -33,11 +34,11 @@ from edgepart.errors import BundleError, PeerError, WireError
 from edgepart.keys import Credentials, Keys
 from edgepart.plan import CALLER
 from edgepart.runtime import Providers, choose, session_threads, use_shared_pool
-from edgepart.wire import Header, Status, arrays, decode, roundtrip, tensor_frames
+from edgepart.wire import Header, Status, arrays, decode, error_of, roundtrip, tensor_frames
 
 from ..net import inproc
 from ..net.discovery import Announcement, Discovery
-from ..net.link import HWM, POLL_MS, Links, Waker, WarnOnce, parse_peer, route_codecs, stop_io_thread, tune
+from ..net.link import HWM, POLL_MS, REPORT_S, Links, Waker, WarnOnce, parse_peer, route_codecs, stop_io_thread, tune
 from ..net.secure import Guard, who
 from ._direct import DirectRuns
 from .admission import MAX_HELD_MB, Admission, sole_upstream
@@ -65,7 +66,6 @@ class AgentCore:
                  peers: tuple[str, ...] = (), threads: int = 0, announce: bool = True, shared_pool: bool = False,
                  providers: str | tuple[str, ...] | Providers = "auto", device_id: int = 0, fp16: bool = False,
                  insecure: bool = False, inflight_mb: int = MAX_HELD_MB):
-        bundle.plan.require_no_lanes("the agent")
         self.bundle = bundle
         self.inflight_mb = inflight_mb
         self.credentials = agent_credentials(bundle, insecure)
@@ -153,6 +153,10 @@ class AgentCore:
                            self.device, on_message=self._on_answer, keys=self.credentials)
         for ep in self.static_peers:
             self.links.post(self.waker, "connect", ep, static=True)
+        # plans with sources: the helpers this device may send a source's work to say their queues
+        self.links.watched = frozenset(d for g in self.plan.alternatives for d in g.devices
+                                       if any(r.dst == d for r in self.plan.routes_from(self.device)))
+        self.executor.figures = self.links.report
         hints = self.plan.hints
         if hints.entry == self.device and hints.entry_step:
             step = next(s for s in self.executor.steps if s.name == hints.entry_step)
@@ -169,6 +173,9 @@ class AgentCore:
         log.info("agent %s of plan %s listening on %s, %d thread(s) from %s, runtime %s, providers %s (%s)",
                  self.device, self.plan.plan_id, self.endpoint, self.threads, self.threads_from,
                  "+".join(self.runtimes), ", ".join(self.providers.short), self.providers.source)
+        if self.plan.lanes:
+            log.info("agent %s serves the sources %s, its queue by %s (docs/priority.md)", self.device,
+                     ", ".join(self.plan.lanes.names), self.plan.lanes.rule)
         return self
 
     async def stop(self) -> None:
@@ -193,18 +200,21 @@ class AgentCore:
         """Whether this agent is linked to every peer it sends to, and its threads (any thread)."""
         missing = tuple(sorted(self.missing_roles()))
         key = self.credentials.me.public if self.credentials.secure else ""
-        return Status(not missing, missing, self.threads, self.threads_from, self.runtimes, self.providers.short, key)
+        queued = self.executor.queued() if self.executor.rule else ()
+        return Status(not missing, missing, self.threads, self.threads_from, self.runtimes, self.providers.short, key,
+                      queued)
 
     async def wait_ready(self, timeout_s: float) -> bool:
         """Wait until every peer this device sends to is linked; False on timeout."""
         return await asyncio.get_running_loop().run_in_executor(None, self.links.wait_roles, self.needed_roles, timeout_s)
 
     def deliver_local(self, sender: str, key: Key, arrs: dict[str, np.ndarray], ttl_ms: float,
-                      relay: bool = False) -> None:
+                      relay: bool = False, source: str = "", age_ms: float = 0.0) -> None:
         """Tensors from a part in this process (see inproc.py); any thread may call this. `relay`: the
         caller (a client in this process) sends this request's inputs here alone, so its answers
-        may come back through this agent (where the plan allows: `relays`)."""
-        self.inbox.put((sender, key, arrs, ttl_ms, relay))
+        may come back through this agent (where the plan allows: `relays`). `source`, `age_ms`: the
+        request's (plans with sources)."""
+        self.inbox.put((sender, key, arrs, ttl_ms, relay, source, age_ms))
         self.waker.wake()
 
     # -- control plane -----------------------------------------------------------------------------
@@ -220,9 +230,12 @@ class AgentCore:
         poller.register(self.router, zmq.POLLIN)
         poller.register(self.waker.r, zmq.POLLIN)
         try:
+            # plans with sources: back at least every REPORT_S to ask the helpers for their queues
+            idle_ms = min(POLL_MS, REPORT_S * 1e3) if self.links.watched else POLL_MS
             while not self._stop.is_set():
-                # while some peer's queue is full, come back soon to retry (never block in a send)
-                ready = poller.poll(1 if self.links.outbox else POLL_MS)
+                # while some peer's queue is full, come back soon to retry (never block in a send);
+                # while steps wait in the queue, only look at what came (one step per turn, below)
+                ready = poller.poll(0 if self.executor.queue else 1 if self.links.outbox else idle_ms)
                 for sock, _ in ready:
                     if sock is self.router:
                         self._read_router()
@@ -232,7 +245,10 @@ class AgentCore:
                         self._read_inbox()
                     else:
                         self.links.handle(sock)
+                if self.executor.queue:
+                    self.executor.run_next()
                 self.links.outbox.flush()
+                self.links.ask_queues()
                 self.executor.expire()
                 self._expire_relays()
                 self.links.sweep()
@@ -275,7 +291,7 @@ class AgentCore:
     def _read_inbox(self) -> None:
         while True:
             try:
-                sender, key, arrs, ttl_ms, relay = self.inbox.get_nowait()
+                sender, key, arrs, ttl_ms, relay, source, age_ms = self.inbox.get_nowait()
             except queue.Empty:
                 return
             try:
@@ -289,7 +305,7 @@ class AgentCore:
                     wire, deadline = next(self._relay_ids), time.monotonic() + ttl_ms / 1e3
                     self._relay_out[key], self._relay_in[wire] = wire, (key, deadline)
                     heapq.heappush(self._relay_deadlines, (deadline, wire))
-                self.executor.deliver(key, arrs, ttl_ms, src, nbytes)
+                self.executor.deliver(key, arrs, ttl_ms, src, nbytes, source, age_ms)
             except WireError as e:
                 self._fail(key, f"{self.device} rejected the inputs: {e}")
 
@@ -348,7 +364,7 @@ class AgentCore:
             # turn requests away instead; the caller keeps fewer in flight
             self._refuse(key, why)
             return
-        self.executor.deliver(key, arrays(h, payload), h.ttl_ms, sender, nbytes)
+        self.executor.deliver(key, arrays(h, payload), h.ttl_ms, sender, nbytes, h.source, h.age_ms)
 
     def _check(self, sender: str, name: str, dtype: str, shape: tuple) -> None:
         if not self.executor.accepts(name, sender):
@@ -361,22 +377,25 @@ class AgentCore:
         self.dropped += 1
         self._warn_once(ident[:32].hex(), "dropped a message from %s: %s", ident[:32], why)
 
-    def _send(self, dst: str, key: Key, arrs: dict[str, np.ndarray], deadline: float) -> None:
-        left_s = deadline - time.monotonic()
+    def _send(self, dst: str, key: Key, arrs: dict[str, np.ndarray], deadline: float, source: str = "",
+              born: float = 0.0) -> None:
+        now = time.monotonic()
+        left_s = deadline - now
         if left_s <= 0:
             raise PeerError("deadline passed")
+        age_ms = (now - born) * 1e3 if source else 0.0
         codecs = self.codecs.get(dst)
         if dst == CALLER and (c := inproc.client(key[0])) is not None:
             c.on_result(key[1], roundtrip(arrs, codecs))
             return
         if dst != CALLER and (a := inproc.agent(self.plan.plan_id, dst)) is not None:
-            a.deliver_local(self.device, key, roundtrip(arrs, codecs), left_s * 1e3)
+            a.deliver_local(self.device, key, roundtrip(arrs, codecs), left_s * 1e3, source=source, age_ms=age_ms)
             return
         client, rid = key
         if dst != CALLER and (wire := self._relay_out.get(key)) is not None:
             client, rid = self.links.identity, wire  # the answers come back here (_on_answer)
         frames = tensor_frames(Header("tensor", self.plan.plan_id, self.device, request_id=rid, client=client,
-                                      ttl_ms=left_s * 1e3), arrs, codecs)
+                                      ttl_ms=left_s * 1e3, source=source, age_ms=age_ms), arrs, codecs)
         if dst == CALLER:
             self._reply(key[0], frames, deadline)
             return
@@ -403,7 +422,7 @@ class AgentCore:
         if h.kind == "error":
             self._unrelay(h.request_id)
             self.relayed_errors += 1
-            c.on_error(key[1], h.message)
+            c.on_error(key[1], *reversed(error_of(h.message)))
             return
         try:
             got = arrays(h, payload)
@@ -444,7 +463,7 @@ class AgentCore:
     def _fail(self, key: Key, why: str) -> None:
         self._unrelay(self._relay_out.get(key))
         if (c := inproc.client(key[0])) is not None:
-            c.on_error(key[1], why)
+            c.on_error(key[1], *reversed(error_of(why)))
             return
         self._reply(key[0], [Header("error", self.plan.plan_id, self.device, request_id=key[1], client=key[0],
                                     message=why).encode()], time.monotonic() + 5.0)

@@ -119,7 +119,29 @@ class Chooser:
     def _by_priority(self, group: Alternatives, order: list[str]) -> str:
         weight, age = self._task
         now = time.monotonic()
-        cost = dict(zip(group.devices, group.costs_ms)) if group.costs_ms else {}
+        pick = choose(self._options(group, order, weight, age, now), age, weight).device
+        self._claims.setdefault(pick, {})[self._key] = (now, self._cost(group).get(pick, 0.0))
+        return pick
+
+    def best_ms(self, task: tuple[float, float]) -> float:
+        """For a request of (weight, age ms) about to enter: the sum over the groups of the least cost +
+        work queued ahead there + claims, as the `priority` rule sees them now (admission's figure;
+        nothing is claimed)."""
+        weight, age = task
+        now = time.monotonic()
+        with self._lock:
+            return sum(min(o.compute_ms + o.backlog_ms for o in self._options(g, list(g.devices), weight, age, now))
+                       for g in self.groups)
+
+    @staticmethod
+    def _cost(group: Alternatives) -> dict[str, float]:
+        return dict(zip(group.devices, group.costs_ms)) if group.costs_ms else {}
+
+    def _options(self, group: Alternatives, order: list[str], weight: float, age: float, now: float) -> list[Option]:
+        """Each device of `order` as the rule weighs it: the packager's cost, and the work queued there
+        ahead of the task (its last report, under the queue's order) plus this sender's claims that
+        report did not count (claims it did count are dropped)."""
+        cost = self._cost(group)
         options = []
         for d in order:
             claims = self._claims.setdefault(d, {})
@@ -132,9 +154,7 @@ class Chooser:
                 queued = ahead_ms(q, (now - came) * 1e3, weight, age, self.aging_ms)
             own = sum(ms for _, ms in claims.values())
             options.append(Option(d, 0.0, cost.get(d, 0.0), queued + own))
-        pick = choose(options, age, weight).device
-        self._claims.setdefault(pick, {})[self._key] = (now, cost.get(pick, 0.0))
-        return pick
+        return options
 
 
 __all__ = ["Chooser", "ahead_ms"]

@@ -41,9 +41,10 @@ class LocalAgent(Protocol):
         ...
 
     def deliver_local(self, sender: str, key: Key, arrs: dict[str, np.ndarray], ttl_ms: float,
-                      relay: bool = False) -> None:
+                      relay: bool = False, source: str = "", age_ms: float = 0.0) -> None:
         """Tensors for it from `sender` (any thread). `relay`: every input of this request comes here,
-        so its answers may come back through this agent."""
+        so its answers may come back through this agent. `source`, `age_ms`: the request's (plans
+        with sources)."""
         ...
 
 

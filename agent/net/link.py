@@ -12,6 +12,10 @@ linked to every peer it sends to: a session asks (`want_status`) and sends nothi
 restarted agent announces a new endpoint and gets a link of its own; two live agents of one role
 are reported, and the one up first keeps serving (no flapping). Queues are bounded (high-water marks): a slow peer pushes back on its senders.
 
+In a plan with sources, an agent follows the queues of the peers it may send a source's work to
+(`watched`): it pings each every REPORT_S, one ping outstanding at a time, and keeps what the pong's
+Status says with the time the ping left (the report's basis: docs/priority.md, "The rule").
+
 Everything here runs on the thread that owns the sockets (zmq sockets are not thread-safe); other
 threads ask for changes through `post()`, which wakes that thread through a pipe.
 """
@@ -83,6 +87,8 @@ HEARTBEAT_IVL_MS = 500
 HEARTBEAT_TIMEOUT_MS = 2000
 FORGET_AFTER_S = 30.0  # a discovered endpoint down this long is closed (static peers are kept)
 ASK_STATUS_S = 0.05  # a peer up but not yet linked to its own peers is asked again this often
+REPORT_S = 0.01  # a watched peer is asked for its queue this often (plans with sources)
+LOST_PING_S = 1.0  # a ping unanswered this long is taken as lost: ask again
 _HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                      | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
 _MONITOR_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | _HANDSHAKE_FAILED
@@ -229,6 +235,8 @@ class Peer:
     asked: float = 0.0  # when it was last asked
     probe: bool = False  # a static endpoint tried with `role`'s key (see Links.connect)
     refused: str = ""  # why its last handshake failed, if it did
+    pinged: float = 0.0  # when the ping for its queue left (0: none outstanding; `watched` only)
+    reported: float = 0.0  # when its last queue report came
 
     @property
     def ready(self) -> bool:
@@ -258,6 +266,9 @@ class Links:
         self._roles_up: frozenset[str] = frozenset()
         self._roles_ready: frozenset[str] = frozenset()
         self.want_status = False  # ask peers whether they are linked to theirs (a session does)
+        self.watched: frozenset[str] = frozenset()  # roles whose queues this end follows (plans with sources)
+        # role -> (its queue as it said, when the ping it answered left, when the answer came)
+        self._reports: dict[str, tuple[tuple[tuple[float, float, float], ...], float, float]] = {}
         self._up_endpoints: dict[str, str] = {}  # role -> endpoint of its live link (as get() picks it)
         self._warn_once = WarnOnce()
         self._last_sweep = time.monotonic()
@@ -282,6 +293,11 @@ class Links:
     def statuses(self) -> dict[str, Status]:
         """What each live peer last said of itself, by role (any thread; want_status only)."""
         return {p.role: p.status for p in list(self.by_endpoint.values()) if p.up and p.role and p.status}
+
+    def report(self, role: str) -> tuple[tuple[tuple[float, float, float], ...], float, float] | None:
+        """What `role` last said of its queue: (its tasks as (weight, age ms, work ms) in serving order,
+        the time the ping it answered left, the time the answer came), or None (any thread; `watched`)."""
+        return self._reports.get(role)
 
     def wait_roles(self, roles: set[str], timeout_s: float, ready: bool = False) -> bool:
         """Wait until every one of `roles` is up (and, with `ready`, linked to its own peers)."""
@@ -413,6 +429,21 @@ class Links:
                 except zmq.ZMQError:
                     pass  # its queue is full or it just went: asked again next time
 
+    def ask_queues(self) -> None:
+        """Ping the watched peers whose last report is REPORT_S old and that have no ping outstanding
+        (call every turn of the loop; cheap when there is nothing to do)."""
+        if not self.watched:
+            return
+        now = time.monotonic()
+        for p in self.by_endpoint.values():
+            if (p.up and p.role in self.watched and now - p.reported >= REPORT_S
+                    and (not p.pinged or now - p.pinged > LOST_PING_S)):
+                try:
+                    p.sock.send(Header("ping", self.plan_id, self.me).encode(), zmq.NOBLOCK)
+                    p.pinged = now
+                except zmq.ZMQError:
+                    pass  # its queue is full or it just went: asked again next time
+
     def sweep(self) -> None:
         """Forget discovered endpoints down for long (call now and then)."""
         now = time.monotonic()
@@ -482,10 +513,18 @@ class Links:
         return False
 
     def _status(self, p: Peer, h: Header) -> None:
-        if not self.want_status or not p.up or h.plan_id != self.plan_id:
+        if not p.up or h.plan_id != self.plan_id:
+            return
+        st = Status.decode(h.message)
+        if p.pinged and p.role in self.watched:
+            now = time.monotonic()
+            if st is not None:
+                self._reports[p.role] = (st.queue, p.pinged, now)
+            p.pinged, p.reported = 0.0, now
+        if not self.want_status:
             return
         was = p.ready
-        p.status = Status.decode(h.message)
+        p.status = st
         if p.ready != was:
             self._publish(p.role, down=False)
 
@@ -511,7 +550,8 @@ class Links:
                 p.connected = False
                 p.down_since = time.monotonic()
                 if p.up:
-                    p.up = False
+                    p.up, p.pinged = False, 0.0
+                    self._reports.pop(p.role, None)  # what it said of its queue is void
                     log.warning("link down: %s at %s", p.role, p.endpoint)
                     self._publish(p.role, down=True)
 

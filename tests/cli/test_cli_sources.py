@@ -15,17 +15,6 @@ from test_cli_output import PLAN_KEYS
 
 pytestmark = pytest.mark.timeout(120)
 
-# two cameras of 10 GFLOP/s, a 40 GFLOP/s helper and a 10 GFLOP/s one: EfficientNet-Lite0 (0.8 GFLOP) at
-# 25 frames/s from each camera keeps the fast helper busy (rho ~0.75), where the order of its queue matters
-CLUSTER = """\
-devices:
-  - {name: door-cam, gflops: 10}
-  - {name: yard-cam, gflops: 10}
-  - {name: jetson, gflops: 40}
-  - {name: pi, gflops: 10}
-links:
-  default: {bandwidth_mbps: 1000, latency_ms: 0.5}
-"""
 SOURCES = """\
 sources:
   - {name: door, device: door-cam, priority: 10, rate_hz: 25, deadline_ms: 100}
@@ -36,9 +25,9 @@ MODES = ("priority", "blind", "local")
 
 
 @pytest.fixture(scope="module")
-def setup(efficientnet_lite0_path, tmp_path_factory):
+def setup(efficientnet_lite0_path, cameras_cluster, tmp_path_factory):
     d = tmp_path_factory.mktemp("sources")
-    (d / "cluster.yaml").write_text(CLUSTER)
+    (d / "cluster.yaml").write_text(cameras_cluster)
     (d / "sources.yaml").write_text(SOURCES)
     return efficientnet_lite0_path, d
 
@@ -230,7 +219,7 @@ def test_package_with_sources_writes_one_plan_with_a_lane_per_source(small, tmp_
     res = invoke("package", model, "-c", d / "cluster.yaml", "--sources", d / "good.yaml", "-o", tmp_path / "d2",
                  "--insecure")
     assert res.exit_code == 0, res.output
-    assert "door" in res.stdout and "do not serve plans with sources yet" in " ".join(res.stderr.split())
+    assert "door" in res.stdout and "InferenceSession(dist, source=NAME)" in " ".join(res.stdout.split())
 
 
 def test_package_sources_options_are_clean_errors(small, tmp_path):

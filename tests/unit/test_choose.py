@@ -104,7 +104,7 @@ def _fanout_dist(out):
 def test_an_agent_sends_each_request_to_one_alternative(tmp_path):
     dist = _fanout_dist(tmp_path / "dist")
     sent: list[tuple[str, tuple, dict]] = []
-    ex = Executor(dist["a"], lambda dst, key, arrs, deadline: sent.append((dst, key, arrs)),
+    ex = Executor(dist["a"], lambda dst, key, arrs, deadline, source, born: sent.append((dst, key, arrs)),
                   lambda key, why: pytest.fail(why), threads=1)
     ex.load()
     x = np.arange(4, dtype=np.float32).reshape(SHAPE)
@@ -112,4 +112,4 @@ def test_an_agent_sends_each_request_to_one_alternative(tmp_path):
         ex.deliver((b"c", rid), {"x": x}, 5000)
     assert [(d, k[1]) for d, k, _ in sent] == [("b", 0), ("c", 1), ("b", 2), ("c", 3)]
     assert all(np.array_equal(a["h"], -x) for _, _, a in sent)
-    assert not ex.requests and ex.chooser.outstanding() == {"b": 0, "c": 0}
+    assert not ex.requests and ex.lanes[""].chooser.outstanding() == {"b": 0, "c": 0}

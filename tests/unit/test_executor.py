@@ -44,7 +44,7 @@ def _exchange_dist(out):
 @pytest.fixture
 def device_a(tmp_path):
     sent: list[tuple[str, tuple, dict]] = []
-    ex = Executor(_exchange_dist(tmp_path / "dist")["a"], lambda dst, key, arrs, deadline: sent.append((dst, key, arrs)),
+    ex = Executor(_exchange_dist(tmp_path / "dist")["a"], lambda dst, key, arrs, deadline, source, born: sent.append((dst, key, arrs)),
                   lambda key, why: pytest.fail(why), threads=1)
     ex.load()
     return ex, sent

@@ -1,8 +1,10 @@
 """Plans with sources (docs/priority.md, "Plans with sources"): `package(sources=...)` compiles each
 source's allocation into one plan whose steps, routes and alternatives are tagged by source; each
 source's view of the plan answers as the model does, through any of its helpers; the plan round trips
-at schema version 3; agents and sessions of this edgepart refuse such a plan by name; the `priority`
-rule picks among alternatives by cost, the queue ahead and the sender's own claims."""
+at schema version 3; a session must name one of its sources; a device serves its queue by priority
+with aging (fifo for the baseline) and refuses a request without a known source; the source's device
+refuses at once one whose deadline is out of reach; the `priority` rule picks among alternatives by
+cost, the queue ahead and the sender's own claims."""
 
 from __future__ import annotations
 
@@ -17,15 +19,6 @@ from edgepart.agent.net.choose import Chooser, ahead_ms
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.models]
 
-CLUSTER = """\
-devices:
-  - {name: door-cam, gflops: 10}
-  - {name: yard-cam, gflops: 10}
-  - {name: jetson, gflops: 40}
-  - {name: pi, gflops: 10}
-links:
-  default: {bandwidth_mbps: 1000, latency_ms: 0.5}
-"""
 SOURCES = """\
 sources:
   - {name: door, device: door-cam, priority: 10, rate_hz: 25, deadline_ms: 100}
@@ -34,11 +27,11 @@ sources:
 
 
 @pytest.fixture(scope="module")
-def packaged(efficientnet_lite0_path, tmp_path_factory):
+def packaged(efficientnet_lite0_path, cameras_cluster, tmp_path_factory):
     import edgepart.packager as p
 
     d = tmp_path_factory.mktemp("lanes")
-    (d / "cluster.yaml").write_text(CLUSTER)
+    (d / "cluster.yaml").write_text(cameras_cluster)
     (d / "sources.yaml").write_text(SOURCES)
     out = {}
     for mode in ("priority", "blind", "local"):
@@ -83,8 +76,8 @@ def test_each_source_answers_as_the_model_through_every_helper(packaged):
                 assert np.abs(got - want).max() <= 1e-4, (mode, ln.source, h)
 
 
-def test_the_plan_round_trips_and_is_refused_where_it_cannot_run_yet(packaged):
-    from edgepart.agent.device.core import AgentCore
+def test_the_plan_round_trips_and_a_session_must_name_one_of_its_sources(packaged):
+    from edgepart.agent.app.client import ClusterClient, source_view
 
     _, out = packaged
     res = out["priority"]
@@ -94,15 +87,141 @@ def test_the_plan_round_trips_and_is_refused_where_it_cannot_run_yet(packaged):
     back = Plan.from_dict(plan.to_dict())
     assert back == dataclasses.replace(plan, schema_version=3) and back.plan_id == plan.plan_id
     assert load_bundle(res.bundle_dirs["jetson"]).plan.plan_id == plan.plan_id
-    with pytest.raises(BundleError, match="cannot run a plan with sources yet"):
-        AgentCore(load_bundle(res.bundle_dirs["jetson"]), insecure=True)
+    # a source's view keeps the plan's id: its session talks to the plan's agents
+    assert plan.lane("door").plan_id == plan.plan_id and not plan.lane("door").lanes
+    with pytest.raises(BundleError, match="serves the sources door, yard: open the session with source=NAME"):
+        ClusterClient(plan)
     with pytest.raises(BundleError, match="no source 'gate'"):
-        plan.lane("gate")
+        ClusterClient(plan, source="gate")
+    plain = plan.lane("door")
+    with pytest.raises(BundleError, match="serves no sources"):
+        source_view(plain, "door")
+    assert source_view(plain, "") is plain
+    # the session of a source waits only for the devices of its lane
+    assert ClusterClient(plan, source="door").roles == {s.device for s in plan.steps if s.source == "door"}
     # a version-2 reader's view of it: sources with an older schema version are an edited manifest
     d = plan.to_dict()
     d["schema_version"] = 2
     with pytest.raises(BundleError, match="sources but schema version 2"):
         Plan.from_dict(d)
+
+
+class _Device:
+    """A device's executor on its real bundle (real onnxruntime sessions), driven step by step as the
+    agent's data thread drives it; what it sends and fails is recorded."""
+
+    def __init__(self, bundle_dir):
+        from edgepart.agent.device.executor import Executor
+
+        self.sent: list[tuple[str, tuple, dict, str]] = []
+        self.failed: list[tuple[tuple, str]] = []
+        self.ex = Executor(load_bundle(bundle_dir), self._send, lambda key, why: self.failed.append((key, why)), threads=1)
+        self.ex.load()
+
+    def _send(self, dst, key, arrs, deadline, source, born):
+        self.sent.append((dst, key, arrs, source))
+
+    def drain(self) -> list[int]:
+        """Run the queue empty; the request ids in the order their steps ran."""
+        order = []
+        for _ in range(100):
+            if not self.ex.queue:
+                return order
+            key = self.ex.queue.in_order()[0][2][0]  # (key, work, (request key, request, step))
+            order.append(key[1])
+            self.ex.run_next()
+        raise AssertionError("the queue did not drain")
+
+
+def _heads(res, x):
+    """What each source's head sends on (its cut), run on its own device's bundle."""
+    out = {}
+    for src in ("door", "yard"):
+        view = res.plan.lane(src)
+        head = next(s for s in view.steps if s.name == f"{src}.head")
+        sess = ort.InferenceSession(str(res.bundle_dirs[head.device] / head.model_file), providers=["CPUExecutionProvider"])
+        out[src] = dict(zip([o.name for o in head.outputs], sess.run([o.name for o in head.outputs], {"input": x})))
+    return out
+
+
+def test_a_device_serves_its_queue_by_priority_with_aging_and_answers_right(packaged):
+    model, out = packaged
+    res = out["priority"]
+    x = np.random.default_rng(1).standard_normal((1, 3, 224, 224), dtype=np.float32)
+    want = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    heads = _heads(res, x)
+    dev = _Device(res.bundle_dirs["jetson"])
+    c = b"app"
+    # three yard tasks arrive, then a door task: nothing runs until the data thread takes the queue
+    for rid in (1, 2, 3):
+        dev.ex.deliver((c, rid), heads["yard"], 10_000, "yard-cam", source="yard", age_ms=0.0)
+    dev.ex.deliver((c, 4), heads["door"], 10_000, "door-cam", source="door", age_ms=0.0)
+    said = dev.ex.queued()
+    assert len(said) == 4 and said[0][0] == 10.0 and [w for w, _, _ in said[1:]] == [1.0, 1.0, 1.0]
+    assert dev.drain() == [4, 1, 2, 3]  # the urgent one first, the others in their order
+    assert len(dev.sent) == 4 and all(dst == CALLER for dst, *_ in dev.sent)
+    for _, key, arrs, source in dev.sent:
+        assert source == ("door" if key[1] == 4 else "yard")
+        assert np.abs(arrs["logits"] - want).max() <= 1e-4
+    assert dev.ex.completed == 4 and not dev.ex.requests and all(m > 0 for m in dev.ex.step_ms)
+    # aging: a yard task that waited 1 s (over 100 ms x (10 - 1)) goes before a new door task
+    dev.sent.clear()
+    dev.ex.deliver((c, 5), heads["door"], 10_000, "door-cam", source="door", age_ms=0.0)
+    dev.ex.deliver((c, 6), heads["yard"], 10_000, "yard-cam", source="yard", age_ms=1000.0)
+    dev.ex.deliver((c, 7), heads["yard"], 10_000, "yard-cam", source="yard", age_ms=500.0)
+    assert dev.drain() == [6, 5, 7]
+    # what it says of its queue (Status.queue) is in serving order, with the work measured here
+    dev.ex.deliver((c, 8), heads["yard"], 10_000, "yard-cam", source="yard", age_ms=0.0)
+    dev.ex.deliver((c, 9), heads["door"], 10_000, "door-cam", source="door", age_ms=0.0)
+    (w1, a1, m1), (w2, a2, m2) = dev.ex.queued()
+    assert (w1, w2) == (10.0, 1.0) and m1 > 0 and m2 > 0 and a1 >= 0 and a2 >= 0
+    dev.drain()
+
+
+def test_the_baseline_queues_by_arrival_and_a_request_without_its_source_is_refused(packaged):
+    from edgepart.errors import WireError
+
+    _, out = packaged
+    res = out["blind"]
+    x = np.random.default_rng(2).standard_normal((1, 3, 224, 224), dtype=np.float32)
+    heads = _heads(res, x)
+    helper = res.plan.lane("door").alternatives[0].devices[0]
+    dev = _Device(res.bundle_dirs[helper])
+    c = b"app"
+    src_of = {}
+    for rid, src in enumerate(["yard", "door", "yard", "door"], 1):
+        if any(s.source == src and s.device == helper for s in res.plan.steps):
+            dev.ex.deliver((c, rid), heads[src], 10_000, "x", source=src, age_ms=0.0)
+            src_of[rid] = src
+    assert dev.drain() == sorted(src_of)  # fifo: the order they came, whatever their priority
+    with pytest.raises(WireError, match="serves the sources door, yard only"):
+        dev.ex.deliver((c, 99), heads["door"], 10_000, "x", source="", age_ms=0.0)
+    with pytest.raises(WireError, match="source 'gate'"):
+        dev.ex.deliver((c, 99), heads["door"], 10_000, "x", source="gate", age_ms=0.0)
+    assert not dev.ex.requests
+
+
+def test_the_source_device_refuses_at_once_a_request_whose_deadline_is_out_of_reach(packaged):
+    from edgepart.wire import DEADLINE_MARK, error_of
+    from edgepart.errors import DeadlineExceeded
+
+    _, out = packaged
+    res = out["priority"]
+    dev = _Device(res.bundle_dirs["door-cam"])
+    x = np.zeros((1, 3, 224, 224), np.float32)
+    # door's deadline is 100 ms: a request already 150 ms old cannot meet it
+    dev.ex.deliver((b"app", 1), {"input": x}, 10_000, "app", source="door", age_ms=150.0)
+    assert dev.ex.refused == 1 and not dev.ex.requests and not dev.ex.queue
+    (key, why), = dev.failed
+    assert key == (b"app", 1) and why.startswith(DEADLINE_MARK)
+    cause, text = error_of(why)
+    assert cause is DeadlineExceeded and "expected to take" in text and "deadline of 100 ms" in text
+    # a fresh one is taken and queued; yard has no deadline: never refused
+    dev.ex.deliver((b"app", 2), {"input": x}, 10_000, "app", source="door", age_ms=0.0)
+    assert list(dev.ex.requests) == [(b"app", 2)] and dev.ex.refused == 1
+    dev.drain()
+    (dst, key, _, source), = dev.sent
+    assert key == (b"app", 2) and source == "door" and dst in res.plan.lane("door").alternatives[0].devices
 
 
 def test_a_plan_without_sources_writes_none_of_it(packaged):
