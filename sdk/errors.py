@@ -13,6 +13,7 @@
     ├── WireError                 a network message is malformed (dropped, never fatal to an agent)
     ├── PeerError                 a peer is missing, vanished, or did not answer in time
     │   └── DeadlineExceeded      a request was not answered within its deadline
+    │       └── DeadlineRefused   ... refused at once: its source's deadline is out of reach (docs/priority.md)
     └── MissingExtraError         an optional dependency (an extra) is not installed
 
 Every message says what went wrong and what to do about it.
@@ -78,6 +79,11 @@ class PeerError(EdgepartError):
 
 class DeadlineExceeded(PeerError, TimeoutError):
     """A request was not answered within its deadline."""
+
+
+class DeadlineRefused(DeadlineExceeded):
+    """A request was refused at once where it entered the cluster: it was expected to finish past its
+    source's deadline (docs/priority.md, "Admission")."""
 
 
 class MissingExtraError(EdgepartError, ImportError):

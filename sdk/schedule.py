@@ -11,7 +11,7 @@ the agents (edgepart.agent.device.executor) apply the same functions over their 
                     which orders tasks exactly as the static key  born_ms - aging_ms * weight
                     (smaller first; ties: the earlier pushed), so a heap keeps it
     admission       a request whose expected completion exceeds its deadline is refused at once
-                    (DeadlineExceeded, with the figures)
+                    (DeadlineRefused, a DeadlineExceeded, with the figures)
     claims          a sender claims its pick before sending (the RTC/CTC idea): the claim counts in the
                     target's backlog for every later choice until the task arrives, so several senders
                     choosing at once do not all pick the same idle device; a target may refuse a claim
@@ -29,7 +29,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-from edgepart.errors import DeadlineExceeded
+from edgepart.errors import DeadlineRefused
 
 DEFAULT_AGING_MS = 100.0  # a waiting task gains one unit of weight per 100 ms
 
@@ -184,7 +184,7 @@ def admit(expected_ms: float, deadline_ms: float | None) -> bool:
 def check_admission(source: str, expected_ms: float, deadline_ms: float | None) -> None:
     """Refuse at once, with the figures, a request of `source` that cannot meet its deadline."""
     if not admit(expected_ms, deadline_ms):
-        raise DeadlineExceeded(
+        raise DeadlineRefused(
             f"A request of source {source!r} was refused at once: it is expected to take {expected_ms:.1f} ms "
             f"with the work queued now, past its deadline of {deadline_ms:g} ms. Send less often, give the "
             f"source a later deadline_ms in sources.yaml, or add devices (docs/priority.md, \"Admission\").")

@@ -33,20 +33,20 @@ import msgpack
 import numpy as np
 
 from . import codecs as tcodecs  # (not `codecs`: that is a stdlib module)
-from .errors import DeadlineExceeded, PeerError, WireError
+from .errors import DeadlineRefused, PeerError, WireError
 from .plan import Codec
 
 PROTOCOL_VERSION = 1
 KINDS = frozenset({"tensor", "error", "ping", "pong", "hello"})
 # an `error` message that starts with this says the request's deadline is out of reach (an agent
-# refused it at once: docs/priority.md, "Admission"); the caller raises DeadlineExceeded, not PeerError
+# refused it at once: docs/priority.md, "Admission"); the caller raises DeadlineRefused, not PeerError
 DEADLINE_MARK = "deadline: "
 
 
 def error_of(message: str) -> tuple[type[PeerError], str]:
     """What a caller raises for an agent's `error` message, and its text without the mark."""
     if message.startswith(DEADLINE_MARK):
-        return DeadlineExceeded, message[len(DEADLINE_MARK):]
+        return DeadlineRefused, message[len(DEADLINE_MARK):]
     return PeerError, message
 DTYPES = tcodecs.DTYPES
 MAX_HEADER_BYTES = 64 * 1024

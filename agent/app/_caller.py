@@ -180,12 +180,15 @@ class CallerPath:
         late answer to an earlier request that gave up on these sockets is skipped by its id."""
         got: dict[str, np.ndarray] = {}
         waiting = {r: set(self.answer_names[r]) for r in answering}
+        # several of them may make one output (a group of alternatives that an agent picks from): done
+        # once every output is in
+        need = set().union(*waiting.values())
         poller = zmq.Poller()
         by_sock = {}
         for role, (_, sock) in s.socks.items():
             poller.register(sock, zmq.POLLIN)
             by_sock[sock] = role
-        while waiting:
+        while waiting and not need <= got.keys():
             role = next(iter(waiting))
             left_ms = self._check(role, eps, deadline, closed, f"answer request {rid}")
             for sock, _ in poller.poll(min(SLICE_MS, max(1, int(left_ms)))):

@@ -27,7 +27,7 @@ from typing import Mapping
 import numpy as np
 import zmq
 
-from edgepart.errors import BundleError, DeadlineExceeded, InputsError, PeerError, WireError
+from edgepart.errors import BundleError, DeadlineExceeded, DeadlineRefused, InputsError, PeerError, WireError
 from edgepart.inputs import check_feeds
 from edgepart.keys import Credentials, Keys
 from edgepart.plan import CALLER, Plan
@@ -234,8 +234,9 @@ class ClusterClient:
             if not self.chooser:
                 return self.caller.run(rid, feeds, deadline, self._stop, born=born)
             try:  # the same pick for the inputs and for who answers (agent/net/choose.py)
+                # (a group an agent feeds, as a source's device feeds its helpers, answers from its pick)
                 return self.caller.run(rid, feeds, deadline, self._stop, self.chooser.pick(rid, self.inputs_by_dst),
-                                       self.chooser.pick(rid, self.answer_names), born=born)
+                                       self.chooser.pick(rid, self.answer_names, picked_only=True), born=born)
             finally:
                 self.chooser.done(rid)
 
@@ -248,6 +249,8 @@ class ClusterClient:
         rid = next(self._ids)
         try:
             got = call(rid, feeds, time.monotonic() + timeout_s)
+        except DeadlineRefused as e:  # (its deadline out of reach: said at once, not a timeout)
+            raise DeadlineRefused(f"request {rid}: {e}") from None
         except DeadlineExceeded as e:
             raise DeadlineExceeded(f"request {rid} was not answered within {timeout_s:g} s: {e}. Raise timeout_s, "
                                    f"or check the agents with `edgepart discover`.") from None
@@ -378,7 +381,8 @@ class ClusterClient:
         if p is not None:
             if self.chooser:
                 self.chooser.done(rid)
-            msg = why if cause is DeadlineExceeded else f"the cluster failed request {rid}: {why}"
+            msg = (f"request {rid}: {why}" if cause is DeadlineRefused else why if issubclass(cause, DeadlineExceeded)
+                   else f"the cluster failed request {rid}: {why}")
             p.future.set_exception(cause(msg))
             if self.backlog:
                 self._dispatch()

@@ -230,12 +230,18 @@ class AgentCore:
         poller.register(self.router, zmq.POLLIN)
         poller.register(self.waker.r, zmq.POLLIN)
         try:
-            # plans with sources: back at least every REPORT_S to ask the helpers for their queues
-            idle_ms = min(POLL_MS, REPORT_S * 1e3) if self.links.watched else POLL_MS
+            # plans with sources: while requests were here in the last second, back at least every
+            # REPORT_S to ask the helpers for their queues; an idle agent asks nothing
+            active_until = 0.0
             while not self._stop.is_set():
+                now = time.monotonic()
+                if self.executor.requests:
+                    active_until = now + 1.0
+                active = self.links.watched and now < active_until
                 # while some peer's queue is full, come back soon to retry (never block in a send);
                 # while steps wait in the queue, only look at what came (one step per turn, below)
-                ready = poller.poll(0 if self.executor.queue else 1 if self.links.outbox else idle_ms)
+                ready = poller.poll(0 if self.executor.queue else 1 if self.links.outbox else
+                                    min(POLL_MS, REPORT_S * 1e3) if active else POLL_MS)
                 for sock, _ in ready:
                     if sock is self.router:
                         self._read_router()
@@ -248,7 +254,8 @@ class AgentCore:
                 if self.executor.queue:
                     self.executor.run_next()
                 self.links.outbox.flush()
-                self.links.ask_queues()
+                if active:
+                    self.links.ask_queues()
                 self.executor.expire()
                 self._expire_relays()
                 self.links.sweep()

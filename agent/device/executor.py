@@ -30,7 +30,7 @@ from typing import Callable
 import numpy as np
 
 from edgepart.bundle import Bundle
-from edgepart.errors import DeadlineExceeded, PeerError, WireError
+from edgepart.errors import DeadlineRefused, PeerError, WireError
 from edgepart.plan import Lane as PlanLane
 from edgepart.plan import Route, Step
 from edgepart.runtime import Providers, choose, make_step_session, shared_pool_threads
@@ -113,7 +113,8 @@ class Executor:
                       else {"": self._lane(plan, None)})
         self._plain = self.lanes.get("")  # the one lane of a plan without sources
         self.queue = TaskQueue()  # ready steps waiting (plans with sources): (key, request, step)
-        self.step_ms = [0.0] * len(self.steps)  # each step's time here, measured (EWMA; 0: not yet run)
+        self.step_ms = [0.0] * len(self.steps)  # each step's time here, measured (EWMA; 0: not yet run warm)
+        self._runs = [0] * len(self.steps)
         self.requests: dict[Key, Request] = {}
         self.admission = admission or Admission()
         self.completed = 0
@@ -222,7 +223,7 @@ class Executor:
                     + lane.chooser.best_ms((lane.weight, age_ms)))
         try:
             check_admission(lane.source, expected, lane.deadline_ms)
-        except DeadlineExceeded as e:
+        except DeadlineRefused as e:
             self.refused += 1
             if key[0]:
                 self.fail(key, f"{DEADLINE_MARK}{e}")
@@ -275,7 +276,9 @@ class Executor:
         t0 = time.perf_counter()
         self._run_step(key, req, i)
         ms = (time.perf_counter() - t0) * 1e3
-        self.step_ms[i] = ms if not self.step_ms[i] else (1 - EWMA) * self.step_ms[i] + EWMA * ms
+        self._runs[i] += 1
+        if self._runs[i] > 1:  # (the first run is cold: onnxruntime allocates its buffers then)
+            self.step_ms[i] = ms if not self.step_ms[i] else (1 - EWMA) * self.step_ms[i] + EWMA * ms
         if self.requests.get(key) is req:
             self._run_ready(key, req)
         return True

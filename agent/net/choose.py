@@ -62,9 +62,12 @@ class Chooser:
     def __bool__(self) -> bool:
         return bool(self.groups)
 
-    def pick(self, key: Hashable, dsts: Iterable[str], task: tuple[float, float] = (1.0, 0.0)) -> list[str]:
+    def pick(self, key: Hashable, dsts: Iterable[str], task: tuple[float, float] = (1.0, 0.0),
+             picked_only: bool = False) -> list[str]:
         """`dsts` with every group of alternatives in it narrowed to the one device this request uses.
-        `task`: the request's (weight, age ms), for the `priority` rule."""
+        `task`: the request's (weight, age ms), for the `priority` rule. `picked_only`: narrow only the
+        groups this request already picked from, leave the others whole (who answers a request from a
+        group that another sender fed)."""
         dsts = list(dsts)
         if not self.groups or not any(d in self._group_of for d in dsts):
             return dsts
@@ -76,6 +79,9 @@ class Chooser:
             for d in dsts:
                 g = self._group_of.get(d)
                 if g is None:
+                    out.append(d)
+                    continue
+                if g not in chosen and picked_only:
                     out.append(d)
                     continue
                 if g not in chosen:

@@ -24,6 +24,7 @@ PUBLIC = [
     "Codec",
     "ConversionError",
     "DeadlineExceeded",
+    "DeadlineRefused",
     "EdgepartError",
     "InferenceSession",
     "InputShapeError",
@@ -61,11 +62,12 @@ def test_each_public_name_is_importable(name):
 
 
 def test_errors_form_one_tree():
-    errors = [getattr(edgepart, n) for n in PUBLIC if n.endswith("Error") or n == "DeadlineExceeded"]
+    errors = [getattr(edgepart, n) for n in PUBLIC if n.endswith("Error") or n.startswith("Deadline")]
     for e in errors:
         assert issubclass(e, edgepart.EdgepartError)
     assert issubclass(edgepart.DeadlineExceeded, edgepart.PeerError)
     assert issubclass(edgepart.DeadlineExceeded, TimeoutError)
+    assert issubclass(edgepart.DeadlineRefused, edgepart.DeadlineExceeded)
     assert issubclass(edgepart.MissingExtraError, ImportError)
 
 
