@@ -123,8 +123,11 @@ class Status:
     # in a plan with sources: the work queued there, in the order it will be served, as
     # (weight, age ms, work ms) per task; peers choose among their alternatives with it (docs/priority.md)
     queue: tuple[tuple[float, float, float], ...] = ()
+    # ... and its steps' times as it measured them (ms, by step name), for the cost of sending it work
+    steps: tuple[tuple[str, float], ...] = ()
 
     MAX_QUEUE = 40  # entries said; the rest is summed into the last (it fits the message)
+    MAX_STEPS = 16  # step times said (the first ones); more are left out
 
     def encode(self) -> str:
         d = {"ready": self.ready, "missing": list(self.missing), "threads": self.threads, "from": self.threads_from,
@@ -133,10 +136,16 @@ class Status:
             q = [list(t) for t in self.queue[: self.MAX_QUEUE]]
             q[-1][2] += sum(t[2] for t in self.queue[self.MAX_QUEUE:])
             d["q"] = [[round(w, 3), round(a, 2), round(m, 3)] for w, a, m in q]
+        if self.steps:
+            d["st"] = {n[:64]: round(ms, 3) for n, ms in self.steps[: self.MAX_STEPS]}
         text = json.dumps(d, separators=(",", ":"))
         while len(text) > 4 * MAX_NAME and d["missing"]:  # many missing peers: name fewer
             d["missing"] = d["missing"][: len(d["missing"]) // 2]
             text = json.dumps(d, separators=(",", ":"))
+        for k in ("st", "q"):  # still too long (long names): say less of the rest, never cut the text
+            if len(text) > 4 * MAX_NAME:
+                d.pop(k, None)
+                text = json.dumps(d, separators=(",", ":"))
         return text[: 4 * MAX_NAME]
 
     @staticmethod
@@ -159,8 +168,13 @@ class Status:
                 isinstance(t, list) and len(t) == 3 and all(
                     isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x < 1e9 for x in t) for t in q)):
             q = []  # malformed: said nothing of its queue
+        st = d.get("st", {})
+        if not (isinstance(st, dict) and len(st) <= Status.MAX_STEPS and all(
+                isinstance(n, str) and len(n) <= 64 and isinstance(x, (int, float)) and not isinstance(x, bool)
+                and 0 <= x < 1e9 for n, x in st.items())):
+            st = {}  # malformed: said nothing of its steps
         return Status(d["ready"], tuple(missing), max(threads, 0), src, tuple(rt), tuple(prov), key[:64],
-                      tuple((float(w), float(a), float(m)) for w, a, m in q))
+                      tuple((float(w), float(a), float(m)) for w, a, m in q), tuple((n, float(x)) for n, x in st.items()))
 
 
 def tensor_frames(header: Header, arrays: dict[str, np.ndarray], codecs: dict[str, Codec] | None = None) -> list:

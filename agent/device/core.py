@@ -200,9 +200,10 @@ class AgentCore:
         """Whether this agent is linked to every peer it sends to, and its threads (any thread)."""
         missing = tuple(sorted(self.missing_roles()))
         key = self.credentials.me.public if self.credentials.secure else ""
-        queued = self.executor.queued() if self.executor.rule else ()
+        ex = self.executor
+        queued, steps = (ex.queued(), ex.measured()) if ex.rule else ((), ())
         return Status(not missing, missing, self.threads, self.threads_from, self.runtimes, self.providers.short, key,
-                      queued)
+                      queued, steps)
 
     async def wait_ready(self, timeout_s: float) -> bool:
         """Wait until every peer this device sends to is linked; False on timeout."""

@@ -239,6 +239,11 @@ class Executor:
         now = time.monotonic()
         return tuple((req.lane.weight, (now - req.born) * 1e3, work) for _, work, (_, req, _) in self.queue.in_order())
 
+    def measured(self) -> tuple[tuple[str, float], ...]:
+        """Each step's time here as measured (those run warm): what this device says of its steps to its
+        peers (Status.steps), who weigh sending it work by them."""
+        return tuple((s.name, ms) for s, ms in zip(self.steps, self.step_ms) if ms > 0)
+
     def _arrived(self, req: Request, arrays: dict[str, np.ndarray]) -> None:
         tensors, missing, readers = req.tensors, req.missing, req.lane.readers
         for name, arr in arrays.items():

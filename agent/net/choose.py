@@ -27,9 +27,10 @@ from typing import Callable, Hashable, Iterable
 from edgepart.plan import Alternatives, Plan
 from edgepart.schedule import DEFAULT_AGING_MS, Option, choose
 
-# what a device last said of its queue: ((weight, age ms, work ms) per task in serving order, the time
-# (monotonic) of the request it answered, the time it came); None: nothing yet
-Figures = Callable[[str], "tuple[tuple[tuple[float, float, float], ...], float, float] | None"]
+# what a device last said of itself: ((weight, age ms, work ms) per task of its queue in serving order,
+# the time (monotonic) of the request it answered, the time it came[, its steps' measured ms by name]);
+# None: nothing yet
+Figures = Callable[[str], "tuple | None"]
 
 
 def ahead_ms(queue: Iterable[tuple[float, float, float]], elapsed_ms: float, weight: float, age_ms: float,
@@ -48,6 +49,10 @@ class Chooser:
 
     def __init__(self, plan: Plan, figures: Figures | None = None, aging_ms: float | None = DEFAULT_AGING_MS):
         self.groups = plan.alternatives
+        # the step each device of a group runs for it, and the packager's estimate of that step: a device's
+        # measured time replaces the estimate in its cost (the cost's transfer part stays the packager's)
+        self._step_of = {d: (s.name, s.estimated_ms) for g in self.groups for d in g.devices
+                         for s in plan.steps if s.device == d}
         self.figures = figures  # the `priority` rule's live figures (None: costs and claims only)
         self.aging_ms = aging_ms  # the queues' order: priority with this aging, or FIFO (None)
         self._claims: dict[str, dict[Hashable, tuple[float, float]]] = {}  # device -> request -> (sent, ms)
@@ -125,9 +130,9 @@ class Chooser:
     def _by_priority(self, group: Alternatives, order: list[str]) -> str:
         weight, age = self._task
         now = time.monotonic()
-        pick = choose(self._options(group, order, weight, age, now), age, weight).device
-        self._claims.setdefault(pick, {})[self._key] = (now, self._cost(group).get(pick, 0.0))
-        return pick
+        pick = choose(self._options(group, order, weight, age, now), age, weight)
+        self._claims.setdefault(pick.device, {})[self._key] = (now, pick.compute_ms)
+        return pick.device
 
     def best_ms(self, task: tuple[float, float]) -> float:
         """For a request of (weight, age ms) about to enter: the sum over the groups of the least cost +
@@ -151,15 +156,19 @@ class Chooser:
         options = []
         for d in order:
             claims = self._claims.setdefault(d, {})
-            queued = 0.0
+            queued, c = 0.0, cost.get(d, 0.0)
             said = self.figures(d) if self.figures is not None else None
             if said is not None:
-                q, basis, came = said
+                q, basis, came = said[:3]
                 for k in [k for k, (sent, _) in claims.items() if sent < basis]:
                     del claims[k]  # its report counted it already
                 queued = ahead_ms(q, (now - came) * 1e3, weight, age, self.aging_ms)
+                step, estimated = self._step_of.get(d, ("", 0.0))
+                measured = said[3].get(step, 0.0) if len(said) > 3 else 0.0
+                if measured > 0:
+                    c = max(c - estimated, 0.0) + measured
             own = sum(ms for _, ms in claims.values())
-            options.append(Option(d, 0.0, cost.get(d, 0.0), queued + own))
+            options.append(Option(d, 0.0, c, queued + own))
         return options
 
 

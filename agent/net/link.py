@@ -269,8 +269,8 @@ class Links:
         self._roles_ready: frozenset[str] = frozenset()
         self.want_status = False  # ask peers whether they are linked to theirs (a session does)
         self.watched: frozenset[str] = frozenset()  # roles whose queues this end follows (plans with sources)
-        # role -> (its queue as it said, when the ping it answered left, when the answer came)
-        self._reports: dict[str, tuple[tuple[tuple[float, float, float], ...], float, float]] = {}
+        # role -> (its queue as it said, when the ping it answered left, when the answer came, its steps' times)
+        self._reports: dict[str, tuple[tuple[tuple[float, float, float], ...], float, float, dict[str, float]]] = {}
         self._up_endpoints: dict[str, str] = {}  # role -> endpoint of its live link (as get() picks it)
         self._warn_once = WarnOnce()
         self._last_sweep = time.monotonic()
@@ -296,9 +296,10 @@ class Links:
         """What each live peer last said of itself, by role (any thread; want_status only)."""
         return {p.role: p.status for p in list(self.by_endpoint.values()) if p.up and p.role and p.status}
 
-    def report(self, role: str) -> tuple[tuple[tuple[float, float, float], ...], float, float] | None:
+    def report(self, role: str) -> tuple[tuple[tuple[float, float, float], ...], float, float, dict[str, float]] | None:
         """What `role` last said of its queue: (its tasks as (weight, age ms, work ms) in serving order,
-        the time the ping it answered left, the time the answer came), or None (any thread; `watched`)."""
+        the time the ping it answered left, the time the answer came, its steps' measured times by
+        name), or None (any thread; `watched`)."""
         return self._reports.get(role)
 
     def wait_roles(self, roles: set[str], timeout_s: float, ready: bool = False) -> bool:
@@ -521,7 +522,7 @@ class Links:
         if p.pinged and p.role in self.watched:
             now = time.monotonic()
             if st is not None:
-                self._reports[p.role] = (st.queue, p.pinged, now)
+                self._reports[p.role] = (st.queue, p.pinged, now, dict(st.steps))
             p.pinged, p.reported = 0.0, now
         if not self.want_status:
             return

@@ -274,3 +274,40 @@ def test_work_ahead_follows_the_queue_order():
     # unless they waited 900 ms more than it (aging 100 ms per unit of weight)
     assert ahead_ms(q, 0.0, 10.0, 0.0, 100.0) == 5.0
     assert ahead_ms(q, 500.0, 10.0, 0.0, 100.0) == 12.0  # the old weight-1 task has aged past it
+
+
+def test_a_helpers_measured_step_time_replaces_the_packagers_estimate_in_its_cost():
+    import dataclasses
+    import time
+
+    from edgepart.plan import Step, TensorSpec
+
+    plan = _plan_with_group((10.0, 12.0))  # b: 10 ms, c: 12 ms, each with an estimated step of 8 ms
+    t = TensorSpec("x", "float32", (1,))
+    plan = dataclasses.replace(plan, steps=tuple(Step(f"tail@{d}", d, f"{d}.onnx", "0" * 64, (t,), (t,), estimated_ms=8.0)
+                                                 for d in ("b", "c")))
+    said: dict[str, tuple] = {}
+    ch = Chooser(plan, figures=lambda d: said.get(d))
+    now = time.monotonic()
+    # b measured its tail at 30 ms (it is slower than planned): 10 - 8 + 30 = 32 ms against c's 12 (the
+    # reports answered pings sent before the picks below: they count none of its claims)
+    said["b"] = ((), now - 1.0, now, {"tail@b": 30.0})
+    said["c"] = ((), now - 1.0, now, {})
+    assert ch.pick(1, ["b", "c"], (1.0, 0.0)) == ["c"]
+    # with its claim c costs 12 + 12 = 24 ms, still below b's 32; with two, 36: admission's best is then b's 32
+    assert ch.pick(2, ["b", "c"], (1.0, 0.0)) == ["c"]
+    assert ch.best_ms((1.0, 0.0)) == pytest.approx(32.0)
+    assert ch.pick(3, ["b", "c"], (1.0, 0.0)) == ["b"]
+
+
+def test_a_status_says_its_queue_and_steps_and_always_decodes():
+    from edgepart.wire import MAX_NAME, Status
+
+    st = Status(True, (), 1, "cpu affinity", ("onnx",), ("CPU",), "", ((10.0, 1.5, 3.25),), (("door.tail@jetson", 8.5),))
+    back = Status.decode(st.encode())
+    assert back.queue == ((10.0, 1.5, 3.25),) and back.steps == (("door.tail@jetson", 8.5),)
+    # far too much to say: the queue is summed into its last entry, the steps cut; the text stays JSON
+    big = Status(True, ("x" * 500,) * 8, 1, "", (), (), "", tuple((1.0, 2.0, 3.0) for _ in range(200)),
+                 tuple((f"{i}" * 60, 1.0) for i in range(100)))
+    text = big.encode()
+    assert len(text) <= 4 * MAX_NAME and Status.decode(text) is not None
