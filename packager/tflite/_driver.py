@@ -6,7 +6,8 @@ onnx2tf's command line would also write a SavedModel (half of its time on Effici
 needed only by its own int8 path) and allows TensorFlow's Flex ops, which LiteRT does not run: here
 only TFLite's builtin operators are allowed, so such a step fails at conversion, not on the device.
 
-    python _driver.py job.json      job: {"onnx", "out", "precision", "use_onnxsim", "calibration": {key: npy of samples, one a row}}
+    python _driver.py job.json      job: {"onnx", "out", "precision", "use_onnxsim", "calibration": {key: npy of samples, one a row},
+                                          "test_data": {key: npy of one input}}
 """
 
 import json
@@ -28,6 +29,9 @@ def main() -> None:
         # TFLite has no builtin Erf (GELU's in exported transformers): onnx2tf's polynomial in its
         # place (Abramowitz and Stegun 7.1.26, absolute error under 1.5e-7), checked like any step
         replace_to_pseudo_operators=["erf"],
+        # random inputs (in onnx2tf's layout) on which it checks the transpositions it chooses, instead
+        # of all ones, on which a padding mask hides a wrong one (convert.py, _test_data)
+        custom_input_op_name_np_data_path=[[k, v] for k, v in job.get("test_data", {}).items()] or None,
     )
     if model is None:
         sys.exit("onnx2tf returned no model")

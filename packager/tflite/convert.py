@@ -5,7 +5,9 @@ The step is first made easy to convert: its inputs and outputs renamed `x0, x1, 
 plan's names hold), symbolic dimensions fixed (by the first calibration sample, else 1) and shapes
 inferred again. onnx2tf then runs in its own environment (env.py), as a subprocess with a deadline,
 and never reaches the network: the sample images it would download are written into its working
-folder first, and its proxies point at a closed port.
+folder first, and its proxies point at a closed port. It checks the transpositions it chooses on
+seeded random test inputs (`_test_data`) instead of its own all-ones inputs, on which a padding
+mask hides a wrong choice (docs/tflite.md, "Transformers: the padding mask").
 
 onnx2tf turns NCHW into NHWC. The plan's tensors keep the ONNX layout on the wire, so each tensor's
 `perm` (tflite = onnx.transpose(perm)) is found here: the layouts the shapes allow (the same, or
@@ -78,7 +80,7 @@ def convert_step(onnx_path: Path | str, out_dir: Path | str, *, precision: str =
         ready = _prepare(model, shapes)
         np.save(work / _SAMPLE_FILE, np.random.default_rng(0).random((20, 128, 128, 3), dtype=np.float32))
         job = {"onnx": str(prepared), "work": str(work / "out"), "out": str(work / "step.tflite"),
-               "precision": precision, "calibration": {}}
+               "precision": precision, "calibration": {}, "test_data": {}}
         if precision == "int8":
             dims = _dims(model)
             for i, name in enumerate(in_names):
@@ -89,17 +91,30 @@ def convert_step(onnx_path: Path | str, out_dir: Path | str, *, precision: str =
                 perm = _channels_last(rows.ndim - 1)  # onnx2tf's layout for the input (docs/tflite.md, "Precisions")
                 np.save(work / f"calib{i}.npy", rows.transpose((0, *(a + 1 for a in perm))) if perm else rows)
                 job["calibration"][f"x{i}"] = str(work / f"calib{i}.npy")
+        # what onnx2tf checks its layout choices on, instead of its all-ones inputs (_test_data)
+        for i, x in enumerate(_test_data(model, shapes)):
+            np.save(work / f"test{i}.npy", x)
+            job["test_data"][f"x{i}"] = str(work / f"test{i}.npy")
         # the log stays beside the step's file only where the conversion fails (_failure)
         log_path = work / f"{onnx_path.stem}.onnx2tf.log"
         produced = Path(job["out"])
         # onnxsim (onnx2tf's first pass) folds an output that is constant once the shapes are fixed
         # and onnx2tf then drops it; without onnxsim it keeps constant outputs
         for use_onnxsim in (True, False):
-            shutil.rmtree(work / "out", ignore_errors=True)
-            produced.unlink(missing_ok=True)
-            onnx.save(ready, str(prepared))  # again: onnx2tf writes its simplified model over its input
-            (work / "job.json").write_text(json.dumps({**job, "use_onnxsim": use_onnxsim}))
-            _run(_env.driver_command(env, work / "job.json"), work, env, log_path, timeout_s, step, model)
+            for test_data in (job["test_data"], {}):
+                shutil.rmtree(work / "out", ignore_errors=True)
+                produced.unlink(missing_ok=True)
+                onnx.save(ready, str(prepared))  # again: onnx2tf writes its simplified model over its input
+                (work / "job.json").write_text(json.dumps({**job, "use_onnxsim": use_onnxsim, "test_data": test_data}))
+                try:
+                    _run(_env.driver_command(env, work / "job.json"), work, env, log_path, timeout_s, step, model)
+                    break
+                except ConversionError as e:
+                    if not test_data or "longer than" in str(e):
+                        raise
+                # onnx2tf failed on that test data: once more with its own (ones), as before it
+                (out_dir / log_path.name).unlink(missing_ok=True)
+                log.info("onnx2tf failed on %s with random test inputs; converting again with its own", step)
             if not produced.is_file():
                 raise _failure(step, log_path, "the converter finished but wrote no TFLite file")
             if len(_tflite_shapes(produced)[1]) >= len(out_names):
@@ -190,6 +205,35 @@ def _rename(g: onnx.GraphProto, rename: Mapping[str, str]) -> None:
         for a in n.attribute:  # subgraphs (If, Loop, Scan) read outer tensors by name
             for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
                 _rename(sub, rename)
+
+
+def _test_data(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> list[np.ndarray]:
+    """One seeded random input per step input (x0, x1, ...), in the layout onnx2tf gives it (channels
+    last for rank 3 to 5), for onnx2tf to check its layout choices on.
+
+    onnx2tf decides some transpositions by running the ONNX step and its own graph so far on test
+    inputs and keeping the permutation that agrees best; its own test inputs are all ones, on which a
+    padding mask is all ones too, so that every transposition of the mask agrees (MiniLM at 12
+    tokens = 12 heads, docs/tflite.md). Random values tell the transpositions apart: floats uniform in
+    [0, 1), booleans and integer tensors random 0s and 1s (ids, masks and indices valid for any axis),
+    0-d integers 1 (a count). An input whose shape reads the same in both layouts (1x8x8x8) keeps
+    onnx2tf's ones: onnx2tf would read the data in one layout for ONNX and in the other for itself."""
+    types = {i.name: onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type) for i in model.graph.input}
+    rng = np.random.default_rng(0)
+    out = []
+    for i in model.graph.input:
+        shape, dtype = tuple(shapes[i.name]), np.dtype(types[i.name])
+        perm = _channels_last(len(shape))
+        if perm and _permuted(shape, perm) == shape:
+            x = np.ones(shape, dtype)
+        elif np.issubdtype(dtype, np.floating):
+            x = rng.random(shape).astype(dtype)
+        elif dtype == np.bool_:
+            x = rng.random(shape) < 0.5
+        else:
+            x = rng.integers(0, 2, shape).astype(dtype) if shape else np.ones(shape, dtype)
+        out.append(np.ascontiguousarray(x.transpose(perm) if perm else x))
+    return out
 
 
 def _channels_last(rank: int) -> tuple[int, ...]:
