@@ -170,9 +170,15 @@ class Executor:
         # several steps take turns on one budget: an idle pool must not spin on the cores the
         # running step needs (docs/agents.md, "Threads")
         spin = len(self.steps) == 1 or shared_pool_threads() > 0
+        # steps of the same file and interface share one session: in a plan with sources, each source's
+        # tail on a helper is a step of its own, the same nodes where the cuts agree (packager/lanes.py)
+        made: dict[tuple, object] = {}
         for s in self.steps:
-            self.sessions[s.name] = make_step_session(self.bundle.file(s.model_file), s, self.providers, self.threads,
-                                                      spin=spin)
+            same = (s.sha256, s.runtime, s.io, s.inputs, s.outputs)
+            if same not in made:
+                made[same] = make_step_session(self.bundle.file(s.model_file), s, self.providers, self.threads,
+                                               spin=spin)
+            self.sessions[s.name] = made[same]
         # what the ONNX sessions really got: onnxruntime drops a provider that does not start, and the
         # status and `edgepart discover` must say so (docs/agents.md, "Execution providers")
         got = [p for sess in self.sessions.values() if hasattr(sess, "get_providers") for p in sess.get_providers()]

@@ -1,7 +1,8 @@
 """A plan with sources through real `edgepart run` processes (docs/priority.md, "Agents"): each
 source's session sends its requests into its own lane and gets the model's answers, whichever helper
 its device picks; a session must name a source the plan serves; a source whose deadline is out of
-reach is refused at once with DeadlineRefused (a DeadlineExceeded) while the other source is served.
+reach is refused at once with DeadlineRefused (a DeadlineExceeded) while the other source is served; the
+sources' tails of the same nodes on one helper share one onnxruntime session.
 
 One packaging (EfficientNet-Lite0, two cameras and two helpers on loopback) serves the module."""
 
@@ -36,6 +37,19 @@ def dist(efficientnet_lite0_path, cameras_cluster, tmp_path_factory):
                     sources=d / "sources.yaml", schedule="priority", model_name=f"sources-{RUN}")
     assert {ln.source for ln in res.plan.lanes.lanes} == {"door", "yard", "gate"}
     return efficientnet_lite0_path, d / "dist", res.plan
+
+
+def test_tails_of_the_same_nodes_share_one_session(dist):
+    from edgepart.agent.device.executor import Executor
+    from edgepart.bundle import load_bundle
+
+    _, out, plan = dist
+    helper = plan.lane("door").alternatives[0].devices[0]
+    ex = Executor(load_bundle(out / helper), lambda *a: None, lambda *a: None, threads=1)
+    ex.load()
+    tails = [st for st in ex.steps if ".tail@" in st.name]
+    assert len(tails) == 3 and len({st.sha256 for st in tails}) == 1  # every source cut at the same node here
+    assert len({id(ex.sessions[st.name]) for st in tails}) == 1
 
 
 def test_each_source_gets_the_models_answers_and_a_late_one_is_refused_at_once(dist, agents, sessions):
