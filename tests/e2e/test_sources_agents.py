@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from e2e_helpers import RUN, assert_same, reference
+from e2e_helpers import RUN, assert_same, edgepart_cli, reference
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.models]
 
@@ -86,6 +86,15 @@ def test_each_source_gets_the_models_answers_and_a_late_one_is_refused_at_once(d
     assert time.monotonic() - t0 < 10, "a refusal comes at once, not at the request's timeout"
     # ... while the others are still served
     assert_same(yard.submit({"input": xs[2]}).result(60), want[2], "after a refusal")
+
+    # the command line: `edgepart infer --source`, and without it one paragraph that says what to give
+    np.savez(out.parent / "x.npz", input=xs[3])
+    r = edgepart_cli("infer", out, "--inputs", out.parent / "x.npz", "--source", "yard", "-o", out.parent / "y.npz",
+                     "--interface", "127.0.0.1", "--timeout-s", "30")
+    assert r.returncode == 0, r.stderr
+    assert_same(dict(np.load(out.parent / "y.npz")), want[3], "edgepart infer --source")
+    r = edgepart_cli("infer", out, "--inputs", out.parent / "x.npz", "-o", out.parent / "y2.npz", "--interface", "127.0.0.1")
+    assert r.returncode != 0 and "Traceback" not in r.stderr and "--source NAME" in " ".join(r.stderr.split())
 
     with pytest.raises(BundleError, match="serves the sources door, yard, gate: open the session with source=NAME"):
         sessions(out)
