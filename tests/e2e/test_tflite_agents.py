@@ -66,3 +66,34 @@ def test_efficientnet_tflite_stage_then_onnx_stage_through_agents(efficientnet_l
     print(f"\nTFLite ({tfl}, first stage) + {plan.steps_of(other)[0].runtime} ({other}) through agents: max abs diff {worst:.2e} over {PHOTOS} photos, "
           f"top-1 agreement {agree}/{PHOTOS}; step checks {[(c.step, c.runtime, c.max_abs_diff, c.reason) for c in res.conversions]}")
     assert worst <= 1e-4 and agree == PHOTOS
+
+
+def test_minilm_one_tflite_device_and_one_onnx_device_through_agents(minilm_path, tmp_path, agents, sessions):
+    """MiniLM at 12 tokens (its head count) split over a TFLite device and an ONNX one: the sentence
+    embeddings through the two agents against onnxruntime on the whole model, for sentences padded
+    differently (the padding mask is what a wrong layout choice got wrong: docs/tflite.md)."""
+    import edgepart.packager as p
+
+    rng = np.random.default_rng(3)
+
+    def sentence(real: int) -> dict[str, np.ndarray]:  # [CLS] words [SEP] then padding
+        ids = np.zeros((1, 12), np.int64)
+        ids[0, :real] = [101, *rng.integers(2000, 20000, real - 2), 102]
+        return {"input_ids": ids, "attention_mask": (ids != 0).astype(np.int64)}
+
+    sample = sentence(9)
+    res = p.package(minilm_path, _cluster(tmp_path / "c.yaml", {"dev0": "tflite", "dev1": "onnx"}), out=tmp_path / "dist",
+                    format="auto", model_name=f"tflite-minilm-{RUN}", inputs=sample, objective="throughput",
+                    input_shapes={k: (1, 12) for k in sample})
+    plan = res.plan
+    assert {s.device: s.runtime for s in plan.steps} == {"dev0": "tflite", "dev1": "onnx"}, res.conversions
+    agents(tmp_path / "dist")
+    (sess,) = sessions.many([tmp_path / "dist"], timeout_s=30)
+    worst = 1.0
+    for feeds in (sample, sentence(5), sentence(12)):
+        want = reference(minilm_path, feeds)["sentence_embedding"].ravel().astype(np.float64)
+        got = sess.run(["sentence_embedding"], feeds)[0].ravel().astype(np.float64)
+        worst = min(worst, float(got @ want / (np.linalg.norm(got) * np.linalg.norm(want))))
+    print(f"\nMiniLM, {plan.steps[0].device} {plan.steps[0].runtime} then {plan.steps[1].device} {plan.steps[1].runtime} "
+          f"through agents: least cosine {worst:.7f} over 3 sentences")
+    assert worst >= 0.999
