@@ -26,6 +26,25 @@ from edgepart.plan import Plan
 from edgepart.packager.cluster import Cluster
 
 
+class StreamedFigures:
+    """Throughput from a planned strategy's `_period(fixed)`: the busiest device or link's time per
+    request, without or with the fixed costs of steps and messages (docs/planning.md, "Fixed costs")."""
+
+    def _period(self, fixed: bool) -> float:
+        raise NotImplementedError
+
+    @property
+    def throughput_per_s(self) -> float:
+        period = self._period(False)
+        return 1e3 / period if period > 0 else float("inf")
+
+    @property
+    def throughput_with_fixed_per_s(self) -> float:
+        """Streamed, with each device's steps and each link's messages at their fixed costs."""
+        period = self._period(True)
+        return 1e3 / period if period > 0 else float("inf")
+
+
 @dataclass(frozen=True)
 class Job:
     """What every strategy is given: the model as read, the cluster, the planning shapes and the
@@ -170,4 +189,4 @@ def check_options(strategy: Strategy, options: Mapping[str, Any]) -> None:
         raise PlanningError(f"{flag}{where}, not to --strategy {strategy.name}.")
 
 
-__all__ = ["Job", "Packaged", "Planned", "Strategy", "check_options", "get", "names", "register"]
+__all__ = ["Job", "Packaged", "Planned", "Strategy", "StreamedFigures", "check_options", "get", "names", "register"]

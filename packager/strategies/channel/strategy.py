@@ -19,7 +19,7 @@ from edgepart.errors import PlanningError
 
 from edgepart.packager.check.report import DeviceRow, Fidelity, LayerRow, PackageReport, RouteRow
 from edgepart.packager.cluster import Cluster
-from edgepart.packager.strategies.base import Job, Packaged
+from edgepart.packager.strategies.base import Job, Packaged, StreamedFigures
 from edgepart.packager.strategies.channel.compiler import ChannelReport
 
 MIB = 1024 * 1024
@@ -37,7 +37,7 @@ OPTIONS = {
 
 
 @dataclass(frozen=True)
-class ChannelPlanned:
+class ChannelPlanned(StreamedFigures):
     """A compiled channel split's figures (nothing written), with what restructured the model."""
 
     report: ChannelReport
@@ -69,17 +69,6 @@ class ChannelPlanned:
         """Streamed, the busiest device or directed link (cost.py's compute_ms and busy_ms): the
         slowest of them bounds one result every period_ms (docs/planning.md, "Objectives")."""
         return self._period(False)
-
-    @property
-    def throughput_per_s(self) -> float:
-        return 1e3 / self.period_ms if self.period_ms > 0 else float("inf")
-
-    @property
-    def throughput_with_fixed_per_s(self) -> float:
-        """Streamed, with each device's steps and each directed link's messages at their fixed costs
-        (docs/planning.md, "Fixed costs")."""
-        period = self._period(True)
-        return 1e3 / period if period > 0 else float("inf")
 
     def _period(self, fixed: bool) -> float:
         from edgepart.packager.cost import busy_ms, compute_ms, fixed_ms

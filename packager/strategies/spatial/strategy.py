@@ -19,7 +19,7 @@ from edgepart.plan import CALLER
 
 from edgepart.packager.cluster import Cluster
 from edgepart.packager.model.graph import Graph
-from edgepart.packager.strategies.base import Job, Packaged
+from edgepart.packager.strategies.base import Job, Packaged, StreamedFigures
 from edgepart.packager.strategies.spatial.planner import SpatialPlan
 from edgepart.packager.strategies.spatial.rest import REST, RestPipeline
 
@@ -27,7 +27,7 @@ MIB = 1024 * 1024
 
 
 @dataclass(frozen=True)
-class SpatialPlanned:
+class SpatialPlanned(StreamedFigures):
     """A spatial plan with what it was planned from: the folded model, its graph, the cluster."""
 
     model: onnx.ModelProto
@@ -58,17 +58,6 @@ class SpatialPlanned:
         rows one way, its rows of T the other; with rest="pipeline" also the rest's links), in
         cost.py's terms: one result every period_ms (docs/planning.md, "Objectives")."""
         return self._period(False)
-
-    @property
-    def throughput_per_s(self) -> float:
-        return 1e3 / self.period_ms if self.period_ms > 0 else float("inf")
-
-    @property
-    def throughput_with_fixed_per_s(self) -> float:
-        """Streamed, with each device's steps and each link's messages at their fixed costs
-        (docs/planning.md, "Fixed costs")."""
-        period = self._period(True)
-        return 1e3 / period if period > 0 else float("inf")
 
     def _period(self, fixed: bool) -> float:
         from edgepart.packager.cost import busy_ms, fixed_ms
