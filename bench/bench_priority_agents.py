@@ -99,12 +99,16 @@ def measure_capped(model: Path, inputs: Path, fraction: float | None, runs: int)
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def write_inputs(a, work: Path, gflops: dict[str, float]) -> tuple[Path, Path]:
-    """cluster.yaml and sources.yaml of the emulated devices, as measured."""
+def write_inputs(a, work: Path, gflops: dict[str, float], handling: dict[str, dict] | None = None) -> tuple[Path, Path]:
+    """cluster.yaml and sources.yaml of the emulated devices, as measured. `handling`: per device its
+    agent's step_ms and handling_mbps at its cap (docs/priority.md, "Costs per request"); the links'
+    message_ms is then 0, its CPU being in the devices' figures."""
     import yaml
 
-    cluster = {"devices": [{"name": d, "gflops": round(gflops[d], 3), "memory_mb": 4096, "threads": 1} for d in DEVICES],
-               "links": {"default": {"bandwidth_mbps": a.rate_mbit, "latency_ms": a.latency_ms}}}
+    cluster = {"devices": [{"name": d, "gflops": round(gflops[d], 3), "memory_mb": 4096, "threads": 1,
+                            **(handling or {}).get(d, {})} for d in DEVICES],
+               "links": {"default": {"bandwidth_mbps": a.rate_mbit, "latency_ms": a.latency_ms,
+                                     **({"message_ms": 0} if handling else {})}}}
     door = {"name": "door", "device": "door-cam", "priority": 10, "rate_hz": a.door_rate}
     if a.door_deadline_ms > 0:
         door["deadline_ms"] = a.door_deadline_ms
@@ -402,6 +406,8 @@ def main() -> None:
     ap.add_argument("--timeout-s", type=float, default=20.0, help="a request's timeout in the apps")
     ap.add_argument("--calib-runs", type=int, default=12, help="timed runs per cap in the calibration")
     ap.add_argument("--gflops", default="", help="skip the calibration: door-cam=…,yard-cam=…,helper-a=…,helper-b=…")
+    ap.add_argument("--no-handling", action="store_true", help="the cost model without the agents' work per request "
+                    "beside compute (no step_ms, handling_mbps in cluster.yaml; nominal message_ms): as before it was counted")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--insecure", action="store_true", help="plans packaged --insecure and agents run --insecure: "
                     "plaintext links, no CurveZMQ encryption (its cost per byte is no part of the cost model)")
@@ -453,9 +459,26 @@ def main() -> None:
                           f"({full['median_ms']:.1f} ms); capped " + ", ".join(
                               f"{f:g}: {v['gflops']:.2f} GFLOP/s ({v['median_ms']:.0f} ms, {v['gflops'] / full['gflops'] / f:.2f} "
                               f"of the cap's share)" for f, v in by_frac.items()))
-        cluster_path, sources_path = write_inputs(a, work, gflops)
-        console.print(f"cluster: " + ", ".join(f"{d} {gflops[d]:.2f} GFLOP/s (cap {fractions[d]:g})" for d in DEVICES)
-                      + f"; links {a.rate_mbit:g} Mbit/s, {a.latency_ms:g} ms")
+        handling = None
+        if not a.no_handling:
+            from edgepart.packager.calibrate import measure_handling
+
+            # at a full core, open loop at yard's rate (an agent's fixed part grows as requests thin out),
+            # with a frame's bytes; a device at a share of a core: its CPU per request / share
+            h = measure_handling(rate_hz=a.yard_rate, big_bytes=int(np.prod(SHAPES["input"])) * 4)
+            share = {d: (gflops[d] / calib["uncapped"]["gflops"]) if calib else fractions[d] for d in DEVICES}
+            handling = {d: {"step_ms": round(h.request_ms / share[d], 4), "handling_mbps": round(h.mbps * share[d], 1)}
+                        for d in DEVICES}
+            calib["handling"] = {"request_ms": h.request_ms, "mbps": h.mbps, "per_request": dict(h.per_request),
+                                 "rate_hz": a.yard_rate}
+            console.print(f"an agent's work per request at a full core (open loop, {a.yard_rate:g}/s): "
+                          f"{h.request_ms:.2f} ms of CPU, message bytes at {h.mbps / 1000:.1f} Gbit/s"
+                          + (" (CURVE: with --insecure the agents spend less)" if a.insecure else ""))
+        cluster_path, sources_path = write_inputs(a, work, gflops, handling)
+        console.print(f"cluster: " + ", ".join(
+            f"{d} {gflops[d]:.2f} GFLOP/s (cap {fractions[d]:g}"
+            + (f"; {handling[d]['step_ms']:.2f} ms, {handling[d]['handling_mbps']:.0f} Mbit/s per request" if handling else "")
+            + ")" for d in DEVICES) + f"; links {a.rate_mbit:g} Mbit/s, {a.latency_ms:g} ms")
 
         # 2. three plans from the same files, and the simulator on each allocation
         import edgepart.packager as p

@@ -4,6 +4,7 @@
     speed = measure_cores(model, feeds, [0, 1])                 # one core, measured on each in turn
     link = measure_loopback()                                   # Link(bandwidth_mbps=..., latency_ms=...)
     fixed = measure_fixed_costs(cpus=(0, 1))                    # Fixed(step_ms=..., message_ms=...)
+    handling = measure_handling(cpus=(0, 1))                    # Handling(request_ms=..., mbps=...)
     cluster = calibrated(cluster, {"device-a": speed.gflops}, link, fixed)
     times = time_stages(["dist/a/stage0.onnx", "dist/b/stage1.onnx"], feeds, cpus=[{0}, {1}])
 
@@ -370,6 +371,91 @@ def measure_fixed_costs(cpus: Sequence[int] = (0, 1), *, hops: int = 8, runs: in
     log.info("fixed costs: %.3f ms per step, %.3f ms per message (one hop %.3f ms); between agents %.0f Mbit/s",
              fixed.step_ms, fixed.message_ms, fixed.hop_ms, fixed.bandwidth_mbps)
     return fixed
+
+
+@dataclass(frozen=True)
+class Handling:
+    """What an agent's CPU spends per request beside compute (docs/priority.md, "Costs per request"),
+    measured on this machine: the cost model's `step_ms` and `handling_mbps` for a device whose agent
+    has a core like this one's (a device with a share of it: request_ms / share, mbps * share)."""
+    request_ms: float  # CPU per request and agent, tiny tensors: one step, a message in, one out; less the op
+    mbps: float  # message bytes taken in or sent on per second of CPU, in Mbit/s (half local, half between agents)
+    per_request: tuple[tuple[str, float], ...]  # CPU ms per request: (a|b)-(small|big)
+    runs: int
+    big_bytes: int
+
+
+def _cpu_s(pid: int) -> float:
+    """A process's CPU time (user + system, all its threads) so far, in s."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure_handling(cpus: Sequence[int] = (0, 1), *, big_bytes: int = 1 << 20, runs: int = 600, blocks: int = 3,
+                     rate_hz: float | None = None, timeout_s: float = 60.0) -> Handling:
+    """The CPU agents (`edgepart run`, 1 thread, pinned to `cpus`) spend per request beside their
+    steps' ops. This process sends `runs` requests through caller -> A -> B -> caller, one Neg step per
+    agent, first with a tiny tensor, then with `big_bytes`, and reads each agent's CPU time (/proc)
+    around each batch, in `blocks` alternating blocks (medians). The tiny batch gives the fixed part per agent (a step, a message in, one out);
+    the growth with the bytes, less the ops' own, is what the messages' bytes cost: each agent takes
+    the tensor in and sends it on, one side over the app's local socket, the other to or from the
+    other agent (framing, CURVE, TCP), as a source device and its helper do. Linux only."""
+    import tempfile
+
+    import edgepart
+
+    sizes = (256, max(big_bytes // 4, 256))
+    with tempfile.TemporaryDirectory(prefix="edgepart-handling-") as tmp:
+        tag = f"{os.getpid()}-{time.monotonic_ns()}"
+        plans = {n: _tiny_plan(Path(tmp) / f"chain{n}", ["a", "b"], f"handling{n}-{tag}", n) for n in sizes}
+        procs = {n: _agents(dist, cpus) for n, dist in plans.items()}
+        try:
+            sessions = {n: edgepart.InferenceSession(dist, interface="127.0.0.1", timeout_s=timeout_s)
+                        for n, dist in plans.items()}
+            feeds = {n: {"x": np.ones((1, n), np.float32)} for n in sizes}
+            for n, s in sessions.items():
+                for _ in range(10):  # warm up: links, sessions, the steps' first (cold) runs
+                    s.run(None, feeds[n])
+            got: dict[tuple[str, int], list[float]] = {}
+            for _ in range(blocks):  # alternating, so a disturbance hits both sizes alike
+                for n, s in sessions.items():
+                    pids = [pr.pid for pr in procs[n]]
+                    c0 = [_cpu_s(p) for p in pids]
+                    if rate_hz:  # open loop, as apps send: each request wakes the agents
+                        futs, t0 = [], time.perf_counter()
+                        for k in range(runs // blocks):
+                            time.sleep(max(0.0, t0 + k / rate_hz - time.perf_counter()))
+                            futs.append(s.submit(feeds[n]))
+                        for f in futs:
+                            f.result(timeout_s)
+                    else:
+                        for _ in range(runs // blocks):
+                            s.run(None, feeds[n])
+                    for name, p, c in zip("ab", pids, c0):
+                        got.setdefault((name, n), []).append((_cpu_s(p) - c) * 1e3 / (runs // blocks))
+            for s in sessions.values():
+                s.close()
+            per = {k: statistics.median(v) for k, v in got.items()}
+        finally:
+            every = [pr for ps in procs.values() for pr in ps]
+            for pr in every:
+                pr.terminate()
+            for pr in every:
+                try:
+                    pr.wait(10)
+                except Exception:  # noqa: BLE001 - a process that will not stop is killed
+                    pr.kill()
+    op = {n: time_session(session(_tiny_model(n)), {"x": np.ones((1, n), np.float32)}, runs=100, warmup=10,
+                          cpus=cpus[:1] or None).median_ms for n in sizes}
+    small, big = sizes
+    bytes_ms = max(sum(per[(k, big)] - per[(k, small)] for k in "ab") - 2 * (op[big] - op[small]), 1e-6)
+    nbits = 4 * (big - small) * 4 * 8  # each agent takes the tensor in and sends it on
+    h = Handling(max((per[("a", small)] + per[("b", small)]) / 2 - op[small], 0.0), nbits / (bytes_ms * 1e-3) / 1e6,
+                 tuple((f"{k}-{'small' if n == small else 'big'}", round(v, 4)) for (k, n), v in sorted(per.items())),
+                 runs, big * 4)
+    log.info("an agent's handling: %.3f ms of CPU per request, message bytes at %.0f Mbit/s", h.request_ms, h.mbps)
+    return h
 
 
 def _tiny_model(elements: int = 256) -> onnx.ModelProto:

@@ -46,6 +46,10 @@ class Device:
     # the fixed cost of running one step in its agent, in ms, measured (`edgepart profile`,
     # packager/calibrate.py); None: cost.py's nominal figure (docs/planning.md, "Fixed costs")
     step_ms: float | None = None
+    # how many Mbit/s of message bytes its agent's CPU handles (receiving and decoding, or framing and
+    # sending), measured (packager/calibrate.py, measure_handling); None: not counted. Only the
+    # allocator and simulator of plans with sources use it (docs/priority.md, "Costs per request")
+    handling_mbps: float | None = None
 
     def speed_of(self, kind: str) -> float:
         """GFLOP/s for nodes of `kind`: the profile's figure where it measured that kind, else
@@ -138,7 +142,7 @@ def cluster_from_dict(data: Any, source: str = "cluster", base: Path | None = No
         if not isinstance(d, dict) or "name" not in d:
             raise ClusterError(f"{where} must be a mapping with at least 'name'.")
         _no_unknown(d, {"name", "gflops", "speed", "memory_mb", "providers", "threads", "runtime", "profile", "standby",
-                                "step_ms"},
+                                "step_ms", "handling_mbps"},
                     where)
         name = str(d["name"])
         if "gflops" in d and "speed" in d:
@@ -168,7 +172,10 @@ def cluster_from_dict(data: Any, source: str = "cluster", base: Path | None = No
             raise ClusterError(f"{where}.standby must be true or false (true: a spare device, docs/failover.md).")
         step = d.get("step_ms", getattr(prof, "step_ms", None))  # cluster.yaml wins over the profile
         step = None if step is None else _number(step, f"{where}.step_ms", allow_zero=True)
-        devices.append(Device(name, gflops, mem, prov, threads, runtime, prof.speeds if prof else (), standby, step))
+        handling = d.get("handling_mbps")
+        handling = None if handling is None else _number(handling, f"{where}.handling_mbps")
+        devices.append(Device(name, gflops, mem, prov, threads, runtime, prof.speeds if prof else (), standby, step,
+                              handling))
         if prof is not None:
             measured += [(name, q) for q in prof.peers]
     names = [d.name for d in devices]

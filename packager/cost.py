@@ -60,6 +60,14 @@ def message_ms(link: Link) -> float:
     return MESSAGE_MS if link.message_ms is None else float(link.message_ms)
 
 
+def handling_ms(device: Device, nbytes):
+    """CPU time the agent on `device` spends on `nbytes` (a number or an array) of messages it
+    receives or sends, in ms, by its measured `handling_mbps`; 0 where it gives none."""
+    if device.handling_mbps is None:
+        return nbytes * 0.0
+    return nbytes * 8 / (device.handling_mbps * 1e6) * 1e3
+
+
 def fixed_ms(cluster: Cluster, steps: Mapping[str, int] | None = None,
              messages: Mapping[tuple[str, str], int] | None = None) -> float:
     """The fixed costs of `steps` (device -> how many) and `messages` ((src, dst) -> how many; the

@@ -119,7 +119,9 @@ def compile_lanes(graph: Graph, alloc: Allocation, sources: Sources, costs: Stag
             cost = []
             for h in p.helpers:
                 comm = (0.0 if src == CALLER else float(costs.send_ms(src, h, nbytes)) + costs.latency_ms(src, h))
-                cost.append(round(comm + float(costs.compute_ms(h, p.cut, n)), 6))
+                # the tail's work with its fixed costs and messages (StageCosts.tail_ms); an agent puts the
+                # step's measured time in place of its compute (agent/net/choose.py)
+                cost.append(round(comm + float(costs.tail_ms(h, p.cut)), 6))
             groups.append(Alternatives(p.helpers, "priority", s, tuple(cost)))
     return steps, routes, groups
 

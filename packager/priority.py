@@ -2,7 +2,10 @@
 
 Every source's device runs the model's first k layers itself (nodes[0:k]) and sends what crosses cut k
 to a helper device, which runs the rest and sends the outputs back; k = n is everything at home. Costs
-come from the pipeline cost model (`cost.py`: per-node compute on each device, bytes over each link).
+come from the pipeline cost model (`cost.py`: per-node compute on each device, bytes over each link),
+with what an agent spends per request beside compute (docs/priority.md, "Costs per request"): a
+device's work for a request is its nodes' compute + one step's fixed cost + the bytes it receives and
+sends at its `handling_mbps`, and a message costs its link's latency + its fixed cost.
 Load is estimated per server — every device, and every directed link, which carries one message at a
 time — as an M/G/1 queue with deterministic service fed by the sources' rates:
 
@@ -32,7 +35,7 @@ import numpy as np
 from edgepart.sources import Sources
 
 from edgepart.packager.cluster import Cluster
-from edgepart.packager.cost import CostModel, busy_ms
+from edgepart.packager.cost import CostModel, busy_ms, handling_ms, message_ms, step_ms
 from edgepart.packager.model.graph import Graph
 
 MODES = ("priority", "blind", "local")
@@ -49,8 +52,8 @@ class Placement:
     rate_hz: float
     cut: int  # nodes[0:cut] on `device`; cut == n: all of it
     helpers: tuple[str, ...]  # the devices that may take nodes[cut:], the allocator's pick first
-    local_ms: float  # compute of nodes[0:cut] on device
-    remote_ms: float  # compute of nodes[cut:] on helpers[0]
+    local_ms: float  # work of nodes[0:cut] on device (StageCosts.head_ms)
+    remote_ms: float  # work of nodes[cut:] on helpers[0] (StageCosts.tail_ms)
     transfer_ms: float  # both ways, busy time and latency, without waiting
     wait_ms: float  # expected queueing over the path
     expected_ms: float  # the sum: expected latency (inf past capacity)
@@ -95,6 +98,7 @@ class StageCosts:
         sent = np.asarray(graph.live_bytes, dtype=np.float64).copy()
         sent[0] = sum(graph.tensor_bytes.get(t.name, 0) for t in graph.inputs)  # cut 0: the inputs go
         self.cut_bytes = sent
+        self.in_bytes = float(sent[0])
         self.out_bytes = float(sum(graph.tensor_bytes.get(t.name, 0) for t in graph.outputs))
         blocked = blocked_cuts(graph)
         self.cuts = np.array([k for k in range(self.n + 1) if k not in blocked], dtype=np.int64)
@@ -103,12 +107,31 @@ class StageCosts:
         p = self.prefix[device]
         return p[b] - p[a]
 
+    def head_ms(self, device: str, k):
+        """The source device's work for one request with cut k (a number or an array): nodes[0:k], one
+        step's fixed cost, and handling the model's inputs it receives and what it sends on (the cut's
+        tensors, or the outputs when k == n); nothing when k == 0 (the caller sends to the helper)."""
+        k = np.asarray(k)
+        d = self.cluster.device(device)
+        sends = np.where(k < self.n, self.cut_bytes[np.minimum(k, self.n)], self.out_bytes)
+        work = self.compute_ms(device, 0, k) + step_ms(d) + handling_ms(d, self.in_bytes + sends)
+        return np.where(k > 0, work, 0.0)
+
+    def tail_ms(self, helper: str, k):
+        """A helper's work for one request with cut k < n: nodes[k:], one step's fixed cost, and handling
+        the cut's tensors in and the outputs out."""
+        k = np.minimum(np.asarray(k), self.n)
+        d = self.cluster.device(helper)
+        return self.compute_ms(helper, k, self.n) + step_ms(d) + handling_ms(d, self.cut_bytes[k] + self.out_bytes)
+
     def send_ms(self, src: str, dst: str, nbytes) -> Any:
         """Busy time of the link src->dst for nbytes (no latency)."""
         return busy_ms(nbytes, self.cluster.link(src, dst))
 
     def latency_ms(self, src: str, dst: str) -> float:
-        return self.cluster.link(src, dst).latency_ms
+        """A message's time on src->dst beyond its bytes: the link's latency and its fixed cost."""
+        link = self.cluster.link(src, dst)
+        return link.latency_ms + message_ms(link)
 
 
 def _waits(items: list[tuple[int, float, float, Any]], by_priority: bool) -> tuple[dict[int, Any], Any]:
@@ -145,8 +168,8 @@ def _evaluate(costs: StageCosts, srcs: list, alloc: dict[int, tuple[Any, str]], 
         s = srcs[i]
         lam = s.rate_hz / 1000.0
         k = np.asarray(k)
-        local = costs.compute_ms(s.device, 0, k)
-        remote = np.where(k < n, costs.compute_ms(h, np.minimum(k, n), n), 0.0)
+        local = costs.head_ms(s.device, k)
+        remote = np.where(k < n, costs.tail_ms(h, k), 0.0)
         away = k < n
         send = np.where(away, costs.send_ms(s.device, h, costs.cut_bytes[k]), 0.0)
         back = np.where(away, costs.send_ms(h, s.device, costs.out_bytes), 0.0)

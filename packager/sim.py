@@ -99,9 +99,10 @@ def simulate(costs: StageCosts, sources: Sources, allocation: Allocation, *, dur
     n = costs.n
     srcs = list(sources)
     pl = [allocation.get(s.name) for s in srcs]
-    # per source: the work of its stages on each device, the bytes it sends
-    local_ms = [float(costs.compute_ms(s.device, 0, p.cut)) for s, p in zip(srcs, pl)]
-    remote_ms = [{h: float(costs.compute_ms(h, p.cut, n)) for h in p.helpers} for p in pl]
+    # per source: the work of its stages on each device (compute, a step's fixed cost, its messages'
+    # handling: StageCosts.head_ms, tail_ms), the bytes it sends
+    local_ms = [float(costs.head_ms(s.device, p.cut)) for s, p in zip(srcs, pl)]
+    remote_ms = [{h: float(costs.tail_ms(h, p.cut)) for h in p.helpers} for p in pl]
     send_ms = [{h: float(costs.send_ms(s.device, h, costs.cut_bytes[p.cut])) for h in p.helpers}
                for s, p in zip(srcs, pl)]
     back_ms = [{h: float(costs.send_ms(h, s.device, costs.out_bytes)) for h in p.helpers} for s, p in zip(srcs, pl)]

@@ -11,6 +11,7 @@ import pytest
 from edgepart.sources import sources_from_dict
 
 from edgepart.packager.cluster import cluster_from_dict
+from edgepart.packager.cost import STEP_MS
 from edgepart.packager.priority import allocate, allocate_all
 
 pytestmark = pytest.mark.models
@@ -40,7 +41,7 @@ def contended(rate: float):
 def test_local_only_runs_everything_at_home_with_the_cost_models_figures(graph):
     cl, srcs = contended(1.0)
     a = allocate(graph, cl, srcs, "local")
-    whole = 2 * graph.total_macs / 10e9 * 1e3  # ms on a 10 GFLOP/s device
+    whole = 2 * graph.total_macs / 10e9 * 1e3 + STEP_MS  # ms on a 10 GFLOP/s device, and one step's fixed cost
     for p in a.placements:
         assert p.cut == graph.n and p.helpers == () and p.transfer_ms == 0 and p.remote_ms == 0
         assert p.local_ms == pytest.approx(whole, rel=1e-6)
@@ -89,3 +90,48 @@ def test_past_capacity_the_urgent_source_stays_fast_and_the_low_one_takes_the_ov
     door = pri.get("door")
     assert door.cut < graph.n and door.expected_ms < 150
     assert door.expected_ms <= blind.get("door").expected_ms
+
+
+def test_an_agents_handling_of_bytes_counts_where_it_runs(graph):
+    """A camera whose agent handles message bytes slowly (`handling_mbps`) pays for the frame it takes in
+    and for what it sends on: its work for a request is compute + one step + bytes at that rate. At a
+    rate its CPU cannot keep up with that way, the allocator says so (where, not counting the bytes, it
+    promised a short latency), and the simulator, on the same costs, answers at the camera's capacity."""
+    from edgepart.packager.cost import handling_ms
+    from edgepart.packager.priority import StageCosts
+    from edgepart.packager.sim import simulate
+
+    def cluster(mbps):
+        cam = {"name": "cam", "gflops": 10, **({} if mbps is None else {"handling_mbps": mbps})}
+        return cluster_from_dict({"devices": [cam, {"name": "fast", "gflops": 200}],
+                                  "links": {"default": {"bandwidth_mbps": 10000, "latency_ms": 0.1}}})
+
+    slow, free = cluster(400.0), cluster(None)
+    costs, bare = StageCosts(graph, slow), StageCosts(graph, free)
+    n = graph.n
+    for k in (1, 15, n):
+        sends = costs.cut_bytes[k] if k < n else costs.out_bytes
+        extra = float(handling_ms(slow.device("cam"), costs.in_bytes + sends))
+        assert extra == pytest.approx((costs.in_bytes + sends) * 8 / 400e6 * 1e3)
+        assert float(costs.head_ms("cam", k)) == pytest.approx(float(bare.head_ms("cam", k)) + extra, rel=1e-9)
+    assert float(costs.head_ms("cam", 0)) == 0.0  # the caller sends to the helper: nothing at home
+    least = min(float(costs.head_ms("cam", k)) for k in costs.cuts if k >= 1)  # the frame in, the cut out: ~24 ms
+    for rate, keeps_up in ((0.8 * 1000 / least, True), (1.25 * 1000 / least, False)):
+        srcs = sources_from_dict({"sources": [{"name": "cam", "device": "cam", "priority": 1, "rate_hz": rate}]})
+        seen = allocate(graph, slow, srcs, "blind", costs=costs, min_cut=1).get("cam")
+        blind = allocate(graph, free, srcs, "blind", costs=bare, min_cut=1).get("cam")
+        assert blind.expected_ms < 50 and blind.helpers[0] == "fast"  # not counting the bytes: all is well
+        assert (seen.expected_ms < 100) is keeps_up
+        alloc = allocate(graph, slow, srcs, "blind", costs=costs, min_cut=1)
+        m = simulate(costs, srcs, alloc, duration_s=60, seed=3).get("cam")
+        capacity = 1000 / float(costs.head_ms("cam", alloc.get("cam").cut))
+        assert m.throughput_per_s == pytest.approx(min(rate, capacity), rel=0.1)
+
+
+def test_handling_mbps_in_cluster_yaml():
+    from edgepart.errors import ClusterError
+
+    cl = cluster_from_dict({"devices": [{"name": "a", "gflops": 1, "handling_mbps": 500}, {"name": "b", "gflops": 1}]})
+    assert cl.device("a").handling_mbps == 500 and cl.device("b").handling_mbps is None
+    with pytest.raises(ClusterError, match="handling_mbps"):
+        cluster_from_dict({"devices": [{"name": "a", "gflops": 1, "handling_mbps": 0}]})

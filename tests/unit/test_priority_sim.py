@@ -29,7 +29,7 @@ def graph():
 def one_device(graph, rho: float):
     cl = cluster_from_dict({"devices": [{"name": "d", "gflops": 10}]})
     costs = StageCosts(graph, cl)
-    s = float(costs.compute_ms("d", 0, graph.n))
+    s = float(costs.head_ms("d", graph.n))  # compute, a step, the frame in and the outputs out
     srcs = sources_from_dict({"sources": [{"name": "a", "device": "d", "priority": 1, "rate_hz": rho / s * 1000}]})
     return costs, srcs, allocate(graph, cl, srcs, "local", costs=costs), s
 
@@ -90,7 +90,7 @@ def test_the_same_seed_gives_the_same_run_and_another_seed_another(graph):
 def test_requests_that_cannot_meet_their_deadline_are_refused_not_run(graph):
     cl = cluster_from_dict({"devices": [{"name": "d", "gflops": 10}]})
     costs = StageCosts(graph, cl)
-    s = float(costs.compute_ms("d", 0, graph.n))
+    s = float(costs.head_ms("d", graph.n))  # compute, a step, the frame in and the outputs out
     srcs = sources_from_dict({"sources": [{"name": "a", "device": "d", "priority": 1, "rate_hz": 2000 / s,
                                            "deadline_ms": 2.5 * s}]})  # twice what the device can do
     res = simulate(costs, srcs, allocate(graph, cl, srcs, "local", costs=costs), duration_s=60, seed=2)
