@@ -37,8 +37,10 @@ helper-a near saturation under both allocations (ρ about 0.76 expected, busier 
 rule spreading work); the gain priority buys grows steeply with that load (the simulator, on these
 devices: door 15-25 % faster at yard 30-34/s, 45-60 % only past 0.95 of helper-a's capacity). With 100
 Mbit/s yard's link to helper-a, not helper-a, is the bottleneck. Also printed per mode: each agent's CPU
-while the apps sent, as a share of its cap (1.00: that device was saturated; the simulator counts compute
-only, not an agent's own work per message or between requests).
+while the apps sent, as a share of its cap (1.00: that device was saturated). Before packaging, the bench
+measures an agent's work per request beside compute (packager/calibrate.py, measure_handling, open loop
+at yard's rate) and writes each device's step_ms and handling_mbps for its cap, which the allocator and
+the simulator count (docs/priority.md, "Costs per request"; --no-handling leaves them out).
 
 Needs root (namespaces, tc, cgroups). Cleans up its namespaces, cgroups and processes on the way out.
 """
