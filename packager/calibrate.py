@@ -293,6 +293,29 @@ def _tiny_plan(out: Path, devices: Sequence[str], tag: str, elements: int = 256)
     return out
 
 
+def _lanes_plan(out: Path, tag: str, elements: int = 256) -> Path:
+    """A plan with one source on device a (docs/priority.md, "Plans with sources"): caller -> a -> b ->
+    caller, one Neg on each, so its agents run a source's lane, queue and choice of helper, as a
+    camera and its helper do. Planned by the allocator itself: a is made too slow to run both ops."""
+    from onnx import TensorProto, helper
+
+    from edgepart.sources import sources_from_dict
+
+    from edgepart.packager.api import package
+    from edgepart.packager.cluster import Device
+
+    vi = lambda n: helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, elements])  # noqa: E731
+    model = helper.make_model(helper.make_graph([helper.make_node("Neg", ["x"], ["t"]), helper.make_node("Neg", ["t"], ["y"])],
+                                                "handling", [vi("x")], [vi("y")]), opset_imports=[helper.make_opsetid("", 17)])
+    cluster = Cluster((Device("a", 1e-6, 1024), Device("b", 1000.0, 1024)), Link(100000.0, 0.01))
+    sources = sources_from_dict({"sources": [{"name": "s", "device": "a", "priority": 1, "rate_hz": 1}]})
+    res = package(model, cluster, out=out, sources=sources, schedule="blind", model_name=f"edgepart-handling-{tag}")
+    cut = res.planned.allocation.get("s").cut
+    if cut != 1:  # the measurement is of a head on a and a tail on b
+        raise RuntimeError(f"the handling plan put {cut} of 2 ops on its source's device, not 1")
+    return out
+
+
 def _agents(dist: Path, cpus: Sequence[int]) -> list:
     """`edgepart run` for every device folder of `dist`, on loopback, 1 thread, device k on cpus[k]."""
     import subprocess
@@ -393,14 +416,17 @@ def _cpu_s(pid: int) -> float:
 
 
 def measure_handling(cpus: Sequence[int] = (0, 1), *, big_bytes: int = 1 << 20, runs: int = 600, blocks: int = 3,
-                     rate_hz: float | None = None, timeout_s: float = 60.0) -> Handling:
+                     rate_hz: float | None = None, lanes: bool = False, timeout_s: float = 60.0) -> Handling:
     """The CPU agents (`edgepart run`, 1 thread, pinned to `cpus`) spend per request beside their
     steps' ops. This process sends `runs` requests through caller -> A -> B -> caller, one Neg step per
     agent, first with a tiny tensor, then with `big_bytes`, and reads each agent's CPU time (/proc)
     around each batch, in `blocks` alternating blocks (medians). The tiny batch gives the fixed part per agent (a step, a message in, one out);
     the growth with the bytes, less the ops' own, is what the messages' bytes cost: each agent takes
     the tensor in and sends it on, one side over the app's local socket, the other to or from the
-    other agent (framing, CURVE, TCP), as a source device and its helper do. Linux only."""
+    other agent (framing, CURVE, TCP), as a source device and its helper do. `rate_hz`: requests sent
+    open loop at that rate (an agent's periodic work is spread over them), else back to back. `lanes`:
+    the chain is a plan with one source (its head on A, its tail on B), so the agents also keep their
+    queues, report them and choose the helper, as in plans with sources. Linux only."""
     import tempfile
 
     import edgepart
@@ -408,10 +434,12 @@ def measure_handling(cpus: Sequence[int] = (0, 1), *, big_bytes: int = 1 << 20, 
     sizes = (256, max(big_bytes // 4, 256))
     with tempfile.TemporaryDirectory(prefix="edgepart-handling-") as tmp:
         tag = f"{os.getpid()}-{time.monotonic_ns()}"
-        plans = {n: _tiny_plan(Path(tmp) / f"chain{n}", ["a", "b"], f"handling{n}-{tag}", n) for n in sizes}
+        plans = {n: (_lanes_plan(Path(tmp) / f"lanes{n}", f"{n}-{tag}", n) if lanes else
+                     _tiny_plan(Path(tmp) / f"chain{n}", ["a", "b"], f"handling{n}-{tag}", n)) for n in sizes}
         procs = {n: _agents(dist, cpus) for n, dist in plans.items()}
         try:
-            sessions = {n: edgepart.InferenceSession(dist, interface="127.0.0.1", timeout_s=timeout_s)
+            sessions = {n: edgepart.InferenceSession(dist, interface="127.0.0.1", timeout_s=timeout_s,
+                                                     **({"source": "s"} if lanes else {}))
                         for n, dist in plans.items()}
             feeds = {n: {"x": np.ones((1, n), np.float32)} for n in sizes}
             for n, s in sessions.items():

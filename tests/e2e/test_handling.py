@@ -14,9 +14,12 @@ from edgepart.packager.calibrate import Handling, measure_handling
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
 
-def test_an_agents_cpu_per_request_grows_with_the_bytes_it_handles():
+@pytest.mark.parametrize("lanes", [False, True], ids=["plain", "lanes"])
+def test_an_agents_cpu_per_request_grows_with_the_bytes_it_handles(lanes):
+    """Plain: a two-step chain. Lanes: a plan with one source, its head on A and its tail on B, which the
+    allocator itself placed (the agents keep queues, report them and choose the helper)."""
     cpus = tuple(sorted(os.sched_getaffinity(0)))[:2]  # the cores this run may use (one under taskset -c 0)
-    h = measure_handling(cpus=cpus, big_bytes=1 << 20, runs=300, blocks=3)
+    h = measure_handling(cpus=cpus, big_bytes=1 << 20, runs=300, blocks=3, lanes=lanes)
     assert isinstance(h, Handling) and h.runs == 300 and h.big_bytes == 1 << 20
     per = dict(h.per_request)
     assert set(per) == {"a-small", "a-big", "b-small", "b-big"}
