@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import onnx
 
 from edgepart.bundle import is_device_folder, sha256_file
-from edgepart.errors import BundleError
+from edgepart.errors import BundleError, PlanningError
 from edgepart.keys import CLIENT_KEY_SUFFIX
 from edgepart.plan import CALLER, DeviceSpec, Hints, Plan, Route, Step, TensorSpec
 
@@ -92,15 +92,22 @@ def write_bundles(step_models: Sequence[StepModel], make_plan: Callable[[list[St
     staging = Path(tempfile.mkdtemp(prefix=".edgepart-", dir=out_dir.parent if out_dir.parent.exists() else None))
     try:
         steps: list[Step] = []
+        written: dict[tuple[str, str], tuple] = {}  # (device, file) -> (model, its files' names and hashes)
         for sm in step_models:
-            if progress:
-                progress(f"writing {sm.name} for {sm.device}")
             ddir = staging / sm.device
             ddir.mkdir(parents=True, exist_ok=True)
-            files = emit.save(sm.model, ddir / sm.file, external_data_min_bytes)
-            steps.append(Step(name=sm.name, device=sm.device, model_file=files[0].name, sha256=sha256_file(files[0]),
-                              inputs=sm.inputs, outputs=sm.outputs,
-                              data_files=tuple((f.name, sha256_file(f)) for f in files[1:]),
+            done = written.get((sm.device, sm.file))
+            if done is None:  # steps that name one file share it: it is written once (lanes.py)
+                if progress:
+                    progress(f"writing {sm.name} for {sm.device}")
+                files = emit.save(sm.model, ddir / sm.file, external_data_min_bytes)
+                done = written[(sm.device, sm.file)] = (sm.model, [(f.name, sha256_file(f)) for f in files])
+            elif done[0] is not sm.model:
+                raise PlanningError(f"steps {sm.name} and another on {sm.device} name one file, {sm.file}, for "
+                                    f"different models")
+            (model_file, sha), *data = done[1]
+            steps.append(Step(name=sm.name, device=sm.device, model_file=model_file, sha256=sha,
+                              inputs=sm.inputs, outputs=sm.outputs, data_files=tuple(data),
                               nodes=sm.nodes, estimated_ms=sm.estimated_ms))
         plan = make_plan(steps)
         clients = seal.seal(staging, out_dir, plan)  # link keys and signed manifests

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,12 +145,16 @@ def package_lanes(job: Job, sources: Sources, mode: str, out: Path) -> Packaged:
     steps, routes, groups = compile_lanes(graph, alloc, sources, costs)
     extracted: dict[tuple[int, int], tuple] = {}
     models = []
+    uses = Counter((dev, a, b) for _, _, dev, a, b, _ in steps)
     for name, _src, dev, a, b, est in steps:
         if (a, b) not in extracted:
             job.say(f"emitting nodes {a}..{b - 1}")
             extracted[(a, b)] = emit.extract(model, graph, a, b, f"n{a}_{b}")
         sub, ins, outs = extracted[(a, b)]
-        models.append(StepModel(name, dev, f"{name.replace('@', '_at_')}.onnx", sub, ins, outs, b - a, est))
+        # sources that cut at one node run the same tail on a helper: one file, which their steps share
+        # (and the agent one session: docs/priority.md, "Agents")
+        file = f"nodes{a}-{b}.onnx" if uses[(dev, a, b)] > 1 else f"{name.replace('@', '_at_')}.onnx"
+        models.append(StepModel(name, dev, file, sub, ins, outs, b - a, est))
     source_of = {name: src for name, src, *_ in steps}
     used = {dev for _, _, dev, *_ in steps}
     cluster = dataclasses.replace(job.cluster, devices=tuple(d for d in job.cluster.devices if d.name in used))

@@ -311,3 +311,25 @@ def test_a_status_says_its_queue_and_steps_and_always_decodes():
                  tuple((f"{i}" * 60, 1.0) for i in range(100)))
     text = big.encode()
     assert len(text) <= 4 * MAX_NAME and Status.decode(text) is not None
+
+
+def test_sources_that_cut_at_one_node_share_one_tail_file_on_each_helper(packaged):
+    """Two sources' tails from the same cut are the same model: each helper's bundle holds it once, both
+    steps name that file, and the folder holds no file that no step names."""
+    _, out = packaged
+    shared = 0
+    for mode, res in out.items():
+        cuts = {p.source: p.cut for p in res.planned.allocation.placements}
+        for dev, folder in res.bundle_dirs.items():
+            steps = [s for s in res.plan.steps if s.device == dev]
+            named = {s.model_file for s in steps} | {f for s in steps for f, _ in s.data_files}
+            assert {p.name for p in folder.iterdir() if p.suffix in (".onnx", ".data")} == named, (mode, dev)
+            by_file = {}
+            for s in steps:
+                by_file.setdefault(s.model_file, set()).add(s.sha256)
+            assert all(len(v) == 1 for v in by_file.values())
+            tails = [s for s in steps if "tail@" in s.name]
+            if len(tails) == 2 and len(set(cuts.values())) == 1:
+                assert tails[0].model_file == tails[1].model_file  # one file, named for the nodes it holds
+                shared += 1
+    assert shared, "no mode put both sources' cuts at one node: the sharing was not exercised"
