@@ -331,6 +331,17 @@ def _agents(dist: Path, cpus: Sequence[int]) -> list:
     return procs
 
 
+def _stop(procs: Sequence) -> None:
+    """Stop agents `_agents` started: terminate all, wait for each, kill one that will not stop."""
+    for pr in procs:
+        pr.terminate()
+    for pr in procs:
+        try:
+            pr.wait(10)
+        except Exception:  # noqa: BLE001 - a process that will not stop is killed
+            pr.kill()
+
+
 def measure_fixed_costs(cpus: Sequence[int] = (0, 1), *, hops: int = 8, runs: int = 40, blocks: int = 5,
                         big_bytes: int = 1 << 20, timeout_s: float = 60.0,
                         started: Callable[[Sequence[int]], None] | None = None) -> Fixed:
@@ -376,13 +387,7 @@ def measure_fixed_costs(cpus: Sequence[int] = (0, 1), *, hops: int = 8, runs: in
             for s in sessions.values():
                 s.close()
         finally:
-            for pr in procs:
-                pr.terminate()
-            for pr in procs:
-                try:
-                    pr.wait(10)
-                except Exception:  # noqa: BLE001 - a process that will not stop is killed
-                    pr.kill()
+            _stop(procs)
     step = {n: time_session(session(_tiny_model(n)), feeds[n], runs=100, warmup=10, cpus=cpus[:1] if cpus else None)
             for n in sizes}
     t = {k: Timing.of(v) for k, v in times.items()}
@@ -466,14 +471,7 @@ def measure_handling(cpus: Sequence[int] = (0, 1), *, big_bytes: int = 1 << 20, 
                 s.close()
             per = {k: statistics.median(v) for k, v in got.items()}
         finally:
-            every = [pr for ps in procs.values() for pr in ps]
-            for pr in every:
-                pr.terminate()
-            for pr in every:
-                try:
-                    pr.wait(10)
-                except Exception:  # noqa: BLE001 - a process that will not stop is killed
-                    pr.kill()
+            _stop([pr for ps in procs.values() for pr in ps])
     op = {n: time_session(session(_tiny_model(n)), {"x": np.ones((1, n), np.float32)}, runs=100, warmup=10,
                           cpus=cpus[:1] or None).median_ms for n in sizes}
     small, big = sizes
