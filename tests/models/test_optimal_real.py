@@ -15,7 +15,7 @@ pytestmark = pytest.mark.models
 pytest.importorskip("onnx")  # the packager extra
 
 from edgepart.packager.cluster import cluster_from_dict  # noqa: E402
-from edgepart.packager.cost import CostModel  # noqa: E402
+from edgepart.packager.cost import CostModel, message_ms, step_ms  # noqa: E402
 from edgepart.packager.model.graph import Graph, analyse, load_model  # noqa: E402
 from edgepart.packager.strategies.pipeline.planner import evaluate, exhaustive, plan_pipeline  # noqa: E402
 
@@ -77,10 +77,13 @@ def brute_force(graph: Graph, cl, objective: str) -> float:
         l01, l12 = cl.link(d0.name, d1.name), cl.link(d1.name, d2.name)
         t01 = cross[a] * 8 / (l01.bandwidth_mbps * 1e3)
         t12 = cross[b] * 8 / (l12.bandwidth_mbps * 1e3)
+        # the fixed costs (docs/planning.md): a step per stage, a message per cut and the caller's two
+        s0, s1, s2 = (step_ms(d) for d in order)
+        m01, m12, io = message_ms(l01), message_ms(l12), 2 * message_ms(cl.default_link)
         if objective == "latency":  # one request waits for every transfer, latency included
-            v = c0 + c1 + c2 + t01 + t12 + l01.latency_ms + l12.latency_ms
+            v = c0 + c1 + c2 + t01 + t12 + l01.latency_ms + l12.latency_ms + s0 + s1 + s2 + m01 + m12 + io
         else:  # a stream is bounded by how long each link is busy; latency overlaps
-            v = np.maximum.reduce([c0, c1, c2, t01, t12])
+            v = np.maximum.reduce([c0 + s0, c1 + s1, c2 + s2, t01 + m01, t12 + m12])
         best = min(best, float(np.where(ok, v, np.inf).min()))
     return best
 

@@ -3,7 +3,9 @@
 Every device gets one contiguous run of nodes (in topological order); the planner chooses the cut
 positions and which device runs which stage. Objective `latency` minimises one request's time end
 to end (all stage times + all transfer times); `throughput` minimises the slowest pipeline stage or
-link (the steady-state period of a pipelined stream). Every stage must fit its device's memory.
+link (the steady-state period of a pipelined stream). Both count the fixed costs (cost.py,
+`pipeline_ms`; docs/planning.md, "Fixed costs"): each stage's step on its device, each cut's message on
+its link, and for latency the caller's two messages. Every stage must fit its device's memory.
 
 Dynamic programming over (devices used so far, last device, cut position): with N devices and n
 nodes that is O(2^N * N^2 * n^2) vectorised work; exact for the cost model in `cost.py`.
@@ -25,7 +27,7 @@ import numpy as np
 from edgepart.errors import PlanningError
 
 from edgepart.packager.cluster import Cluster
-from edgepart.packager.cost import CostModel
+from edgepart.packager.cost import CostModel, message_ms, pipeline_ms, step_ms
 from edgepart.packager.model.graph import Graph
 
 OBJECTIVES = ("latency", "throughput")
@@ -48,8 +50,9 @@ class Stage:
 
 @dataclass(frozen=True)
 class LeftOut:
-    """A device the plan does not use, and why: the best objective of a plan that uses it beside
-    the plan's devices (`with_ms`; inf when none fits) against the plan's own (`without_ms`)."""
+    """A device the plan does not use, and why: the best objective (with the fixed costs) of a plan
+    that uses it beside the plan's devices (`with_ms`; inf when none fits) against the plan's own
+    (`without_ms`)."""
 
     device: str
     with_ms: float
@@ -69,6 +72,9 @@ class PipelinePlan:
     latency_ms: float
     period_ms: float  # slowest stage or link (bytes / bandwidth): one result every period_ms when pipelined
     left_out: tuple[LeftOut, ...] = ()  # devices of the cluster without a stage (plan_pipeline(leave_out=True))
+    # the same with the fixed costs (cost.py's pipeline_ms): what the planner minimises
+    latency_with_fixed_ms: float = 0.0
+    period_with_fixed_ms: float = 0.0
 
     @property
     def devices(self) -> tuple[str, ...]:
@@ -83,7 +89,8 @@ class PipelinePlan:
         return tuple(s.stop for s in self.stages[:-1])
 
     def score(self) -> float:
-        return self.latency_ms if self.objective == "latency" else self.period_ms
+        """What the planner minimised: the objective's figure with the fixed costs."""
+        return self.latency_with_fixed_ms if self.objective == "latency" else self.period_with_fixed_ms
 
 
 def evaluate(cost: CostModel, cuts: tuple[int, ...], devices: tuple[str, ...], objective: str = "latency") -> PipelinePlan:
@@ -109,7 +116,8 @@ def evaluate(cost: CostModel, cuts: tuple[int, ...], devices: tuple[str, ...], o
         ))
     latency = sum(s.compute_ms + s.send_ms for s in stages)
     period = max(max(s.compute_ms for s in stages), max(s.link_busy_ms for s in stages))
-    return PipelinePlan(objective, tuple(stages), latency, period)
+    fixed_latency, fixed_period = pipeline_ms(cost.cluster, stages)
+    return PipelinePlan(objective, tuple(stages), latency, period, (), fixed_latency, fixed_period)
 
 
 # a plan on fewer devices replaces the plan on all of them only when strictly better by this much
@@ -150,8 +158,11 @@ def plan_pipeline(graph: Graph, cluster: Cluster, objective: str = "latency", *,
     for d in names:
         h = np.concatenate([hi[d], [n]])  # a row for a == n (never used as a start)
         feasible[d] = (b_idx > a_idx) & (b_idx <= h[:, None])
-    comp_mat = {d: comp[d][None, :] - comp[d][:, None] for d in names}  # [a, b] compute of nodes[a:b]
+    # [a, b]: compute of nodes[a:b] and its step's fixed cost
+    step = {d: step_ms(cluster.device(d)) for d in names}
+    comp_mat = {d: comp[d][None, :] - comp[d][:, None] + step[d] for d in names}
     lat = objective == "latency"
+    io = 2 * message_ms(cluster.default_link) if lat else 0.0  # the caller's inputs in, outputs back
 
     # f[(S, d)] -> (cost vector over b, argmin a over b, argmin previous device over a)
     f: dict[tuple[frozenset, str], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
@@ -159,7 +170,7 @@ def plan_pipeline(graph: Graph, cluster: Cluster, objective: str = "latency", *,
     for d in names:
         v = np.full(n + 1, inf)
         ok = feasible[d][0]
-        v[ok] = comp[d][ok]
+        v[ok] = comp[d][ok] + step[d]
         f[(frozenset([d]), d)] = (v, np.zeros(n + 1, dtype=np.int64), np.full(n + 1, -1))
     for size in range(2, N + 1):
         for S in itertools.combinations(names, size):
@@ -172,7 +183,8 @@ def plan_pipeline(graph: Graph, cluster: Cluster, objective: str = "latency", *,
                     if d0 not in rest:
                         continue
                     prev = f[(rest, d0)][0]
-                    t = np.where(no_cut, inf, cost.transfer_vector_ms(d0, d, with_latency=lat))
+                    t = np.where(no_cut, inf, cost.transfer_vector_ms(d0, d, with_latency=lat)
+                                 + message_ms(cluster.link(d0, d)))
                     cand = prev + t if lat else np.maximum(prev, t)
                     better = cand < g
                     g[better] = cand[better]
@@ -185,13 +197,13 @@ def plan_pipeline(graph: Graph, cluster: Cluster, objective: str = "latency", *,
     full = frozenset(names)
     best_S, best_d, best = full, None, inf
     for d in names:
-        v = f[(full, d)][0][n]
+        v = f[(full, d)][0][n] + io
         if v < best:
             best_d, best = d, v
     if leave_out:
         for (S, d), (v, _, _) in f.items():  # fewer devices: only when strictly better (ties keep more)
-            if v[n] < best * (1 - STRICTLY_BETTER) - 1e-12 or (not np.isfinite(best) and np.isfinite(v[n])):
-                best_S, best_d, best = S, d, v[n]
+            if v[n] + io < best * (1 - STRICTLY_BETTER) - 1e-12 or (not np.isfinite(best) and np.isfinite(v[n])):
+                best_S, best_d, best = S, d, v[n] + io
     if best_d is None or not np.isfinite(best):
         raise PlanningError(_why_infeasible(graph, cluster, cost))
 
@@ -217,13 +229,14 @@ def plan_pipeline(graph: Graph, cluster: Cluster, objective: str = "latency", *,
         if x in best_S:
             continue
         # the best plan that uses it beside the devices the plan uses
-        with_x = min((float(v[n]) for (S, _), (v, _, _) in f.items() if best_S | {x} <= S), default=inf)
+        with_x = min((float(v[n] + io) for (S, _), (v, _, _) in f.items() if best_S | {x} <= S), default=inf)
         out.append(LeftOut(x, with_x, float(pp.score())))
     return dataclasses.replace(pp, left_out=tuple(out))
 
 
 def exhaustive(graph: Graph, cluster: Cluster, objective: str = "latency") -> float:
-    """The best objective over every cut combination and device order (for tests; slow)."""
+    """The best objective, with the fixed costs, over every cut combination and device order (for
+    tests; slow)."""
     cost = CostModel(graph, cluster)
     names = tuple(d.name for d in cluster.devices)
     n, N = graph.n, len(names)
@@ -239,9 +252,10 @@ def exhaustive(graph: Graph, cluster: Cluster, objective: str = "latency") -> fl
             bounds = (0, *cuts, n)
             if any(bounds[i + 1] > hi[d][bounds[i]] for i, d in enumerate(perm)):
                 continue
-            cs = [comp[d][bounds[i + 1]] - comp[d][bounds[i]] for i, d in enumerate(perm)]
-            ts = [tv[i][cuts[i]] for i in range(N - 1)]
-            v = sum(cs) + sum(ts) if objective == "latency" else max(cs + ts)
+            cs = [comp[d][bounds[i + 1]] - comp[d][bounds[i]] + step_ms(cluster.device(d)) for i, d in enumerate(perm)]
+            ts = [tv[i][cuts[i]] + message_ms(cluster.link(perm[i], perm[i + 1])) for i in range(N - 1)]
+            io = 2 * message_ms(cluster.default_link)
+            v = sum(cs) + sum(ts) + io if objective == "latency" else max(cs + ts)
             best = min(best, v)
     return float(best)
 
