@@ -115,9 +115,10 @@ def package_one(model_path: Path, out_dir: Path, input_shapes: dict, device: str
 
 
 def cpu_s(pid: int) -> float:
-    """CPU seconds a process has used so far, all its threads (from /proc)."""
-    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds a process has used so far, all its threads (packager/calibrate.py, from /proc)."""
+    from edgepart.packager.calibrate import cpu_s as of
+
+    return of(pid)
 
 
 def self_cpu_s() -> float:

@@ -413,7 +413,7 @@ class Handling:
     big_bytes: int
 
 
-def _cpu_s(pid: int) -> float:
+def cpu_s(pid: int) -> float:
     """A process's CPU time (user + system, all its threads) so far, in s."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -454,7 +454,7 @@ def measure_handling(cpus: Sequence[int] = (0, 1), *, big_bytes: int = 1 << 20, 
             for _ in range(blocks):  # alternating, so a disturbance hits both sizes alike
                 for n, s in sessions.items():
                     pids = [pr.pid for pr in procs[n]]
-                    c0 = [_cpu_s(p) for p in pids]
+                    c0 = [cpu_s(p) for p in pids]
                     if rate_hz:  # open loop, as apps send: each request wakes the agents
                         futs, t0 = [], time.perf_counter()
                         for k in range(runs // blocks):
@@ -466,7 +466,7 @@ def measure_handling(cpus: Sequence[int] = (0, 1), *, big_bytes: int = 1 << 20, 
                         for _ in range(runs // blocks):
                             s.run(None, feeds[n])
                     for name, p, c in zip("ab", pids, c0):
-                        got.setdefault((name, n), []).append((_cpu_s(p) - c) * 1e3 / (runs // blocks))
+                        got.setdefault((name, n), []).append((cpu_s(p) - c) * 1e3 / (runs // blocks))
             for s in sessions.values():
                 s.close()
             per = {k: statistics.median(v) for k, v in got.items()}

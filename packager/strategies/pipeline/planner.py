@@ -243,6 +243,8 @@ def exhaustive(graph: Graph, cluster: Cluster, objective: str = "latency") -> fl
     blocked = blocked_cuts(graph)
     hi = {d: cost.max_stop(d) for d in names}
     comp = {d: cost.compute_prefix_ms(d) for d in names}
+    step = {d: step_ms(cluster.device(d)) for d in names}
+    io = 2 * message_ms(cluster.default_link)  # the caller's two messages (latency)
     best = np.inf
     for perm in itertools.permutations(names):
         tv = [cost.transfer_vector_ms(perm[i], perm[i + 1], with_latency=objective == "latency") for i in range(N - 1)]
@@ -252,9 +254,8 @@ def exhaustive(graph: Graph, cluster: Cluster, objective: str = "latency") -> fl
             bounds = (0, *cuts, n)
             if any(bounds[i + 1] > hi[d][bounds[i]] for i, d in enumerate(perm)):
                 continue
-            cs = [comp[d][bounds[i + 1]] - comp[d][bounds[i]] + step_ms(cluster.device(d)) for i, d in enumerate(perm)]
+            cs = [comp[d][bounds[i + 1]] - comp[d][bounds[i]] + step[d] for i, d in enumerate(perm)]
             ts = [tv[i][cuts[i]] + message_ms(cluster.link(perm[i], perm[i + 1])) for i in range(N - 1)]
-            io = 2 * message_ms(cluster.default_link)
             v = sum(cs) + sum(ts) + io if objective == "latency" else max(cs + ts)
             best = min(best, v)
     return float(best)

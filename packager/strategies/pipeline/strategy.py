@@ -84,17 +84,14 @@ class PipelinePlanned:
     @property
     def latency_with_fixed_ms(self) -> float:
         """One request through the stages with the fixed costs of its steps and messages (cost.py's
-        pipeline_ms; docs/planning.md, "Fixed costs"); the plan's own figure leaves them out."""
-        from edgepart.packager.cost import pipeline_ms
-
-        return pipeline_ms(self.cluster, self.pipeline.stages)[0]
+        pipeline_ms; docs/planning.md, "Fixed costs"), as the planner minimised it; the plan's own
+        figure leaves them out."""
+        return self.pipeline.latency_with_fixed_ms
 
     @property
     def period_with_fixed_ms(self) -> float:
         """The slowest stage or link with the fixed costs (cost.py's pipeline_ms)."""
-        from edgepart.packager.cost import pipeline_ms
-
-        return pipeline_ms(self.cluster, self.pipeline.stages)[1]
+        return self.pipeline.period_with_fixed_ms
 
     @property
     def throughput_with_fixed_per_s(self) -> float:
