@@ -46,28 +46,31 @@ SHAPES = {"input": (1, 3, 224, 224)}
 
 
 def cluster_for(gflops: float, bandwidth_mbps: float, latency_ms: float, step_ms: float | None = None,
-                message_ms: float | None = None):
-    """Two devices and their link; `step_ms` / `message_ms`: the fixed costs (docs/planning.md, "Fixed
+                message_ms: float | None = None, n: int = 2):
+    """`n` alike devices and their links; `step_ms` / `message_ms`: the fixed costs (docs/planning.md, "Fixed
     costs"; None: cost.py's nominal figures)."""
     from edgepart.packager.cluster import cluster_from_dict
 
     step = {} if step_ms is None else {"step_ms": round(step_ms, 4)}
     msg = {} if message_ms is None else {"message_ms": round(message_ms, 4)}
     return cluster_from_dict({"devices": [{"name": f"dev{i}", "gflops": round(gflops, 4), "memory_mb": 4096, **step}
-                                          for i in range(2)],
+                                          for i in range(n)],
                               "links": {"default": {"bandwidth_mbps": round(bandwidth_mbps, 3),
                                                     "latency_ms": round(latency_ms, 4), **msg}}})
 
 
-def run_candidates(model_path: Path, cluster, objective: str, work: Path) -> tuple[object, list[dict]]:
-    """auto's ranking, and every candidate that plans packaged (one folder per distinct plan)."""
+def run_candidates(model_path: Path, cluster, objective: str, work: Path, shapes: dict = SHAPES,
+                   by_id: dict | None = None) -> tuple[object, list[dict]]:
+    """auto's ranking, and every candidate that plans packaged (one folder per distinct plan; `by_id`:
+    the folders of plans packaged already, by plan id, filled in)."""
     import edgepart.packager as p
 
-    auto = p.plan(model_path, cluster, strategy="auto", objective=objective, input_shapes=SHAPES)
-    rows, by_id = [], {}
+    auto = p.plan(model_path, cluster, strategy="auto", objective=objective, input_shapes=shapes)
+    rows = []
+    by_id = {} if by_id is None else by_id
     for i, c in enumerate(x for x in auto.ranking if x.ok):
-        out = work / f"cand{i}"
-        res = p.package(model_path, c.cluster, out=out, strategy=c.strategy, objective=objective, input_shapes=SHAPES,
+        out = work / f"{objective}{i}"
+        res = p.package(model_path, c.cluster, out=out, strategy=c.strategy, objective=objective, input_shapes=shapes,
                         **c.options)
         pid = res.plan.plan_id
         rows.append({"candidate": c.name, "strategy": c.strategy, "devices": list(c.devices), "plan_id": pid,

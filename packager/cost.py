@@ -120,6 +120,16 @@ def caller_io_ms(graph: Graph, cluster: Cluster) -> float:
     return float(busy_ms(io, link) + 2 * link.latency_ms)
 
 
+def caller_period_ms(graph: Graph, cluster: Cluster) -> float:
+    """The shortest period the caller's own link allows when requests stream: every request's inputs
+    go out on the default link and its outputs come back on it (full duplex: the larger direction),
+    with a message's fixed cost (docs/planning.md, "Choosing the split"). No split sends fewer."""
+    link = cluster.default_link
+    ins = sum(graph.tensor_bytes.get(t.name, 0) for t in graph.inputs)
+    outs = sum(graph.tensor_bytes.get(t.name, 0) for t in graph.outputs)
+    return float(busy_ms(max(ins, outs), link) + message_ms(link))
+
+
 def critical_path_ms(steps, routes, sizes: dict[str, int], cluster: Cluster, *, fixed: bool = False) -> float:
     """One request's latency through compiled steps (each with `device`, `name`, `inputs`, `outputs`
     and `estimated_ms`): each step waits for its device's previous step and its inputs' arrival.

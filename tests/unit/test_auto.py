@@ -88,6 +88,23 @@ def test_fast_link_equal_devices_throughput_uses_more_than_one_device(efficientn
     assert auto.winner.throughput_per_s > 1.5 * one.throughput_per_s
 
 
+
+def test_streamed_throughput_is_held_to_what_the_callers_link_carries(efficientnet):
+    """At 20 Mbit/s every request's 602 KB input takes 241 ms on the caller's own link, whatever the split:
+    no candidate may promise more than that link carries (three devices alone would do several times that)."""
+    from edgepart.packager.cost import caller_period_ms
+    from edgepart.packager.model.graph import analyse, load_model
+
+    cl = cluster({"a": 30.0, "b": 30.0, "c": 30.0}, 20.0)
+    auto = p.plan(efficientnet, cl, strategy="auto", objective="throughput", input_shapes=SHAPES)
+    period = caller_period_ms(analyse(load_model(efficientnet), SHAPES), cl)
+    assert 240.0 < period < 242.0  # 3*224*224*4 bytes at 20 Mbit/s, and a message's fixed cost
+    ok = [c for c in auto.ranking if c.ok]
+    assert all(c.throughput_per_s <= 1e3 / period * (1 + 1e-9) for c in ok)
+    replicas = next(c for c in ok if c.name == "replicas")
+    assert replicas.planned.throughput_per_s > 2 * 1e3 / period  # its own figure counts its devices only
+    assert replicas.throughput_per_s == pytest.approx(1e3 / period)
+
 @pytest.mark.models
 def test_fast_and_slow_device_latency_gives_the_fast_one(efficientnet):
     auto = p.plan(efficientnet, cluster({"fast": 60.0, "slow": 6.0}, 50.0), strategy="auto", objective="latency",

@@ -108,7 +108,7 @@ class AutoPlanned:
         console.print(t)
         console.print("  latency: one request end to end, with the model's inputs sent from the caller and its outputs "
                       "back on the default link (the pipeline's own figure leaves those out; auto adds them); req/s: "
-                      "streamed, the slowest device or link.", soft_wrap=True)
+                      "streamed, the slowest device or link, the caller's own link included.", soft_wrap=True)
         for c in self.ranking:
             for why in _left_out(c, self.objective):
                 console.print(f"  {escape(c.name)}: {escape(why)}", soft_wrap=True)
@@ -131,7 +131,7 @@ class AutoStrategy:
         for name, strategy, options in CANDIDATES:
             job.say(f"planning candidate: {name}")
             cands.append(_one_device(job) if name == "one device" else _candidate(job, name, strategy, options))
-        return AutoPlanned(job.cluster, job.objective, rank(cands, job.objective))
+        return AutoPlanned(job.cluster, job.objective, rank(_caller_bound(job, cands), job.objective))
 
     def package(self, job: Job, out: Path, *, report: bool = False) -> Packaged:
         auto = self.plan(job)
@@ -141,6 +141,20 @@ class AutoStrategy:
                                       report=report)
         return Packaged(res.plan, res.out_dir, res.bundle_dirs, dataclasses.replace(auto, packaged=res.planned),
                         res.report, res.details)
+
+
+def _caller_bound(job: Job, cands: list[Candidate]) -> list[Candidate]:
+    """Each candidate's throughput held to what the caller's own link carries (cost.caller_period_ms):
+    streamed requests all send their inputs and take their outputs on it, whatever the split; the
+    strategies' own periods count their devices and the links between them only."""
+    from edgepart.packager.cost import caller_period_ms
+    from edgepart.packager.model.graph import analyse
+
+    graph = next((c.planned.graph for c in cands if c.ok and hasattr(c.planned, "graph")), None)
+    if graph is None:
+        graph = analyse(job.model, dict(job.input_shapes) or None)
+    most = 1e3 / caller_period_ms(graph, job.cluster)
+    return [dataclasses.replace(c, throughput_per_s=min(c.throughput_per_s, most)) if c.ok else c for c in cands]
 
 
 def _estimates(planned) -> tuple[float, float]:
