@@ -158,19 +158,23 @@ def measure_plan(dist: Path, n_dev: int, feeds_path: Path, ref: list, fraction: 
             cap.remove()
 
 
-def calibrate(a) -> dict:
-    """This core's speed on each model (1 thread, the best of 3) and the fixed costs at each cap."""
-    from edgepart.packager.calibrate import measure_device, measure_fixed_costs
+def core_gflops(model: str) -> float:
+    """This core's speed on `model` (1 thread, the best of 3: others' work on this shared machine only slows it)."""
+    from edgepart.packager.calibrate import measure_device
 
-    cal: dict = {"core_gflops": {}, "fixed": {}}
-    for m in a.models:
-        path, _, feeds = model_of(m)
-        cal["core_gflops"][m] = max(measure_device(str(path), feeds, threads=1, cpus={1}).gflops for _ in range(3))
-        console.print(f"this core: {cal['core_gflops'][m]:.1f} GFLOP/s on {m}")
-    eff = cal["core_gflops"].get("efficientnet-lite0")
-    if eff is None:
-        path, _, feeds = model_of("efficientnet-lite0")
-        eff = max(measure_device(str(path), feeds, threads=1, cpus={1}).gflops for _ in range(3))
+    path, _, feeds = model_of(model)
+    g = max(measure_device(str(path), feeds, threads=1, cpus={1}).gflops for _ in range(3))
+    console.print(f"this core: {g:.1f} GFLOP/s on {model}")
+    return g
+
+
+def calibrate(a) -> dict:
+    """This core's speed on EfficientNet-Lite0 (the pi-class fraction) and the fixed costs at each cap;
+    the speed on each other model is added when a cell first needs it (`core_gflops`)."""
+    from edgepart.packager.calibrate import measure_fixed_costs
+
+    eff = core_gflops("efficientnet-lite0")
+    cal: dict = {"core_gflops": {"efficientnet-lite0": eff}, "fixed": {}}
     cal["pi_fraction"] = min(1.0, a.pi_gflops / eff)
     console.print(f"a pi-class device: {a.pi_gflops:g} GFLOP/s on EfficientNet-Lite0 = {cal['pi_fraction']:.3f} of a core")
     for label, frac in (("full", None), ("fast3", a.fast3_cap), ("pi", cal["pi_fraction"])):
@@ -392,12 +396,16 @@ def main() -> None:
         console.print(f"{len(cells)} cells asked, {len(cells) - len(todo)} saved already, {len(todo)} to measure")
         if todo:
             cal = data.get("calibration")
-            if cal is None or any(m not in cal["core_gflops"] for m in a.models) or cal.get("pi_gflops") != a.pi_gflops \
-                    or cal.get("fast3_cap") != a.fast3_cap:
+            if cal is None or cal.get("pi_gflops") != a.pi_gflops or cal.get("fast3_cap") != a.fast3_cap:
+                if data["cells"]:
+                    raise SystemExit("the saved cells were measured with another --pi-gflops or --fast3-cap: "
+                                     "give the same, or --fresh to start over")
                 cal = calibrate(a)
                 cal.update(pi_gflops=a.pi_gflops, fast3_cap=a.fast3_cap,
                            measured_at=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
                 data["calibration"] = cal
+            for m in {c[0] for c in todo} - set(cal["core_gflops"]):
+                cal["core_gflops"][m] = core_gflops(m)
             for c in todo:
                 cell = run_cell(*c, cal, a)
                 cell["measured_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
