@@ -72,7 +72,7 @@ def package(model: str | Path | onnx.ModelProto, cluster: str | Path | Cluster, 
     also measure the split's fidelity and write the report there as one HTML file (docs/report.md).
 
     `format`: onnx, tflite (every device's steps converted to TFLite) or auto (the devices whose
-    cluster.yaml says `runtime: tflite`); `tflite_precision`: float32, float16 or int8 (docs/tflite.md).
+    cluster.yaml says `runtime: tflite`, or whose profile found LiteRT faster); `tflite_precision`: float32, float16 or int8 (docs/tflite.md).
 
     `inputs`: example inputs (a mapping of model input names to arrays); their shapes fix symbolic
     dimensions, and the report measures fidelity on them. `input_shapes` fixes them by name.

@@ -148,12 +148,17 @@ def cluster_from_dict(data: Any, source: str = "cluster", base: Path | None = No
         if "gflops" in d and "speed" in d:
             raise ClusterError(f"{where} ({name}) gives both 'gflops' and 'speed'; give one.")
         prof = _profile(d["profile"], base, where) if "profile" in d else None
+        runtime = d.get("runtime")
+        if runtime is None:  # its profile's pick: the runtime the same layers ran faster on (docs/profile.md)
+            runtime = "tflite" if prof is not None and prof.prefers_tflite else "onnx"
+        # a profiled device that runs TFLite is priced at its LiteRT speeds, where the profile has them
+        on_litert = prof is not None and runtime == "tflite" and prof.tflite_gflops is not None
         if "gflops" in d:
             gflops = _number(d["gflops"], f"{where}.gflops")
         elif "speed" in d:
             gflops = _number(d["speed"], f"{where}.speed") * ref
         elif prof is not None:
-            gflops = prof.gflops
+            gflops = prof.tflite_gflops if on_litert else prof.gflops
         else:
             raise ClusterError(f"{where} ({name}) needs 'gflops' (measured GFLOP/s), 'speed' (relative) or "
                                f"'profile' (a file `edgepart profile` wrote on the device).")
@@ -164,7 +169,6 @@ def cluster_from_dict(data: Any, source: str = "cluster", base: Path | None = No
         if not isinstance(threads, int) or isinstance(threads, bool) or threads < 0:
             raise ClusterError(f"{where}.threads must be a whole number of threads (0 or leave it out: the "
                                f"cores the agent's process may use).")
-        runtime = d.get("runtime", "onnx")
         if runtime not in ("onnx", "tflite"):
             raise ClusterError(f"{where}.runtime is {runtime!r}: give onnx (onnxruntime) or tflite (LiteRT).")
         standby = d.get("standby", False)
@@ -174,7 +178,8 @@ def cluster_from_dict(data: Any, source: str = "cluster", base: Path | None = No
         step = None if step is None else _number(step, f"{where}.step_ms", allow_zero=True)
         handling = d.get("handling_mbps")
         handling = None if handling is None else _number(handling, f"{where}.handling_mbps")
-        devices.append(Device(name, gflops, mem, prov, threads, runtime, prof.speeds if prof else (), standby, step,
+        speeds = () if prof is None else (prof.tflite_speeds if on_litert else prof.speeds)
+        devices.append(Device(name, gflops, mem, prov, threads, runtime, speeds, standby, step,
                               handling))
         if prof is not None:
             measured += [(name, q) for q in prof.peers]

@@ -3,7 +3,8 @@ that run TFLite (docs/tflite.md, "In the packager").
 
     --format onnx    every step stays ONNX (the default)
     --format tflite  every step becomes TFLite; a step that does not convert stops packaging
-    --format auto    the devices whose cluster.yaml says `runtime: tflite` get TFLite steps; a step
+    --format auto    the devices whose cluster.yaml says `runtime: tflite` (or whose profile found
+                     LiteRT faster: docs/profile.md) get TFLite steps; a step
                      that does not convert stays ONNX on that device, and the packager says which
                      operator stopped it
 

@@ -4,6 +4,7 @@ of an edge vision or language model's layers. Written with onnx here, on the wor
 in edgepart's package data (sdk/data/profile/), since a device has no onnx to build them.
 
     python -m edgepart.packager.profile_set sdk/data/profile      # writes them again, byte for byte
+    python -m edgepart.packager.profile_set sdk/data/profile --tflite   # and their TFLite twins (converter)
 """
 
 from __future__ import annotations
@@ -60,6 +61,25 @@ def models() -> dict[str, onnx.ModelProto]:
     return out
 
 
+def write_tflite(folder: str | Path) -> list[Path]:
+    """Each ONNX model of the set in `folder` converted to TFLite (float32) beside it, and `tflite.json`:
+    for each, the `io` that maps its ONNX input and output to the TFLite signature (docs/tflite.md), so
+    that a device with LiteRT times the same layers on it (docs/profile.md, "LiteRT"). Uses the
+    packager's converter (its environment is made on first use)."""
+    import json
+
+    from edgepart.packager.tflite import convert_step
+
+    folder = Path(folder)
+    paths, ios = [], {}
+    for name in models():
+        tfl, io = convert_step(folder / f"{name}.onnx", folder, step=name)
+        ios[name] = [{"name": t.name, "key": t.key, "perm": list(t.perm)} for t in io]
+        paths.append(tfl)
+    (folder / "tflite.json").write_text(json.dumps(ios, indent=1, sort_keys=True) + "\n")
+    return paths
+
+
 def write(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -72,5 +92,7 @@ def write(folder: str | Path) -> list[Path]:
 
 
 if __name__ == "__main__":
-    for p in write(sys.argv[1] if len(sys.argv) > 1 else "sdk/data/profile"):
+    args = [a for a in sys.argv[1:] if a != "--tflite"]
+    out = args[0] if args else "sdk/data/profile"
+    for p in write(out) + (write_tflite(out) if "--tflite" in sys.argv else []):
         print(p, p.stat().st_size)

@@ -64,6 +64,8 @@ def profile_cmd(
             task = pr.add_task("profiling", total=None)
             p = measure(files, providers=prov, threads=n_threads, seconds=seconds, device=device, source=source,
                         progress=lambda s: pr.update(task, description=s), tflite=tflite)
+            if bundle is None and model is None:  # the same layers on LiteRT, where it is installed
+                p = _litert_figures(p, n_threads, seconds, lambda s: pr.update(task, description=s))
             if peer:
                 pr.update(task, description="round trips and bandwidth to peers")
                 creds = None
@@ -79,8 +81,13 @@ def profile_cmd(
                               f"Give --out a path in a folder this user may write to.") from None
         console.print(f"[bold]{p.device}[/]: {p.gflops:.2f} GFLOP/s on {source} ({p.runtime}, "
                       f"{', '.join(p.providers)}, {p.threads} thread(s)), {p.memory_available_mb:,.0f} MB available")
+        tfl = dict(p.tflite_speeds)
         for k, v in p.speeds:
-            console.print(f"  {k:<10} {v:8.2f} GFLOP/s")
+            console.print(f"  {k:<10} {v:8.2f} GFLOP/s" + (f"   LiteRT {tfl[k]:8.2f}" if k in tfl else ""))
+        if p.tflite_gflops is not None:
+            pick = "TFLite (LiteRT)" if p.prefers_tflite else "ONNX (onnxruntime)"
+            console.print(f"  on {p.litert}: {p.tflite_gflops:.2f} GFLOP/s on the same layers: `--format auto` gives this "
+                          f"device {pick} unless cluster.yaml sets its `runtime`")
         for why in p.skipped:
             err_console.print(f"[yellow]not timed[/] {why}", soft_wrap=True)
         for q in p.peers:
@@ -91,28 +98,63 @@ def profile_cmd(
     _run(body)
 
 
-def _tflite_timer(b, steps, threads: int, seconds: float):
-    import time
-
-    import numpy as np
-
+def time_tflite(path, io, feeds: dict, threads: int, seconds: float) -> float:
+    """The median ms of one TFLite file on LiteRT (`io`: its tensors' map to the signature; `feeds` in
+    the plan's layout), after a warm-up run, over at least 5 runs and about `seconds`."""
     from .litert import make_tflite_session
+
+    sess = make_tflite_session(path, io, threads)
+    sess.run(None, feeds)
+    ts, end = [], time.perf_counter() + seconds
+    while len(ts) < 5 or time.perf_counter() < end:
+        t = time.perf_counter()
+        sess.run(None, feeds)
+        ts.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(ts)
+
+
+def _tflite_timer(b, steps, threads: int, seconds: float):
+    import numpy as np
 
     def run(name: str) -> float:
         st = steps[name]
-        sess = make_tflite_session(b.file(st.model_file), st.io, threads)
         rng = np.random.default_rng(0)
         feeds = {i.name: rng.standard_normal([d if isinstance(d, int) else 1 for d in i.shape]).astype(i.dtype)
                  for i in st.inputs}
-        sess.run(None, feeds)
-        ts, end = [], time.perf_counter() + seconds
-        while len(ts) < 5 or time.perf_counter() < end:
-            t = time.perf_counter()
-            sess.run(None, feeds)
-            ts.append((time.perf_counter() - t) * 1e3)
-        return statistics.median(ts)
+        return time_tflite(b.file(st.model_file), st.io, feeds, threads, seconds)
 
     return run
+
+
+def _litert_figures(p, threads: int, seconds: float, progress):
+    """The representative set's TFLite twins timed on LiteRT where it is installed (docs/profile.md,
+    "LiteRT"): `p` with the LiteRT found and its speeds; `p` as it was where there is none."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from .litert import litert_runtime
+    from .profile import representative_tflite, with_litert
+
+    pkg = litert_runtime()
+    twins = representative_tflite()
+    if pkg is None or not twins:
+        return p
+    try:
+        from importlib.metadata import version
+
+        found = f"{pkg} {version(pkg)}"
+    except Exception:  # noqa: BLE001 - a version we cannot read does not stop the profile
+        found = pkg
+    onnx_ms, tflite_ms = dict(p.steps_ms), {}
+    for name, path, io in twins:
+        progress(f"timing {name} on LiteRT")
+        src = path.with_suffix(".onnx")
+        sess = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
+        rng = np.random.default_rng(0)
+        feeds = {i.name: rng.standard_normal([d if isinstance(d, int) else 1 for d in i.shape]).astype(np.float32)
+                 for i in sess.get_inputs()}
+        tflite_ms[name] = time_tflite(path, io, feeds, threads, seconds / max(1, len(twins)))
+    return with_litert(p, onnx_ms, tflite_ms, found)
 
 
 # A ping's payload grows from 256 KiB by 4x until it adds this much time over an empty ping (or

@@ -24,6 +24,7 @@ runs on a device's small install.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import platform
@@ -121,6 +122,17 @@ class Profile:
     # beyond its nodes' kernel time (the packager's step_ms for this device; docs/planning.md, "Fixed
     # costs"); None: not measured (an older profile)
     step_ms: float | None = None
+    # the LiteRT it found ("ai-edge-litert 2.3.0"; empty: none) and, where it timed the representative
+    # set's TFLite twins on it too, their speeds (docs/profile.md, "LiteRT"): what `--format auto` reads
+    # to pick this device's runtime, and the packager's speeds for it when it runs TFLite
+    litert: str = ""
+    tflite_gflops: float | None = None
+    tflite_speeds: tuple[tuple[str, float], ...] = ()
+
+    @property
+    def prefers_tflite(self) -> bool:
+        """Whether the same layers ran faster on LiteRT than on onnxruntime here."""
+        return self.tflite_gflops is not None and self.tflite_gflops > self.gflops
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "edgepart-profile", "version": self.version, "device": self.device, "cpu": self.cpu,
@@ -130,7 +142,11 @@ class Profile:
                 "memory_available_mb": round(self.memory_available_mb, 1),
                 "steps_ms": {k: round(v, 4) for k, v in self.steps_ms},
                 "peers": {p.device: p.to_dict() for p in self.peers},
-                **({} if self.step_ms is None else {"step_ms": round(self.step_ms, 5)})}
+                **({} if self.step_ms is None else {"step_ms": round(self.step_ms, 5)}),
+                **({"litert": self.litert} if self.litert else {}),
+                **({} if self.tflite_gflops is None else {
+                    "tflite_gflops": round(self.tflite_gflops, 4),
+                    "tflite_speeds_gflops": {k: round(v, 4) for k, v in self.tflite_speeds}})}
 
     def to_yaml(self) -> str:
         """The profile as YAML, written without a YAML library (a device has none): JSON's quoted
@@ -160,11 +176,17 @@ class Profile:
                         tuple((str(k), float(v)) for k, v in (d.get("steps_ms") or {}).items()),
                         tuple(_peer(str(k), v) for k, v in (d.get("peers") or {}).items()),
                         str(d.get("source", "")), str(d.get("cpu", "")),
-                        step_ms=None if d.get("step_ms") is None else float(d["step_ms"]))
+                        step_ms=None if d.get("step_ms") is None else float(d["step_ms"]),
+                        litert=str(d.get("litert", "")),
+                        tflite_gflops=None if d.get("tflite_gflops") is None else float(d["tflite_gflops"]),
+                        tflite_speeds=tuple(sorted((str(k), float(v)) for k, v in
+                                                   (d.get("tflite_speeds_gflops") or {}).items())))
         except (KeyError, TypeError, ValueError) as e:
             raise BundleError(f"{source} is a malformed profile ({type(e).__name__}: {e}). Run `edgepart profile` "
                               f"again.") from None
-        bad = [k for k, v in p.speeds if k not in KINDS or not v > 0] + ([] if p.gflops > 0 else ["gflops"])
+        bad = [k for k, v in p.speeds + p.tflite_speeds if k not in KINDS or not v > 0]
+        bad += ([] if p.gflops > 0 else ["gflops"]) + ([] if p.tflite_gflops is None or p.tflite_gflops > 0
+                                                       else ["tflite_gflops"])
         bad += [] if p.step_ms is None or p.step_ms >= 0 else ["step_ms"]
         bad += [f"peers.{q.device}" for q in p.peers
                 if not q.rtt_ms >= 0 or (q.bandwidth_mbps is not None and not q.bandwidth_mbps > 0)]
@@ -332,6 +354,36 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def representative_tflite() -> list[tuple[str, Path, tuple]]:
+    """The representative set's TFLite twins (data/profile/*.tflite, written by
+    `python -m edgepart.packager.profile_set --tflite`), each with the `io` that maps its ONNX
+    tensors to its signature: [(kind, file, io)]; empty where they are not shipped."""
+    import json
+
+    from .plan import TensorIO
+
+    folder = Path(__file__).parent / "data" / "profile"
+    try:
+        ios = json.loads((folder / "tflite.json").read_text())
+    except (OSError, ValueError):
+        return []
+    return [(name, folder / f"{name}.tflite", tuple(TensorIO.from_dict(t) for t in io))
+            for name, io in sorted(ios.items()) if (folder / f"{name}.tflite").is_file()]
+
+
+def with_litert(p: Profile, onnx_ms: dict[str, float], tflite_ms: dict[str, float], litert: str) -> Profile:
+    """`p` (the representative set timed on onnxruntime, `onnx_ms` each model's median) with the same
+    models' medians on LiteRT, `tflite_ms`: each kind's LiteRT speed is its onnxruntime speed times how
+    much faster its model ran there, and the whole set's likewise (the same layers, the same MACs)."""
+    both = [k for k in tflite_ms if k in onnx_ms and tflite_ms[k] > 0]
+    if not both:
+        return dataclasses.replace(p, litert=litert)
+    onnx_speed = dict(p.speeds)
+    speeds = tuple((k, onnx_speed[k] * onnx_ms[k] / tflite_ms[k]) for k in sorted(both) if k in onnx_speed)
+    whole = p.gflops * sum(onnx_ms[k] for k in both) / sum(tflite_ms[k] for k in both)
+    return dataclasses.replace(p, litert=litert, tflite_gflops=whole, tflite_speeds=speeds)
+
+
 def representative_set() -> list[tuple[str, Path]]:
     """The models timed when neither a bundle nor a model is given: one per kind, shipped with
     edgepart (data/profile/, written by docs/profile.md's recipe)."""
@@ -343,4 +395,4 @@ def representative_set() -> list[tuple[str, Path]]:
 
 
 __all__ = ["KINDS", "PROFILE_VERSION", "PeerLink", "Profile", "measure", "memory_available_mb", "node_macs", "op_kind",
-           "representative_set", "tally_trace"]
+           "representative_set", "representative_tflite", "tally_trace", "with_litert"]

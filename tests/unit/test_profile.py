@@ -65,14 +65,61 @@ def test_profile_of_the_shipped_set_reads_back_into_a_cluster(tmp_path):
     assert d["threads"] == 1 and d["providers"][-1] == "CPU" and d["memory_available_mb"] > 0
     from edgepart.packager.cluster import load_cluster
 
-    (tmp_path / "c.yaml").write_text("devices:\n  - {name: pi-b, profile: p.yaml}\n  - {name: lap, gflops: 50}\n"
-                                     "links:\n  default: {bandwidth_mbps: 100, latency_ms: 1}\n")
+    # runtime: onnx, so its onnxruntime figures (without it, the profile picks: the LiteRT tests below)
+    (tmp_path / "c.yaml").write_text("devices:\n  - {name: pi-b, profile: p.yaml, runtime: onnx}\n"
+                                     "  - {name: lap, gflops: 50}\nlinks:\n  default: {bandwidth_mbps: 100, latency_ms: 1}\n")
     c = load_cluster(tmp_path / "c.yaml")
     pi = c.device("pi-b")
     assert pi.gflops == pytest.approx(d["gflops"]) and pi.memory_mb == pytest.approx(d["memory_available_mb"])
     assert dict(pi.speeds) == pytest.approx(d["speeds_gflops"])
     assert pi.speed_of("depthwise") == pytest.approx(d["speeds_gflops"]["depthwise"])
     assert c.device("lap").speeds == () and c.device("lap").speed_of("conv") == 50
+
+
+def test_the_shipped_set_is_timed_on_litert_too_and_its_figures_reach_the_cluster(tmp_path):
+    """With LiteRT installed (the dev install has it), the profile times the set's TFLite twins too; a
+    device whose profile found LiteRT faster runs TFLite under --format auto, priced at its LiteRT
+    speeds; cluster.yaml's `runtime` wins over the profile."""
+    from edgepart.litert import litert_runtime
+    from edgepart.packager.cluster import load_cluster
+
+    d = _profile_cmd(tmp_path, "--name", "pi-b")
+    assert d["litert"].startswith(litert_runtime())
+    assert d["tflite_gflops"] > 0 and set(d["tflite_speeds_gflops"]) == set(KINDS)
+    assert all(v > 0 for v in d["tflite_speeds_gflops"].values())
+    faster = dict(d, tflite_gflops=2 * d["gflops"])
+    slower = dict(d, tflite_gflops=0.5 * d["gflops"])
+    for name, prof in (("faster", faster), ("slower", slower)):
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(prof))
+    (tmp_path / "c.yaml").write_text(
+        "devices:\n  - {name: a, profile: faster.yaml}\n  - {name: b, profile: slower.yaml}\n"
+        "  - {name: c, profile: faster.yaml, runtime: onnx}\n  - {name: e, profile: slower.yaml, runtime: tflite}\n"
+        "links:\n  default: {bandwidth_mbps: 100, latency_ms: 1}\n")
+    c = load_cluster(tmp_path / "c.yaml")
+    a, b, cc, e = (c.device(n) for n in "abce")
+    assert (a.runtime, b.runtime, cc.runtime, e.runtime) == ("tflite", "onnx", "onnx", "tflite")
+    assert a.gflops == pytest.approx(2 * d["gflops"]) and dict(a.speeds) == pytest.approx(d["tflite_speeds_gflops"])
+    assert e.gflops == pytest.approx(0.5 * d["gflops"]) and dict(e.speeds) == pytest.approx(d["tflite_speeds_gflops"])
+    for dev in (b, cc):
+        assert dev.gflops == pytest.approx(d["gflops"]) and dict(dev.speeds) == pytest.approx(d["speeds_gflops"])
+    back = Profile.from_dict(yaml.safe_load(Profile.from_dict(faster).to_yaml()))
+    assert back.prefers_tflite and back.tflite_gflops == pytest.approx(2 * d["gflops"], rel=1e-4)
+
+
+def test_the_shipped_tflite_twins_compute_what_the_set_does():
+    """Each TFLite twin, through its shipped tensor map, gives its ONNX model's answer on LiteRT."""
+    from edgepart.litert import make_tflite_session
+    from edgepart.profile import representative_tflite
+
+    twins = representative_tflite()
+    assert sorted(name for name, _, _ in twins) == sorted(KINDS)
+    for name, path, io in twins:
+        sess = ort.InferenceSession(str(path.with_suffix(".onnx")), providers=["CPUExecutionProvider"])
+        x = {i.name: np.random.default_rng(1).standard_normal(i.shape).astype(np.float32) for i in sess.get_inputs()}
+        want = sess.run(None, x)[0]
+        got = make_tflite_session(path, io, 1).run(None, x)[0]
+        assert got.shape == want.shape
+        assert np.max(np.abs(got - want)) <= 1e-4 * max(1.0, float(np.max(np.abs(want)))), name
 
 
 def test_a_profiled_device_prices_each_node_at_its_kind(tmp_path):
@@ -132,6 +179,10 @@ def test_bad_profiles_are_clear_cluster_errors(tmp_path):
                                  "c.yaml", base=tmp_path)
 
     good = Profile("pi", "ort", ("CPU",), 1, 5.0, (("conv", 4.0),), 100.0).to_dict()
+    cases_extra = {"badtflite.yaml": "tflite_gflops is not", "badtflitekind.yaml": "gpu is not"}
+    (tmp_path / "badtflite.yaml").write_text(yaml.safe_dump(dict(good, tflite_gflops=-1.0)))
+    (tmp_path / "badtflitekind.yaml").write_text(yaml.safe_dump(dict(good, tflite_gflops=3.0,
+                                                                      tflite_speeds_gflops={"gpu": 3.0})))
     cases = {"missing.yaml": "does not exist. Run `edgepart profile",
              "notprofile.yaml": "not an edgepart profile",
              "newer.yaml": "profile of version 2",
@@ -147,7 +198,7 @@ def test_bad_profiles_are_clear_cluster_errors(tmp_path):
     (tmp_path / "badpeer.yaml").write_text(yaml.safe_dump(dict(good, peers={"b": 3.0})))
     (tmp_path / "negpeer.yaml").write_text(yaml.safe_dump(dict(good, peers={"b": {"rtt_ms": 1, "bandwidth_mbps": -2}})))
     (tmp_path / "binary.yaml").write_bytes(b"\xff\xfe\x00kind")
-    for ref, needle in cases.items():
+    for ref, needle in {**cases, **cases_extra}.items():
         with pytest.raises(ClusterError, match=needle.replace("(", r"\(").replace("`", ".")):
             cluster(ref)
     with pytest.raises(ClusterError, match="path of a profile file"):
