@@ -4,6 +4,7 @@
     _layout.py    which tensor is split how on which device, and each op's decision
     _ops.py       what each ONNX op allows (the rules), the model facts the compiler reads
     _emitter.py   writes every device's nodes from the layouts
+    _local.py     per-channel nodes on the channels each device owns
     _norm.py      LayerNorm/BatchNorm over split channels
     _partial.py   partial sums: a contraction's partial products cross instead of its inputs
     restructure/  make the split cheaper: replicate the first layers (exact), RePurpose and low-rank

@@ -19,7 +19,8 @@ first pass only records which channels each (tensor, sender, receiver) pair is a
 second sends their union once and lets every consumer take its subset locally.
 
 A LayerNormalization over the split axis is emitted by channel_norm (statistics cross, not
-features); partial products sent instead of input channels by channel_partial.
+features); partial products sent instead of input channels by channel_partial; per-channel nodes on
+each device's own channels by _local.py.
 
 Ops are then grouped into steps: an op's level is the number of messages on the longest path
 that reaches it, and a device's ops of one level form one step (one sub-model). Consecutive work
@@ -39,8 +40,9 @@ from onnx import helper, numpy_helper
 from edgepart.plan import CALLER
 
 from edgepart.packager.strategies.channel._layout import CALLER_DEV, ChannelLayout, Rep, Split, Whole
+from edgepart.packager.strategies.channel._local import emit_local
 from edgepart.packager.strategies.channel._norm import emit_norm
-from edgepart.packager.strategies.channel._ops import ELEMENTWISE, aligned, attr
+from edgepart.packager.strategies.channel._ops import attr
 from edgepart.packager.strategies.channel._partial import emit_both_halves, emit_partials, emit_sum
 from edgepart.packager.model.graph import captured_inputs
 
@@ -323,7 +325,7 @@ class Emitter:
                     emit_both_halves(self, nd)
             elif dec.kind == "local":
                 for k in range(self.lay.n_devices):
-                    self.local(nd, k)
+                    emit_local(self, nd, k)
             elif dec.kind == "whole":
                 c = self.info.contraction(nd.name)
                 if c is not None:
@@ -472,132 +474,6 @@ class Emitter:
                 for sg in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
                     _rename_captures(sg, rename)
         self.op(r, node, ins, list(p.output), inits, nd.macs, origins=[(o, None, None) for o in p.output])
-
-    def local(self, nd, k: int) -> None:
-        """A per-channel node on the channels device k owns."""
-        rule = self.lay.rules[nd.index]
-        p = self.info.protos[nd.name]
-        out = nd.outputs[0]
-        lo: Split = self.lay.layouts[out]
-        rows = lo.of(k)
-        if rows.size == 0:
-            return
-        name = self.fresh(f"{out}@{self.dev[k]}")
-        self.piece[(out, k)] = name
-        origin = [(out, lo.axis, len(rows))]
-        macs = nd.macs * len(rows) / len(lo.owner)
-        op = nd.op_type
-        if op in ELEMENTWISE and self.whole_inputs(p, k):
-            self.local_whole(nd, p, k, name)
-            return
-        if rule.link in ("group", "merge"):
-            self.regroup(nd, k, rows, name, origin, macs)
-            return
-        if op == "Gather" and not rule.ins:  # an embedding: this device's columns of the table
-            table, inits = self.info.array(p.input[0]), []
-            cols = self.sliced(p.input[0], table[:, rows], table, k, inits)
-            self.op(k, p, [cols, self.deliver(p.input[1], k)], [name], inits, macs, origins=origin)
-            return
-        if rule.link == "flatten" or (op in ("Flatten", "Reshape") and rule.link == "same"):
-            x = p.input[0]
-            lx = self.lay.layouts[x]
-            xin = self.deliver(x, k, lx.of(k) if rule.link == "flatten" else rows, lx.axis)
-            self.op(k, "Flatten", [xin], [name], macs=macs, origins=origin, axis=int(lx.axis))
-            return
-        if rule.link == "concat":
-            parts = []
-            for t in p.input:
-                lt = self.lay.layouts[t]
-                if lt.of(k).size:
-                    parts.append(self.deliver(t, k, lt.of(k), lt.axis))
-            self.op(k, p, parts, [name], macs=macs, origins=origin)
-            return
-        ins, inits, extra = [], [], {}
-        r_out = len(self.info.shapes[out])
-        for i, s in enumerate(p.input):
-            if not s:
-                ins.append("")
-                continue
-            if op in ELEMENTWISE or op in ("Concat", "MatMul"):
-                idx = self.lay.layouts[s].axis if op == "Concat" else aligned(self.info.shape(s), r_out, lo.axis)
-                shape = self.info.shape(s)
-                per_channel = idx >= 0 and shape[idx] == len(lo.owner) and not (shape[idx] == 1 and len(lo.owner) != 1)
-            elif op in ("BatchNormalization", "InstanceNormalization") or (op == "Conv" and i > 0):
-                idx, per_channel = (1, True) if i == 0 else (0, True)
-            else:
-                idx, per_channel = (self.lay.layouts[s].axis, True) if i == 0 else (None, False)
-            if self.info.is_const(s):
-                if per_channel:
-                    whole = self.info.array(s)
-                    ins.append(self.sliced(s, np.take(whole, rows, axis=idx), whole, k, inits))
-                else:
-                    ins.append(s)
-                    inits.append(self.copy_const(s))
-            else:
-                ins.append(self.deliver(s, k, rows, idx) if per_channel else self.deliver(s, k))
-        if op == "Conv":
-            extra["group"] = len(rows)
-        outs = [name] + [""] * (len(p.output) - 1)
-        self.op(k, p, ins, outs, inits, macs, origins=origin + [None] * (len(outs) - 1), **extra)
-
-    def whole_inputs(self, p, k: int) -> bool:
-        """Whether device k holds every split input of elementwise node p whole (and one at least)."""
-        split = [s for s in p.input if s and not self.info.is_const(s) and isinstance(self.lay.layouts[s], Split)]
-        return bool(split) and all((s, k) in self.whole_on for s in split)
-
-    def local_whole(self, nd, p, k: int, name: str) -> None:
-        """An elementwise node on the whole tensors device k holds (the model's own constants): its
-        output whole there too, and k's piece taken from it."""
-        out = nd.outputs[0]
-        lo: Split = self.lay.layouts[out]
-        ins, inits = [], []
-        for s in p.input:
-            if not s:
-                ins.append("")
-            elif self.info.is_const(s):
-                ins.append(s)
-                inits.append(self.copy_const(s))
-            elif isinstance(self.lay.layouts[s], Split):
-                ins.append(self.whole_on[(s, k)])
-            else:
-                ins.append(self.deliver(s, k))
-        whole = self.fresh(f"{out}@{self.dev[k]}:whole")
-        self.op(k, p, ins, [whole] + [""] * (len(p.output) - 1), inits, nd.macs,
-                origins=[(out, None, None)] + [None] * (len(p.output) - 1))
-        self.whole_on[(out, k)] = whole
-        self.piece[(out, k)] = self.take(k, whole, out, lo.of(k), lo.axis, np.arange(len(lo.owner)), out=name)
-
-    def regroup(self, nd, k: int, rows: np.ndarray, name: str, origin, macs: float) -> None:
-        """A Reshape splitting the split axis into (groups, inner) or merging (groups, inner) back, on
-        device k's groups: the target shape's entry for the split axis becomes the device's count."""
-        rule = self.lay.rules[nd.index]
-        p = self.info.protos[nd.name]
-        x, target = p.input[0], p.input[1]
-        a = rule.axis
-        if rule.link == "group":  # rows are groups: read their channels
-            chans = (rows[:, None] * rule.inner + np.arange(rule.inner)[None, :]).reshape(-1)
-        else:  # rows are channels of merged groups: read those groups
-            chans = np.unique(rows // rule.inner)
-        xin = self.deliver(x, k, chans, a)
-        inits = []
-        if self.info.is_const(target):
-            shape = self.info.array(target).astype(np.int64).copy()
-            shape[a] = len(rows)
-            tname, init = self.const(shape, f"{target}@{self.dev[k]}")
-            inits.append(init)
-        else:
-            full = self.deliver(target, k)
-            r = int(self.info.shape(target)[0])
-            mask = np.ones(r, dtype=np.int64)
-            mask[a] = 0
-            add = np.zeros(r, dtype=np.int64)
-            add[a] = len(rows)
-            masked, tname = self.fresh(f"{target}@{self.dev[k]}:masked"), self.fresh(f"{target}@{self.dev[k]}:local")
-            mn, mi = self.const(mask, f"{tname}:mask")
-            an, ai = self.const(add, f"{tname}:add")
-            self.op(k, "Mul", [full, mn], [masked], [mi], origins=[(target, None, None)])
-            self.op(k, "Add", [masked, an], [tname], [ai], origins=[(target, None, None)])
-        self.op(k, p, [xin, tname], [name], inits, macs, origins=origin)
 
 
 def _rename_captures(g: onnx.GraphProto, rename: dict[str, str]) -> None:
