@@ -16,8 +16,9 @@ device on its own). Device speeds:
             measured speed on EfficientNet-Lite0: a Raspberry-Pi-class core. The same fraction of a
             core for every model.
 
-In each cell the cluster says what the cell is (each device's GFLOP/s on that model: the core's,
-measured, times its cap; the link's rate with 0.2 ms; the fixed costs per step and per message
+In each cell the cluster says what the cell is (each device's GFLOP/s on that model: measured on a
+whole core, or for a capped device in a child process inside such a cgroup, as `edgepart profile`
+would on the device; the link's rate with 0.2 ms; the fixed costs per step and per message
 measured through two agents capped as the devices are, docs/planning.md "Fixed costs"), auto ranks
 every candidate under the latency objective and under the throughput objective, and every
 distinct plan either ranking holds is packaged once and run through `edgepart run` agents (1
@@ -51,6 +52,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_auto import _cap, cluster_for, run_candidates  # noqa: E402
+from bench_priority_agents import measure_capped  # noqa: E402
 from common import REPO, RESULTS, save  # noqa: E402
 
 from rich.console import Console  # noqa: E402
@@ -168,6 +170,20 @@ def core_gflops(model: str) -> float:
     return g
 
 
+def capped_gflops(model: str, fraction: float, runs: int, work: Path) -> float:
+    """`model`'s speed on a device emulated with `fraction` of a core: timed in a child process inside
+    such a CPU cgroup, as `edgepart profile` would time it on the device. A capped core is not this
+    core scaled: its caches are cold after every pause of the cgroup's period, so it runs the model
+    slower per FLOP than `fraction` of the full core's speed, more so for large activations."""
+    path, _, feeds = model_of(model)
+    inputs = work / f"{model}.npz"
+    np.savez(inputs, **feeds)
+    g = measure_capped(path, inputs, fraction, runs)["gflops"]
+    console.print(f"capped to {fraction:.3f} of a core: {g:.2f} GFLOP/s on {model} "
+                  f"({g / fraction:.1f} GFLOP/s per whole core)")
+    return g
+
+
 def calibrate(a) -> dict:
     """This core's speed on EfficientNet-Lite0 (the pi-class fraction) and the fixed costs at each cap;
     the speed on each other model is added when a cell first needs it (`core_gflops`)."""
@@ -205,13 +221,10 @@ def run_cell(model: str, n_dev: int, speed: str, rate: float, cal: dict, a) -> d
     t0 = time.perf_counter()
     path, shapes, feeds = model_of(model)
     ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)
-    if speed == "pi":
-        frac, fixed = cal["pi_fraction"], cal["fixed"]["pi"]
-    elif n_dev > 2:
-        frac, fixed = a.fast3_cap, cal["fixed"]["fast3"]
-    else:
-        frac, fixed = None, cal["fixed"]["full"]
-    gflops = cal["core_gflops"][model] * (frac or 1.0)
+    label = "pi" if speed == "pi" else ("fast3" if n_dev > 2 else "full")
+    frac = {"pi": cal["pi_fraction"], "fast3": a.fast3_cap, "full": None}[label]
+    fixed = cal["fixed"][label]
+    gflops = cal["core_gflops"][model] if frac is None else cal["capped_gflops"][model][label]
     cl = cluster_for(gflops, rate, 0.2, fixed["step_ms"], fixed["message_ms"], n=n_dev)
     rows: dict[str, list[dict]] = {}
     cannot: list[dict] = []
@@ -300,6 +313,13 @@ def report(data: dict) -> dict:
                               "best_split": best["candidate"], "split_over_one": best["throughput_per_s"] / one[0],
                               "replicas_over_one": reps[0]["throughput_per_s"] / one[0] if reps else None})
     out["pi_detector_100mbit"] = gains
+    ratios: dict[str, list[float]] = {}
+    for c in data["cells"].values():  # the cost model's accuracy per strategy: estimate / measured latency
+        for r in {r["plan_id"]: r for r in c["objectives"]["latency"]["rows"] if "error" not in r}.values():
+            key = "one device" if r["candidate"].startswith("one device") else r["candidate"]
+            ratios.setdefault(key, []).append(r["estimate_ms"] / r["latency_ms"])
+    out["estimate_over_measured"] = {k: {"median": statistics.median(v), "min": min(v), "max": max(v), "n": len(v)}
+                                     for k, v in ratios.items()}
     t = Table(title="the grid so far", title_justify="left")
     for c in ("objective", "cells", "pick best or within 10 %", "Spearman median", "worst", "cells >= 0.9"):
         t.add_column(c, justify="left" if c == "objective" else "right")
@@ -312,6 +332,9 @@ def report(data: dict) -> dict:
                   "n/a" if o["spearman_min"] is None else f"{o['spearman_min']:.2f}",
                   f"{o['spearman_at_least_0.9']} of {o['spearman_cells']}")
     console.print(t)
+    console.print("estimate / measured latency per candidate: " + "; ".join(
+        f"{k} {v['median']:.2f} ({v['min']:.2f}–{v['max']:.2f}, {v['n']} cells)"
+        for k, v in out["estimate_over_measured"].items()), soft_wrap=True)
     for g in gains:
         rep = "" if g["replicas_over_one"] is None else f"; replicas {g['replicas_over_one']:.2f}x"
         console.print(f"  {g['cell']}: best split ({g['best_split']}) {g['split_over_one']:.2f}x one device's frame "
@@ -406,6 +429,13 @@ def main() -> None:
                 data["calibration"] = cal
             for m in {c[0] for c in todo} - set(cal["core_gflops"]):
                 cal["core_gflops"][m] = core_gflops(m)
+            capped = cal.setdefault("capped_gflops", {})
+            for m, d, s, _ in todo:
+                label = "pi" if s == "pi" else ("fast3" if d > 2 else "full")
+                if label != "full" and label not in capped.setdefault(m, {}):
+                    frac = cal["pi_fraction"] if label == "pi" else a.fast3_cap
+                    with tempfile.TemporaryDirectory() as tmp:
+                        capped[m][label] = capped_gflops(m, frac, 4 if label == "pi" else 10, Path(tmp))
             for c in todo:
                 cell = run_cell(*c, cal, a)
                 cell["measured_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())

@@ -80,7 +80,7 @@ _MEASURE = r"""
 import json, sys
 import numpy as np
 from edgepart.packager.calibrate import measure_device
-feeds = {"input": np.load(sys.argv[2])["input"]}
+feeds = dict(np.load(sys.argv[2]))
 s = measure_device(sys.argv[1], feeds, threads=1, runs=int(sys.argv[3]), warmup=2)
 print(json.dumps({"gflops": s.gflops, "median_ms": s.timing.median_ms}))
 """

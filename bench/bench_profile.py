@@ -112,7 +112,8 @@ def run_setting(busy_dev: str, a, model: Path, feeds: dict) -> dict:
             link = {"default": {"bandwidth_mbps": 1000, "latency_ms": 0.1}}
             fast = max(pr["gflops"] for pr in profs.values())
             nominal = {"devices": [{"name": d, "gflops": round(fast, 3)} for d in CORES], "links": link}
-            profiled = {"devices": [{"name": d, "profile": f"{d}.yaml"} for d in CORES], "links": link}
+            # runtime onnx: the plans here are packaged ONNX, so the profiles' onnxruntime figures
+            profiled = {"devices": [{"name": d, "profile": f"{d}.yaml", "runtime": "onnx"} for d in CORES], "links": link}
             for label, doc in (("nominal", nominal), ("profiled", profiled)):
                 (tmp / f"{label}.yaml").write_text(yaml.safe_dump(doc))
                 res = p.package(model, tmp / f"{label}.yaml", out=tmp / label, input_shapes=SHAPES,
