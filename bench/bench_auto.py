@@ -74,7 +74,7 @@ def run_candidates(model_path: Path, cluster, objective: str, work: Path, shapes
                         **c.options)
         pid = res.plan.plan_id
         rows.append({"candidate": c.name, "strategy": c.strategy, "devices": list(c.devices), "plan_id": pid,
-                     "estimate_ms": c.latency_ms, "estimate_req_s": c.throughput_per_s, "dist": str(by_id.get(pid, out)),
+                     "estimate_ms": c.latency_ms, "estimate_req_s": c.throughput_per_s, "own_req_s": c.headroom(), "dist": str(by_id.get(pid, out)),
                      "auto_pick": i == 0})
         by_id.setdefault(pid, out)
     return auto, rows

@@ -192,3 +192,22 @@ def test_ties_are_within_a_relative_1e_6_of_the_best_and_go_to_the_simpler():
         assert [c.name for c in rank([simple, split, slower], "latency")][:2] == ["one device", "pipeline"], base
     faster = Candidate("pipeline", "pipeline", devices=("a", "b"), latency_ms=10.0 * (1 - 1e-4))
     assert rank([Candidate("one device", "pipeline", devices=("a",), latency_ms=10.0), faster], "latency")[0] is faster
+
+
+def test_a_tie_at_the_callers_link_goes_to_the_most_headroom():
+    """Under throughput, candidates that the caller's link holds to the same rate rank by their own
+    rate before it (the devices with the most room first), and the reason says so; latency ties still
+    go to the simpler."""
+    from edgepart.packager.strategies.auto.rank import Candidate, rank, reason
+
+    one = Candidate("one device", "pipeline", devices=("a",), latency_ms=9.0, throughput_per_s=3.3, headroom_per_s=1.4)
+    pipe = Candidate("pipeline", "pipeline", devices=("a", "b"), latency_ms=12.0, throughput_per_s=3.3,
+                     headroom_per_s=3.4)
+    reps = Candidate("replicas", "replicas", devices=("a", "b"), latency_ms=9.0, throughput_per_s=3.3,
+                     headroom_per_s=4.3)
+    ranked = rank([one, pipe, reps], "throughput")
+    assert [c.name for c in ranked] == ["replicas", "pipeline", "one device"]
+    assert "the most headroom" in reason(ranked, "throughput") and "4.3 req/s against 3.4" in reason(ranked, "throughput")
+    assert [c.name for c in rank([one, pipe, reps], "latency")][:2] == ["one device", "replicas"]
+    plain = Candidate("x", "pipeline", devices=("a",), throughput_per_s=2.0)  # never bounded: its own rate
+    assert plain.headroom() == 2.0

@@ -27,6 +27,12 @@ class Candidate:
     latency_ms: float = math.nan  # one request end to end, the caller's inputs and outputs included
     throughput_per_s: float = math.nan  # streamed
     why_not: str = ""
+    # its strategy's own streamed rate, before what the caller's link carries held it (auto's
+    # `_caller_bound`): a tie at that bound goes to the one whose devices have the most room
+    headroom_per_s: float = math.nan
+
+    def headroom(self) -> float:
+        return self.throughput_per_s if math.isnan(self.headroom_per_s) else self.headroom_per_s
 
     @property
     def ok(self) -> bool:
@@ -53,8 +59,9 @@ def _tie(a: float, b: float) -> bool:
 
 def rank(candidates: tuple[Candidate, ...] | list[Candidate], objective: str) -> tuple[Candidate, ...]:
     """Those that plan, best first for the objective (lower score first; scores within a relative
-    1e-6 of the best left are a tie, and ties keep the given order: the simpler first), then those
-    that cannot, in the given order."""
+    1e-6 of the best left are a tie, and ties keep the given order: the simpler first; under
+    throughput, a tie goes first to the candidate with the most headroom, its own rate before the
+    caller's link held it), then those that cannot, in the given order."""
     order = {id(c): i for i, c in enumerate(candidates)}
     left = sorted((c for c in candidates if c.ok and math.isfinite(c.score(objective))),
                   key=lambda c: (c.score(objective), order[id(c)]))
@@ -62,7 +69,7 @@ def rank(candidates: tuple[Candidate, ...] | list[Candidate], objective: str) ->
     while left:
         head = left[0].score(objective)
         group = [c for c in left if _tie(c.score(objective), head)]
-        ok += sorted(group, key=lambda c: order[id(c)])
+        ok += sorted(group, key=lambda c: (-c.headroom() if objective == "throughput" else 0.0, order[id(c)]))
         taken = {id(c) for c in group}
         left = [c for c in left if id(c) not in taken]
     done = {id(c) for c in ok}
@@ -80,12 +87,18 @@ def reason(ranked: tuple[Candidate, ...], objective: str) -> str:
         return f"{w.name} is the only candidate that plans this model ({what} {w.figure(objective)})"
     # the next best that is another plan (not the winner's own plan under another name: the pipeline
     # that leaves every other device out is the one-device plan)
-    others = [c for c in ok[1:] if not (c.devices == w.devices and _tie(c.score(objective), w.score(objective)))]
+    others = [c for c in ok[1:] if not (c.strategy == w.strategy and c.devices == w.devices
+                                        and _tie(c.score(objective), w.score(objective)))]
     if not others:
         return f"{w.name} wins on {what}: {w.figure(objective)}; every other candidate that plans is the same plan"
     nxt = others[0]
     ratio = nxt.score(objective) / w.score(objective) if w.score(objective) > 0 else math.inf
-    close = " (a tie: the simpler wins)" if _tie(nxt.score(objective), w.score(objective)) else ""
+    close = ""
+    if _tie(nxt.score(objective), w.score(objective)):
+        close = " (a tie: the simpler wins)"
+        if objective == "throughput" and w.headroom() > nxt.headroom():
+            close = (f" (a tie at what the caller's link carries: its devices alone would stream {w.headroom():,.1f} "
+                     f"req/s against {nxt.headroom():,.1f}, the most headroom)")
     why = f"{w.name} wins on {what}: {w.figure(objective)} against {nxt.figure(objective)} for {nxt.name}, the next " \
           f"best ({ratio:.2f}x){close}"
     if len(w.devices) == 1:

@@ -87,6 +87,7 @@ class AutoPlanned:
             "winner_options": dict(w.options), "winner_devices": list(w.devices), "reason": self.reason,
             "ranking": [{"rank": i + 1, "candidate": c.name, "strategy": c.strategy, "options": dict(c.options),
                          "devices": list(c.devices), "latency_ms": c.latency_ms, "throughput_per_s": c.throughput_per_s,
+                         "headroom_per_s": c.headroom(),
                          "score_ms": c.score(self.objective), "left_out": _left_out(c, self.objective)}
                         for i, c in enumerate(x for x in self.ranking if x.ok)],
             "cannot_plan": [{"candidate": c.name, "strategy": c.strategy, "why": c.why_not}
@@ -154,7 +155,8 @@ def _caller_bound(job: Job, cands: list[Candidate]) -> list[Candidate]:
     if graph is None:
         graph = analyse(job.model, dict(job.input_shapes) or None)
     most = 1e3 / caller_period_ms(graph, job.cluster)
-    return [dataclasses.replace(c, throughput_per_s=min(c.throughput_per_s, most)) if c.ok else c for c in cands]
+    return [dataclasses.replace(c, throughput_per_s=min(c.throughput_per_s, most), headroom_per_s=c.throughput_per_s)
+            if c.ok else c for c in cands]
 
 
 def _estimates(planned) -> tuple[float, float]:
