@@ -342,6 +342,16 @@ def report(data: dict) -> dict:
         for r in {r["plan_id"]: r for r in c["objectives"]["latency"]["rows"] if "error" not in r}.values():
             key = "one device" if r["candidate"].startswith("one device") else r["candidate"]
             ratios.setdefault(key, []).append(r["estimate_ms"] / r["latency_ms"])
+    # the noise floor: one device and replicas do the same work for one request at a time (the whole
+    # model on one device), so their latencies differ by the measurement's noise alone
+    noise = []
+    for c in data["cells"].values():
+        rows = [r for r in c["objectives"]["latency"]["rows"] if "error" not in r]
+        one = [r["latency_ms"] for r in rows if r["candidate"].startswith("one device")]
+        rep = [r["latency_ms"] for r in rows if r["candidate"] == "replicas"]
+        if one and rep:
+            noise.append(max(one[0], rep[0]) / min(one[0], rep[0]))
+    out["same_work_latency_ratio"] = {"median": statistics.median(noise), "max": max(noise)} if noise else None
     out["estimate_over_measured"] = {k: {"median": statistics.median(v), "min": min(v), "max": max(v), "n": len(v)}
                                      for k, v in ratios.items()}
     t = Table(title="the grid so far", title_justify="left")
@@ -356,6 +366,9 @@ def report(data: dict) -> dict:
                   "n/a" if o["spearman_min"] is None else f"{o['spearman_min']:.2f}",
                   f"{o['spearman_at_least_0.9']} of {o['spearman_cells']}")
     console.print(t)
+    if out["same_work_latency_ratio"]:
+        console.print(f"noise: one device and replicas (the same work per request) measured {out['same_work_latency_ratio']['median']:.2f}x "
+                      f"apart in latency at the median, {out['same_work_latency_ratio']['max']:.2f}x at most")
     console.print("estimate / measured latency per candidate: " + "; ".join(
         f"{k} {v['median']:.2f} ({v['min']:.2f}–{v['max']:.2f}, {v['n']} cells)"
         for k, v in out["estimate_over_measured"].items()), soft_wrap=True)
