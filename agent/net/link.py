@@ -84,7 +84,11 @@ def parse_peer(text: str) -> str:
 
 HWM = 64  # messages queued per peer before senders wait
 HEARTBEAT_IVL_MS = 500
-HEARTBEAT_TIMEOUT_MS = 2000
+# A heartbeat waits behind what its socket already holds: a 4 MiB tensor keeps a 20 Mbit/s link busy
+# for 1.7 s, and with several queued a 2 s timeout took a device that was still receiving for a dead
+# one. 10 s leaves a slow link room for tens of MB ahead of a PING; a killed agent is still seen at
+# once (its TCP connection drops), a vanished host after 10 s (docs/agents.md, "Links and liveness")
+HEARTBEAT_TIMEOUT_MS = 10_000
 FORGET_AFTER_S = 30.0  # a discovered endpoint down this long is closed (static peers are kept)
 ASK_STATUS_S = 0.05  # a peer up but not yet linked to its own peers is asked again this often
 # a watched peer is asked for its queue this often while the asker has requests (plans with sources):
