@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import signal
 import statistics
 import subprocess
 import sys
@@ -438,6 +439,8 @@ def main() -> None:
     ap.add_argument("--fresh", action="store_true", help="forget the cells saved in bench/results/grid.json")
     ap.add_argument("--report", action="store_true", help="only print the figures and plot from what is saved")
     a = ap.parse_args()
+    # a stopped run (kill, Ctrl-C) unwinds: its namespaces, agents and CPU cgroups are removed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     a.models = [m for m in a.models.split(",") if m]
     unknown = [m for m in a.models if m not in MODELS]
     if unknown:
