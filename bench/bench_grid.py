@@ -411,7 +411,7 @@ def plot(data: dict, path: Path) -> None:
         for obj in OBJECTIVES:
             v = c["objectives"][obj]["verdict"]
             if v:
-                labels.append(f"{c['model'][:10]} {c['devices']}d {c['speed']} {c['rate_mbit']:g} {obj[:3]}")
+                labels.append(f"{c['model']} {c['devices']}d {c['speed']} {c['rate_mbit']:g} {obj[:3]}")
                 vals.append(v["pick_over_best"])
                 cols.append(colours[c["model"]])
     ax.barh(range(len(vals)), vals, color=cols)
