@@ -43,7 +43,7 @@ def _source_files() -> dict[str, Path]:
         for f in sorted((REPO / folder).rglob("*")):
             if f.is_relative_to(NOT_SHIPPED):
                 continue
-            data = "data" in f.relative_to(REPO / folder).parts[:-1] and f.suffix in (".txt", ".onnx")
+            data = "data" in f.relative_to(REPO / folder).parts[:-1] and f.suffix in (".txt", ".onnx", ".tflite", ".json")
             if f.is_file() and (f.suffix == ".py" or f.name == "py.typed" or data) and "__pycache__" not in f.parts:
                 out[f"{prefix}/{f.relative_to(REPO / folder).as_posix()}"] = f
     return out
