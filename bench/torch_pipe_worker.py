@@ -157,30 +157,18 @@ def main() -> None:
                 cmd, *args = line.split()
                 if cmd == "quit":
                     break
-                if cmd == "lat":
-                    n, warm = int(args[0]), int(args[1])
-                    sched, x = schedule(1), torch.from_numpy(images(1, 0))
+                if cmd in ("lat", "tput"):  # lat N WARM: one image at a time; tput B REPS WARM: B microbatches of 1
+                    b, count, warm = (1, int(args[0]), int(args[1])) if cmd == "lat" else (int(args[0]), int(args[1]), int(args[2]))
+                    sched, x = schedule(b), torch.from_numpy(images(b, 0 if cmd == "lat" else 1))
                     t0, t1 = [], []
-                    for _ in range(n + warm):
-                        dist.barrier()
-                        t0.append(now())
-                        y = step(sched, x)
-                        t1.append(now())
-                    if last:
-                        assert tuple(y.shape) == (1, 1000)
-                    say("lat", rank=a.rank, t0=t0[warm:], t1=t1[warm:])
-                elif cmd == "tput":
-                    b, reps, warm = int(args[0]), int(args[1]), int(args[2])
-                    sched, x = schedule(b), torch.from_numpy(images(b, 1))
-                    t0, t1 = [], []
-                    for _ in range(reps + warm):
+                    for _ in range(count + warm):
                         dist.barrier()
                         t0.append(now())
                         y = step(sched, x)
                         t1.append(now())
                     if last:
                         assert tuple(y.shape) == (b, 1000)
-                    say("tput", rank=a.rank, t0=t0[warm:], t1=t1[warm:])
+                    say(cmd, rank=a.rank, t0=t0[warm:], t1=t1[warm:])
                 elif cmd == "stages":
                     n = int(args[0])
                     x = torch.from_numpy(images(1, 0))
