@@ -53,6 +53,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_auto import _cap, cluster_for, run_candidates  # noqa: E402
+from edgepart.packager.strategies.auto.rank import TIE  # noqa: E402
 from bench_priority_agents import measure_capped  # noqa: E402
 from common import REPO, RESULTS, save  # noqa: E402
 
@@ -81,15 +82,16 @@ def model_of(name: str) -> tuple[Path, dict, dict]:
     raise SystemExit(f"unknown model {name!r}: one of {', '.join(MODELS)}")
 
 
-def spearman(xs: list[float], ys: list[float]) -> float | None:
-    """Spearman's rank correlation (average ranks for ties); None under 3 points or a constant side."""
-    def ranks(v: list[float]) -> list[float]:
+def spearman(xs: list[float], ys: list[float], tie: float = 0.0) -> float | None:
+    """Spearman's rank correlation (average ranks for ties; values of `xs` within a relative `tie` of
+    the smallest of their run count as tied); None under 3 points or a constant side."""
+    def ranks(v: list[float], tol: float) -> list[float]:
         order = sorted(range(len(v)), key=lambda i: v[i])
         r = [0.0] * len(v)
         i = 0
         while i < len(order):
             j = i
-            while j + 1 < len(order) and v[order[j + 1]] == v[order[i]]:
+            while j + 1 < len(order) and v[order[j + 1]] - v[order[i]] <= tol * max(abs(v[order[i]]), abs(v[order[j + 1]])):
                 j += 1
             for k in range(i, j + 1):
                 r[order[k]] = (i + j) / 2
@@ -98,7 +100,7 @@ def spearman(xs: list[float], ys: list[float]) -> float | None:
 
     if len(xs) < 3:
         return None
-    rx, ry = ranks(xs), ranks(ys)
+    rx, ry = ranks(xs, tie), ranks(ys, 0.0)
     mx, my = statistics.fmean(rx), statistics.fmean(ry)
     sx = sum((a - mx) ** 2 for a in rx) ** 0.5
     sy = sum((b - my) ** 2 for b in ry) ** 0.5
@@ -121,7 +123,9 @@ def judge(rows: list[dict], objective: str) -> dict:
     plans: dict[str, dict] = {}
     for r in rows:  # one point per distinct plan: the best-ranked candidate's estimate
         plans.setdefault(r["plan_id"], r)
-    rho = spearman([p[est] for p in plans.values()], [p[key] for p in plans.values()])
+    # estimates auto's ranking takes for a tie (rank.TIE: within a relative 1e-6, the rounding of
+    # the strategies' figures) are a tie here too
+    rho = spearman([p[est] for p in plans.values()], [p[key] for p in plans.values()], tie=TIE)
     # the estimate and the measurement are the same kind of figure (ms, or req/s): agreement is rho near 1
     return {"pick": pick["candidate"], "pick_value": pick[key], "best": best["candidate"],
             "best_value": best[key], "pick_is_best": pick["plan_id"] == best["plan_id"],
@@ -247,7 +251,7 @@ def run_cell(model: str, n_dev: int, speed: str, rate: float, cal: dict, a) -> d
                     measured[pid] = {"error": str(e)[-2000:]}
                     console.print(f"[red]{pid} failed[/]: {str(e)[-400:]}")
     cell = {"model": model, "devices": n_dev, "speed": speed, "rate_mbit": rate, "gflops": gflops,
-            "cap_fraction": frac, "fixed": fixed, "cannot_plan": cannot, "objectives": {}}
+            "cap_fraction": frac, "fixed": fixed, "cannot_plan": cannot, "objectives": {}, "cost_model": COST_MODEL}
     for obj in OBJECTIVES:
         rs = []
         for r in rows[obj]:
@@ -260,26 +264,37 @@ def run_cell(model: str, n_dev: int, speed: str, rate: float, cal: dict, a) -> d
     return cell
 
 
-def rejudge(cell: dict) -> bool:
-    """A cell measured before the rows held each candidate's own rate (`own_req_s`) is planned again on
-    its cluster, as saved, and auto's picks and verdicts taken from today's ranking; False where it
-    had them already."""
-    import edgepart.packager as p
+# which cost model the saved estimates come from: a cell saved under another is planned again
+# (`rejudge`); change it whenever what auto estimates or how it ranks changes
+COST_MODEL = "2026-12-07: one network interface per host"
 
-    rows = [r for obj in OBJECTIVES for r in cell["objectives"][obj]["rows"]]
-    if all("own_req_s" in r for r in rows):
+
+def rejudge(cell: dict) -> bool:
+    """A cell saved under another cost model (`COST_MODEL`) is planned again on its cluster, as saved:
+    every candidate's estimates, auto's picks and the verdicts are taken from today's ranking. Each
+    candidate is packaged again, and one whose plan is no longer the plan measured (another plan id)
+    is set aside, saying so, rather than judged by another plan's figures. False where the cell is
+    today's."""
+    if cell.get("cost_model") == COST_MODEL:
         return False
     path, shapes, _ = model_of(cell["model"])
     fixed = cell["fixed"]
     cl = cluster_for(cell["gflops"], cell["rate_mbit"], 0.2, fixed["step_ms"], fixed["message_ms"], n=cell["devices"])
-    for obj in OBJECTIVES:
-        auto = p.plan(path, cl, strategy="auto", objective=obj, input_shapes=shapes)
-        own = {c.name: c.headroom() for c in auto.ranking if c.ok}
-        for r in cell["objectives"][obj]["rows"]:
-            r["own_req_s"] = own.get(r["candidate"], float("nan"))
-            r["auto_pick"] = r["candidate"] == auto.winner.name
-        ok = [r for r in cell["objectives"][obj]["rows"] if "error" not in r]
-        cell["objectives"][obj]["verdict"] = judge(ok, obj) if any(r["auto_pick"] for r in ok) else None
+    with tempfile.TemporaryDirectory() as tmp:
+        for obj in OBJECTIVES:
+            _, now = run_candidates(path, cl, obj, Path(tmp), shapes, {})
+            now_by = {r["candidate"]: r for r in now}
+            for r in cell["objectives"][obj]["rows"]:
+                n = now_by.get(r["candidate"])
+                if n is None or n["plan_id"] != r["plan_id"]:
+                    r["error"] = "no longer planned" if n is None else f"its plan is now {n['plan_id']}: measure the cell again"
+                    r["auto_pick"] = False
+                    continue
+                for k in ("estimate_ms", "estimate_req_s", "own_req_s", "auto_pick"):
+                    r[k] = n[k]
+            ok = [r for r in cell["objectives"][obj]["rows"] if "error" not in r]
+            cell["objectives"][obj]["verdict"] = judge(ok, obj) if any(r["auto_pick"] for r in ok) else None
+    cell["cost_model"] = COST_MODEL
     cell["rejudged"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     return True
 
@@ -486,8 +501,12 @@ def main() -> None:
         raise SystemExit("no cell measured yet")
     for key, cell in data["cells"].items():  # every verdict by today's ranking rule
         if rejudge(cell):
-            console.print(f"{key}: auto's picks taken again from today's ranking (measured {cell['measured_at']})")
+            console.print(f"{key}: estimates and auto's picks taken again from today's cost model (measured {cell['measured_at']})")
             show(cell)
+    for cell in data["cells"].values():  # judged by today's rule (judge, spearman) from the saved rows
+        for obj in OBJECTIVES:
+            ok = [r for r in cell["objectives"][obj]["rows"] if "error" not in r]
+            cell["objectives"][obj]["verdict"] = judge(ok, obj) if any(r["auto_pick"] for r in ok) else None
     data["summary"] = report(data)
     save("grid", data)
     plot(data, RESULTS / "grid.png")

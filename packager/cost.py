@@ -20,6 +20,7 @@ are the functions below; CostModel applies them to a graph's cuts for the pipeli
 
 from __future__ import annotations
 
+import math
 from collections import Counter, deque
 from typing import Mapping, Sequence
 
@@ -130,12 +131,19 @@ def caller_period_ms(graph: Graph, cluster: Cluster) -> float:
     return float(busy_ms(max(ins, outs), link) + message_ms(link))
 
 
-def critical_path_ms(steps, routes, sizes: dict[str, int], cluster: Cluster, *, fixed: bool = False) -> float:
+def critical_path_ms(steps, routes, sizes: dict[str, int], cluster: Cluster, *, fixed: bool = False,
+                     shared: bool = False) -> float:
     """One request's latency through compiled steps (each with `device`, `name`, `inputs`, `outputs`
     and `estimated_ms`): each step waits for its device's previous step and its inputs' arrival.
     With `fixed`, each step also costs its device's step_ms and each input from a peer or the caller
-    its link's message_ms (docs/planning.md, "Fixed costs")."""
+    its link's message_ms (docs/planning.md, "Fixed costs"). With `shared`, every host (each device,
+    and the caller) sends on one network interface and receives on one, a transfer at a time each
+    way, and the outputs' trip back to the caller is counted (docs/planning.md, "One interface per
+    host")."""
     from collections import defaultdict
+
+    if shared:
+        return _shared_critical_path_ms(steps, routes, sizes, cluster, fixed)
 
     made_by = {o.name: st for st in steps for o in st.outputs}
     src_of = {(r.tensor, r.dst): r.src for r in routes}
@@ -162,6 +170,128 @@ def critical_path_ms(steps, routes, sizes: dict[str, int], cluster: Cluster, *, 
         dev_free[st.device] = finish[st.name]
     back = message_ms(cluster.default_link) if fixed and any(r.dst == CALLER for r in routes) else 0.0
     return round(max(finish.values(), default=0.0) + back, 6)
+
+
+def _shared_critical_path_ms(steps, routes, sizes: dict[str, int], cluster: Cluster, fixed: bool) -> float:
+    """critical_path_ms with `shared`: a small event simulation. Transfers leave in the order they
+    become ready, each as soon as its sender's interface and its receiver's are both free; a device
+    runs, of the steps whose inputs have arrived, the first in the program's order."""
+    import heapq
+    from collections import defaultdict
+
+    made_by = {o.name: st for st in steps for o in st.outputs}
+    need: dict[tuple[str, str], str] = {(r.tensor, r.dst): r.src for r in routes}
+    for st in steps:  # a peer's tensor that no route names comes from its producer's device
+        for i in st.inputs:
+            if i.name in made_by and made_by[i.name].device != st.device:
+                need.setdefault((i.name, st.device), made_by[i.name].device)
+    sends: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for (t, dst), src in need.items():
+        sends[(t, src)].append(dst)
+    have: dict[tuple[str, str], float] = {}  # (tensor, host) -> when it is there
+    heap: list[tuple[float, int, str, str, str]] = []
+    seq = 0
+
+    def there(t: str, host: str, at: float) -> None:
+        nonlocal seq
+        if (t, host) in have:
+            return
+        have[(t, host)] = at
+        for dst in sends.get((t, host), ()):
+            heapq.heappush(heap, (at, seq, t, host, dst))
+            seq += 1
+
+    for (t, src) in list(sends):
+        if src == CALLER:
+            there(t, CALLER, 0.0)
+    pending: dict[str, list] = defaultdict(list)
+    for st in steps:
+        pending[st.device].append(st)
+    dev_free: dict[str, float] = defaultdict(float)
+    out_free: dict[str, float] = defaultdict(float)
+    in_free: dict[str, float] = defaultdict(float)
+    end = 0.0
+
+    def ready_at(st) -> float | None:
+        t = dev_free[st.device]
+        for i in st.inputs:
+            if (i.name, st.device) in have:
+                t = max(t, have[(i.name, st.device)])
+            elif i.name in made_by or (i.name, st.device) in need:
+                return None  # not there yet
+        return t
+
+    while True:
+        moved = True
+        while moved:  # run every step that starts before the next transfer could deliver anything
+            moved = False
+            horizon = heap[0][0] if heap else math.inf
+            for dev, queue in pending.items():
+                starts = [(t, k) for k, st in enumerate(queue) if (t := ready_at(st)) is not None]
+                if not starts or min(starts)[0] > horizon:
+                    continue
+                start, k = min(starts)
+                st = queue.pop(k)
+                finish = start + st.estimated_ms + (step_ms(cluster.device(dev)) if fixed else 0.0)
+                dev_free[dev] = finish
+                end = max(end, finish)
+                for o in st.outputs:
+                    there(o.name, dev, finish)
+                moved = True
+        if not heap:
+            break
+        ready, _, t, src, dst = heapq.heappop(heap)
+        link = _link(cluster, src, dst)
+        start = max(ready, out_free[src], in_free[dst])
+        out_free[src] = in_free[dst] = start + busy_ms(sizes.get(t, 0), link)
+        arrive = out_free[src] + link.latency_ms + (message_ms(link) if fixed else 0.0)
+        end = max(end, arrive) if dst == CALLER else end
+        there(t, dst, arrive)
+    return round(end, 6)
+
+
+def nic_period_ms(cluster: Cluster, flows, *, fixed: bool = False) -> float:
+    """Streamed, the busiest network interface: every host (each device, and the caller) sends all of
+    its `flows` ((src, dst, bytes, messages) per request) on one interface and receives on another
+    (full duplex), at the link's rate; with `fixed`, each message also costs its link's message_ms
+    (docs/planning.md, "One interface per host")."""
+    from collections import defaultdict
+
+    out: dict[str, float] = defaultdict(float)
+    inn: dict[str, float] = defaultdict(float)
+    for src, dst, nbytes, messages in flows:
+        if src == dst:
+            continue
+        link = _link(cluster, src, dst)
+        t = float(busy_ms(nbytes, link)) + (messages * message_ms(link) if fixed else 0.0)
+        out[src] += t
+        inn[dst] += t
+    return max([*out.values(), *inn.values()], default=0.0)
+
+
+def fork_join_ms(cluster: Cluster, head: str, join: str, branches) -> float:
+    """When the last of `branches` ((device, in_bytes, compute_ms, out_bytes) each) is at `join`:
+    `head` sends each branch its input in turn on its one interface, each branch computes, and `join`
+    takes their outputs in on its one, in the order they are ready (docs/planning.md, "One interface
+    per host"). A branch on `head` needs no input sent, one on `join` sends nothing."""
+    sent = 0.0
+    ready = []
+    for dev, in_b, ms, out_b in branches:
+        t = 0.0
+        if dev != head:
+            link = cluster.link(head, dev)
+            sent += float(busy_ms(in_b, link))
+            t = sent + link.latency_ms
+        ready.append((t + ms, dev, out_b))
+    taken, last = 0.0, 0.0
+    for t, dev, out_b in sorted(ready):
+        if dev == join:
+            last = max(last, t)
+            continue
+        link = cluster.link(dev, join)
+        taken = max(t, taken) + float(busy_ms(out_b, link))
+        last = max(last, taken + link.latency_ms)
+    return last
 
 
 class CostModel:

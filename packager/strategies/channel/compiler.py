@@ -274,7 +274,7 @@ def compile_channel(model: onnx.ModelProto, graph: Graph, cluster: Cluster,
                                             if CALLER not in (r.src, r.dst)}.values())
     report = ChannelReport(rows, decisions, layer_bytes(lay), lay.notes, critical_path_ms(steps, routes, sizes, cluster),
                            tuple(params.items()), tuple((d, int(round(m))) for d, m in macs.items()), tuple(devices),
-                           critical_path_ms(steps, routes, sizes, cluster, fixed=True),
+                           critical_path_ms(steps, routes, sizes, cluster, fixed=True, shared=True),
                            tuple(Counter(st.device for st in steps).items()),
                            tuple((a, b, n) for (a, b), n in msgs.items()))
     return ChannelProgram(lay, tuple(steps), tuple(routes), report)

@@ -71,7 +71,7 @@ class ChannelPlanned(StreamedFigures):
         return self._period(False)
 
     def _period(self, fixed: bool) -> float:
-        from edgepart.packager.cost import busy_ms, compute_ms, fixed_ms
+        from edgepart.packager.cost import busy_ms, compute_ms, fixed_ms, nic_period_ms
         from edgepart.plan import CALLER
 
         on = 1.0 if fixed else 0.0
@@ -81,10 +81,12 @@ class ChannelPlanned(StreamedFigures):
                 for d in self.cluster.devices]
         sent: dict[tuple[str, str], int] = {}
         for r in self.report.routes:
-            if CALLER not in (r.src, r.dst):
+            if fixed or CALLER not in (r.src, r.dst):
                 sent[(r.src, r.dst)] = sent.get((r.src, r.dst), 0) + r.size_bytes
-        busy += [float(busy_ms(b, self.cluster.link(s, d))) + on * fixed_ms(self.cluster, messages={(s, d): msgs.get((s, d), 0)})
-                 for (s, d), b in sent.items()]
+        if fixed:  # with the caller's inputs and outputs, on each host's one interface (cost.nic_period_ms)
+            flows = [(s, d, b, msgs.get((s, d), 1)) for (s, d), b in sent.items()]
+            return max(busy + [nic_period_ms(self.cluster, flows, fixed=True)])
+        busy += [float(busy_ms(b, self.cluster.link(s, d))) for (s, d), b in sent.items()]
         return max(busy, default=0.0)
 
     def to_dict(self) -> dict:

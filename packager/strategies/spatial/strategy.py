@@ -50,7 +50,27 @@ class SpatialPlanned(StreamedFigures):
 
         sp = self.spatial
         tail = [st.device for st in self.rest.pipeline.stages] if self.rest is not None else [sp.gather]
-        return self.latency_ms + fork_join_fixed_ms(self.cluster, sp.gather, [s.device for s in sp.strips], tail)
+        return self.latency_ms + fork_join_fixed_ms(self.cluster, sp.gather, [s.device for s in sp.strips], tail) \
+            + self._one_interface_ms(tail[0])
+
+    def _one_interface_ms(self, join: str) -> float:
+        """How much later the last strip reaches `join` when the gathering device sends the strips'
+        rows one after another on its one interface, and `join` takes their results in one after
+        another, than when every strip has a link of its own, as `latency_ms` counts them
+        (docs/planning.md, "One interface per host")."""
+        from edgepart.packager.cost import busy_ms, fork_join_ms
+
+        sp, cl = self.spatial, self.cluster
+        alone = 0.0
+        for s in sp.strips:
+            t = s.compute_ms
+            if s.device != sp.gather:
+                t += busy_ms(s.in_bytes, cl.link(sp.gather, s.device)) + cl.link(sp.gather, s.device).latency_ms
+            if s.device != join:
+                t += busy_ms(s.out_bytes, cl.link(s.device, join)) + cl.link(s.device, join).latency_ms
+            alone = max(alone, t)
+        shared = fork_join_ms(cl, sp.gather, join, [(s.device, s.in_bytes, s.compute_ms, s.out_bytes) for s in sp.strips])
+        return max(0.0, float(shared - alone))
 
     @property
     def period_ms(self) -> float:
@@ -79,8 +99,19 @@ class SpatialPlanned(StreamedFigures):
             if s.device != first:
                 busy.append(float(busy_ms(s.out_bytes, cl.link(s.device, first)))
                             + on * fixed_ms(cl, messages={(s.device, first): 1}))
-        busy += [st.link_busy_ms + on * fixed_ms(cl, messages={(st.device, nxt.device): 1})
-                 for st, nxt in zip(stages, stages[1:])]
+        if fixed:  # every transfer, the caller's too, on each host's one interface (cost.nic_period_ms)
+            from edgepart.packager.cost import nic_period_ms
+            from edgepart.plan import CALLER
+
+            g = self.graph
+            last = stages[-1].device if stages else sp.gather
+            flows = [(CALLER, sp.gather, sum(g.tensor_bytes.get(t.name, 0) for t in g.inputs), 1),
+                     (last, CALLER, sum(g.tensor_bytes.get(t.name, 0) for t in g.outputs), 1)]
+            flows += [(sp.gather, s.device, s.in_bytes, 1) for s in sp.strips]
+            flows += [(s.device, first, s.out_bytes, 1) for s in sp.strips]
+            flows += [(st.device, nxt.device, st.send_bytes, 1) for st, nxt in zip(stages, stages[1:])]
+            return max(busy + [nic_period_ms(cl, flows, fixed=True)])
+        busy += [st.link_busy_ms for st, nxt in zip(stages, stages[1:])]
         return max(busy, default=0.0)
 
     def memory(self) -> list[tuple[str, int, int, int]]:
