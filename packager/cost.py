@@ -269,11 +269,22 @@ def nic_period_ms(cluster: Cluster, flows, *, fixed: bool = False) -> float:
     return max([*out.values(), *inn.values()], default=0.0)
 
 
-def fork_join_ms(cluster: Cluster, head: str, join: str, branches) -> float:
+def fork_join_ms(cluster: Cluster, head: str, join: str, branches, *, shared: bool = True) -> float:
     """When the last of `branches` ((device, in_bytes, compute_ms, out_bytes) each) is at `join`:
     `head` sends each branch its input in turn on its one interface, each branch computes, and `join`
     takes their outputs in on its one, in the order they are ready (docs/planning.md, "One interface
-    per host"). A branch on `head` needs no input sent, one on `join` sends nothing."""
+    per host"); without `shared`, each branch on links of its own. A branch on `head` needs no input
+    sent, one on `join` sends nothing."""
+    if not shared:
+        finish = []
+        for dev, in_b, ms, out_b in branches:
+            t = ms
+            if dev != head:
+                t += busy_ms(in_b, cluster.link(head, dev)) + cluster.link(head, dev).latency_ms
+            if dev != join:
+                t += busy_ms(out_b, cluster.link(dev, join)) + cluster.link(dev, join).latency_ms
+            finish.append(t)
+        return max(finish, default=0.0)
     sent = 0.0
     ready = []
     for dev, in_b, ms, out_b in branches:

@@ -242,6 +242,8 @@ def test_strips_leave_the_gathering_device_one_after_another():
     branches = [("g", mb, 5.0, mb), ("s1", mb, 5.0, 0), ("s2", mb, 5.0, 0)]
     # s1's rows, then s2's: s2 starts computing after both transfers
     assert cost.fork_join_ms(cl, "g", "g", branches) == pytest.approx(2 * one + 5.0)
+    # with a link of its own per strip (the plans' own figure), both arrive after one transfer
+    assert cost.fork_join_ms(cl, "g", "g", branches, shared=False) == pytest.approx(one + 5.0)
     # their results come back into g one after another
     back = [("g", 0, 1.0, 0), ("s1", mb, 1.0, mb), ("s2", 0, 1.0 + one, mb)]
     assert cost.fork_join_ms(cl, "g", "g", back) == pytest.approx(one + 1.0 + one + one, rel=1e-6)

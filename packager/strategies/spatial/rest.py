@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import onnx
 
 from edgepart.packager.cluster import Cluster
-from edgepart.packager.cost import busy_ms, caller_io_ms
+from edgepart.packager.cost import caller_io_ms, fork_join_ms
 from edgepart.packager.model.graph import Graph
 from edgepart.packager.strategies.pipeline.planner import PipelinePlan
 from edgepart.packager.strategies.spatial.planner import SpatialPlan, fixed_shapes
@@ -51,14 +51,8 @@ def plan_rest(model: onnx.ModelProto, graph: Graph, cluster: Cluster, sp: Spatia
     g = analyse(gm, fixed)
     pp = plan_pipeline(g, cluster, objective)
     first = pp.stages[0].device
-    finish = []
-    for s in sp.strips:
-        t = s.compute_ms
-        if s.device != sp.gather:
-            t += busy_ms(s.in_bytes, cluster.link(sp.gather, s.device)) + cluster.link(sp.gather, s.device).latency_ms
-        if s.device != first:
-            t += busy_ms(s.out_bytes, cluster.link(s.device, first)) + cluster.link(s.device, first).latency_ms
-        finish.append(t)
-    latency = max(finish) + pp.latency_ms + caller_io_ms(graph, cluster)
+    strips = fork_join_ms(cluster, sp.gather, first, [(s.device, s.in_bytes, s.compute_ms, s.out_bytes) for s in sp.strips],
+                          shared=False)
+    latency = strips + pp.latency_ms + caller_io_ms(graph, cluster)
     return RestPipeline(gm, g, pp, round(float(latency), 6))
 

@@ -58,18 +58,12 @@ class SpatialPlanned(StreamedFigures):
         rows one after another on its one interface, and `join` takes their results in one after
         another, than when every strip has a link of its own, as `latency_ms` counts them
         (docs/planning.md, "One interface per host")."""
-        from edgepart.packager.cost import busy_ms, fork_join_ms
+        from edgepart.packager.cost import fork_join_ms
 
         sp, cl = self.spatial, self.cluster
-        alone = 0.0
-        for s in sp.strips:
-            t = s.compute_ms
-            if s.device != sp.gather:
-                t += busy_ms(s.in_bytes, cl.link(sp.gather, s.device)) + cl.link(sp.gather, s.device).latency_ms
-            if s.device != join:
-                t += busy_ms(s.out_bytes, cl.link(s.device, join)) + cl.link(s.device, join).latency_ms
-            alone = max(alone, t)
-        shared = fork_join_ms(cl, sp.gather, join, [(s.device, s.in_bytes, s.compute_ms, s.out_bytes) for s in sp.strips])
+        branches = [(s.device, s.in_bytes, s.compute_ms, s.out_bytes) for s in sp.strips]
+        alone = fork_join_ms(cl, sp.gather, join, branches, shared=False)
+        shared = fork_join_ms(cl, sp.gather, join, branches)
         return max(0.0, float(shared - alone))
 
     @property
