@@ -33,7 +33,9 @@ of it, and Spearman's rank correlation between the candidates' estimates and the
 detector's best split against one device in frame rate (goal >= 1.5x).
 
 Each finished cell is saved at once to bench/results/grid.json; a rerun skips the cells already
-there (--fresh starts over), so the grid can be measured over several sittings.
+there (--fresh starts over), so the grid can be measured over several sittings (--recalibrate
+measures the speeds and fixed costs again for a new sitting; each cell keeps the figures it was
+planned with). A saved cell is planned again when the cost model changed since (COST_MODEL).
 """
 
 from __future__ import annotations
@@ -453,6 +455,10 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=12.0, help="seconds per plan for each of the two measurements")
     ap.add_argument("--fresh", action="store_true", help="forget the cells saved in bench/results/grid.json")
     ap.add_argument("--report", action="store_true", help="only print the figures and plot from what is saved")
+    ap.add_argument("--recalibrate", action="store_true",
+                    help="measure this core's speeds and the fixed costs again before the cells still to measure "
+                         "(a shared machine's speed drifts between sittings; each saved cell keeps the figures it was "
+                         "planned with)")
     a = ap.parse_args()
     # a stopped run (kill, Ctrl-C) unwinds: its namespaces, agents and CPU cgroups are removed
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -474,8 +480,9 @@ def main() -> None:
         console.print(f"{len(cells)} cells asked, {len(cells) - len(todo)} saved already, {len(todo)} to measure")
         if todo:
             cal = data.get("calibration")
-            if cal is None or cal.get("pi_gflops") != a.pi_gflops or cal.get("fast3_cap") != a.fast3_cap:
-                if data["cells"]:
+            other = cal is not None and (cal.get("pi_gflops") != a.pi_gflops or cal.get("fast3_cap") != a.fast3_cap)
+            if cal is None or other or a.recalibrate:
+                if data["cells"] and other:
                     raise SystemExit("the saved cells were measured with another --pi-gflops or --fast3-cap: "
                                      "give the same, or --fresh to start over")
                 cal = calibrate(a)
