@@ -268,7 +268,7 @@ def run_cell(model: str, n_dev: int, speed: str, rate: float, cal: dict, a) -> d
 
 # which cost model the saved estimates come from: a cell saved under another is planned again
 # (`rejudge`); change it whenever what auto estimates or how it ranks changes
-COST_MODEL = "2026-12-07: one network interface per host"
+COST_MODEL = "2026-12-07: one network interface per host; streamed, a message costs the CPU at both its ends"
 
 
 def rejudge(cell: dict) -> bool:

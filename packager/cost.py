@@ -8,7 +8,8 @@ how much memory a stage needs.
     stage memory  = bytes of the parameters it holds + the largest working set of one of its nodes
     fixed costs   = steps * step_ms(device) + messages * message_ms(link)   (docs/planning.md,
                     "Fixed costs"): what an agent spends running one step and handling one message,
-                    whatever their size; measured by packager/calibrate.py, or nominal
+                    whatever their size; measured by packager/calibrate.py, or nominal. Streamed,
+                    a message costs the device at each of its ends (message_cpu_ms)
 
 A device with a measured profile (`profile:` in cluster.yaml, docs/profile.md) computes each node at
 its operator kind's measured speed (conv, depthwise, pointwise, matmul, other) instead of one GFLOP/s
@@ -88,15 +89,34 @@ def _link(cluster: Cluster, src: str, dst: str) -> Link:
     return cluster.default_link if CALLER in (src, dst) else cluster.link(src, dst)
 
 
+def message_cpu_ms(cluster: Cluster, messages: Mapping[tuple[str, str], int]) -> dict[str, float]:
+    """Streamed, what one request's `messages` ((src, dst) -> how many; the caller is CALLER, on the
+    default link) cost each device's CPU: a message costs its link's message_ms on the device at
+    each end, the sender's framing and sending and the receiver's taking in and decoding (the
+    caller's own end is not a device's). What a stream's period counts (docs/planning.md, "Fixed
+    costs"); one request's latency counts each message once, on its way."""
+    out: dict[str, float] = {}
+    for (src, dst), n in messages.items():
+        if src == dst or not n:
+            continue
+        ms = n * message_ms(_link(cluster, src, dst))
+        for end in (src, dst):
+            if end != CALLER:
+                out[end] = out.get(end, 0.0) + ms
+    return out
+
+
 def pipeline_ms(cluster: Cluster, stages) -> tuple[float, float]:
     """(latency, period) of a pipeline's stages (each with `device`, `compute_ms`, `send_ms` and
     `link_busy_ms`, in order) with the fixed costs (docs/planning.md, "Fixed costs"): every step and
-    message of one request on its latency; each stage's step on its device, each cut's message on
-    its link, for the period (the slowest of them)."""
+    message of one request on its latency; for the period (the slowest device or link), each
+    stage's step and the messages it takes in and sends on, on its device (cost.message_cpu_ms),
+    and each cut's bytes on its link."""
     devices = [s.device for s in stages]
     latency = sum(s.compute_ms + s.send_ms for s in stages) + chain_fixed_ms(cluster, devices)
-    busy = [s.compute_ms + step_ms(cluster.device(s.device)) for s in stages]
-    busy += [s.link_busy_ms + message_ms(cluster.link(s.device, nxt.device)) for s, nxt in zip(stages, stages[1:])]
+    cpu = message_cpu_ms(cluster, Counter(zip((CALLER, *devices), (*devices, CALLER))))
+    busy = [s.compute_ms + step_ms(cluster.device(s.device)) + cpu.get(s.device, 0.0) for s in stages]
+    busy += [s.link_busy_ms for s in stages[:-1]]
     return float(latency), float(max(busy, default=0.0))
 
 
@@ -250,20 +270,19 @@ def _shared_critical_path_ms(steps, routes, sizes: dict[str, int], cluster: Clus
     return round(end, 6)
 
 
-def nic_period_ms(cluster: Cluster, flows, *, fixed: bool = False) -> float:
+def nic_period_ms(cluster: Cluster, flows) -> float:
     """Streamed, the busiest network interface: every host (each device, and the caller) sends all of
     its `flows` ((src, dst, bytes, messages) per request) on one interface and receives on another
-    (full duplex), at the link's rate; with `fixed`, each message also costs its link's message_ms
-    (docs/planning.md, "One interface per host")."""
+    (full duplex), at the link's rate (docs/planning.md, "One interface per host"). A message's fixed
+    cost is its ends' CPU (message_cpu_ms), not the interface's."""
     from collections import defaultdict
 
     out: dict[str, float] = defaultdict(float)
     inn: dict[str, float] = defaultdict(float)
-    for src, dst, nbytes, messages in flows:
+    for src, dst, nbytes, _ in flows:
         if src == dst:
             continue
-        link = _link(cluster, src, dst)
-        t = float(busy_ms(nbytes, link)) + (messages * message_ms(link) if fixed else 0.0)
+        t = float(busy_ms(nbytes, _link(cluster, src, dst)))
         out[src] += t
         inn[dst] += t
     return max([*out.values(), *inn.values()], default=0.0)

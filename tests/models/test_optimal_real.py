@@ -82,8 +82,10 @@ def brute_force(graph: Graph, cl, objective: str) -> float:
         m01, m12, io = message_ms(l01), message_ms(l12), 2 * message_ms(cl.default_link)
         if objective == "latency":  # one request waits for every transfer, latency included
             v = c0 + c1 + c2 + t01 + t12 + l01.latency_ms + l12.latency_ms + s0 + s1 + s2 + m01 + m12 + io
-        else:  # a stream is bounded by how long each link is busy; latency overlaps
-            v = np.maximum.reduce([c0 + s0, c1 + s1, c2 + s2, t01 + m01, t12 + m12])
+        else:  # a stream is bounded by how long each device or link is busy; latency overlaps, and
+            # a message costs the device at both its ends (the caller's the first and last stage)
+            m = io / 2
+            v = np.maximum.reduce([c0 + s0 + m + m01, c1 + s1 + m01 + m12, c2 + s2 + m12 + m, t01, t12])
         best = min(best, float(np.where(ok, v, np.inf).min()))
     return best
 

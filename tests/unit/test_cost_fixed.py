@@ -100,9 +100,19 @@ def test_pipeline_figures_pay_every_stage_and_cut():
     assert lat1 > 10.0 and per1 > 10.0  # one device: its step, the caller's messages
     assert lat2 - 10.5 > lat1 - 10.0  # two stages: a step and a message more than one
     assert 5.0 < per2 < per1  # streamed, the slowest stage with its step
-    # a link's messages can be what bounds the stream
-    cl_slow_msg = two(message_ms=20.0)
-    assert cost.pipeline_ms(cl_slow_msg, [st("a", 5.0, 0.5, 0.4), st("b", 5.0)])[1] == pytest.approx(20.4)
+    # streamed, a message costs the device at each of its ends: a's the caller's input and its cut,
+    # b's the cut and the caller's output, each beside its compute and step
+    cl_slow_msg = two(step_ms=0.0, message_ms=20.0)
+    assert cost.pipeline_ms(cl_slow_msg, [st("a", 5.0, 0.5, 0.4), st("b", 5.0)])[1] == pytest.approx(45.0)
+    assert cost.pipeline_ms(cl_slow_msg, [st("a", 10.0)])[1] == pytest.approx(50.0)
+
+
+def test_a_message_costs_the_cpu_at_both_its_ends():
+    cl = Cluster((Device("a", 1.0, 1024), Device("b", 1.0, 1024)), Link(100.0, 0.0, 0.5),
+                 pair_links=(("a", "b", Link(100.0, 0.0, 2.0)),))
+    cpu = cost.message_cpu_ms(cl, {(CALLER, "a"): 1, ("a", "b"): 3, ("b", CALLER): 1, ("b", "b"): 5})
+    assert cpu == {"a": pytest.approx(0.5 + 3 * 2.0), "b": pytest.approx(3 * 2.0 + 0.5)}  # none for the caller
+    assert cost.message_cpu_ms(cl, {}) == {}
 
 
 def test_cluster_yaml_takes_the_figures_and_checks_them():
@@ -230,8 +240,7 @@ def test_the_busiest_interface_bounds_a_stream():
     one = cost.busy_ms(mb, cl.default_link)
     # a sends to b and to the caller: two transfers out of a's interface per request
     flows = [(CALLER, "a", mb, 1), ("a", "b", mb, 1), ("a", CALLER, mb, 1), ("b", "a", mb // 2, 1)]
-    assert cost.nic_period_ms(cl, flows) == pytest.approx(2 * one)
-    assert cost.nic_period_ms(cl, flows, fixed=True) == pytest.approx(2 * one + 2 * 0.5)
+    assert cost.nic_period_ms(cl, flows) == pytest.approx(2 * one)  # messages cost CPU, not the interface
     assert cost.nic_period_ms(cl, [("a", "a", mb, 1)]) == 0.0  # nothing leaves the device
 
 
@@ -247,3 +256,21 @@ def test_strips_leave_the_gathering_device_one_after_another():
     # their results come back into g one after another
     back = [("g", 0, 1.0, 0), ("s1", mb, 1.0, mb), ("s2", 0, 1.0 + one, mb)]
     assert cost.fork_join_ms(cl, "g", "g", back) == pytest.approx(one + 1.0 + one + one, rel=1e-6)
+
+
+@pytest.mark.parametrize("message", [0.0, 0.3, 5.0, 50.0])
+def test_the_pipeline_planner_is_exact_with_messages_on_the_devices(message):
+    """Streamed, a stage pays the messages it takes in and sends on: the planner's best period is
+    the exhaustive search's, whether messages are free, small, or what bounds the stream."""
+    import graphs
+    from edgepart.packager.model.graph import analyse
+    from edgepart.packager.strategies.pipeline.planner import exhaustive, plan_pipeline
+
+    for seed in range(6):
+        graph = analyse(graphs.random_model(seed, 8, dag=seed % 2 == 1))
+        devs = tuple(Device(f"d{i}", g, 1 << 40) for i, g in enumerate((2e-5, 5e-5, 1e-5)[:2 + seed % 2]))
+        cl = Cluster(devs, Link(0.02, 0.5, message))
+        pp = plan_pipeline(graph, cl, "throughput")
+        assert pp.score() == pytest.approx(exhaustive(graph, cl, "throughput"), rel=1e-9)
+        stage_cpu = cost.message_cpu_ms(cl, {(CALLER, pp.stages[0].device): 1})[pp.stages[0].device]
+        assert pp.period_with_fixed_ms >= pp.stages[0].compute_ms + stage_cpu

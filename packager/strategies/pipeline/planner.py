@@ -4,11 +4,16 @@ Every device gets one contiguous run of nodes (in topological order); the planne
 positions and which device runs which stage. Objective `latency` minimises one request's time end
 to end (all stage times + all transfer times); `throughput` minimises the slowest pipeline stage or
 link (the steady-state period of a pipelined stream). Both count the fixed costs (cost.py,
-`pipeline_ms`; docs/planning.md, "Fixed costs"): each stage's step on its device, each cut's message on
-its link, and for latency the caller's two messages. Every stage must fit its device's memory.
+`pipeline_ms`; docs/planning.md, "Fixed costs"): each stage's step on its device; for latency each
+cut's message and the caller's two; for throughput each message on the device at both its ends (the
+caller's on the first and the last stage's). Every stage must fit its device's memory.
 
 Dynamic programming over (devices used so far, last device, cut position): with N devices and n
-nodes that is O(2^N * N^2 * n^2) vectorised work; exact for the cost model in `cost.py`.
+nodes that is O(2^N * N^2 * n^2) vectorised work; exact for the cost model in `cost.py` where every
+link between devices has the same message_ms (`links.default`, as calibrate.py gives them). Under
+throughput a stage's messages are counted before its neighbours are known, so where pair links give
+different figures the planner counts the dearest of the device's links (the plan's own figure,
+`evaluate`, counts its actual neighbours').
 
 The DP holds the best plan over every subset of the devices, so with `leave_out=True` the planner
 also considers using fewer devices: a device is left out (no stage) when every plan that uses it is
@@ -158,10 +163,12 @@ def plan_pipeline(graph: Graph, cluster: Cluster, objective: str = "latency", *,
     for d in names:
         h = np.concatenate([hi[d], [n]])  # a row for a == n (never used as a start)
         feasible[d] = (b_idx > a_idx) & (b_idx <= h[:, None])
-    # [a, b]: compute of nodes[a:b] and its step's fixed cost
+    # [a, b]: compute of nodes[a:b] and its step's fixed cost; streamed, also the messages it takes
+    # in and sends on (the caller's at the ends: node 0 in, node n out)
     step = {d: step_ms(cluster.device(d)) for d in names}
-    comp_mat = {d: comp[d][None, :] - comp[d][:, None] + step[d] for d in names}
     lat = objective == "latency"
+    msg = {d: np.zeros((n + 1, n + 1)) if lat else _stage_messages_ms(cluster, d, names, n) for d in names}
+    comp_mat = {d: comp[d][None, :] - comp[d][:, None] + step[d] + msg[d] for d in names}
     io = 2 * message_ms(cluster.default_link) if lat else 0.0  # the caller's inputs in, outputs back
 
     # f[(S, d)] -> (cost vector over b, argmin a over b, argmin previous device over a)
@@ -170,7 +177,7 @@ def plan_pipeline(graph: Graph, cluster: Cluster, objective: str = "latency", *,
     for d in names:
         v = np.full(n + 1, inf)
         ok = feasible[d][0]
-        v[ok] = comp[d][ok] + step[d]
+        v[ok] = comp_mat[d][0][ok]
         f[(frozenset([d]), d)] = (v, np.zeros(n + 1, dtype=np.int64), np.full(n + 1, -1))
     for size in range(2, N + 1):
         for S in itertools.combinations(names, size):
@@ -184,7 +191,7 @@ def plan_pipeline(graph: Graph, cluster: Cluster, objective: str = "latency", *,
                         continue
                     prev = f[(rest, d0)][0]
                     t = np.where(no_cut, inf, cost.transfer_vector_ms(d0, d, with_latency=lat)
-                                 + message_ms(cluster.link(d0, d)))
+                                 + (message_ms(cluster.link(d0, d)) if lat else 0.0))
                     cand = prev + t if lat else np.maximum(prev, t)
                     better = cand < g
                     g[better] = cand[better]
@@ -234,6 +241,21 @@ def plan_pipeline(graph: Graph, cluster: Cluster, objective: str = "latency", *,
     return dataclasses.replace(pp, left_out=tuple(out))
 
 
+def _stage_messages_ms(cluster: Cluster, d: str, names, n: int) -> np.ndarray:
+    """[a, b]: the message CPU of a stage of nodes[a:b] on `d`, streamed (cost.message_cpu_ms): the
+    caller's inputs when a == 0, else the dearest message from another device; the caller's outputs
+    when b == n, else the dearest message to another device."""
+    others = [e for e in names if e != d]
+    io = message_ms(cluster.default_link)
+    into = max((message_ms(cluster.link(e, d)) for e in others), default=io)
+    out = max((message_ms(cluster.link(d, e)) for e in others), default=io)
+    m_in = np.full(n + 1, into)
+    m_in[0] = io
+    m_out = np.full(n + 1, out)
+    m_out[n] = io
+    return m_in[:, None] + m_out[None, :]
+
+
 def exhaustive(graph: Graph, cluster: Cluster, objective: str = "latency") -> float:
     """The best objective, with the fixed costs, over every cut combination and device order (for
     tests; slow)."""
@@ -255,8 +277,12 @@ def exhaustive(graph: Graph, cluster: Cluster, objective: str = "latency") -> fl
             if any(bounds[i + 1] > hi[d][bounds[i]] for i, d in enumerate(perm)):
                 continue
             cs = [comp[d][bounds[i + 1]] - comp[d][bounds[i]] + step[d] for i, d in enumerate(perm)]
-            ts = [tv[i][cuts[i]] + message_ms(cluster.link(perm[i], perm[i + 1])) for i in range(N - 1)]
-            v = sum(cs) + sum(ts) + io if objective == "latency" else max(cs + ts)
+            ms = [message_ms(cluster.link(perm[i], perm[i + 1])) for i in range(N - 1)]
+            if objective == "latency":
+                v = sum(cs) + sum(tv[i][cuts[i]] + ms[i] for i in range(N - 1)) + io
+            else:  # each message on the device at both its ends
+                ends = [io / 2, *ms, io / 2]
+                v = max([c + ends[i] + ends[i + 1] for i, c in enumerate(cs)] + [tv[i][cuts[i]] for i in range(N - 1)])
             best = min(best, v)
     return float(best)
 

@@ -61,10 +61,13 @@ class ReplicasPlanned:
 
     @property
     def throughput_with_fixed_per_s(self) -> float:
-        """`throughput_per_s` with each device's step per request (cost.py's fixed_ms)."""
-        from edgepart.packager.cost import fixed_ms
+        """`throughput_per_s` with each device's step per request and the caller's two messages at
+        its end (cost.py's fixed_ms and message_cpu_ms)."""
+        from edgepart.packager.cost import fixed_ms, message_cpu_ms
+        from edgepart.plan import CALLER
 
-        per = [ms + fixed_ms(self.cluster, {d: 1}) for d, ms in self.device_ms]
+        per = [ms + fixed_ms(self.cluster, {d: 1}) + message_cpu_ms(self.cluster, {(CALLER, d): 1, (d, CALLER): 1})[d]
+               for d, ms in self.device_ms]
         return sum(1e3 / ms for ms in per if ms > 0)
 
     def to_dict(self) -> dict:

@@ -74,39 +74,44 @@ class SpatialPlanned(StreamedFigures):
         return self._period(False)
 
     def _period(self, fixed: bool) -> float:
-        from edgepart.packager.cost import busy_ms, fixed_ms
+        from edgepart.packager.cost import busy_ms
 
         sp, cl = self.spatial, self.cluster
         stages = self.rest.pipeline.stages if self.rest is not None else ()
-        # with `fixed`: each device's steps (its strip, the tiles on the gathering device, its part of
-        # the rest) and each link's message per request
-        on = 1.0 if fixed else 0.0
-        steps = {s.device: 1 + (s.device == sp.gather) + (self.rest is None and s.device == sp.gather)
-                 + sum(st.device == s.device for st in stages) for s in sp.strips}
-        busy = [s.compute_ms + self.rest_share(s.device)[1] + on * fixed_ms(cl, {s.device: steps[s.device]})
-                for s in sp.strips]
+        busy = [s.compute_ms + self.rest_share(s.device)[1] for s in sp.strips]
         first = stages[0].device if stages else sp.gather
+        if fixed:
+            return self._period_with_fixed(busy, stages, first)
         for s in sp.strips:
             if s.device != sp.gather:
-                busy.append(float(busy_ms(s.in_bytes, cl.link(sp.gather, s.device)))
-                            + on * fixed_ms(cl, messages={(sp.gather, s.device): 1}))
+                busy.append(float(busy_ms(s.in_bytes, cl.link(sp.gather, s.device))))
             if s.device != first:
-                busy.append(float(busy_ms(s.out_bytes, cl.link(s.device, first)))
-                            + on * fixed_ms(cl, messages={(s.device, first): 1}))
-        if fixed:  # every transfer, the caller's too, on each host's one interface (cost.nic_period_ms)
-            from edgepart.packager.cost import nic_period_ms
-            from edgepart.plan import CALLER
-
-            g = self.graph
-            last = stages[-1].device if stages else sp.gather
-            flows = [(CALLER, sp.gather, sum(g.tensor_bytes.get(t.name, 0) for t in g.inputs), 1),
-                     (last, CALLER, sum(g.tensor_bytes.get(t.name, 0) for t in g.outputs), 1)]
-            flows += [(sp.gather, s.device, s.in_bytes, 1) for s in sp.strips]
-            flows += [(s.device, first, s.out_bytes, 1) for s in sp.strips]
-            flows += [(st.device, nxt.device, st.send_bytes, 1) for st, nxt in zip(stages, stages[1:])]
-            return max(busy + [nic_period_ms(cl, flows, fixed=True)])
+                busy.append(float(busy_ms(s.out_bytes, cl.link(s.device, first))))
         busy += [st.link_busy_ms for st, nxt in zip(stages, stages[1:])]
         return max(busy, default=0.0)
+
+    def _period_with_fixed(self, busy: list[float], stages, first: str) -> float:
+        """Each device's steps (its strip, the tiles on the gathering device, its part of the rest)
+        and the messages at its ends (cost.message_cpu_ms) beside its compute; every transfer, the
+        caller's too, on each host's one interface (cost.nic_period_ms)."""
+        from edgepart.packager.cost import fixed_ms, message_cpu_ms, nic_period_ms
+        from edgepart.plan import CALLER
+
+        sp, cl, g = self.spatial, self.cluster, self.graph
+        steps = {s.device: 1 + (s.device == sp.gather) + (self.rest is None and s.device == sp.gather)
+                 + sum(st.device == s.device for st in stages) for s in sp.strips}
+        last = stages[-1].device if stages else sp.gather
+        flows = [(CALLER, sp.gather, sum(g.tensor_bytes.get(t.name, 0) for t in g.inputs), 1),
+                 (last, CALLER, sum(g.tensor_bytes.get(t.name, 0) for t in g.outputs), 1)]
+        flows += [(sp.gather, s.device, s.in_bytes, 1) for s in sp.strips]
+        flows += [(s.device, first, s.out_bytes, 1) for s in sp.strips]
+        flows += [(st.device, nxt.device, st.send_bytes, 1) for st, nxt in zip(stages, stages[1:])]
+        messages: dict[tuple[str, str], int] = {}
+        for src, dst, _, n in flows:
+            messages[(src, dst)] = messages.get((src, dst), 0) + n
+        cpu = message_cpu_ms(cl, messages)
+        busy = [b + fixed_ms(cl, {s.device: steps[s.device]}) + cpu.get(s.device, 0.0) for b, s in zip(busy, sp.strips)]
+        return max(busy + [nic_period_ms(cl, flows)])
 
     def memory(self) -> list[tuple[str, int, int, int]]:
         """Per device: (device, weight bytes, peak activation bytes, total), its strip and, on the
