@@ -288,6 +288,19 @@ def nic_period_ms(cluster: Cluster, flows) -> float:
     return max([*out.values(), *inn.values()], default=0.0)
 
 
+def streamed_fixed_period_ms(cluster: Cluster, compute: Mapping[str, float], steps: Mapping[str, int], flows) -> float:
+    """Streamed, with the fixed costs: the busiest device (its `compute` ms per request, its
+    `steps`, and the messages of `flows` at its ends: message_cpu_ms) or host interface (the bytes
+    of `flows`, (src, dst, bytes, messages) per request: nic_period_ms); the channel and spatial
+    splits' throughput (docs/planning.md, "Fixed costs")."""
+    messages: dict[tuple[str, str], int] = {}
+    for src, dst, _, n in flows:
+        messages[(src, dst)] = messages.get((src, dst), 0) + n
+    cpu = message_cpu_ms(cluster, messages)
+    busy = [ms + fixed_ms(cluster, {d: steps.get(d, 0)}) + cpu.get(d, 0.0) for d, ms in compute.items()]
+    return max(busy + [nic_period_ms(cluster, flows)])
+
+
 def fork_join_ms(cluster: Cluster, head: str, join: str, branches, *, shared: bool = True) -> float:
     """When the last of `branches` ((device, in_bytes, compute_ms, out_bytes) each) is at `join`:
     `head` sends each branch its input in turn on its one interface, each branch computes, and `join`

@@ -71,7 +71,7 @@ class ChannelPlanned(StreamedFigures):
         return self._period(False)
 
     def _period(self, fixed: bool) -> float:
-        from edgepart.packager.cost import busy_ms, compute_ms, fixed_ms, message_cpu_ms, nic_period_ms
+        from edgepart.packager.cost import busy_ms, compute_ms, streamed_fixed_period_ms
         from edgepart.plan import CALLER
 
         macs, steps = dict(self.report.macs), dict(self.report.steps)
@@ -80,14 +80,12 @@ class ChannelPlanned(StreamedFigures):
         for r in self.report.routes:
             if fixed or CALLER not in (r.src, r.dst):
                 sent[(r.src, r.dst)] = sent.get((r.src, r.dst), 0) + r.size_bytes
-        busy = [float(compute_ms(2.0 * macs.get(d.name, 0), d.gflops)) for d in self.cluster.devices]
-        if fixed:  # each device's steps and the messages at its ends (cost.message_cpu_ms); the
-            # caller's inputs and outputs too, on each host's one interface (cost.nic_period_ms)
+        compute = {d.name: float(compute_ms(2.0 * macs.get(d.name, 0), d.gflops)) for d in self.cluster.devices}
+        if fixed:  # each device's steps and the messages at its ends; the caller's inputs and outputs
+            # too, on each host's one interface (cost.streamed_fixed_period_ms)
             flows = [(s, d, b, msgs.get((s, d), 1)) for (s, d), b in sent.items()]
-            cpu = message_cpu_ms(self.cluster, {(s, d): n for s, d, _, n in flows})
-            busy = [b + fixed_ms(self.cluster, {d.name: steps.get(d.name, 0)}) + cpu.get(d.name, 0.0)
-                    for b, d in zip(busy, self.cluster.devices)]
-            return max(busy + [nic_period_ms(self.cluster, flows)])
+            return streamed_fixed_period_ms(self.cluster, compute, steps, flows)
+        busy = list(compute.values())
         busy += [float(busy_ms(b, self.cluster.link(s, d))) for (s, d), b in sent.items()]
         return max(busy, default=0.0)
 

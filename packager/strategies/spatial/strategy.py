@@ -92,9 +92,9 @@ class SpatialPlanned(StreamedFigures):
 
     def _period_with_fixed(self, busy: list[float], stages, first: str) -> float:
         """Each device's steps (its strip, the tiles on the gathering device, its part of the rest)
-        and the messages at its ends (cost.message_cpu_ms) beside its compute; every transfer, the
-        caller's too, on each host's one interface (cost.nic_period_ms)."""
-        from edgepart.packager.cost import fixed_ms, message_cpu_ms, nic_period_ms
+        and the messages at its ends beside its compute; every transfer, the caller's too, on each
+        host's one interface (cost.streamed_fixed_period_ms)."""
+        from edgepart.packager.cost import streamed_fixed_period_ms
         from edgepart.plan import CALLER
 
         sp, cl, g = self.spatial, self.cluster, self.graph
@@ -106,12 +106,7 @@ class SpatialPlanned(StreamedFigures):
         flows += [(sp.gather, s.device, s.in_bytes, 1) for s in sp.strips]
         flows += [(s.device, first, s.out_bytes, 1) for s in sp.strips]
         flows += [(st.device, nxt.device, st.send_bytes, 1) for st, nxt in zip(stages, stages[1:])]
-        messages: dict[tuple[str, str], int] = {}
-        for src, dst, _, n in flows:
-            messages[(src, dst)] = messages.get((src, dst), 0) + n
-        cpu = message_cpu_ms(cl, messages)
-        busy = [b + fixed_ms(cl, {s.device: steps[s.device]}) + cpu.get(s.device, 0.0) for b, s in zip(busy, sp.strips)]
-        return max(busy + [nic_period_ms(cl, flows)])
+        return streamed_fixed_period_ms(cl, {s.device: b for b, s in zip(busy, sp.strips)}, steps, flows)
 
     def memory(self) -> list[tuple[str, int, int, int]]:
         """Per device: (device, weight bytes, peak activation bytes, total), its strip and, on the
