@@ -47,8 +47,10 @@ class Device:
     # packager/calibrate.py); None: cost.py's nominal figure (docs/planning.md, "Fixed costs")
     step_ms: float | None = None
     # how many Mbit/s of message bytes its agent's CPU handles (receiving and decoding, or framing and
-    # sending), measured (packager/calibrate.py, measure_handling); None: not counted. Only the
-    # allocator and simulator of plans with sources use it (docs/priority.md, "Costs per request")
+    # sending), measured (packager/calibrate.py, measure_handling); None: not counted. Every
+    # strategy's estimates count a message's bytes at both its ends with it (cost.handling_cpu_ms;
+    # docs/planning.md, "Fixed costs"), as the allocator and simulator of plans with sources do
+    # (docs/priority.md, "Costs per request")
     handling_mbps: float | None = None
 
     def speed_of(self, kind: str) -> float:

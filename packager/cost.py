@@ -10,6 +10,9 @@ how much memory a stage needs.
                     "Fixed costs"): what an agent spends running one step and handling one message,
                     whatever their size; measured by packager/calibrate.py, or nominal. Streamed,
                     a message costs the device at each of its ends (message_cpu_ms)
+    handling      = a message's bytes * 8 / handling_mbps, at each end that is a device (the
+                    agent's framing, cipher and copies; counted only where cluster.yaml gives
+                    handling_mbps: handling_cpu_ms)
 
 A device with a measured profile (`profile:` in cluster.yaml, docs/profile.md) computes each node at
 its operator kind's measured speed (conv, depthwise, pointwise, matmul, other) instead of one GFLOP/s
@@ -106,16 +109,37 @@ def message_cpu_ms(cluster: Cluster, messages: Mapping[tuple[str, str], int]) ->
     return out
 
 
-def pipeline_ms(cluster: Cluster, stages) -> tuple[float, float]:
-    """(latency, period) of a pipeline's stages (each with `device`, `compute_ms`, `send_ms` and
-    `link_busy_ms`, in order) with the fixed costs (docs/planning.md, "Fixed costs"): every step and
-    message of one request on its latency; for the period (the slowest device or link), each
-    stage's step and the messages it takes in and sends on, on its device (cost.message_cpu_ms),
-    and each cut's bytes on its link."""
+def handling_cpu_ms(cluster: Cluster, flows) -> dict[str, float]:
+    """What the bytes of one request's `flows` ((src, dst, bytes, messages) each; the caller is
+    CALLER) cost each device's CPU at its handling_mbps (handling_ms): the sender frames and sends
+    them, the receiver takes them in and decodes them; the caller's own end is not a device's
+    (docs/planning.md, "Fixed costs")."""
+    out: dict[str, float] = {}
+    for src, dst, nbytes, _ in flows:
+        if src == dst:
+            continue
+        for end in (src, dst):
+            if end != CALLER:
+                out[end] = out.get(end, 0.0) + float(handling_ms(cluster.device(end), nbytes))
+    return out
+
+
+def pipeline_ms(cluster: Cluster, stages, in_bytes: int = 0, out_bytes: int = 0) -> tuple[float, float]:
+    """(latency, period) of a pipeline's stages (each with `device`, `compute_ms`, `send_ms`,
+    `send_bytes` and `link_busy_ms`, in order) with the fixed costs (docs/planning.md, "Fixed
+    costs"): every step and message of one request on its latency; for the period (the slowest
+    device or link), each stage's step and the messages it takes in and sends on, on its device
+    (cost.message_cpu_ms), and each cut's bytes on its link. Where devices give handling_mbps, the
+    bytes of every message (the model's `in_bytes` from the caller, each cut, its `out_bytes` back)
+    cost the CPU at both ends too (handling_cpu_ms), on the latency and on each device's period."""
     devices = [s.device for s in stages]
-    latency = sum(s.compute_ms + s.send_ms for s in stages) + chain_fixed_ms(cluster, devices)
-    cpu = message_cpu_ms(cluster, Counter(zip((CALLER, *devices), (*devices, CALLER))))
-    busy = [s.compute_ms + step_ms(cluster.device(s.device)) + cpu.get(s.device, 0.0) for s in stages]
+    hops = list(zip((CALLER, *devices), (*devices, CALLER)))
+    sizes = [in_bytes, *(s.send_bytes for s in stages[:-1]), out_bytes]
+    handling = handling_cpu_ms(cluster, [(a, b, n, 1) for (a, b), n in zip(hops, sizes)])
+    latency = sum(s.compute_ms + s.send_ms for s in stages) + chain_fixed_ms(cluster, devices) + sum(handling.values())
+    cpu = message_cpu_ms(cluster, Counter(hops))
+    busy = [s.compute_ms + step_ms(cluster.device(s.device)) + cpu.get(s.device, 0.0) + handling.get(s.device, 0.0)
+            for s in stages]
     busy += [s.link_busy_ms for s in stages[:-1]]
     return float(latency), float(max(busy, default=0.0))
 
@@ -156,10 +180,10 @@ def critical_path_ms(steps, routes, sizes: dict[str, int], cluster: Cluster, *, 
     """One request's latency through compiled steps (each with `device`, `name`, `inputs`, `outputs`
     and `estimated_ms`): each step waits for its device's previous step and its inputs' arrival.
     With `fixed`, each step also costs its device's step_ms and each input from a peer or the caller
-    its link's message_ms (docs/planning.md, "Fixed costs"). With `shared`, every host (each device,
-    and the caller) sends on one network interface and receives on one, a transfer at a time each
-    way, and the outputs' trip back to the caller is counted (docs/planning.md, "One interface per
-    host")."""
+    its link's message_ms and its bytes' handling at both ends (docs/planning.md, "Fixed costs").
+    With `shared`, every host (each device, and the caller) sends on one network interface and
+    receives on one, a transfer at a time each way, and the outputs' trip back to the caller is
+    counted (docs/planning.md, "One interface per host")."""
     from collections import defaultdict
 
     if shared:
@@ -177,19 +201,30 @@ def critical_path_ms(steps, routes, sizes: dict[str, int], cluster: Cluster, *, 
         for i in st.inputs:
             src = src_of.get((i.name, st.device))
             if i.name in made_by and made_by[i.name].device != st.device:
-                link = cluster.link(made_by[i.name].device, st.device)
+                peer = made_by[i.name].device
+                link = cluster.link(peer, st.device)
                 t = finish[made_by[i.name].name] + busy_ms(sizes[i.name], link) + link.latency_ms
-                t += message_ms(link) if fixed else 0.0
+                t += message_ms(link) + _ends_handling_ms(cluster, peer, st.device, sizes[i.name]) if fixed else 0.0
             elif src == CALLER:
                 link = cluster.default_link
-                t = busy_ms(sizes[i.name], link) + link.latency_ms + (message_ms(link) if fixed else 0.0)
+                t = busy_ms(sizes[i.name], link) + link.latency_ms
+                t += message_ms(link) + _ends_handling_ms(cluster, CALLER, st.device, sizes[i.name]) if fixed else 0.0
             else:
                 t = finish.get(made_by[i.name].name, 0.0) if i.name in made_by else 0.0
             start = max(start, t)
         finish[st.name] = start + st.estimated_ms + (step_ms(cluster.device(st.device)) if fixed else 0.0)
         dev_free[st.device] = finish[st.name]
-    back = message_ms(cluster.default_link) if fixed and any(r.dst == CALLER for r in routes) else 0.0
+    back = 0.0
+    if fixed and any(r.dst == CALLER for r in routes):
+        back = message_ms(cluster.default_link) + max(
+            _ends_handling_ms(cluster, r.src, CALLER, sizes.get(r.tensor, 0)) for r in routes if r.dst == CALLER)
     return round(max(finish.values(), default=0.0) + back, 6)
+
+
+def _ends_handling_ms(cluster: Cluster, src: str, dst: str, nbytes) -> float:
+    """One message's bytes at its ends' handling_mbps (handling_cpu_ms), on its way: the sender's
+    framing and the receiver's decoding, one after the other."""
+    return sum(handling_cpu_ms(cluster, [(src, dst, nbytes, 1)]).values())
 
 
 def _shared_critical_path_ms(steps, routes, sizes: dict[str, int], cluster: Cluster, fixed: bool) -> float:
@@ -264,7 +299,8 @@ def _shared_critical_path_ms(steps, routes, sizes: dict[str, int], cluster: Clus
         link = _link(cluster, src, dst)
         start = max(ready, out_free[src], in_free[dst])
         out_free[src] = in_free[dst] = start + busy_ms(sizes.get(t, 0), link)
-        arrive = out_free[src] + link.latency_ms + (message_ms(link) if fixed else 0.0)
+        arrive = out_free[src] + link.latency_ms
+        arrive += message_ms(link) + _ends_handling_ms(cluster, src, dst, sizes.get(t, 0)) if fixed else 0.0
         end = max(end, arrive) if dst == CALLER else end
         there(t, dst, arrive)
     return round(end, 6)
@@ -290,14 +326,16 @@ def nic_period_ms(cluster: Cluster, flows) -> float:
 
 def streamed_fixed_period_ms(cluster: Cluster, compute: Mapping[str, float], steps: Mapping[str, int], flows) -> float:
     """Streamed, with the fixed costs: the busiest device (its `compute` ms per request, its
-    `steps`, and the messages of `flows` at its ends: message_cpu_ms) or host interface (the bytes
+    `steps`, and the messages of `flows` at its ends: message_cpu_ms and handling_cpu_ms) or host interface (the bytes
     of `flows`, (src, dst, bytes, messages) per request: nic_period_ms); the channel and spatial
     splits' throughput (docs/planning.md, "Fixed costs")."""
     messages: dict[tuple[str, str], int] = {}
     for src, dst, _, n in flows:
         messages[(src, dst)] = messages.get((src, dst), 0) + n
     cpu = message_cpu_ms(cluster, messages)
-    busy = [ms + fixed_ms(cluster, {d: steps.get(d, 0)}) + cpu.get(d, 0.0) for d, ms in compute.items()]
+    handling = handling_cpu_ms(cluster, flows)
+    busy = [ms + fixed_ms(cluster, {d: steps.get(d, 0)}) + cpu.get(d, 0.0) + handling.get(d, 0.0)
+            for d, ms in compute.items()]
     return max(busy + [nic_period_ms(cluster, flows)])
 
 
@@ -381,6 +419,25 @@ class CostModel:
         link = self.cluster.link(src, dst)
         busy = busy_ms(self.graph.live_bytes, link)
         return busy + link.latency_ms if with_latency else busy
+
+    @property
+    def io_bytes(self) -> tuple[int, int]:
+        """The model's inputs and outputs, in bytes: what the caller sends and gets back."""
+        g = self.graph
+        return (int(sum(g.tensor_bytes.get(t.name, 0) for t in g.inputs)),
+                int(sum(g.tensor_bytes.get(t.name, 0) for t in g.outputs)))
+
+    def handling_matrix_ms(self, device: str) -> np.ndarray:
+        """[a, b]: what a stage of nodes[a:b] on `device` spends on its messages' bytes at its
+        handling_mbps (handling_cpu_ms): what crosses cut a in (the caller's inputs when a == 0) and
+        cut b out (the caller's outputs when b == n)."""
+        dev = self.cluster.device(device)
+        ins, outs = self.io_bytes
+        into = np.array(self.graph.live_bytes, dtype=np.float64)
+        into[0] = ins
+        out = np.array(self.graph.live_bytes, dtype=np.float64)
+        out[-1] = outs
+        return handling_ms(dev, into)[:, None] + handling_ms(dev, out)[None, :]
 
     def max_stop(self, device: str) -> np.ndarray:
         """[n] for each start a, the largest stop b such that nodes[a:b] fit in `device`'s memory

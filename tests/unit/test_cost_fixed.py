@@ -94,7 +94,7 @@ def test_steps_that_run_at_once_pay_their_fixed_costs_at_once():
 
 def test_pipeline_figures_pay_every_stage_and_cut():
     cl = two()
-    st = lambda d, c, s=0.0, b=0.0: NS(device=d, compute_ms=c, send_ms=s, link_busy_ms=b)  # noqa: E731
+    st = lambda d, c, s=0.0, b=0.0: NS(device=d, compute_ms=c, send_ms=s, link_busy_ms=b, send_bytes=0)  # noqa: E731
     lat1, per1 = cost.pipeline_ms(cl, [st("a", 10.0)])
     lat2, per2 = cost.pipeline_ms(cl, [st("a", 5.0, 0.5, 0.4), st("b", 5.0)])
     assert lat1 > 10.0 and per1 > 10.0  # one device: its step, the caller's messages
@@ -274,3 +274,53 @@ def test_the_pipeline_planner_is_exact_with_messages_on_the_devices(message):
         assert pp.score() == pytest.approx(exhaustive(graph, cl, "throughput"), rel=1e-9)
         stage_cpu = cost.message_cpu_ms(cl, {(CALLER, pp.stages[0].device): 1})[pp.stages[0].device]
         assert pp.period_with_fixed_ms >= pp.stages[0].compute_ms + stage_cpu
+
+
+def test_a_messages_bytes_cost_the_cpu_at_both_its_ends_where_devices_say_how_fast():
+    """handling_mbps: a message's bytes cost its sender and its receiver, never the caller; a device
+    that gives no figure is not charged."""
+    cl = Cluster((Device("a", 1.0, 1024, handling_mbps=8.0), Device("b", 1.0, 1024)), Link(100.0, 0.0))
+    got = cost.handling_cpu_ms(cl, [(CALLER, "a", 1000, 1), ("a", "b", 3000, 1), ("b", CALLER, 5000, 1), ("a", "a", 9, 1)])
+    assert got == {"a": pytest.approx(4.0), "b": 0.0}  # 4000 bytes at 8 Mbit/s = 4 ms; b gives no figure
+    assert cost.handling_cpu_ms(cl, []) == {}
+
+
+@pytest.mark.parametrize("objective", ["latency", "throughput"])
+def test_the_pipeline_planner_is_exact_with_the_bytes_on_the_devices(objective):
+    """With handling_mbps, a stage pays for the bytes it takes in and sends on (the caller's inputs
+    and outputs at the ends): the planner's best is still the exhaustive search's, and its own
+    figure (evaluate, through cost.pipeline_ms) is the one it minimised."""
+    import graphs
+    from edgepart.packager.model.graph import analyse
+    from edgepart.packager.strategies.pipeline.planner import exhaustive, plan_pipeline
+
+    for seed in range(6):
+        graph = analyse(graphs.random_model(seed, 8, dag=seed % 2 == 1))
+        devs = tuple(Device(f"d{i}", g, 1 << 40, handling_mbps=h)
+                     for i, (g, h) in enumerate(((2e-5, 0.05), (5e-5, 0.2), (1e-5, None))[:2 + seed % 2]))
+        cl = Cluster(devs, Link(0.02, 0.5, 0.3))
+        pp = plan_pipeline(graph, cl, objective)
+        assert pp.score() == pytest.approx(exhaustive(graph, cl, objective), rel=1e-9)
+        plain = plan_pipeline(graph, dataclasses.replace(cl, devices=tuple(
+            dataclasses.replace(d, handling_mbps=None) for d in devs)), objective)
+        assert pp.score() > plain.score()  # the bytes cost something
+
+
+def test_handling_moves_the_cut_to_fewer_bytes_and_every_strategy_counts_it():
+    """EfficientNet-Lite0 on two equal devices, streamed: with agents that handle bytes slowly, the
+    pipeline cuts where fewer bytes cross than where the FLOPs balance, and every strategy's
+    figures grow by the bytes it moves (docs/planning.md, "Fixed costs")."""
+    from edgepart.testing import zoo
+
+    model = zoo.efficientnet_lite0()
+    fast = Cluster((Device("a", 10.0, 1024), Device("b", 10.0, 1024)), Link(10_000.0, 0.05, 0.1))
+    slow = dataclasses.replace(fast, devices=tuple(dataclasses.replace(d, handling_mbps=500.0) for d in fast.devices))
+    plans = {}
+    for name, cl in (("fast", fast), ("slow", slow)):
+        plans[name] = {s: p.plan(model, cl, strategy=s, objective="throughput", input_shapes=SHAPES)
+                       for s in ("pipeline", "replicas", "channel", "spatial")}
+    cut = {k: v["pipeline"].pipeline.stages[0].send_bytes for k, v in plans.items()}
+    assert cut["slow"] < cut["fast"]
+    for s in ("pipeline", "replicas", "channel", "spatial"):
+        assert plans["slow"][s].latency_with_fixed_ms > plans["fast"][s].latency_with_fixed_ms, s
+        assert plans["slow"][s].throughput_with_fixed_per_s < plans["fast"][s].throughput_with_fixed_per_s, s

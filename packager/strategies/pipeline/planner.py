@@ -6,7 +6,8 @@ to end (all stage times + all transfer times); `throughput` minimises the slowes
 link (the steady-state period of a pipelined stream). Both count the fixed costs (cost.py,
 `pipeline_ms`; docs/planning.md, "Fixed costs"): each stage's step on its device; for latency each
 cut's message and the caller's two; for throughput each message on the device at both its ends (the
-caller's on the first and the last stage's). Every stage must fit its device's memory.
+caller's on the first and the last stage's); for both, where devices give handling_mbps, the bytes
+of every message at both its ends. Every stage must fit its device's memory.
 
 Dynamic programming over (devices used so far, last device, cut position): with N devices and n
 nodes that is O(2^N * N^2 * n^2) vectorised work; exact for the cost model in `cost.py` where every
@@ -121,7 +122,7 @@ def evaluate(cost: CostModel, cuts: tuple[int, ...], devices: tuple[str, ...], o
         ))
     latency = sum(s.compute_ms + s.send_ms for s in stages)
     period = max(max(s.compute_ms for s in stages), max(s.link_busy_ms for s in stages))
-    fixed_latency, fixed_period = pipeline_ms(cost.cluster, stages)
+    fixed_latency, fixed_period = pipeline_ms(cost.cluster, stages, *cost.io_bytes)
     return PipelinePlan(objective, tuple(stages), latency, period, (), fixed_latency, fixed_period)
 
 
@@ -163,12 +164,14 @@ def plan_pipeline(graph: Graph, cluster: Cluster, objective: str = "latency", *,
     for d in names:
         h = np.concatenate([hi[d], [n]])  # a row for a == n (never used as a start)
         feasible[d] = (b_idx > a_idx) & (b_idx <= h[:, None])
-    # [a, b]: compute of nodes[a:b] and its step's fixed cost; streamed, also the messages it takes
-    # in and sends on (the caller's at the ends: node 0 in, node n out)
+    # [a, b]: compute of nodes[a:b], its step's fixed cost and its messages' bytes at the device's
+    # handling_mbps (both objectives: on the latency's path, and the device's CPU streamed);
+    # streamed, also the messages it takes in and sends on (the caller's at the ends: node 0 in,
+    # node n out)
     step = {d: step_ms(cluster.device(d)) for d in names}
     lat = objective == "latency"
     msg = {d: np.zeros((n + 1, n + 1)) if lat else _stage_messages_ms(cluster, d, names, n) for d in names}
-    comp_mat = {d: comp[d][None, :] - comp[d][:, None] + step[d] + msg[d] for d in names}
+    comp_mat = {d: comp[d][None, :] - comp[d][:, None] + step[d] + msg[d] + cost.handling_matrix_ms(d) for d in names}
     io = 2 * message_ms(cluster.default_link) if lat else 0.0  # the caller's inputs in, outputs back
 
     # f[(S, d)] -> (cost vector over b, argmin a over b, argmin previous device over a)
@@ -266,6 +269,7 @@ def exhaustive(graph: Graph, cluster: Cluster, objective: str = "latency") -> fl
     hi = {d: cost.max_stop(d) for d in names}
     comp = {d: cost.compute_prefix_ms(d) for d in names}
     step = {d: step_ms(cluster.device(d)) for d in names}
+    hand = {d: cost.handling_matrix_ms(d) for d in names}
     io = 2 * message_ms(cluster.default_link)  # the caller's two messages (latency)
     best = np.inf
     for perm in itertools.permutations(names):
@@ -276,7 +280,8 @@ def exhaustive(graph: Graph, cluster: Cluster, objective: str = "latency") -> fl
             bounds = (0, *cuts, n)
             if any(bounds[i + 1] > hi[d][bounds[i]] for i, d in enumerate(perm)):
                 continue
-            cs = [comp[d][bounds[i + 1]] - comp[d][bounds[i]] + step[d] for i, d in enumerate(perm)]
+            cs = [comp[d][bounds[i + 1]] - comp[d][bounds[i]] + step[d] + hand[d][bounds[i], bounds[i + 1]]
+                  for i, d in enumerate(perm)]
             ms = [message_ms(cluster.link(perm[i], perm[i + 1])) for i in range(N - 1)]
             if objective == "latency":
                 v = sum(cs) + sum(tv[i][cuts[i]] + ms[i] for i in range(N - 1)) + io

@@ -51,23 +51,35 @@ class ReplicasPlanned:
         """Streamed: every device busy at once, each at its own rate."""
         return sum(1e3 / ms for _, ms in self.device_ms if ms > 0)
 
+    def _handling_ms(self, device: str) -> float:
+        """The request's inputs in and outputs back at `device`'s handling_mbps (cost.py's
+        handling_cpu_ms; 0 where cluster.yaml gives none)."""
+        from edgepart.packager.cost import handling_cpu_ms
+        from edgepart.plan import CALLER
+
+        g = self.graph
+        ins = sum(g.tensor_bytes.get(t.name, 0) for t in g.inputs)
+        outs = sum(g.tensor_bytes.get(t.name, 0) for t in g.outputs)
+        return handling_cpu_ms(self.cluster, [(CALLER, device, ins, 1), (device, CALLER, outs, 1)]).get(device, 0.0)
+
     @property
     def latency_with_fixed_ms(self) -> float:
-        """`latency_ms` with the fixed costs of the request's step and its two messages (cost.py;
-        docs/planning.md, "Fixed costs")."""
+        """`latency_ms` with the fixed costs of the request's step and its two messages, and their
+        bytes' handling (cost.py; docs/planning.md, "Fixed costs")."""
         from edgepart.packager.cost import chain_fixed_ms
 
-        return min(ms + chain_fixed_ms(self.cluster, [d]) for d, ms in self.device_ms) + self.io_ms
+        return min(ms + chain_fixed_ms(self.cluster, [d]) + self._handling_ms(d) for d, ms in self.device_ms) \
+            + self.io_ms
 
     @property
     def throughput_with_fixed_per_s(self) -> float:
         """`throughput_per_s` with each device's step per request and the caller's two messages at
-        its end (cost.py's fixed_ms and message_cpu_ms)."""
+        its end, and their bytes' handling (cost.py's fixed_ms, message_cpu_ms, handling_cpu_ms)."""
         from edgepart.packager.cost import fixed_ms, message_cpu_ms
         from edgepart.plan import CALLER
 
         per = [ms + fixed_ms(self.cluster, {d: 1}) + message_cpu_ms(self.cluster, {(CALLER, d): 1, (d, CALLER): 1})[d]
-               for d, ms in self.device_ms]
+               + self._handling_ms(d) for d, ms in self.device_ms]
         return sum(1e3 / ms for ms in per if ms > 0)
 
     def to_dict(self) -> dict:

@@ -51,7 +51,29 @@ class SpatialPlanned(StreamedFigures):
         sp = self.spatial
         tail = [st.device for st in self.rest.pipeline.stages] if self.rest is not None else [sp.gather]
         return self.latency_ms + fork_join_fixed_ms(self.cluster, sp.gather, [s.device for s in sp.strips], tail) \
-            + self._one_interface_ms(tail[0])
+            + self._one_interface_ms(tail[0]) + self._handling_ms(tail)
+
+    def _handling_ms(self, tail: list[str]) -> float:
+        """The messages' bytes at the devices' handling_mbps (cost.py's handling_ms; 0 where
+        cluster.yaml gives none) on the request's path: the gathering device takes the inputs in and
+        sends every strip its rows, one after another; the slowest strip takes its rows in and sends
+        its result on; the rest's first device takes every result in; then each cut of the rest at
+        both ends and the outputs back."""
+        from edgepart.packager.cost import handling_ms
+
+        sp, cl, g = self.spatial, self.cluster, self.graph
+        dev = cl.device
+        join = tail[0]
+        ins = sum(g.tensor_bytes.get(t.name, 0) for t in g.inputs)
+        outs = sum(g.tensor_bytes.get(t.name, 0) for t in g.outputs)
+        head = handling_ms(dev(sp.gather), ins + sum(s.in_bytes for s in sp.strips if s.device != sp.gather))
+        branch = max((handling_ms(dev(s.device), (s.in_bytes if s.device != sp.gather else 0)
+                                  + (s.out_bytes if s.device != join else 0)) for s in sp.strips), default=0.0)
+        taken = handling_ms(dev(join), sum(s.out_bytes for s in sp.strips if s.device != join))
+        rest = self.rest.pipeline.stages if self.rest is not None else ()
+        cuts = sum(handling_ms(dev(a.device), a.send_bytes) + handling_ms(dev(b.device), a.send_bytes)
+                   for a, b in zip(rest, rest[1:]))
+        return float(head + branch + taken + cuts + handling_ms(dev(tail[-1]), outs))
 
     def _one_interface_ms(self, join: str) -> float:
         """How much later the last strip reaches `join` when the gathering device sends the strips'
