@@ -80,6 +80,9 @@ class Cluster:
     devices: tuple[Device, ...]
     default_link: Link
     pair_links: tuple[tuple[str, str, Link], ...] = ()
+    # the device whose host the app runs on (a camera's board: cluster.yaml's `caller`); None: the app
+    # has a host of its own, on the default link (docs/planning.md, "Where the app runs")
+    caller: str | None = None
 
     def link(self, a: str, b: str) -> Link:
         for x, y, lk in self.pair_links:
@@ -133,7 +136,7 @@ def cluster_from_dict(data: Any, source: str = "cluster", base: Path | None = No
     """`base`: the folder that relative `profile:` paths are read from (cluster.yaml's)."""
     if not isinstance(data, dict):
         raise ClusterError(f"{source}: expected a mapping with 'devices' and 'links'.")
-    _no_unknown(data, {"devices", "links", "reference_gflops"}, source)
+    _no_unknown(data, {"caller", "devices", "links", "reference_gflops"}, source)
     ref = _number(data.get("reference_gflops", 10.0), f"{source}: reference_gflops")
     raw = data.get("devices")
     if not isinstance(raw, list) or not raw:
@@ -207,7 +210,22 @@ def cluster_from_dict(data: Any, source: str = "cluster", base: Path | None = No
             if x not in names:
                 raise ClusterError(f"{where} names {x!r}, which is not a device ({', '.join(names)}).")
         pairs.append((a, b, _link({k: v for k, v in p.items() if k != "between"}, where)))
-    return Cluster(tuple(devices), default, tuple(pairs) + _measured_pairs(measured, pairs, names, default))
+    caller = _caller(data.get("caller"), devices, source)
+    return Cluster(tuple(devices), default, tuple(pairs) + _measured_pairs(measured, pairs, names, default), caller)
+
+
+def _caller(value: Any, devices: list[Device], source: str) -> str | None:
+    """cluster.yaml's `caller`: the device the app runs on, or None (a host of its own)."""
+    if value is None:
+        return None
+    names = [d.name for d in devices]
+    if not isinstance(value, str) or value not in names:
+        raise ClusterError(f"{source}: caller must name the device whose host the app runs on (one of "
+                           f"{', '.join(names)}), or be left out when the app has a host of its own; got {value!r}.")
+    if next(d for d in devices if d.name == value).standby:
+        raise ClusterError(f"{source}: caller {value!r} is a standby device; the app runs on a device of the "
+                           f"primary plan (docs/failover.md), or leave caller out.")
+    return value
 
 
 def _measured_pairs(measured: list, pairs: list, names: list[str], default: Link) -> tuple:

@@ -88,8 +88,28 @@ def chain_fixed_ms(cluster: Cluster, devices: Sequence[str]) -> float:
     return fixed_ms(cluster, Counter(devices), msgs)
 
 
+def caller_link(cluster: Cluster, device: str) -> Link:
+    """The link between the app and `device` (docs/planning.md, "Where the app runs"): the default
+    link where the app has a host of its own (no `caller` in cluster.yaml); where it runs on
+    `device`'s host, its local socket: no bytes on any wire (an unbounded link without latency), a
+    message still costs its message_ms; else the link between the app's device and `device`."""
+    if cluster.caller is None:
+        return cluster.default_link
+    if cluster.caller == device:
+        return Link(math.inf, 0.0, cluster.default_link.message_ms)
+    return cluster.link(cluster.caller, device)
+
+
+def host(cluster: Cluster, who: str) -> str:
+    """Whose network interface `who` (a device, or CALLER) sends and receives on: the app's is its
+    device's where cluster.yaml gives `caller`."""
+    return cluster.caller if who == CALLER and cluster.caller is not None else who
+
+
 def _link(cluster: Cluster, src: str, dst: str) -> Link:
-    return cluster.default_link if CALLER in (src, dst) else cluster.link(src, dst)
+    if CALLER in (src, dst):
+        return caller_link(cluster, dst if src == CALLER else src)
+    return cluster.link(src, dst)
 
 
 def message_cpu_ms(cluster: Cluster, messages: Mapping[tuple[str, str], int]) -> dict[str, float]:
@@ -140,6 +160,10 @@ def pipeline_ms(cluster: Cluster, stages, in_bytes: int = 0, out_bytes: int = 0)
     cpu = message_cpu_ms(cluster, Counter(hops))
     busy = [s.compute_ms + step_ms(cluster.device(s.device)) + cpu.get(s.device, 0.0) + handling.get(s.device, 0.0)
             for s in stages]
+    if cluster.caller is not None and stages:  # the app on a device: the links to it carry the inputs
+        # and outputs (else the app's own link, the same for every plan: caller_period_ms)
+        busy += [float(busy_ms(in_bytes, caller_link(cluster, devices[0]))),
+                 float(busy_ms(out_bytes, caller_link(cluster, devices[-1])))]
     busy += [s.link_busy_ms for s in stages[:-1]]
     return float(latency), float(max(busy, default=0.0))
 
@@ -153,22 +177,30 @@ def fork_join_fixed_ms(cluster: Cluster, head: str, branches: Sequence[str], tai
     fork = max((step_ms(cluster.device(b)) + (message_ms(cluster.link(head, b)) if b != head else 0.0)
                 + (message_ms(cluster.link(b, join)) if b != join else 0.0) for b in branches), default=0.0)
     chain = fixed_ms(cluster, Counter(tail), Counter(zip(tail, tail[1:])))
-    io = 2 * message_ms(cluster.default_link)
+    io = message_ms(caller_link(cluster, head)) + message_ms(caller_link(cluster, tail[-1] if tail else head))
     return float(io + step_ms(cluster.device(head)) + fork + chain)
 
 
-def caller_io_ms(graph: Graph, cluster: Cluster) -> float:
-    """The model's inputs sent from the caller and its outputs sent back, on the cluster's default
-    link: both transfers and their latencies (docs/planning.md, "Choosing the split")."""
-    link = cluster.default_link
-    io = sum(graph.tensor_bytes.get(t.name, 0) for t in graph.inputs + graph.outputs)
-    return float(busy_ms(io, link) + 2 * link.latency_ms)
+def caller_io_ms(graph: Graph, cluster: Cluster, first: str | None = None, last: str | None = None) -> float:
+    """The model's inputs sent from the caller to `first` and its outputs sent back from `last`:
+    both transfers and their latencies (docs/planning.md, "Choosing the split"), on the default
+    link, or where the app runs on a device (`caller`), on the links from and to it
+    (caller_link; nothing on a wire where `first` or `last` is its device)."""
+    ins = sum(graph.tensor_bytes.get(t.name, 0) for t in graph.inputs)
+    outs = sum(graph.tensor_bytes.get(t.name, 0) for t in graph.outputs)
+    lin = cluster.default_link if first is None else caller_link(cluster, first)
+    lout = cluster.default_link if last is None else caller_link(cluster, last)
+    return float(busy_ms(ins, lin) + lin.latency_ms + busy_ms(outs, lout) + lout.latency_ms)
 
 
 def caller_period_ms(graph: Graph, cluster: Cluster) -> float:
     """The shortest period the caller's own link allows when requests stream: every request's inputs
     go out on the default link and its outputs come back on it (full duplex: the larger direction),
-    with a message's fixed cost (docs/planning.md, "Choosing the split"). No split sends fewer."""
+    with a message's fixed cost (docs/planning.md, "Choosing the split"). No split sends fewer.
+    0 where the app runs on a device (`caller`): then what its link carries depends on the split,
+    and each strategy's own figures count it."""
+    if cluster.caller is not None:
+        return 0.0
     link = cluster.default_link
     ins = sum(graph.tensor_bytes.get(t.name, 0) for t in graph.inputs)
     outs = sum(graph.tensor_bytes.get(t.name, 0) for t in graph.outputs)
@@ -206,7 +238,7 @@ def critical_path_ms(steps, routes, sizes: dict[str, int], cluster: Cluster, *, 
                 t = finish[made_by[i.name].name] + busy_ms(sizes[i.name], link) + link.latency_ms
                 t += message_ms(link) + _ends_handling_ms(cluster, peer, st.device, sizes[i.name]) if fixed else 0.0
             elif src == CALLER:
-                link = cluster.default_link
+                link = caller_link(cluster, st.device)
                 t = busy_ms(sizes[i.name], link) + link.latency_ms
                 t += message_ms(link) + _ends_handling_ms(cluster, CALLER, st.device, sizes[i.name]) if fixed else 0.0
             else:
@@ -216,7 +248,7 @@ def critical_path_ms(steps, routes, sizes: dict[str, int], cluster: Cluster, *, 
         dev_free[st.device] = finish[st.name]
     back = 0.0
     if fixed and any(r.dst == CALLER for r in routes):
-        back = message_ms(cluster.default_link) + max(
+        back = max(message_ms(_link(cluster, r.src, CALLER)) for r in routes if r.dst == CALLER) + max(
             _ends_handling_ms(cluster, r.src, CALLER, sizes.get(r.tensor, 0)) for r in routes if r.dst == CALLER)
     return round(max(finish.values(), default=0.0) + back, 6)
 
@@ -297,9 +329,13 @@ def _shared_critical_path_ms(steps, routes, sizes: dict[str, int], cluster: Clus
             break
         ready, _, t, src, dst = heapq.heappop(heap)
         link = _link(cluster, src, dst)
-        start = max(ready, out_free[src], in_free[dst])
-        out_free[src] = in_free[dst] = start + busy_ms(sizes.get(t, 0), link)
-        arrive = out_free[src] + link.latency_ms
+        hs, hd = host(cluster, src), host(cluster, dst)
+        if hs == hd:  # the app and its device's agent: the local socket, no interface
+            sent = ready
+        else:
+            start = max(ready, out_free[hs], in_free[hd])
+            sent = out_free[hs] = in_free[hd] = start + busy_ms(sizes.get(t, 0), link)
+        arrive = sent + link.latency_ms
         arrive += message_ms(link) + _ends_handling_ms(cluster, src, dst, sizes.get(t, 0)) if fixed else 0.0
         end = max(end, arrive) if dst == CALLER else end
         there(t, dst, arrive)
@@ -307,20 +343,22 @@ def _shared_critical_path_ms(steps, routes, sizes: dict[str, int], cluster: Clus
 
 
 def nic_period_ms(cluster: Cluster, flows) -> float:
-    """Streamed, the busiest network interface: every host (each device, and the caller) sends all of
-    its `flows` ((src, dst, bytes, messages) per request) on one interface and receives on another
-    (full duplex), at the link's rate (docs/planning.md, "One interface per host"). A message's fixed
+    """Streamed, the busiest network interface: every host (each device, and the caller: its device's
+    where cluster.yaml gives `caller`) sends all of its `flows` ((src, dst, bytes, messages) per
+    request) on one interface and receives on another (full duplex), at the link's rate
+    (docs/planning.md, "One interface per host"). A message's fixed
     cost is its ends' CPU (message_cpu_ms), not the interface's."""
     from collections import defaultdict
 
     out: dict[str, float] = defaultdict(float)
     inn: dict[str, float] = defaultdict(float)
     for src, dst, nbytes, _ in flows:
-        if src == dst:
+        hs, hd = host(cluster, src), host(cluster, dst)
+        if hs == hd:  # one host (the app on its device: the local socket)
             continue
         t = float(busy_ms(nbytes, _link(cluster, src, dst)))
-        out[src] += t
-        inn[dst] += t
+        out[hs] += t
+        inn[hd] += t
     return max([*out.values(), *inn.values()], default=0.0)
 
 

@@ -42,7 +42,8 @@ def _over(cluster: Cluster, names: set[str]) -> Cluster:
     """`cluster` restricted to `names` (cluster.yaml order kept), every one of them a plain device."""
     devices = tuple(dataclasses.replace(d, standby=False) for d in cluster.devices if d.name in names)
     pairs = tuple(p for p in cluster.pair_links if p[0] in names and p[1] in names)
-    return Cluster(devices, cluster.default_link, pairs)
+    # the app's device gone, the app is gone with it: a fallback plans as for an app of its own host
+    return Cluster(devices, cluster.default_link, pairs, cluster.caller if cluster.caller in names else None)
 
 
 def primary_cluster(cluster: Cluster) -> Cluster:

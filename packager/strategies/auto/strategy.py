@@ -154,7 +154,10 @@ def _caller_bound(job: Job, cands: list[Candidate]) -> list[Candidate]:
     graph = next((c.planned.graph for c in cands if c.ok and hasattr(c.planned, "graph")), None)
     if graph is None:
         graph = analyse(job.model, dict(job.input_shapes) or None)
-    most = 1e3 / caller_period_ms(graph, job.cluster)
+    bound = caller_period_ms(graph, job.cluster)
+    if bound <= 0:  # the app on a device (`caller`): each candidate's own figures count its link
+        return cands
+    most = 1e3 / bound
     return [dataclasses.replace(c, throughput_per_s=min(c.throughput_per_s, most), headroom_per_s=c.throughput_per_s)
             if c.ok else c for c in cands]
 
@@ -193,19 +196,29 @@ def _candidate(job: Job, name: str, strategy: str, options: dict) -> Candidate:
 
 
 def _one_device(job: Job) -> Candidate:
-    """The best single device: on one device the cost model has no link, so the fastest device that
-    holds the model is the best for either objective (the pipeline planner on it alone)."""
+    """The best single device (the pipeline planner on it alone): on one device the cost model has no
+    link, so the fastest device that holds the model is the best for either objective; where the app
+    runs on a device (`caller`), the one whose estimate is best, its inputs' trip counted."""
     why = []
+    app = job.cluster.caller
+    best: Candidate | None = None
     for d in sorted(job.cluster.devices, key=lambda d: -d.gflops):
-        one = dataclasses.replace(job.cluster, devices=(d,), pair_links=())
+        # (the link between it and the app's device, where the app runs on another one)
+        pairs = tuple(p for p in job.cluster.pair_links if {p[0], p[1]} == {d.name, app})
+        one = dataclasses.replace(job.cluster, devices=(d,), pair_links=pairs)
         try:
             planned = get("pipeline").plan(dataclasses.replace(job, cluster=one, options={}))
         except Exception as e:  # noqa: BLE001 - the next device may hold it
             why.append(f"{d.name}: {_why(e)}")
             continue
         lat, thr = _estimates(planned)
-        return Candidate(f"one device ({d.name})", "pipeline", {}, one, planned, (d.name,), lat, thr)
-    return Candidate("one device", "pipeline", {}, job.cluster, why_not="; ".join(why) or "no device")
+        c = Candidate(f"one device ({d.name})", "pipeline", {}, one, planned, (d.name,), lat, thr)
+        if app is None:  # no link to tell them apart: the fastest that holds it
+            return c
+        # the app on a device: the fastest is not the best where the inputs must travel to it
+        if best is None or (lat < best.latency_ms if job.objective == "latency" else thr > best.throughput_per_s):
+            best = c
+    return best or Candidate("one device", "pipeline", {}, job.cluster, why_not="; ".join(why) or "no device")
 
 
 __all__ = ["AutoPlanned", "AutoStrategy", "CANDIDATES", "REPLICATE"]

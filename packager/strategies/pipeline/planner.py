@@ -33,7 +33,7 @@ import numpy as np
 from edgepart.errors import PlanningError
 
 from edgepart.packager.cluster import Cluster
-from edgepart.packager.cost import CostModel, message_ms, pipeline_ms, step_ms
+from edgepart.packager.cost import CostModel, busy_ms, caller_link, message_ms, pipeline_ms, step_ms
 from edgepart.packager.model.graph import Graph
 
 OBJECTIVES = ("latency", "throughput")
@@ -173,6 +173,11 @@ def plan_pipeline(graph: Graph, cluster: Cluster, objective: str = "latency", *,
     msg = {d: np.zeros((n + 1, n + 1)) if lat else _stage_messages_ms(cluster, d, names, n) for d in names}
     comp_mat = {d: comp[d][None, :] - comp[d][:, None] + step[d] + msg[d] + cost.handling_matrix_ms(d) for d in names}
     io = 2 * message_ms(cluster.default_link) if lat else 0.0  # the caller's inputs in, outputs back
+    if cluster.caller is not None:  # the app on a device: what its inputs and outputs cost depends on
+        # which devices take them (docs/planning.md, "Where the app runs"), so the stages say it
+        for d in names:
+            _with_caller(cost, d, comp_mat[d], lat)
+        io = 0.0
 
     # f[(S, d)] -> (cost vector over b, argmin a over b, argmin previous device over a)
     f: dict[tuple[frozenset, str], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
@@ -244,12 +249,37 @@ def plan_pipeline(graph: Graph, cluster: Cluster, objective: str = "latency", *,
     return dataclasses.replace(pp, left_out=tuple(out))
 
 
+def _caller_ms(cost: CostModel, d: str) -> tuple[float, float, float, float]:
+    """Where the app runs on a device (`caller`): its inputs to `d` and `d`'s outputs back to it, as
+    (in transfer, out transfer, in busy, out busy) in ms: bytes over caller_link, with its latency
+    for the transfers (nothing where `d` is the app's device)."""
+    link = caller_link(cost.cluster, d)
+    ins, outs = cost.io_bytes
+    bi, bo = float(busy_ms(ins, link)), float(busy_ms(outs, link))
+    return bi + link.latency_ms, bo + link.latency_ms, bi, bo
+
+
+def _with_caller(cost: CostModel, d: str, mat: np.ndarray, lat: bool) -> None:
+    """Add to `d`'s stage matrix (in place) what the app on a device costs a stage of nodes[0:b]
+    (its inputs in) and of nodes[a:n] (its outputs back): under latency their messages and
+    transfers, on the path; under throughput their link's busy time, which bounds a stream
+    (cost.pipeline_ms counts the same)."""
+    t_in, t_out, b_in, b_out = _caller_ms(cost, d)
+    if lat:
+        m = message_ms(caller_link(cost.cluster, d))
+        mat[0, :] += m + t_in
+        mat[:, -1] += m + t_out
+    else:
+        mat[0, :] = np.maximum(mat[0, :], b_in)
+        mat[:, -1] = np.maximum(mat[:, -1], b_out)
+
+
 def _stage_messages_ms(cluster: Cluster, d: str, names, n: int) -> np.ndarray:
     """[a, b]: the message CPU of a stage of nodes[a:b] on `d`, streamed (cost.message_cpu_ms): the
     caller's inputs when a == 0, else the dearest message from another device; the caller's outputs
     when b == n, else the dearest message to another device."""
     others = [e for e in names if e != d]
-    io = message_ms(cluster.default_link)
+    io = message_ms(caller_link(cluster, d))
     into = max((message_ms(cluster.link(e, d)) for e in others), default=io)
     out = max((message_ms(cluster.link(d, e)) for e in others), default=io)
     m_in = np.full(n + 1, into)
@@ -270,7 +300,6 @@ def exhaustive(graph: Graph, cluster: Cluster, objective: str = "latency") -> fl
     comp = {d: cost.compute_prefix_ms(d) for d in names}
     step = {d: step_ms(cluster.device(d)) for d in names}
     hand = {d: cost.handling_matrix_ms(d) for d in names}
-    io = 2 * message_ms(cluster.default_link)  # the caller's two messages (latency)
     best = np.inf
     for perm in itertools.permutations(names):
         tv = [cost.transfer_vector_ms(perm[i], perm[i + 1], with_latency=objective == "latency") for i in range(N - 1)]
@@ -283,11 +312,15 @@ def exhaustive(graph: Graph, cluster: Cluster, objective: str = "latency") -> fl
             cs = [comp[d][bounds[i + 1]] - comp[d][bounds[i]] + step[d] + hand[d][bounds[i], bounds[i + 1]]
                   for i, d in enumerate(perm)]
             ms = [message_ms(cluster.link(perm[i], perm[i + 1])) for i in range(N - 1)]
+            ends = [message_ms(caller_link(cluster, perm[0])), *ms, message_ms(caller_link(cluster, perm[-1]))]
+            # the app on a device: its inputs' and outputs' transfers (latency) or busy links (throughput)
+            t_in, _, b_in, _ = _caller_ms(cost, perm[0]) if cluster.caller else (0.0,) * 4
+            _, t_out, _, b_out = _caller_ms(cost, perm[-1]) if cluster.caller else (0.0,) * 4
             if objective == "latency":
-                v = sum(cs) + sum(tv[i][cuts[i]] + ms[i] for i in range(N - 1)) + io
+                v = sum(cs) + sum(tv[i][cuts[i]] + ms[i] for i in range(N - 1)) + ends[0] + ends[-1] + t_in + t_out
             else:  # each message on the device at both its ends
-                ends = [io / 2, *ms, io / 2]
-                v = max([c + ends[i] + ends[i + 1] for i, c in enumerate(cs)] + [tv[i][cuts[i]] for i in range(N - 1)])
+                v = max([c + ends[i] + ends[i + 1] for i, c in enumerate(cs)] + [tv[i][cuts[i]] for i in range(N - 1)]
+                        + [b_in, b_out])
             best = min(best, v)
     return float(best)
 

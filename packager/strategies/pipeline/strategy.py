@@ -99,12 +99,14 @@ class PipelinePlanned:
 
     @property
     def caller_io_ms(self) -> float:
-        """The model's inputs sent to the first stage and its outputs back, on the default link: the
-        pipeline's latency leaves them out (docs/planning.md, "Known approximations"); the other
-        strategies count them, so `--strategy auto` adds this to compare like with like."""
+        """The model's inputs sent to the first stage and its outputs back (on the default link, or
+        where the app runs on a device, on the links from and to it): the pipeline's latency leaves
+        them out (docs/planning.md, "Known approximations"); the other strategies count them, so
+        `--strategy auto` adds this to compare like with like."""
         from edgepart.packager.cost import caller_io_ms
 
-        return caller_io_ms(self.graph, self.cluster)
+        devs = self.pipeline.devices
+        return caller_io_ms(self.graph, self.cluster, devs[0], devs[-1]) if devs else caller_io_ms(self.graph, self.cluster)
 
     def show(self, console, title: str) -> None:
         pp, g = self.pipeline, self.graph

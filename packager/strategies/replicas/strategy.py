@@ -41,10 +41,20 @@ class ReplicasPlanned:
     io_ms: float  # inputs there and outputs back, on the default link
     strategy: str = "replicas"
 
+    def _io_ms(self, device: str) -> float:
+        """The inputs to `device` and its outputs back: `io_ms`, or where the app runs on a device
+        (`caller`), over the link from it (nothing on a wire for its own device: cost.caller_io_ms)."""
+        if self.cluster.caller is None:
+            return self.io_ms
+        from edgepart.packager.cost import caller_io_ms
+
+        return caller_io_ms(self.graph, self.cluster, device, device)
+
     @property
     def latency_ms(self) -> float:
-        """One request alone: it goes to the fastest device (what least-outstanding picks when idle)."""
-        return min(ms for _, ms in self.device_ms) + self.io_ms
+        """One request alone: it goes to the device that answers it first (the fastest, with the app's
+        own device's inputs local where it runs on one; what least-outstanding picks when idle)."""
+        return min(ms + self._io_ms(d) for d, ms in self.device_ms)
 
     @property
     def throughput_per_s(self) -> float:
@@ -68,8 +78,8 @@ class ReplicasPlanned:
         bytes' handling (cost.py; docs/planning.md, "Fixed costs")."""
         from edgepart.packager.cost import chain_fixed_ms
 
-        return min(ms + chain_fixed_ms(self.cluster, [d]) + self._handling_ms(d) for d, ms in self.device_ms) \
-            + self.io_ms
+        return min(ms + chain_fixed_ms(self.cluster, [d]) + self._handling_ms(d) + self._io_ms(d)
+                   for d, ms in self.device_ms)
 
     @property
     def throughput_with_fixed_per_s(self) -> float:
@@ -78,9 +88,25 @@ class ReplicasPlanned:
         from edgepart.packager.cost import fixed_ms, message_cpu_ms
         from edgepart.plan import CALLER
 
-        per = [ms + fixed_ms(self.cluster, {d: 1}) + message_cpu_ms(self.cluster, {(CALLER, d): 1, (d, CALLER): 1})[d]
-               + self._handling_ms(d) for d, ms in self.device_ms]
-        return sum(1e3 / ms for ms in per if ms > 0)
+        per = {d: ms + fixed_ms(self.cluster, {d: 1}) + message_cpu_ms(self.cluster, {(CALLER, d): 1, (d, CALLER): 1})[d]
+               + self._handling_ms(d) for d, ms in self.device_ms}
+        rate = {d: 1e3 / ms for d, ms in per.items() if ms > 0}
+        app = self.cluster.caller
+        if app is None:  # the app's own link bounds every candidate alike (auto: cost.caller_period_ms)
+            return sum(rate.values())
+        # the app on a device: the requests it sends on go out through that device's one interface
+        # (docs/planning.md, "One interface per host"), its own are local
+        from edgepart.packager.cost import busy_ms, caller_link
+
+        g = self.graph
+        big = max(sum(g.tensor_bytes.get(t.name, 0) for t in g.inputs),
+                  sum(g.tensor_bytes.get(t.name, 0) for t in g.outputs))
+        others = [d for d in rate if d != app]
+        per_request = max((float(busy_ms(big, caller_link(self.cluster, d))) for d in others), default=0.0)
+        sent_on = sum(rate[d] for d in others)
+        if per_request > 0:
+            sent_on = min(sent_on, 1e3 / per_request)
+        return rate.get(app, 0.0) + sent_on
 
     def to_dict(self) -> dict:
         g = self.graph

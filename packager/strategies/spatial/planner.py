@@ -266,7 +266,8 @@ def plan_spatial(model: onnx.ModelProto, graph: Graph, cluster: Cluster, tile_un
         raise PlanningError(f"The model's first layer {nd.name!r} ({nd.op_type}) is not spatial: "
                             f"{why if why else 'it does not map image rows to rows'} The spatial split needs a "
                             f"convolutional front.")
-    devices = sorted(cluster.devices, key=lambda d: -d.gflops)
+    # the fastest device gathers; of equally fast ones, the app's (`caller`), whose input is local there
+    devices = sorted(cluster.devices, key=lambda d: (-d.gflops, d.name != cluster.caller))
     gather = devices[0].name
     if tile_until is not None:
         t = _tensor_named(graph, str(tile_until))
@@ -350,7 +351,7 @@ def _evaluate(graph: Graph, cluster: Cluster, prefix: Prefix, gather: str, shape
             lk = cluster.link(gather, s.device)
             t += busy_ms(s.in_bytes, lk) + busy_ms(s.out_bytes, lk) + 2 * lk.latency_ms
         finish.append(t)
-    latency = max(finish) + rest_ms + caller_io_ms(graph, cluster)
+    latency = max(finish) + rest_ms + caller_io_ms(graph, cluster, gather, gather)
     whole = int(cm.stage_memory_bytes(0, graph.n))
     prefix_flops = float(sum(2.0 * graph.nodes[i].macs for i in prefix.nodes))
     return SpatialPlan(prefix, tuple(strips), gather, rest_flops, round(rest_ms, 6), rest_w, int(rest_peak),

@@ -8,6 +8,7 @@ its strip and one stage of the rest. Pure: an in-memory model and its figures.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import onnx
@@ -49,10 +50,12 @@ def plan_rest(model: onnx.ModelProto, graph: Graph, cluster: Cluster, sp: Spatia
         base = shapes[sp.prefix.until] if s.name.startswith(f"{sp.prefix.until}__strip") else shapes[s.name]
         fixed[s.name] = tuple(d if isinstance(d, int) and d > 0 else base[i] for i, d in enumerate(s.shape))
     g = analyse(gm, fixed)
-    pp = plan_pipeline(g, cluster, objective)
+    # the rest's inputs are the strips' results, not the app's: planned as for an app of its own host,
+    # and the app's own transfers added below
+    pp = plan_pipeline(g, dataclasses.replace(cluster, caller=None), objective)
     first = pp.stages[0].device
     strips = fork_join_ms(cluster, sp.gather, first, [(s.device, s.in_bytes, s.compute_ms, s.out_bytes) for s in sp.strips],
                           shared=False)
-    latency = strips + pp.latency_ms + caller_io_ms(graph, cluster)
+    latency = strips + pp.latency_ms + caller_io_ms(graph, cluster, sp.gather, pp.stages[-1].device)
     return RestPipeline(gm, g, pp, round(float(latency), 6))
 
