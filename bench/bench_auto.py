@@ -46,9 +46,9 @@ SHAPES = {"input": (1, 3, 224, 224)}
 
 
 def cluster_for(gflops: float, bandwidth_mbps: float, latency_ms: float, step_ms: float | None = None,
-                message_ms: float | None = None, n: int = 2):
+                message_ms: float | None = None, n: int = 2, caller: str | None = None):
     """`n` alike devices and their links; `step_ms` / `message_ms`: the fixed costs (docs/planning.md, "Fixed
-    costs"; None: cost.py's nominal figures)."""
+    costs"; None: cost.py's nominal figures); `caller`: the device the app runs on (None: a host of its own)."""
     from edgepart.packager.cluster import cluster_from_dict
 
     step = {} if step_ms is None else {"step_ms": round(step_ms, 4)}
@@ -56,7 +56,8 @@ def cluster_for(gflops: float, bandwidth_mbps: float, latency_ms: float, step_ms
     return cluster_from_dict({"devices": [{"name": f"dev{i}", "gflops": round(gflops, 4), "memory_mb": 4096, **step}
                                           for i in range(n)],
                               "links": {"default": {"bandwidth_mbps": round(bandwidth_mbps, 3),
-                                                    "latency_ms": round(latency_ms, 4), **msg}}})
+                                                    "latency_ms": round(latency_ms, 4), **msg}},
+                              **({} if caller is None else {"caller": caller})})
 
 
 def run_candidates(model_path: Path, cluster, objective: str, work: Path, shapes: dict = SHAPES,

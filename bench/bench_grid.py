@@ -3,6 +3,7 @@
     .venv/bin/python bench/bench_grid.py                       # every cell (hours on 2 cores); resumable
     .venv/bin/python bench/bench_grid.py --models retinaface-640x480 --rates 100 --devices 2
     .venv/bin/python bench/bench_grid.py --report              # the table, figures and plot from what is saved
+    .venv/bin/python bench/bench_grid.py --models retinaface-640x480 --rates 100 --devices 2 --speeds pi --caller dev0
 
 Cells: a model (EfficientNet-Lite0 at 224x224; the camera demo's detector, RetinaFace-MobileNet0.25,
 at 640x480 and at 1280x736; MiniLM at 24 tokens) x 2 or 3 devices x 2 device speeds x 3 link
@@ -25,6 +26,10 @@ distinct plan either ranking holds is packaged once and run through `edgepart ru
 thread each) with the app a separate process (bench/auto_client.py) on the caller's host: the median
 latency of up to -n requests one at a time, then the rate of up to --stream requests with 2 per
 device in flight, each within --budget seconds. Every answer is checked against onnxruntime.
+
+With `--caller dev0` the app runs in the first device's namespace instead (a camera's board: cluster.yaml's
+`caller`, docs/planning.md "Where the app runs"), beside its agent on core 0 but not under its cap; such
+cells are saved apart (their key ends "| app on dev0") and left out of the grid's figures.
 
 Per cell and objective: auto's pick, the measured best, whether the pick is the best or within 10 %
 of it, and Spearman's rank correlation between the candidates' estimates and their measurements
@@ -134,8 +139,11 @@ def judge(rows: list[dict], objective: str) -> dict:
             "within_10pct": ratio <= 1.10, "pick_over_best": ratio, "spearman": rho, "plans": len(plans)}
 
 
-def measure_plan(dist: Path, n_dev: int, feeds_path: Path, ref: list, fraction: dict, lan, a, work: Path) -> dict:
-    """One plan through `edgepart run` agents and a separate app process: latency, throughput, max abs diff."""
+def measure_plan(dist: Path, n_dev: int, feeds_path: Path, ref: list, fraction: dict, lan, a, work: Path,
+                 caller: str | None = None) -> dict:
+    """One plan through `edgepart run` agents and a separate app process (on a host of its own, or with
+    `caller` in that device's namespace, beside its agent on core 0, not under its cap): latency,
+    throughput, max abs diff."""
     from edgepart.testing.cpucap import CpuCap
     from edgepart.testing.emulate import AgentProcesses
 
@@ -152,9 +160,10 @@ def measure_plan(dist: Path, n_dev: int, feeds_path: Path, ref: list, fraction: 
                 caps.append(cap)
                 cap.add(ag.proc.pid)
         out = work / "answer.npz"
-        argv = ["taskset", "-c", "0", sys.executable, str(CLIENT), str(dist), lan.hosts[0].ip, str(feeds_path),
+        app = hosts[caller] if caller else lan.hosts[0]
+        argv = ["taskset", "-c", "0", sys.executable, str(CLIENT), str(dist), app.ip, str(feeds_path),
                 str(a.n), "1", str(out), str(a.budget), str(a.stream), str(2 * n_dev)]
-        res = lan.hosts[0].run(argv, timeout_s=1800, capture_output=True, text=True)
+        res = app.run(argv, timeout_s=1800, capture_output=True, text=True)
         if res.returncode != 0:
             raise RuntimeError(f"client failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
         got_json = json.loads(res.stdout.strip().splitlines()[-1])
@@ -216,11 +225,11 @@ def calibrate(a) -> dict:
     return cal
 
 
-def cell_key(model: str, n_dev: int, speed: str, rate: float) -> str:
-    return f"{model} | {n_dev} devices | {speed} | {rate:g} Mbit/s"
+def cell_key(model: str, n_dev: int, speed: str, rate: float, caller: str | None = None) -> str:
+    return f"{model} | {n_dev} devices | {speed} | {rate:g} Mbit/s" + (f" | app on {caller}" if caller else "")
 
 
-def run_cell(model: str, n_dev: int, speed: str, rate: float, cal: dict, a) -> dict:
+def run_cell(model: str, n_dev: int, speed: str, rate: float, caller: str | None, cal: dict, a) -> dict:
     import onnxruntime as ort
 
     from edgepart.testing import netns
@@ -232,7 +241,7 @@ def run_cell(model: str, n_dev: int, speed: str, rate: float, cal: dict, a) -> d
     frac = {"pi": cal["pi_fraction"], "fast3": a.fast3_cap, "full": None}[label]
     fixed = cal["fixed"][label]
     gflops = cal["core_gflops"][model] if frac is None else cal["capped_gflops"][model][label]
-    cl = cluster_for(gflops, rate, 0.2, fixed["step_ms"], fixed["message_ms"], n=n_dev)
+    cl = cluster_for(gflops, rate, 0.2, fixed["step_ms"], fixed["message_ms"], n=n_dev, caller=caller)
     rows: dict[str, list[dict]] = {}
     cannot: list[dict] = []
     measured: dict[str, dict] = {}
@@ -248,11 +257,11 @@ def run_cell(model: str, n_dev: int, speed: str, rate: float, cal: dict, a) -> d
         with netns.EmulatedLan(n_dev + 1, rate_mbit=rate) as lan:
             for pid, dist in by_id.items():
                 try:
-                    measured[pid] = measure_plan(Path(dist), n_dev, feeds_path, ref, fraction, lan, a, work)
+                    measured[pid] = measure_plan(Path(dist), n_dev, feeds_path, ref, fraction, lan, a, work, caller)
                 except Exception as e:  # a candidate that fails is reported, not dropped
                     measured[pid] = {"error": str(e)[-2000:]}
                     console.print(f"[red]{pid} failed[/]: {str(e)[-400:]}")
-    cell = {"model": model, "devices": n_dev, "speed": speed, "rate_mbit": rate, "gflops": gflops,
+    cell = {"model": model, "devices": n_dev, "speed": speed, "rate_mbit": rate, "caller": caller, "gflops": gflops,
             "cap_fraction": frac, "fixed": fixed, "cannot_plan": cannot, "objectives": {}, "cost_model": COST_MODEL}
     for obj in OBJECTIVES:
         rs = []
@@ -281,7 +290,8 @@ def rejudge(cell: dict) -> bool:
         return False
     path, shapes, _ = model_of(cell["model"])
     fixed = cell["fixed"]
-    cl = cluster_for(cell["gflops"], cell["rate_mbit"], 0.2, fixed["step_ms"], fixed["message_ms"], n=cell["devices"])
+    cl = cluster_for(cell["gflops"], cell["rate_mbit"], 0.2, fixed["step_ms"], fixed["message_ms"], n=cell["devices"],
+                     caller=cell.get("caller"))
     with tempfile.TemporaryDirectory() as tmp:
         for obj in OBJECTIVES:
             _, now = run_candidates(path, cl, obj, Path(tmp), shapes, {})
@@ -302,7 +312,7 @@ def rejudge(cell: dict) -> bool:
 
 
 def show(cell: dict) -> None:
-    t = Table(title=f"{cell_key(cell['model'], cell['devices'], cell['speed'], cell['rate_mbit'])} "
+    t = Table(title=f"{cell_key(cell['model'], cell['devices'], cell['speed'], cell['rate_mbit'], cell.get('caller'))} "
                     f"({cell['gflops']:.1f} GFLOP/s per device)", title_justify="left")
     for c in ("candidate", "plan", "est ms", "meas ms", "est req/s", "meas req/s", "max abs diff", "auto picks"):
         t.add_column(c, justify="left" if c in ("candidate", "plan", "auto picks") else "right")
@@ -334,8 +344,9 @@ def show(cell: dict) -> None:
 def report(data: dict) -> dict:
     """The figures over every saved cell: the share of picks within 10 %, Spearman, the pi detector's gain."""
     out: dict = {}
+    grid = [c for c in data["cells"].values() if not c.get("caller")]  # the grid's cells: the app on a host of its own
     for obj in OBJECTIVES:
-        vs = [c["objectives"][obj]["verdict"] for c in data["cells"].values() if c["objectives"][obj]["verdict"]]
+        vs = [c["objectives"][obj]["verdict"] for c in grid if c["objectives"][obj]["verdict"]]
         rhos = [v["spearman"] for v in vs if v["spearman"] is not None]
         out[obj] = {"cells": len(vs), "within_10pct": sum(v["within_10pct"] for v in vs),
                     "spearman_median": statistics.median(rhos) if rhos else None,
@@ -351,19 +362,19 @@ def report(data: dict) -> dict:
             reps = [r for r in rows if r["strategy"] == "replicas"]
             if one and splits:
                 best = max(splits, key=lambda r: r["throughput_per_s"])
-                gains.append({"cell": cell_key(c["model"], c["devices"], c["speed"], c["rate_mbit"]),
+                gains.append({"cell": cell_key(c["model"], c["devices"], c["speed"], c["rate_mbit"], c.get("caller")),
                               "best_split": best["candidate"], "split_over_one": best["throughput_per_s"] / one[0],
                               "replicas_over_one": reps[0]["throughput_per_s"] / one[0] if reps else None})
     out["pi_detector_100mbit"] = gains
     ratios: dict[str, list[float]] = {}
-    for c in data["cells"].values():  # the cost model's accuracy per strategy: estimate / measured latency
+    for c in grid:  # the cost model's accuracy per strategy: estimate / measured latency
         for r in {r["plan_id"]: r for r in c["objectives"]["latency"]["rows"] if "error" not in r}.values():
             key = "one device" if r["candidate"].startswith("one device") else r["candidate"]
             ratios.setdefault(key, []).append(r["estimate_ms"] / r["latency_ms"])
     # the noise floor: one device and replicas do the same work for one request at a time (the whole
     # model on one device), so their latencies differ by the measurement's noise alone
     noise = []
-    for c in data["cells"].values():
+    for c in grid:
         rows = [r for r in c["objectives"]["latency"]["rows"] if "error" not in r]
         one = [r["latency_ms"] for r in rows if r["candidate"].startswith("one device")]
         rep = [r["latency_ms"] for r in rows if r["candidate"] == "replicas"]
@@ -428,7 +439,8 @@ def plot(data: dict, path: Path) -> None:
         for obj in OBJECTIVES:
             v = c["objectives"][obj]["verdict"]
             if v:
-                labels.append(f"{c['model']} {c['devices']}d {c['speed']} {c['rate_mbit']:g} {obj[:3]}")
+                labels.append(f"{c['model']} {c['devices']}d {c['speed']} {c['rate_mbit']:g} {obj[:3]}"
+                              + (f" app@{c['caller']}" if c.get("caller") else ""))
                 vals.append(v["pick_over_best"])
                 cols.append(colours[c["model"]])
     ax.barh(range(len(vals)), vals, color=cols)
@@ -448,6 +460,9 @@ def main() -> None:
     ap.add_argument("--devices", default="2,3", help="device counts (2, 3)")
     ap.add_argument("--speeds", default="fast,pi", help="device speeds (fast, pi)")
     ap.add_argument("--rates", default="20,100,1000", help="link rates, Mbit/s")
+    ap.add_argument("--caller", default="host", choices=("host", "dev0"),
+                    help="where the app runs: `host`, a namespace of its own (the grid's cells), or `dev0`, the "
+                         "first device's (a camera's board: cluster.yaml's `caller`; cells kept apart from the grid's)")
     ap.add_argument("--pi-gflops", type=float, default=3.0, help="a pi-class device's GFLOP/s on EfficientNet-Lite0")
     ap.add_argument("--fast3-cap", type=float, default=0.45, help="the fast speed's cap with 3 devices on 2 cores")
     ap.add_argument("-n", type=int, default=8, help="requests timed one at a time per plan (median; fewer past --budget)")
@@ -474,7 +489,8 @@ def main() -> None:
         why = netns.available()
         if why:
             raise SystemExit(f"the grid needs network namespaces: {why}")
-        cells = [(m, int(d), s, float(r)) for m, d, s, r in itertools.product(
+        caller = None if a.caller == "host" else a.caller
+        cells = [(m, int(d), s, float(r), caller) for m, d, s, r in itertools.product(
             a.models, a.devices.split(","), a.speeds.split(","), a.rates.split(","))]
         todo = [c for c in cells if cell_key(*c) not in data["cells"]]
         console.print(f"{len(cells)} cells asked, {len(cells) - len(todo)} saved already, {len(todo)} to measure")
@@ -492,7 +508,7 @@ def main() -> None:
             for m in {c[0] for c in todo} - set(cal["core_gflops"]):
                 cal["core_gflops"][m] = core_gflops(m)
             capped = cal.setdefault("capped_gflops", {})
-            for m, d, s, _ in todo:
+            for m, d, s, _, _ in todo:
                 label = "pi" if s == "pi" else ("fast3" if d > 2 else "full")
                 if label != "full" and label not in capped.setdefault(m, {}):
                     frac = cal["pi_fraction"] if label == "pi" else a.fast3_cap

@@ -100,6 +100,20 @@ def test_on_a_slow_link_the_app_s_device_computes_and_auto_says_so():
     assert pp.pipeline.devices[0] == "dev1"
 
 
+@pytest.mark.parametrize("caller", ["dev0", "dev1"])
+def test_a_stream_bound_by_compute_starts_on_the_apps_device(caller):
+    """Streamed over a link fast enough that compute bounds the period either way round, the two
+    orders of the same cut tie; the tie goes to the order whose inputs cross no link."""
+    from edgepart.testing import zoo
+
+    cl = two(caller=caller, mbps=1000.0)
+    pp = p.plan(zoo.efficientnet_lite0(), cl, strategy="pipeline", objective="throughput", input_shapes=SHAPES)
+    assert pp.pipeline.devices[0] == caller
+    other = p.plan(zoo.efficientnet_lite0(), two(mbps=1000.0), strategy="pipeline", objective="throughput",
+                   input_shapes=SHAPES)
+    assert pp.period_with_fixed_ms == pytest.approx(other.period_with_fixed_ms, rel=1e-9)
+
+
 def test_the_spatial_split_gathers_on_the_apps_device_of_equally_fast_ones():
     from edgepart.testing import zoo
 

@@ -179,6 +179,11 @@ def plan_pipeline(graph: Graph, cluster: Cluster, objective: str = "latency", *,
             _with_caller(cost, d, comp_mat[d], lat)
         io = 0.0
 
+    # ties (equal figures: a stream bound by one stage's compute, whoever takes the app's inputs) go
+    # to the plan that starts on the app's device (`caller`), whose inputs then cross no link: it is
+    # tried first as a previous stage and last as the last one; without `caller`, cluster.yaml order
+    prev_order = sorted(enumerate(names), key=lambda x: x[1] != cluster.caller)
+    last_order = sorted(names, key=lambda x: x == cluster.caller)
     # f[(S, d)] -> (cost vector over b, argmin a over b, argmin previous device over a)
     f: dict[tuple[frozenset, str], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     inf = np.inf
@@ -194,7 +199,7 @@ def plan_pipeline(graph: Graph, cluster: Cluster, objective: str = "latency", *,
                 rest = S - {d}
                 g = np.full(n + 1, inf)
                 gprev = np.full(n + 1, -1)
-                for pi, d0 in enumerate(names):
+                for pi, d0 in prev_order:
                     if d0 not in rest:
                         continue
                     prev = f[(rest, d0)][0]
@@ -211,7 +216,7 @@ def plan_pipeline(graph: Graph, cluster: Cluster, objective: str = "latency", *,
 
     full = frozenset(names)
     best_S, best_d, best = full, None, inf
-    for d in names:
+    for d in last_order:
         v = f[(full, d)][0][n] + io
         if v < best:
             best_d, best = d, v
