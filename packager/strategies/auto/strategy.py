@@ -107,9 +107,13 @@ class AutoPlanned:
             if not c.ok:
                 t.add_row("—", escape(c.name), c.strategy, "", "cannot plan", "")
         console.print(t)
-        console.print("  latency: one request end to end, with the model's inputs sent from the caller and its outputs "
-                      "back on the default link (the pipeline's own figure leaves those out; auto adds them); req/s: "
-                      "streamed, the slowest device or link, the caller's own link included.", soft_wrap=True)
+        app = self.cluster.caller
+        where = ("back on the default link (the app on a host of its own)" if app is None else
+                 f"back, the app running on {app} (cluster.yaml's caller: nothing crosses a link to {app} itself)")
+        console.print(f"  latency: one request end to end, with the model's inputs sent from the caller and its outputs "
+                      f"{where}; the pipeline's own figure leaves those out and auto adds them. req/s: streamed, the "
+                      f"slowest device or link, the {'caller' if app is None else 'app' + chr(39) + 's device'}'s own "
+                      f"link included.", soft_wrap=True)
         for c in self.ranking:
             for why in _left_out(c, self.objective):
                 console.print(f"  {escape(c.name)}: {escape(why)}", soft_wrap=True)
