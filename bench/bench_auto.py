@@ -46,12 +46,16 @@ SHAPES = {"input": (1, 3, 224, 224)}
 
 
 def cluster_for(gflops: float, bandwidth_mbps: float, latency_ms: float, step_ms: float | None = None,
-                message_ms: float | None = None, n: int = 2, caller: str | None = None):
+                message_ms: float | None = None, n: int = 2, caller: str | None = None,
+                handling_mbps: float | None = None):
     """`n` alike devices and their links; `step_ms` / `message_ms`: the fixed costs (docs/planning.md, "Fixed
-    costs"; None: cost.py's nominal figures); `caller`: the device the app runs on (None: a host of its own)."""
+    costs"; None: cost.py's nominal figures); `caller`: the device the app runs on (None: a host of its own);
+    `handling_mbps`: each device's agent's CPU per byte of its messages (None: not counted)."""
     from edgepart.packager.cluster import cluster_from_dict
 
     step = {} if step_ms is None else {"step_ms": round(step_ms, 4)}
+    if handling_mbps is not None:
+        step["handling_mbps"] = round(handling_mbps, 3)
     msg = {} if message_ms is None else {"message_ms": round(message_ms, 4)}
     return cluster_from_dict({"devices": [{"name": f"dev{i}", "gflops": round(gflops, 4), "memory_mb": 4096, **step}
                                           for i in range(n)],

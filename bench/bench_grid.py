@@ -27,7 +27,10 @@ thread each) with the app a separate process (bench/auto_client.py) on the calle
 latency of up to -n requests one at a time, then the rate of up to --stream requests with 2 per
 device in flight, each within --budget seconds. Every answer is checked against onnxruntime.
 
-With `--caller dev0` the app runs in the first device's namespace instead (a camera's board: cluster.yaml's
+With `--bytes` the cluster also gives each device's `handling_mbps` (an agent's CPU per byte of its
+messages, measured through two agents on a whole core, times the device's share of a core), so every
+estimate counts the bytes at both ends (docs/planning.md, "Fixed costs"); such cells end "| bytes
+priced" and are kept apart too. With `--caller dev0` the app runs in the first device's namespace instead (a camera's board: cluster.yaml's
 `caller`, docs/planning.md "Where the app runs"), beside its agent on core 0 but not under its cap; such
 cells are saved apart (their key ends "| app on dev0") and left out of the grid's figures.
 
@@ -225,11 +228,13 @@ def calibrate(a) -> dict:
     return cal
 
 
-def cell_key(model: str, n_dev: int, speed: str, rate: float, caller: str | None = None) -> str:
-    return f"{model} | {n_dev} devices | {speed} | {rate:g} Mbit/s" + (f" | app on {caller}" if caller else "")
+def cell_key(model: str, n_dev: int, speed: str, rate: float, caller: str | None = None, bytes_priced: bool = False) -> str:
+    return (f"{model} | {n_dev} devices | {speed} | {rate:g} Mbit/s" + (f" | app on {caller}" if caller else "")
+            + (" | bytes priced" if bytes_priced else ""))
 
 
-def run_cell(model: str, n_dev: int, speed: str, rate: float, caller: str | None, cal: dict, a) -> dict:
+def run_cell(model: str, n_dev: int, speed: str, rate: float, caller: str | None, bytes_priced: bool, cal: dict,
+             a) -> dict:
     import onnxruntime as ort
 
     from edgepart.testing import netns
@@ -241,7 +246,10 @@ def run_cell(model: str, n_dev: int, speed: str, rate: float, caller: str | None
     frac = {"pi": cal["pi_fraction"], "fast3": a.fast3_cap, "full": None}[label]
     fixed = cal["fixed"][label]
     gflops = cal["core_gflops"][model] if frac is None else cal["capped_gflops"][model][label]
-    cl = cluster_for(gflops, rate, 0.2, fixed["step_ms"], fixed["message_ms"], n=n_dev, caller=caller)
+    # an agent's CPU per byte is CPU time: on a device with a share of a core, that share of the rate
+    handling = cal["handling_mbps"] * (frac or 1.0) if bytes_priced else None
+    cl = cluster_for(gflops, rate, 0.2, fixed["step_ms"], fixed["message_ms"], n=n_dev, caller=caller,
+                     handling_mbps=handling)
     rows: dict[str, list[dict]] = {}
     cannot: list[dict] = []
     measured: dict[str, dict] = {}
@@ -261,7 +269,8 @@ def run_cell(model: str, n_dev: int, speed: str, rate: float, caller: str | None
                 except Exception as e:  # a candidate that fails is reported, not dropped
                     measured[pid] = {"error": str(e)[-2000:]}
                     console.print(f"[red]{pid} failed[/]: {str(e)[-400:]}")
-    cell = {"model": model, "devices": n_dev, "speed": speed, "rate_mbit": rate, "caller": caller, "gflops": gflops,
+    cell = {"model": model, "devices": n_dev, "speed": speed, "rate_mbit": rate, "caller": caller,
+            "handling_mbps": handling, "gflops": gflops,
             "cap_fraction": frac, "fixed": fixed, "cannot_plan": cannot, "objectives": {}, "cost_model": COST_MODEL}
     for obj in OBJECTIVES:
         rs = []
@@ -291,7 +300,7 @@ def rejudge(cell: dict) -> bool:
     path, shapes, _ = model_of(cell["model"])
     fixed = cell["fixed"]
     cl = cluster_for(cell["gflops"], cell["rate_mbit"], 0.2, fixed["step_ms"], fixed["message_ms"], n=cell["devices"],
-                     caller=cell.get("caller"))
+                     caller=cell.get("caller"), handling_mbps=cell.get("handling_mbps"))
     with tempfile.TemporaryDirectory() as tmp:
         for obj in OBJECTIVES:
             _, now = run_candidates(path, cl, obj, Path(tmp), shapes, {})
@@ -312,7 +321,7 @@ def rejudge(cell: dict) -> bool:
 
 
 def show(cell: dict) -> None:
-    t = Table(title=f"{cell_key(cell['model'], cell['devices'], cell['speed'], cell['rate_mbit'], cell.get('caller'))} "
+    t = Table(title=f"{cell_key(cell['model'], cell['devices'], cell['speed'], cell['rate_mbit'], cell.get('caller'), bool(cell.get('handling_mbps')))} "
                     f"({cell['gflops']:.1f} GFLOP/s per device)", title_justify="left")
     for c in ("candidate", "plan", "est ms", "meas ms", "est req/s", "meas req/s", "max abs diff", "auto picks"):
         t.add_column(c, justify="left" if c in ("candidate", "plan", "auto picks") else "right")
@@ -344,7 +353,8 @@ def show(cell: dict) -> None:
 def report(data: dict) -> dict:
     """The figures over every saved cell: the share of picks within 10 %, Spearman, the pi detector's gain."""
     out: dict = {}
-    grid = [c for c in data["cells"].values() if not c.get("caller")]  # the grid's cells: the app on a host of its own
+    # the grid's cells: the app on a host of its own, the bytes unpriced
+    grid = [c for c in data["cells"].values() if not c.get("caller") and not c.get("handling_mbps")]
     for obj in OBJECTIVES:
         vs = [c["objectives"][obj]["verdict"] for c in grid if c["objectives"][obj]["verdict"]]
         rhos = [v["spearman"] for v in vs if v["spearman"] is not None]
@@ -362,7 +372,8 @@ def report(data: dict) -> dict:
             reps = [r for r in rows if r["strategy"] == "replicas"]
             if one and splits:
                 best = max(splits, key=lambda r: r["throughput_per_s"])
-                gains.append({"cell": cell_key(c["model"], c["devices"], c["speed"], c["rate_mbit"], c.get("caller")),
+                gains.append({"cell": cell_key(c["model"], c["devices"], c["speed"], c["rate_mbit"], c.get("caller"),
+                                               bool(c.get("handling_mbps"))),
                               "best_split": best["candidate"], "split_over_one": best["throughput_per_s"] / one[0],
                               "replicas_over_one": reps[0]["throughput_per_s"] / one[0] if reps else None})
     out["pi_detector_100mbit"] = gains
@@ -440,7 +451,7 @@ def plot(data: dict, path: Path) -> None:
             v = c["objectives"][obj]["verdict"]
             if v:
                 labels.append(f"{c['model']} {c['devices']}d {c['speed']} {c['rate_mbit']:g} {obj[:3]}"
-                              + (f" app@{c['caller']}" if c.get("caller") else ""))
+                              + (f" app@{c['caller']}" if c.get("caller") else "") + (" B" if c.get("handling_mbps") else ""))
                 vals.append(v["pick_over_best"])
                 cols.append(colours[c["model"]])
     ax.barh(range(len(vals)), vals, color=cols)
@@ -463,6 +474,9 @@ def main() -> None:
     ap.add_argument("--caller", default="host", choices=("host", "dev0"),
                     help="where the app runs: `host`, a namespace of its own (the grid's cells), or `dev0`, the "
                          "first device's (a camera's board: cluster.yaml's `caller`; cells kept apart from the grid's)")
+    ap.add_argument("--bytes", action="store_true",
+                    help="price the agents' CPU per byte of their messages (each device's handling_mbps, measured on "
+                         "a whole core and scaled by its share; cells kept apart from the grid's)")
     ap.add_argument("--pi-gflops", type=float, default=3.0, help="a pi-class device's GFLOP/s on EfficientNet-Lite0")
     ap.add_argument("--fast3-cap", type=float, default=0.45, help="the fast speed's cap with 3 devices on 2 cores")
     ap.add_argument("-n", type=int, default=8, help="requests timed one at a time per plan (median; fewer past --budget)")
@@ -490,7 +504,7 @@ def main() -> None:
         if why:
             raise SystemExit(f"the grid needs network namespaces: {why}")
         caller = None if a.caller == "host" else a.caller
-        cells = [(m, int(d), s, float(r), caller) for m, d, s, r in itertools.product(
+        cells = [(m, int(d), s, float(r), caller, a.bytes) for m, d, s, r in itertools.product(
             a.models, a.devices.split(","), a.speeds.split(","), a.rates.split(","))]
         todo = [c for c in cells if cell_key(*c) not in data["cells"]]
         console.print(f"{len(cells)} cells asked, {len(cells) - len(todo)} saved already, {len(todo)} to measure")
@@ -508,7 +522,12 @@ def main() -> None:
             for m in {c[0] for c in todo} - set(cal["core_gflops"]):
                 cal["core_gflops"][m] = core_gflops(m)
             capped = cal.setdefault("capped_gflops", {})
-            for m, d, s, _, _ in todo:
+            if a.bytes and "handling_mbps" not in cal:  # (a calibration from before --bytes)
+                from edgepart.packager.calibrate import measure_handling
+
+                cal["handling_mbps"] = measure_handling(cpus=(0, 1), runs=300).mbps
+                console.print(f"an agent's CPU per byte of its messages: {cal['handling_mbps']:,.0f} Mbit/s on a whole core")
+            for m, d, s, _, _, _ in todo:
                 label = "pi" if s == "pi" else ("fast3" if d > 2 else "full")
                 if label != "full" and label not in capped.setdefault(m, {}):
                     frac = cal["pi_fraction"] if label == "pi" else a.fast3_cap
