@@ -181,13 +181,18 @@ def fork_join_fixed_ms(cluster: Cluster, head: str, branches: Sequence[str], tai
     return float(io + step_ms(cluster.device(head)) + fork + chain)
 
 
+def io_bytes(graph: Graph) -> tuple[int, int]:
+    """The model's inputs and outputs, in bytes: what the caller sends and gets back per request."""
+    return (int(sum(graph.tensor_bytes.get(t.name, 0) for t in graph.inputs)),
+            int(sum(graph.tensor_bytes.get(t.name, 0) for t in graph.outputs)))
+
+
 def caller_io_ms(graph: Graph, cluster: Cluster, first: str | None = None, last: str | None = None) -> float:
     """The model's inputs sent from the caller to `first` and its outputs sent back from `last`:
     both transfers and their latencies (docs/planning.md, "Choosing the split"), on the default
     link, or where the app runs on a device (`caller`), on the links from and to it
     (caller_link; nothing on a wire where `first` or `last` is its device)."""
-    ins = sum(graph.tensor_bytes.get(t.name, 0) for t in graph.inputs)
-    outs = sum(graph.tensor_bytes.get(t.name, 0) for t in graph.outputs)
+    ins, outs = io_bytes(graph)
     lin = cluster.default_link if first is None else caller_link(cluster, first)
     lout = cluster.default_link if last is None else caller_link(cluster, last)
     return float(busy_ms(ins, lin) + lin.latency_ms + busy_ms(outs, lout) + lout.latency_ms)
@@ -202,9 +207,7 @@ def caller_period_ms(graph: Graph, cluster: Cluster) -> float:
     if cluster.caller is not None:
         return 0.0
     link = cluster.default_link
-    ins = sum(graph.tensor_bytes.get(t.name, 0) for t in graph.inputs)
-    outs = sum(graph.tensor_bytes.get(t.name, 0) for t in graph.outputs)
-    return float(busy_ms(max(ins, outs), link) + message_ms(link))
+    return float(busy_ms(max(io_bytes(graph)), link) + message_ms(link))
 
 
 def critical_path_ms(steps, routes, sizes: dict[str, int], cluster: Cluster, *, fixed: bool = False,
@@ -461,9 +464,7 @@ class CostModel:
     @property
     def io_bytes(self) -> tuple[int, int]:
         """The model's inputs and outputs, in bytes: what the caller sends and gets back."""
-        g = self.graph
-        return (int(sum(g.tensor_bytes.get(t.name, 0) for t in g.inputs)),
-                int(sum(g.tensor_bytes.get(t.name, 0) for t in g.outputs)))
+        return io_bytes(self.graph)
 
     def handling_matrix_ms(self, device: str) -> np.ndarray:
         """[a, b]: what a stage of nodes[a:b] on `device` spends on its messages' bytes at its

@@ -64,12 +64,10 @@ class ReplicasPlanned:
     def _handling_ms(self, device: str) -> float:
         """The request's inputs in and outputs back at `device`'s handling_mbps (cost.py's
         handling_cpu_ms; 0 where cluster.yaml gives none)."""
-        from edgepart.packager.cost import handling_cpu_ms
+        from edgepart.packager.cost import handling_cpu_ms, io_bytes
         from edgepart.plan import CALLER
 
-        g = self.graph
-        ins = sum(g.tensor_bytes.get(t.name, 0) for t in g.inputs)
-        outs = sum(g.tensor_bytes.get(t.name, 0) for t in g.outputs)
+        ins, outs = io_bytes(self.graph)
         return handling_cpu_ms(self.cluster, [(CALLER, device, ins, 1), (device, CALLER, outs, 1)]).get(device, 0.0)
 
     @property
@@ -96,11 +94,9 @@ class ReplicasPlanned:
             return sum(rate.values())
         # the app on a device: the requests it sends on go out through that device's one interface
         # (docs/planning.md, "One interface per host"), its own are local
-        from edgepart.packager.cost import busy_ms, caller_link
+        from edgepart.packager.cost import busy_ms, caller_link, io_bytes
 
-        g = self.graph
-        big = max(sum(g.tensor_bytes.get(t.name, 0) for t in g.inputs),
-                  sum(g.tensor_bytes.get(t.name, 0) for t in g.outputs))
+        big = max(io_bytes(self.graph))
         others = [d for d in rate if d != app]
         per_request = max((float(busy_ms(big, caller_link(self.cluster, d))) for d in others), default=0.0)
         sent_on = sum(rate[d] for d in others)

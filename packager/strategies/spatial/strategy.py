@@ -59,13 +59,12 @@ class SpatialPlanned(StreamedFigures):
         sends every strip its rows, one after another; the slowest strip takes its rows in and sends
         its result on; the rest's first device takes every result in; then each cut of the rest at
         both ends and the outputs back."""
-        from edgepart.packager.cost import handling_ms
+        from edgepart.packager.cost import handling_ms, io_bytes
 
-        sp, cl, g = self.spatial, self.cluster, self.graph
+        sp, cl = self.spatial, self.cluster
         dev = cl.device
         join = tail[0]
-        ins = sum(g.tensor_bytes.get(t.name, 0) for t in g.inputs)
-        outs = sum(g.tensor_bytes.get(t.name, 0) for t in g.outputs)
+        ins, outs = io_bytes(self.graph)
         head = handling_ms(dev(sp.gather), ins + sum(s.in_bytes for s in sp.strips if s.device != sp.gather))
         branch = max((handling_ms(dev(s.device), (s.in_bytes if s.device != sp.gather else 0)
                                   + (s.out_bytes if s.device != join else 0)) for s in sp.strips), default=0.0)
@@ -116,15 +115,15 @@ class SpatialPlanned(StreamedFigures):
         """Each device's steps (its strip, the tiles on the gathering device, its part of the rest)
         and the messages at its ends beside its compute; every transfer, the caller's too, on each
         host's one interface (cost.streamed_fixed_period_ms)."""
-        from edgepart.packager.cost import streamed_fixed_period_ms
+        from edgepart.packager.cost import io_bytes, streamed_fixed_period_ms
         from edgepart.plan import CALLER
 
-        sp, cl, g = self.spatial, self.cluster, self.graph
+        sp, cl = self.spatial, self.cluster
         steps = {s.device: 1 + (s.device == sp.gather) + (self.rest is None and s.device == sp.gather)
                  + sum(st.device == s.device for st in stages) for s in sp.strips}
         last = stages[-1].device if stages else sp.gather
-        flows = [(CALLER, sp.gather, sum(g.tensor_bytes.get(t.name, 0) for t in g.inputs), 1),
-                 (last, CALLER, sum(g.tensor_bytes.get(t.name, 0) for t in g.outputs), 1)]
+        ins, outs = io_bytes(self.graph)
+        flows = [(CALLER, sp.gather, ins, 1), (last, CALLER, outs, 1)]
         flows += [(sp.gather, s.device, s.in_bytes, 1) for s in sp.strips]
         flows += [(s.device, first, s.out_bytes, 1) for s in sp.strips]
         flows += [(st.device, nxt.device, st.send_bytes, 1) for st, nxt in zip(stages, stages[1:])]
