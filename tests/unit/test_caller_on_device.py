@@ -134,7 +134,7 @@ def test_replicas_send_the_other_devices_requests_through_the_apps_interface():
     fast = p.plan(model, two(caller="dev0", mbps=100_000.0), strategy="replicas", input_shapes=SHAPES)
     slow = p.plan(model, two(caller="dev0", mbps=20.0), strategy="replicas", input_shapes=SHAPES)
     alone = 1e3 / (fast.device_ms[0][1] + cost.fixed_ms(fast.cluster, {"dev0": 1}))
-    assert fast.throughput_with_fixed_per_s > 1.6 * alone  # both devices busy
+    assert fast.throughput_with_fixed_per_s > 1.62 * alone  # both devices busy
     big = 3 * 224 * 224 * 4
     bound = 1e3 / float(cost.busy_ms(big, slow.cluster.default_link))
     assert slow.throughput_with_fixed_per_s < alone + bound * 1.001
