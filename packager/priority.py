@@ -15,8 +15,11 @@ time — as an M/G/1 queue with deterministic service fed by the sources' rates:
 
 A source's expected latency is the sum over its path of wait + service (+ link latency). Three modes:
 
-    priority   minimise  sum over sources of weight * expected latency, waits by priority
-    blind      minimise  sum over sources of expected latency, FIFO waits (the priority-blind baseline)
+    priority   minimise  the mean over sources of weight * expected latency, waits by priority (a
+               source's weight is how much it matters, whatever its rate)
+    blind      minimise  the mean over requests of expected latency, FIFO waits: the priority-blind
+               baseline, where every request counts the same whatever its source (a source's rate
+               weighs its latency), as a scheduler that knows nothing of priorities would
     local      every source's whole model on its own device
 
 The search: sources placed one by one (heaviest weight first), each at its best (k, helper) given those
@@ -190,13 +193,21 @@ def _evaluate(costs: StageCosts, srcs: list, alloc: dict[int, tuple[Any, str]], 
         for j, (i, _, _, svc) in enumerate(items):
             busy = np.asarray(svc) > 0
             wait[i] = wait[i] + np.where(busy, ws[j], 0.0)
+    # priority: each source counts its weight, whatever its rate. blind: each request counts the same, so a
+    # source of 60 frames/s weighs ten times one of 6/s (weights of 1 per source instead would give the
+    # rarer source's requests more weight each: a priority the baseline must not have). Both are means
+    # (ms), plus the penalties of sources past capacity (each >= _OVER, weighted by priority alone, so the
+    # search keeps the urgent source's path short when the cluster cannot carry every source)
+    per = {i: (srcs[i].priority if weighted else srcs[i].rate_hz) for i in alloc}
+    norm = sum(per.values()) or 1.0
     total = 0.0
     figures = {}
     for i in alloc:
         local, remote, trans = parts[i]
         t = local + remote + trans + wait[i]
         figures[i] = (local, remote, trans, wait[i], t)
-        total = total + (srcs[i].priority if weighted else 1.0) * t
+        over = np.asarray(t) >= _OVER
+        total = total + np.where(over, (srcs[i].priority if weighted else 1.0) * t, per[i] / norm * t)
     return total, figures, util
 
 

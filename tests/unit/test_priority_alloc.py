@@ -73,6 +73,24 @@ def test_an_unknown_mode_is_refused(graph):
         allocate(graph, cl, srcs, "fastest")
 
 
+def test_the_baseline_counts_every_request_the_same_and_priority_every_sources_weight(graph):
+    """blind minimises the mean latency of a request (a source's rate weighs it; priorities play no part);
+    priority the mean over sources of weight x latency, whatever their rates (docs/priority.md)."""
+    cl, srcs = contended(6.0)
+    rates = {"door": 2.0, "yard": 9.0, "lot": 4.0}
+    srcs = sources_from_dict({"sources": [{**s.to_dict(), "rate_hz": rates[s.name]} for s in srcs]})
+    res = allocate_all(graph, cl, srcs)
+    pri, blind = res["priority"], res["blind"]
+    for a, weight in ((blind, lambda p: p.rate_hz), (pri, lambda p: p.priority)):
+        assert all(p.expected_ms < 1000 for p in a.placements)
+        mean = sum(weight(p) * p.expected_ms for p in a.placements) / sum(weight(p) for p in a.placements)
+        assert a.objective == pytest.approx(mean, rel=1e-9)
+    # the baseline knows nothing of priorities: reversed, they change none of its cuts or helpers
+    flipped = sources_from_dict({"sources": [{**s.to_dict(), "priority": 11 - s.priority} for s in srcs]})
+    again = allocate(graph, cl, flipped, "blind")
+    assert [(p.cut, p.helpers) for p in again.placements] == [(p.cut, p.helpers) for p in blind.placements]
+
+
 def test_past_capacity_the_urgent_source_stays_fast_and_the_low_one_takes_the_overload(graph):
     """Two cameras whose work together exceeds the cluster's: someone is over capacity whatever the
     allocation. The low-priority source takes it; the urgent one keeps a finite, short latency, no worse
