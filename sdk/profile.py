@@ -254,17 +254,35 @@ def memory_available_mb() -> float:
 
 
 def _feeds(inputs) -> dict[str, np.ndarray]:
+    """Made-up inputs of each input's shape and type. An open first axis (the batch) is 1; an input with
+    other open axes is a BundleError: a 1 there would time a tiny tensor (a 1x1 image) and write a
+    profile that is wrong by orders of magnitude."""
     rng = np.random.default_rng(0)
     out = {}
     for i in inputs:
+        open_axes = [f"{d if isinstance(d, str) else '?'} (axis {k})" for k, d in enumerate(i.shape)
+                     if k > 0 and not (isinstance(d, int) and d > 0)]
+        if open_axes:
+            raise BundleError(f"its input {i.name!r} leaves {', '.join(open_axes)} open, so its size here would be "
+                              f"made up. Fix them first (python -m onnxruntime.tools.make_dynamic_shape_fixed "
+                              f"--input_name {i.name} --input_shape ... in.onnx out.onnx), or profile the bundle "
+                              f"(--bundle), whose steps have the sizes the plan was packaged for")
         shape = [d if isinstance(d, int) and d > 0 else 1 for d in i.shape]
         kind = str(getattr(i, "type", getattr(i, "dtype", "float")))
-        if "float" in kind:
-            dt = np.float16 if "16" in kind else np.float32
+        if "float" in kind or "double" in kind:
+            dt = np.float16 if "16" in kind else np.float64 if ("64" in kind or "double" in kind) else np.float32
             out[i.name] = rng.standard_normal(shape).astype(dt)
-        else:
-            dt = np.int64 if "64" in kind else np.int32
-            out[i.name] = np.ones(shape, dt)  # integer inputs are mostly sizes and indices: 0 would empty a shape
+        elif "bool" in kind:
+            out[i.name] = np.ones(shape, np.bool_)
+        elif "int8" in kind:  # 8-bit inputs are mostly pixels (a camera's uint8 frame): any value
+            dt = np.uint8 if "uint8" in kind else np.int8
+            info = np.iinfo(dt)
+            out[i.name] = rng.integers(info.min, info.max + 1, size=shape, dtype=dt)
+        else:  # wider integers are mostly sizes and indices: 0 would empty a shape
+            dt = {"uint16": np.uint16, "int16": np.int16, "uint32": np.uint32, "uint64": np.uint64}.get(
+                next((k for k in ("uint16", "int16", "uint32", "uint64") if k in kind), ""),
+                np.int64 if "64" in kind else np.int32)
+            out[i.name] = np.ones(shape, dt)
     return out
 
 
@@ -285,7 +303,10 @@ def time_onnx(path: str | Path, providers, threads: int, seconds: float, tally: 
             sess = ort.InferenceSession(str(path), so, providers=names, provider_options=options)
         except Exception as e:  # onnxruntime's own untyped errors
             raise BundleError(f"onnxruntime cannot load {path}: {str(e).strip().splitlines()[0][:200]}") from None
-        feeds = _feeds(sess.get_inputs())
+        try:
+            feeds = _feeds(sess.get_inputs())
+        except BundleError as e:
+            raise BundleError(f"{path}: {e}") from None
         try:
             for _ in range(3):
                 sess.run(None, feeds)

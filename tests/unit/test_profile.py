@@ -263,3 +263,33 @@ def test_measured_links_fill_the_pairs_cluster_yaml_leaves_out(tmp_path):
     assert all("zz" not in (x, y) for x, y, _ in c.pair_links)
     back = Profile.from_dict(yaml.safe_load((tmp_path / "a.yaml").read_text()))
     assert back.peers[0] == PeerLink("b", "tcp://10.0.0.2:5555", 4.0, 80.0) and back.peers[1].bandwidth_mbps is None
+
+
+def _camera_like(path: Path, hw) -> None:
+    """A camera's model in miniature: uint8 NHWC frames in, NCHW float32 convolved out."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    g = helper.make_graph(
+        [helper.make_node("Transpose", ["frame"], ["t"], perm=[0, 3, 1, 2]),
+         helper.make_node("Cast", ["t"], ["f"], to=TensorProto.FLOAT),
+         helper.make_node("Conv", ["f", "w"], ["y"], pads=[1, 1, 1, 1])],
+        "cam", [helper.make_tensor_value_info("frame", TensorProto.UINT8, ["batch", *hw, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+
+
+def test_a_model_of_uint8_frames_is_profiled_and_open_sizes_are_refused(tmp_path):
+    """A camera's uint8 input gets made-up pixels (it was given int32 and failed); a model whose image
+    size is left open is refused with what to do, not timed on a 1x1 image."""
+    fixed = tmp_path / "cam.onnx"
+    _camera_like(fixed, (64, 80))
+    d = _profile_cmd(tmp_path, "--model", fixed)
+    assert d["steps_ms"]["cam"] > 0 and "conv" in d["speeds_gflops"]
+    open_ = tmp_path / "cam-open.onnx"
+    _camera_like(open_, ("height", "width"))
+    r = subprocess.run([sys.executable, "-m", "edgepart", "profile", "-o", str(tmp_path / "q.yaml"), "--seconds", "0.5",
+                        "--threads", "1", "--model", str(open_)], capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert "height (axis 1), width (axis 2) open" in r.stderr and "make_dynamic_shape_fixed" in r.stderr, r.stderr[-3000:]
+    assert not (tmp_path / "q.yaml").exists()
