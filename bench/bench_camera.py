@@ -2,11 +2,12 @@
 
     python bench/bench_camera.py [--quick] [--only loopback,lan]
 
-RetinaFace-MobileNet0.25 at 480x640 (samples/camera_detection), packaged by the sample for N equal
-devices (the default pipeline strategy, objective throughput). Each device is an `edgepart run`
+RetinaFace-MobileNet0.25 at 480x640 (samples/camera_detection), the sample's camera model (uint8 frames
+in, 0.9 MB; the mean taken off inside), packaged by the sample for N equal devices (the default pipeline
+strategy, objective throughput). Each device is an `edgepart run`
 process with one onnxruntime thread pinned to one core. Frames are the sample's synthetic scenes,
 read as fast as the cluster takes them (no drops), through the sample's own Stream: the app's
-pre-processing (scale, mean) and post-processing (priors, decoding, NMS) are in every figure.
+pre-processing (scale, pad) and post-processing (priors, decoding, NMS) are in every figure.
 
 loopback   all clusters up at once, on 127.0.0.1; the app (this process) pinned to core 0. Two
            one-device baselines: the device on core 1, a core to itself with the app's work elsewhere
@@ -25,7 +26,7 @@ loopback   all clusters up at once, on 127.0.0.1; the app (this process) pinned 
 lan        over a 100 Mbit/s tbf-shaped link (network namespaces, edgepart.testing.netns): the app
            is `demo.py --bundle` in a namespace of its own, each device in one of its own; 1, 2 and 3
            devices, and 2 where the app computes the first stage itself (`--embed`: the camera holder,
-           so the 3.7 MB frame never crosses the link, only the 1.6 MB the cut carries); read from the
+           so the 0.9 MB frame never crosses the link, only the 1.6 MB the cut carries); read from the
            demo's summary.json. Needs root.
 
 Goal (issue 14): 2 devices' frame rate >= 1.6x one device's on loopback. Writes
@@ -116,6 +117,7 @@ CONFIGS = (  # (label, devices, where the stages go: "apart" = core 1, "camera" 
     ("2 devices, the camera computes stage 0 (--embed)", 2, "embed"),
 )
 BASE, CAMERA = CONFIGS[0][0], CONFIGS[1][0]
+CAMERA_MODEL = True  # the sample's camera model (uint8 frames); --float-input: the package's own model
 LAN_CONFIGS = (  # (label, devices, the app computes the first stage itself)
     ("1 device, own core", 1, False),
     ("2 devices", 2, False),
@@ -145,7 +147,7 @@ def bench_loopback(tmp: Path, rounds: int, n_lat: int, n_stream: int) -> dict:
     try:
         embedded = []
         for i, (label, n, rule) in enumerate(CONFIGS):
-            dist = demo.package_local(n, HW, tmp / f"dist{i}")  # each a plan of its own: the clusters cannot mix
+            dist = demo.package_local(n, HW, tmp / f"dist{i}", camera=CAMERA_MODEL)  # each a plan of its own
             order = stage_devices(dist)
             pins = pins_for(order, rule, cores)
             procs = AgentProcesses(dist, interface="127.0.0.1", threads=1, cpus=pins, devices=list(pins))
@@ -227,7 +229,7 @@ def bench_lan(tmp: Path, rate_mbit: float, n_frames: int) -> dict:
     cores = sorted(os.sched_getaffinity(0))
     out = {}
     for label, n, embed in LAN_CONFIGS:
-        dist = demo.package_local(n, HW, tmp / f"lan-{n}-{int(embed)}")
+        dist = demo.package_local(n, HW, tmp / f"lan-{n}-{int(embed)}", camera=CAMERA_MODEL)
         order = stage_devices(dist)
         pins = pins_for(order, "apart" if n == 1 else "spread", cores)
         remote = order[1:] if embed else order
@@ -296,9 +298,14 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="2 rounds of 40 frames (a check, not a figure)")
     ap.add_argument("--only", default="loopback,lan")
     ap.add_argument("--rate-mbit", type=float, default=100.0)
+    ap.add_argument("--float-input", action="store_true",
+                    help="package the package's own model (float32 NCHW frames, 3.7 MB) instead of the camera model (uint8, 0.9 MB)")
     a = ap.parse_args()
+    global CAMERA_MODEL
+    CAMERA_MODEL = not a.float_input
     only = set(a.only.split(","))
-    data: dict = {"hw": HW, "cpus": os.cpu_count(), "quick": a.quick, "loadavg_before": os.getloadavg()}
+    data: dict = {"hw": HW, "cpus": os.cpu_count(), "quick": a.quick, "input": "float32" if a.float_input else "uint8",
+                  "loadavg_before": os.getloadavg()}
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         if "loopback" in only:

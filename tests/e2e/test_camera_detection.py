@@ -177,6 +177,35 @@ def test_postprocess_is_the_packages(reference):
     del sess
 
 
+def test_the_camera_model_takes_uint8_frames_and_gives_the_packages_outputs(reference, tmp_path):
+    """`demo.py --export` writes the camera model: uint8 BGR [1, H, W, 3] in (a quarter of the float
+    input's bytes), the mean and layout inside; on the reference frames and on frames letterboxed into
+    the input (a smaller one, a wider one), its outputs are the package model's on `preprocess`."""
+    import onnxruntime as ort
+
+    path = tmp_path / "camera.onnx"
+    r = _demo("--export", path, timeout_s=120)
+    assert r.returncode == 0 and path.is_file(), r.stderr[-2000:]
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = 1, 1
+    cam = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    (inp,) = cam.get_inputs()
+    assert inp.name == detector.FRAME and inp.type == "tensor(uint8)" and inp.shape[-1] == 3
+    ref = _unsplit_session()
+    frames, _ = reference
+    rng = np.random.default_rng(0)
+    odd = [rng.integers(0, 256, size=hw + (3,), dtype=np.uint8) for hw in ((300, 500), (200, 640), (480, 400))]
+    for img in [f.image for f in frames[:3]] + odd:
+        u8, lb = detector.fit(img, HW)
+        x, lb_ref = detector.preprocess(img, HW)
+        assert u8.dtype == np.uint8 and u8.shape == (1, *HW, 3) and u8.nbytes * 4 == x.nbytes and lb == lb_ref
+        ours = dict(zip(detector.OUTPUTS, cam.run(list(detector.OUTPUTS), {detector.FRAME: u8})))
+        for k, v in _outputs(ref, x).items():
+            assert np.allclose(ours[k], v, rtol=1e-4, atol=1e-4), f"{k}: {np.abs(ours[k] - v).max()}"
+    r = _demo("--export", tmp_path / "camera.txt", timeout_s=60)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "ending in .onnx" in r.stderr, r.stderr[-2000:]
+
+
 @pytest.mark.parametrize("n", [2, 3])
 def test_split_gives_the_unsplit_boxes(n, reference, tmp_path, agents, sessions):
     import stream
