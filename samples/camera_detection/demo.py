@@ -6,8 +6,8 @@
 
 Frames come from a camera, a video, a folder of images, or a synthetic scene (faces from
 scikit-image's photos pasted at known places; the default without --camera/--video/--images). This
-process scales each frame into the network's input and takes off the mean (the app's side); the
-network runs split across the devices' `edgepart run` agents, several frames in flight; the boxes
+process fits each frame into the network's input size (the app's side; the camera model takes off the
+mean in its first nodes); the network runs split across the devices' `edgepart run` agents, several frames in flight; the boxes
 and 5 landmarks come back here (priors, decoding, NMS: detector.py) and are drawn on the frame with
 the frame rate, the latency, and each device's and link's share. A frame the cluster has no room
 for is dropped (the newest wins; the count is shown), every frame has a deadline, and a device that
