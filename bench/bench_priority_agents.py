@@ -130,7 +130,7 @@ def write_inputs(a, work: Path, gflops: dict[str, float], handling: dict[str, di
     return cp, sp
 
 
-def _helper_rate(model: Path, a, gflops: dict[str, float], handling: dict[str, dict] | None) -> float:
+def _helper_rate(model: Path, gflops: dict[str, float], handling: dict[str, dict] | None) -> float:
     """The frames per second helper-a computes alone (the whole model, one step's fixed cost and the frame's
     bytes in and the outputs out at its handling rate), by the cost model on the calibrated figures."""
     from edgepart.packager.cluster import cluster_from_dict
@@ -490,7 +490,7 @@ def main() -> None:
             # CPU time at a full core, open loop at yard's rate (an agent's fixed part grows as requests thin
             # out), with a frame's bytes, through a plan with a source; the cgroup grants a device its cap
             # of CPU time a second, so its figures are the CPU's over its cap
-            rate = a.yard_rate if a.yard_rate is not None else round(a.load * (1 - a.door_share) * _helper_rate(model, a, gflops, None), 2)
+            rate = a.yard_rate if a.yard_rate is not None else round(a.load * (1 - a.door_share) * _helper_rate(model, gflops, None), 2)
             h = measure_handling(rate_hz=rate, big_bytes=int(np.prod(SHAPES["input"])) * 4, lanes=True)
             # a capped device is slower than its share of a core at everything it does, not at onnxruntime's
             # kernels alone (the calibration's "of the cap's share", 0.5-0.9 here): its agent's work per
@@ -507,7 +507,7 @@ def main() -> None:
         if a.door_rate is None or a.yard_rate is None:
             # the load: --load times helper-a's frames/s for the whole model, with its agent's work per
             # request when measured (the rate the handling was measured at came from compute alone)
-            full = _helper_rate(model, a, gflops, handling)
+            full = _helper_rate(model, gflops, handling)
             a.door_rate = a.door_rate if a.door_rate is not None else round(a.load * a.door_share * full, 2)
             a.yard_rate = a.yard_rate if a.yard_rate is not None else round(a.load * (1 - a.door_share) * full, 2)
             console.print(f"load {a.load:g}: helper-a computes {full:.1f} frames/s alone; door {a.door_rate:g}/s, "

@@ -76,21 +76,32 @@ def preprocess(frame_bgr: np.ndarray, hw: tuple[int, int]) -> tuple[np.ndarray, 
     import cv2
 
     H, W = hw
-    h, w = frame_bgr.shape[:2]
-    s = min(H / h, W / w)
-    nh, nw = min(H, round(h * s)), min(W, round(w * s))
-    img = frame_bgr if (nh, nw) == (h, w) else cv2.resize(frame_bgr, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    img, lb = _scaled(frame_bgr, hw)
+    nh, nw = img.shape[:2]
     x = np.zeros((1, 3, H, W), dtype=np.float32)
     # BGR minus mean, NHWC -> NCHW (preprocess.py: the package subtracts in int16, then casts to float32:
     # the same values). One plane at a time: a few times faster than a strided transpose of the frame.
     for c, plane in enumerate(cv2.split(img)):
         np.subtract(plane, MEAN_BGR[c], out=x[0, c, :nh, :nw], dtype=np.float32)
-    return x, Letterbox(s, (h, w))
+    return x, lb
 
 
 def fit(frame_bgr: np.ndarray, hw: tuple[int, int]) -> tuple[np.ndarray, Letterbox]:
     """A BGR uint8 frame (any size) -> the camera model's input [1, H, W, 3] uint8: scaled to fit as in
     `preprocess`, the rest padded with the mean colour (which the model's Sub makes zero, as there)."""
+    H, W = hw
+    img, lb = _scaled(frame_bgr, hw)
+    nh, nw = img.shape[:2]
+    if (nh, nw) == (H, W):
+        return np.ascontiguousarray(img)[None], lb
+    x = np.empty((1, H, W, 3), dtype=np.uint8)
+    x[0] = MEAN_BGR.astype(np.uint8)
+    x[0, :nh, :nw] = img
+    return x, lb
+
+
+def _scaled(frame_bgr: np.ndarray, hw: tuple[int, int]) -> tuple[np.ndarray, Letterbox]:
+    """The frame scaled to fit into hw, keeping its aspect (unchanged when it fits exactly), and how."""
     import cv2
 
     H, W = hw
@@ -98,12 +109,7 @@ def fit(frame_bgr: np.ndarray, hw: tuple[int, int]) -> tuple[np.ndarray, Letterb
     s = min(H / h, W / w)
     nh, nw = min(H, round(h * s)), min(W, round(w * s))
     img = frame_bgr if (nh, nw) == (h, w) else cv2.resize(frame_bgr, (nw, nh), interpolation=cv2.INTER_LINEAR)
-    if (nh, nw) == (H, W):
-        return np.ascontiguousarray(img)[None], Letterbox(s, (h, w))
-    x = np.empty((1, H, W, 3), dtype=np.uint8)
-    x[0] = MEAN_BGR.astype(np.uint8)
-    x[0, :nh, :nw] = img
-    return x, Letterbox(s, (h, w))
+    return img, Letterbox(s, (h, w))
 
 
 def feed(frame_bgr: np.ndarray, hw: tuple[int, int], input_name: str) -> tuple[np.ndarray, Letterbox]:
