@@ -53,7 +53,7 @@ from common import REPO, RESULTS, save  # noqa: E402
 SAMPLE = REPO / "samples" / "camera_detection"
 sys.path.insert(0, str(SAMPLE))
 
-import demo  # noqa: E402
+import camera_cluster  # noqa: E402
 import sources  # noqa: E402
 import stream  # noqa: E402
 
@@ -84,7 +84,7 @@ class Replay:
 
 def stage_devices(dist: Path) -> list[str]:
     """The devices in stage order (the packager names devices; the planner orders them)."""
-    plan = next(iter(demo.bundles_of(dist).values())).plan
+    plan = next(iter(camera_cluster.bundles_of(dist).values())).plan
     order = []
     for s in plan.steps:
         if s.device not in order:
@@ -147,7 +147,7 @@ def bench_loopback(tmp: Path, rounds: int, n_lat: int, n_stream: int) -> dict:
     try:
         embedded = []
         for i, (label, n, rule) in enumerate(CONFIGS):
-            dist = demo.package_local(n, HW, tmp / f"dist{i}", camera=CAMERA_MODEL)  # each a plan of its own
+            dist = camera_cluster.package_local(n, HW, tmp / f"dist{i}", camera=CAMERA_MODEL)  # each a plan of its own
             order = stage_devices(dist)
             pins = pins_for(order, rule, cores)
             procs = AgentProcesses(dist, interface="127.0.0.1", threads=1, cpus=pins, devices=list(pins))
@@ -198,7 +198,7 @@ def bench_loopback(tmp: Path, rounds: int, n_lat: int, n_stream: int) -> dict:
         os.sched_setaffinity(0, set(cores))
     out = {}
     for label, c in clusters.items():
-        prof = demo.profile(demo.bundles_of(c["dist"]), HW)
+        prof = camera_cluster.profile(camera_cluster.bundles_of(c["dist"]), HW)
         m = {k: statistics.median(v) for k, v in res[label].items()}
         m["rounds"] = res[label]
         m["n"] = c["n"]
@@ -229,7 +229,7 @@ def bench_lan(tmp: Path, rate_mbit: float, n_frames: int) -> dict:
     cores = sorted(os.sched_getaffinity(0))
     out = {}
     for label, n, embed in LAN_CONFIGS:
-        dist = demo.package_local(n, HW, tmp / f"lan-{n}-{int(embed)}", camera=CAMERA_MODEL)
+        dist = camera_cluster.package_local(n, HW, tmp / f"lan-{n}-{int(embed)}", camera=CAMERA_MODEL)
         order = stage_devices(dist)
         pins = pins_for(order, "apart" if n == 1 else "spread", cores)
         remote = order[1:] if embed else order

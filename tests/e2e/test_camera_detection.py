@@ -105,9 +105,9 @@ class Replay:
 
 
 def _package(n: int, tmp_path: Path) -> Path:
-    import demo
+    import camera_cluster
 
-    return demo.package_local(n, HW, tmp_path / f"dist{n}")  # a plan of this run only
+    return camera_cluster.package_local(n, HW, tmp_path / f"dist{n}")  # a plan of this run only
 
 
 def _load_package_postprocess():
