@@ -4,9 +4,9 @@ Devices serve one task at a time from a queue; links carry one message at a time
 bytes / bandwidth, then the link's latency); sources make requests at their rates (Poisson
 arrivals); an `Allocation` (packager/priority.py) says where each source's layers run and which helpers
 may take the rest. The queue order, the choice among helpers, the claims and the admission check are
-the functions of `edgepart.schedule`, the one implementation that agents will apply too:
+the functions of `edgepart.schedule`, the one implementation that the agents apply too:
 
-    rule "priority"  queue key = schedule.queue_key(weight, born, aging_ms); helper chosen by
+    rule "priority"  queue key = schedule.queue_key(weight, queued, aging_ms); helper chosen by
                      schedule.choose with the source's weight, backlog = the work queued ahead of this task
     rule "fifo"      queue key = arrival at the device; helper chosen with weight 1 and the whole backlog
                      (the priority-blind baseline, and local-only)
@@ -135,8 +135,9 @@ def simulate(costs: StageCosts, sources: Sources, allocation: Allocation, *, dur
     misses = [0] * len(srcs)
     requests = 0
 
-    def key_of(i: int, born: float, now: float) -> float:
-        return task_key(rule, srcs[i].priority, born, now, aging_ms)
+    def key_of(i: int, now: float) -> float:
+        """The queue key of a task of source i that becomes ready at `now` (it ages from then on)."""
+        return task_key(rule, srcs[i].priority, now, aging_ms)
 
     def backlog(d: str, now: float, key: float | None) -> float:
         b = max(0.0, busy_until[d] - now) if current[d] is not None else 0.0
@@ -177,7 +178,7 @@ def simulate(costs: StageCosts, sources: Sources, allocation: Allocation, *, dur
         if pl[i].cut >= n or not pl[i].helpers:
             finish(i, req, now)
             return
-        key = key_of(i, req[1], now)
+        key = key_of(i, now)
         opts = options(i, req, now, key)
         o = choose(opts, now - req[1], srcs[i].priority if by_priority else 1.0)
         req[2] = o.device
@@ -210,7 +211,7 @@ def simulate(costs: StageCosts, sources: Sources, allocation: Allocation, *, dur
             req = [i, now, None]
             if now >= warm:
                 made[i] += 1
-            key = key_of(i, now, now)
+            key = key_of(i, now)
             if s.deadline_ms is not None:
                 exp_ms = backlog(s.device, now, key if by_priority else None) + local_ms[i] if pl[i].cut > 0 else 0.0
                 if pl[i].cut < n and pl[i].helpers:
@@ -251,7 +252,7 @@ def simulate(costs: StageCosts, sources: Sources, allocation: Allocation, *, dur
             if what == "task":
                 h = req[2]
                 held.release(h, id(req))
-                enqueue(h, now, key_of(i, req[1], now), remote_ms[i][h], ("remote", i, req))
+                enqueue(h, now, key_of(i, now), remote_ms[i][h], ("remote", i, req))
             else:
                 finish(i, req, now)
 

@@ -7,8 +7,9 @@ the agents (edgepart.agent.device.executor) apply the same functions over their 
                     score = (comm_ms + age_ms + compute_ms + backlog_ms) / weight           (PA-MDI)
                     ties: the option listed first (the plan lists the allocator's pick first)
     queue order     highest effective priority first, at every step boundary:
-                    effective = weight + age_ms / aging_ms       (aging: +1 for every aging_ms waited)
-                    which orders tasks exactly as the static key  born_ms - aging_ms * weight
+                    effective = weight + waited_ms / aging_ms    (aging: +1 for every aging_ms waited
+                                                                  in this queue)
+                    which orders tasks exactly as the static key  queued_ms - aging_ms * weight
                     (smaller first; ties: the earlier pushed), so a heap keeps it
     admission       a request whose expected completion exceeds its deadline is refused at once
                     (DeadlineRefused, a DeadlineExceeded, with the figures)
@@ -19,7 +20,9 @@ the agents (edgepart.agent.device.executor) apply the same functions over their 
 
 Aging is additive so that it bounds waiting even when the high-priority load alone exceeds capacity:
 a task of weight w is served before every task of weight w' that became ready more than
-aging_ms * (w' - w) after it (docs/priority.md, "Aging").
+aging_ms * (w' - w) after it (docs/priority.md, "Aging"). It counts the wait in this queue, not the
+request's age: a low-priority task that grew old on another, saturated device is not starving here,
+and does not overtake urgent work here for that.
 """
 
 from __future__ import annotations
@@ -36,25 +39,28 @@ DEFAULT_AGING_MS = 100.0  # a waiting task gains one unit of weight per 100 ms
 
 # -- queue order ---------------------------------------------------------------------------------------
 
-def effective_priority(weight: float, age_ms: float, aging_ms: float = DEFAULT_AGING_MS) -> float:
-    """A waiting task's effective priority: its weight, plus one for every `aging_ms` it has waited."""
-    return weight + age_ms / aging_ms
+def effective_priority(weight: float, waited_ms: float, aging_ms: float = DEFAULT_AGING_MS) -> float:
+    """A waiting task's effective priority: its weight, plus one for every `aging_ms` it has waited in
+    this queue."""
+    return weight + waited_ms / aging_ms
 
 
-def queue_key(weight: float, born_ms: float, aging_ms: float = DEFAULT_AGING_MS) -> float:
+def queue_key(weight: float, queued_ms: float, aging_ms: float = DEFAULT_AGING_MS) -> float:
     """The static key that orders tasks as `effective_priority` does at every instant (smaller first):
-    born_ms - aging_ms * weight. `born_ms`: when the task's request was made (its age counts from there).
-    A very long aging_ms (1e9) is strict priority, under which low priority can starve."""
-    return born_ms - aging_ms * weight
+    queued_ms - aging_ms * weight. `queued_ms`: when the task became ready in this queue (its wait
+    counts from there). A very long aging_ms (1e9) is strict priority, under which low priority can
+    starve."""
+    return queued_ms - aging_ms * weight
 
 
 RULES = ("priority", "fifo")
 
 
-def task_key(rule: str, weight: float, born_ms: float, now_ms: float, aging_ms: float = DEFAULT_AGING_MS) -> float:
-    """A task's place in a device's queue under the plan's rule: `priority`, queue_key (weight and
-    age); `fifo` (the priority-blind baseline, local-only), its arrival at the device, `now_ms`."""
-    return queue_key(weight, born_ms, aging_ms) if rule == "priority" else now_ms
+def task_key(rule: str, weight: float, now_ms: float, aging_ms: float = DEFAULT_AGING_MS) -> float:
+    """The place in a device's queue of a task that becomes ready there at `now_ms`, under the plan's
+    rule: `priority`, queue_key (its weight, and its wait from now on); `fifo` (the priority-blind
+    baseline, local-only), its arrival, `now_ms`."""
+    return queue_key(weight, now_ms, aging_ms) if rule == "priority" else now_ms
 
 
 class TaskQueue:

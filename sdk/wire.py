@@ -121,7 +121,8 @@ class Status:
     providers: tuple[str, ...] = ()
     key: str = ""  # its public link key (Z85): a session on its local socket checks it (docs/agents.md, "On one host")
     # in a plan with sources: the work queued there, in the order it will be served, as
-    # (weight, age ms, work ms) per task; peers choose among their alternatives with it (docs/priority.md)
+    # (weight, ms it waited there, work ms) per task; peers choose among their alternatives with it
+    # (docs/priority.md)
     queue: tuple[tuple[float, float, float], ...] = ()
     # ... and its steps' times as it measured them (ms, by step name), for the cost of sending it work
     steps: tuple[tuple[str, float], ...] = ()

@@ -112,7 +112,7 @@ class Executor:
         self.lanes = ({ln.source: self._lane(plan, ln) for ln in plan.lanes.lanes} if plan.lanes
                       else {"": self._lane(plan, None)})
         self._plain = self.lanes.get("")  # the one lane of a plan without sources
-        self.queue = TaskQueue()  # ready steps waiting (plans with sources): (key, request, step)
+        self.queue = TaskQueue()  # ready steps waiting (plans with sources): (key, request, step, when it was queued)
         self.step_ms = [0.0] * len(self.steps)  # each step's time here, measured (EWMA; 0: not yet run warm)
         self._runs = [0] * len(self.steps)
         self.requests: dict[Key, Request] = {}
@@ -237,13 +237,15 @@ class Executor:
         return True
 
     def _key(self, req: Request, now: float) -> float:
-        return task_key(self.rule, req.lane.weight, req.born * 1e3, now * 1e3, self.aging_ms)
+        """The queue key of a step of `req` that becomes ready here at `now` (its wait counts from now)."""
+        return task_key(self.rule, req.lane.weight, now * 1e3, self.aging_ms)
 
     def queued(self) -> tuple[tuple[float, float, float], ...]:
-        """The steps waiting here, in serving order, as (weight, age ms, work ms): what this device says
-        of its queue to its peers (Status.queue)."""
+        """The steps waiting here, in serving order, as (weight, ms waited here, work ms): what this
+        device says of its queue to its peers (Status.queue)."""
         now = time.monotonic()
-        return tuple((req.lane.weight, (now - req.born) * 1e3, work) for _, work, (_, req, _) in self.queue.in_order())
+        return tuple((req.lane.weight, (now - since) * 1e3, work)
+                     for _, work, (_, req, _, since) in self.queue.in_order())
 
     def measured(self) -> tuple[tuple[str, float], ...]:
         """Each step's time here as measured (those run warm): what this device says of its steps to its
@@ -266,7 +268,7 @@ class Executor:
                 now = time.monotonic()
                 while req.ready:
                     i = heapq.heappop(req.ready)
-                    self.queue.push(self._key(req, now), self.step_ms[i], (key, req, i))
+                    self.queue.push(self._key(req, now), self.step_ms[i], (key, req, i, now))
         else:
             while req.ready and self.requests.get(key) is req:
                 self._run_step(key, req, heapq.heappop(req.ready))
@@ -281,7 +283,7 @@ class Executor:
         call: the data thread reads what came meanwhile, so the next step is again the most urgent."""
         if not self.queue:
             return False
-        _, _, (key, req, i) = self.queue.pop()
+        _, _, (key, req, i, _) = self.queue.pop()
         if self.requests.get(key) is not req:
             return True  # it failed or expired while its step waited
         t0 = time.perf_counter()

@@ -27,21 +27,22 @@ from typing import Callable, Hashable, Iterable
 from edgepart.plan import Alternatives, Plan
 from edgepart.schedule import DEFAULT_AGING_MS, Option, choose
 
-# what a device last said of itself: ((weight, age ms, work ms) per task of its queue in serving order,
-# the time (monotonic) of the request it answered, the time it came[, its steps' measured ms by name]);
-# None: nothing yet
+# what a device last said of itself: ((weight, ms waited there, work ms) per task of its queue in serving
+# order, the time (monotonic) of the request it answered, the time it came[, its steps' measured ms by
+# name]); None: nothing yet
 Figures = Callable[[str], "tuple | None"]
 
 
-def ahead_ms(queue: Iterable[tuple[float, float, float]], elapsed_ms: float, weight: float, age_ms: float,
+def ahead_ms(queue: Iterable[tuple[float, float, float]], elapsed_ms: float, weight: float,
              aging_ms: float | None) -> float:
-    """The work of a reported queue that a task of `weight` and `age_ms` would wait behind, `elapsed_ms`
-    after the report: under priority order (aging_ms given), each task of key -age - aging*weight at or
-    below the task's own (edgepart.schedule.queue_key, counted from now); under FIFO (None), all of it."""
+    """The work of a reported queue that a task of `weight` arriving there now would wait behind,
+    `elapsed_ms` after the report: under priority order (aging_ms given), each task of key
+    -waited - aging*weight at or below the new task's -aging*weight (edgepart.schedule.queue_key,
+    counted from now: the wait that ages a task is its wait in that queue); under FIFO (None), all of it."""
     if aging_ms is None:
         return sum(w for _, _, w in queue)
-    mine = -age_ms - aging_ms * weight
-    return sum(work for wt, age, work in queue if -(age + elapsed_ms) - aging_ms * wt <= mine)
+    mine = -aging_ms * weight
+    return sum(work for wt, waited, work in queue if -(waited + elapsed_ms) - aging_ms * wt <= mine)
 
 
 class Chooser:
@@ -130,7 +131,7 @@ class Chooser:
     def _by_priority(self, group: Alternatives, order: list[str]) -> str:
         weight, age = self._task
         now = time.monotonic()
-        pick = choose(self._options(group, order, weight, age, now), age, weight)
+        pick = choose(self._options(group, order, weight, now), age, weight)
         self._claims.setdefault(pick.device, {})[self._key] = (now, pick.compute_ms)
         return pick.device
 
@@ -138,17 +139,17 @@ class Chooser:
         """For a request of (weight, age ms) about to enter: the sum over the groups of the least cost +
         work queued ahead there + claims, as the `priority` rule sees them now (admission's figure;
         nothing is claimed)."""
-        weight, age = task
+        weight, _ = task
         now = time.monotonic()
         with self._lock:
-            return sum(min(o.compute_ms + o.backlog_ms for o in self._options(g, list(g.devices), weight, age, now))
+            return sum(min(o.compute_ms + o.backlog_ms for o in self._options(g, list(g.devices), weight, now))
                        for g in self.groups)
 
     @staticmethod
     def _cost(group: Alternatives) -> dict[str, float]:
         return dict(zip(group.devices, group.costs_ms)) if group.costs_ms else {}
 
-    def _options(self, group: Alternatives, order: list[str], weight: float, age: float, now: float) -> list[Option]:
+    def _options(self, group: Alternatives, order: list[str], weight: float, now: float) -> list[Option]:
         """Each device of `order` as the rule weighs it: the packager's cost, and the work queued there
         ahead of the task (its last report, under the queue's order) plus this sender's claims that
         report did not count (claims it did count are dropped)."""
@@ -162,7 +163,7 @@ class Chooser:
                 q, basis, came = said[:3]
                 for k in [k for k, (sent, _) in claims.items() if sent < basis]:
                     del claims[k]  # its report counted it already
-                queued = ahead_ms(q, (now - came) * 1e3, weight, age, self.aging_ms)
+                queued = ahead_ms(q, (now - came) * 1e3, weight, self.aging_ms)
                 step, estimated = self._step_of.get(d, ("", 0.0))
                 measured = said[3].get(step, 0.0) if len(said) > 3 else 0.0
                 if measured > 0:

@@ -301,9 +301,9 @@ class Links:
         return {p.role: p.status for p in list(self.by_endpoint.values()) if p.up and p.role and p.status}
 
     def report(self, role: str) -> tuple[tuple[tuple[float, float, float], ...], float, float, dict[str, float]] | None:
-        """What `role` last said of its queue: (its tasks as (weight, age ms, work ms) in serving order,
-        the time the ping it answered left, the time the answer came, its steps' measured times by
-        name), or None (any thread; `watched`)."""
+        """What `role` last said of its queue: (its tasks as (weight, ms waited there, work ms) in
+        serving order, the time the ping it answered left, the time the answer came, its steps' measured
+        times by name), or None (any thread; `watched`)."""
         return self._reports.get(role)
 
     def wait_roles(self, roles: set[str], timeout_s: float, ready: bool = False) -> bool:

@@ -8,6 +8,8 @@ cost, the queue ahead and the sender's own claims."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -127,7 +129,7 @@ class _Device:
         for _ in range(100):
             if not self.ex.queue:
                 return order
-            key = self.ex.queue.in_order()[0][2][0]  # (key, work, (request key, request, step))
+            key = self.ex.queue.in_order()[0][2][0]  # (key, work, (request key, request, step, when queued))
             order.append(key[1])
             self.ex.run_next()
         raise AssertionError("the queue did not drain")
@@ -166,12 +168,18 @@ def test_a_device_serves_its_queue_by_priority_with_aging_and_answers_right(pack
     # each step's time is measured from its second run on (the first is cold)
     ran = {st.source: m for st, m in zip(dev.ex.steps, dev.ex.step_ms)}
     assert dev.ex.completed == 4 and not dev.ex.requests and ran["yard"] > 0 and ran["door"] == 0
-    # aging: a yard task that waited 1 s (over 100 ms x (10 - 1)) goes before a new door task
+    # aging counts the wait in this queue, not the request's age: a yard task that waited here more
+    # than aging_ms x (10 - 1) goes before a new door task; one made long ago that just came does not
     dev.sent.clear()
+    aging, dev.ex.aging_ms = dev.ex.aging_ms, 20.0  # 180 ms of waiting is enough
+    dev.ex.deliver((c, 6), heads["yard"], 10_000, "yard-cam", source="yard", age_ms=0.0)
+    time.sleep(0.25)
     dev.ex.deliver((c, 5), heads["door"], 10_000, "door-cam", source="door", age_ms=0.0)
-    dev.ex.deliver((c, 6), heads["yard"], 10_000, "yard-cam", source="yard", age_ms=1000.0)
-    dev.ex.deliver((c, 7), heads["yard"], 10_000, "yard-cam", source="yard", age_ms=500.0)
+    dev.ex.deliver((c, 7), heads["yard"], 10_000, "yard-cam", source="yard", age_ms=5000.0)
+    (_, waited6, _), (_, waited5, _), (_, waited7, _) = dev.ex.queued()
+    assert waited6 >= 250.0 and waited5 < 250.0 and waited7 < 250.0  # what it tells its peers
     assert dev.drain() == [6, 5, 7]
+    dev.ex.aging_ms = aging
     # what it says of its queue (Status.queue) is in serving order, with the work measured here
     dev.ex.deliver((c, 8), heads["yard"], 10_000, "yard-cam", source="yard", age_ms=0.0)
     dev.ex.deliver((c, 9), heads["door"], 10_000, "door-cam", source="door", age_ms=0.0)
@@ -255,7 +263,6 @@ def test_the_priority_rule_weighs_cost_queue_and_claims():
     # the first pick is claimed on b (10 ms) until b reports after it was sent: the next goes to c
     assert ch.pick(2, ["b", "c"], (1.0, 0.0)) == ["c"]
     # b reports an empty queue, answering a request sent after both picks: its claim is gone
-    import time
 
     now = time.monotonic()
     said["b"] = ((), now + 1.0, now)
@@ -268,17 +275,17 @@ def test_the_priority_rule_weighs_cost_queue_and_claims():
 
 
 def test_work_ahead_follows_the_queue_order():
-    q = ((10.0, 0.0, 5.0), (1.0, 500.0, 7.0), (1.0, 0.0, 11.0))
-    assert ahead_ms(q, 0.0, 1.0, 0.0, None) == 23.0  # FIFO: all of it
-    # weight 10, just made: behind the other weight-10 task (earlier), ahead of the weight-1 ones
-    # unless they waited 900 ms more than it (aging 100 ms per unit of weight)
-    assert ahead_ms(q, 0.0, 10.0, 0.0, 100.0) == 5.0
-    assert ahead_ms(q, 500.0, 10.0, 0.0, 100.0) == 12.0  # the old weight-1 task has aged past it
+    q = ((10.0, 0.0, 5.0), (1.0, 500.0, 7.0), (1.0, 0.0, 11.0))  # (weight, ms waited there, work ms)
+    assert ahead_ms(q, 0.0, 1.0, None) == 23.0  # FIFO: all of it
+    # weight 10, arriving now: behind the other weight-10 task (there first), ahead of the weight-1
+    # ones unless they have waited there 900 ms (aging 100 ms per unit of weight)
+    assert ahead_ms(q, 0.0, 10.0, 100.0) == 5.0
+    assert ahead_ms(q, 500.0, 10.0, 100.0) == 12.0  # 500 ms after the report, the weight-1 task has
+    assert ahead_ms(q, 399.0, 10.0, 100.0) == 5.0  # waited 1000 ms; 399 ms after, 899 ms: not yet
 
 
 def test_a_helpers_measured_step_time_replaces_the_packagers_estimate_in_its_cost():
     import dataclasses
-    import time
 
     from edgepart.plan import Step, TensorSpec
 

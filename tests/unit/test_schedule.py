@@ -55,11 +55,11 @@ def test_the_static_key_orders_as_the_effective_priority_at_every_instant():
     rng = random.Random(7)
     for _ in range(200):
         aging = rng.choice([10.0, 100.0, 1000.0])
-        a = (rng.choice([1.0, 3.0, 10.0]), rng.uniform(0, 1000))  # (weight, born_ms)
+        a = (rng.choice([1.0, 3.0, 10.0]), rng.uniform(0, 1000))  # (weight, queued_ms)
         b = (rng.choice([1.0, 3.0, 10.0]), rng.uniform(0, 1000))
         now = max(a[1], b[1]) + rng.uniform(0, 5000)
-        ea, eb = (effective_priority(w, now - born, aging) for w, born in (a, b))
-        ka, kb = (queue_key(w, born, aging) for w, born in (a, b))
+        ea, eb = (effective_priority(w, now - queued, aging) for w, queued in (a, b))
+        ka, kb = (queue_key(w, queued, aging) for w, queued in (a, b))
         if abs(ea - eb) > 1e-6:
             assert (ea > eb) == (ka < kb)
 
