@@ -23,7 +23,7 @@ import random
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -79,12 +79,36 @@ class SimResult:
 _ARRIVE, _DONE, _SENT, _LANDED = 0, 1, 2, 3
 
 
+def quota_ms(start: float, work: float, period_ms: float, run_share: float, state: list) -> float:
+    """When work of `work` ms (the cost model's figure, at the device's sustained speed) started at
+    `start` ends on a device under a CPU quota: each period of `period_ms` it runs for `run_share` of
+    the period at 1/run_share times its sustained speed, then waits for the next period (what a CPU
+    cgroup's quota does: docs/priority.md, "The simulator"). `state`: [period index, work done in it],
+    updated."""
+    k, used = state
+    t = start
+    kt = int(t // period_ms)
+    if kt > k:
+        k, used = kt, 0.0
+    while True:
+        can = min(period_ms - used, max(0.0, (k + 1) * period_ms - t) / run_share)  # work that fits
+        if work <= can:
+            state[0], state[1] = k, used + work
+            return t + work * run_share
+        work -= can
+        k, used = k + 1, 0.0
+        t = max(t, k * period_ms)
+
+
 def simulate(costs: StageCosts, sources: Sources, allocation: Allocation, *, duration_s: float = 60.0,
              seed: int = 0, rule: str | None = None, aging_ms: float = DEFAULT_AGING_MS, claims: bool = True,
-             service: str = "deterministic", warmup_s: float | None = None) -> SimResult:
+             service: str = "deterministic", warmup_s: float | None = None,
+             quotas: Mapping[str, tuple[float, float]] | None = None) -> SimResult:
     """Run the cluster for `duration_s` simulated seconds. `rule`: priority or fifo (default: priority
     for a priority allocation, fifo otherwise). `service`: deterministic (the cost model's figure) or
-    exponential (with that mean; for checking against M/M/1)."""
+    exponential (with that mean; for checking against M/M/1). `quotas`: devices that are CPU quotas
+    (a container's --cpus, a CPU cgroup, the benchmarks' emulated devices), each (period ms, share of
+    the period it runs), served in bursts (`quota_ms`); the others serve at their speed throughout."""
     rule = rule or ("priority" if allocation.mode == "priority" else "fifo")
     if rule not in RULES:
         raise ValueError(f"rule must be one of {', '.join(RULES)}, not {rule!r}")
@@ -114,6 +138,11 @@ def simulate(costs: StageCosts, sources: Sources, allocation: Allocation, *, dur
 
     queues: dict[str, TaskQueue] = {d: TaskQueue() for d in costs.devices}
     busy_until: dict[str, float] = {d: 0.0 for d in costs.devices}
+    quotas = {d: q for d, q in (quotas or {}).items() if q[1] < 1.0}
+    unknown = sorted(set(quotas) - set(costs.devices))
+    if unknown:
+        raise ValueError(f"quotas name devices the cluster does not have: {', '.join(unknown)}")
+    quota_state = {d: [-1, 0.0] for d in quotas}
     current: dict[str, Any] = {d: None for d in costs.devices}
     links: dict[tuple[str, str], deque] = {}
     link_free: dict[tuple[str, str], float] = {}
@@ -156,8 +185,9 @@ def simulate(costs: StageCosts, sources: Sources, allocation: Allocation, *, dur
         if exp:
             work = rng.expovariate(1.0 / work) if work > 0 else 0.0
         current[d] = task
-        busy_until[d] = now + work
-        push(now + work, _DONE, d)
+        q = quotas.get(d)
+        busy_until[d] = quota_ms(now, work, q[0], q[1], quota_state[d]) if q else now + work
+        push(busy_until[d], _DONE, d)
 
     def send(lk: tuple[str, str], now: float, busy: float, msg: Any) -> None:
         q = links.setdefault(lk, deque())
@@ -268,4 +298,4 @@ def simulate(costs: StageCosts, sources: Sources, allocation: Allocation, *, dur
     return SimResult(allocation.mode, rule, duration_s, tuple(out), requests, n_events, time.perf_counter() - t_wall)
 
 
-__all__ = ["RULES", "SimResult", "SourceMetrics", "simulate"]
+__all__ = ["RULES", "SimResult", "SourceMetrics", "quota_ms", "simulate"]

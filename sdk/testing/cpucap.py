@@ -36,6 +36,15 @@ PREFIX = "edgepart"
 _counter = itertools.count()
 
 
+def quota_of(fraction: float) -> tuple[int, int]:
+    """The (quota µs, period µs) that a cap of `fraction` of a core is set to: PERIOD_US, longer where
+    the quota would fall under MIN_QUOTA_US."""
+    if not fraction > 0:
+        raise ValueError(f"a CPU cap is a positive fraction of a core, not {fraction!r}")
+    period = max(PERIOD_US, int(-(-MIN_QUOTA_US // fraction)))
+    return max(MIN_QUOTA_US, int(round(fraction * period))), period
+
+
 class CgroupError(EdgepartError):
     """A CPU cgroup cannot be made or used here (no cgroup tree, no write access)."""
 
@@ -85,13 +94,10 @@ class CpuCap:
 
     @classmethod
     def create(cls, device: str, fraction: float) -> "CpuCap":
-        if not fraction > 0:
-            raise ValueError(f"a CPU cap is a positive fraction of a core, not {fraction!r}")
+        quota, period = quota_of(fraction)
         version, parent = cpu_hierarchy()
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", device)[:40]
         path = parent / f"{PREFIX}-{os.getpid():x}-{next(_counter)}-{safe}"
-        period = max(PERIOD_US, int(-(-MIN_QUOTA_US // fraction)))
-        quota = max(MIN_QUOTA_US, int(round(fraction * period)))
         try:
             if version == 2:
                 _enable_cpu_controller(parent)
@@ -189,4 +195,4 @@ def cleanup_stale() -> list[str]:
     return gone
 
 
-__all__ = ["CgroupError", "CpuCap", "cleanup_stale", "cpu_hierarchy", "fraction_for"]
+__all__ = ["CgroupError", "CpuCap", "cleanup_stale", "cpu_hierarchy", "fraction_for", "quota_of"]

@@ -120,6 +120,14 @@ def test_a_speed_target_becomes_a_fraction_of_the_core():
         AgentProcesses.__init__(object.__new__(AgentProcesses), ".", gflops={"dev0": 2.0})
 
 
+def test_a_cap_is_a_quota_of_its_share_of_the_period():
+    assert cpucap.quota_of(0.3) == (3_000, cpucap.PERIOD_US)
+    assert cpucap.quota_of(0.02) == (1_000, 50_000)  # the smallest quota, over a longer period
+    assert cpucap.quota_of(2.0) == (20_000, cpucap.PERIOD_US)  # two cores
+    with pytest.raises(ValueError, match="positive fraction"):
+        cpucap.quota_of(0.0)
+
+
 def test_the_group_is_removed_when_the_agent_fails_to_start(one_device_dist):
     """An agent that exits at once (an unknown flag): start() fails, and its group is gone."""
     _cgroups_or_skip()

@@ -122,3 +122,28 @@ def test_a_task_ages_by_its_wait_in_the_queue_so_an_overloaded_camera_does_not_s
         over = simulate(costs, sources(45), alloc, duration_s=60, seed=seed)
         assert over.get("yard").mean_ms > 10 * planned.get("yard").mean_ms  # yard-cam is saturated
         assert over.get("door").p95_ms <= 1.3 * planned.get("door").p95_ms
+
+
+def test_a_device_under_a_cpu_quota_runs_in_bursts_at_its_sustained_rate():
+    from edgepart.packager.sim import quota_ms
+
+    state = [-1, 0.0]  # period 10 ms, runs 1 ms of each at 10x its sustained speed (10 ms of work)
+    assert quota_ms(0.0, 5.0, 10.0, 0.1, state) == pytest.approx(0.5)  # fits this period's burst
+    assert quota_ms(0.5, 10.0, 10.0, 0.1, state) == pytest.approx(10.5)  # 5 now, 5 after the wait
+    assert state == [1, pytest.approx(5.0)]
+    assert quota_ms(35.0, 100.0, 10.0, 0.1, [-1, 0.0]) == pytest.approx(121.0)  # a burst in each of 10 periods
+    assert quota_ms(3.0, 4.0, 10.0, 1.0, [-1, 0.0]) == pytest.approx(7.0)  # the whole period: no bursts
+
+
+def test_the_simulator_serves_a_quota_device_fast_when_idle_and_no_faster_when_saturated(graph):
+    costs, srcs, alloc, s = one_device(graph, 0.05)
+    quota = {"d": (2 * s, 0.1)}  # a period's budget holds two requests: each runs in one burst
+    idle = simulate(costs, srcs, alloc, duration_s=4000 * s / 1000 / 0.05, seed=1, quotas=quota).get("a")
+    plain = simulate(costs, srcs, alloc, duration_s=4000 * s / 1000 / 0.05, seed=1).get("a")
+    assert plain.mean_ms == pytest.approx(s, rel=0.1)
+    assert idle.mean_ms < 0.3 * s  # most run at 10x, some wait for the next period
+    costs, srcs, alloc, s = one_device(graph, 1.2)  # past capacity: the quota grants no more than s a request
+    busy = simulate(costs, srcs, alloc, duration_s=2000 * s / 1000, seed=1, quotas=quota).get("a")
+    assert busy.throughput_per_s == pytest.approx(1000 / s, rel=0.05)
+    with pytest.raises(ValueError, match="quotas name devices the cluster does not have: e"):
+        simulate(costs, srcs, alloc, duration_s=1, quotas={"e": (10.0, 0.5)})
