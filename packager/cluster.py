@@ -83,6 +83,10 @@ class Cluster:
     # the device whose host the app runs on (a camera's board: cluster.yaml's `caller`); None: the app
     # has a host of its own, on the default link (docs/planning.md, "Where the app runs")
     caller: str | None = None
+    # the app's own CPU per request on the caller's device, in ms (its pre- and post-processing: a
+    # camera's resizing, decoding, drawing); streamed, that device has that much less time for its
+    # stage (docs/planning.md, "Where the app runs"). 0: not counted
+    caller_ms: float = 0.0
 
     def link(self, a: str, b: str) -> Link:
         for x, y, lk in self.pair_links:
@@ -136,7 +140,7 @@ def cluster_from_dict(data: Any, source: str = "cluster", base: Path | None = No
     """`base`: the folder that relative `profile:` paths are read from (cluster.yaml's)."""
     if not isinstance(data, dict):
         raise ClusterError(f"{source}: expected a mapping with 'devices' and 'links'.")
-    _no_unknown(data, {"caller", "devices", "links", "reference_gflops"}, source)
+    _no_unknown(data, {"caller", "caller_ms", "devices", "links", "reference_gflops"}, source)
     ref = _number(data.get("reference_gflops", 10.0), f"{source}: reference_gflops")
     raw = data.get("devices")
     if not isinstance(raw, list) or not raw:
@@ -211,7 +215,12 @@ def cluster_from_dict(data: Any, source: str = "cluster", base: Path | None = No
                 raise ClusterError(f"{where} names {x!r}, which is not a device ({', '.join(names)}).")
         pairs.append((a, b, _link({k: v for k, v in p.items() if k != "between"}, where)))
     caller = _caller(data.get("caller"), devices, source)
-    return Cluster(tuple(devices), default, tuple(pairs) + _measured_pairs(measured, pairs, names, default), caller)
+    caller_ms = _number(data.get("caller_ms", 0), f"{source}: caller_ms", allow_zero=True)
+    if caller_ms and caller is None:
+        raise ClusterError(f"{source}: caller_ms is the app's CPU on its device: name that device with "
+                           f"`caller: <device>`, or leave caller_ms out.")
+    return Cluster(tuple(devices), default, tuple(pairs) + _measured_pairs(measured, pairs, names, default), caller,
+                   caller_ms)
 
 
 def _caller(value: Any, devices: list[Device], source: str) -> str | None:

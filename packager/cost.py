@@ -151,7 +151,8 @@ def pipeline_ms(cluster: Cluster, stages, in_bytes: int = 0, out_bytes: int = 0)
     device or link), each stage's step and the messages it takes in and sends on, on its device
     (cost.message_cpu_ms), and each cut's bytes on its link. Where devices give handling_mbps, the
     bytes of every message (the model's `in_bytes` from the caller, each cut, its `out_bytes` back)
-    cost the CPU at both ends too (handling_cpu_ms), on the latency and on each device's period."""
+    cost the CPU at both ends too (handling_cpu_ms), on the latency and on each device's period. The
+    app's own CPU per request on its device (cluster.caller_ms) is on that device's period."""
     devices = [s.device for s in stages]
     hops = list(zip((CALLER, *devices), (*devices, CALLER)))
     sizes = [in_bytes, *(s.send_bytes for s in stages[:-1]), out_bytes]
@@ -159,11 +160,12 @@ def pipeline_ms(cluster: Cluster, stages, in_bytes: int = 0, out_bytes: int = 0)
     latency = sum(s.compute_ms + s.send_ms for s in stages) + chain_fixed_ms(cluster, devices) + sum(handling.values())
     cpu = message_cpu_ms(cluster, Counter(hops))
     busy = [s.compute_ms + step_ms(cluster.device(s.device)) + cpu.get(s.device, 0.0) + handling.get(s.device, 0.0)
-            for s in stages]
+            + (cluster.caller_ms if s.device == cluster.caller else 0.0) for s in stages]
     if cluster.caller is not None and stages:  # the app on a device: the links to it carry the inputs
-        # and outputs (else the app's own link, the same for every plan: caller_period_ms)
+        # and outputs (else the app's own link, the same for every plan: caller_period_ms); its own
+        # CPU per request (caller_ms) shares its device's with the stage there, or bounds it alone
         busy += [float(busy_ms(in_bytes, caller_link(cluster, devices[0]))),
-                 float(busy_ms(out_bytes, caller_link(cluster, devices[-1])))]
+                 float(busy_ms(out_bytes, caller_link(cluster, devices[-1]))), cluster.caller_ms]
     busy += [s.link_busy_ms for s in stages[:-1]]
     return float(latency), float(max(busy, default=0.0))
 

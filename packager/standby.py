@@ -43,7 +43,9 @@ def _over(cluster: Cluster, names: set[str]) -> Cluster:
     devices = tuple(dataclasses.replace(d, standby=False) for d in cluster.devices if d.name in names)
     pairs = tuple(p for p in cluster.pair_links if p[0] in names and p[1] in names)
     # the app's device gone, the app is gone with it: a fallback plans as for an app of its own host
-    return Cluster(devices, cluster.default_link, pairs, cluster.caller if cluster.caller in names else None)
+    kept = cluster.caller in names
+    return Cluster(devices, cluster.default_link, pairs, cluster.caller if kept else None,
+                   cluster.caller_ms if kept else 0.0)
 
 
 def primary_cluster(cluster: Cluster) -> Cluster:

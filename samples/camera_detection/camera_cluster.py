@@ -78,11 +78,17 @@ def _testing():
     return emulate, zoo
 
 
-def package_local(n: int, hw: tuple[int, int], out: Path | None = None, *, camera: bool = True) -> Path:
+def package_local(n: int, hw: tuple[int, int], out: Path | None = None, *, camera: bool = True,
+                  caller_ms: float | None = None, gflops: float | None = None) -> Path:
     """RetinaFace packaged for n equal emulated devices (device-a, device-b, ...) at input size hw,
     objective throughput (a stream of frames), the default pipeline strategy; in `out` (a private
     plan: a model name no other run shares), else cached under ~/.cache/edgepart/bundles. `camera`:
-    the camera model (uint8 frames in); False: the package's own (float32 NCHW, the mean off)."""
+    the camera model (uint8 frames in); False: the package's own (float32 NCHW, the mean off).
+    The app runs on device-a (cluster.yaml's `caller`), spending `caller_ms` of its CPU a frame
+    (None: `app_ms`, measured here when the plan is made), so the planner gives device-a that much
+    less of the model (docs/planning.md in the repository, "Where the app runs"). Each device computes
+    at `gflops` (None: one core of this machine on this model, measured), so that the app's ms and
+    the stages' are on one scale."""
     import edgepart
     import edgepart.packager as packager
 
@@ -90,8 +96,8 @@ def package_local(n: int, hw: tuple[int, int], out: Path | None = None, *, camer
     H, W = hw
     model = camera_model_file(zoo) if camera else zoo.retinaface(progress=True)
     name = f"{model.stem}-{H}x{W}"  # the camera model's hash in it: a bundle of another model is never reused
-    if out is None:
-        out = zoo.cache_dir().parent / "bundles" / f"{name}-{n}dev"
+    if out is None:  # (-app: planned with the app's CPU on device-a; earlier caches were not)
+        out = zoo.cache_dir().parent / "bundles" / f"{name}-{n}dev-app"
         try:
             if len(bundles_of(out)) == n:
                 return out
@@ -102,10 +108,17 @@ def package_local(n: int, hw: tuple[int, int], out: Path | None = None, *, camer
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     devices = [f"device-{chr(ord('a') + i)}" for i in range(n)]
+    if caller_ms is None:
+        caller_ms = app_ms(model, hw)
+    if gflops is None:
+        gflops = core_gflops(model, hw)
     cluster = out.parent / f"{out.name}.cluster.yaml"
-    cluster.write_text("# emulated devices of the camera_detection sample: equal, one core each, on loopback\n"
-                       "devices:\n" + "".join(f"  - {{name: {d}, gflops: 10, memory_mb: 1024}}\n" for d in devices)
-                       + "links:\n  default: {bandwidth_mbps: 1000, latency_ms: 0.1}\n")
+    cluster.write_text("# emulated devices of the camera_detection sample: equal, one core each (its measured speed on\n"
+                       "# the model), on loopback; the app runs on device-a and spends caller_ms of its CPU a frame\n"
+                       "devices:\n" + "".join(f"  - {{name: {d}, gflops: {round(gflops, 2)}, memory_mb: 1024}}\n"
+                                             for d in devices)
+                       + "links:\n  default: {bandwidth_mbps: 1000, latency_ms: 0.1}\n"
+                       + f"caller: {devices[0]}\ncaller_ms: {round(caller_ms, 2)}\n")
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     try:
         packager.package(str(model), str(cluster), out=tmp, objective="throughput",
@@ -123,6 +136,40 @@ def package_local(n: int, hw: tuple[int, int], out: Path | None = None, *, camer
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     return out
+
+
+def app_ms(model: Path, hw: tuple[int, int], frames: int = 12) -> float:
+    """The app's own CPU per frame, in ms (the median over synthetic frames): fitting a frame to the
+    model's input and decoding the network's outputs into faces (NMS included), as the Stream does on
+    the camera's device. What cluster.yaml's `caller_ms` says; the session's messages are not in it."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    src = sources.Synthetic(hw, seed=0)
+    images = [src.read().image for _ in range(frames)]
+    outputs = dict(zip([o.name for o in sess.get_outputs()],
+                       sess.run(None, {name: detector.feed(images[0], hw, name)[0]})))
+    took = []
+    for image in images:
+        t = time.thread_time()
+        _, lb = detector.feed(image, hw, name)
+        detector.postprocess(outputs, hw, lb)
+        took.append((time.thread_time() - t) * 1e3)
+    return float(np.median(took))
+
+
+def core_gflops(model: Path, hw: tuple[int, int]) -> float:
+    """One core of this machine on the model, one thread (the median over the cores this process may
+    use): what each emulated device computes."""
+    import onnxruntime as ort
+
+    from edgepart.packager.calibrate import measure_cores
+
+    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    feeds = {name: detector.feed(sources.Synthetic(hw, seed=0).read().image, hw, name)[0]}
+    return float(measure_cores(str(model), feeds, sorted(os.sched_getaffinity(0)), runs=8).gflops)
 
 
 def camera_model_file(zoo, out: Path | None = None) -> Path:

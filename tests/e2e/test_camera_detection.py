@@ -206,6 +206,26 @@ def test_the_camera_model_takes_uint8_frames_and_gives_the_packages_outputs(refe
     assert r.returncode == 2 and "Traceback" not in r.stderr and "ending in .onnx" in r.stderr, r.stderr[-2000:]
 
 
+def test_the_local_cluster_runs_the_app_on_device_a_and_gives_it_less_of_the_model(tmp_path):
+    """The app's CPU per frame (cluster.yaml's caller_ms, on device-a) takes that much of device-a's
+    time, so the plan streams with device-a holding less of the model than without it."""
+    import yaml
+
+    import camera_cluster
+
+    work = {}
+    for ms in (0.0, 15.0):
+        dist = camera_cluster.package_local(2, HW, tmp_path / f"d{ms:g}", caller_ms=ms, gflops=50.0)
+        cl = yaml.safe_load((tmp_path / f"d{ms:g}.cluster.yaml").read_text())
+        assert cl["caller"] == "device-a" and cl["caller_ms"] == ms and cl["devices"][0]["gflops"] == 50.0
+        plan = next(iter(camera_cluster.bundles_of(dist).values())).plan
+        work[ms] = {d: sum(s.estimated_ms for s in plan.steps if s.device == d) for d in ("device-a", "device-b")}
+    assert work[15.0]["device-a"] < 0.8 * work[0.0]["device-a"]
+    assert work[15.0]["device-b"] > work[0.0]["device-b"]  # the rest went to device-b
+    measured = camera_cluster.app_ms(camera_cluster.camera_model_file(camera_cluster._testing()[1]), HW, frames=4)
+    assert 0.0 < measured < 1000.0  # the fitting and decoding of a frame, in ms
+
+
 @pytest.mark.parametrize("n", [2, 3])
 def test_split_gives_the_unsplit_boxes(n, reference, tmp_path, agents, sessions):
     import stream

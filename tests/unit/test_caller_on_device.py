@@ -31,6 +31,37 @@ def test_cluster_yaml_names_the_device_the_app_runs_on():
         cluster_from_dict({"devices": devs, "caller": "door"})
     with pytest.raises(ClusterError, match="standby"):
         cluster_from_dict({"devices": devs, "caller": "spare"})
+    assert cluster_from_dict({"devices": devs, "caller": "cam", "caller_ms": 7.5}).caller_ms == 7.5
+    assert cluster_from_dict({"devices": devs, "caller": "cam"}).caller_ms == 0.0
+    with pytest.raises(ClusterError, match="caller_ms is the app's CPU on its device: name that device"):
+        cluster_from_dict({"devices": devs, "caller_ms": 7.5})
+    with pytest.raises(ClusterError, match="caller_ms must be a positive number"):
+        cluster_from_dict({"devices": devs, "caller": "cam", "caller_ms": -1})
+
+
+def test_streamed_the_apps_own_cpu_gives_its_device_less_of_the_model():
+    """EfficientNet-Lite0 on two equal devices, the app on dev0 spending half of what the model costs
+    on its device per frame: the throughput plan gives dev0 the smaller stage, and the period it says
+    counts the app's CPU on dev0; the latency plan does not change (the app's work is the same for
+    every plan of one request)."""
+    from edgepart.testing import zoo
+
+    model = zoo.efficientnet_lite0()
+    free = two(caller="dev0", mbps=1000.0)
+    whole = p.plan(model, dataclasses.replace(free, devices=free.devices[:1], caller="dev0"), strategy="pipeline",
+                   objective="throughput", input_shapes=SHAPES).pipeline.stages[0].compute_ms
+    busy = dataclasses.replace(free, caller_ms=0.5 * whole)
+    even = p.plan(model, free, strategy="pipeline", objective="throughput", input_shapes=SHAPES).pipeline
+    aware = p.plan(model, busy, strategy="pipeline", objective="throughput", input_shapes=SHAPES).pipeline
+    share = {s.device: s.compute_ms for s in aware.stages}
+    assert share["dev0"] < 0.5 * share["dev1"]
+    assert {s.device: s.compute_ms for s in even.stages}["dev0"] > 0.6 * {s.device: s.compute_ms for s in even.stages}["dev1"]
+    stage0 = next(s for s in aware.stages if s.device == "dev0")
+    assert aware.period_with_fixed_ms >= stage0.compute_ms + busy.caller_ms
+    # better than the plan that ignores it, whose dev0 would take its stage and the app's CPU
+    assert aware.period_with_fixed_ms < {s.device: s.compute_ms for s in even.stages}["dev0"] + busy.caller_ms
+    lat = [p.plan(model, c, strategy="pipeline", objective="latency", input_shapes=SHAPES).pipeline for c in (free, busy)]
+    assert [s.compute_ms for s in lat[0].stages] == [s.compute_ms for s in lat[1].stages]
 
 
 def test_the_apps_own_device_is_reached_without_a_wire_and_the_others_through_its_interface():
@@ -75,6 +106,11 @@ def test_the_pipeline_planner_is_exact_with_the_app_on_a_device(objective):
             pp = plan_pipeline(graph, cl, objective)
             io = cost.caller_io_ms(graph, cl, pp.devices[0], pp.devices[-1]) if objective == "latency" else 0.0
             assert pp.score() + io == pytest.approx(exhaustive(graph, cl, objective), rel=1e-9), (seed, caller)
+            # the app's own CPU on its device (caller_ms), half the period found without it
+            busy = dataclasses.replace(cl, caller_ms=0.5 * pp.score())
+            pb = plan_pipeline(graph, busy, objective)
+            io = cost.caller_io_ms(graph, busy, pb.devices[0], pb.devices[-1]) if objective == "latency" else 0.0
+            assert pb.score() + io == pytest.approx(exhaustive(graph, busy, objective), rel=1e-9), (seed, caller)
 
 
 def test_on_a_slow_link_the_app_s_device_computes_and_auto_says_so():

@@ -172,6 +172,8 @@ def plan_pipeline(graph: Graph, cluster: Cluster, objective: str = "latency", *,
     lat = objective == "latency"
     msg = {d: np.zeros((n + 1, n + 1)) if lat else _stage_messages_ms(cluster, d, names, n) for d in names}
     comp_mat = {d: comp[d][None, :] - comp[d][:, None] + step[d] + msg[d] + cost.handling_matrix_ms(d) for d in names}
+    if not lat and cluster.caller in comp_mat:  # streamed, the app's own CPU shares its device's time
+        comp_mat[cluster.caller] = comp_mat[cluster.caller] + cluster.caller_ms
     io = 2 * message_ms(cluster.default_link) if lat else 0.0  # the caller's inputs in, outputs back
     if cluster.caller is not None:  # the app on a device: what its inputs and outputs cost depends on
         # which devices take them (docs/planning.md, "Where the app runs"), so the stages say it
@@ -324,8 +326,8 @@ def exhaustive(graph: Graph, cluster: Cluster, objective: str = "latency") -> fl
             if objective == "latency":
                 v = sum(cs) + sum(tv[i][cuts[i]] + ms[i] for i in range(N - 1)) + ends[0] + ends[-1] + t_in + t_out
             else:  # each message on the device at both its ends
-                v = max([c + ends[i] + ends[i + 1] for i, c in enumerate(cs)] + [tv[i][cuts[i]] for i in range(N - 1)]
-                        + [b_in, b_out])
+                v = max([c + ends[i] + ends[i + 1] + (cluster.caller_ms if perm[i] == cluster.caller else 0.0)
+                         for i, c in enumerate(cs)] + [tv[i][cuts[i]] for i in range(N - 1)] + [b_in, b_out])
             best = min(best, v)
     return float(best)
 
