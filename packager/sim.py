@@ -138,6 +138,9 @@ def simulate(costs: StageCosts, sources: Sources, allocation: Allocation, *, dur
 
     queues: dict[str, TaskQueue] = {d: TaskQueue() for d in costs.devices}
     busy_until: dict[str, float] = {d: 0.0 for d in costs.devices}
+    bad = [d for d, (period, share) in (quotas or {}).items() if not (period > 0 and share > 0)]
+    if bad:
+        raise ValueError(f"a quota is (period ms > 0, share of it > 0); not so for {', '.join(map(str, bad))}")
     quotas = {d: q for d, q in (quotas or {}).items() if q[1] < 1.0}
     unknown = sorted(set(quotas) - set(costs.devices))
     if unknown:

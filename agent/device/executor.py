@@ -112,7 +112,8 @@ class Executor:
         self.lanes = ({ln.source: self._lane(plan, ln) for ln in plan.lanes.lanes} if plan.lanes
                       else {"": self._lane(plan, None)})
         self._plain = self.lanes.get("")  # the one lane of a plan without sources
-        self.queue = TaskQueue()  # ready steps waiting (plans with sources): (key, request, step, when it was queued)
+        # ready steps waiting (plans with sources): (key, request, step, when it was queued)
+        self.queue = TaskQueue()
         self.step_ms = [0.0] * len(self.steps)  # each step's time here, measured (EWMA; 0: not yet run warm)
         self._runs = [0] * len(self.steps)
         self.requests: dict[Key, Request] = {}

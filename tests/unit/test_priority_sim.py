@@ -147,3 +147,5 @@ def test_the_simulator_serves_a_quota_device_fast_when_idle_and_no_faster_when_s
     assert busy.throughput_per_s == pytest.approx(1000 / s, rel=0.05)
     with pytest.raises(ValueError, match="quotas name devices the cluster does not have: e"):
         simulate(costs, srcs, alloc, duration_s=1, quotas={"e": (10.0, 0.5)})
+    with pytest.raises(ValueError, match="period ms > 0, share of it > 0"):
+        simulate(costs, srcs, alloc, duration_s=1, quotas={"d": (10.0, 0.0)})
