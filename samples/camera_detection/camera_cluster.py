@@ -142,14 +142,10 @@ def app_ms(model: Path, hw: tuple[int, int], frames: int = 12) -> float:
     """The app's own CPU per frame, in ms (the median over synthetic frames): fitting a frame to the
     model's input and decoding the network's outputs into faces (NMS included), as the Stream does on
     the camera's device. What cluster.yaml's `caller_ms` says; the session's messages are not in it."""
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
     src = sources.Synthetic(hw, seed=0)
     images = [src.read().image for _ in range(frames)]
-    outputs = dict(zip([o.name for o in sess.get_outputs()],
-                       sess.run(None, {name: detector.feed(images[0], hw, name)[0]})))
+    sess, name, feeds = _session_and_feeds(model, hw, images[0])
+    outputs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
     took = []
     for image in images:
         t = time.thread_time()
@@ -162,14 +158,19 @@ def app_ms(model: Path, hw: tuple[int, int], frames: int = 12) -> float:
 def core_gflops(model: Path, hw: tuple[int, int]) -> float:
     """One core of this machine on the model, one thread (the median over the cores this process may
     use): what each emulated device computes."""
-    import onnxruntime as ort
-
     from edgepart.packager.calibrate import measure_cores
+
+    _, _, feeds = _session_and_feeds(model, hw, sources.Synthetic(hw, seed=0).read().image)
+    return float(measure_cores(str(model), feeds, sorted(os.sched_getaffinity(0)), runs=8).gflops)
+
+
+def _session_and_feeds(model: Path, hw: tuple[int, int], image) -> tuple:
+    """An onnxruntime session of `model`, its input's name, and `image` fed to it."""
+    import onnxruntime as ort
 
     sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
-    feeds = {name: detector.feed(sources.Synthetic(hw, seed=0).read().image, hw, name)[0]}
-    return float(measure_cores(str(model), feeds, sorted(os.sched_getaffinity(0)), runs=8).gflops)
+    return sess, name, {name: detector.feed(image, hw, name)[0]}
 
 
 def camera_model_file(zoo, out: Path | None = None) -> Path:
