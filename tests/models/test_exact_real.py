@@ -89,6 +89,21 @@ def test_efficientnet_lite0_exact_through_cli(efficientnet_lite0_path, tmp_path)
         assert out["outputs"]["logits"]["max_abs_diff"] <= ATOL
 
 
+
+def test_efficientnet_lite0_on_camera_frames_is_the_float_model_and_splits_exactly(efficientnet_lite0_path, tmp_path):
+    """The demo's model (`edgepart demo`): uint8 frames, normalised inside, give the float model's
+    logits on the same crops (to float rounding of the folded normalisation), and split exactly."""
+    import onnxruntime as ort
+
+    frames_model = zoo.efficientnet_lite0_frames()
+    frames, floats = zoo.imagenet_frames(4), zoo.imagenet_inputs(4)
+    assert frames["image"].dtype == np.uint8 and frames["image"].nbytes * 4 == floats["input"].nbytes
+    run = lambda m, feeds: ort.InferenceSession(str(m), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    a, b = run(efficientnet_lite0_path, floats), run(frames_model, frames)
+    assert np.abs(a - b).max() <= 1e-4 * np.abs(a).max()
+    assert (a.argmax(1) == b.argmax(1)).all()
+    package_and_check(frames_model, tmp_path, 2, zoo.imagenet_frames(1), [zoo.imagenet_frames(3)])
+
 # -- MiniLM (dynamic batch and sequence) -----------------------------------------------------------
 
 def test_sentence_inputs_differ_in_batch_and_sequence():
