@@ -64,7 +64,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_auto import _cap, cluster_for, run_candidates  # noqa: E402
 from edgepart.packager.strategies.auto.rank import TIE  # noqa: E402
-from bench_priority_agents import measure_capped  # noqa: E402
+from priority_setup import measure_capped  # noqa: E402
 from common import REPO, RESULTS, save  # noqa: E402
 
 from rich.console import Console  # noqa: E402
