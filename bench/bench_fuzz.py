@@ -93,8 +93,9 @@ def sync(sock, plan_id: str, timeout_s: float = 30.0) -> bool:
     import msgpack
 
     from e2e_helpers import header
+    from edgepart.wire import PROTOCOL_VERSION
 
-    sock.send_multipart([header(v=1, k="ping", p=plan_id, s="@prober")])
+    sock.send_multipart([header(v=PROTOCOL_VERSION, k="ping", p=plan_id, s="@prober")])
     end = time.monotonic() + timeout_s
     while (left := end - time.monotonic()) > 0 and sock.poll(int(left * 1e3)):
         if msgpack.unpackb(sock.recv_multipart()[0]).get("k") == "pong":

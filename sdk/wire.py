@@ -16,11 +16,19 @@ Header keys (short, since a header rides on every request):
     v    protocol version (int)            k    kind: tensor | error | ping | pong | hello
     p    plan id (str)                     s    sender's role (device name or "@caller")
     r    request id (int, >= 0)            c    client id (bytes) the results go back to
-    ts   tensors: a list, one per payload frame, of [name, dtype, shape, codec, codec params]
+    ts   tensors: a list, one per tensor, of [name, dtype, shape, codec, codec params]
+    fp   frames per tensor (a list of ints, one per tensor), when a tensor travels in parts
     ttl  milliseconds left before the request's deadline (float)
     src  the request's source, in a plan with sources (str; docs/priority.md, "Plans with sources")
     age  milliseconds since the request was made, when this message left (float; with src)
     m    message (str): an error's text; in `hello` and `pong` replies an agent's Status (JSON)
+
+Parts. A tensor's frame bigger than PART_BYTES travels as consecutive frames of PART_BYTES (the
+last shorter), and `fp` says how many frames each tensor has; the receiver joins them (one copy).
+ZeroMQ's heartbeat timer is reset by each whole frame a peer receives, not by the bytes of one on
+its way, so a frame longer on the link than the heartbeat timeout once took a live link down (11 MB
+on 20 Mbit/s shared by two flows: docs/agents.md, "Links and liveness"); a part crosses a link of
+2 Mbit/s within the timeout.
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ from . import codecs as tcodecs  # (not `codecs`: that is a stdlib module)
 from .errors import DeadlineRefused, PeerError, WireError
 from .plan import Codec
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: tensors in parts (`fp`)
 KINDS = frozenset({"tensor", "error", "ping", "pong", "hello"})
 # an `error` message that starts with this says the request's deadline is out of reach (an agent
 # refused it at once: docs/priority.md, "Admission"); the caller raises DeadlineRefused, not PeerError
@@ -53,7 +61,10 @@ MAX_HEADER_BYTES = 64 * 1024
 MAX_PAYLOAD_BYTES = tcodecs.MAX_DECODED_BYTES
 MAX_NDIM = 16
 MAX_NAME = 512
-MAX_FRAMES = 65  # header + up to 64 tensors
+MAX_TENSORS = 64  # per message
+PART_BYTES = 2 << 20  # a tensor's frame bigger than this travels in parts of this size ("Parts" above)
+MAX_PARTS = -(-MAX_PAYLOAD_BYTES // PART_BYTES)  # of one tensor
+MAX_FRAMES = 1 + 4 * MAX_PARTS  # header + tensors' frames (parts included): 4 GiB of tensors at most
 MAX_TTL_MS = 600_000.0  # no request may hold an agent's memory for more than 10 minutes
 
 
@@ -85,8 +96,9 @@ class Header:
     source: str = ""
     age_ms: float = 0.0
 
-    def encode(self, tensors: list | None = None) -> bytes:
-        """The msgpack header; `tensors` are ready-made wire entries to put in place of `self.tensors`."""
+    def encode(self, tensors: list | None = None, parts: list[int] | None = None) -> bytes:
+        """The msgpack header; `tensors` are ready-made wire entries to put in place of `self.tensors`,
+        `parts` the number of frames of each (the `fp` key: "Parts" above), when one has more than one."""
         d: dict[str, Any] = {"v": self.version, "k": self.kind, "p": self.plan_id, "s": self.sender}
         if self.request_id:
             d["r"] = self.request_id
@@ -96,6 +108,8 @@ class Header:
             tensors = [t.encode() for t in self.tensors]
         if tensors:
             d["ts"] = tensors
+        if parts:
+            d["fp"] = parts
         if self.ttl_ms:
             d["ttl"] = float(self.ttl_ms)
         if self.message:
@@ -194,7 +208,17 @@ def tensor_frames(header: Header, arrays: dict[str, np.ndarray], codecs: dict[st
         entries.append([name, e.dtype, list(e.shape), e.codec, e.params])
         bufs.append(e.frame)
     h = header if header.kind == "tensor" else replace(header, kind="tensor")
-    return [h.encode(entries), *bufs]
+    if not any((b.nbytes if isinstance(b, memoryview) else len(b)) > PART_BYTES for b in bufs):
+        return [h.encode(entries), *bufs]
+    frames, parts = [], []
+    for b in bufs:
+        mv = b if isinstance(b, memoryview) else memoryview(b)
+        if mv.ndim != 1 or mv.itemsize != 1:
+            mv = mv.cast("B")
+        cut = [mv[i:i + PART_BYTES] for i in range(0, mv.nbytes, PART_BYTES)] or [mv]
+        frames += cut
+        parts.append(len(cut))
+    return [h.encode(entries, parts), *frames]
 
 
 _WIRE_NAMES: dict[np.dtype, str] = {}  # native dtype -> its wire name ("" if not a wire dtype)
@@ -250,13 +274,36 @@ def decode(frames: Sequence[Any]) -> tuple[Header, list[memoryview]]:
     tensors: tuple[TensorHeader, ...] = ()
     if kind == "tensor":
         ts = d.get("ts")
-        if not isinstance(ts, list) or not ts or len(ts) != len(payload):
-            raise WireError(f"a tensor message needs one 'ts' entry per payload frame ({len(payload)} frames)")
+        if "fp" in d and isinstance(ts, list):
+            payload = _joined(payload, d["fp"], len(ts))
+        if not isinstance(ts, list) or not ts or len(ts) != len(payload) or len(ts) > MAX_TENSORS:
+            raise WireError(f"a tensor message needs one 'ts' entry per payload frame, at most {MAX_TENSORS} "
+                            f"({len(payload)} frames)")
         tensors = tuple(_tensor_header(t) for t in ts)
         if len({t.name for t in tensors}) != len(tensors):
             raise WireError("a tensor name appears twice in one message")
     return Header(kind, plan_id, sender, request_id, client, tensors, ttl_ms, message, PROTOCOL_VERSION, source,
                   age_ms), payload
+
+
+def _joined(payload: list[memoryview], fp: Any, n: int) -> list[memoryview]:
+    """Each tensor's frame, its parts joined ("Parts" above); WireError unless `fp` gives each of the
+    `n` tensors 1 to MAX_PARTS frames, adding up to the payload's, and no tensor is over the limit."""
+    if (not isinstance(fp, list) or len(fp) != n or not all(type(k) is int and 1 <= k <= MAX_PARTS for k in fp)
+            or sum(fp) != len(payload)):
+        raise WireError(f"'fp' must give each of the {n} tensors its number of frames, adding up to the "
+                        f"{len(payload)} payload frames")
+    out, i = [], 0
+    for k in fp:
+        if k == 1:
+            out.append(payload[i])
+        else:
+            part = payload[i:i + k]
+            if sum(p.nbytes for p in part) > MAX_PAYLOAD_BYTES:
+                raise WireError(f"a tensor of {k} parts is over {MAX_PAYLOAD_BYTES} bytes")
+            out.append(memoryview(b"".join(part)))
+        i += k
+    return out
 
 
 def _tensor_header(t: Any) -> TensorHeader:

@@ -284,7 +284,9 @@ def header(**fields) -> bytes:
 def tensor_message(plan_id: str, sender: str, tensors: Sequence[tuple[str, np.ndarray]], *, rid: int = 1,
                    client: bytes = b"nobody", ttl: float | None = 5000.0, **over) -> list[bytes]:
     """A well-formed tensor message (fields can be overridden or, with value None, left out)."""
-    d = {"v": 1, "k": "tensor", "p": plan_id, "s": sender, "r": rid, "c": client, "ttl": ttl,
+    from edgepart.wire import PROTOCOL_VERSION
+
+    d = {"v": PROTOCOL_VERSION, "k": "tensor", "p": plan_id, "s": sender, "r": rid, "c": client, "ttl": ttl,
          "ts": [[name, a.dtype.name, list(a.shape), "dense", {}] for name, a in tensors]}
     d.update(over)
     d = {k: v for k, v in d.items() if v is not None}

@@ -20,6 +20,7 @@ import pytest
 import zmq
 
 import edgepart
+from edgepart.wire import PROTOCOL_VERSION
 
 from e2e_helpers import encoded, encoder_input, encoder_model, encoder_owner, first_success, header, package_with_cuts
 
@@ -155,7 +156,7 @@ class ScriptedDev1:
                 continue
             ident, head, *payload = self.sock.recv_multipart()
             h = msgpack.unpackb(head)
-            base = {"v": 1, "p": self.plan_id, "s": "dev1"}
+            base = {"v": PROTOCOL_VERSION, "p": self.plan_id, "s": "dev1"}
             if h["k"] == "hello":
                 self.sock.send_multipart([ident, header(k="hello", **base)])
                 continue

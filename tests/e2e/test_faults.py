@@ -16,6 +16,7 @@ import pytest
 import zmq
 
 import edgepart
+from edgepart.wire import PROTOCOL_VERSION
 
 import graphs
 from e2e_helpers import (agent_output, assert_same, first_success, header, keyed_dealer, model_file, reference, seeded_feeds,
@@ -223,9 +224,9 @@ def bad_messages(t: Target, rng: np.random.Generator) -> dict[str, callable]:
         "plan id too long": lambda: t.good(rid(), p="p" * 200),
         "unknown kind": lambda: t.good(rid(), k="teleport"),
         "kind as an int": lambda: t.good(rid(), k=7),
-        "error sent to an agent": lambda: [header(v=1, k="error", p=t.plan_id, s=t.sender, r=rid(), m="boo")],
-        "pong sent to an agent": lambda: [header(v=1, k="pong", p=t.plan_id, s=t.sender)],
-        "hello of another plan": lambda: [header(v=1, k="hello", p="fedcba9876543210", s="dev0")],
+        "error sent to an agent": lambda: [header(v=PROTOCOL_VERSION, k="error", p=t.plan_id, s=t.sender, r=rid(), m="boo")],
+        "pong sent to an agent": lambda: [header(v=PROTOCOL_VERSION, k="pong", p=t.plan_id, s=t.sender)],
+        "hello of another plan": lambda: [header(v=PROTOCOL_VERSION, k="hello", p="fedcba9876543210", s="dev0")],
         "wrong dtype string": lambda: t.with_entry(rid(), entry(t, dtype=str(rng.choice(["float33", "object", "<f4", "", "complex64"])))),
         "dtype of the wrong kind": lambda: t.with_entry(rid(), entry(t, dtype="int32" if t.array.dtype != np.int32 else "float32")),
         "payload one byte short": lambda: t.with_entry(rid(), entry(t), t.array.tobytes()[:-1]),
@@ -339,7 +340,7 @@ class TestMalformedAndBadInputs:
             # a ping on every forger's connection comes back only after everything sent before it on
             # that connection was handled: so now every malformed message has been seen
             for t, s in socks:
-                s.send(header(v=1, k="ping", p=t.plan_id, s="@prober"))
+                s.send(header(v=PROTOCOL_VERSION, k="ping", p=t.plan_id, s="@prober"))
                 end = time.monotonic() + 5
                 while True:  # replies to earlier messages (`hello` of another plan) may come first
                     assert s.poll(max(int((end - time.monotonic()) * 1e3), 0)), f"{t.device} does not answer a ping after the flood"

@@ -23,6 +23,8 @@ import pytest
 import zmq
 from hypothesis import HealthCheck, Phase, given, seed, settings
 
+from edgepart.wire import PROTOCOL_VERSION
+
 import graphs
 from e2e_helpers import agent_output, assert_same, header, keyed_dealer, model_file, reference, seeded_feeds, send_all
 from wirefuzz import Mutator, Target, check, messages
@@ -46,7 +48,7 @@ def drain(sock: zmq.Socket, limit: int = 10_000) -> int:
 
 def sync(sock: zmq.Socket, plan_id: str, timeout_s: float = 10.0) -> None:
     """A ping answered on this connection: everything sent before it on it has been handled."""
-    sock.send_multipart([header(v=1, k="ping", p=plan_id, s="@prober")])
+    sock.send_multipart([header(v=PROTOCOL_VERSION, k="ping", p=plan_id, s="@prober")])
     end = time.monotonic() + timeout_s
     while True:  # replies to earlier messages (errors, results, hellos) may come first
         left = end - time.monotonic()

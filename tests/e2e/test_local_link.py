@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from edgepart.agent.net.local import ipc_dir
+from edgepart.wire import PROTOCOL_VERSION
 
 import graphs
 from e2e_helpers import agent_output, assert_same, header, model_file, reference, seeded_feeds
@@ -74,7 +75,7 @@ def test_another_user_reaching_the_socket_gets_nothing(packaged, agents):
     os.chmod(path.parent, 0o711)
     os.chmod(path, 0o777)
     try:
-        frames = [header(v=1, k="ping", p=res.plan.plan_id, s="@probe")]  # any agent answers a ping at once
+        frames = [header(v=PROTOCOL_VERSION, k="ping", p=res.plan.plan_id, s="@probe")]  # any agent answers a ping at once
         r = subprocess.run([sys.executable, "-c", _OTHER_USER, f"ipc://{path}", *[f.hex() for f in frames]],
                            capture_output=True, text=True, timeout=30)
         assert r.stdout.strip() == "nothing", r.stdout + r.stderr

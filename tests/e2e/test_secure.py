@@ -19,6 +19,7 @@ from edgepart import BundleError, PeerError
 from edgepart.inputs import load_npz, save_npz
 from edgepart.keys import new_keypair, write_keypair
 from edgepart.packager.seal import Sealing, apply
+from edgepart.wire import PROTOCOL_VERSION
 
 import graphs
 from e2e_helpers import (HERE, PY, agent_output, assert_same, finish, header, model_file, ns_client, package_model,
@@ -30,7 +31,7 @@ pytestmark = pytest.mark.timeout(180)
 def _answers(sock: zmq.Socket, plan_id: str, within_s: float = 1.0) -> int:
     """Ping an agent on `sock` and count the replies within `within_s`."""
     try:
-        sock.send(header(v=1, k="ping", p=plan_id, s="@probe"), zmq.NOBLOCK)
+        sock.send(header(v=PROTOCOL_VERSION, k="ping", p=plan_id, s="@probe"), zmq.NOBLOCK)
     except zmq.Again:
         pass  # not even queued: no answer either
     n, end = 0, time.monotonic() + within_s

@@ -11,7 +11,7 @@ import pytest
 from edgepart.codecs import DTYPES
 from edgepart.errors import WireError
 from edgepart.plan import Codec
-from edgepart.wire import Header, arrays, decode, tensor_frames
+from edgepart.wire import PART_BYTES, PROTOCOL_VERSION, Header, arrays, decode, tensor_frames
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -127,7 +127,39 @@ def test_thousands_of_damaged_messages_raise_only_wire_error():
 
 @pytest.mark.parametrize("shape", [[0, 1 << 39], [1 << 20, 1 << 20]])
 def test_a_dense_tensor_past_the_size_limit_is_refused_by_the_fast_path_too(shape):
-    h = msgpack.packb({"v": 1, "k": "tensor", "p": "0123456789abcdef", "s": "device-a",
+    h = msgpack.packb({"v": PROTOCOL_VERSION, "k": "tensor", "p": "0123456789abcdef", "s": "device-a",
                        "ts": [["x", "float32", shape, "dense", {}]]}, use_bin_type=True)
     with pytest.raises(WireError, match="limit"):
         arrays(*decode([h, b""]))
+
+
+# -- parts: a tensor bigger than PART_BYTES travels in several frames ("Parts" in sdk/wire.py) -------
+
+def test_a_big_tensor_travels_in_parts_and_comes_back_whole():
+    big = RNG.standard_normal((1, 5 * PART_BYTES // 4 + 3)).astype(np.float32)  # 5 parts and 12 bytes
+    small = np.arange(6, dtype=np.int64)
+    edge = np.zeros(PART_BYTES, np.uint8)  # exactly one part: not split
+    frames = tensor_frames(H, {"big": big, "small": small, "edge": edge, "fp16": big}, {"fp16": Codec("fp16")})
+    sizes = [len(memoryview(f).cast("B")) for f in frames[1:]]
+    # big: 6 frames, none over a part; small and edge one each; the fp16 copy (half the bytes) 3
+    assert len(frames) == 1 + 6 + 1 + 1 + 3 and max(sizes) == PART_BYTES
+    assert msgpack.unpackb(frames[0])["fp"] == [6, 1, 1, 3]
+    h, payload = decode(as_received(frames))
+    assert len(payload) == 4
+    got = arrays(h, payload)
+    assert got["big"].tobytes() == big.tobytes() and got["small"].tobytes() == small.tobytes()
+    assert got["edge"].shape == edge.shape and got["fp16"].tobytes() == big.astype(np.float16).astype(np.float32).tobytes()
+    # a message with no tensor over a part says nothing of parts (the common case, unchanged)
+    assert "fp" not in msgpack.unpackb(tensor_frames(H, {"small": small, "edge": edge})[0])
+
+
+@pytest.mark.parametrize("fp", [[6], [6, 1, 1], [3, 3, 1, 1], [0, 7, 1, 1], [6, 1, 1, True], "6,1,1,1", [6, 1, 1, 1.0],
+                                [6, 1, 1, 2], [5, 2, 1, 1]], ids=str)
+def test_parts_that_do_not_add_up_are_refused(fp):
+    big = np.ones((1, 5 * PART_BYTES // 4 + 3), np.float32)
+    frames = tensor_frames(H, {"big": big, "a": np.ones(2), "b": np.ones(2), "c": np.ones(2)})
+    d = msgpack.unpackb(frames[0])
+    assert d["fp"] == [6, 1, 1, 1]
+    d["fp"] = fp
+    with pytest.raises(WireError):
+        arrays(*decode([msgpack.packb(d), *as_received(frames[1:])]))

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from edgepart import codecs
 from edgepart.errors import WireError
-from edgepart.wire import MAX_FRAMES, MAX_HEADER_BYTES, MAX_NAME, Header, Status, decode
+from edgepart.wire import MAX_FRAMES, MAX_HEADER_BYTES, MAX_NAME, PROTOCOL_VERSION, Header, Status, decode
 
 import wirefuzz
 from wirefuzz import EXAMPLES, OFFLINE, ROUTES, Mutator, apply, check, messages, mutated, packb, scalars, structures, valid
@@ -65,7 +65,7 @@ def in_budget(frames, peak: int) -> None:
 @example(frames=[])
 @example(frames=[b""])
 @example(frames=[b"\xc1"])
-@example(frames=[packb({"v": 1, "k": "tensor", "p": "0123456789abcdef", "s": "@caller", "ts": [["x", "bool", [2], "dense", {}]]}),
+@example(frames=[packb({"v": PROTOCOL_VERSION, "k": "tensor", "p": "0123456789abcdef", "s": "@caller", "ts": [["x", "bool", [2], "dense", {}]]}),
                  b"\x01\x02"])
 def test_any_message_decodes_or_raises_wire_error(frames):
     got, peak = traced(lambda: check(frames))
