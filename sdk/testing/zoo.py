@@ -119,11 +119,13 @@ def efficientnet_lite0_frames(progress: bool = False) -> Path:
     uint8 RGB, normalised by the model's first nodes (Cast, then x * 1/(255 std) - mean/std per
     channel: imagenet_inputs' normalisation, to float rounding). A frame is a quarter of the float32
     input's bytes, which is what crosses the wire to the first device."""
+    base = efficientnet_lite0(progress)  # (exported first: one progress display at a time)
+
     def make(tmp: Path) -> None:
         import onnx
         from onnx import TensorProto, helper, numpy_helper
 
-        m = onnx.load(str(efficientnet_lite0(progress)))
+        m = onnx.load(str(base))
         g = m.graph
         (old,) = [i for i in g.input if i.name == "input"]
         scale = (1.0 / (255.0 * IMAGENET_STD)).reshape(1, 3, 1, 1).astype(np.float32)
