@@ -1,7 +1,7 @@
 """Codecs for one tensor on the wire, chosen per route by the packager where they cut bytes.
 
 Every codec turns one array into exactly one frame, so the wire keeps its rule of one raw frame per
-tensor entry. The header entry's dtype and shape always describe the tensor the receiver gets
+tensor entry (a frame over 2 MiB travels in parts, joined again on receipt: sdk/wire.py). The header entry's dtype and shape always describe the tensor the receiver gets
 back (the subset for `channels`, float32 for a float32 tensor sent as fp16), so a receiver's
 checks against its plan do not change. Frames are in the host's byte order (little-endian on
 every supported device), C order:
