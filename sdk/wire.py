@@ -208,14 +208,11 @@ def tensor_frames(header: Header, arrays: dict[str, np.ndarray], codecs: dict[st
         entries.append([name, e.dtype, list(e.shape), e.codec, e.params])
         bufs.append(e.frame)
     h = header if header.kind == "tensor" else replace(header, kind="tensor")
-    if not any((b.nbytes if isinstance(b, memoryview) else len(b)) > PART_BYTES for b in bufs):
+    if not any(b.nbytes > PART_BYTES for b in bufs):  # (each frame is a 1-D byte memoryview: sdk/codecs.py)
         return [h.encode(entries), *bufs]
     frames, parts = [], []
     for b in bufs:
-        mv = b if isinstance(b, memoryview) else memoryview(b)
-        if mv.ndim != 1 or mv.itemsize != 1:
-            mv = mv.cast("B")
-        cut = [mv[i:i + PART_BYTES] for i in range(0, mv.nbytes, PART_BYTES)] or [mv]
+        cut = [b[i:i + PART_BYTES] for i in range(0, b.nbytes, PART_BYTES)] or [b]
         frames += cut
         parts.append(len(cut))
     return [h.encode(entries, parts), *frames]
